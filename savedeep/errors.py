@@ -1,0 +1,71 @@
+"""The exception types savedeep raises, one root, each with its exit code.
+
+The CLI turns a :class:`SavedeepError` into its message and ``exit_code``;
+library code raises, it never prints or exits. Exit codes (documented in the
+README):
+
+===  =========================================================
+0    success (per-image failures under ``on_error: skip`` are allowed)
+1    unexpected internal error (a bug: the traceback is printed)
+2    bad command line or config (:class:`ConfigError`)
+3    bad model directory or blob names (:class:`ModelError`)
+4    bad image input, or an image failed under ``on_error: fail``
+5    output problem: exists already, not resumable, disk full
+6    a worker process failed (:class:`WorkerError`)
+130  interrupted (Ctrl-C or SIGTERM); the output can be resumed
+===  =========================================================
+"""
+
+from __future__ import annotations
+
+
+class SavedeepError(Exception):
+    """Root of every error savedeep reports to the user."""
+
+    exit_code = 1
+
+
+class ConfigError(SavedeepError):
+    """A config key or command-line flag is invalid; the message names the key and the fix."""
+
+    exit_code = 2
+
+
+class ModelError(SavedeepError):
+    """A model directory, prototxt, caffemodel, mean file or blob name is unusable."""
+
+    exit_code = 3
+
+
+class UnsupportedLayerError(ModelError):
+    """A layer type the chosen engine cannot execute."""
+
+
+class InputError(SavedeepError):
+    """The image source cannot be listed, or an image failed under ``on_error: fail``."""
+
+    exit_code = 4
+
+
+class ImageError(SavedeepError):
+    """One image cannot be decoded; under ``on_error: skip`` it becomes a failure row."""
+
+    exit_code = 4
+
+
+class OutputError(SavedeepError):
+    """The output exists, cannot be resumed, or cannot be written (disk full)."""
+
+    exit_code = 5
+
+
+class WorkerError(SavedeepError):
+    """A pipeline process failed; the message names its role, device and batch."""
+
+    exit_code = 6
+
+
+class Interrupted(SavedeepError):
+    """The run was stopped by SIGINT or SIGTERM; the output is resumable."""
+
+    exit_code = 130

