@@ -114,6 +114,6 @@ find "$STAGE" -name '__pycache__' -prune -exec rm -rf {} +
 cp -L "$SRC"/.temp_release/lib/libcaffe.so.* "$STAGE/caffe/"
 "$PY" "$HERE/make_wheel.py" "$STAGE" "$WHEEL_DIR/$WHEEL_NAME" \
     --name caffe --version "1.0.0+brocolli${SDIST_VERSION//./}.${FLAVOUR}" \
-    --requires numpy --requires "protobuf>=3.20" --requires scikit-image --requires scipy >&2
+    --requires numpy --requires "protobuf>=3.20" --requires scikit-image --requires scipy --requires six >&2
 echo "pycaffe: wheel cached at $WHEEL_DIR/$WHEEL_NAME" >&2
 echo "$WHEEL_DIR/$WHEEL_NAME"

@@ -90,7 +90,7 @@ pip_install "numpy>=2"
 if [ "$CAFFE" = 1 ]; then
   WHEEL=$(bash "$ROOT/scripts/build_pycaffe.sh" "$PY" "${CUDA_ARGS[@]}" | tail -n 1)
   pip_install --force-reinstall --no-deps "$WHEEL"
-  pip_install "protobuf>=3.20,<5" "scikit-image>=0.22" "scipy>=1.10"
+  pip_install "protobuf>=3.20,<5" "scikit-image>=0.22" "scipy>=1.10" six
 fi
 
 # 4. torch (exactly 2.13.0: a looser requirement may pull a multi-GB CUDA build)
