@@ -1,3 +1,59 @@
-"""savedeep: save the activations of a Caffe CNN's blobs for every image of a directory."""
+"""savedeep: save the activations of a Caffe CNN's blobs for every image of a directory.
+
+Python API::
+
+    import savedeep
+    result = savedeep.run("config.yaml")              # or a savedeep.config.Config
+    df = savedeep.load("out/acts.pk")                 # image, metadata, one column per blob
+    fc7 = savedeep.load_array("out/acts.pk", "fc7")   # (N, 4096) without reading other blobs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import savedeep` cheap
+    import numpy as np
+    import pandas as pd
+
+    from savedeep.config import Config
+    from savedeep.pipeline import RunResult
+
+__all__ = ["run", "load", "load_array", "load_config", "__version__"]
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
+    """Load and validate a config file, with keyword overrides (same keys as the YAML)."""
+    from savedeep.config import load_config as _load
+
+    return _load(Path(path) if path is not None else None, overrides)
+
+
+def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool = False,
+        progress: bool = False, **overrides: Any) -> "RunResult":
+    """Extract the activations described by ``config`` (a Config or a YAML path, plus overrides)."""
+    from savedeep.config import Config
+    from savedeep.pipeline import run as _run
+
+    if not isinstance(config, Config):
+        config = load_config(config, **overrides)
+    elif overrides:
+        config = config.replace(**overrides)
+    return _run(config, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":
+    """The output as a DataFrame, from the pickle or the Parquet shards (partial outputs too)."""
+    from savedeep.output import load as _load
+
+    return _load(Path(path), blobs)
+
+
+def load_array(path: str | Path, blob: str) -> "np.ndarray":
+    """One blob of an output as an (N, *shape) array, reading no other blob."""
+    from savedeep.output import load_array as _load_array
+
+    return _load_array(Path(path), blob)

@@ -1,0 +1,7 @@
+"""``python -m savedeep`` is the ``savedeep`` command."""
+
+import sys
+
+from savedeep.cli import main
+
+sys.exit(main())

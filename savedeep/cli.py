@@ -1,0 +1,171 @@
+"""The ``savedeep`` command: a thin layer over the library API.
+
+Parsing happens before any heavy import (numpy, pyarrow, torch, caffe), so
+``--help`` is instant. One root exception type, :class:`SavedeepError`, is
+turned into a message and its documented exit code (see savedeep/errors.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad config or flags, 3 bad model or blob names,
+4 bad images (or an image failed under on_error: fail), 5 output exists / cannot be
+resumed / cannot be written, 6 a worker process failed, 130 interrupted (resumable)"""
+
+
+def _blobs(text: str) -> list[str]:
+    return [b.strip() for b in text.split(",") if b.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(
+        prog="savedeep",
+        description="Save the activations of a Caffe CNN's blobs for every image of a directory.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def run_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", nargs="?", type=Path, help="YAML config file (flags override it)")
+        sp.add_argument("-m", "--model", type=Path, help="model directory: deploy.prototxt, weights.caffemodel, mean.npy")
+        sp.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names, e.g. fc6,fc7")
+        sp.add_argument("-i", "--imgs", "--images", dest="images", type=Path, help="image directory or list file (.txt/.csv)")
+        sp.add_argument("-o", "--out", "--output", dest="output", type=Path, help="output pickle, e.g. out/acts.pk")
+        sp.add_argument("--gpus", help="0,1 | all | cpu")
+        sp.add_argument("--require-gpu", dest="require_gpu", action="store_const", const=True,
+                        help="stop instead of falling back to the CPU when no GPU is visible")
+        sp.add_argument("--engine", choices=["caffe", "torch"])
+        sp.add_argument("--batch-size", dest="batch_size", type=int)
+        sp.add_argument("--producers", help="decoding processes (a number or auto)")
+        sp.add_argument("--cpu-consumers", dest="cpu_consumers", type=int, help="forward processes on the CPU")
+        sp.add_argument("--dtype", choices=["float32", "float16"], help="storage dtype of every blob")
+        sp.add_argument("--shard-size", dest="shard_size", type=int, help="images per Parquet shard")
+        sp.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], help="what a bad image does")
+        sp.add_argument("--no-pickle", dest="pickle", action="store_const", const=False,
+                        help="write only the Parquet output")
+
+    r = sub.add_parser("run", help="extract activations", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_flags(r)
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="complete an interrupted run into the same output")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    r.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    v = sub.add_parser("validate", help="check a config, its model, blobs and images without a forward pass")
+    run_flags(v)
+
+    i = sub.add_parser("inspect", help="list a model's blobs with their shapes and sizes")
+    i.add_argument("model", type=Path, help="model directory or deploy.prototxt")
+    i.add_argument("--images", type=int, default=1, help="show totals for this many images")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+_RUN_KEYS = ("model", "blobs", "images", "output", "gpus", "require_gpu", "engine", "batch_size", "producers",
+             "cpu_consumers", "dtype", "shard_size", "on_error", "pickle")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {k: getattr(args, k) for k in _RUN_KEYS if getattr(args, k, None) is not None}
+    if "producers" in out and out["producers"] != "auto":
+        try:
+            out["producers"] = int(out["producers"])
+        except ValueError:
+            pass  # the config validator names the key and the fix
+    return out
+
+
+class _TqdmHandler(logging.Handler):
+    """Console log lines that do not garble the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _setup_console(quiet: bool) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("savedeep: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    lg = logging.getLogger("savedeep")
+    lg.addHandler(handler)
+    lg.setLevel(logging.INFO)
+    logging.getLogger("savedeep").propagate = False
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from savedeep.config import load_config
+    from savedeep.pipeline import run
+
+    _setup_console(args.quiet)
+    config = load_config(args.config, _overrides(args))
+    result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet)
+    print(result.summary(), file=sys.stderr)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from savedeep.validate import validate
+
+    _setup_console(False)
+    from savedeep.config import load_config
+
+    config = load_config(args.config, _overrides(args))
+    print(validate(config))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from savedeep.inspect import format_table, inspect_model
+
+    rows = inspect_model(args.model, images=args.images)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(format_table(rows, args.images))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``savedeep`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from savedeep import __version__
+
+        print(f"savedeep {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from savedeep.errors import SavedeepError
+
+    try:
+        return {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect}[args.command](args)
+    except SavedeepError as exc:
+        print(f"savedeep: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("savedeep: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: show everything
+        traceback.print_exc()
+        print("savedeep: internal error (a bug); please report it with the traceback above", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The pipeline's message protocol: every queue carries only these frozen dataclasses.
+
+NOTE [savedeep pipeline data flow]
+==================================
+
+::
+
+    parent (supervisor: plan, rings, watch, shutdown; see savedeep/pipeline.py)
+      |  tasks: Task ... EndOfStream x P
+      v
+    producers x P  --(decode + preprocess into a free input slot)-->
+      |  ready: BatchReady (slot number + image indices, never tensors) ... EndOfStream x G
+      v
+    consumers x G  --(forward, reduce, copy blobs into a free output slot; free the input slot)-->
+      |  done: BatchDone ... EndOfStream (one per consumer)
+      v
+    writer x 1  --(reorder by batch, append rows to the open shard, rename finished shards,
+                   update the manifest; free the output slot; release one window credit)
+      |  events: BatchWritten, ShardWritten, WorkerStats, WorkerFailed (every role sends the last two)
+      v
+    parent (progress bar, summary, errors)
+
+Tensors travel only through shared memory (savedeep/shm.py). Free slots are
+numbers on the ``free_in``/``free_out`` queues. A producer takes a *window
+credit* (a semaphore of ``out_slots`` permits) before taking a task, and the
+writer gives one back after writing a batch: so at most ``out_slots`` batches
+are between "taken" and "written", every one of them can get an output slot,
+and the writer's reordering can never starve the consumers (no deadlock, and
+memory bounded by the rings whatever the number of images).
+
+End of stream: the parent puts one EndOfStream per producer on ``tasks``; once
+every producer has *exited* cleanly (so everything it put on ``ready`` is in
+the pipe before), the parent puts one EndOfStream per consumer on ``ready``;
+each consumer puts one on ``done``; the writer ends after G of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    """parent -> producers: decode these images as batch ``batch`` of shard ``shard``."""
+
+    batch: int
+    shard: int
+    start: int               # position of the first image in the sorted list
+    keys: tuple[str, ...]    # the images' keys (relative paths)
+    paths: tuple[str, ...]   # where to read them
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One image that could not be used, with its reason (inside BatchReady)."""
+
+    index: int
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchReady:
+    """producer -> consumers: batch ``batch`` is decoded in input slot ``slot``.
+
+    ``indices`` are the positions (in the sorted image list) of the ``len(indices)``
+    rows packed at the start of the slot; images that failed are in ``failures``.
+    """
+
+    batch: int
+    shard: int
+    slot: int
+    indices: tuple[int, ...]
+    keys: tuple[str, ...]
+    failures: tuple[Failure, ...]
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """consumer -> writer: the activations of batch ``batch`` are in output slot ``slot``."""
+
+    batch: int
+    shard: int
+    slot: int | None  # None when every image of the batch failed (nothing to forward)
+    indices: tuple[int, ...]
+    keys: tuple[str, ...]
+    failures: tuple[Failure, ...]
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Any stage -> the next: no more work will come from ``sender``."""
+
+    sender: str
+
+
+@dataclass(frozen=True)
+class BatchWritten:
+    """writer -> parent: batch ``batch`` is in its shard (for the progress bar)."""
+
+    batch: int
+    rows: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class ShardWritten:
+    """writer -> parent: shard ``shard`` is complete and renamed into place."""
+
+    shard: int
+    rows: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """any worker -> parent, at a clean exit: how long it was busy, for the summary."""
+
+    role: str
+    index: int
+    busy_s: float
+    wall_s: float
+    items: int
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """any worker -> parent: it failed; carries where and the formatted traceback."""
+
+    role: str
+    index: int
+    pid: int
+    device: str | None
+    batch: int | None
+    error: str
+    traceback: str
+    exit_code: int = 6
+
+    def describe(self) -> str:
+        """A one-paragraph message naming the role, device, batch and the error."""
+        where = f"{self.role} {self.index}"
+        if self.device:
+            where += f" on {self.device}"
+        where += f" (pid {self.pid})"
+        what = f" on batch {self.batch}" if self.batch is not None else " during start-up"
+        return f"{where} failed{what}: {self.error}"

@@ -1,0 +1,362 @@
+"""The output: Parquet shards, the manifest, the failures table and the final pickle.
+
+For ``output: out/acts.pk`` a run writes::
+
+    out/acts.parquet/part-00000.parquet ...   one shard per ``shard_size`` images (image range fixed)
+    out/acts.parquet/_manifest.json           config, fingerprints, model hashes, preprocessing,
+                                              blob shapes/dtypes, versions, shards, failures, completion
+    out/acts.parquet/failures.parquet         image, reason (and metadata columns), at the end
+    out/acts.pk                               pandas DataFrame, written last and atomically
+
+A shard is written to a hidden temporary name and renamed into place only when
+complete; the manifest is replaced atomically (write, fsync, rename) and says
+``"complete": true`` only after every shard is in place. So an interrupted run
+never leaves a shard or a pickle that looks complete but is not.
+
+Each blob is a column of Arrow's fixed-shape tensor extension type
+(``arrow.fixed_shape_tensor``) whose storage is a fixed-size list of float32 or
+float16; pandas, pyarrow, DuckDB and Spark read it as a fixed-size list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from savedeep.errors import OutputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_manifest.json"
+FAILURES = "failures.parquet"
+FORMAT = "savedeep/1"
+
+
+def parquet_dir(output: Path) -> Path:
+    """The Parquet directory that goes with the pickle path ``output``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".parquet") if output.suffix != ".parquet" else output
+
+
+def shard_name(k: int) -> str:
+    """The file name of shard ``k``."""
+    return f"part-{k:05d}.parquet"
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a Parquet output directory, or None if there is none."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"{path} is not valid JSON ({exc}); delete the output or rerun with --overwrite") from exc
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically."""
+    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One blob column: name, per-image shape as stored, storage dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float32" | "float16"
+
+
+def tensor_type(col: ColumnSpec):
+    """The Arrow fixed-shape tensor type of a column."""
+    import pyarrow as pa
+
+    value = pa.float16() if col.dtype == "float16" else pa.float32()
+    return pa.fixed_shape_tensor(value, list(col.shape) or [1])
+
+
+def tensor_array(col: ColumnSpec, values: np.ndarray):
+    """An Arrow tensor array over ``values`` (n, *shape), without copying where Arrow allows."""
+    import pyarrow as pa
+
+    n = values.shape[0]
+    size = int(np.prod(col.shape, dtype=np.int64)) if col.shape else 1
+    flat = np.ascontiguousarray(values).reshape(n * size)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat), size)
+    return pa.ExtensionArray.from_storage(tensor_type(col), storage)
+
+
+@dataclass
+class ShardWriter:
+    """Streams batches into one Parquet shard; renamed into place by :meth:`finish`."""
+
+    directory: Path
+    index: int
+    columns: Sequence[ColumnSpec]
+    metadata_columns: Sequence[str] = ()
+    compression: str = "zstd"
+    compression_level: int | None = None
+    rows: int = 0
+    _writer: Any = field(default=None, repr=False)
+
+    @property
+    def final_path(self) -> Path:
+        return self.directory / shard_name(self.index)
+
+    @property
+    def tmp_path(self) -> Path:
+        return self.directory / f".{shard_name(self.index)}.inprogress"
+
+    def schema(self):
+        """The shard's Arrow schema."""
+        import pyarrow as pa
+
+        fields = [pa.field("image", pa.string(), nullable=False)]
+        fields += [pa.field(m, pa.string()) for m in self.metadata_columns]
+        fields += [pa.field(c.name, tensor_type(c), nullable=False) for c in self.columns]
+        return pa.schema(fields)
+
+    def _open(self) -> None:
+        import pyarrow.parquet as pq
+
+        comp = None if self.compression == "none" else self.compression
+        # Dictionary encoding and statistics are useless on float tensors and
+        # cost most of the write time: keep them for the key columns only.
+        keys = ["image", *self.metadata_columns]
+        self._writer = pq.ParquetWriter(
+            self.tmp_path,
+            self.schema(),
+            compression=comp,
+            compression_level=self.compression_level if comp else None,
+            use_dictionary=keys,
+            write_statistics=keys,
+        )
+
+    def write(self, keys: Sequence[str], metadata: dict[str, Sequence[str]], blobs: dict[str, np.ndarray]) -> None:
+        """Append rows: ``keys`` and one (n, *shape) array per blob, in the same order."""
+        import pyarrow as pa
+
+        if self._writer is None:
+            self._open()
+        n = len(keys)
+        if n == 0:
+            return
+        arrays = [pa.array(list(keys), type=pa.string())]
+        arrays += [pa.array([None if v is None else str(v) for v in metadata[m]], type=pa.string())
+                   for m in self.metadata_columns]
+        arrays += [tensor_array(c, blobs[c.name][:n]) for c in self.columns]
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema()))
+        self.rows += n
+
+    def finish(self) -> Path:
+        """Close the file, fsync it and rename it into place."""
+        if self._writer is None:
+            self._open()
+        self._writer.close()
+        self._writer = None
+        with open(self.tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp_path, self.final_path)
+        return self.final_path
+
+    def abort(self) -> None:
+        """Drop the unfinished file."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - the file is being thrown away
+                pass
+            self._writer = None
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
+    """Write the failures table (image, reason) atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "image": pa.array([f["image"] for f in failures], type=pa.string()),
+        "reason": pa.array([f["reason"] for f in failures], type=pa.string()),
+    })
+    path = Path(directory) / FAILURES
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _resolve(path: Path) -> tuple[Path, Path | None]:
+    """(parquet directory, pickle path or None) for any of the output's paths."""
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).exists():
+        pk = path.with_suffix(".pk")
+        return path, pk if pk.exists() else None
+    if path.suffix == ".parquet":
+        return path, None
+    pq_dir = parquet_dir(path)
+    return pq_dir, path if path.exists() else None
+
+
+def _complete_shards(directory: Path, manifest: dict[str, Any]) -> list[Path]:
+    shards = [s for s in manifest.get("shards", []) if s.get("complete")]
+    return [directory / s["file"] for s in sorted(shards, key=lambda s: s["index"])]
+
+
+def _partial_note(directory: Path, manifest: dict[str, Any]) -> None:
+    if not manifest.get("complete"):
+        total = len(manifest.get("shards", []))
+        done = sum(1 for s in manifest.get("shards", []) if s.get("complete"))
+        log.warning(
+            "%s is a partial output (the run did not complete): reading %d of %d shards; "
+            "finish it with `savedeep run --resume`", directory, done, total,
+        )
+
+
+def _column_to_numpy(column) -> np.ndarray:
+    chunks = column.chunks
+    if not chunks:
+        return np.empty((0,), dtype=np.float32)
+    return np.concatenate([c.to_numpy_ndarray() for c in chunks]) if len(chunks) > 1 else chunks[0].to_numpy_ndarray()
+
+
+def load(path: Path | str, blobs: Sequence[str] | None = None):
+    """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    directory, pk = _resolve(Path(path))
+    manifest = read_manifest(directory)
+    if pk is not None and (manifest is None or manifest.get("complete")):
+        df = pd.read_pickle(pk)
+        if blobs is not None:
+            keep = [c for c in df.columns if c not in _blob_names(manifest, df)] + list(blobs)
+            df = df[keep]
+        return df
+    if manifest is None:
+        raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output (pass the .pk or .parquet path)")
+    _partial_note(directory, manifest)
+    names = list(manifest["blobs"]) if blobs is None else list(blobs)
+    unknown = [b for b in names if b not in manifest["blobs"]]
+    if unknown:
+        raise OutputError(f"{directory} has no blob {unknown}; it holds {list(manifest['blobs'])}")
+    meta_cols = manifest.get("metadata_columns", [])
+    parts: dict[str, list] = {"image": [], **{m: [] for m in meta_cols}, **{b: [] for b in names}}
+    for f in _complete_shards(directory, manifest):
+        table = pq.read_table(f, columns=["image", *meta_cols, *names])
+        parts["image"].extend(table.column("image").to_pylist())
+        for m in meta_cols:
+            parts[m].extend(table.column(m).to_pylist())
+        for b in names:
+            parts[b].extend(list(_column_to_numpy(table.column(b))))
+    df = pd.DataFrame(parts)
+    df.attrs["savedeep"] = {"partial": not manifest.get("complete"), "path": str(directory)}
+    return df
+
+
+def _blob_names(manifest: dict[str, Any] | None, df) -> list[str]:
+    if manifest is not None:
+        return list(manifest["blobs"])
+    return [c for c in df.columns if c != "image"]
+
+
+def load_array(path: Path | str, blob: str) -> np.ndarray:
+    """One blob of an output as an (N, *shape) array, reading no other blob."""
+    import pyarrow.parquet as pq
+
+    directory, _ = _resolve(Path(path))
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output")
+    if blob not in manifest["blobs"]:
+        raise OutputError(f"{directory} has no blob {blob!r}; it holds {list(manifest['blobs'])}")
+    _partial_note(directory, manifest)
+    info = manifest["blobs"][blob]
+    arrays = [_column_to_numpy(pq.read_table(f, columns=[blob]).column(blob))
+              for f in _complete_shards(directory, manifest)]
+    if not arrays:
+        return np.empty((0, *info["shape"]), dtype=info["dtype"])
+    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+
+def estimate_pickle_bytes(manifest: dict[str, Any]) -> int:
+    """The in-memory size of the final DataFrame's arrays."""
+    rows = sum(s.get("rows", 0) for s in manifest.get("shards", []))
+    per_row = sum(int(np.prod(b["shape"], dtype=np.int64)) * np.dtype(b["dtype"]).itemsize
+                  for b in manifest["blobs"].values())
+    return rows * per_row
+
+
+def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
+    """Build the final DataFrame from the complete shards and pickle it atomically."""
+    manifest = read_manifest(directory)
+    assert manifest is not None
+    need = estimate_pickle_bytes(manifest)
+    if need > max_bytes:
+        raise OutputError(
+            f"the pickle would hold {need / 2**30:.2f} GiB of activations, above max_pickle_bytes "
+            f"({max_bytes / 2**30:.2f} GiB), so it was not written. The Parquet output in {directory} is "
+            f"complete: read it with savedeep.load('{directory}') or, one blob at a time, "
+            f"savedeep.load_array('{directory}', BLOB); or raise max_pickle_bytes, or use pickle: false"
+        )
+    df = load(directory)
+    df.attrs["savedeep"] = {"manifest": str(directory / MANIFEST), "partial": False}
+    tmp = pickle_path.with_name(f".{pickle_path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump(df, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, pickle_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return pickle_path
+
+
+def remove_output(pickle_path: Path, directory: Path) -> None:
+    """Delete a previous savedeep output (only what looks like ours)."""
+    if directory.exists():
+        if not (directory / MANIFEST).exists() and any(directory.iterdir()):
+            raise OutputError(f"{directory} exists and is not a savedeep output; move it away or choose another output")
+        shutil.rmtree(directory)
+    pickle_path.unlink(missing_ok=True)

@@ -1,0 +1,609 @@
+"""The supervisor: plans a run, starts the workers, watches them, and shuts down in order.
+
+See NOTE [savedeep pipeline data flow] in savedeep/messages.py for what flows
+between the processes.
+
+NOTE [savedeep shutdown]
+========================
+
+One method, :meth:`Run._shutdown`, ends every run, whatever happened:
+
+1. stop issuing work: no more tasks are put;
+2. signal stop: the shared ``stop`` event (workers poll it every 0.2 s while
+   blocked, and also notice a dead parent through ``getppid``);
+3. drain: the parent keeps reading ``events`` so no worker blocks on a full
+   pipe while leaving;
+4. join every worker with a deadline; then SIGTERM, then SIGKILL the stragglers;
+5. unlink both shared-memory rings (the parent created them; workers only map);
+6. delete unfinished shard files (hidden ``.part-*.inprogress`` names) so that
+   nothing half-written looks finished. The manifest lists only shards that
+   were renamed into place, which ``--resume`` keeps.
+
+The parent owns SIGINT and SIGTERM (workers ignore SIGINT); both end the run
+with exit code 130 and a resumable output. Workers are started with the
+``spawn`` method: a consumer must select its GPU before anything touches CUDA,
+and forking a parent that has threads (the log listener, the progress bar) or
+CUDA state is unsafe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import logging.handlers
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from savedeep.config import Config
+from savedeep.errors import ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
+from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
+
+log = logging.getLogger(__name__)
+
+JOIN_TIMEOUT_S = 10.0
+
+
+@dataclass
+class RunResult:
+    """What a run did: where the output is, how many rows and failures, where the time went."""
+
+    pickle: Path | None
+    parquet_dir: Path
+    images: int
+    rows: int
+    failures: int
+    skipped_files: dict[str, int]
+    shards_done: int
+    shards_kept: int
+    wall_s: float
+    devices: list[str]
+    producers: int
+    busy: dict[str, float] = field(default_factory=dict)  # role -> busy fraction
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.rows + self.failures) / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary(self) -> str:
+        """A short human-readable summary, with each stage's busy fraction."""
+        lines = [
+            f"{self.rows} rows, {self.failures} failures, {self.images} images "
+            f"in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s)"
+            + (f"; {self.shards_kept} shards kept from the interrupted run" if self.shards_kept else ""),
+            f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}",
+        ]
+        if self.busy:
+            stages = ", ".join(f"{role} {frac:.0%}" for role, frac in self.busy.items())
+            bottleneck = max(self.busy, key=self.busy.get)
+            lines.append(f"busy: {stages} (the busiest stage, {bottleneck}, bounds the speed)")
+        if any(self.skipped_files.values()):
+            lines.append("files skipped by extension: " + ", ".join(f"{k or '(none)'} {v}" for k, v in self.skipped_files.items()))
+        lines.append(f"output: {self.pickle or self.parquet_dir}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def count_gpus() -> int:
+    """NVIDIA GPUs visible to this process, without initialising CUDA."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0
+    try:
+        n = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+    if visible is not None:
+        n = min(n, len([v for v in visible.split(",") if v.strip()]))
+    return n
+
+
+def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumers: int,
+                    available: int | None = None) -> list[str]:
+    """The device of each consumer: ``cuda:N`` per GPU asked for, or ``cpu`` x cpu_consumers."""
+    if gpus == "cpu":
+        if require_gpu:
+            raise ConfigError("require_gpu is set but gpus is 'cpu'; ask for GPUs (--gpus 0,1 or all) or drop --require-gpu")
+        return ["cpu"] * cpu_consumers
+    n = count_gpus() if available is None else available
+    if n == 0:
+        if require_gpu:
+            raise ConfigError(
+                f"GPUs were asked for (gpus: {gpus if gpus == 'all' else ','.join(map(str, gpus))}) but none is "
+                "visible (no /proc/driver/nvidia/gpus, or CUDA_VISIBLE_DEVICES hides them); run on a GPU node, "
+                "or drop --require-gpu to fall back to the CPU")
+        if gpus != "all":
+            log.warning("no GPU is visible: running %d consumer(s) on the CPU instead of GPUs %s",
+                        cpu_consumers, ",".join(map(str, gpus)))
+        else:
+            log.info("no GPU visible: %d CPU consumer(s)", cpu_consumers)
+        return ["cpu"] * cpu_consumers
+    ids = list(range(n)) if gpus == "all" else list(gpus)
+    bad = [i for i in ids if i >= n or i < 0]
+    if bad:
+        raise ConfigError(f"gpus: GPU {bad} does not exist; this machine shows {n} GPU(s): 0..{n - 1}")
+    return [f"cuda:{i}" for i in ids]
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Fixed shards (image ranges) and the batches of the shards still to do."""
+
+    shards: list[tuple[int, int, int]]        # (shard, start, stop) for every shard of the run
+    todo: list[int]                           # shards to compute
+    batches: list[tuple[int, int, int, int]]  # (batch, shard, start, stop), in writing order
+
+
+def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = frozenset()) -> Plan:
+    """Cut the sorted image list into shards of ``shard_size`` and each shard into batches."""
+    shards = [(k, k * shard_size, min((k + 1) * shard_size, n_images)) for k in range(math.ceil(n_images / shard_size))]
+    todo = [k for k, _, _ in shards if k not in done]
+    batches = []
+    for k in todo:
+        _, start, stop = shards[k]
+        for b0 in range(start, stop, batch_size):
+            batches.append((len(batches), k, b0, min(b0 + batch_size, stop)))
+    return Plan(shards, todo, batches)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _keys_digest(keys: list[str]) -> str:
+    h = hashlib.sha256()
+    for k in keys:
+        h.update(k.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
+
+
+def _versions(engine: str) -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("savedeep", "numpy", "pandas", "pyarrow", "opencv-python-headless", "pillow", "simplejpeg",
+                "torch" if engine == "torch" else "caffe"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class _ToLoggers(logging.Handler):
+    """Re-dispatch worker records to this process's loggers (run log + console)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False) -> RunResult:
+    """Run the whole pipeline for ``config``; returns when the output is complete."""
+    return Run(config, resume=resume, overwrite=overwrite, progress=progress).execute()
+
+
+class Run:
+    """One run of the pipeline (the parent process's side)."""
+
+    def __init__(self, config: Config, *, resume: bool, overwrite: bool, progress: bool) -> None:
+        if resume and overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: choose one")
+        self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
+        self.procs: list[tuple[Any, str, int]] = []  # (process, role, index)
+        self.rings: list[Any] = []
+        self.ch = None
+        self.listener = None
+        self.stats: list[WorkerStats] = []
+        self.pq_dir = Path(config.output).with_name(Path(config.output).stem + ".parquet")
+
+    # -- preparation (no process started yet: every error here is cheap) ----------------
+    def _prepare(self) -> None:
+        from savedeep.images import list_images
+        from savedeep.model import load_model
+        from savedeep.output import ColumnSpec, sha256_file
+        from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+        from savedeep.reduce import make_reducer
+
+        cfg = self.config
+        self.model = load_model(cfg.model, weights=False)
+        names = self.model.validate_blobs(list(cfg.blobs))
+        specs = {s.name: s for s in cfg.blob_specs}
+        self.blob_specs = tuple(specs[n] for n in names)
+        net = self.model.net
+        shapes = net.blob_shapes(1)
+        self.input_shape = tuple(net.input_shape[1:])
+        self.columns = []
+        self.blob_info = {}
+        for s in self.blob_specs:
+            shape = tuple(shapes[s.name][1:])
+            red = make_reducer(s, shape)
+            self.columns.append(ColumnSpec(s.name, tuple(red.out_shape), str(red.out_dtype)))
+            self.blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype),
+                                      "blob_shape": list(shape), "reduce": red.describe()}
+        self.images = list_images(cfg.images)
+        self.mean = load_mean(self.model.mean_path)
+        self.pre_spec = PreprocessSpec(**cfg.preprocess.to_dict())
+        self.preprocess_desc = Preprocessor(self.pre_spec, self.mean, self.input_shape).describe()
+        self.model_hashes = {p.name: sha256_file(p) for p in (self.model.prototxt, self.model.weights, self.model.mean_path)}
+        self.keys_digest = _keys_digest(self.images.keys)
+
+    def _manifest(self, plan: Plan) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "format": "savedeep/1",
+            "complete": False,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": cfg.canonical(),
+            "config_fingerprint": cfg.fingerprint(),
+            "result_fingerprint": cfg.result_fingerprint(),
+            "model": {"directory": str(cfg.model), "sha256": self.model_hashes,
+                      "input_shape": list(self.input_shape)},
+            "images": {"source": str(cfg.images), "count": len(self.images), "keys_sha256": self.keys_digest,
+                       "skipped_by_extension": self.images.skipped},
+            "preprocess": self.preprocess_desc,
+            "engine": cfg.engine,
+            "blobs": self.blob_info,
+            "metadata_columns": list(self.images.metadata),
+            "versions": _versions(cfg.engine),
+            "shard_size": cfg.shard_size,
+            "shards": [{"index": k, "start": a, "stop": b, "file": None, "rows": 0, "failures": [], "complete": False}
+                       for k, a, b in plan.shards],
+            "pickle": None,
+        }
+
+    def _output_state(self) -> set[int]:
+        """Check the existing output against --resume/--overwrite; return the shards to keep."""
+        from savedeep.output import read_manifest, remove_output, shard_name
+
+        cfg = self.config
+        pk = Path(cfg.output)
+        exists = self.pq_dir.exists() or pk.exists()
+        if not exists:
+            if self.resume:
+                log.info("nothing to resume at %s: starting a new run", self.pq_dir)
+            return set()
+        if self.overwrite:
+            remove_output(pk, self.pq_dir)
+            return set()
+        if not self.resume:
+            raise OutputError(f"{pk if pk.exists() else self.pq_dir} exists; rerun with --overwrite to replace it, "
+                              "--resume to complete an interrupted run, or choose another output")
+        manifest = read_manifest(self.pq_dir)
+        if manifest is None:
+            raise OutputError(f"cannot resume: {self.pq_dir} has no manifest; rerun with --overwrite")
+        changed = []
+        if manifest.get("result_fingerprint") != cfg.result_fingerprint():
+            old, new = manifest.get("config", {}), cfg.canonical()
+            diff = [k for k in ("model", "images", "blobs", "engine", "preprocess", "shard_size") if old.get(k) != new.get(k)]
+            changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))
+        if manifest.get("model", {}).get("sha256") != self.model_hashes:
+            old = manifest.get("model", {}).get("sha256", {})
+            changed.append("model files " + ", ".join(k for k in self.model_hashes if old.get(k) != self.model_hashes[k]))
+        if manifest.get("images", {}).get("keys_sha256") != self.keys_digest:
+            changed.append(f"the image list ({manifest.get('images', {}).get('count')} images then, {len(self.images)} now)")
+        if changed:
+            raise OutputError(f"cannot resume {self.pq_dir}: since the interrupted run, these changed: "
+                              f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over")
+        keep = set()
+        for s in manifest["shards"]:
+            if s.get("complete") and (self.pq_dir / shard_name(s["index"])).exists():
+                keep.add(s["index"])
+        self._resumed_shards = {s["index"]: s for s in manifest["shards"] if s["index"] in keep}
+        # Anything else in the directory is from the interrupted attempt: recompute it.
+        for f in self.pq_dir.iterdir():
+            if f.name.startswith((".part-", "part-")) and not any(f.name == shard_name(k) for k in keep):
+                f.unlink()
+        pk.unlink(missing_ok=True)
+        return keep
+
+    # -- processes ------------------------------------------------------------------------
+    def _start(self, plan: Plan, devices: list[str], producers: int) -> None:
+        from savedeep.output import write_manifest  # noqa: F401  (import check before spawning)
+        from savedeep.shm import Field, Ring, new_ring_spec
+        from workers._loop import Channels
+        from workers.consumer import ConsumerArgs, consumer_main
+        from workers.producer import ProducerArgs, producer_main
+        from workers.writer import WriterArgs, writer_main
+
+        cfg = self.config
+        ctx = mp.get_context("spawn")
+        G, B = len(devices), cfg.batch_size
+        in_slots = cfg.ring_slots or producers + 2 * G
+        out_slots = cfg.ring_slots or 2 * G + 2
+        in_spec = new_ring_spec("in", in_slots, [Field("data", (B, *self.input_shape), "float32")])
+        out_spec = new_ring_spec("out", out_slots, [Field(c.name, (B, *c.shape), c.dtype) for c in self.columns])
+        self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
+        self.ring_bytes = in_spec.nbytes + out_spec.nbytes
+        log.info("rings: %d input slots, %d output slots, %.1f MiB of shared memory",
+                 in_slots, out_slots, self.ring_bytes / 2**20)
+
+        n_workers = producers + G + 1
+        self.ch = ch = Channels(
+            tasks=ctx.Queue(), ready=ctx.Queue(), done=ctx.Queue(), events=ctx.Queue(),
+            free_in=ctx.Queue(), free_out=ctx.Queue(), logs=ctx.Queue(),
+            window=ctx.Semaphore(out_slots), stop=ctx.Event(),
+            current=ctx.Array("q", [-1] * n_workers, lock=False), parent_pid=os.getpid(),
+        )
+        for i in range(in_slots):
+            ch.free_in.put(i)
+        for i in range(out_slots):
+            ch.free_out.put(i)
+        handler = _ToLoggers()
+        self.listener = logging.handlers.QueueListener(ch.logs, handler)
+        self.listener.start()
+
+        cpu_consumers = sum(1 for d in devices if d == "cpu")
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // cpu_consumers) if cpu_consumers else None
+        slot = 0
+        shard_batches: dict[int, int] = {}
+        for _, k, _, _ in plan.batches:
+            shard_batches[k] = shard_batches.get(k, 0) + 1
+        wargs = WriterArgs(self.pq_dir, tuple(self.columns), dict(self.images.metadata), cfg.compression,
+                           cfg.compression_level, tuple((b, k) for b, k, _, _ in plan.batches), shard_batches, G, out_spec)
+        self._spawn(ctx, writer_main, "writer", 0, (0, slot, ch, wargs))
+        slot += 1
+        cargs = ConsumerArgs(cfg.engine, Path(cfg.model), B, threads, self.blob_specs, in_spec, out_spec)
+        for i, dev in enumerate(devices):
+            self._spawn(ctx, consumer_main, "consumer", i, (i, slot, ch, dev, cargs))
+            slot += 1
+        pargs = ProducerArgs(self.pre_spec, self.mean, self.input_shape, in_spec, cfg.on_error)
+        for i in range(producers):
+            self._spawn(ctx, producer_main, "producer", i, (i, slot, ch, pargs))
+            slot += 1
+        self.slot_of = {(role, i): s for s, (_, role, i) in enumerate(self.procs)}
+        entries = self.images.entries
+        for b, k, a, z in plan.batches:
+            ch.tasks.put(Task(b, k, a, tuple(e.key for e in entries[a:z]), tuple(str(e.path) for e in entries[a:z])))
+        for _ in range(producers):
+            ch.tasks.put(EndOfStream("parent"))
+
+    def _spawn(self, ctx, target, role: str, index: int, args: tuple) -> None:
+        p = ctx.Process(target=target, args=args, name=f"savedeep-{role}{index}", daemon=True)
+        p.start()
+        self.procs.append((p, role, index))
+
+    def _failure_from_events(self, timeout: float) -> WorkerFailed | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.ch.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if isinstance(msg, WorkerFailed):
+                return msg
+            self._on_event(msg)
+
+    def _on_event(self, msg: Any) -> None:
+        if isinstance(msg, BatchWritten):
+            self.rows += msg.rows
+            self.failures += msg.failures
+            if self.bar is not None:
+                self.bar.update(msg.rows + msg.failures)
+                if msg.failures:
+                    self.bar.set_postfix(failures=self.failures, refresh=False)
+        elif isinstance(msg, ShardWritten):
+            self.shards_done += 1
+        elif isinstance(msg, WorkerStats):
+            self.stats.append(msg)
+        elif isinstance(msg, WorkerFailed):
+            raise self._worker_error(msg)
+
+    def _worker_error(self, f: WorkerFailed) -> SavedeepError:
+        err_type = WorkerError
+        if f.exit_code != WorkerError.exit_code:
+            err_type = type(f"{f.role.title()}Error", (WorkerError,), {"exit_code": f.exit_code})
+        return err_type(f"{f.describe()}\n\n{f.role} {f.index}'s traceback:\n{f.traceback.rstrip()}")
+
+    def _supervise(self, devices: list[str], producers: int) -> None:
+        ch = self.ch
+        exited: set[int] = set()
+        producers_left = producers
+        writer = self.procs[0][0]
+        while True:
+            try:
+                msg = ch.events.get(timeout=0.1)
+                self._on_event(msg)
+                continue
+            except queue.Empty:
+                pass
+            for i, (p, role, index) in enumerate(self.procs):
+                if i in exited or p.exitcode is None:
+                    continue
+                exited.add(i)
+                if p.exitcode != 0:
+                    failed = self._failure_from_events(2.0)
+                    if failed is not None:
+                        raise self._worker_error(failed)
+                    batch = int(ch.current[self.slot_of[(role, index)]])
+                    dev = f" on {devices[index]}" if role == "consumer" else ""
+                    how = (f"was killed by signal {-p.exitcode} ({signal.Signals(-p.exitcode).name})"
+                           if p.exitcode < 0 else f"exited with code {p.exitcode}")
+                    where = f" while on batch {batch}" if batch >= 0 else ""
+                    raise WorkerError(f"{role} {index}{dev} (pid {p.pid}) {how}{where}; the run was stopped. "
+                                      "Shards already written are kept: rerun with --resume to complete the output")
+                if role == "producer":
+                    producers_left -= 1
+                    if producers_left == 0:
+                        for _ in devices:
+                            ch.ready.put(EndOfStream("parent"))
+            if writer.exitcode == 0:
+                # Everything the writer sent is in the pipe before it exited.
+                while True:
+                    try:
+                        self._on_event(ch.events.get(timeout=0.2))
+                    except queue.Empty:
+                        break
+                return
+
+    def _shutdown(self) -> None:
+        """The one ordered shutdown: see NOTE [savedeep shutdown]."""
+        ch = self.ch
+        if ch is not None:
+            ch.stop.set()
+            deadline = time.monotonic() + JOIN_TIMEOUT_S
+            for p, _, _ in self.procs:
+                while p.is_alive() and time.monotonic() < deadline:
+                    try:  # keep draining so no worker blocks on a full pipe while leaving
+                        ch.events.get(timeout=0.05)
+                    except (queue.Empty, OSError, EOFError):
+                        pass
+                    except Exception:  # noqa: BLE001 - a message we cannot unpickle while stopping
+                        pass
+            for p, _, _ in self.procs:
+                if p.is_alive():
+                    p.terminate()
+            for p, _, _ in self.procs:
+                p.join(2.0)
+                if p.is_alive():
+                    p.kill()
+                    p.join(2.0)
+            for q in (ch.tasks, ch.ready, ch.done, ch.events, ch.free_in, ch.free_out, ch.logs):
+                q.cancel_join_thread()
+            if self.listener is not None:
+                try:
+                    self.listener.stop()
+                except Exception:  # noqa: BLE001
+                    pass
+                self.listener = None
+            for q in (ch.tasks, ch.ready, ch.done, ch.events, ch.free_in, ch.free_out, ch.logs):
+                q.close()
+        for r in self.rings:
+            r.close()
+        self.rings = []
+        if self.pq_dir.exists():
+            for f in self.pq_dir.glob(".part-*.inprogress"):
+                f.unlink(missing_ok=True)
+
+    # -- the run ----------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        """Prepare, run, finish; always shut down cleanly."""
+        from savedeep.output import write_manifest
+
+        t0 = time.perf_counter()
+        cfg = self.config
+        self._resumed_shards = {}
+        self._prepare()
+        keep = self._output_state()
+        plan = make_plan(len(self.images), cfg.shard_size, cfg.batch_size, keep)
+        devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
+        cores = os.cpu_count() or 1
+        producers = cfg.producers if cfg.producers != "auto" else max(1, cores - len(devices) - 1)
+        producers = max(1, min(producers, max(1, len(plan.batches))))
+
+        self.pq_dir.mkdir(parents=True, exist_ok=True)
+        manifest = self._manifest(plan)
+        for k, s in self._resumed_shards.items():
+            manifest["shards"][k] = s
+        write_manifest(self.pq_dir, manifest)
+        file_handler = self._run_log()
+
+        self.rows = sum(s["rows"] for s in self._resumed_shards.values())
+        self.failures = sum(len(s["failures"]) for s in self._resumed_shards.values())
+        self.shards_done = 0
+        self.bar = None
+        old_term = signal.getsignal(signal.SIGTERM)
+
+        def _on_term(signum, frame):
+            raise Interrupted("stopped by SIGTERM")
+
+        try:
+            if threading_main():
+                signal.signal(signal.SIGTERM, _on_term)
+            if plan.batches:
+                log.info("%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s); batch %d",
+                         len(self.images), sum(z - a for _, _, a, z in plan.batches), len(plan.shards),
+                         cfg.engine, ", ".join(devices), producers, cfg.batch_size)
+                if self.progress:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=len(self.images), initial=self.rows + self.failures, unit="img",
+                                    desc="savedeep", dynamic_ncols=True, smoothing=0.1)
+                self._start(plan, devices, producers)
+                self._supervise(devices, producers)
+            self._finish(t0)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(
+                f"interrupted; {self.shards_done} shard(s) finished in this run are kept in {self.pq_dir}: "
+                "rerun the same command with --resume to complete the output") from exc
+        except Interrupted as exc:
+            raise Interrupted(f"{exc}; the shards finished so far are kept in {self.pq_dir}: "
+                              "rerun the same command with --resume to complete the output") from exc
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self._shutdown()
+            if threading_main():
+                signal.signal(signal.SIGTERM, old_term)
+            if file_handler is not None:
+                logging.getLogger("savedeep").removeHandler(file_handler)
+                file_handler.close()
+        busy = {}
+        for role in ("producer", "consumer", "writer"):
+            st = [s for s in self.stats if s.role == role]
+            if st:
+                busy[role] = sum(s.busy_s for s in st) / max(sum(s.wall_s for s in st), 1e-9)
+        return RunResult(
+            pickle=Path(cfg.output) if cfg.pickle else None, parquet_dir=self.pq_dir, images=len(self.images),
+            rows=self.rows, failures=self.failures, skipped_files=dict(self.images.skipped),
+            shards_done=self.shards_done, shards_kept=len(self._resumed_shards),
+            wall_s=time.perf_counter() - t0, devices=devices if plan.batches else [], producers=producers, busy=busy,
+        )
+
+    def _run_log(self) -> logging.Handler | None:
+        path = self.config.log_file
+        if path is None:
+            return None
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"))
+        lg = logging.getLogger("savedeep")
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET or lg.level > logging.INFO:
+            lg.setLevel(logging.INFO)
+        return handler
+
+    def _finish(self, t0: float) -> None:
+        from savedeep.output import read_manifest, write_failures, write_manifest, write_pickle
+
+        manifest = read_manifest(self.pq_dir)
+        assert manifest is not None
+        incomplete = [s["index"] for s in manifest["shards"] if not s.get("complete")]
+        if incomplete:
+            raise WorkerError(f"the writer ended but shards {incomplete} are not complete (a bug); rerun with --resume")
+        failures = [f for s in manifest["shards"] for f in s["failures"]]
+        write_failures(self.pq_dir, failures)
+        manifest["complete"] = True
+        manifest["failures"] = failures
+        manifest["summary"] = {"rows": sum(s["rows"] for s in manifest["shards"]), "failures": len(failures),
+                               "wall_s": round(time.perf_counter() - t0, 3)}
+        manifest["pickle"] = {"path": str(self.config.output), "status": "pending" if self.config.pickle else "disabled"}
+        write_manifest(self.pq_dir, manifest)
+        if self.config.pickle:
+            try:
+                write_pickle(self.pq_dir, Path(self.config.output), self.config.max_pickle_bytes)
+                manifest["pickle"]["status"] = "written"
+            except OutputError:
+                manifest["pickle"]["status"] = "refused: above max_pickle_bytes"
+                write_manifest(self.pq_dir, manifest)
+                raise
+            write_manifest(self.pq_dir, manifest)
+        log.info("done: %d rows, %d failures", manifest["summary"]["rows"], len(failures))
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,131 @@
+"""What every worker process shares: start-up, liveness-checked waits, error reporting.
+
+See NOTE [savedeep pipeline data flow] in savedeep/messages.py for the protocol
+and NOTE [savedeep shutdown] in savedeep/pipeline.py for how runs end.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from savedeep.messages import WorkerFailed, WorkerStats
+
+POLL_S = 0.2  # how often a blocked worker checks the stop flag and its parent
+
+
+class Stopped(Exception):
+    """The parent asked us to stop, or died: leave quietly."""
+
+
+@dataclass
+class Channels:
+    """The queues and shared flags of one run (inherited by spawned workers as arguments)."""
+
+    tasks: Any       # Task | EndOfStream                 parent -> producers
+    ready: Any       # BatchReady | EndOfStream           producers -> consumers
+    done: Any        # BatchDone | EndOfStream            consumers -> writer
+    events: Any      # BatchWritten, ShardWritten, WorkerStats, WorkerFailed -> parent
+    free_in: Any     # int: free input-slot numbers
+    free_out: Any    # int: free output-slot numbers
+    logs: Any        # logging.LogRecord from every worker -> parent's listener
+    window: Any      # Semaphore(out_slots): see the NOTE in savedeep/messages.py
+    stop: Any        # Event: set by the parent to stop everything
+    current: Any     # Array('q'): the batch each worker is on, -1 if none (for death reports)
+    parent_pid: int
+
+
+class Worker:
+    """The frame of one worker process: its identity, busy-time clock and blocking helpers."""
+
+    def __init__(self, role: str, index: int, slot: int, ch: Channels, device: str | None = None) -> None:
+        self.role, self.index, self.slot, self.ch, self.device = role, index, slot, ch, device
+        self.busy_s = 0.0
+        self.items = 0
+        self.started = time.perf_counter()
+        self._busy_since: float | None = None
+        self.log = logging.getLogger(f"savedeep.{role}{index}")
+
+    # -- time accounting: everything between waits is busy time
+    def _pause(self) -> None:
+        if self._busy_since is not None:
+            self.busy_s += time.perf_counter() - self._busy_since
+            self._busy_since = None
+
+    def _resume(self) -> None:
+        self._busy_since = time.perf_counter()
+
+    def check(self) -> None:
+        """Raise Stopped if the run is stopping or the parent is gone."""
+        if self.ch.stop.is_set() or os.getppid() != self.ch.parent_pid:
+            raise Stopped()
+
+    def get(self, q) -> Any:
+        """A blocking get that keeps checking the stop flag and the parent."""
+        self._pause()
+        try:
+            while True:
+                try:
+                    return q.get(timeout=POLL_S)
+                except queue.Empty:
+                    self.check()
+        finally:
+            self._resume()
+
+    def acquire(self, sem) -> None:
+        """Acquire a semaphore permit, checking the stop flag and the parent meanwhile."""
+        self._pause()
+        try:
+            while not sem.acquire(timeout=POLL_S):
+                self.check()
+        finally:
+            self._resume()
+
+    def on_batch(self, batch: int | None) -> None:
+        """Record the batch being worked on, so a death can be reported with it."""
+        self.ch.current[self.slot] = -1 if batch is None else batch
+
+
+def _setup_process(ch: Channels) -> None:
+    # The parent owns SIGINT/SIGTERM: a Ctrl-C reaches the whole process group,
+    # and the parent decides the order of shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(ch.logs)]
+    root.setLevel(logging.INFO)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def run_worker(role: str, index: int, slot: int, ch: Channels, device: str | None,
+               body: Callable[[Worker], None]) -> None:
+    """Run ``body`` as worker ``role`` ``index``; report stats or the failure to the parent."""
+    _setup_process(ch)
+    w = Worker(role, index, slot, ch, device)
+    w._resume()
+    try:
+        body(w)
+    except Stopped:
+        sys.exit(0)
+    except BaseException as exc:  # noqa: BLE001 - everything is reported, then we exit non-zero
+        batch = int(ch.current[slot])
+        code = getattr(exc, "exit_code", 6)
+        ch.events.put(WorkerFailed(
+            role=role, index=index, pid=os.getpid(), device=device,
+            batch=None if batch < 0 else batch,
+            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), exit_code=code,
+        ))
+        ch.events.close()
+        ch.events.join_thread()
+        sys.exit(1)
+    w._pause()
+    ch.events.put(WorkerStats(role=role, index=index, busy_s=w.busy_s,
+                              wall_s=time.perf_counter() - w.started, items=w.items))

@@ -1,0 +1,82 @@
+"""Consumer process: one per device; runs the forward pass on decoded batches.
+
+Loop + protocol only (NOTE [savedeep pipeline data flow] in
+savedeep/messages.py). The device is selected inside this process, before the
+engine is created (pycaffe: set_mode_gpu + set_device; torch: cuda:N), which is
+why workers are spawned, never forked from a parent that may hold CUDA state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from savedeep.messages import BatchDone, BatchReady, EndOfStream
+from savedeep.shm import Ring, RingSpec
+from workers._loop import Channels, Worker, run_worker
+
+
+@dataclass(frozen=True)
+class ConsumerArgs:
+    """Everything a consumer needs, picklable."""
+
+    engine: str                      # "caffe" | "torch"
+    model_dir: Path
+    batch_size: int
+    threads: int | None
+    blob_specs: tuple[Any, ...]      # savedeep.config.BlobSpec
+    in_ring: RingSpec
+    out_ring: RingSpec
+
+
+def consumer_main(index: int, slot: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
+    """Entry point of the consumer for ``device`` (spawned by the parent)."""
+    run_worker("consumer", index, slot, ch, device, lambda w: _loop(w, args))
+
+
+def _loop(w: Worker, args: ConsumerArgs) -> None:
+    from savedeep.engines import create_engine
+    from savedeep.faults import maybe_fail
+    from savedeep.model import load_model
+    from savedeep.reduce import make_reducer
+
+    model = load_model(args.model_dir)
+    engine = create_engine(args.engine, model, w.device, args.batch_size, threads=args.threads)
+    names = [s.name for s in args.blob_specs]
+    reducers = {s.name: make_reducer(s, tuple(engine.blob_shapes[s.name])) for s in args.blob_specs}
+    # Blobs stored as float32 without a reduction go straight from the engine into the slot.
+    direct = {s.name for s in args.blob_specs if s.reduce is None and s.dtype == "float32"}
+    in_ring, out_ring = Ring.attach(args.in_ring), Ring.attach(args.out_ring)
+    w.log.info("ready on %s (%s engine)", w.device, args.engine)
+    try:
+        while True:
+            msg = w.get(w.ch.ready)
+            if isinstance(msg, EndOfStream):
+                w.ch.done.put(EndOfStream(f"consumer{w.index}"))
+                return
+            assert isinstance(msg, BatchReady)
+            w.on_batch(msg.batch)
+            n = len(msg.indices)
+            if n == 0:
+                w.ch.free_in.put(msg.slot)
+                w.ch.done.put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
+                continue
+            maybe_fail("consumer", w.index, msg.batch)
+            oslot = w.get(w.ch.free_out)
+            out = out_ring.slot(oslot)
+            x = in_ring.slot(msg.slot)["data"][:n]
+            acts = engine.forward(x, names, out={b: out[b] for b in direct} or None)
+            w.ch.free_in.put(msg.slot)
+            for b in names:
+                if b not in direct:
+                    out[b][:n] = reducers[b].apply(np.asarray(acts[b][:n], dtype=np.float32))
+            w.items += n
+            w.ch.done.put(BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))
+            w.on_batch(None)
+    finally:
+        engine.close()
+        in_ring.close()
+        out_ring.close()
