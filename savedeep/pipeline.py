@@ -181,6 +181,13 @@ def _versions(engine: str) -> dict[str, str]:
     return out
 
 
+def preprocess_spec(config: Config):
+    """The PreprocessSpec of a config's ``preprocess:`` section (unset keys take the spec's defaults)."""
+    from savedeep.preprocess import PreprocessSpec
+
+    return PreprocessSpec(**{k: v for k, v in config.preprocess.to_dict().items() if v is not None or k == "input_scale"})
+
+
 class _ToLoggers(logging.Handler):
     """Re-dispatch worker records to this process's loggers (run log + console)."""
 
@@ -212,7 +219,7 @@ class Run:
         from savedeep.images import list_images
         from savedeep.model import load_model
         from savedeep.output import ColumnSpec, sha256_file
-        from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+        from savedeep.preprocess import Preprocessor, load_mean
         from savedeep.reduce import make_reducer
 
         cfg = self.config
@@ -233,7 +240,7 @@ class Run:
                                       "blob_shape": list(shape), "reduce": red.describe()}
         self.images = list_images(cfg.images)
         self.mean = load_mean(self.model.mean_path)
-        self.pre_spec = PreprocessSpec(**cfg.preprocess.to_dict())
+        self.pre_spec = preprocess_spec(cfg)
         self.preprocess_desc = Preprocessor(self.pre_spec, self.mean, self.input_shape).describe()
         self.model_hashes = {p.name: sha256_file(p) for p in (self.model.prototxt, self.model.weights, self.model.mean_path)}
         self.keys_digest = _keys_digest(self.images.keys)

@@ -12,7 +12,8 @@ def validate(config: Config) -> str:
     from savedeep.errors import ImageError
     from savedeep.images import list_images
     from savedeep.model import load_model
-    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.pipeline import preprocess_spec
+    from savedeep.preprocess import Preprocessor, load_mean
     from savedeep.reduce import make_reducer
 
     model = load_model(config.model, weights=True)
@@ -33,7 +34,7 @@ def validate(config: Config) -> str:
     lines.append(f"images: {len(images)} in {config.images}" + (f" ({skipped} other files skipped by extension)" if skipped else ""))
     lines.append(f"output: about {per_image * len(images) / 2**20:.1f} MiB of activations before compression")
     mean = load_mean(model.mean_path)
-    pre = Preprocessor(PreprocessSpec(**config.preprocess.to_dict()), mean, tuple(model.net.input_shape[1:]))
+    pre = Preprocessor(preprocess_spec(config), mean, tuple(model.net.input_shape[1:]))
     bad = []
     for e in images.entries[:SAMPLE]:
         try:

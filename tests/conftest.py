@@ -58,6 +58,15 @@ def photos(shared, tmp_path_factory) -> list[Path]:
     return sorted((shared / "images").glob("*.jpg")) + skimage_photos
 
 
+def _is_resource_tracker(p: psutil.Process) -> bool:
+    # multiprocessing's resource tracker is started once per interpreter and
+    # outlives runs by design (it unlinks segments if their owner dies).
+    try:
+        return any("resource_tracker" in part for part in p.cmdline())
+    except psutil.Error:
+        return True
+
+
 def _our_shm() -> set[str]:
     try:
         return {n for n in os.listdir("/dev/shm") if n.startswith(SHM_PREFIX)}
@@ -73,7 +82,8 @@ def no_leaks():
     me = psutil.Process()
     deadline = time.monotonic() + 5.0
     while True:
-        children = [c for c in me.children(recursive=True) if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+        children = [c for c in me.children(recursive=True)
+                    if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)]
         leaked_shm = _our_shm() - before
         if (not children and not leaked_shm) or time.monotonic() > deadline:
             break
@@ -82,3 +92,31 @@ def no_leaks():
         c.kill()
     assert not children, f"child processes left behind: {[(c.pid, c.name()) for c in children]}"
     assert not leaked_shm, f"shared-memory segments left behind: {sorted(leaked_shm)}"
+
+
+@pytest.fixture(scope="session")
+def caffenet_dir(shared, tmp_path_factory) -> Path:
+    """CaffeNet (the shared deploy.prototxt) with seeded random weights in a real .caffemodel,
+    and the ILSVRC-2012 mean image (3, 256, 256) as its mean.npy."""
+    import shutil
+
+    from savedeep.caffemodel import random_weights, write_caffemodel
+    from savedeep.model import load_net
+
+    d = tmp_path_factory.mktemp("caffenet") / "model"
+    d.mkdir()
+    shutil.copyfile(shared / "models" / "caffenet" / "deploy.prototxt", d / "deploy.prototxt")
+    shutil.copyfile(shared / "models" / "ilsvrc_2012_mean.npy", d / "mean.npy")
+    net = load_net(d / "deploy.prototxt")
+    write_caffemodel(d / "weights.caffemodel", net, random_weights(net, seed=1))
+    return d
+
+
+def make_bad_images(directory: Path, photo: Path) -> dict[str, str]:
+    """Write broken image files next to real ones; returns {file name: what is wrong}."""
+    data = photo.read_bytes()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bad_truncated.jpg").write_bytes(data[: len(data) // 3])
+    (directory / "bad_empty.jpg").write_bytes(b"")
+    (directory / "bad_text.jpg").write_text("this is not an image\n")
+    return {"bad_truncated.jpg": "truncated", "bad_empty.jpg": "zero-byte", "bad_text.jpg": "not an image"}

@@ -1,0 +1,191 @@
+"""Forward engines: one interface, two implementations that give the same numbers.
+
+``caffe`` runs the model through pycaffe; ``torch`` executes the same prototxt
+and caffemodel with PyTorch (no pycaffe needed). Both follow Caffe's blob
+semantics: a blob holds the last value written to it, so the blob of a
+convolution followed by an in-place ReLU holds post-ReLU values.
+
+Create an engine inside the process that will run it (device selection
+happens there, before the net is built)::
+
+    engine = create_engine("torch", model, "cuda:0", batch_size=32)
+    acts = engine.forward(batch, ["conv1", "fc7"])   # {name: (n, *shape) float32 copies}
+    engine.close()
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from savedeep.errors import ConfigError, InputError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from savedeep.model import Model
+
+ENGINE_KINDS: tuple[str, ...] = ("caffe", "torch")
+
+
+class DeviceUnavailableError(ConfigError):
+    """A well-formed device (``cuda:N``) that this process cannot use; the caller may fall back to ``cpu``."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A parsed device: type ``"cpu"`` or ``"cuda"``, and the GPU index for cuda."""
+
+    type: str
+    index: int | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        """Whether this is a GPU."""
+        return self.type == "cuda"
+
+    def __str__(self) -> str:
+        return "cpu" if self.type == "cpu" else f"cuda:{self.index}"
+
+
+_DEVICE_RE = re.compile(r"^\s*(cpu|cuda)(?::(\d+))?\s*$", re.IGNORECASE)
+
+
+def parse_device(device: str) -> Device:
+    """Parse ``"cpu"``, ``"cuda"`` (= ``cuda:0``) or ``"cuda:N"``; ConfigError for anything else."""
+    m = _DEVICE_RE.match(str(device)) if isinstance(device, str) else None
+    if m is None or (m.group(1).lower() == "cpu" and m.group(2) is not None):
+        raise ConfigError(f"device {device!r} is not a device: use 'cpu' or 'cuda:N' (N = GPU index, e.g. 'cuda:0')")
+    if m.group(1).lower() == "cpu":
+        return Device("cpu")
+    return Device("cuda", int(m.group(2) or 0))
+
+
+def check_device(device: Device, available: int, engine: str) -> None:
+    """Raise DeviceUnavailableError unless `device` is the CPU or a GPU index below `available`."""
+    if not device.is_cuda:
+        return
+    if available <= 0:
+        raise DeviceUnavailableError(
+            f"device {device}: the {engine} engine sees no CUDA GPU in this process "
+            f"(no GPU, no driver, a CPU-only build, or CUDA_VISIBLE_DEVICES hides them); use device 'cpu'"
+        )
+    if device.index is None or device.index >= available:
+        raise DeviceUnavailableError(
+            f"device {device}: the {engine} engine sees {available} GPU(s) (cuda:0..cuda:{available - 1}); "
+            f"pick one of those or use 'cpu'"
+        )
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers: the input it wants, blob shapes, forward, close."""
+
+    kind: str
+    device: str
+    batch_size: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The per-image input shape (C, H, W)."""
+        ...
+
+    @property
+    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-image shapes of every user-visible blob, in net order."""
+        ...
+
+    def forward(
+        self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run `batch` (n, C, H, W) float32 and return copies of the requested blobs, (n, *shape) each."""
+        ...
+
+    def close(self) -> None:
+        """Release the net and device memory."""
+        ...
+
+
+def validate_batch(batch: np.ndarray, input_shape: tuple[int, ...], batch_size: int) -> np.ndarray:
+    """Check a forward batch's shape and return it as C-contiguous float32; InputError if it does not fit."""
+    if not isinstance(batch, np.ndarray) or batch.ndim != 1 + len(input_shape):
+        raise InputError(
+            f"forward batch must be a numpy array (n, {', '.join(map(str, input_shape))}), "
+            f"got {getattr(batch, 'shape', type(batch).__name__)}"
+        )
+    n = batch.shape[0]
+    if tuple(batch.shape[1:]) != tuple(input_shape) or not 1 <= n <= batch_size:
+        raise InputError(
+            f"forward batch has shape {batch.shape}; the engine takes (n, {', '.join(map(str, input_shape))}) "
+            f"with 1 <= n <= batch_size {batch_size}: preprocess images to the model's input shape"
+        )
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def validate_blob_names(names: Sequence[str], known: Sequence[str]) -> list[str]:
+    """The requested names in order without duplicates; ModelError naming the valid ones for an unknown name."""
+    known_set = set(known)
+    bad = [b for b in names if b not in known_set]
+    if bad:
+        raise ModelError(f"unknown blob(s) {', '.join(map(repr, bad))}; the model's blobs are: {', '.join(known)}")
+    if not names:
+        raise ModelError(f"no blob requested; the model's blobs are: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def write_outputs(
+    results: dict[str, np.ndarray], n: int, out: dict[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
+    """Copy each result into out[name][:n] when `out` is given (e.g. a shared-memory slot) and return out."""
+    if out is None:
+        return results
+    for name, arr in results.items():
+        if name not in out:
+            raise InputError(f"forward: the output buffers have no entry for blob {name!r}")
+        dst = out[name]
+        if tuple(dst.shape[1:]) != tuple(arr.shape[1:]) or dst.shape[0] < n:
+            raise InputError(
+                f"forward: output buffer for blob {name!r} has shape {dst.shape}, "
+                f"needs at least ({n}, {', '.join(map(str, arr.shape[1:]))})"
+            )
+        np.copyto(dst[:n], arr, casting="same_kind")
+    return out
+
+
+def create_engine(
+    kind: str, model: "Model", device: str, batch_size: int, threads: int | None = None
+) -> Engine:
+    """Build the `kind` engine ("caffe" or "torch") for `model` on `device` ("cpu" or "cuda:N") in this process."""
+    if kind not in ENGINE_KINDS:
+        raise ConfigError(f"engine {kind!r} is unknown: use one of {', '.join(ENGINE_KINDS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size!r} must be a positive integer")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads {threads!r} must be a positive integer or unset")
+    dev = parse_device(device)
+    if model.weights is None:
+        raise ModelError(
+            f"model {model.directory} has no weights file: the engines need the .caffemodel beside the prototxt"
+        )
+    if kind == "caffe":
+        from savedeep.engines.caffe_engine import CaffeEngine
+
+        return CaffeEngine(model.prototxt, model.weights, model.net, dev, batch_size, threads)
+    from savedeep.engines.torch_engine import TorchEngine
+
+    return TorchEngine(model.net, dev, batch_size, threads, source=model.prototxt)
+
+
+__all__ = [
+    "ENGINE_KINDS",
+    "Device",
+    "DeviceUnavailableError",
+    "Engine",
+    "check_device",
+    "create_engine",
+    "parse_device",
+    "validate_batch",
+    "validate_blob_names",
+    "write_outputs",
+]

@@ -1,0 +1,180 @@
+"""The caffe engine: pycaffe runs the prototxt + caffemodel on the CPU or one GPU.
+
+pycaffe must be imported in the process that runs the net, after the
+environment is set: ``GLOG_minloglevel`` silences glog, and
+``OPENBLAS_NUM_THREADS`` (from ``threads``) only takes effect if it is set
+before the first ``import caffe`` of that process, because OpenBLAS reads it
+when the library loads. Device selection (``caffe.set_mode_gpu();
+caffe.set_device(i)`` or ``caffe.set_mode_cpu()``) happens before the net is
+created, as Caffe requires.
+
+pycaffe's ``net.blobs[name].data`` are views into Caffe's memory that the next
+forward overwrites, so every result is copied out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from savedeep.engines import (
+    Device,
+    check_device,
+    parse_device,
+    validate_batch,
+    validate_blob_names,
+    write_outputs,
+)
+from savedeep.errors import ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from savedeep.model import Net
+
+log = logging.getLogger(__name__)
+
+
+def import_caffe(threads: int | None = None) -> ModuleType:
+    """Import pycaffe quietly, with OpenBLAS limited to `threads` if this is the process's first import."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    if threads is not None:
+        if "caffe" in sys.modules:
+            if os.environ.get("OPENBLAS_NUM_THREADS") != str(threads):
+                log.warning(
+                    "caffe was already imported in this process: threads=%d has no effect on OpenBLAS "
+                    "(set OPENBLAS_NUM_THREADS before the first import of caffe)",
+                    threads,
+                )
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    try:
+        import caffe  # noqa: PLC0415 - heavy, and must follow the environment set above
+    except ImportError as exc:
+        raise ModelError(
+            f"the caffe engine needs pycaffe, which cannot be imported ({exc}); install it with "
+            f"scripts/setup.sh or use engine 'torch'"
+        ) from exc
+    return caffe
+
+
+def _caffe_has_cuda(caffe: ModuleType) -> bool:
+    """Whether this pycaffe was compiled with CUDA (a CPU_ONLY build aborts the process on set_device)."""
+    pkg = Path(caffe.__file__).resolve().parent
+    candidates = list(pkg.glob("*.so*")) + list(pkg.glob("**/libcaffe*.so*"))
+    for libs in pkg.parent.glob("*.libs"):  # auditwheel puts bundled libraries beside the package
+        candidates += list(libs.glob("libcaffe*.so*"))
+    for path in candidates:
+        try:
+            if b"cudaGetDeviceCount" in path.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def cuda_device_count() -> int:
+    """The number of CUDA GPUs the driver shows this process (0 without a driver), without torch."""
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            cuda = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+class CaffeEngine:
+    """The engine that runs a net through pycaffe."""
+
+    kind = "caffe"
+
+    def __init__(
+        self,
+        prototxt: Path | str,
+        weights: Path | str,
+        net: "Net",
+        device: Device | str = "cpu",
+        batch_size: int = 1,
+        threads: int | None = None,
+    ) -> None:
+        dev = parse_device(device) if isinstance(device, str) else device
+        caffe = import_caffe(threads)
+        if dev.is_cuda:
+            available = cuda_device_count() if _caffe_has_cuda(caffe) else 0
+            check_device(dev, available, "caffe")
+            caffe.set_mode_gpu()
+            caffe.set_device(dev.index)
+        else:
+            caffe.set_mode_cpu()
+        self.device = str(dev)
+        self.batch_size = batch_size
+        self._visible = list(net.blobs)
+        self._input = net.input_name
+        self.net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
+        if self._input not in self.net.blobs:
+            raise ModelError(f"{prototxt}: pycaffe's net has no input blob {self._input!r}")
+        shape = tuple(self.net.blobs[self._input].data.shape)
+        if len(shape) != 4:
+            raise ModelError(f"{prototxt}: input {self._input!r} has shape {shape}; savedeep feeds images (N, C, H, W)")
+        self._input_shape = tuple(int(d) for d in shape[1:])
+        self._n = -1
+        self._reshape(batch_size)
+        self._blob_shapes = {b: tuple(int(d) for d in self.net.blobs[b].data.shape[1:]) for b in self._visible}
+        # The last layer that writes each blob: a forward can stop there.
+        self._last_writer: dict[str, int] = {}
+        for i, (layer, tops) in enumerate(self.net.top_names.items()):
+            for t in tops:
+                self._last_writer[t] = i
+        self._layer_names = list(self.net._layer_names)
+        log.debug("caffe engine on %s: %s, batch %d", self.device, prototxt, batch_size)
+
+    def _reshape(self, n: int) -> None:
+        if n != self._n:
+            self.net.blobs[self._input].reshape(n, *self._input_shape)
+            self.net.reshape()
+            self._n = n
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The per-image input shape (C, H, W)."""
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-image shapes of every user-visible blob, in net order."""
+        return dict(self._blob_shapes)
+
+    def forward(
+        self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run `batch` (n, C, H, W) and return float32 copies of the requested blobs (or fill `out`)."""
+        x = validate_batch(batch, self._input_shape, self.batch_size)
+        names = validate_blob_names(blobs, self._visible)
+        n = x.shape[0]
+        self._reshape(n)
+        self.net.blobs[self._input].data[...] = x
+        last = max(self._last_writer.get(b, 0) for b in names)
+        self.net.forward(end=self._layer_names[last])
+        views = {b: self.net.blobs[b].data for b in names}
+        if out is not None:
+            return write_outputs(views, n, out)
+        return {b: np.array(v, dtype=np.float32, copy=True) for b, v in views.items()}
+
+    def close(self) -> None:
+        """Drop the pycaffe net (frees its CPU or GPU memory)."""
+        self.net = None
+
+    def __enter__(self) -> "CaffeEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,249 @@
+"""The torch engine: PyTorch executes a Caffe prototxt + caffemodel with Caffe's blob semantics.
+
+The net runs as a list of layer modules (:mod:`savedeep.engines.torch_layers`)
+over a dict from blob name to tensor. A layer whose top names its bottom
+(Caffe's in-place layers) replaces that blob's value, so after a forward the
+blob ``conv1`` of ``conv1 -> relu1 (in place)`` holds post-ReLU values, exactly
+as pycaffe returns it.
+
+Only the layers that the requested blobs depend on run: every write to a blob
+is a "version", the requested blobs name the versions that are current after
+the last layer, and a layer runs only if a needed version is one of its tops.
+Tensors are dropped as soon as no later step reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from savedeep.engines import (
+    Device,
+    check_device,
+    parse_device,
+    validate_batch,
+    validate_blob_names,
+    write_outputs,
+)
+from savedeep.engines.torch_layers import INPUT_TYPES, CaffeOp, build_layer
+from savedeep.errors import ModelError, UnsupportedLayerError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from savedeep.model import Layer, Net
+
+log = logging.getLogger(__name__)
+
+# A blob value: (blob name, index of the step that wrote it; -1 for the net input).
+_Version = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One non-input layer of the net, in net order."""
+
+    op: CaffeOp
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The steps to run for a set of requested blobs, and the blobs to drop after each step."""
+
+    steps: tuple[int, ...]
+    drop_after: tuple[tuple[str, ...], ...]
+
+
+def unsupported_layers(net: "Net") -> list["Layer"]:
+    """The layers of `net` the torch engine cannot run (cheap: types only, no weights needed)."""
+    from savedeep.engines.torch_layers import SUPPORTED_TYPES
+
+    return [layer for layer in net.layers if layer.type not in SUPPORTED_TYPES]
+
+
+class TorchNet(nn.Module):
+    """A Caffe net as a torch module: forward(input, names) -> {name: tensor} with Caffe's blob semantics."""
+
+    def __init__(self, net: "Net", source: object = None) -> None:
+        super().__init__()
+        self.input_name = net.input_name
+        steps: list[_Step] = []
+        ops: list[CaffeOp] = []
+        for layer in net.layers:
+            if layer.type in INPUT_TYPES:
+                if list(layer.tops) != [net.input_name]:
+                    raise UnsupportedLayerError(
+                        f"input layer {layer.name!r} in {source} produces {list(layer.tops)}; the torch engine "
+                        f"feeds one input blob ({net.input_name!r}): use the caffe engine for multi-input nets"
+                    )
+                continue
+            op = build_layer(layer, source)
+            ops.append(op)
+            steps.append(_Step(op, tuple(layer.bottoms), tuple(layer.tops)))
+        # ModuleList registers the weight buffers so that .to(device) moves them.
+        self.ops = nn.ModuleList(ops)
+        self._steps = steps
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+        self._check_graph(source)
+
+    def _check_graph(self, source: object) -> None:
+        """Every bottom must be written before it is read, as Caffe checks when it builds the net."""
+        known = {self.input_name}
+        for step in self._steps:
+            for b in step.bottoms:
+                if b not in known:
+                    raise ModelError(
+                        f"{step.op.where()} in {source} reads blob {b!r} before any layer writes it; fix the prototxt"
+                    )
+            known.update(step.tops)
+        self.blob_names = known
+
+    def plan(self, names: Sequence[str]) -> _Plan:
+        """Which steps produce the final values of `names`, and when each intermediate blob can be freed."""
+        key = tuple(names)
+        if key in self._plans:
+            return self._plans[key]
+        current: dict[str, int] = {self.input_name: -1}
+        reads: list[list[_Version]] = []
+        writes: list[list[_Version]] = []
+        current_after: list[dict[str, int]] = []
+        for i, step in enumerate(self._steps):
+            reads.append([(b, current[b]) for b in step.bottoms])
+            for t in step.tops:
+                current[t] = i
+            writes.append([(t, i) for t in step.tops])
+            current_after.append(dict(current))
+        wanted: set[_Version] = {(n, current[n]) for n in names}
+        needed_versions = set(wanted)
+        needed_steps: list[int] = []
+        for i in range(len(self._steps) - 1, -1, -1):
+            if any(v in needed_versions for v in writes[i]):
+                needed_steps.append(i)
+                needed_versions.update(reads[i])
+        needed_steps.reverse()
+        # last step (among those run) that reads or writes each version
+        last_use: dict[_Version, int] = {}
+        for i in needed_steps:
+            for v in reads[i] + writes[i]:
+                last_use[v] = i
+        drops: dict[int, list[str]] = {i: [] for i in needed_steps}
+        for (name, ver), i in last_use.items():
+            if (name, ver) in wanted:
+                continue
+            if current_after[i].get(name) == ver:  # not already replaced by an in-place write
+                drops[i].append(name)
+        plan = _Plan(tuple(needed_steps), tuple(tuple(drops[i]) for i in needed_steps))
+        self._plans[key] = plan
+        return plan
+
+    def forward(self, x: Tensor, names: Sequence[str]) -> dict[str, Tensor]:  # type: ignore[override]
+        """Run the layers the requested blobs depend on and return their final values."""
+        plan = self.plan(names)
+        env: dict[str, Tensor] = {self.input_name: x}
+        for i, drop in zip(plan.steps, plan.drop_after):
+            step = self._steps[i]
+            tops = step.op(*[env[b] for b in step.bottoms])
+            if len(tops) != len(step.tops):
+                raise ModelError(
+                    f"{step.op.where()} produced {len(tops)} outputs for {len(step.tops)} tops; fix the prototxt"
+                )
+            for t, value in zip(step.tops, tops):
+                env[t] = value
+            for name in drop:
+                del env[name]
+        return {n: env[n] for n in names}
+
+
+class TorchEngine:
+    """The engine that runs a Caffe net with PyTorch on the CPU or one CUDA GPU."""
+
+    kind = "torch"
+
+    def __init__(
+        self,
+        net: "Net",
+        device: Device | str = "cpu",
+        batch_size: int = 1,
+        threads: int | None = None,
+        source: Path | str | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        dev = parse_device(device) if isinstance(device, str) else device
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if dev.is_cuda:
+            check_device(dev, torch.cuda.device_count() if torch.cuda.is_available() else 0, "torch")
+        self.device = str(dev)
+        self.batch_size = batch_size
+        self._torch_device = torch.device(self.device)
+        # channels_last helps oneDNN convolutions on the CPU; on CUDA without cuDNN tuning it may not.
+        self._channels_last = channels_last
+        self._input_shape = tuple(int(d) for d in net.input_shape[1:])
+        if len(self._input_shape) != 3:
+            raise ModelError(
+                f"{source}: input {net.input_name!r} has shape {tuple(net.input_shape)}; savedeep feeds "
+                f"images (N, C, H, W)"
+            )
+        visible = list(net.blobs)
+        shapes = net.blob_shapes(1)
+        self._blob_shapes = {b: tuple(int(d) for d in shapes[b][1:]) for b in visible}
+        self.module = TorchNet(net, source).to(self._torch_device).eval()
+        log.debug("torch engine on %s: %d layers, batch %d", self.device, len(self.module.ops), batch_size)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The per-image input shape (C, H, W)."""
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-image shapes of every user-visible blob, in net order."""
+        return dict(self._blob_shapes)
+
+    def forward(
+        self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run `batch` (n, C, H, W) and return float32 copies of the requested blobs (or fill `out`)."""
+        x = validate_batch(batch, self._input_shape, self.batch_size)
+        names = validate_blob_names(blobs, list(self._blob_shapes))
+        n = x.shape[0]
+        t = torch.from_numpy(x)
+        if self._torch_device.type != "cpu":
+            t = t.to(self._torch_device, non_blocking=False)
+        if self._channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            values = self.module(t, names)
+            host = {name: v.to("cpu", torch.float32) for name, v in values.items()}
+        if out is not None:
+            return write_outputs({k: v.numpy() for k, v in host.items()}, n, out)
+        results: dict[str, np.ndarray] = {}
+        # Tensors sharing memory with the caller's batch (the input blob, a reshape of it)
+        # or with another returned blob (Split, Dropout) are copied: results never alias.
+        seen = {torch.from_numpy(x).untyped_storage().data_ptr()}
+        for name, v in host.items():
+            ptr = v.untyped_storage().data_ptr()
+            arr = v.numpy()
+            if ptr in seen or not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr).copy() if ptr in seen else np.ascontiguousarray(arr)
+            seen.add(ptr)
+            results[name] = arr
+        return results
+
+    def close(self) -> None:
+        """Drop the module and release cached GPU memory."""
+        self.module = None  # type: ignore[assignment]
+        if self._torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "TorchEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,184 @@
+"""Full pipeline runs on the CPU: real processes, shared memory, real models, real photos, real Parquet."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import savedeep
+from savedeep.config import load_config
+from savedeep.errors import OutputError
+from savedeep.pipeline import make_plan, resolve_devices
+
+from conftest import make_bad_images
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def image_dir(photos, tmp_path_factory) -> Path:
+    """Real photos in nested folders, plus broken files and a non-image file."""
+    d = tmp_path_factory.mktemp("imgs")
+    for i, p in enumerate(photos[:9]):
+        sub = d / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        shutil.copyfile(p, sub / p.name)
+    make_bad_images(d / "b", photos[0])
+    (d / "notes.txt").write_text("not listed: skipped by extension\n")
+    return d
+
+
+def _run(model: Path, images: Path, out: Path, blobs, **kw):
+    cfg = load_config(None, {"model": model, "images": images, "output": out, "blobs": blobs, "gpus": "cpu", **kw})
+    return cfg, savedeep.run(cfg)
+
+
+def _direct(engine: str, model_dir: Path, cfg, keys: list[str], blobs: list[str]) -> dict[str, np.ndarray]:
+    """The same activations computed in this process, one image at a time, without the pipeline."""
+    from savedeep.engines import create_engine
+    from savedeep.model import load_model
+    from savedeep.pipeline import preprocess_spec
+    from savedeep.preprocess import Preprocessor, load_mean
+
+    model = load_model(model_dir)
+    eng = create_engine(engine, model, "cpu", 1)
+    pre = Preprocessor(preprocess_spec(cfg), load_mean(model.mean_path),
+                       tuple(model.net.input_shape[1:]))
+    out = {b: [] for b in blobs}
+    for k in keys:
+        x = pre.load(cfg.images / k)[None]
+        acts = eng.forward(x, blobs)
+        for b in blobs:
+            out[b].append(acts[b][0])
+    eng.close()
+    return {b: np.stack(v) for b, v in out.items()}
+
+
+def test_plan_covers_every_image_once():
+    plan = make_plan(23, shard_size=10, batch_size=4)
+    assert [s[1:] for s in plan.shards] == [(0, 10), (10, 20), (20, 23)]
+    covered = [i for _, _, a, z in plan.batches for i in range(a, z)]
+    assert covered == list(range(23))
+    # batches never straddle a shard
+    assert all(plan.shards[k][1] <= a and z <= plan.shards[k][2] for _, k, a, z in plan.batches)
+    resumed = make_plan(23, 10, 4, done={1})
+    assert resumed.todo == [0, 2] and all(k != 1 for _, k, _, _ in resumed.batches)
+
+
+def test_devices_fall_back_to_cpu_or_stop():
+    assert resolve_devices("cpu", False, 2) == ["cpu", "cpu"]
+    assert resolve_devices((0, 1), False, 1, available=0) == ["cpu"]
+    assert resolve_devices((0, 1), False, 1, available=2) == ["cuda:0", "cuda:1"]
+    assert resolve_devices("all", False, 1, available=3) == ["cuda:0", "cuda:1", "cuda:2"]
+    with pytest.raises(savedeep.errors.ConfigError, match="require"):
+        resolve_devices((0,), True, 1, available=0)
+    with pytest.raises(savedeep.errors.ConfigError, match="does not exist"):
+        resolve_devices((0, 4), False, 1, available=2)
+
+
+def test_nsfw_two_producers_two_consumers(nsfw_dir, image_dir, tmp_path):
+    blobs = ["conv_1", "pool", "prob"]
+    cfg, res = _run(nsfw_dir, image_dir, tmp_path / "out" / "acts.pk", blobs,
+                    producers=2, cpu_consumers=2, batch_size=2, shard_size=4)
+    keys = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*.*")
+                  if p.suffix in (".jpg", ".png"))
+    good = [k for k in keys if not k.split("/")[-1].startswith("bad_")]
+    assert res.rows == len(good) and res.failures == 3 and res.images == len(keys)
+    assert res.skipped_files == {".txt": 1}
+
+    df = savedeep.load(tmp_path / "out" / "acts.pk")
+    assert list(df["image"]) == good  # sorted, keyed by relative path, failures left out
+    assert df["conv_1"].iloc[0].shape == (64, 112, 112)
+    assert df["prob"].iloc[0].shape == (2,)
+    np.testing.assert_allclose(np.stack(df["prob"]).sum(axis=1), 1.0, rtol=1e-5)
+
+    # The pipeline's rows are exactly what the engine gives image by image in one process.
+    ref = _direct("torch", nsfw_dir, cfg, good, blobs)
+    for b in blobs:
+        got = np.stack(df[b])
+        err = np.abs(got - ref[b]).max() / np.abs(ref[b]).max()
+        assert err < 1e-5, (b, err)
+
+    # Failures: every listed image is a row or a failure with a reason.
+    fails = pq.read_table(tmp_path / "out" / "acts.parquet" / "failures.parquet").to_pandas()
+    assert sorted(fails["image"]) == ["b/bad_empty.jpg", "b/bad_text.jpg", "b/bad_truncated.jpg"]
+    assert fails["reason"].str.len().min() > 0
+    manifest = json.loads((tmp_path / "out" / "acts.parquet" / "_manifest.json").read_text())
+    assert manifest["complete"] is True
+    assert sum(s["rows"] + len(s["failures"]) for s in manifest["shards"]) == len(keys)
+    assert manifest["blobs"]["conv_1"]["shape"] == [64, 112, 112]
+    assert set(manifest["model"]["sha256"]) == {"deploy.prototxt", "weights.caffemodel", "mean.npy"}
+    assert manifest["preprocess"]
+
+
+def test_pickle_equals_parquet(nsfw_dir, image_dir, tmp_path):
+    out = tmp_path / "acts.pk"
+    _run(nsfw_dir, image_dir, out, ["pool", "fc_nsfw"], batch_size=3, shard_size=5, dtype="float16")
+    pk = pd.read_pickle(out)
+    pqdf = savedeep.load(tmp_path / "acts.parquet")
+    assert list(pk["image"]) == list(pqdf["image"])
+    for b in ("pool", "fc_nsfw"):
+        a, c = np.stack(pk[b]), np.stack(pqdf[b])
+        assert a.dtype == np.float16 and np.array_equal(a, c)
+        assert np.array_equal(savedeep.load_array(out, b), a)
+    # each shard is a real Parquet file with the fixed-shape tensor type
+    t = pq.read_table(tmp_path / "acts.parquet" / "part-00000.parquet")
+    assert str(t.schema.field("pool").type).startswith("extension<arrow.fixed_shape_tensor")
+
+
+def test_same_rows_whatever_producers_consumers_batch(caffenet_dir, image_dir, tmp_path):
+    blobs = ["conv1", "fc7"]
+    runs = {}
+    for name, kw in {"p1c2b4": dict(producers=1, cpu_consumers=2, batch_size=4),
+                     "p2c2b4": dict(producers=2, cpu_consumers=2, batch_size=4),
+                     "p1c1b4": dict(producers=1, cpu_consumers=1, batch_size=4),
+                     "p2c1b1": dict(producers=2, cpu_consumers=1, batch_size=1)}.items():
+        _run(caffenet_dir, image_dir, tmp_path / name / "a.pk", blobs, shard_size=3, **kw)
+        runs[name] = savedeep.load(tmp_path / name / "a.pk")
+    base = runs["p1c2b4"]
+    for name, df in runs.items():
+        assert list(df["image"]) == list(base["image"])
+        for b in blobs:
+            x, y = np.stack(df[b]), np.stack(base[b])
+            if name == "p2c2b4":
+                # Same engine, batch size and threads per consumer: bit for bit, whichever
+                # producer decoded a batch and whichever consumer ran it.
+                assert np.array_equal(x, y), (name, b)
+            else:
+                # One consumer gets both cores: a BLAS with another thread count sums in
+                # another order, and another batch size takes other kernels.
+                assert np.abs(x - y).max() <= 1e-5 * np.abs(y).max(), (name, b)
+
+
+def test_caffe_engine_pipeline_matches_torch(pycaffe, caffenet_dir, image_dir, tmp_path):
+    _run(caffenet_dir, image_dir, tmp_path / "c" / "a.pk", ["pool5", "fc8"], engine="caffe", cpu_consumers=2, batch_size=4)
+    _run(caffenet_dir, image_dir, tmp_path / "t" / "a.pk", ["pool5", "fc8"], engine="torch", batch_size=4)
+    c, t = savedeep.load(tmp_path / "c" / "a.pk"), savedeep.load(tmp_path / "t" / "a.pk")
+    assert list(c["image"]) == list(t["image"])
+    for b in ("pool5", "fc8"):
+        x, y = np.stack(c[b]), np.stack(t[b])
+        assert np.abs(x - y).max() / np.abs(x).max() < 1e-4
+
+
+def test_existing_output_refused_then_overwritten(nsfw_dir, image_dir, tmp_path):
+    out = tmp_path / "acts.pk"
+    cfg, _ = _run(nsfw_dir, image_dir, out, ["prob"], batch_size=8)
+    with pytest.raises(OutputError, match="--overwrite"):
+        savedeep.run(cfg)
+    res = savedeep.run(cfg, overwrite=True)
+    assert res.rows == len(savedeep.load(out))
+
+
+def test_pickle_refused_above_limit_keeps_parquet(nsfw_dir, image_dir, tmp_path):
+    out = tmp_path / "acts.pk"
+    with pytest.raises(OutputError, match="load_array"):
+        _run(nsfw_dir, image_dir, out, ["conv_1"], batch_size=8, max_pickle_bytes="1MB")
+    assert not out.exists()
+    arr = savedeep.load_array(tmp_path / "acts.parquet", "conv_1")
+    assert arr.shape[1:] == (64, 112, 112) and arr.shape[0] > 0
