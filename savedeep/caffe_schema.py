@@ -373,7 +373,8 @@ MESSAGES["SoftmaxParameter"] = _fields(
 )
 MESSAGES["TanHParameter"] = _fields(_enum(1, "engine", "TanHParameter.Engine", "DEFAULT"))
 
-# Per-layer parameter messages: (field number in LayerParameter, field number in V1LayerParameter or None, name, message)
+# Per-layer parameter messages:
+# (number in LayerParameter, number in V1LayerParameter or None, field name, message type)
 LAYER_PARAMS: list[tuple[int, int | None, str, str]] = [
     (100, 36, "transform_param", "TransformationParameter"),
     (101, 42, "loss_param", "LossParameter"),

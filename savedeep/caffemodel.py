@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from savedeep.caffe_schema import BY_NUMBER, ENUMS, FIXED32_TYPES, FIXED64_TYPES, Field, Message, enum_name
+from savedeep.caffe_schema import BY_NUMBER, ENUMS, VARINT_TYPES, Field, Message, enum_name
 from savedeep.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,7 +180,7 @@ def _decode(buf: bytes, start: int, end: int, type_name: str) -> Message:
                 raise DecodeError(f"{type_name}.{field.name}: length-delimited data for a {t} field")
             pos = stop
             continue
-        if wire == VARINT and t not in FIXED32_TYPES and t not in FIXED64_TYPES and t not in ("string", "bytes", "message"):
+        if wire == VARINT and t in VARINT_TYPES:
             raw, pos = _varint(buf, pos)
             value = _convert_varint(field, raw)
         elif wire == FIXED32 and t == "float":
@@ -254,7 +254,8 @@ def read_caffemodel(path: Path) -> Message:
         return _decode(data, 0, len(data), "NetParameter")
     except (DecodeError, struct.error) as exc:
         raise ModelError(f"{path}: not a valid binary caffemodel ({exc}); "
-                         "the file may be truncated or in another format (HDF5 .caffemodel.h5 is not supported)") from None
+                         "the file may be truncated or in another format "
+                         "(HDF5 .caffemodel.h5 is not supported)") from None
 
 
 def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
@@ -347,7 +348,7 @@ def encode_message(msg: Message) -> bytes:
 
 def make_blob(array: np.ndarray) -> Message:
     """A BlobProto holding ``array`` as float32 with an N-d shape."""
-    arr = np.ascontiguousarray(array, dtype=np.float32)
+    arr = np.asarray(array, dtype=np.float32)  # not ascontiguousarray: it turns a 0-d blob into 1-d
     return Message("BlobProto", shape=Message("BlobShape", dim=list(arr.shape)), data=arr.reshape(-1))
 
 
@@ -390,12 +391,13 @@ def random_weights(net: "Net", seed: int = 0) -> dict[str, list[np.ndarray]]:
             arrays.append(rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), w_shape))
             arrays += [rng.normal(0.0, 0.01, s) for s in wanted[1:]]
         elif layer.type == "Deconvolution":
+            from savedeep.model import conv_geometry
+
             w_shape = wanted[0]
             p = layer.param.convolution_param
-            stride = np.prod(list(p.stride) or [p.stride_h or 1, p.stride_w or 1]) if (p.stride or p.stride_h) else 1
-            # each output sums over in_channels/group * k*k/stride^2 inputs
-            group = p.group or 1
-            fan_in = max(1.0, w_shape[0] / group * np.prod(w_shape[2:]) / float(stride))
+            _kernel, stride, _pad, _dilation = conv_geometry(p, len(w_shape) - 2)
+            # each output sums over (in_channels/group) * prod(kernel/stride) inputs
+            fan_in = max(1.0, w_shape[0] / p.group * np.prod(w_shape[2:]) / np.prod(stride))
             arrays.append(rng.normal(0.0, np.sqrt(2.0 / fan_in), w_shape))
             arrays += [rng.normal(0.0, 0.01, s) for s in wanted[1:]]
         elif layer.type == "BatchNorm":

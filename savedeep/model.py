@@ -132,11 +132,21 @@ class Net:
             return cached
         shapes: dict[str, Shape] = {}
         params: dict[str, list[Shape]] = {}
+        readers: dict[str, int] = {}  # layers that read each blob since it was last written
         for layer in self.layers:
             missing = [b for b in layer.bottoms if b not in shapes]
             if missing:
                 raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) reads blob(s) {missing} "
                                  "that no earlier layer produces; fix its bottom names or the layer order")
+            for i, top in enumerate(layer.tops):
+                if i < len(layer.bottoms) and layer.bottoms[i] == top and readers.get(top, 0):
+                    # Caffe inserts a Split for the earlier readers and then fails with
+                    # "Top blob produced by multiple sources": reject it the same way
+                    raise ModelError(f"{self.prototxt}: in-place layer {layer.name!r} ({layer.type}) rewrites "
+                                     f"blob {top!r} after other layers already read it, which Caffe rejects; "
+                                     "give it a new top name or move it before those readers")
+            for bottom in layer.bottoms:
+                readers[bottom] = readers.get(bottom, 0) + 1
             bottoms = [shapes[b] for b in layer.bottoms]
             try:
                 if layer.type == "Input":
@@ -158,6 +168,7 @@ class Net:
                     raise ModelError(f"{self.prototxt}: in-place layer {layer.name!r} changes the shape of "
                                      f"{name!r} from {shapes[name]} to {shape}; give it a new top name")
                 shapes[name] = tuple(int(d) for d in shape)
+                readers[name] = 0
                 if any(d <= 0 for d in shapes[name]):
                     raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) gives blob {name!r} "
                                      f"the empty shape {shapes[name]} (input too small for its kernel?); "
@@ -406,7 +417,7 @@ def attach_weights(net: Net, weights: Path) -> None:
                           layer.type)
             layer.blobs = []
             continue
-        if found is None:
+        if not found:
             raise ModelError(f"{weights}: has no weights for layer {layer.name!r} ({layer.type}) of {net.prototxt}, "
                              f"which needs blobs of shapes {wanted}; use the caffemodel trained for this prototxt")
         if len(found) != len(wanted):
@@ -441,7 +452,8 @@ def _same(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]
     return [bottoms[0]] * len(layer.tops), []
 
 
-def _spatial_values(name: str, repeated: list[int], h: int | None, w: int | None, n: int, default: int | None) -> list[int]:
+def _spatial_values(name: str, repeated: list[int], h: int | None, w: int | None, n: int,
+                    default: int | None) -> list[int]:
     if h is not None or w is not None:
         if n != 2:
             raise _ShapeError(f"{name}_h/{name}_w only work for 2-D spatial input; use {name}")

@@ -20,6 +20,7 @@ float16; pandas, pyarrow, DuckDB and Spark read it as a fixed-size list.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,6 +42,30 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 FAILURES = "failures.parquet"
 FORMAT = "savedeep/1"
+
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def disk_errors(what: str):
+    """Turn 'disk full' and 'file too large' into an OutputError that says how to go on."""
+    return _DiskErrors(what)
+
+
+class _DiskErrors:
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise OutputError(
+                f"cannot write {self.what}: {exc.strerror} ({errno.errorcode[exc.errno]}). The shards already "
+                "written are kept: free some space (or raise the file-size limit) and rerun the same command "
+                "with --resume") from exc
+        return False
 
 
 def parquet_dir(output: Path) -> Path:

@@ -223,7 +223,13 @@ class Run:
         from savedeep.reduce import make_reducer
 
         cfg = self.config
+        # Weights are read by each consumer; here only their presence is checked.
         self.model = load_model(cfg.model, weights=False)
+        if not Path(self.model.weights).is_file():
+            from savedeep.errors import ModelError
+
+            raise ModelError(f"{self.model.weights} is missing: a model directory holds deploy.prototxt, "
+                             "weights.caffemodel and mean.npy")
         names = self.model.validate_blobs(list(cfg.blobs))
         specs = {s.name: s for s in cfg.blob_specs}
         self.blob_specs = tuple(specs[n] for n in names)
@@ -239,6 +245,10 @@ class Run:
             self.blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype),
                                       "blob_shape": list(shape), "reduce": red.describe()}
         self.images = list_images(cfg.images)
+        clash = [n for n in names if n == "image" or n in self.images.metadata]
+        if clash:
+            raise ConfigError(f"blobs: {clash} would collide with the output's key/metadata columns "
+                              f"(image, {', '.join(self.images.metadata) or 'no metadata'}); rename the CSV column")
         self.mean = load_mean(self.model.mean_path)
         self.pre_spec = preprocess_spec(cfg)
         self.preprocess_desc = Preprocessor(self.pre_spec, self.mean, self.input_shape).describe()
@@ -520,6 +530,7 @@ class Run:
         self.failures = sum(len(s["failures"]) for s in self._resumed_shards.values())
         self.shards_done = 0
         self.bar = None
+        self.pipeline_wall = 0.0
         old_term = signal.getsignal(signal.SIGTERM)
 
         def _on_term(signum, frame):
@@ -537,8 +548,10 @@ class Run:
 
                     self.bar = tqdm(total=len(self.images), initial=self.rows + self.failures, unit="img",
                                     desc="savedeep", dynamic_ncols=True, smoothing=0.1)
+                t_start = time.perf_counter()
                 self._start(plan, devices, producers)
                 self._supervise(devices, producers)
+                self.pipeline_wall = time.perf_counter() - t_start
             self._finish(t0)
         except KeyboardInterrupt as exc:
             raise Interrupted(
@@ -560,7 +573,8 @@ class Run:
         for role in ("producer", "consumer", "writer"):
             st = [s for s in self.stats if s.role == role]
             if st:
-                busy[role] = sum(s.busy_s for s in st) / max(sum(s.wall_s for s in st), 1e-9)
+                # busy time over the time the pipeline ran, per worker of that role
+                busy[role] = sum(s.busy_s for s in st) / max(len(st) * self.pipeline_wall, 1e-9)
         return RunResult(
             pickle=Path(cfg.output) if cfg.pickle else None, parquet_dir=self.pq_dir, images=len(self.images),
             rows=self.rows, failures=self.failures, skipped_files=dict(self.images.skipped),
@@ -582,6 +596,12 @@ class Run:
         return handler
 
     def _finish(self, t0: float) -> None:
+        from savedeep.output import disk_errors
+
+        with disk_errors(f"the final output in {self.pq_dir}"):
+            self._finish_output(t0)
+
+    def _finish_output(self, t0: float) -> None:
         from savedeep.output import read_manifest, write_failures, write_manifest, write_pickle
 
         manifest = read_manifest(self.pq_dir)

@@ -47,8 +47,11 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     engine = create_engine(args.engine, model, w.device, args.batch_size, threads=args.threads)
     names = [s.name for s in args.blob_specs]
     reducers = {s.name: make_reducer(s, tuple(engine.blob_shapes[s.name])) for s in args.blob_specs}
-    # Blobs stored as float32 without a reduction go straight from the engine into the slot.
-    direct = {s.name for s in args.blob_specs if s.reduce is None and s.dtype == "float32"}
+    for r in reducers.values():
+        r.prepare()  # e.g. draw the projection matrix now, not inside the first batch
+    # When every blob is stored as float32 without a reduction, the engine writes
+    # straight into the output slot; otherwise it returns copies we reduce and cast.
+    direct = set(names) if all(s.reduce is None and s.dtype == "float32" for s in args.blob_specs) else set()
     in_ring, out_ring = Ring.attach(args.in_ring), Ring.attach(args.out_ring)
     w.log.info("ready on %s (%s engine)", w.device, args.engine)
     try:

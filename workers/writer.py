@@ -38,7 +38,7 @@ def writer_main(index: int, slot: int, ch: Channels, args: WriterArgs) -> None:
 
 def _loop(w: Worker, args: WriterArgs) -> None:
     from savedeep.faults import maybe_fail
-    from savedeep.output import ShardWriter, read_manifest, shard_name, write_manifest
+    from savedeep.output import ShardWriter, disk_errors, read_manifest, shard_name, write_manifest
 
     ring = Ring.attach(args.out_ring)
     manifest = read_manifest(args.directory)
@@ -73,7 +73,8 @@ def _loop(w: Worker, args: WriterArgs) -> None:
                 if done.slot is not None:
                     blobs = ring.slot(done.slot)
                     meta = {m: [args.metadata[m][i] for i in done.indices] for m in meta_cols}
-                    sw.write(done.keys, meta, blobs)
+                    with disk_errors(f"shard {sw.tmp_path.name}"):
+                        sw.write(done.keys, meta, blobs)
                     w.ch.free_out.put(done.slot)
                 w.ch.window.release()
                 shard_failures[done.shard] += [{"image": f.key, "reason": f.reason} for f in done.failures]
@@ -82,7 +83,8 @@ def _loop(w: Worker, args: WriterArgs) -> None:
                 remaining[done.shard] -= 1
                 if remaining[done.shard] == 0:
                     sw = open_shards.pop(done.shard)
-                    sw.finish()
+                    with disk_errors(f"shard {sw.final_path.name}"):
+                        sw.finish()
                     entry = entries[done.shard]
                     expected = entry["stop"] - entry["start"]
                     fails = shard_failures.pop(done.shard)
@@ -90,7 +92,8 @@ def _loop(w: Worker, args: WriterArgs) -> None:
                         raise RuntimeError(f"shard {done.shard}: {sw.rows} rows + {len(fails)} failures "
                                            f"!= {expected} images (a bug: rows lost or duplicated)")
                     entry.update(file=shard_name(done.shard), rows=sw.rows, failures=fails, complete=True)
-                    write_manifest(args.directory, manifest)
+                    with disk_errors(f"the manifest in {args.directory}"):
+                        write_manifest(args.directory, manifest)
                     w.ch.events.put(ShardWritten(done.shard, sw.rows, len(fails)))
                 w.on_batch(None)
         if pos != len(order) or pending:
