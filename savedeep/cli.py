@@ -161,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("savedeep: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `savedeep inspect MODEL | head`: the reader left; not an error.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:  # noqa: BLE001 - a bug: show everything
         traceback.print_exc()
         print("savedeep: internal error (a bug); please report it with the traceback above", file=sys.stderr)

@@ -66,18 +66,22 @@ def human_bytes(n: float) -> str:
 
 def format_table(rows: list[dict[str, Any]], images: int) -> str:
     """An aligned text table of the rows with a total line for ``images`` images."""
-    header = ["blob", "shape", "per image f32", "per image f16", f"{images} images f32", f"{images} images f16"]
+    header = ["blob", "shape", "per image f32", "per image f16", f"{images} images f32", f"{images} images f16",
+              "overwritten in place by"]
+    # A blob written by more than one layer holds the LAST one's values (Caffe's in-place semantics).
     body = [[r["blob"], "x".join(map(str, r["shape"])) or "scalar", human_bytes(r["bytes_float32"]),
-             human_bytes(r["bytes_float16"]), human_bytes(r["total_float32"]), human_bytes(r["total_float16"])]
+             human_bytes(r["bytes_float16"]), human_bytes(r["total_float32"]), human_bytes(r["total_float16"]),
+             ", ".join(r.get("layers", [])[1:])]
             for r in rows]
     total = ["total", f"{len(rows)} blobs", human_bytes(sum(r["bytes_float32"] for r in rows)),
              human_bytes(sum(r["bytes_float16"] for r in rows)), human_bytes(sum(r["total_float32"] for r in rows)),
-             human_bytes(sum(r["total_float16"] for r in rows))]
+             human_bytes(sum(r["total_float16"] for r in rows)), ""]
     widths = [max(len(line[i]) for line in [header, *body, total]) for i in range(len(header))]
 
     def fmt(line: list[str]) -> str:
         # names and shapes left-aligned, sizes right-aligned
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(header), rule, *map(fmt, body), rule, fmt(total)])

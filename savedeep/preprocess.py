@@ -90,6 +90,7 @@ import io
 import logging
 import os
 import stat
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -291,11 +292,12 @@ class Preprocessor:
                 out = np.empty(self.input_shape, np.float32)
             out[...] = chw
         else:
-            rgb = self._geometry(rgb)
-            bgr_chw = rgb.transpose(2, 0, 1)[::-1]
+            # A 256-entry table lookup (cv2.LUT) gives the same float32(v / 255) as
+            # img_as_float, about twice as fast as numpy's take on the transposed view.
+            unit = cv2.LUT(self._geometry(rgb), _TO_UNIT)
             if out is None:
                 out = np.empty(self.input_shape, np.float32)
-            np.take(_TO_UNIT, bgr_chw, out=out)
+            out[...] = unit.transpose(2, 0, 1)[::-1]
         # The same float32 operations, in the same order, as Transformer.preprocess.
         out *= np.float32(self._raw_scale)
         if self._mean is not None:
@@ -385,13 +387,20 @@ class Preprocessor:
 
     def _decode_pillow(self, data: bytes, fmt: str) -> np.ndarray:
         label = fmt
+        declared = _declared_size(data, fmt)
+        if declared is not None and declared[0] * declared[1] > self.spec.max_pixels:
+            # Before Pillow sees it: Pillow's own bomb check would warn, or refuse with its own limit.
+            self._check_size(*declared)
         try:
             # formats=: only the identified decoder may run (Pillow's other plugins,
             # e.g. EPS via Ghostscript, must never see untrusted files).
             im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
         except Image.DecompressionBombError as e:
-            raise ImageError(f"image too large: {e}") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise ImageError(f"image too large for Pillow ({_short(e)})") from None
+        except UnidentifiedImageError:
+            # Pillow's message names a BytesIO object; say what it means instead.
+            raise ImageError(f"corrupt or truncated {label} file (header unreadable)") from None
+        except (OSError, ValueError, SyntaxError) as e:
             raise ImageError(f"corrupt {label} header ({_short(e)})") from None
         with im:
             self._check_size(*im.size)
@@ -495,6 +504,33 @@ def _identify(data: bytes) -> str:
         if data.startswith(sig, offset):
             raise ImageError(f"unsupported format: {name}")
     raise ImageError("not an image (no known signature)")
+
+
+def _declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """Width and height from the header of a PNG, GIF, BMP or WebP; None where not simply at hand."""
+    try:
+        if fmt == "PNG" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if fmt == "GIF":
+            return struct.unpack("<HH", data[6:10])
+        if fmt == "BMP" and struct.unpack("<I", data[14:18])[0] >= 40:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)  # negative height = top-down rows
+        if fmt == "WEBP":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                w = int.from_bytes(data[24:27], "little") + 1
+                h = int.from_bytes(data[27:30], "little") + 1
+                return w, h
+            if chunk == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if chunk == b"VP8 ":
+                w, h = struct.unpack("<HH", data[26:30])
+                return w & 0x3FFF, h & 0x3FFF
+    except struct.error:
+        return None  # too short: Pillow reports the damage
+    return None
 
 
 def _rawmode(im: Image.Image) -> str:

@@ -38,7 +38,9 @@ def test_table_and_json(shared: Path, tmp_path: Path) -> None:
     assert lines[0].split()[:2] == ["blob", "shape"] and "1000 images f32" in lines[0]
     assert len(lines) == len(rows) + 4  # header, rule, rows, rule, total
     assert lines[-1].startswith("total") and f"{len(rows)} blobs" in lines[-1]
-    assert len({len(line) for line in lines[2:-2]}) <= 2  # aligned columns
+    # aligned columns: every size column is right-aligned under its header
+    end = lines[0].index("1000 images f16") + len("1000 images f16")
+    assert all(line[end - 1] != " " and (len(line) == end or line[end] == " ") for line in lines[2:-2])
     assert any(line.startswith("conv1 ") and "96x55x55" in line for line in lines)
     doc = json.loads(json.dumps(to_json(rows, 1000)))
     assert doc["images"] == 1000 and len(doc["blobs"]) == len(rows)

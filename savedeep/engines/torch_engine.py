@@ -31,7 +31,7 @@ from savedeep.engines import (
     validate_blob_names,
     write_outputs,
 )
-from savedeep.engines.torch_layers import INPUT_TYPES, CaffeOp, build_layer
+from savedeep.engines.torch_layers import INPUT_TYPES, CaffeOp, build_layer, shares_data
 from savedeep.errors import ModelError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,18 +45,26 @@ _Version = tuple[str, int]
 
 @dataclass(frozen=True)
 class _Step:
-    """One non-input layer of the net, in net order."""
+    """One non-input layer of the net, in net order, with what it reads and writes.
+
+    ``writes`` lists (blob, source): source None for the layer's own tops, or the
+    in-place top whose new value an alias (a Split/Flatten/Reshape view of the
+    same Caffe memory) takes on.
+    """
 
     op: CaffeOp
     bottoms: tuple[str, ...]
     tops: tuple[str, ...]
+    reads: tuple[_Version, ...]
+    writes: tuple[tuple[str, str | None], ...]
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """The steps to run for a set of requested blobs, and the blobs to drop after each step."""
+    """The steps to run for a set of requested blobs, the alias updates and the blobs to drop after each."""
 
     steps: tuple[int, ...]
+    alias_updates: tuple[tuple[tuple[str, str], ...], ...]
     drop_after: tuple[tuple[str, ...], ...]
 
 
@@ -73,7 +81,9 @@ class TorchNet(nn.Module):
     def __init__(self, net: "Net", source: object = None) -> None:
         super().__init__()
         self.input_name = net.input_name
-        steps: list[_Step] = []
+        self._net = net
+        self._source = source
+        layers: list["Layer"] = []
         ops: list[CaffeOp] = []
         for layer in net.layers:
             if layer.type in INPUT_TYPES:
@@ -83,62 +93,105 @@ class TorchNet(nn.Module):
                         f"feeds one input blob ({net.input_name!r}): use the caffe engine for multi-input nets"
                     )
                 continue
-            op = build_layer(layer, source)
-            ops.append(op)
-            steps.append(_Step(op, tuple(layer.bottoms), tuple(layer.tops)))
+            ops.append(build_layer(layer, source))
+            layers.append(layer)
         # ModuleList registers the weight buffers so that .to(device) moves them.
         self.ops = nn.ModuleList(ops)
-        self._steps = steps
+        self._steps, self._final = self._trace(layers, ops)
         self._plans: dict[tuple[str, ...], _Plan] = {}
-        self._check_graph(source)
 
-    def _check_graph(self, source: object) -> None:
-        """Every bottom must be written before it is read, as Caffe checks when it builds the net."""
-        known = {self.input_name}
-        for step in self._steps:
-            for b in step.bottoms:
-                if b not in known:
+    def _trace(self, layers: list["Layer"], ops: list[CaffeOp]) -> tuple[list[_Step], dict[str, int]]:
+        """Follow blob versions and Caffe's shared-memory aliases through the net once."""
+        current: dict[str, int] = {self.input_name: -1}
+        group: dict[str, set[str]] = {self.input_name: {self.input_name}}  # names sharing one Caffe buffer
+        readers: dict[_Version, int] = {}
+        steps: list[_Step] = []
+        for i, (layer, op) in enumerate(zip(layers, ops)):
+            for b in layer.bottoms:
+                if b not in current:
                     raise ModelError(
-                        f"{step.op.where()} in {source} reads blob {b!r} before any layer writes it; fix the prototxt"
+                        f"{op.where()} in {self._source} reads blob {b!r} before any layer writes it; fix the prototxt"
                     )
-            known.update(step.tops)
-        self.blob_names = known
+            reads = tuple((b, current[b]) for b in layer.bottoms)
+            for v in reads:
+                readers[v] = readers.get(v, 0) + 1
+            writes: list[tuple[str, str | None]] = []
+            for j, t in enumerate(layer.tops):
+                if t in layer.bottoms:
+                    if readers[(t, current[t])] > 1:
+                        # Caffe inserts a Split for a blob with several readers and then aborts
+                        # with "Top blob produced by multiple sources".
+                        raise ModelError(
+                            f"{op.where()} in {self._source} works in place on blob {t!r}, which other layers "
+                            f"also read; Caffe refuses this net: give the layer a new top name"
+                        )
+                    writes.append((t, None))
+                    writes += [(m, t) for m in sorted(group[t] - {t})]
+                else:
+                    if t in current:
+                        raise ModelError(
+                            f"{op.where()} in {self._source} writes blob {t!r}, which an earlier layer produced; "
+                            f"Caffe refuses two sources for a blob: rename the top"
+                        )
+                    if shares_data(layer) and layer.bottoms:
+                        group[t] = group[layer.bottoms[0]]
+                        group[t].add(t)
+                    else:
+                        group[t] = {t}
+            for name, _src in writes:
+                current[name] = i
+            for t in layer.tops:
+                current[t] = i
+            steps.append(_Step(op, tuple(layer.bottoms), tuple(layer.tops), reads,
+                               tuple(writes) + tuple((t, None) for t in layer.tops if t not in layer.bottoms)))
+        return steps, current
+
+    @property
+    def blob_names(self) -> list[str]:
+        """Every blob the net writes, the input first."""
+        return list(self._final)
 
     def plan(self, names: Sequence[str]) -> _Plan:
-        """Which steps produce the final values of `names`, and when each intermediate blob can be freed."""
+        """Which steps produce the final values of `names`, which alias updates they need, what to free when."""
         key = tuple(names)
         if key in self._plans:
             return self._plans[key]
-        current: dict[str, int] = {self.input_name: -1}
-        reads: list[list[_Version]] = []
-        writes: list[list[_Version]] = []
-        current_after: list[dict[str, int]] = []
-        for i, step in enumerate(self._steps):
-            reads.append([(b, current[b]) for b in step.bottoms])
-            for t in step.tops:
-                current[t] = i
-            writes.append([(t, i) for t in step.tops])
-            current_after.append(dict(current))
-        wanted: set[_Version] = {(n, current[n]) for n in names}
-        needed_versions = set(wanted)
-        needed_steps: list[int] = []
+        unknown = [n for n in names if n not in self._final]
+        if unknown:
+            raise ModelError(f"{self._source}: no blob {unknown}; the net's blobs are {', '.join(self._final)}")
+        wanted: set[_Version] = {(n, self._final[n]) for n in names}
+        needed: set[_Version] = set(wanted)
+        steps: list[int] = []
         for i in range(len(self._steps) - 1, -1, -1):
-            if any(v in needed_versions for v in writes[i]):
-                needed_steps.append(i)
-                needed_versions.update(reads[i])
-        needed_steps.reverse()
-        # last step (among those run) that reads or writes each version
-        last_use: dict[_Version, int] = {}
-        for i in needed_steps:
-            for v in reads[i] + writes[i]:
-                last_use[v] = i
-        drops: dict[int, list[str]] = {i: [] for i in needed_steps}
-        for (name, ver), i in last_use.items():
-            if (name, ver) in wanted:
-                continue
-            if current_after[i].get(name) == ver:  # not already replaced by an in-place write
-                drops[i].append(name)
-        plan = _Plan(tuple(needed_steps), tuple(tuple(drops[i]) for i in needed_steps))
+            step = self._steps[i]
+            if any((name, i) in needed for name, _src in step.writes):
+                steps.append(i)
+                needed.update(step.reads)
+        steps.reverse()
+        # Simulate the blob dict to know, after each step, which values no later step reads.
+        later_reads: list[set[_Version]] = [set() for _ in steps]
+        acc: set[_Version] = set()
+        for k in range(len(steps) - 1, -1, -1):
+            later_reads[k] = set(acc)
+            acc.update(self._steps[steps[k]].reads)
+        held: dict[str, int] = {self.input_name: -1}
+        alias_updates: list[tuple[tuple[str, str], ...]] = []
+        drops: list[tuple[str, ...]] = []
+        for k, i in enumerate(steps):
+            step = self._steps[i]
+            updates = []
+            for name, src in step.writes:
+                if src is None:
+                    held[name] = i
+                elif (name, i) in needed:
+                    held[name] = i
+                    updates.append((name, src))
+            alias_updates.append(tuple(updates))
+            gone = tuple(n for n, v in held.items() if (n, v) not in wanted and (n, v) not in later_reads[k])
+            for n in gone:
+                del held[n]
+            drops.append(gone)
+        plan = _Plan(tuple(steps), tuple(alias_updates), tuple(drops))
         self._plans[key] = plan
         return plan
 
@@ -146,7 +199,8 @@ class TorchNet(nn.Module):
         """Run the layers the requested blobs depend on and return their final values."""
         plan = self.plan(names)
         env: dict[str, Tensor] = {self.input_name: x}
-        for i, drop in zip(plan.steps, plan.drop_after):
+        shapes = self._net.blob_shapes(x.shape[0]) if any(plan.alias_updates) else {}
+        for i, updates, drop in zip(plan.steps, plan.alias_updates, plan.drop_after):
             step = self._steps[i]
             tops = step.op(*[env[b] for b in step.bottoms])
             if len(tops) != len(step.tops):
@@ -155,6 +209,8 @@ class TorchNet(nn.Module):
                 )
             for t, value in zip(step.tops, tops):
                 env[t] = value
+            for name, src in updates:  # pycaffe: the in-place write shows through every view of the buffer
+                env[name] = env[src].reshape(shapes[name])
             for name in drop:
                 del env[name]
         return {n: env[n] for n in names}

@@ -32,6 +32,21 @@ if TYPE_CHECKING:  # pragma: no cover
 INPUT_TYPES = frozenset({"Input"})
 
 
+def shares_data(layer: "Layer") -> bool:
+    """Whether Caffe makes this layer's tops views of its bottom's memory (``Blob::ShareData``).
+
+    An in-place layer that later writes one of those blobs changes all of them in
+    pycaffe, so the engine must propagate such writes to every alias.
+    """
+    if layer.type in ("Split", "Flatten", "Reshape"):
+        return True
+    if layer.type == "Concat":
+        return len(layer.bottoms) == 1
+    if layer.type == "Slice":
+        return len(layer.tops) == 1
+    return False
+
+
 class CaffeOp(nn.Module):
     """Base of every layer module: remembers the layer's name and type for error messages."""
 
