@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 
@@ -33,8 +34,12 @@ class InjectedFault(RuntimeError):
     """The exception raised by ``action=raise``."""
 
 
-def maybe_fail(role: str, index: int, batch: int) -> None:
-    """Fail here if SAVEDEEP_FAULT asks for this role, worker and batch."""
+def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | None = None) -> None:
+    """Fail here if SAVEDEEP_FAULT asks for this role, worker and batch.
+
+    ``check`` is the worker's stop/parent-alive check, called while stalling so
+    a stalled worker still leaves when the run stops.
+    """
     spec = _spec()
     if spec is None or spec.get("role") != role or int(spec.get("batch", -1)) != batch:
         return
@@ -44,6 +49,10 @@ def maybe_fail(role: str, index: int, batch: int) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "sleep":
-        time.sleep(float(spec.get("seconds", "30")))
+        end = time.monotonic() + float(spec.get("seconds", "30"))
+        while time.monotonic() < end:
+            if check is not None:
+                check()
+            time.sleep(0.05)
     else:
         raise InjectedFault(f"injected fault in {role} {index} at batch {batch}")

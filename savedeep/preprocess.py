@@ -15,7 +15,8 @@ image; the tests check this to 1e-5 (in practice bit for bit).
    WebP signatures. Anything else is "not an image (no known signature)".
 3. **Check the declared size before decoding**: ``width * height`` above
    ``max_pixels`` (default 100 megapixels) is refused, so a decompression
-   bomb costs a header read, not gigabytes.
+   bomb costs a header read, not gigabytes. (TIFF sizes are read by Pillow,
+   whose own limit of about 179 megapixels also applies to non-JPEG files.)
 4. **Decode to 8-bit RGB** (``uint8``, ``H x W x 3``):
    - JPEG: simplejpeg (libjpeg-turbo, accurate integer IDCT, fancy
      upsampling; bit-identical to Pillow and OpenCV here) in strict mode: a

@@ -67,7 +67,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
                 w.ch.free_in.put(msg.slot)
                 w.ch.done.put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
                 continue
-            maybe_fail("consumer", w.index, msg.batch)
+            maybe_fail("consumer", w.index, msg.batch, w.check)
             oslot = w.get(w.ch.free_out)
             out = out_ring.slot(oslot)
             x = in_ring.slot(msg.slot)["data"][:n]

@@ -64,7 +64,7 @@ def _loop(w: Worker, args: WriterArgs) -> None:
                 done = pending.pop(order[pos][0])
                 pos += 1
                 w.on_batch(done.batch)
-                maybe_fail("writer", w.index, done.batch)
+                maybe_fail("writer", w.index, done.batch, w.check)
                 sw = open_shards.get(done.shard)
                 if sw is None:
                     sw = open_shards[done.shard] = ShardWriter(

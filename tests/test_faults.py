@@ -1,0 +1,252 @@
+"""Faults, interruption and resume: each scenario runs `savedeep run` in a subprocess with a hard timeout.
+
+Every scenario checks the same things afterwards: the exit code and a message naming
+the failed role; no process of the run and no shared-memory segment left; no shard
+or pickle that looks complete but is not; and a `--resume` that completes the output
+with every row exactly once, equal to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import savedeep
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_S = 240
+BLOBS = "conv1,fc7"
+
+
+@pytest.fixture(scope="module")
+def images(photos, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("fault_imgs")
+    for p in photos[:12]:
+        shutil.copyfile(p, d / p.name)
+    return d
+
+
+def _cmd(model: Path, images: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "savedeep", "run", "-m", str(model), "-i", str(images), "-o", str(out),
+            "-b", BLOBS, "--gpus", "cpu", "--producers", "2", "--cpu-consumers", "2", "--batch-size", "2",
+            "--shard-size", "2", "--no-progress", *extra]
+
+
+def _env(tag: str, fault: str | None = None) -> dict[str, str]:
+    env = dict(os.environ, SAVEDEEP_TEST_TAG=tag, OMP_NUM_THREADS="1")
+    env.pop("SAVEDEEP_FAULT", None)
+    if fault:
+        env["SAVEDEEP_FAULT"] = fault
+    return env
+
+
+def _tagged_pids(tag: str) -> list[int]:
+    """Every live process whose environment carries our tag (the run and all its workers)."""
+    needle = f"SAVEDEEP_TEST_TAG={tag}".encode()
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and stat.split(") ", 1)[1][0] != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+def _assert_clean(tag: str, parent_pid: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = _tagged_pids(tag)
+        shm = [n for n in os.listdir("/dev/shm") if n.startswith(f"savedeep_{parent_pid}_")]
+        if not left and not shm:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"left behind: processes {left}, shared memory {shm}")
+
+
+def _assert_nothing_false_looking(out: Path) -> None:
+    d = out.with_name(out.stem + ".parquet")
+    assert not out.exists(), "a pickle was written by a run that did not complete"
+    assert not list(d.glob(".part-*")), "an unfinished shard was left"
+    manifest = json.loads((d / "_manifest.json").read_text())
+    assert manifest["complete"] is False
+    listed = {s["file"] for s in manifest["shards"] if s["complete"]}
+    on_disk = {f.name for f in d.glob("part-*.parquet")}
+    assert on_disk == listed  # every shard file is complete and listed; nothing else
+    for f in on_disk:
+        pq.read_table(d / f)  # and readable
+
+
+def _launch(cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kw)
+
+
+def _finish(p: subprocess.Popen) -> tuple[int, str]:
+    try:
+        _, err = p.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise AssertionError(f"run hung for {TIMEOUT_S} s")
+    return p.returncode, err
+
+
+@pytest.fixture(scope="module")
+def reference(caffenet_dir, images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "acts.pk"
+    p = _launch(_cmd(caffenet_dir, images, out), _env(uuid.uuid4().hex))
+    rc, err = _finish(p)
+    assert rc == 0, err
+    return savedeep.load(out)
+
+
+def _resume_and_compare(cmd: list[str], out: Path, reference, env=None) -> None:
+    tag = uuid.uuid4().hex
+    p = _launch(cmd + ["--resume"], env or _env(tag))
+    rc, err = _finish(p)
+    assert rc == 0, err
+    df = savedeep.load(out)
+    assert list(df["image"]) == list(reference["image"])  # every row exactly once, in order
+    for b in BLOBS.split(","):
+        assert np.array_equal(np.stack(df[b]), np.stack(reference[b])), b
+
+
+def _wait_for_shards(out: Path, n: int, p: subprocess.Popen) -> None:
+    m = out.with_name(out.stem + ".parquet") / "_manifest.json"
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert p.poll() is None, p.communicate()[1]
+        try:
+            if sum(s["complete"] for s in json.loads(m.read_text())["shards"]) >= n:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("no progress")
+
+
+@pytest.mark.parametrize("role", ["producer", "consumer", "writer"])
+def test_sigkill_of_a_worker(role, caffenet_dir, images, reference, tmp_path):
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, f"role={role},batch=3,action=kill"))
+    rc, err = _finish(p)
+    assert rc == 6, err
+    assert f"{role} " in err and "killed by signal 9 (SIGKILL)" in err and "--resume" in err
+    _assert_clean(tag, p.pid)
+    _assert_nothing_false_looking(out)
+    _resume_and_compare(cmd, out, reference)
+
+
+@pytest.mark.parametrize("role", ["producer", "consumer"])
+def test_exception_in_decoding_or_forward(role, caffenet_dir, images, reference, tmp_path):
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, f"role={role},batch=3,action=raise"))
+    rc, err = _finish(p)
+    assert rc == 6, err
+    assert f"{role} " in err and "failed on batch 3" in err and "InjectedFault" in err
+    assert "Traceback" in err  # the worker's own traceback reaches the user
+    _assert_clean(tag, p.pid)
+    _assert_nothing_false_looking(out)
+    _resume_and_compare(cmd, out, reference)
+
+
+def test_sigkill_of_the_parent(caffenet_dir, images, reference, tmp_path):
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, "role=writer,batch=3,action=sleep,seconds=120"))
+    _wait_for_shards(out, 3, p)
+    p.kill()
+    p.communicate(timeout=TIMEOUT_S)
+    _assert_clean(tag, p.pid)  # workers notice the dead parent; the tracker unlinks the rings
+    _assert_nothing_false_looking(out)
+    _resume_and_compare(cmd, out, reference)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_exits_130_and_resumes(how, caffenet_dir, images, reference, tmp_path):
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, "role=writer,batch=3,action=sleep,seconds=120"))
+    _wait_for_shards(out, 3, p)
+    if how == "ctrl-c":
+        os.killpg(p.pid, signal.SIGINT)  # a terminal sends it to the whole process group
+    else:
+        p.send_signal(signal.SIGTERM)
+    rc, err = _finish(p)
+    assert rc == 130, err
+    assert "--resume" in err
+    _assert_clean(tag, p.pid)
+    _assert_nothing_false_looking(out)
+    _resume_and_compare(cmd, out, reference)
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+def test_disk_full_then_resume(caffenet_dir, images, reference, tmp_path):
+    disk = tmp_path / "disk"
+    mounted = _mount_tmpfs(disk, "3m")
+    try:
+        out, tag = disk / "acts.pk", uuid.uuid4().hex
+        cmd = _cmd(caffenet_dir, images, out)
+        if mounted:
+            p = _launch(cmd, _env(tag))
+        else:  # no tmpfs here: a per-file size limit fails the first shard that outgrows it
+            def limit():
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+            p = _launch(cmd, _env(tag), preexec_fn=limit)
+        rc, err = _finish(p)
+        assert rc == 5, err
+        assert "cannot write" in err and "--resume" in err
+        _assert_clean(tag, p.pid)
+        d = disk / "acts.parquet"
+        assert not out.exists() and not list(d.glob(".part-*"))
+        manifest = json.loads((d / "_manifest.json").read_text())
+        assert {s["file"] for s in manifest["shards"] if s["complete"]} == {f.name for f in d.glob("part-*.parquet")}
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        _resume_and_compare(cmd, out, reference)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_resume_refuses_changed_inputs(caffenet_dir, images, tmp_path):
+    out = tmp_path / "acts.pk"
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(uuid.uuid4().hex, "role=consumer,batch=2,action=raise"))
+    assert _finish(p)[0] == 6
+    # another blob list
+    changed = [c if c != BLOBS else "fc7" for c in cmd]
+    rc, err = _finish(_launch(changed + ["--resume"], _env(uuid.uuid4().hex)))
+    assert rc == 5 and "cannot resume" in err and "blobs" in err
+    # another image list
+    more = tmp_path / "more_images"
+    shutil.copytree(images, more)
+    shutil.copyfile(next(images.iterdir()), more / "zz_extra.jpg")
+    moved = [str(more) if c == str(images) else c for c in cmd]
+    rc, err = _finish(_launch(moved + ["--resume"], _env(uuid.uuid4().hex)))
+    assert rc == 5 and "image list" in err and "12 images then, 13 now" in err
