@@ -300,7 +300,7 @@ def load(path: Path | str, blobs: Sequence[str] | None = None):
     if manifest is None:
         raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output (pass the .pk or .parquet path)")
     _partial_note(directory, manifest)
-    names = list(manifest["blobs"]) if blobs is None else list(blobs)
+    names = blob_order(manifest) if blobs is None else list(blobs)
     unknown = [b for b in names if b not in manifest["blobs"]]
     if unknown:
         raise OutputError(f"{directory} has no blob {unknown}; it holds {list(manifest['blobs'])}")
@@ -318,9 +318,14 @@ def load(path: Path | str, blobs: Sequence[str] | None = None):
     return df
 
 
+def blob_order(manifest: dict[str, Any]) -> list[str]:
+    """The blob columns in the order the run asked for them (the manifest's JSON keys are sorted)."""
+    return list(manifest.get("blob_order") or manifest["blobs"])
+
+
 def _blob_names(manifest: dict[str, Any] | None, df) -> list[str]:
     if manifest is not None:
-        return list(manifest["blobs"])
+        return blob_order(manifest)
     return [c for c in df.columns if c != "image"]
 
 

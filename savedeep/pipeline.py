@@ -230,7 +230,8 @@ class Run:
 
             raise ModelError(f"{self.model.weights} is missing: a model directory holds deploy.prototxt, "
                              "weights.caffemodel and mean.npy")
-        names = self.model.validate_blobs(list(cfg.blobs))
+        valid = set(self.model.validate_blobs(list(cfg.blobs)))
+        names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave
         specs = {s.name: s for s in cfg.blob_specs}
         self.blob_specs = tuple(specs[n] for n in names)
         net = self.model.net
@@ -271,6 +272,7 @@ class Run:
             "preprocess": self.preprocess_desc,
             "engine": cfg.engine,
             "blobs": self.blob_info,
+            "blob_order": [c.name for c in self.columns],
             "metadata_columns": list(self.images.metadata),
             "versions": _versions(cfg.engine),
             "shard_size": cfg.shard_size,

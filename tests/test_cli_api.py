@@ -1,0 +1,137 @@
+"""The command line, the Python API, and reading the output with other tools."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import savedeep
+from savedeep.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def images(photos, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("cli_imgs")
+    for p in photos[:5]:
+        shutil.copyfile(p, d / p.name)
+    return d
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    # spawned workers import their modules by name in a new interpreter
+    mods = sorted({p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+                   for pkg in ("savedeep", "workers") for p in (ROOT / pkg).rglob("*.py")}
+                  - {"savedeep.__main__"})
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\nprint('ok')"
+    r = subprocess.run([sys.executable, "-c", code, *mods], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_help_imports_nothing_heavy():
+    code = ("import sys, savedeep.cli as c\n"
+            "try:\n    c.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'caffe', 'cv2') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "--resume" in r.stdout and "--no-pickle" in r.stdout and "exit codes" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_original_four_flags_alone(caffenet_dir, images, tmp_path, capsys):
+    out = tmp_path / "acts.pk"
+    rc = main(["run", "-m", str(caffenet_dir), "-b", "fc7,fc7,fc6", "-i", str(images), "-o", str(out),
+               "--gpus", "cpu", "--no-progress"])
+    assert rc == 0
+    df = pd.read_pickle(out)
+    assert list(df.columns) == ["image", "fc7", "fc6"]  # the duplicate collapsed
+    assert len(df) == 5 and df["fc7"].iloc[0].shape == (4096,)
+    # an existing output is refused with exit code 5 ...
+    assert main(["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images), "-o", str(out), "--gpus", "cpu"]) == 5
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_unknown_blob_stops_before_any_worker(caffenet_dir, images, tmp_path, capsys):
+    out = tmp_path / "x" / "acts.pk"
+    rc = main(["run", "-m", str(caffenet_dir), "-b", "fc7,fc9", "-i", str(images), "-o", str(out), "--gpus", "cpu"])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "fc9" in err and "fc8" in err  # lists the valid blobs
+    assert not (tmp_path / "x").exists()  # nothing was started or written
+
+
+def test_bad_config_key_exit_2(caffenet_dir, images, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {caffenet_dir}\nimages: {images}\noutput: {tmp_path}/a.pk\nblobs: [fc7]\nbatchsize: 4\n")
+    assert main(["run", str(cfg)]) == 2
+    assert "did you mean 'batch_size'" in capsys.readouterr().err
+
+
+def test_validate_and_inspect(caffenet_dir, images, tmp_path, capsys):
+    assert main(["validate", "-m", str(caffenet_dir), "-b", "conv1,fc7", "-i", str(images), "-o",
+                 str(tmp_path / "a.pk")]) == 0
+    text = capsys.readouterr().out
+    assert "images: 5" in text and "blob conv1: (96, 55, 55)" in text and "5 of the first 5 images decode" in text
+    assert not (tmp_path / "a.parquet").exists()
+    assert main(["inspect", str(caffenet_dir), "--json", "--images", "10"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    fc7 = next(r for r in rows if r["blob"] == "fc7")
+    assert fc7["shape"] == [4096] and fc7["total_float32"] == 10 * 4096 * 4
+
+
+def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
+    import duckdb
+    import rsatoolbox
+
+    listing = tmp_path / "list.csv"
+    names = sorted(p.name for p in images.iterdir())
+    listing.write_text("path,condition\n" + "".join(f"{images / n},c{i % 2}\n" for i, n in enumerate(names)))
+    cfg = savedeep.load_config(None, model=caffenet_dir, images=listing, output=tmp_path / "acts.pk", gpus="cpu",
+                               blobs=[{"name": "conv1", "dtype": "float16", "reduce": {"pool": "max", "grid": 2}},
+                                      {"name": "conv3", "reduce": {"project": 64, "seed": 3}}, "fc7"])
+    savedeep.run(cfg)
+    df = savedeep.load(tmp_path / "acts.pk")
+    assert list(df["condition"]) == [f"c{i % 2}" for i in range(len(names))]  # metadata carried, list order kept
+    assert df["conv1"].iloc[0].shape == (96, 2, 2) and df["conv1"].iloc[0].dtype == np.float16
+    assert df["conv3"].iloc[0].shape == (64,)
+    manifest = json.loads((tmp_path / "acts.parquet" / "_manifest.json").read_text())
+    assert manifest["blobs"]["conv1"]["reduce"] and manifest["blobs"]["conv3"]["reduce"]
+
+    # pandas and pyarrow read the shards directly
+    t = pq.read_table(tmp_path / "acts.parquet" / "part-00000.parquet")
+    fc7 = t.column("fc7").combine_chunks().to_numpy_ndarray()
+    assert np.array_equal(fc7, np.stack(df["fc7"]))
+    pdf = pd.read_parquet(tmp_path / "acts.parquet" / "part-00000.parquet")
+    assert list(pdf["image"]) == list(df["image"])
+    # DuckDB sees the tensor as a fixed-size array
+    got = duckdb.sql(f"SELECT image, fc7[1] AS v FROM '{tmp_path}/acts.parquet/part-*.parquet' ORDER BY image").fetchall()
+    assert [g[0] for g in got] == sorted(df["image"])
+    assert np.isclose(got[0][1], df.set_index("image").loc[got[0][0], "fc7"][0])
+    # rsatoolbox: the README's few lines
+    X = savedeep.load_array(tmp_path / "acts.pk", "fc7").reshape(len(df), -1)
+    ds = rsatoolbox.data.Dataset(X, obs_descriptors={"image": list(df["image"])})
+    rdm = rsatoolbox.rdm.calc_rdm(ds, method="correlation")
+    assert rdm.n_cond == len(df)
+
+
+def test_load_partial_output(caffenet_dir, images, tmp_path, monkeypatch, caplog):
+    out = tmp_path / "acts.pk"
+    cmd = [sys.executable, "-m", "savedeep", "run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images),
+           "-o", str(out), "--gpus", "cpu", "--batch-size", "1", "--shard-size", "1", "--no-progress"]
+    env = dict(__import__("os").environ, SAVEDEEP_FAULT="role=consumer,batch=3,action=raise")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 6, r.stderr
+    df = savedeep.load(out)
+    assert df.attrs["savedeep"]["partial"] is True
+    assert 0 < len(df) < 5 and "partial output" in caplog.text
+    arr = savedeep.load_array(out, "fc7")
+    assert arr.shape == (len(df), 4096)
