@@ -264,7 +264,10 @@ def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
         return tuple(int(d) for d in blob.shape.dim), False
     if any(blob.has(n) for n in ("num", "channels", "height", "width")):
         return (blob.num, blob.channels, blob.height, blob.width), True
-    return (len(blob.data) or len(blob.double_data),), True
+    n = len(blob.data) or len(blob.double_data)
+    # Caffe writes a 0-d blob (a channel-shared PReLU slope) with an empty shape,
+    # which leaves no trace on the wire: one value and no shape means shape ().
+    return ((), True) if n == 1 else ((n,), True)
 
 
 def blob_array(blob: Message, source: str = "") -> np.ndarray:
@@ -375,7 +378,7 @@ def random_weights(net: "Net", seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Random float32 blobs of the right shapes for every parametric layer, scaled to keep activations O(input)."""
     rng = np.random.default_rng(seed)
     out: dict[str, list[np.ndarray]] = {}
-    shapes = net.param_shapes()
+    shapes = net.param_shapes(net._declared_batch())  # as the loader checks them
     for layer in net.layers:
         wanted = shapes.get(layer.name, [])
         if not wanted:

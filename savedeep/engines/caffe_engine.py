@@ -63,18 +63,22 @@ def import_caffe(threads: int | None = None) -> ModuleType:
     return caffe
 
 
-def _caffe_has_cuda(caffe: ModuleType) -> bool:
+def caffe_has_cuda(caffe: ModuleType) -> bool:
     """Whether this pycaffe was compiled with CUDA (a CPU_ONLY build aborts the process on set_device)."""
     pkg = Path(caffe.__file__).resolve().parent
     candidates = list(pkg.glob("*.so*")) + list(pkg.glob("**/libcaffe*.so*"))
     for libs in pkg.parent.glob("*.libs"):  # auditwheel puts bundled libraries beside the package
         candidates += list(libs.glob("libcaffe*.so*"))
+    # A CUDA build imports cuBLAS and the CUDA runtime; their symbol names sit in the
+    # library's dynamic string table (also after auditwheel renames the libraries).
+    markers = (b"cublasCreate_v2", b"cudaGetDeviceCount", b"libcudart")
     for path in candidates:
         try:
-            if b"cudaGetDeviceCount" in path.read_bytes():
-                return True
+            data = path.read_bytes()
         except OSError:
             continue
+        if any(m in data for m in markers):
+            return True
     return False
 
 
@@ -109,7 +113,7 @@ class CaffeEngine:
         dev = parse_device(device) if isinstance(device, str) else device
         caffe = import_caffe(threads)
         if dev.is_cuda:
-            available = cuda_device_count() if _caffe_has_cuda(caffe) else 0
+            available = cuda_device_count() if caffe_has_cuda(caffe) else 0
             check_device(dev, available, "caffe")
             caffe.set_mode_gpu()
             caffe.set_device(dev.index)

@@ -389,11 +389,13 @@ class Pooling(CaffeOp):
         # Right/bottom padding so that every counted window lies inside the padded tensor.
         extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
         extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
+        padding = (pad[1], extra_w, pad[0], extra_h)
         if self.method == "MAX":
-            xp = F.pad(x, (pad[1], extra_w, pad[0], extra_h), value=-math.inf) if pad[0] or pad[1] or extra_h or extra_w else x
+            # -inf padding: Caffe's max ignores positions outside the input
+            xp = F.pad(x, padding, value=-math.inf) if any(padding) else x
             y = F.max_pool2d(xp, kernel, stride)
             return [y[:, :, :out_h, :out_w]]
-        xp = F.pad(x, (pad[1], extra_w, pad[0], extra_h)) if pad[0] or pad[1] or extra_h or extra_w else x
+        xp = F.pad(x, padding) if any(padding) else x
         # Sum over the window (zeros outside the input), then divide by the window size
         # clipped to the padded input [-pad, size + pad), as Caffe does.
         y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
@@ -676,7 +678,9 @@ class ArgMax(CaffeOp):
             values, indices = torch.topk(x, self.top_k, dim=axis)
             return [values if self.out_max_val else indices.to(x.dtype)]
         if x.dim() < 3:
-            raise ModelError(f"{self.where()}: without axis Caffe needs a blob of at least 3 axes; set argmax_param.axis")
+            raise ModelError(
+                f"{self.where()}: without axis Caffe needs a blob of at least 3 axes; set argmax_param.axis"
+            )
         values, indices = torch.topk(x.reshape(x.shape[0], -1), self.top_k, dim=1)
         parts = [indices.to(x.dtype)] + ([values] if self.out_max_val else [])
         y = torch.stack(parts, dim=1)  # (N, 1 or 2, top_k)

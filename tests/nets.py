@@ -1,0 +1,219 @@
+"""Test helpers for the engines: tiny one-layer nets, random weights saved by pycaffe, real inputs.
+
+Every case in LAYER_CASES is the body of a prototxt whose input is the blob
+``data``; ``write_net`` prepends the Input layer. Geometries are chosen to hit
+Caffe's edge rules (odd sizes, ceil pooling, windows clipped by padding).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INPUT = """name: "{name}"
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} }} }}
+"""
+
+
+def write_net(directory: Path, name: str, body: str, shape: tuple[int, ...]) -> Path:
+    """Write `body` after an Input layer of `shape` into directory/deploy.prototxt and return its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    dims = " ".join(f"dim: {d}" for d in shape)
+    path = directory / "deploy.prototxt"
+    path.write_text(INPUT.format(name=name, dims=dims) + body)
+    return path
+
+
+def conv(name: str, bottom: str, top: str, **params: Any) -> str:
+    """A Convolution layer's text with the given convolution_param fields."""
+    return _layer(name, "Convolution", [bottom], [top], "convolution_param", params)
+
+
+def _layer(name: str, type_: str, bottoms: list[str], tops: list[str], pname: str | None, params: dict) -> str:
+    lines = [f'layer {{ name: "{name}" type: "{type_}"']
+    lines += [f'  bottom: "{b}"' for b in bottoms]
+    lines += [f'  top: "{t}"' for t in tops]
+    if pname:
+        inner = " ".join(_field(k, v) for k, v in params.items())
+        lines.append(f"  {pname} {{ {inner} }}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _field(key: str, value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(_field(key, v) for v in value)
+    if isinstance(value, bool):
+        return f"{key}: {'true' if value else 'false'}"
+    if isinstance(value, dict):
+        return f"{key} {{ " + " ".join(_field(k, v) for k, v in value.items()) + " }"
+    return f"{key}: {value}"
+
+
+def layer(
+    name: str, type_: str, bottoms: str | list[str], tops: str | list[str], pname: str | None = None, **params: Any
+) -> str:
+    """One layer's prototxt text; `params` become fields of the `pname` message."""
+    b = [bottoms] if isinstance(bottoms, str) else bottoms
+    t = [tops] if isinstance(tops, str) else tops
+    return _layer(name, type_, b, t, pname, params)
+
+
+S = (2, 3, 9, 11)  # default input: odd sizes so that ceil pooling and padding rules matter
+S6 = (2, 6, 8, 7)
+P = "pooling_param"
+
+# case name -> (input shape, prototxt body)
+LAYER_CASES: dict[str, tuple[tuple[int, ...], str]] = {
+    "conv": (S, conv("c", "data", "c", num_output=4, kernel_size=3, pad=1, stride=2)),
+    "conv_hw_nobias": (S, conv("c", "data", "c", num_output=5, kernel_h=3, kernel_w=2, pad_h=1, pad_w=0,
+                               stride_h=2, stride_w=1, bias_term=False)),
+    "conv_group_dilation": (S6, conv("c", "data", "c", num_output=4, kernel_size=3, group=2, dilation=2, pad=2)),
+    "conv_two_bottoms": (S6, layer("sl", "Slice", "data", ["a", "b"], "slice_param", axis=1)
+                          + layer("c", "Convolution", ["a", "b"], ["ca", "cb"], "convolution_param", num_output=2,
+                                  kernel_size=2)),
+    "deconv": (S, layer("d", "Deconvolution", "data", "d", "convolution_param", num_output=4, kernel_size=4, stride=2, pad=1)),
+    "deconv_group": (S6, layer("d", "Deconvolution", "data", "d", "convolution_param", num_output=4, kernel_size=3,
+                               stride=3, group=2, bias_term=False)),
+    "pool_max_ceil": ((2, 3, 8, 11), layer("p", "Pooling", "data", "p", P, pool="MAX", kernel_size=3, stride=2)),
+    "pool_max_pad": ((2, 3, 7, 9), layer("p", "Pooling", "data", "p", P, pool="MAX", kernel_size=3, stride=2, pad=1)),
+    "pool_max_pad_drop": ((2, 3, 10, 11), layer("p", "Pooling", "data", "p", P, pool="MAX", kernel_size=4, stride=3, pad=2)),
+    "pool_ave_ceil": ((2, 3, 6, 13), layer("p", "Pooling", "data", "p", P, pool="AVE", kernel_size=3, stride=2)),
+    "pool_ave_pad": ((2, 3, 7, 9), layer("p", "Pooling", "data", "p", P, pool="AVE", kernel_size=3, stride=2, pad=1)),
+    "pool_ave_pad_drop": ((2, 3, 10, 11), layer("p", "Pooling", "data", "p", P, pool="AVE", kernel_size=4, stride=3, pad=2)),
+    "pool_hw": (S, layer("p", "Pooling", "data", "p", P, pool="AVE", kernel_h=2, kernel_w=3, stride_h=1, stride_w=2,
+                         pad_h=1, pad_w=1)),
+    "pool_hw_max": (S, layer("p", "Pooling", "data", "p", P, pool="MAX", kernel_h=3, kernel_w=2, stride_h=2, stride_w=1,
+                             pad_h=1, pad_w=1)),
+    "pool_global_ave": (S, layer("p", "Pooling", "data", "p", P, pool="AVE", global_pooling=True)),
+    "pool_global_max": (S, layer("p", "Pooling", "data", "p", P, pool="MAX", global_pooling=True)),
+    "lrn_across": ((2, 7, 5, 6), layer("n", "LRN", "data", "n", "lrn_param", local_size=5, alpha=0.3, beta=0.75, k=2)),
+    "lrn_within": ((2, 3, 7, 6), layer("n", "LRN", "data", "n", "lrn_param", local_size=3, alpha=0.5, beta=0.6, k=1.5,
+                                       norm_region="WITHIN_CHANNEL")),
+    "ip": (S, layer("f", "InnerProduct", "data", "f", "inner_product_param", num_output=5)),
+    "ip_axis2_nobias": (S, layer("f", "InnerProduct", "data", "f", "inner_product_param", num_output=4, axis=2,
+                                 bias_term=False)),
+    "ip_transpose": (S, layer("f", "InnerProduct", "data", "f", "inner_product_param", num_output=6, transpose=True)),
+    "relu": (S, layer("r", "ReLU", "data", "r")),
+    "relu_leaky": (S, layer("r", "ReLU", "data", "r", "relu_param", negative_slope=0.1)),
+    "prelu": (S, layer("r", "PReLU", "data", "r")),
+    "prelu_shared": (S, layer("r", "PReLU", "data", "r", "prelu_param", channel_shared=True)),
+    "elu": (S, layer("r", "ELU", "data", "r", "elu_param", alpha=0.7)),
+    "sigmoid": (S, layer("r", "Sigmoid", "data", "r")),
+    "tanh": (S, layer("r", "TanH", "data", "r")),
+    "absval": (S, layer("r", "AbsVal", "data", "r")),
+    "power": (S, layer("a", "AbsVal", "data", "a") + layer("r", "Power", "a", "r", "power_param", power=1.5, scale=0.7, shift=0.2)),
+    "power_square": (S, layer("r", "Power", "data", "r", "power_param", power=2, scale=-0.5, shift=1)),
+    "exp": (S, layer("r", "Exp", "data", "r")),
+    "exp_base": (S, layer("r", "Exp", "data", "r", "exp_param", base=2, scale=0.5, shift=0.3)),
+    "log": (S, layer("a", "AbsVal", "data", "a") + layer("r", "Log", "a", "r", "log_param", shift=0.5)),
+    "log_base": (S, layer("a", "AbsVal", "data", "a") + layer("r", "Log", "a", "r", "log_param", base=10, scale=2, shift=1)),
+    "bnll": (S, layer("r", "BNLL", "data", "r")),
+    "dropout": (S, layer("r", "Dropout", "data", "r", "dropout_param", dropout_ratio=0.3)),
+    "softmax": (S, layer("r", "Softmax", "data", "r")),
+    "softmax_axis": (S, layer("r", "Softmax", "data", "r", "softmax_param", axis=-1)),
+    "concat": (S, conv("c1", "data", "c1", num_output=2, kernel_size=1) + conv("c2", "data", "c2", num_output=3, kernel_size=1)
+               + layer("cat", "Concat", ["c1", "data", "c2"], "cat")),
+    "concat_axis": (S, layer("cat", "Concat", ["data", "data"], "cat", "concat_param", axis=-1)),
+    "concat_dim": (S, layer("cat", "Concat", ["data", "data"], "cat", "concat_param", concat_dim=2)),
+    "slice": (S6, layer("s", "Slice", "data", ["a", "b", "c"], "slice_param", slice_point=[1, 4])),
+    "slice_equal": ((2, 3, 9, 10), layer("s", "Slice", "data", ["a", "b"], "slice_param", axis=3)),
+    "split": (S, layer("s", "Split", "data", ["a", "b"]) + layer("r", "ReLU", "a", "a") + layer("t", "TanH", "b", "t")),
+    "eltwise_sum": (S, layer("t", "TanH", "data", "t") + layer("e", "Eltwise", ["data", "t"], "e", "eltwise_param",
+                                                              coeff=[0.5, -2])),
+    "eltwise_prod": (S, layer("t", "TanH", "data", "t") + layer("e", "Eltwise", ["data", "t", "data"], "e", "eltwise_param",
+                                                               operation="PROD")),
+    "eltwise_max": (S, layer("t", "TanH", "data", "t") + layer("e", "Eltwise", ["data", "t"], "e", "eltwise_param",
+                                                              operation="MAX")),
+    "batchnorm": (S, layer("bn", "BatchNorm", "data", "bn", "batch_norm_param", eps=0.001)),
+    "batchnorm_zero_factor": (S, layer("bn", "BatchNorm", "data", "bn")),
+    "batchnorm_batch_stats": (S, layer("bn", "BatchNorm", "data", "bn", "batch_norm_param", use_global_stats=False)),
+    "scale": (S, layer("sc", "Scale", "data", "sc")),
+    "scale_bias_axes": (S, layer("sc", "Scale", "data", "sc", "scale_param", axis=1, num_axes=2, bias_term=True)),
+    "scale_two_bottoms": (S, layer("g", "Pooling", "data", "g", P, pool="AVE", global_pooling=True)
+                          + layer("fl", "Flatten", "g", "fl")
+                          + layer("sc", "Scale", ["data", "fl"], "sc", "scale_param", axis=0, bias_term=True)),
+    "bias": (S, layer("b", "Bias", "data", "b", "bias_param", axis=1, num_axes=2)),
+    "bias_two_bottoms": (S, layer("g", "Pooling", "data", "g", P, pool="MAX", global_pooling=True)
+                         + layer("fl", "Flatten", "g", "fl") + layer("b", "Bias", ["data", "fl"], "b", "bias_param", axis=0)),
+    "flatten": (S, layer("f", "Flatten", "data", "f")),
+    "flatten_axes": (S, layer("f", "Flatten", "data", "f", "flatten_param", axis=1, end_axis=2)),
+    "reshape": (S, layer("r", "Reshape", "data", "r", "reshape_param", shape={"dim": [0, -1, 11]})),
+    "reshape_axis": (S, layer("r", "Reshape", "data", "r", "reshape_param", shape={"dim": [3, 3]}, axis=2, num_axes=1)),
+    "crop": (S, layer("p", "Pooling", "data", "p", P, pool="MAX", kernel_size=2, stride=2)
+             + layer("cr", "Crop", ["data", "p"], "cr", "crop_param", axis=2, offset=[2, 3])),
+    "crop_axis1": (S6, layer("p", "Pooling", "data", "p", P, pool="AVE", kernel_size=3, stride=2)
+                   + layer("sl", "Slice", "p", ["p1", "p2"], "slice_param", slice_point=4)
+                   + layer("cr", "Crop", ["data", "p1"], "cr", "crop_param", axis=1, offset=1)),
+    "argmax_axis": (S, layer("a", "ArgMax", "data", "a", "argmax_param", axis=1, top_k=2)),
+    "argmax_axis_val": (S, layer("a", "ArgMax", "data", "a", "argmax_param", axis=-1, out_max_val=True, top_k=3)),
+    "argmax_flat": (S, layer("a", "ArgMax", "data", "a", "argmax_param", top_k=4, out_max_val=True)),
+    # Split, Flatten and Reshape tops share the bottom's memory in Caffe: an in-place
+    # write to one of them shows in all (pycaffe's `data` below ends up post-ReLU).
+    "alias_flatten_inplace": (S, layer("f", "Flatten", "data", "f") + layer("r", "ReLU", "f", "f")
+                              + layer("t", "TanH", "f", "t")),
+    "alias_reshape_then_read_bottom": (S, layer("r", "Reshape", "data", "r", "reshape_param", shape={"dim": [0, -1]})
+                                       + layer("p", "Power", "r", "r", "power_param", scale=2, shift=1)
+                                       + layer("sg", "Sigmoid", "data", "sg")),
+    "inplace_chain": (S, conv("c", "data", "c", num_output=4, kernel_size=3) + layer("bn", "BatchNorm", "c", "c")
+                      + layer("sc", "Scale", "c", "c", "scale_param", bias_term=True) + layer("r", "ReLU", "c", "c")
+                      + layer("p", "Pooling", "c", "p", P, pool="MAX", kernel_size=2, stride=2)),
+}
+
+
+def fill_weights(net: Any, seed: int = 0, overrides: dict[tuple[str, int], np.ndarray] | None = None) -> None:
+    """Fill a pycaffe net's params with seeded random values of sensible scale (He-normal weights)."""
+    rng = np.random.default_rng(seed)
+    overrides = overrides or {}
+    for name, blobs in net.params.items():
+        type_ = net.layer_dict[name].type
+        for i, blob in enumerate(blobs):
+            shape = blob.data.shape
+            if (name, i) in overrides:
+                value = overrides[(name, i)]
+            elif type_ in ("Convolution", "Deconvolution", "InnerProduct") and i == 0:
+                fan_in = int(np.prod(shape[1:])) if type_ != "Deconvolution" else int(np.prod(shape[2:]) * shape[0] / 4)
+                value = rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), shape)
+            elif type_ == "BatchNorm":
+                factor = 1.7
+                value = [rng.normal(0, 0.5, shape) * factor, rng.uniform(0.5, 2.0, shape) * factor,
+                         np.full(shape, factor)][i]
+            elif type_ == "Scale" and i == 0:
+                value = rng.uniform(0.5, 1.5, shape)
+            elif type_ == "PReLU":
+                value = rng.uniform(0.05, 0.5, shape)
+            else:
+                value = rng.normal(0.0, 0.1, shape)
+            blob.data[...] = np.asarray(value, np.float32).reshape(shape)
+
+
+def make_caffemodel(caffe: Any, prototxt: Path, path: Path, seed: int = 0,
+                    overrides: dict[tuple[str, int], np.ndarray] | None = None) -> Path:
+    """Create random weights for `prototxt` with pycaffe and save them as a real .caffemodel at `path`."""
+    net = caffe.Net(str(prototxt), caffe.TEST)
+    fill_weights(net, seed, overrides)
+    net.save(str(path))
+    return path
+
+
+def photo_batch(photos: list[Path], shape: tuple[int, int, int], mean_bgr: np.ndarray, n: int = 2) -> np.ndarray:
+    """n real photos warped to (C, H, W) in BGR with the per-channel mean subtracted (a stand-in preprocessing)."""
+    import cv2
+
+    out = np.empty((n, *shape), np.float32)
+    for i, path in enumerate(photos[:n]):
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        assert img is not None, path
+        img = cv2.resize(img, (shape[2], shape[1]), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        out[i] = (img - mean_bgr.reshape(1, 1, 3)).transpose(2, 0, 1)
+    return out
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| / max |b|: the agreement measure between engines (b is the reference)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if b.size else 0.0
+    return diff / scale if scale > 0 else diff

@@ -1,0 +1,270 @@
+"""The engines: device parsing, the Engine contract (copies, out=, errors), Caffe blob semantics,
+and agreement of the torch engine with pycaffe on CaffeNet, AlexNet, GoogLeNet and the real open_nsfw.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from savedeep.engines import (
+    Device,
+    DeviceUnavailableError,
+    Engine,
+    check_device,
+    create_engine,
+    parse_device,
+)
+from savedeep.engines.torch_engine import TorchEngine, TorchNet
+from savedeep.errors import ConfigError, InputError, ModelError
+from tests.nets import layer, make_caffemodel, photo_batch, rel_err, write_net
+
+TOLERANCE = 1e-4
+
+torch.set_num_threads(1)
+
+# --- devices -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("cpu", Device("cpu")), ("cuda:0", Device("cuda", 0)), ("cuda:3", Device("cuda", 3)), ("cuda", Device("cuda", 0)),
+     (" CUDA:1 ", Device("cuda", 1))],
+)
+def test_parse_device(text, expected):
+    assert parse_device(text) == expected
+    assert str(parse_device(str(expected))) == str(expected)
+
+
+@pytest.mark.parametrize("text", ["gpu0", "cuda:", "cuda:-1", "cpu:0", "tpu", "", "cuda:x", "0"])
+def test_parse_device_rejects(text):
+    with pytest.raises(ConfigError, match="'cpu' or 'cuda:N'"):
+        parse_device(text)
+
+
+def test_check_device():
+    check_device(Device("cpu"), 0, "torch")
+    check_device(Device("cuda", 1), 2, "torch")
+    with pytest.raises(DeviceUnavailableError, match="sees no CUDA GPU.*use device 'cpu'"):
+        check_device(Device("cuda", 0), 0, "caffe")
+    with pytest.raises(DeviceUnavailableError, match=r"sees 2 GPU\(s\) \(cuda:0..cuda:1\)"):
+        check_device(Device("cuda", 2), 2, "torch")
+    assert issubclass(DeviceUnavailableError, ConfigError)
+
+
+# --- a tiny weightless net that shows Caffe's blob semantics ----------------------
+
+# data -> a = 2*data -> ReLU in place on a -> b = a + 1 ; c = tanh(data)
+SEMANTICS = (
+    layer("double", "Power", "data", "a", "power_param", scale=2)
+    + layer("relu", "ReLU", "a", "a")
+    + layer("inc", "Power", "a", "b", "power_param", shift=1)
+    + layer("th", "TanH", "data", "c")
+)
+SHAPE = (4, 3, 5, 6)
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A savedeep model directory (prototxt, caffemodel written by our writer, mean) of the SEMANTICS net."""
+    from savedeep.caffemodel import write_caffemodel
+    from savedeep.model import load_model, load_net
+
+    prototxt = write_net(tmp_path / "tiny", "tiny", SEMANTICS, SHAPE)
+    write_caffemodel(tmp_path / "tiny" / "weights.caffemodel", load_net(prototxt), {})
+    np.save(tmp_path / "tiny" / "mean.npy", np.zeros(3, np.float32))
+    return load_model(tmp_path / "tiny")
+
+
+def _kinds():
+    return [pytest.param("torch"), pytest.param("torch_nchw"), pytest.param("caffe", marks=pytest.mark.caffe)]
+
+
+def _engine(kind, model, request, batch_size=4):
+    if kind == "caffe":
+        request.getfixturevalue("pycaffe")
+    if kind == "torch_nchw":  # the torch engine without channels_last (its default on the CPU)
+        return TorchEngine(model.net, "cpu", batch_size, threads=1, channels_last=False)
+    return create_engine(kind, model, "cpu", batch_size=batch_size, threads=1)
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_inplace_blob_holds_last_write(kind, tiny_model, request):
+    engine = _engine(kind, tiny_model, request)
+    assert isinstance(engine, Engine)
+    x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    out = engine.forward(x, ["a", "b", "c", "data"])
+    np.testing.assert_allclose(out["a"], np.maximum(2 * x, 0), rtol=1e-6)  # post-ReLU, as pycaffe
+    np.testing.assert_allclose(out["b"], np.maximum(2 * x, 0) + 1, rtol=1e-6)
+    np.testing.assert_allclose(out["c"], np.tanh(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["data"], x)
+    # asking for one early blob alone gives the same final value
+    np.testing.assert_allclose(engine.forward(x, ["a"])["a"], out["a"])
+    engine.close()
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_forward_returns_copies_and_fills_out(kind, tiny_model, request):
+    engine = _engine(kind, tiny_model, request)
+    assert engine.input_shape == SHAPE[1:]
+    assert engine.blob_shapes == {"data": SHAPE[1:], "a": SHAPE[1:], "b": SHAPE[1:], "c": SHAPE[1:]}
+    rng = np.random.default_rng(1)
+    x1 = rng.normal(size=SHAPE).astype(np.float32)
+    x2 = rng.normal(size=(2, *SHAPE[1:])).astype(np.float32)
+    first = engine.forward(x1, ["b", "data"])
+    kept = {k: v.copy() for k, v in first.items()}
+    second = engine.forward(x2, ["b", "data"])  # a smaller batch: the engine reshapes
+    for k in kept:  # the earlier results are not views that the next forward overwrote
+        np.testing.assert_array_equal(first[k], kept[k])
+        assert first[k].dtype == np.float32 and first[k].flags.c_contiguous
+    assert second["b"].shape == (2, *SHAPE[1:])
+    x2_before = x2.copy()
+    second["data"][...] = 7  # the returned input blob is not the caller's batch
+    np.testing.assert_array_equal(x2, x2_before)
+
+    out = {"b": np.full((4, *SHAPE[1:]), -1, np.float32), "c": np.full((4, *SHAPE[1:]), -1, np.float32)}
+    got = engine.forward(x2, ["b", "c"], out=out)
+    assert got is out
+    np.testing.assert_allclose(out["b"][:2], np.maximum(2 * x2, 0) + 1, rtol=1e-6)
+    assert (out["b"][2:] == -1).all()  # rows past n untouched
+    engine.close()
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_forward_errors(kind, tiny_model, request):
+    engine = _engine(kind, tiny_model, request, batch_size=2)
+    x = np.zeros((2, *SHAPE[1:]), np.float32)
+    with pytest.raises(ModelError, match="unknown blob.*'nope'.*data, a, b, c"):
+        engine.forward(x, ["nope"])
+    with pytest.raises(InputError, match="batch_size 2"):
+        engine.forward(np.zeros((3, *SHAPE[1:]), np.float32), ["a"])
+    with pytest.raises(InputError, match=r"\(n, 3, 5, 6\)"):
+        engine.forward(np.zeros((2, 3, 5, 7), np.float32), ["a"])
+    with pytest.raises(InputError, match="output buffer for blob 'a'"):
+        engine.forward(x, ["a"], out={"a": np.zeros((1, *SHAPE[1:]), np.float32)})
+    engine.close()
+
+
+def test_create_engine_rejects_bad_arguments(tiny_model):
+    with pytest.raises(ConfigError, match="engine 'tensorflow' is unknown: use one of caffe, torch"):
+        create_engine("tensorflow", tiny_model, "cpu", 4)
+    with pytest.raises(ConfigError, match="batch_size"):
+        create_engine("torch", tiny_model, "cpu", 0)
+    with pytest.raises(ConfigError, match="threads"):
+        create_engine("torch", tiny_model, "cpu", 2, threads=0)
+    with pytest.raises(ConfigError, match="'cpu' or 'cuda:N'"):
+        create_engine("torch", tiny_model, "gpu", 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_torch_cuda_without_gpu_is_a_clear_error(tiny_model):
+    with pytest.raises(DeviceUnavailableError, match="cuda:0: the torch engine sees no CUDA GPU"):
+        create_engine("torch", tiny_model, "cuda:0", 2)
+
+
+@pytest.mark.caffe
+def test_caffe_cuda_on_cpu_only_build_is_a_clear_error(tiny_model, pycaffe):
+    from savedeep.engines.caffe_engine import caffe_has_cuda, cuda_device_count
+
+    if caffe_has_cuda(pycaffe) and cuda_device_count() > 0:
+        pytest.skip("this pycaffe has CUDA and a GPU is present")
+    with pytest.raises(DeviceUnavailableError, match="cuda:0: the caffe engine sees no CUDA GPU"):
+        create_engine("caffe", tiny_model, "cuda:0", 2)
+
+
+def test_plan_runs_only_what_the_requested_blobs_need(tiny_model):
+    net = TorchNet(tiny_model.net)
+    names = [layer.name for layer in tiny_model.net.layers if layer.type != "Input"]
+    steps = lambda blobs: [names[i] for i in net.plan(blobs).steps]  # noqa: E731
+    assert steps(["a"]) == ["double", "relu"]
+    assert steps(["c"]) == ["th"]
+    assert steps(["data"]) == []
+    assert steps(["b", "c"]) == ["double", "relu", "inc", "th"]
+
+
+def test_plan_follows_writes_through_shared_buffers(tmp_path):
+    """In Caffe, Flatten's top shares memory with its bottom: the in-place ReLU on `f` changes `data`."""
+    from savedeep.model import load_net
+
+    body = layer("f", "Flatten", "data", "f") + layer("r", "ReLU", "f", "f") + layer("t", "TanH", "data", "t")
+    net = load_net(write_net(tmp_path, "alias", body, (2, 3, 4, 5)))
+    engine = TorchEngine(net, "cpu", 2)
+    x = np.random.default_rng(2).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    out = engine.forward(x, ["data", "t"])
+    np.testing.assert_array_equal(out["data"], np.maximum(x, 0))
+    np.testing.assert_allclose(out["t"], np.tanh(np.maximum(x, 0)), rtol=1e-5, atol=1e-7)
+
+
+def test_inplace_on_a_blob_with_other_readers_is_refused(tmp_path):
+    """Caffe aborts on such a net ("produced by multiple sources"); we say why instead."""
+    from savedeep.model import load_net
+
+    body = layer("t", "TanH", "data", "t") + layer("r", "ReLU", "data", "data")
+    with pytest.raises(ModelError, match=r"in.place.*'data'.*Caffe re(fuses|jects)"):
+        TorchEngine(load_net(write_net(tmp_path, "bad", body, (1, 3, 4, 4))), "cpu", 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_engine_on_cuda_matches_cpu(tiny_model):
+    x = np.random.default_rng(3).normal(size=SHAPE).astype(np.float32)
+    cpu = create_engine("torch", tiny_model, "cpu", 4).forward(x, ["a", "b", "c", "data"])
+    gpu_engine = create_engine("torch", tiny_model, "cuda:0", 4)
+    assert gpu_engine.device == "cuda:0"
+    gpu = gpu_engine.forward(x, ["a", "b", "c", "data"])
+    for k in cpu:
+        assert isinstance(gpu[k], np.ndarray)
+        assert rel_err(gpu[k], cpu[k]) <= TOLERANCE
+    gpu_engine.close()
+
+
+# --- agreement with pycaffe on real architectures ------------------------------------
+
+IMAGENET = ["caffenet", "alexnet", "googlenet"]
+
+
+def _random_model_dir(pycaffe, shared: Path, name: str, root: Path) -> Path:
+    """A model directory with the shared prototxt, He-normal random weights saved by pycaffe, the ILSVRC mean."""
+    directory = root / name
+    directory.mkdir()
+    shutil.copy(shared / "models" / name / "deploy.prototxt", directory / "deploy.prototxt")
+    make_caffemodel(pycaffe, directory / "deploy.prototxt", directory / "weights.caffemodel", seed=11)
+    shutil.copy(shared / "models" / "ilsvrc_2012_mean.npy", directory / "mean.npy")
+    return directory
+
+
+@pytest.mark.caffe
+@pytest.mark.slow
+@pytest.mark.parametrize("name", IMAGENET + ["open_nsfw"])
+def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, shared, photos, tmp_path, request):
+    from savedeep.model import load_model
+
+    if name == "open_nsfw":
+        directory = request.getfixturevalue("nsfw_dir")
+        mean_bgr = np.array([104, 117, 123], np.float32)
+    else:
+        directory = _random_model_dir(pycaffe, shared, name, tmp_path)
+        mean_bgr = np.load(directory / "mean.npy").mean(axis=(1, 2)).astype(np.float32)
+    model = load_model(directory)
+    caffe_engine = create_engine("caffe", model, "cpu", batch_size=4, threads=1)
+    torch_engine = create_engine("torch", model, "cpu", batch_size=4, threads=1)
+    assert torch_engine.blob_shapes == caffe_engine.blob_shapes
+    assert torch_engine.input_shape == caffe_engine.input_shape
+    x = photo_batch(photos, torch_engine.input_shape, mean_bgr, n=2)
+    blobs = model.net.blobs
+    try:
+        expected = caffe_engine.forward(x, blobs)
+        got = torch_engine.forward(x, blobs)
+    finally:
+        caffe_engine.close()
+        torch_engine.close()
+    errors = {b: rel_err(got[b], expected[b]) for b in blobs}
+    worst = max(errors, key=errors.get)
+    print(f"\n{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} (blob {worst!r})")
+    assert errors[worst] <= TOLERANCE, {b: e for b, e in errors.items() if e > TOLERANCE}
+    if name == "open_nsfw":  # real weights: the SFW/NSFW probabilities themselves agree closely
+        assert np.abs(got["prob"] - expected["prob"]).max() < 1e-5
