@@ -40,7 +40,7 @@ done
 say() { echo "[setup] $*" >&2; }
 
 # 1. Debian packages ----------------------------------------------------------
-APT_PKGS=(build-essential pkg-config python3-dev python3-venv git
+APT_PKGS=(build-essential pkg-config python3-dev python3-venv
   libboost-system-dev libboost-thread-dev libboost-filesystem-dev
   libboost-regex-dev libboost-python-dev libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libhdf5-dev libopenblas-dev)

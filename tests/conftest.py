@@ -68,8 +68,12 @@ def _is_resource_tracker(p: psutil.Process) -> bool:
 
 
 def _our_shm() -> set[str]:
+    # Segments are named savedeep_<creating pid>_...: only this process's runs are
+    # checked here (runs in subprocesses are checked by their tests, by their pid),
+    # so a benchmark running beside the tests is not mistaken for a leak.
+    mine = f"{SHM_PREFIX}{os.getpid()}_"
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(SHM_PREFIX)}
+        return {n for n in os.listdir("/dev/shm") if n.startswith(mine)}
     except FileNotFoundError:  # pragma: no cover
         return set()
 

@@ -135,3 +135,14 @@ def test_load_partial_output(caffenet_dir, images, tmp_path, monkeypatch, caplog
     assert 0 < len(df) < 5 and "partial output" in caplog.text
     arr = savedeep.load_array(out, "fc7")
     assert arr.shape == (len(df), 4096)
+
+
+def test_on_error_fail_stops_naming_the_file(caffenet_dir, images, tmp_path, capsys):
+    bad = tmp_path / "imgs"
+    shutil.copytree(images, bad)
+    (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    rc = main(["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(bad), "-o", str(tmp_path / "a.pk"),
+               "--gpus", "cpu", "--on-error", "fail", "--no-progress"])
+    assert rc == 4
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "on_error: skip" in err
