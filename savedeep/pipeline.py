@@ -420,10 +420,10 @@ class Run:
             raise self._worker_error(msg)
 
     def _worker_error(self, f: WorkerFailed) -> SavedeepError:
-        err_type = WorkerError
-        if f.exit_code != WorkerError.exit_code:
-            err_type = type(f"{f.role.title()}Error", (WorkerError,), {"exit_code": f.exit_code})
-        return err_type(f"{f.describe()}\n\n{f.role} {f.index}'s traceback:\n{f.traceback.rstrip()}")
+        err = WorkerError(f"{f.describe()}\n\n{f.role} {f.index}'s traceback:\n{f.traceback.rstrip()}")
+        # keep the cause's own exit code (4 for an image under on_error: fail, 5 for a full disk ...)
+        err.exit_code = f.exit_code
+        return err
 
     def _supervise(self, devices: list[str], producers: int) -> None:
         ch = self.ch

@@ -112,8 +112,15 @@ cp -r "$SRC/python/caffe" "$STAGE/caffe"
 rm -rf "$STAGE/caffe/test" "$STAGE/caffe/__pycache__" "$STAGE/caffe/_caffe.cpp" "$STAGE/caffe/imagenet"
 find "$STAGE" -name '__pycache__' -prune -exec rm -rf {} +
 cp -L "$SRC"/.temp_release/lib/libcaffe.so.* "$STAGE/caffe/"
+REQUIRES=(--requires numpy --requires "protobuf>=3.20" --requires scikit-image --requires scipy --requires six)
+if [ "$FLAVOUR" = cuda ]; then
+  # cuBLAS/cuRAND/cudart are not bundled: the wheel requires the nvidia-* wheels
+  # (found through the $ORIGIN/../nvidia/cu13/lib RUNPATH; see patch_caffe_cuda.sh).
+  while read -r req; do
+    if [ -n "$req" ]; then REQUIRES+=(--requires "$req"); fi
+  done < "$SRC/savedeep-requires.txt"
+fi
 "$PY" "$HERE/make_wheel.py" "$STAGE" "$WHEEL_DIR/$WHEEL_NAME" \
-    --name caffe --version "1.0.0+brocolli${SDIST_VERSION//./}.${FLAVOUR}" \
-    --requires numpy --requires "protobuf>=3.20" --requires scikit-image --requires scipy --requires six >&2
+    --name caffe --version "1.0.0+brocolli${SDIST_VERSION//./}.${FLAVOUR}" "${REQUIRES[@]}" >&2
 echo "pycaffe: wheel cached at $WHEEL_DIR/$WHEEL_NAME" >&2
 echo "$WHEEL_DIR/$WHEEL_NAME"
