@@ -90,6 +90,10 @@ pip_install "numpy>=2"
 if [ "$CAFFE" = 1 ]; then
   WHEEL=$(bash "$ROOT/scripts/build_pycaffe.sh" "$PY" "${CUDA_ARGS[@]}" | tail -n 1)
   pip_install --force-reinstall --no-deps "$WHEEL"
+  if [ ${#CUDA_ARGS[@]} -gt 0 ]; then
+    # The CUDA wheel links cuBLAS/cuRAND/cudart from these wheels ($ORIGIN/../nvidia/cu13/lib).
+    pip_install "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" "nvidia-cuda-runtime>=13,<14"
+  fi
   pip_install "protobuf>=3.20,<5" "scikit-image>=0.22" "scipy>=1.10" six
 fi
 
