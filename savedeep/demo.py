@@ -13,7 +13,6 @@ Running it again only copies what is missing or different.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from savedeep.errors import SavedeepError
+from savedeep.output import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +44,8 @@ def _package_dir(name: str, install_hint: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _copy_if_changed(src: Path, dst: Path) -> None:
-    if dst.exists() and dst.stat().st_size == src.stat().st_size and _sha256(dst) == _sha256(src):
+    if dst.exists() and dst.stat().st_size == src.stat().st_size and sha256_file(dst) == sha256_file(src):
         return
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)

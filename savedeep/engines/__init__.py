@@ -78,6 +78,23 @@ def check_device(device: Device, available: int, engine: str) -> None:
         )
 
 
+class EngineBase:
+    """What both engines share: the shapes they report (set by their constructors)."""
+
+    _input_shape: tuple[int, ...]
+    _blob_shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The per-image input shape (C, H, W)."""
+        return self._input_shape  # type: ignore[return-value]
+
+    @property
+    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-image shapes of every user-visible blob, in net order."""
+        return dict(self._blob_shapes)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What every engine offers: the input it wants, blob shapes, forward, close."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from savedeep.engines import (
+    EngineBase,
     Device,
     check_device,
     parse_device,
@@ -96,7 +97,7 @@ def cuda_device_count() -> int:
     return 0
 
 
-class CaffeEngine:
+class CaffeEngine(EngineBase):
     """The engine that runs a net through pycaffe."""
 
     kind = "caffe"
@@ -146,16 +147,6 @@ class CaffeEngine:
             self.net.blobs[self._input].reshape(n, *self._input_shape)
             self.net.reshape()
             self._n = n
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """The per-image input shape (C, H, W)."""
-        return self._input_shape  # type: ignore[return-value]
-
-    @property
-    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-image shapes of every user-visible blob, in net order."""
-        return dict(self._blob_shapes)
 
     def forward(
         self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None

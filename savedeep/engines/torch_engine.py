@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from savedeep.engines import (
+    EngineBase,
     Device,
     check_device,
     parse_device,
@@ -240,7 +241,7 @@ def use_exact_fp32_on_cuda() -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-class TorchEngine:
+class TorchEngine(EngineBase):
     """The engine that runs a Caffe net with PyTorch on the CPU or one CUDA GPU."""
 
     kind = "torch"
@@ -277,16 +278,6 @@ class TorchEngine:
         self._blob_shapes = {b: tuple(int(d) for d in shapes[b][1:]) for b in visible}
         self.module = TorchNet(net, source).to(self._torch_device).eval()
         log.debug("torch engine on %s: %d layers, batch %d", self.device, len(self.module.ops), batch_size)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """The per-image input shape (C, H, W)."""
-        return self._input_shape  # type: ignore[return-value]
-
-    @property
-    def blob_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-image shapes of every user-visible blob, in net order."""
-        return dict(self._blob_shapes)
 
     def forward(
         self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
