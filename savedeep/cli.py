@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch-size", dest="batch_size", type=int)
         sp.add_argument("--producers", help="decoding processes (a number or auto)")
         sp.add_argument("--cpu-consumers", dest="cpu_consumers", type=int, help="forward processes on the CPU")
+        sp.add_argument("--writers", help="Parquet-writing processes (a number or auto)")
         sp.add_argument("--dtype", choices=["float32", "float16"], help="storage dtype of every blob")
         sp.add_argument("--shard-size", dest="shard_size", type=int, help="images per Parquet shard")
         sp.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], help="what a bad image does")
@@ -71,16 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _RUN_KEYS = ("model", "blobs", "images", "output", "gpus", "require_gpu", "engine", "batch_size", "producers",
-             "cpu_consumers", "dtype", "shard_size", "on_error", "pickle")
+             "writers", "cpu_consumers", "dtype", "shard_size", "on_error", "pickle")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     out = {k: getattr(args, k) for k in _RUN_KEYS if getattr(args, k, None) is not None}
-    if "producers" in out and out["producers"] != "auto":
-        try:
-            out["producers"] = int(out["producers"])
-        except ValueError:
-            pass  # the config validator names the key and the fix
+    for key in ("producers", "writers"):
+        if key in out and out[key] != "auto":
+            try:
+                out[key] = int(out[key])
+            except ValueError:
+                pass  # the config validator names the key and the fix
     return out
 
 

@@ -125,6 +125,7 @@ class Config:
     require_gpu: bool = False
     cpu_consumers: int = 1
     producers: int | str = "auto"
+    writers: int | str = "auto"
     batch_size: int = 32
     dtype: str = "float32"
     compression: str = "zstd"
@@ -395,6 +396,9 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _producers),
+    _Key("writers", 'int >= 1 \\| "auto"', "auto",
+         "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
+         _producers),
     _Key("batch_size", "int >= 1", 32, "Images per forward pass", _positive_int),
     _Key("dtype", " \\| ".join(DTYPES), "float32", "Storage dtype of every blob that does not set its own",
          _choice(DTYPES)),

@@ -12,10 +12,10 @@ NOTE [savedeep pipeline data flow]
       |  ready: BatchReady (slot number + image indices, never tensors) ... EndOfStream x G
       v
     consumers x G  --(forward, reduce, copy blobs into a free output slot; free the input slot)-->
-      |  done: BatchDone ... EndOfStream (one per consumer)
+      |  done[w]: BatchDone for the shards of writer w (shard % W == w) ... EndOfStream (one per consumer)
       v
-    writer x 1  --(reorder by batch, append rows to the open shard, rename finished shards,
-                   update the manifest; free the output slot; release one window credit)
+    writers x W  --(each: reorder its batches, append rows to its open shard, rename finished
+                    shards; free the output slot; release one window credit)
       |  events: BatchWritten, ShardWritten, WorkerStats, WorkerFailed (every role sends the last two)
       v
     parent (progress bar, summary, errors)
@@ -31,7 +31,10 @@ memory bounded by the rings whatever the number of images).
 End of stream: the parent puts one EndOfStream per producer on ``tasks``; once
 every producer has *exited* cleanly (so everything it put on ``ready`` is in
 the pipe before), the parent puts one EndOfStream per consumer on ``ready``;
-each consumer puts one on ``done``; the writer ends after G of them.
+each consumer puts one on every ``done[w]``; each writer ends after G of them.
+Writers own whole shards (shard k goes to writer k % W), so Parquet encoding,
+the costliest CPU work for big blobs, runs in parallel across shards; the
+parent alone updates the manifest, when a writer reports a shard written.
 """
 
 from __future__ import annotations
@@ -105,11 +108,12 @@ class BatchWritten:
 
 @dataclass(frozen=True)
 class ShardWritten:
-    """writer -> parent: shard ``shard`` is complete and renamed into place."""
+    """writer -> parent: shard ``shard`` is complete and renamed into place; the parent records it in the manifest."""
 
     shard: int
+    file: str
     rows: int
-    failures: int
+    failures: tuple[tuple[str, str], ...]  # (image key, reason)
 
 
 @dataclass(frozen=True)

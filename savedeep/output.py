@@ -40,6 +40,7 @@ from savedeep.errors import OutputError
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES = "failures.parquet"
 FORMAT = "savedeep/1"
 
@@ -209,10 +210,16 @@ class ShardWriter:
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema()))
         self.rows += n
 
-    def finish(self) -> Path:
-        """Close the file, fsync it and rename it into place."""
+    def finish(self, record: dict[str, Any] | None = None) -> Path:
+        """Close the file with ``record`` (rows, failures) in its metadata, fsync it, rename it into place.
+
+        The record makes a finished shard self-describing: if the parent never hears
+        that it was written (the writer died right after), the shard is adopted from it.
+        """
         if self._writer is None:
             self._open()
+        if record is not None:
+            self._writer.add_key_value_metadata({SHARD_RECORD: json.dumps(record)})
         self._writer.close()
         self._writer = None
         with open(self.tmp_path, "rb") as f:
@@ -229,6 +236,17 @@ class ShardWriter:
                 pass
             self._writer = None
         self.tmp_path.unlink(missing_ok=True)
+
+
+def shard_record(path: Path) -> dict[str, Any] | None:
+    """The record a finished shard carries (index, start, stop, rows, failures), or None if unreadable."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+        return json.loads(meta[SHARD_RECORD.encode()])
+    except Exception:  # noqa: BLE001 - a damaged or foreign file is simply not adopted
+        return None
 
 
 def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:

@@ -66,6 +66,7 @@ class RunResult:
     wall_s: float
     devices: list[str]
     producers: int
+    writers: int = 1
     busy: dict[str, float] = field(default_factory=dict)  # role -> busy fraction
 
     @property
@@ -78,7 +79,7 @@ class RunResult:
             f"{self.rows} rows, {self.failures} failures, {self.images} images "
             f"in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s)"
             + (f"; {self.shards_kept} shards kept from the interrupted run" if self.shards_kept else ""),
-            f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}",
+            f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}; writers: {self.writers}",
         ]
         if self.busy:
             stages = ", ".join(f"{role} {frac:.0%}" for role, frac in self.busy.items())
@@ -186,6 +187,30 @@ def preprocess_spec(config: Config):
     from savedeep.preprocess import PreprocessSpec
 
     return PreprocessSpec(**{k: v for k, v in config.preprocess.to_dict().items() if v is not None or k == "input_scale"})
+
+
+def adopt_finished_shards(directory: Path, manifest: dict[str, Any]) -> list[int]:
+    """Record in the manifest the shards that were renamed into place but never reported.
+
+    A writer renames a shard only once it is complete, with its own record (rows,
+    failures) in its metadata; if the writer or the parent died before the parent
+    heard of it, the shard is adopted here instead of being computed again.
+    """
+    from savedeep.output import shard_name, shard_record, write_manifest
+
+    adopted = []
+    for entry in manifest["shards"]:
+        if entry.get("complete"):
+            continue
+        path = directory / shard_name(entry["index"])
+        rec = shard_record(path) if path.exists() else None
+        if rec and (rec.get("index"), rec.get("start"), rec.get("stop")) == (entry["index"], entry["start"], entry["stop"]):
+            entry.update(file=path.name, rows=rec["rows"], failures=rec["failures"], complete=True)
+            adopted.append(entry["index"])
+    if adopted:
+        log.info("recorded %d finished shard(s) that had not been reported: %s", len(adopted), adopted)
+        write_manifest(directory, manifest)
+    return adopted
 
 
 class _ToLoggers(logging.Handler):
@@ -314,6 +339,7 @@ class Run:
         if changed:
             raise OutputError(f"cannot resume {self.pq_dir}: since the interrupted run, these changed: "
                               f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over")
+        adopt_finished_shards(self.pq_dir, manifest)
         keep = set()
         for s in manifest["shards"]:
             if s.get("complete") and (self.pq_dir / shard_name(s["index"])).exists():
@@ -327,7 +353,7 @@ class Run:
         return keep
 
     # -- processes ------------------------------------------------------------------------
-    def _start(self, plan: Plan, devices: list[str], producers: int) -> None:
+    def _start(self, plan: Plan, devices: list[str], producers: int, writers: int) -> None:
         from savedeep.output import write_manifest  # noqa: F401  (import check before spawning)
         from savedeep.shm import Field, Ring, new_ring_spec
         from workers._loop import Channels
@@ -339,7 +365,7 @@ class Run:
         ctx = mp.get_context("spawn")
         G, B = len(devices), cfg.batch_size
         in_slots = cfg.ring_slots or producers + 2 * G
-        out_slots = cfg.ring_slots or 2 * G + 2
+        out_slots = cfg.ring_slots or 2 * G + 2 * writers
         in_spec = new_ring_spec("in", in_slots, [Field("data", (B, *self.input_shape), "float32")])
         out_spec = new_ring_spec("out", out_slots, [Field(c.name, (B, *c.shape), c.dtype) for c in self.columns])
         self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
@@ -347,9 +373,9 @@ class Run:
         log.info("rings: %d input slots, %d output slots, %.1f MiB of shared memory",
                  in_slots, out_slots, self.ring_bytes / 2**20)
 
-        n_workers = producers + G + 1
+        n_workers = producers + G + writers
         self.ch = ch = Channels(
-            tasks=ctx.Queue(), ready=ctx.Queue(), done=ctx.Queue(), events=ctx.Queue(),
+            tasks=ctx.Queue(), ready=ctx.Queue(), done=[ctx.Queue() for _ in range(writers)], events=ctx.Queue(),
             free_in=ctx.Queue(), free_out=ctx.Queue(), logs=ctx.Queue(),
             window=ctx.Semaphore(out_slots), stop=ctx.Event(),
             current=ctx.Array("q", [-1] * n_workers, lock=False), parent_pid=os.getpid(),
@@ -366,13 +392,16 @@ class Run:
         cores = os.cpu_count() or 1
         threads = max(1, cores // cpu_consumers) if cpu_consumers else None
         slot = 0
-        shard_batches: dict[int, int] = {}
-        for _, k, _, _ in plan.batches:
-            shard_batches[k] = shard_batches.get(k, 0) + 1
-        wargs = WriterArgs(self.pq_dir, tuple(self.columns), dict(self.images.metadata), cfg.compression,
-                           cfg.compression_level, tuple((b, k) for b, k, _, _ in plan.batches), shard_batches, G, out_spec)
-        self._spawn(ctx, writer_main, "writer", 0, (0, slot, ch, wargs))
-        slot += 1
+        for w in range(writers):
+            mine = [(b, k) for b, k, _, _ in plan.batches if k % writers == w]
+            shard_batches: dict[int, int] = {}
+            for _, k in mine:
+                shard_batches[k] = shard_batches.get(k, 0) + 1
+            ranges = {k: (a, z) for k, a, z in plan.shards if k in shard_batches}
+            wargs = WriterArgs(self.pq_dir, tuple(self.columns), dict(self.images.metadata), cfg.compression,
+                               cfg.compression_level, tuple(mine), ranges, shard_batches, G, out_spec)
+            self._spawn(ctx, writer_main, "writer", w, (w, slot, ch, wargs))
+            slot += 1
         cargs = ConsumerArgs(cfg.engine, Path(cfg.model), B, threads, self.blob_specs, in_spec, out_spec)
         for i, dev in enumerate(devices):
             self._spawn(ctx, consumer_main, "consumer", i, (i, slot, ch, dev, cargs))
@@ -413,6 +442,13 @@ class Run:
                 if msg.failures:
                     self.bar.set_postfix(failures=self.failures, refresh=False)
         elif isinstance(msg, ShardWritten):
+            from savedeep.output import disk_errors, write_manifest
+
+            entry = self.manifest["shards"][msg.shard]
+            entry.update(file=msg.file, rows=msg.rows, complete=True,
+                         failures=[{"image": k, "reason": r} for k, r in msg.failures])
+            with disk_errors(f"the manifest in {self.pq_dir}"):
+                write_manifest(self.pq_dir, self.manifest)
             self.shards_done += 1
         elif isinstance(msg, WorkerStats):
             self.stats.append(msg)
@@ -429,7 +465,7 @@ class Run:
         ch = self.ch
         exited: set[int] = set()
         producers_left = producers
-        writer = self.procs[0][0]
+        writers = [p for p, role, _ in self.procs if role == "writer"]
         while True:
             try:
                 msg = ch.events.get(timeout=0.1)
@@ -457,8 +493,8 @@ class Run:
                     if producers_left == 0:
                         for _ in devices:
                             ch.ready.put(EndOfStream("parent"))
-            if writer.exitcode == 0:
-                # Everything the writer sent is in the pipe before it exited.
+            if all(w.exitcode == 0 for w in writers):
+                # Everything the writers sent is in the pipe before they exited.
                 while True:
                     try:
                         self._on_event(ch.events.get(timeout=0.2))
@@ -475,7 +511,9 @@ class Run:
             for p, _, _ in self.procs:
                 while p.is_alive() and time.monotonic() < deadline:
                     try:  # keep draining so no worker blocks on a full pipe while leaving
-                        ch.events.get(timeout=0.05)
+                        msg = ch.events.get(timeout=0.05)
+                        if isinstance(msg, ShardWritten):
+                            self._on_event(msg)  # a shard finished while stopping: keep it for --resume
                     except (queue.Empty, OSError, EOFError):
                         pass
                     except Exception:  # noqa: BLE001 - a message we cannot unpickle while stopping
@@ -488,7 +526,8 @@ class Run:
                 if p.is_alive():
                     p.kill()
                     p.join(2.0)
-            for q in (ch.tasks, ch.ready, ch.done, ch.events, ch.free_in, ch.free_out, ch.logs):
+            queues = (ch.tasks, ch.ready, *ch.done, ch.events, ch.free_in, ch.free_out, ch.logs)
+            for q in queues:
                 q.cancel_join_thread()
             if self.listener is not None:
                 try:
@@ -496,11 +535,16 @@ class Run:
                 except Exception:  # noqa: BLE001
                     pass
                 self.listener = None
-            for q in (ch.tasks, ch.ready, ch.done, ch.events, ch.free_in, ch.free_out, ch.logs):
+            for q in queues:
                 q.close()
         for r in self.rings:
             r.close()
         self.rings = []
+        if getattr(self, "manifest", None) is not None and self.pq_dir.exists():
+            try:
+                adopt_finished_shards(self.pq_dir, self.manifest)
+            except OSError as exc:  # e.g. the disk is full: --resume adopts them later
+                log.warning("could not record finished shards in the manifest: %s", exc)
         if self.pq_dir.exists():
             for f in self.pq_dir.glob(".part-*.inprogress"):
                 f.unlink(missing_ok=True)
@@ -518,11 +562,17 @@ class Run:
         plan = make_plan(len(self.images), cfg.shard_size, cfg.batch_size, keep)
         devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
         cores = os.cpu_count() or 1
-        producers = cfg.producers if cfg.producers != "auto" else max(1, cores - len(devices) - 1)
+        writers = cfg.writers
+        if writers == "auto":
+            # One writer keeps up with CPU consumers; beside GPUs, one per 4 spare cores, at most one per GPU.
+            gpus = sum(d != "cpu" for d in devices)
+            writers = 1 if not gpus else max(1, min(gpus, (cores - gpus) // 4))
+        writers = max(1, min(writers, max(1, len(plan.todo))))
+        producers = cfg.producers if cfg.producers != "auto" else max(1, cores - len(devices) - writers)
         producers = max(1, min(producers, max(1, len(plan.batches))))
 
         self.pq_dir.mkdir(parents=True, exist_ok=True)
-        manifest = self._manifest(plan)
+        self.manifest = manifest = self._manifest(plan)
         for k, s in self._resumed_shards.items():
             manifest["shards"][k] = s
         write_manifest(self.pq_dir, manifest)
@@ -542,16 +592,16 @@ class Run:
             if threading_main():
                 signal.signal(signal.SIGTERM, _on_term)
             if plan.batches:
-                log.info("%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s); batch %d",
-                         len(self.images), sum(z - a for _, _, a, z in plan.batches), len(plan.shards),
-                         cfg.engine, ", ".join(devices), producers, cfg.batch_size)
+                log.info("%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s), "
+                         "%d writer(s); batch %d", len(self.images), sum(z - a for _, _, a, z in plan.batches),
+                         len(plan.shards), cfg.engine, ", ".join(devices), producers, writers, cfg.batch_size)
                 if self.progress:
                     from tqdm import tqdm
 
                     self.bar = tqdm(total=len(self.images), initial=self.rows + self.failures, unit="img",
                                     desc="savedeep", dynamic_ncols=True, smoothing=0.1)
                 t_start = time.perf_counter()
-                self._start(plan, devices, producers)
+                self._start(plan, devices, producers, writers)
                 self._supervise(devices, producers)
                 self.pipeline_wall = time.perf_counter() - t_start
             self._finish(t0)
@@ -581,7 +631,8 @@ class Run:
             pickle=Path(cfg.output) if cfg.pickle else None, parquet_dir=self.pq_dir, images=len(self.images),
             rows=self.rows, failures=self.failures, skipped_files=dict(self.images.skipped),
             shards_done=self.shards_done, shards_kept=len(self._resumed_shards),
-            wall_s=time.perf_counter() - t0, devices=devices if plan.batches else [], producers=producers, busy=busy,
+            wall_s=time.perf_counter() - t0, devices=devices if plan.batches else [], producers=producers,
+            writers=writers, busy=busy,
         )
 
     def _run_log(self) -> logging.Handler | None:

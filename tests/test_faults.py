@@ -143,10 +143,10 @@ def _wait_for_shards(out: Path, n: int, p: subprocess.Popen) -> None:
     raise AssertionError("no progress")
 
 
-@pytest.mark.parametrize("role", ["producer", "consumer", "writer"])
-def test_sigkill_of_a_worker(role, caffenet_dir, images, reference, tmp_path):
+@pytest.mark.parametrize("role,writers", [("producer", 1), ("consumer", 1), ("writer", 1), ("writer", 2)])
+def test_sigkill_of_a_worker(role, writers, caffenet_dir, images, reference, tmp_path):
     out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
-    cmd = _cmd(caffenet_dir, images, out)
+    cmd = _cmd(caffenet_dir, images, out, "--writers", str(writers))
     p = _launch(cmd, _env(tag, f"role={role},batch=3,action=kill"))
     rc, err = _finish(p)
     assert rc == 6, err

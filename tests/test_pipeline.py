@@ -136,7 +136,7 @@ def test_same_rows_whatever_producers_consumers_batch(caffenet_dir, image_dir, t
     blobs = ["conv1", "fc7"]
     runs = {}
     for name, kw in {"p1c2b4": dict(producers=1, cpu_consumers=2, batch_size=4),
-                     "p2c2b4": dict(producers=2, cpu_consumers=2, batch_size=4),
+                     "p2c2b4": dict(producers=2, cpu_consumers=2, batch_size=4, writers=2),
                      "p1c1b4": dict(producers=1, cpu_consumers=1, batch_size=4),
                      "p2c1b1": dict(producers=2, cpu_consumers=1, batch_size=1)}.items():
         _run(caffenet_dir, image_dir, tmp_path / name / "a.pk", blobs, shard_size=3, **kw)
@@ -148,7 +148,7 @@ def test_same_rows_whatever_producers_consumers_batch(caffenet_dir, image_dir, t
             x, y = np.stack(df[b]), np.stack(base[b])
             if name == "p2c2b4":
                 # Same engine, batch size and threads per consumer: bit for bit, whichever
-                # producer decoded a batch and whichever consumer ran it.
+                # producer decoded a batch, whichever consumer ran it, whichever writer wrote it.
                 assert np.array_equal(x, y), (name, b)
             else:
                 # One consumer gets both cores: a BLAS with another thread count sums in
@@ -182,3 +182,24 @@ def test_pickle_refused_above_limit_keeps_parquet(nsfw_dir, image_dir, tmp_path)
     assert not out.exists()
     arr = savedeep.load_array(tmp_path / "acts.parquet", "conv_1")
     assert arr.shape[1:] == (64, 112, 112) and arr.shape[0] > 0
+
+
+def test_finished_but_unreported_shards_are_adopted(nsfw_dir, image_dir, tmp_path):
+    # A writer that dies right after renaming a shard may never report it; the shard
+    # carries its own record, so the manifest can take it without recomputing it.
+    from savedeep.output import read_manifest, write_manifest
+    from savedeep.pipeline import adopt_finished_shards
+
+    out = tmp_path / "acts.pk"
+    _run(nsfw_dir, image_dir, out, ["prob"], batch_size=4, shard_size=4)
+    d = tmp_path / "acts.parquet"
+    full = read_manifest(d)
+    lost = read_manifest(d)
+    for k in (1, 2):
+        lost["shards"][k].update(complete=False, rows=0, failures=[], file=None)
+    write_manifest(d, lost)
+    assert adopt_finished_shards(d, lost) == [1, 2]
+    assert lost["shards"] == full["shards"] == read_manifest(d)["shards"]
+    # a shard whose record does not match its place in the plan is not adopted
+    lost["shards"][0].update(complete=False, start=1)
+    assert adopt_finished_shards(d, lost) == []

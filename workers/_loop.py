@@ -33,7 +33,7 @@ class Channels:
 
     tasks: Any       # Task | EndOfStream                 parent -> producers
     ready: Any       # BatchReady | EndOfStream           producers -> consumers
-    done: Any        # BatchDone | EndOfStream            consumers -> writer
+    done: Any        # list, one per writer: BatchDone | EndOfStream  consumers -> writer (shard % W)
     events: Any      # BatchWritten, ShardWritten, WorkerStats, WorkerFailed -> parent
     free_in: Any     # int: free input-slot numbers
     free_out: Any    # int: free output-slot numbers

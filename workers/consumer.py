@@ -58,14 +58,15 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
         while True:
             msg = w.get(w.ch.ready)
             if isinstance(msg, EndOfStream):
-                w.ch.done.put(EndOfStream(f"consumer{w.index}"))
+                for q in w.ch.done:
+                    q.put(EndOfStream(f"consumer{w.index}"))
                 return
             assert isinstance(msg, BatchReady)
             w.on_batch(msg.batch)
             n = len(msg.indices)
             if n == 0:
                 w.ch.free_in.put(msg.slot)
-                w.ch.done.put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
+                w.ch.done[msg.shard % len(w.ch.done)].put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
                 continue
             maybe_fail("consumer", w.index, msg.batch, w.check)
             oslot = w.get(w.ch.free_out)
@@ -77,7 +78,8 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
                 if b not in direct:
                     out[b][:n] = reducers[b].apply(np.asarray(acts[b][:n], dtype=np.float32))
             w.items += n
-            w.ch.done.put(BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))
+            w.ch.done[msg.shard % len(w.ch.done)].put(
+                BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))
             w.on_batch(None)
     finally:
         engine.close()

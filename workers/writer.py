@@ -1,8 +1,9 @@
-"""Writer process: reorders finished batches and streams them into Parquet shards.
+"""Writer process: reorders its finished batches and streams them into Parquet shards.
 
 Loop + protocol only (NOTE [savedeep pipeline data flow] in
-savedeep/messages.py); the shard format lives in savedeep/output.py. The writer
-is the only process that updates the manifest while the run goes on.
+savedeep/messages.py); the shard format lives in savedeep/output.py. Writer w
+owns the shards k with k % W == w; it reports each finished shard to the
+parent, which alone updates the manifest.
 """
 
 from __future__ import annotations
@@ -18,43 +19,42 @@ from workers._loop import Channels, Worker, run_worker
 
 @dataclass(frozen=True)
 class WriterArgs:
-    """Everything the writer needs, picklable."""
+    """Everything a writer needs, picklable."""
 
     directory: Path
     columns: tuple[Any, ...]               # savedeep.output.ColumnSpec
     metadata: dict[str, list[Any]]         # extra columns of a CSV image list, by image position
     compression: str
     compression_level: int | None
-    batches: tuple[tuple[int, int], ...]   # (batch, shard) in writing order
-    shard_batches: dict[int, int]          # shard -> number of batches
+    batches: tuple[tuple[int, int], ...]   # (batch, shard) of this writer's shards, in writing order
+    shard_ranges: dict[int, tuple[int, int]]  # this writer's shards -> (start, stop) in the image list
+    shard_batches: dict[int, int]          # this writer's shards -> number of batches
     consumers: int
     out_ring: RingSpec
 
 
 def writer_main(index: int, slot: int, ch: Channels, args: WriterArgs) -> None:
-    """Entry point of the writer (spawned by the parent)."""
+    """Entry point of writer ``index`` (spawned by the parent)."""
     run_worker("writer", index, slot, ch, None, lambda w: _loop(w, args))
 
 
 def _loop(w: Worker, args: WriterArgs) -> None:
     from savedeep.faults import maybe_fail
-    from savedeep.output import ShardWriter, disk_errors, read_manifest, shard_name, write_manifest
+    from savedeep.output import ShardWriter, disk_errors
 
     ring = Ring.attach(args.out_ring)
-    manifest = read_manifest(args.directory)
-    assert manifest is not None, "the parent writes the manifest before starting the writer"
-    entries = {s["index"]: s for s in manifest["shards"]}
+    inbox = w.ch.done[w.index]
     meta_cols = list(args.metadata)
     order = list(args.batches)
     pos = 0
     pending: dict[int, BatchDone] = {}
     remaining = dict(args.shard_batches)
     open_shards: dict[int, ShardWriter] = {}
-    shard_failures: dict[int, list[dict[str, str]]] = {k: [] for k in remaining}
+    shard_failures: dict[int, list[tuple[str, str]]] = {k: [] for k in remaining}
     ends = 0
     try:
         while ends < args.consumers:
-            msg = w.get(w.ch.done)
+            msg = w.get(inbox)
             if isinstance(msg, EndOfStream):
                 ends += 1
                 continue
@@ -77,24 +77,22 @@ def _loop(w: Worker, args: WriterArgs) -> None:
                         sw.write(done.keys, meta, blobs)
                     w.ch.free_out.put(done.slot)
                 w.ch.window.release()
-                shard_failures[done.shard] += [{"image": f.key, "reason": f.reason} for f in done.failures]
+                shard_failures[done.shard] += [(f.key, f.reason) for f in done.failures]
                 w.items += len(done.keys)
                 w.ch.events.put(BatchWritten(done.batch, len(done.keys), len(done.failures)))
                 remaining[done.shard] -= 1
                 if remaining[done.shard] == 0:
                     sw = open_shards.pop(done.shard)
-                    with disk_errors(f"shard {sw.final_path.name}"):
-                        sw.finish()
-                    entry = entries[done.shard]
-                    expected = entry["stop"] - entry["start"]
                     fails = shard_failures.pop(done.shard)
-                    if sw.rows + len(fails) != expected:
-                        raise RuntimeError(f"shard {done.shard}: {sw.rows} rows + {len(fails)} failures "
-                                           f"!= {expected} images (a bug: rows lost or duplicated)")
-                    entry.update(file=shard_name(done.shard), rows=sw.rows, failures=fails, complete=True)
-                    with disk_errors(f"the manifest in {args.directory}"):
-                        write_manifest(args.directory, manifest)
-                    w.ch.events.put(ShardWritten(done.shard, sw.rows, len(fails)))
+                    start, stop = args.shard_ranges[done.shard]
+                    if sw.rows + len(fails) != stop - start:
+                        raise RuntimeError(f"shard {done.shard}: {sw.rows} rows + {len(fails)} failures != "
+                                           f"{stop - start} images (a bug: rows lost or duplicated)")
+                    record = {"index": done.shard, "start": start, "stop": stop, "rows": sw.rows,
+                              "failures": [{"image": k, "reason": r} for k, r in fails]}
+                    with disk_errors(f"shard {sw.final_path.name}"):
+                        sw.finish(record)
+                    w.ch.events.put(ShardWritten(done.shard, sw.final_path.name, sw.rows, tuple(fails)))
                 w.on_batch(None)
         if pos != len(order) or pending:
             raise RuntimeError(f"writer ended with {len(order) - pos} batches unwritten (a bug)")
