@@ -126,6 +126,7 @@ class Config:
     cpu_consumers: int = 1
     producers: int | str = "auto"
     writers: int | str = "auto"
+    consumer_threads: int | str = "auto"
     batch_size: int = 32
     dtype: str = "float32"
     compression: str = "zstd"
@@ -396,6 +397,9 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _producers),
+    _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
+         "Threads of each CPU consumer's forward pass (auto: the cores, less the writers' when blobs are big, "
+         "shared among the CPU consumers)", _producers),
     _Key("writers", 'int >= 1 \\| "auto"', "auto",
          "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
          _producers),

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from savedeep.config import Config
 from savedeep.errors import ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
 from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
@@ -49,6 +51,9 @@ from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, Wor
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
+RING_BUDGET = 256 * 2**20   # bytes per ring beyond the minimum number of slots
+MAX_SLOTS = 16
+HEAVY_OUTPUT_BYTES = 256 * 2**10  # per image; above it the writers get cores of their own
 
 
 @dataclass
@@ -364,8 +369,14 @@ class Run:
         cfg = self.config
         ctx = mp.get_context("spawn")
         G, B = len(devices), cfg.batch_size
-        in_slots = cfg.ring_slots or producers + 2 * G
-        out_slots = cfg.ring_slots or 2 * G + 2 * writers
+        # Enough slots for every stage to have work in hand, and more while they fit in
+        # RING_BUDGET: decoding then runs ahead while the consumers start up (importing
+        # torch and reading the weights takes seconds). More input slots than window
+        # credits (out_slots) would never be filled, see NOTE [savedeep pipeline data flow].
+        in_bytes = B * int(np.prod(self.input_shape)) * 4
+        out_bytes = sum(B * int(np.prod(c.shape)) * np.dtype(c.dtype).itemsize for c in self.columns)
+        out_slots = cfg.ring_slots or max(2 * G + 2 * writers, min(MAX_SLOTS, RING_BUDGET // max(out_bytes, 1)))
+        in_slots = cfg.ring_slots or max(producers + 2 * G, min(out_slots, RING_BUDGET // in_bytes))
         in_spec = new_ring_spec("in", in_slots, [Field("data", (B, *self.input_shape), "float32")])
         out_spec = new_ring_spec("out", out_slots, [Field(c.name, (B, *c.shape), c.dtype) for c in self.columns])
         self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
@@ -388,9 +399,7 @@ class Run:
         self.listener = logging.handlers.QueueListener(ch.logs, handler)
         self.listener.start()
 
-        cpu_consumers = sum(1 for d in devices if d == "cpu")
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // cpu_consumers) if cpu_consumers else None
+        threads = self._consumer_threads(devices, writers, out_bytes // B)
         slot = 0
         for w in range(writers):
             mine = [(b, k) for b, k, _, _ in plan.batches if k % writers == w]
@@ -416,6 +425,21 @@ class Run:
             ch.tasks.put(Task(b, k, a, tuple(e.key for e in entries[a:z]), tuple(str(e.path) for e in entries[a:z])))
         for _ in range(producers):
             ch.tasks.put(EndOfStream("parent"))
+
+    def _consumer_threads(self, devices: list[str], writers: int, out_bytes_per_image: int) -> int | None:
+        """Threads for each CPU consumer's forward pass (None: GPU consumers, the engine's default)."""
+        cpu_consumers = sum(1 for d in devices if d == "cpu")
+        if not cpu_consumers:
+            return None
+        if self.config.consumer_threads != "auto":
+            return int(self.config.consumer_threads)
+        cores = os.cpu_count() or 1
+        # Big outputs (conv blobs) keep the writers busy: leave them their cores, or
+        # the forward's threads and the writers slow each other down (measured on
+        # 2 cores: CaffeNet conv1 170 images/s with 1 forward thread, 130-151 with 2;
+        # fc6+fc7, whose output is small, 88-90 with 2 threads and 58 with 1).
+        spare = cores - writers if out_bytes_per_image >= HEAVY_OUTPUT_BYTES else cores
+        return max(1, spare // cpu_consumers)
 
     def _spawn(self, ctx, target, role: str, index: int, args: tuple) -> None:
         p = ctx.Process(target=target, args=args, name=f"savedeep-{role}{index}", daemon=True)

@@ -1,0 +1,233 @@
+"""The headline: the naive pycaffe loop against savedeep, same images, same blobs, same machine, one run.
+
+**The naive way** (written here, as a pycaffe user writes it): one process, batch 1, pycaffe;
+each image loaded the caffe.io way (``skimage.io.imread`` -> float in [0, 1] ->
+``skimage.transform.resize`` as old ``caffe.io.resize_image`` did it: min-max normalise,
+``resize(order=1, mode='constant')``, back) and preprocessed like ``caffe.io.Transformer``
+(transpose (2,0,1), channel swap (2,1,0), raw scale 255, per-channel mean); forward; the blobs
+copied into a list of rows; a pandas DataFrame pickled at the end. (The fork's
+``caffe.io.resize_image`` lacks its ``from skimage.transform import resize``, so the loop calls
+scikit-image directly.) OpenBLAS keeps its default threads (all cores), as a user would.
+
+**savedeep**: ``python -m savedeep run`` with its defaults (torch engine, batch 32, producers
+auto, pickle on) and the same run with ``--engine caffe``.
+
+Each of the three runs as its own command, timed from outside: the wall time includes the
+interpreter, the imports, building the net and writing the pickle ("start-up included").
+They run one after the other in this script, on the same 1,000 images (``--images``). With
+``--naive-images K`` (K < N) the naive loop runs on the first K images only and its time is
+extrapolated to N per image (start-up counted once); the table says so.
+
+Writes benchmarks/out/naive.json and naive.png.
+
+Usage: python benchmarks/bench_naive.py [--images 1000] [--naive-images K] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import OUT, PYTHON, ROOT  # noqa: E402
+
+BLOBS = ["fc6", "fc7"]
+
+
+def naive_worker(model: Path, image_list: Path, output: Path, limit: int) -> None:
+    """The naive loop; prints one JSON line with its phase times."""
+    t_start = time.perf_counter()
+    import numpy as np
+    import pandas as pd
+    import skimage
+    import skimage.io
+    from skimage.transform import resize
+
+    import caffe
+
+    t_imports = time.perf_counter()
+    caffe.set_mode_cpu()
+    net = caffe.Net(str(model / "deploy.prototxt"), caffe.TEST, weights=str(model / "weights.caffemodel"))
+    net.blobs["data"].reshape(1, 3, 227, 227)
+    net.reshape()
+    mean = np.load(model / "mean.npy").mean(1).mean(1)  # per-channel mean, as most pycaffe scripts do
+    h, w = net.blobs["data"].data.shape[2:]
+    t_net = time.perf_counter()
+    rows = []
+    base = image_list.parent
+    keys = [line.strip() for line in image_list.read_text().splitlines() if line.strip()][:limit]
+    for key in keys:
+        # caffe.io.load_image
+        img = skimage.img_as_float(skimage.io.imread(base / key)).astype(np.float32)
+        if img.ndim == 2:
+            img = np.tile(img[:, :, np.newaxis], (1, 1, 3))
+        elif img.shape[2] == 4:
+            img = img[:, :, :3]
+        # caffe.io.resize_image (upstream), with the import the fork lacks
+        im_min, im_max = img.min(), img.max()
+        if im_max > im_min:
+            im_std = (img - im_min) / (im_max - im_min)
+            img = resize(im_std, (h, w), order=1, mode="constant") * (im_max - im_min) + im_min
+        else:
+            img = np.full((h, w, img.shape[-1]), im_min, dtype=np.float32)
+        # caffe.io.Transformer.preprocess: transpose, channel swap, raw scale, mean
+        x = img.astype(np.float32).transpose(2, 0, 1)[[2, 1, 0]] * 255.0
+        x -= mean[:, np.newaxis, np.newaxis]
+        net.blobs["data"].data[...] = x
+        net.forward()
+        rows.append({"image": key, **{b: net.blobs[b].data[0].copy() for b in BLOBS}})
+    t_loop = time.perf_counter()
+    df = pd.DataFrame(rows)
+    df.to_pickle(output)
+    t_end = time.perf_counter()
+    print(json.dumps({"images": len(rows), "imports_s": round(t_imports - t_start, 3),
+                      "net_s": round(t_net - t_imports, 3), "loop_s": round(t_loop - t_net, 3),
+                      "pickle_s": round(t_end - t_loop, 3), "total_in_process_s": round(t_end - t_start, 3),
+                      "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}))
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    full_env = dict(os.environ, GLOG_minloglevel="2", **(env or {}))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return wall, proc
+
+
+def run_savedeep_cli(model: Path, images: Path, out_dir: Path, engine: str) -> dict:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    cmd = [PYTHON, "-m", "savedeep", "run", "-m", str(model), "-b", ",".join(BLOBS), "-i", str(images),
+           "-o", str(out_dir / "acts.pk"), "--gpus", "cpu", "--engine", engine, "--no-progress"]
+    wall, proc = timed(cmd)
+    busy = {}
+    m = re.search(r"busy: (.*?) \(", proc.stderr)
+    if m:
+        for part in m.group(1).split(", "):
+            role, frac = part.rsplit(" ", 1)
+            busy[role] = float(frac.rstrip("%")) / 100
+    times = common._log_times(out_dir / "acts.log")
+    import pandas as pd
+
+    df = pd.read_pickle(out_dir / "acts.pk")
+    steady = None
+    if "consumer_ready" in times and "done" in times:
+        steady = len(df) / (times["done"] - times["consumer_ready"])
+    return {"command": " ".join(cmd[1:]), "wall_s": round(wall, 2), "rows": len(df),
+            "images_per_s": round(len(df) / wall, 2), "steady_images_per_s": round(steady, 2) if steady else None,
+            "busy": busy, "columns": list(df.columns), "pickle_bytes": (out_dir / "acts.pk").stat().st_size}
+
+
+def bound_fraction(r: dict) -> dict | None:
+    """The headline savedeep run (torch) as a fraction of the stage bound from stages.json."""
+    from bench_stages import bound_for, load_stages
+
+    stages = load_stages()
+    bound = bound_for(stages, "caffenet-fc", "torch", 32, 1) if stages else None  # producers auto = 1 on 2 cores
+    if not bound:
+        return None
+    frac = {"bound": bound, "steady_of_bound": round(r["steady_images_per_s"] / bound["bound"], 3),
+            "wall_of_bound": round(r["images_per_s"] / bound["bound"], 3), "bounds_from": stages["machine"]["date_utc"]}
+    print(f"\nstage bound (torch, batch 32, 1 producer): {bound['bound']} images/s ({bound['limiting']}); "
+          f"savedeep steady {r['steady_images_per_s']} = {frac['steady_of_bound']:.0%} of it, "
+          f"over the whole wall time {frac['wall_of_bound']:.0%}")
+    return frac
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--naive-images", type=int, default=None, help="run the naive loop on fewer and extrapolate")
+    p.add_argument("--quick", action="store_true", help="40 images, for a smoke test")
+    p.add_argument("--rebound", action="store_true",
+                   help="only recompute the stage-bound fraction of the last naive.json from the current stages.json")
+    p.add_argument("--naive-worker", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.naive_worker:
+        model, lst, out, limit = args.naive_worker
+        naive_worker(Path(model), Path(lst), Path(out), int(limit))
+        return
+    if args.rebound:
+        data = json.loads((OUT / "naive.json").read_text())
+        data["bound"] = bound_fraction(data["results"]["savedeep (torch)"])
+        common.write_json(OUT / "naive.json", data)
+        return
+    if args.quick:
+        args.images = 40
+    m = common.machine()
+    print(common.machine_line(m), flush=True)
+    model = common.caffenet_dir()
+    images = common.make_images(args.images)
+    k = min(args.naive_images or args.images, args.images)
+    work = OUT / "naive_run"
+    work.mkdir(parents=True, exist_ok=True)
+
+    print(f"naive loop on {k} images ...", flush=True)
+    wall, proc = timed([PYTHON, __file__, "--naive-worker", str(model), str(images), str(work / "naive.pk"), str(k)])
+    naive = json.loads(proc.stdout.strip().splitlines()[-1])
+    naive["wall_s"] = round(wall, 2)
+    startup = wall - naive["loop_s"]
+    naive["per_image_ms"] = round(1000 * naive["loop_s"] / k, 2)
+    naive["wall_s_for_all"] = round(wall if k == args.images else startup + naive["loop_s"] * args.images / k, 2)
+    naive["extrapolated"] = k != args.images
+    print(f"  {naive}", flush=True)
+
+    results = {"naive (pycaffe, batch 1)": naive}
+    for engine in ("torch", "caffe"):
+        print(f"savedeep --engine {engine} on {args.images} images ...", flush=True)
+        r = run_savedeep_cli(model, images, work / f"savedeep_{engine}", engine)
+        print(f"  {r}", flush=True)
+        results[f"savedeep ({engine})"] = r
+
+    df_naive_cols = None
+    try:
+        import pandas as pd
+
+        dn = pd.read_pickle(work / "naive.pk")
+        ds = pd.read_pickle(work / "savedeep_torch" / "acts.pk")
+        df_naive_cols = {"naive_rows": len(dn), "naive_columns": list(dn.columns),
+                         "same_first_keys": list(dn["image"][:k]) == list(ds["image"][:k]),
+                         "fc7_shape": [list(dn["fc7"][0].shape), list(ds["fc7"][0].shape)]}
+    except Exception as exc:  # noqa: BLE001
+        df_naive_cols = {"error": str(exc)}
+
+    table = []
+    naive_wall = naive["wall_s_for_all"]
+    for name, r in results.items():
+        wall_all = r.get("wall_s_for_all", r["wall_s"])
+        table.append({"method": name, "images": args.images, "wall_s": wall_all,
+                      "images_per_s": round(args.images / wall_all, 1),
+                      "steady_images_per_s": r.get("steady_images_per_s") or round(1000 / r["per_image_ms"], 1),
+                      "speedup_vs_naive": round(naive_wall / wall_all, 2),
+                      "note": "extrapolated from %d images" % k if r.get("extrapolated") else ""})
+    print()
+    common.print_table(table, title=f"CaffeNet fc6+fc7 (random weights), {args.images} images of 500x375, "
+                                     "wall time of the whole command (start-up and pickle included)")
+    frac = bound_fraction(results["savedeep (torch)"])
+    common.write_json(OUT / "naive.json", {"machine": m, "images": args.images, "naive_images": k,
+                                           "results": results, "table": table, "check": df_naive_cols,
+                                           "bound": frac})
+    plt = common.plt()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.barh([t["method"] for t in table], [t["wall_s"] for t in table], color=["C3", "C0", "C2"])
+    for i, t in enumerate(table):
+        ax.text(t["wall_s"], i, f" {t['wall_s']:.0f} s ({t['speedup_vs_naive']}x)", va="center")
+    ax.set_xlabel(f"wall seconds for {args.images} images (CaffeNet fc6+fc7)")
+    ax.set_xlim(0, max(t["wall_s"] for t in table) * 1.3)
+    common.save_fig(fig, OUT / "naive.png")
+
+
+if __name__ == "__main__":
+    main()
