@@ -398,8 +398,7 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _producers),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
-         "Threads of each CPU consumer's forward pass (auto: the cores, less the writers' when blobs are big, "
-         "shared among the CPU consumers)", _producers),
+         "Threads of each CPU consumer's forward pass (auto: the cores shared among the CPU consumers)", _producers),
     _Key("writers", 'int >= 1 \\| "auto"', "auto",
          "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
          _producers),

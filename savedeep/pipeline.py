@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 10.0
 RING_BUDGET = 256 * 2**20   # bytes per ring beyond the minimum number of slots
 MAX_SLOTS = 16
-HEAVY_OUTPUT_BYTES = 256 * 2**10  # per image; above it the writers get cores of their own
 
 
 @dataclass
@@ -399,7 +398,7 @@ class Run:
         self.listener = logging.handlers.QueueListener(ch.logs, handler)
         self.listener.start()
 
-        threads = self._consumer_threads(devices, writers, out_bytes // B)
+        threads = self._consumer_threads(devices)
         slot = 0
         for w in range(writers):
             mine = [(b, k) for b, k, _, _ in plan.batches if k % writers == w]
@@ -426,20 +425,17 @@ class Run:
         for _ in range(producers):
             ch.tasks.put(EndOfStream("parent"))
 
-    def _consumer_threads(self, devices: list[str], writers: int, out_bytes_per_image: int) -> int | None:
+    def _consumer_threads(self, devices: list[str]) -> int | None:
         """Threads for each CPU consumer's forward pass (None: GPU consumers, the engine's default)."""
         cpu_consumers = sum(1 for d in devices if d == "cpu")
         if not cpu_consumers:
             return None
         if self.config.consumer_threads != "auto":
             return int(self.config.consumer_threads)
-        cores = os.cpu_count() or 1
-        # Big outputs (conv blobs) keep the writers busy: leave them their cores, or
-        # the forward's threads and the writers slow each other down (measured on
-        # 2 cores: CaffeNet conv1 170 images/s with 1 forward thread, 130-151 with 2;
-        # fc6+fc7, whose output is small, 88-90 with 2 threads and 58 with 1).
-        spare = cores - writers if out_bytes_per_image >= HEAVY_OUTPUT_BYTES else cores
-        return max(1, spare // cpu_consumers)
+        # Measured on 2 cores (benchmarks/RESULTS.md): leaving a core to the writer helped
+        # CaffeNet conv1 in one run and not in another, and halved fc6+fc7; so the default
+        # gives every core to the forward, and consumer_threads overrides it.
+        return max(1, (os.cpu_count() or 1) // cpu_consumers)
 
     def _spawn(self, ctx, target, role: str, index: int, args: tuple) -> None:
         p = ctx.Process(target=target, args=args, name=f"savedeep-{role}{index}", daemon=True)
