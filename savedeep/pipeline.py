@@ -603,7 +603,7 @@ class Run:
         self.shards_done = 0
         self.bar = None
         self.pipeline_wall = 0.0
-        old_term = signal.getsignal(signal.SIGTERM)
+        old_term, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
         def _on_term(signum, frame):
             raise Interrupted("stopped by SIGTERM")
@@ -611,6 +611,9 @@ class Run:
         try:
             if threading_main():
                 signal.signal(signal.SIGTERM, _on_term)
+                # The parent owns Ctrl-C even when started with SIGINT ignored (a background
+                # job of a non-interactive shell inherits SIG_IGN): it must stop in order.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             if plan.batches:
                 log.info("%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s), "
                          "%d writer(s); batch %d", len(self.images), sum(z - a for _, _, a, z in plan.batches),
@@ -638,6 +641,7 @@ class Run:
             self._shutdown()
             if threading_main():
                 signal.signal(signal.SIGTERM, old_term)
+                signal.signal(signal.SIGINT, old_int)
             if file_handler is not None:
                 logging.getLogger("savedeep").removeHandler(file_handler)
                 file_handler.close()
