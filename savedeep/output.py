@@ -20,6 +20,7 @@ float16; pandas, pyarrow, DuckDB and Spark read it as a fixed-size list.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -89,18 +90,25 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """Open a hidden temporary file that replaces ``path`` only once written whole and fsynced."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -388,16 +396,8 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
         )
     df = load(directory)
     df.attrs["savedeep"] = {"manifest": str(directory / MANIFEST), "partial": False}
-    tmp = pickle_path.with_name(f".{pickle_path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(df, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, pickle_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(pickle_path) as f:
+        pickle.dump(df, f, protocol=pickle.HIGHEST_PROTOCOL)
     return pickle_path
 
 
