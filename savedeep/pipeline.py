@@ -37,6 +37,7 @@ import os
 import platform
 import queue
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,14 @@ class _ToLoggers(logging.Handler):
 
 def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False) -> RunResult:
     """Run the whole pipeline for ``config``; returns when the output is complete."""
+    if getattr(mp.current_process(), "_inheriting", False):
+        # We are inside a worker that is importing the user's script: the script
+        # calls savedeep.run at import time, and every worker would run it again.
+        main = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "your script"
+        raise ConfigError(
+            f"savedeep.run() was called while a savedeep worker process was importing {main}. Workers are "
+            "started with the 'spawn' method, which imports the main script again: put the code that calls "
+            "savedeep.run() under `if __name__ == \"__main__\":`")
     return Run(config, resume=resume, overwrite=overwrite, progress=progress).execute()
 
 
@@ -408,15 +417,15 @@ class Run:
             ranges = {k: (a, z) for k, a, z in plan.shards if k in shard_batches}
             wargs = WriterArgs(self.pq_dir, tuple(self.columns), dict(self.images.metadata), cfg.compression,
                                cfg.compression_level, tuple(mine), ranges, shard_batches, G, out_spec)
-            self._spawn(ctx, writer_main, "writer", w, (w, slot, ch, wargs))
+            self._spawn(ctx, writer_main, "writer", w, slot, (wargs,))
             slot += 1
         cargs = ConsumerArgs(cfg.engine, Path(cfg.model), B, threads, self.blob_specs, in_spec, out_spec)
         for i, dev in enumerate(devices):
-            self._spawn(ctx, consumer_main, "consumer", i, (i, slot, ch, dev, cargs))
+            self._spawn(ctx, consumer_main, "consumer", i, slot, (dev, cargs))
             slot += 1
         pargs = ProducerArgs(self.pre_spec, self.mean, self.input_shape, in_spec, cfg.on_error)
         for i in range(producers):
-            self._spawn(ctx, producer_main, "producer", i, (i, slot, ch, pargs))
+            self._spawn(ctx, producer_main, "producer", i, slot, (pargs,))
             slot += 1
         self.slot_of = {(role, i): s for s, (_, role, i) in enumerate(self.procs)}
         entries = self.images.entries
@@ -437,8 +446,19 @@ class Run:
         # gives every core to the forward, and consumer_threads overrides it.
         return max(1, (os.cpu_count() or 1) // cpu_consumers)
 
-    def _spawn(self, ctx, target, role: str, index: int, args: tuple) -> None:
-        p = ctx.Process(target=target, args=args, name=f"savedeep-{role}{index}", daemon=True)
+    def _spawn(self, ctx, target, role: str, index: int, slot: int, payload: tuple) -> None:
+        """Start ``target(index, slot, channels, *payload)`` in a new process.
+
+        ``payload`` travels through shared memory (see savedeep/shm.py, start-up
+        payloads), so that a worker dying at start-up cannot block this call.
+        """
+        from savedeep.shm import put_payload
+        from workers._loop import spawned
+
+        ref, segment = put_payload(f"{role}{index}", payload)
+        self.rings.append(segment)  # unlinked with the rings at shutdown
+        p = ctx.Process(target=spawned, args=(target, index, slot, self.ch, ref), name=f"savedeep-{role}{index}",
+                        daemon=True)
         p.start()
         self.procs.append((p, role, index))
 
@@ -504,7 +524,8 @@ class Run:
                     batch = int(ch.current[self.slot_of[(role, index)]])
                     dev = f" on {devices[index]}" if role == "consumer" else ""
                     how = (f"was killed by signal {-p.exitcode} ({signal.Signals(-p.exitcode).name})"
-                           if p.exitcode < 0 else f"exited with code {p.exitcode}")
+                           if p.exitcode < 0 else f"exited with code {p.exitcode} without reporting an error "
+                           "(what it printed, if anything, is above)")
                     where = f" while on batch {batch}" if batch >= 0 else ""
                     raise WorkerError(f"{role} {index}{dev} (pid {p.pid}) {how}{where}; the run was stopped. "
                                       "Shards already written are kept: rerun with --resume to complete the output")

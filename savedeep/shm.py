@@ -116,3 +116,63 @@ class Ring:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- start-up payloads
+#
+# A spawned worker's arguments reach it through a pipe that the parent writes
+# while starting the process, and CPython (3.11) keeps the read end open in the
+# parent until that write is done. If the child dies before reading everything
+# (an import error, a script that re-runs savedeep at import, the OOM killer)
+# and the arguments exceed the pipe's 64 KiB, the parent blocks forever. The
+# mean image alone is 786 KB and a writer's batch list grows with the run, so
+# each worker's arguments travel through a small shared-memory segment
+# instead, and the spawn arguments stay a few hundred bytes.
+
+
+@dataclass(frozen=True)
+class PayloadRef:
+    """Where a worker finds its pickled start-up arguments."""
+
+    name: str
+    size: int
+
+
+def put_payload(role: str, obj: object) -> tuple[PayloadRef, "Segment"]:
+    """Pickle ``obj`` into a new segment (parent only); the caller unlinks it with ``close``."""
+    import pickle
+
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    name = f"{SHM_PREFIX}{os.getpid()}_args_{role}_{secrets.token_hex(4)}"
+    shm = shared_memory.SharedMemory(name=name, create=True, size=max(len(data), 1))
+    shm.buf[:len(data)] = data
+    return PayloadRef(name, len(data)), Segment(shm)
+
+
+def take_payload(ref: PayloadRef) -> object:
+    """Read and unpickle the arguments ``ref`` points to (workers; the parent unlinks)."""
+    import pickle
+
+    shm = shared_memory.SharedMemory(name=ref.name, create=False)
+    try:
+        data = bytes(shm.buf[:ref.size])
+    finally:
+        shm.close()
+    return pickle.loads(data)
+
+
+class Segment:
+    """An owned segment that is not a ring; ``close`` unmaps and unlinks it."""
+
+    def __init__(self, shm: shared_memory.SharedMemory) -> None:
+        self._shm = shm
+
+    def close(self) -> None:
+        if self._shm is None:
+            return
+        self._shm.close()
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            pass
+        self._shm = None

@@ -170,6 +170,52 @@ def test_exception_in_decoding_or_forward(role, caffenet_dir, images, reference,
     _resume_and_compare(cmd, out, reference)
 
 
+_SCRIPT = """
+import sys
+{prelude}
+import savedeep
+
+def main():
+    savedeep.run(None, model=sys.argv[1], images=sys.argv[2], output=sys.argv[3], blobs=["fc7"], gpus="cpu",
+                 producers=2, batch_size=2, shard_size=2, overwrite=True)
+
+{call}
+"""
+
+
+def _run_script(tmp_path: Path, tag: str, caffenet_dir: Path, images: Path, prelude: str, call: str):
+    script = tmp_path / "user_script.py"
+    script.write_text(_SCRIPT.format(prelude=prelude, call=call))
+    out = tmp_path / "out" / "acts.pk"
+    p = _launch([sys.executable, str(script), str(caffenet_dir), str(images), str(out)], _env(tag),
+                cwd=tmp_path)
+    rc, err = _finish(p)
+    return p, rc, err, out
+
+
+def test_a_worker_dying_while_starting_does_not_hang_the_run(caffenet_dir, images, tmp_path):
+    # Each worker's start-up arguments are larger than a pipe holds (the mean image is
+    # 786 KB); a child that exits before reading them used to block the parent forever.
+    tag = uuid.uuid4().hex
+    p, rc, err, out = _run_script(tmp_path, tag, caffenet_dir, images,
+                                  prelude='if __name__ == "__mp_main__":\n    sys.exit(3)',
+                                  call='if __name__ == "__main__":\n    main()')
+    assert rc == 1, err
+    assert "WorkerError" in err and "exited with code 3 without reporting an error" in err
+    _assert_clean(tag, p.pid)
+    assert not out.exists()
+
+
+def test_a_script_without_a_main_guard_gets_told_the_fix(caffenet_dir, images, tmp_path):
+    tag = uuid.uuid4().hex
+    p, rc, err, out = _run_script(tmp_path, tag, caffenet_dir, images, prelude="", call="main()")
+    assert rc == 1, err
+    assert "was called while a savedeep worker process was importing" in err
+    assert str(tmp_path / "user_script.py") in err and 'if __name__ == "__main__":' in err
+    _assert_clean(tag, p.pid)
+    assert not out.exists()
+
+
 def test_sigkill_of_the_parent(caffenet_dir, images, reference, tmp_path):
     out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
     cmd = _cmd(caffenet_dir, images, out)

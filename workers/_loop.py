@@ -105,6 +105,13 @@ def _setup_process(ch: Channels) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
 
 
+def spawned(target: Callable[..., None], index: int, slot: int, ch: Channels, ref: Any) -> None:
+    """The function every worker process starts in: fetch the arguments, then run ``target``."""
+    from savedeep.shm import take_payload
+
+    target(index, slot, ch, *take_payload(ref))
+
+
 def run_worker(role: str, index: int, slot: int, ch: Channels, device: str | None,
                body: Callable[[Worker], None]) -> None:
     """Run ``body`` as worker ``role`` ``index``; report stats or the failure to the parent."""
