@@ -90,6 +90,9 @@ LAYER_CASES: dict[str, tuple[tuple[int, ...], str]] = {
     "pool_global_ave": (S, layer("p", "Pooling", "data", "p", P, pool="AVE", global_pooling=True)),
     "pool_global_max": (S, layer("p", "Pooling", "data", "p", P, pool="MAX", global_pooling=True)),
     "lrn_across": ((2, 7, 5, 6), layer("n", "LRN", "data", "n", "lrn_param", local_size=5, alpha=0.3, beta=0.75, k=2)),
+    "lrn_across_beta_wide": ((2, 4, 5, 6), layer("n", "LRN", "data", "n", "lrn_param", local_size=7, alpha=0.2,
+                                                  beta=0.6, k=1.5)),  # window wider than the channels
+    "lrn_across_size1": ((2, 3, 5, 6), layer("n", "LRN", "data", "n", "lrn_param", local_size=1, alpha=0.4, beta=0.9)),
     "lrn_within": ((2, 3, 7, 6), layer("n", "LRN", "data", "n", "lrn_param", local_size=3, alpha=0.5, beta=0.6, k=1.5,
                                        norm_region="WITHIN_CHANNEL")),
     "ip": (S, layer("f", "InnerProduct", "data", "f", "inner_product_param", num_output=5)),

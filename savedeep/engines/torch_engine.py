@@ -76,6 +76,8 @@ class _Plan:
     steps: tuple[int, ...]
     alias_updates: tuple[tuple[tuple[str, str], ...], ...]
     drop_after: tuple[tuple[str, ...], ...]
+    # may the step write into its bottom: an in-place layer whose old value no one wants or reads later
+    inplace: tuple[bool, ...] = ()
 
 
 def unsupported_layers(net: "Net") -> list["Layer"]:
@@ -187,8 +189,15 @@ class TorchNet(nn.Module):
         held: dict[str, int] = {self.input_name: -1}
         alias_updates: list[tuple[tuple[str, str], ...]] = []
         drops: list[tuple[str, ...]] = []
+        inplace: list[bool] = []
         for k, i in enumerate(steps):
             step = self._steps[i]
+            old = step.reads[0] if len(step.reads) == 1 else None
+            inplace.append(
+                hasattr(step.op, "forward_inplace") and step.tops == step.bottoms and old is not None
+                and old[1] >= 0 and old not in wanted and old not in later_reads[k]
+                and all(src is None for _, src in step.writes)  # no Caffe alias (Split/Flatten view) to update
+            )
             updates = []
             for name, src in step.writes:
                 if src is None:
@@ -201,7 +210,7 @@ class TorchNet(nn.Module):
             for n in gone:
                 del held[n]
             drops.append(gone)
-        plan = _Plan(tuple(steps), tuple(alias_updates), tuple(drops))
+        plan = _Plan(tuple(steps), tuple(alias_updates), tuple(drops), tuple(inplace))
         self._plans[key] = plan
         return plan
 
@@ -210,9 +219,13 @@ class TorchNet(nn.Module):
         plan = self.plan(names)
         env: dict[str, Tensor] = {self.input_name: x}
         shapes = self._net.blob_shapes(x.shape[0]) if any(plan.alias_updates) else {}
-        for i, updates, drop in zip(plan.steps, plan.alias_updates, plan.drop_after):
+        input_storage = x.untyped_storage().data_ptr()
+        for i, updates, drop, inplace in zip(plan.steps, plan.alias_updates, plan.drop_after, plan.inplace):
             step = self._steps[i]
-            tops = step.op(*[env[b] for b in step.bottoms])
+            if inplace and self._sole_owner(env, step.bottoms[0], input_storage):
+                tops = step.op.forward_inplace(env[step.bottoms[0]])
+            else:
+                tops = step.op(*[env[b] for b in step.bottoms])
             if len(tops) != len(step.tops):
                 raise ModelError(
                     f"{step.op.where()} produced {len(tops)} outputs for {len(step.tops)} tops; fix the prototxt"
@@ -224,6 +237,19 @@ class TorchNet(nn.Module):
             for name in drop:
                 del env[name]
         return {n: env[n] for n in names}
+
+    @staticmethod
+    def _sole_owner(env: dict[str, Tensor], name: str, input_storage: int) -> bool:
+        """Whether ``env[name]`` shares memory with nothing else held (nor with the caller's input).
+
+        Torch ops return views where Caffe copies (Dropout and Split here give their
+        bottom back), so an in-place write is allowed only on memory no other held
+        blob uses.
+        """
+        ptr = env[name].untyped_storage().data_ptr()
+        if ptr == input_storage:
+            return False
+        return all(k == name or v.untyped_storage().data_ptr() != ptr for k, v in env.items())
 
 
 def use_exact_fp32_on_cuda() -> None:

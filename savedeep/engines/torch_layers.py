@@ -426,15 +426,23 @@ class LRN(CaffeOp):
         half = (self.size - 1) // 2
         sq = x.square()
         if self.region == "ACROSS_CHANNELS":
-            # sum over channels c-half..c+half (zero outside), times alpha / size
-            s = F.pad(sq.unsqueeze(1), (0, 0, 0, 0, half, half))
-            mean = F.avg_pool3d(s, (self.size, 1, 1), stride=1).squeeze(1)
-            scale = self.k + self.alpha * mean
+            # scale = k + alpha/size * (sum of squares over channels c-half..c+half, zero outside),
+            # as `size` shifted adds of the zero-padded squares: 3-4x faster on the CPU than
+            # avg_pool3d over a 5-D view, and it keeps the input's memory layout.
+            c = x.shape[1]
+            padded = F.pad(sq, (0, 0, 0, 0, half, half))
+            acc = padded[:, 0:c].clone()
+            for j in range(1, self.size):
+                acc += padded[:, j:j + c]
+            scale = acc.mul_(self.alpha / self.size).add_(self.k)
         else:
             # Caffe composes AVE pooling (size x size, zero padding, always /size^2) and
             # Power(shift 1, scale alpha): k plays no part here.
             mean = F.avg_pool2d(F.pad(sq, (half, half, half, half)), self.size, stride=1)
             scale = 1.0 + self.alpha * mean
+        if self.beta == 0.75:  # every published LRN net: scale^-0.75 = rsqrt(scale) * rsqrt(scale)^0.5, cheaper than pow
+            r = scale.rsqrt()
+            return [x * r.mul_(r.sqrt())]
         return [x * scale.pow(-self.beta)]
 
 
@@ -443,21 +451,32 @@ class LRN(CaffeOp):
 
 
 class _Elementwise(CaffeOp):
-    """One function applied to each element of the single bottom."""
+    """One function applied to each element of the single bottom.
 
-    def __init__(self, layer: "Layer", fn: Callable[[Tensor], Tensor]) -> None:
+    ``fn_`` is the same function writing into its argument; the engine uses it
+    (``forward_inplace``) for a layer that is in place in the prototxt when no one
+    else holds the bottom's old value, saving an allocation and a pass over memory.
+    """
+
+    def __init__(self, layer: "Layer", fn: Callable[[Tensor], Tensor],
+                 fn_: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(layer)
         self.fn = fn
+        self.fn_ = fn_
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [self.fn(x)]
+
+    def forward_inplace(self, x: Tensor) -> list[Tensor]:
+        return [self.fn_(x)] if self.fn_ is not None else self.forward(x)
 
 
 def _relu(layer: "Layer") -> CaffeOp:
     slope = float(layer.param.relu_param.negative_slope)
     if slope == 0:
-        return _Elementwise(layer, torch.relu)
-    return _Elementwise(layer, lambda x: torch.where(x > 0, x, x * slope))
+        return _Elementwise(layer, torch.relu, torch.relu_)
+    # Caffe: x > 0 ? x : slope * x, which is also what leaky_relu_ computes
+    return _Elementwise(layer, lambda x: torch.where(x > 0, x, x * slope), lambda x: F.leaky_relu_(x, slope))
 
 
 def _elu(layer: "Layer") -> CaffeOp:
@@ -691,8 +710,9 @@ class ArgMax(CaffeOp):
 # registry
 
 
-def _simple(fn: Callable[[Tensor], Tensor]) -> Callable[["Layer"], CaffeOp]:
-    return lambda layer: _Elementwise(layer, fn)
+def _simple(fn: Callable[[Tensor], Tensor], fn_: Callable[[Tensor], Tensor] | None = None
+            ) -> Callable[["Layer"], CaffeOp]:
+    return lambda layer: _Elementwise(layer, fn, fn_)
 
 
 BUILDERS: dict[str, Callable[["Layer"], CaffeOp]] = {
@@ -704,9 +724,9 @@ BUILDERS: dict[str, Callable[["Layer"], CaffeOp]] = {
     "ReLU": _relu,
     "PReLU": PReLU,
     "ELU": _elu,
-    "Sigmoid": _simple(torch.sigmoid),
-    "TanH": _simple(torch.tanh),
-    "AbsVal": _simple(torch.abs),
+    "Sigmoid": _simple(torch.sigmoid, torch.sigmoid_),
+    "TanH": _simple(torch.tanh, torch.tanh_),
+    "AbsVal": _simple(torch.abs, torch.abs_),
     "Power": _power,
     "Exp": _exp,
     "Log": _log,
