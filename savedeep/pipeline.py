@@ -225,6 +225,31 @@ class _ToLoggers(logging.Handler):
         logging.getLogger(record.name).handle(record)
 
 
+class _Background:
+    """A function run in a daemon thread; ``result()`` waits and returns its value or raises its error."""
+
+    def __init__(self, fn) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self._value = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="savedeep-hash", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False) -> RunResult:
     """Run the whole pipeline for ``config``; returns when the output is complete."""
     if getattr(mp.current_process(), "_inheriting", False):
@@ -268,6 +293,10 @@ class Run:
 
             raise ModelError(f"{self.model.weights} is missing: a model directory holds deploy.prototxt, "
                              "weights.caffemodel and mean.npy")
+        # Hashing the weights (0.3 s per 250 MB) runs beside the rest of the preparation and the
+        # workers' start-up; `model_hashes` waits for it where the hashes are needed.
+        self._hashes = _Background(lambda: {p.name: sha256_file(p) for p in
+                                            (self.model.prototxt, self.model.weights, self.model.mean_path)})
         valid = set(self.model.validate_blobs(list(cfg.blobs)))
         names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave
         specs = {s.name: s for s in cfg.blob_specs}
@@ -291,8 +320,12 @@ class Run:
         self.mean = load_mean(self.model.mean_path)
         self.pre_spec = preprocess_spec(cfg)
         self.preprocess_desc = Preprocessor(self.pre_spec, self.mean, self.input_shape).describe()
-        self.model_hashes = {p.name: sha256_file(p) for p in (self.model.prototxt, self.model.weights, self.model.mean_path)}
         self.keys_digest = _keys_digest(self.images.keys)
+
+    @property
+    def model_hashes(self) -> dict[str, str]:
+        """sha256 of the prototxt, the weights and the mean (computed in the background)."""
+        return self._hashes.result()
 
     def _manifest(self, plan: Plan) -> dict[str, Any]:
         cfg = self.config
@@ -409,6 +442,15 @@ class Run:
 
         threads = self._consumer_threads(devices)
         slot = 0
+        # Consumers first: importing torch or pycaffe and reading the weights takes them longest.
+        cargs = ConsumerArgs(cfg.engine, Path(cfg.model), B, threads, self.blob_specs, in_spec, out_spec)
+        for i, dev in enumerate(devices):
+            self._spawn(ctx, consumer_main, "consumer", i, slot, (dev, cargs))
+            slot += 1
+        pargs = ProducerArgs(self.pre_spec, self.mean, self.input_shape, in_spec, cfg.on_error)
+        for i in range(producers):
+            self._spawn(ctx, producer_main, "producer", i, slot, (pargs,))
+            slot += 1
         for w in range(writers):
             mine = [(b, k) for b, k, _, _ in plan.batches if k % writers == w]
             shard_batches: dict[int, int] = {}
@@ -419,15 +461,11 @@ class Run:
                                cfg.compression_level, tuple(mine), ranges, shard_batches, G, out_spec)
             self._spawn(ctx, writer_main, "writer", w, slot, (wargs,))
             slot += 1
-        cargs = ConsumerArgs(cfg.engine, Path(cfg.model), B, threads, self.blob_specs, in_spec, out_spec)
-        for i, dev in enumerate(devices):
-            self._spawn(ctx, consumer_main, "consumer", i, slot, (dev, cargs))
-            slot += 1
-        pargs = ProducerArgs(self.pre_spec, self.mean, self.input_shape, in_spec, cfg.on_error)
-        for i in range(producers):
-            self._spawn(ctx, producer_main, "producer", i, slot, (pargs,))
-            slot += 1
         self.slot_of = {(role, i): s for s, (_, role, i) in enumerate(self.procs)}
+
+    def _feed(self, plan: Plan, producers: int) -> None:
+        """Give the producers their work: every batch to do, then one end-of-stream each."""
+        ch = self.ch
         entries = self.images.entries
         for b, k, a, z in plan.batches:
             ch.tasks.put(Task(b, k, a, tuple(e.key for e in entries[a:z]), tuple(str(e.path) for e in entries[a:z])))
@@ -613,11 +651,18 @@ class Run:
         producers = max(1, min(producers, max(1, len(plan.batches))))
 
         self.pq_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = manifest = self._manifest(plan)
-        for k, s in self._resumed_shards.items():
-            manifest["shards"][k] = s
-        write_manifest(self.pq_dir, manifest)
+        self.manifest = None
         file_handler = self._run_log()
+
+        def first_manifest() -> None:
+            manifest = self._manifest(plan)
+            for k, s in self._resumed_shards.items():
+                manifest["shards"][k] = s
+            from savedeep.output import disk_errors
+
+            with disk_errors(f"the manifest in {self.pq_dir}"):
+                write_manifest(self.pq_dir, manifest)
+            self.manifest = manifest
 
         self.rows = sum(s["rows"] for s in self._resumed_shards.values())
         self.failures = sum(len(s["failures"]) for s in self._resumed_shards.values())
@@ -646,8 +691,13 @@ class Run:
                                     desc="savedeep", dynamic_ncols=True, smoothing=0.1)
                 t_start = time.perf_counter()
                 self._start(plan, devices, producers, writers)
+                # The manifest exists before any work is given out, so before any shard.
+                first_manifest()
+                self._feed(plan, producers)
                 self._supervise(devices, producers)
                 self.pipeline_wall = time.perf_counter() - t_start
+            else:
+                first_manifest()
             self._finish(t0)
         except KeyboardInterrupt as exc:
             raise Interrupted(
