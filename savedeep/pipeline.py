@@ -54,6 +54,64 @@ log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 10.0
 RING_BUDGET = 256 * 2**20   # bytes per ring beyond the minimum number of slots
 MAX_SLOTS = 16
+SHM_DIR = "/dev/shm"
+SHM_RESERVE = 4 * 2**20     # of the free space in SHM_DIR, left to others (semaphores, other programs)
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in the shared-memory filesystem, or None where it cannot be known."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, writers: int,
+               fixed: int | None, free: int | None) -> tuple[int, int]:
+    """Slots of the input and output rings, within the shared memory there is.
+
+    Every stage should have work in hand (input: a slot per producer and two per
+    consumer; output: two per consumer and two per writer); beyond that each ring
+    grows to RING_BUDGET so decoding runs ahead while the consumers start up. A
+    container's /dev/shm is often small (Docker gives 64 MB): the rings then shrink
+    to fit, down to one slot each (slower, still correct), and where even that does
+    not fit the run stops before starting and says how to fix it, rather than a
+    worker dying of SIGBUS when it first touches a page the filesystem cannot back.
+    """
+    usable = None if free is None else max(0, free - SHM_RESERVE)
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    how = ("lower batch_size (the rings grow with it), save fewer or reduced blobs, or give the machine more "
+           f"shared memory (Docker: --shm-size=2g; otherwise remount {SHM_DIR} with a larger size)")
+    if fixed:
+        need = fixed * (in_bytes + out_bytes)
+        if usable is not None and need > usable:
+            raise ConfigError(f"ring_slots: {fixed} slots per ring need {mib(need)} of shared memory but {SHM_DIR} "
+                              f"has {mib(free)} free: lower ring_slots (or leave it unset), or {how}")
+        return fixed, fixed
+    if usable is not None and in_bytes + out_bytes > usable:
+        raise ConfigError(
+            f"{SHM_DIR} has {mib(free)} free, and this run needs at least {mib(in_bytes + out_bytes)} of shared "
+            f"memory (one input batch of {mib(in_bytes)} and one output batch of {mib(out_bytes)}): {how}")
+    in_min, out_min = producers + 2 * consumers, 2 * consumers + 2 * writers
+    budget = RING_BUDGET if usable is None else min(RING_BUDGET, usable // 2)
+    out_slots = max(out_min, min(MAX_SLOTS, budget // max(out_bytes, 1)))
+    in_slots = max(in_min, min(out_slots, budget // max(in_bytes, 1)))
+    # Too big: give up slots beyond the minimums first, then below them, the bigger ring first.
+    for floor_in, floor_out in ((in_min, out_min), (1, 1)):
+        while usable is not None and in_slots * in_bytes + out_slots * out_bytes > usable:
+            can_in, can_out = in_slots > floor_in, out_slots > floor_out
+            if not (can_in or can_out):
+                break
+            if can_in and (not can_out or in_slots * in_bytes >= out_slots * out_bytes):
+                in_slots -= 1
+            else:
+                out_slots -= 1
+    if in_slots < in_min or out_slots < out_min:
+        log.warning("%s has %s free: the rings hold %d input and %d output batches instead of at least %d and %d, "
+                    "so stages will wait for each other; %s", SHM_DIR, mib(free), in_slots, out_slots, in_min,
+                    out_min, how.replace("lower", "to avoid this, lower", 1))
+    return in_slots, out_slots
 
 
 @dataclass
@@ -410,16 +468,15 @@ class Run:
         cfg = self.config
         ctx = mp.get_context("spawn")
         G, B = len(devices), cfg.batch_size
-        # Enough slots for every stage to have work in hand, and more while they fit in
-        # RING_BUDGET: decoding then runs ahead while the consumers start up (importing
-        # torch and reading the weights takes seconds). More input slots than window
-        # credits (out_slots) would never be filled, see NOTE [savedeep pipeline data flow].
-        in_bytes = B * int(np.prod(self.input_shape)) * 4
-        out_bytes = sum(B * int(np.prod(c.shape)) * np.dtype(c.dtype).itemsize for c in self.columns)
-        out_slots = cfg.ring_slots or max(2 * G + 2 * writers, min(MAX_SLOTS, RING_BUDGET // max(out_bytes, 1)))
-        in_slots = cfg.ring_slots or max(producers + 2 * G, min(out_slots, RING_BUDGET // in_bytes))
-        in_spec = new_ring_spec("in", in_slots, [Field("data", (B, *self.input_shape), "float32")])
-        out_spec = new_ring_spec("out", out_slots, [Field(c.name, (B, *c.shape), c.dtype) for c in self.columns])
+        # See size_rings. More input slots than window credits (out_slots) would never
+        # be filled, see NOTE [savedeep pipeline data flow].
+        in_fields = [Field("data", (B, *self.input_shape), "float32")]
+        out_fields = [Field(c.name, (B, *c.shape), c.dtype) for c in self.columns]
+        in_slots, out_slots = size_rings(new_ring_spec("in", 1, in_fields).slot_bytes,
+                                         new_ring_spec("out", 1, out_fields).slot_bytes,
+                                         producers, G, writers, cfg.ring_slots, shm_free_bytes())
+        in_spec = new_ring_spec("in", in_slots, in_fields)
+        out_spec = new_ring_spec("out", out_slots, out_fields)
         self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
         self.ring_bytes = in_spec.nbytes + out_spec.nbytes
         log.info("rings: %d input slots, %d output slots, %.1f MiB of shared memory",
@@ -561,7 +618,9 @@ class Run:
                         raise self._worker_error(failed)
                     batch = int(ch.current[self.slot_of[(role, index)]])
                     dev = f" on {devices[index]}" if role == "consumer" else ""
-                    how = (f"was killed by signal {-p.exitcode} ({signal.Signals(-p.exitcode).name})"
+                    how = (f"was killed by signal {-p.exitcode} ({signal.Signals(-p.exitcode).name}"
+                           + (f": shared memory ran out? see `df -h {SHM_DIR}`" if p.exitcode == -signal.SIGBUS else "")
+                           + ")"
                            if p.exitcode < 0 else f"exited with code {p.exitcode} without reporting an error "
                            "(what it printed, if anything, is above)")
                     where = f" while on batch {batch}" if batch >= 0 else ""

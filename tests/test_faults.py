@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -212,6 +213,49 @@ def test_a_script_without_a_main_guard_gets_told_the_fix(caffenet_dir, images, t
     assert rc == 1, err
     assert "was called while a savedeep worker process was importing" in err
     assert str(tmp_path / "user_script.py") in err and 'if __name__ == "__main__":' in err
+    _assert_clean(tag, p.pid)
+    assert not out.exists()
+
+
+def _small_shm_cmd(size: str, cmd: list[str]) -> list[str]:
+    """``cmd`` in a private mount namespace whose /dev/shm is a tmpfs of ``size`` (as in a container)."""
+    import shlex
+
+    return ["unshare", "--mount", "sh", "-c",
+            f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {shlex.join(cmd)}"]
+
+
+@pytest.fixture(scope="module")
+def private_shm():
+    probe = subprocess.run(_small_shm_cmd("1m", ["true"]), capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a private /dev/shm here (needs root and unshare): {probe.stderr.strip()}")
+
+
+def test_a_small_dev_shm_shrinks_the_rings_and_the_output_is_the_same(private_shm, caffenet_dir, images, reference,
+                                                                      tmp_path):
+    # The comfortable rings need 21.6 MB here (6 input slots of 1.2 MB, 6 output slots of 2.4 MB)
+    # and before this was handled, workers died of SIGBUS in a 16 MB /dev/shm.
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    p = _launch(_small_shm_cmd("16m", _cmd(caffenet_dir, images, out)), _env(tag))
+    rc, err = _finish(p)
+    assert rc == 0, err
+    assert "/dev/shm has 16.0 MiB free: the rings hold" in err and "--shm-size" in err
+    _assert_clean(tag, p.pid)
+    df = savedeep.load(out)
+    assert list(df["image"]) == list(reference["image"])
+    for b in BLOBS.split(","):
+        assert np.array_equal(np.stack(df[b]), np.stack(reference[b])), b
+
+
+def test_a_dev_shm_too_small_for_one_batch_is_a_clear_error(private_shm, caffenet_dir, images, tmp_path):
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    p = _launch(_small_shm_cmd("6m", _cmd(caffenet_dir, images, out)), _env(tag))
+    rc, err = _finish(p)
+    assert rc == 2, err
+    assert re.search(r"/dev/shm has 6\.0 MiB free, and this run needs at least 3\.\d MiB of shared memory "
+                     r"\(one input batch of 1\.2 MiB and one output batch of 2\.2 MiB\)", err), err
+    assert "batch_size" in err and "--shm-size" in err and "Traceback" not in err
     _assert_clean(tag, p.pid)
     assert not out.exists()
 
