@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--cpu-consumers", dest="cpu_consumers", type=int, help="forward processes on the CPU")
         sp.add_argument("--writers", help="Parquet-writing processes (a number or auto)")
         sp.add_argument("--dtype", choices=["float32", "float16"], help="storage dtype of every blob")
+        sp.add_argument("--storage", choices=["tensor", "binary"],
+                        help="blob columns as Arrow tensors (default) or fixed-size binary (faster to write)")
         sp.add_argument("--shard-size", dest="shard_size", type=int, help="images per Parquet shard")
         sp.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], help="what a bad image does")
         sp.add_argument("--no-pickle", dest="pickle", action="store_const", const=False,
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _RUN_KEYS = ("model", "blobs", "images", "output", "gpus", "require_gpu", "engine", "batch_size", "producers",
-             "writers", "cpu_consumers", "dtype", "shard_size", "on_error", "pickle")
+             "writers", "cpu_consumers", "dtype", "storage", "shard_size", "on_error", "pickle")
 
 
 def _overrides(args: argparse.Namespace) -> dict:

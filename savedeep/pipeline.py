@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from savedeep.config import Config
+from savedeep.config import RESULT_KEYS, Config
 from savedeep.errors import ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
 from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 
@@ -367,8 +367,8 @@ class Run:
         for s in self.blob_specs:
             shape = tuple(shapes[s.name][1:])
             red = make_reducer(s, shape)
-            self.columns.append(ColumnSpec(s.name, tuple(red.out_shape), str(red.out_dtype)))
-            self.blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype),
+            self.columns.append(ColumnSpec(s.name, tuple(red.out_shape), str(red.out_dtype), cfg.storage))
+            self.blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
                                       "blob_shape": list(shape), "reduce": red.describe()}
         self.images = list_images(cfg.images)
         clash = [n for n in names if n == "image" or n in self.images.metadata]
@@ -433,7 +433,7 @@ class Run:
         changed = []
         if manifest.get("result_fingerprint") != cfg.result_fingerprint():
             old, new = manifest.get("config", {}), cfg.canonical()
-            diff = [k for k in ("model", "images", "blobs", "engine", "preprocess", "shard_size") if old.get(k) != new.get(k)]
+            diff = [k for k in RESULT_KEYS if old.get(k) != new.get(k)]
             changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))
         if manifest.get("model", {}).get("sha256") != self.model_hashes:
             old = manifest.get("model", {}).get("sha256", {})

@@ -298,6 +298,7 @@ def test_unknown_flag_key_and_blob_item_key(project: Path) -> None:
     ("dtype", "flaot16", "dtype: must be one of float32, float16; got 'flaot16' (str); did you mean 'float16'?"),
     ("dtype", 16, "dtype: must be one of float32, float16; got 16 (int)"),
     ("compression", "gzip", "compression: must be one of zstd, lz4, snappy, none"),
+    ("storage", "tensors", "storage: must be one of tensor, binary; got 'tensors' (str); did you mean 'tensor'?"),
     ("on_error", "ignore", "on_error: must be one of skip, fail"),
     ("gpus", "gpu", 'gpus: expected "cpu", "all", a list of GPU ids'),
     ("gpus", "0,0", "gpus: GPU [0] listed twice"),

@@ -132,6 +132,36 @@ def test_pickle_equals_parquet(nsfw_dir, image_dir, tmp_path):
     assert str(t.schema.field("pool").type).startswith("extension<arrow.fixed_shape_tensor")
 
 
+def test_binary_storage_holds_the_same_arrays(caffenet_dir, image_dir, tmp_path):
+    blobs = ["conv1", {"name": "fc7", "dtype": "float16"}, {"name": "pool5", "reduce": {"pool": "max", "grid": 2}}]
+    common = dict(producers=1, cpu_consumers=1, batch_size=4, shard_size=3)
+    _run(caffenet_dir, image_dir, tmp_path / "t" / "a.pk", blobs, **common)
+    _run(caffenet_dir, image_dir, tmp_path / "b" / "a.pk", blobs, storage="binary", **common)
+    names = ["conv1", "fc7", "pool5"]
+    for source in ("a.pk", "a.parquet"):
+        t, b = savedeep.load(tmp_path / "t" / source), savedeep.load(tmp_path / "b" / source)
+        assert list(t.columns) == list(b.columns) and list(t["image"]) == list(b["image"])
+        for name in names:
+            x, y = np.stack(t[name]), np.stack(b[name])
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), (source, name)
+    for name in names:
+        assert np.array_equal(savedeep.load_array(tmp_path / "b" / "a.pk", name),
+                              savedeep.load_array(tmp_path / "t" / "a.pk", name))
+    # What another reader sees: one fixed-size binary value per image, shape and dtype alongside
+    shard = pq.read_table(tmp_path / "b" / "a.parquet" / "part-00000.parquet")
+    field = shard.schema.field("fc7")
+    assert str(field.type) == "fixed_size_binary[8192]"
+    assert field.metadata == {b"savedeep.shape": b"[4096]", b"savedeep.dtype": b"float16"}
+    first = np.frombuffer(shard.column("fc7")[0].as_py(), "<f2").reshape(4096)
+    assert np.array_equal(first, savedeep.load_array(tmp_path / "t" / "a.pk", "fc7")[0])
+    manifest = json.loads((tmp_path / "b" / "a.parquet" / "_manifest.json").read_text())
+    assert manifest["blobs"]["pool5"] == {**manifest["blobs"]["pool5"], "storage": "binary", "shape": [256, 2, 2]}
+    # a resume that would mix the two layouts is refused
+    with pytest.raises(OutputError, match="config keys storage"):
+        savedeep.run(load_config(None, {"model": caffenet_dir, "images": image_dir, "output": tmp_path / "b" / "a.pk",
+                                        "blobs": blobs, "gpus": "cpu", **common}), resume=True)
+
+
 def test_same_rows_whatever_producers_consumers_batch(caffenet_dir, image_dir, tmp_path):
     blobs = ["conv1", "fc7"]
     runs = {}
