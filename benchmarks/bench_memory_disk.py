@@ -11,7 +11,8 @@ sum of RSS (which counts shared pages once per process). Sampling costs a few ms
 process per sample, so these runs are not used for speed.
 
 **Disk.** The same conv1 output over ``--disk-images`` images (256) for float32 / float16 x
-zstd / none, without the sampler: the Parquet shard bytes per image, as a fraction of the raw
+zstd / none with the default tensor storage, and float16 + zstd with ``storage: binary``,
+without the sampler: the Parquet shard bytes per image, as a fraction of the raw
 float32 bytes (96*55*55*4 = 1,161,600 B), and the steady rate of each run, which shows whether
 the writer keeps up with the forward (compared with conv1's forward-only rate from
 benchmarks/out/stages.json when it exists).
@@ -89,18 +90,19 @@ def main() -> None:
     stages = load_stages()
     fwd = lookup_forward(stages, "caffenet-conv1", "torch-cl", 32) if stages else None
     images = common.make_images(args.disk_images)
-    for dtype in ("float32", "float16"):
-        for comp in ("zstd", "none"):
-            r = common.run_savedeep(OUT / "disk_run", model, images, ["conv1"], dtype=dtype, compression=comp,
-                                    batch_size=32, pickle=False)
-            per = r["disk_bytes"] / r["rows"]
-            rows.append({"kind": "disk", "dtype": dtype, "compression": comp, "images": r["rows"],
-                         "wall_s": r["wall_s"], "disk_bytes_per_image": round(per), "of_raw_f32": round(per / RAW_F32, 4),
-                         "steady_images_per_s": r["steady_images_per_s"], "busy": r["busy"],
-                         "forward_only_images_per_s": fwd,
-                         "of_forward": round(r["steady_images_per_s"] / fwd, 3) if fwd and r["steady_images_per_s"] else None})
-            print(f"disk conv1 {dtype} {comp}: {per:,.0f} B/image = {per / RAW_F32:.1%} of raw float32; "
-                  f"steady {r['steady_images_per_s']} images/s, busy {r['busy']}", flush=True)
+    for dtype, comp, storage in (("float32", "zstd", "tensor"), ("float32", "none", "tensor"),
+                                 ("float16", "zstd", "tensor"), ("float16", "none", "tensor"),
+                                 ("float16", "zstd", "binary")):
+        r = common.run_savedeep(OUT / "disk_run", model, images, ["conv1"], dtype=dtype, compression=comp,
+                                batch_size=32, pickle=False, storage=storage)
+        per = r["disk_bytes"] / r["rows"]
+        rows.append({"kind": "disk", "dtype": dtype, "compression": comp, "storage": storage, "images": r["rows"],
+                     "wall_s": r["wall_s"], "disk_bytes_per_image": round(per), "of_raw_f32": round(per / RAW_F32, 4),
+                     "steady_images_per_s": r["steady_images_per_s"], "busy": r["busy"],
+                     "forward_only_images_per_s": fwd,
+                     "of_forward": round(r["steady_images_per_s"] / fwd, 3) if fwd and r["steady_images_per_s"] else None})
+        print(f"disk conv1 {dtype} {comp} {storage}: {per:,.0f} B/image = {per / RAW_F32:.1%} of raw float32; "
+              f"steady {r['steady_images_per_s']} images/s, busy {r['busy']}", flush=True)
     shutil.rmtree(OUT / "disk_run", ignore_errors=True)
 
     mem = [r for r in rows if r["kind"] == "memory"]
@@ -115,7 +117,7 @@ def main() -> None:
             flat[dtype] = round(d[-1]["peak_pss_mib"] / d[0]["peak_pss_mib"], 3)
             print(f"  {dtype}: peak PSS at {d[-1]['images']} / at {d[0]['images']} images = {flat[dtype]}")
     print()
-    common.print_table(disk, ["dtype", "compression", "images", "disk_bytes_per_image", "of_raw_f32",
+    common.print_table(disk, ["dtype", "compression", "storage", "images", "disk_bytes_per_image", "of_raw_f32",
                               "steady_images_per_s", "forward_only_images_per_s", "of_forward", "busy"],
                        f"bytes on disk per image, conv1 (raw float32: {RAW_F32:,} B)")
     common.write_json(OUT / "memory_disk.json", {"machine": m, "memory_measure": "sum of psutil PSS (and RSS) "
@@ -132,7 +134,7 @@ def main() -> None:
     a.set_title("memory during a conv1 run (--no-pickle)")
     a.legend()
     a.grid(alpha=0.3)
-    b.bar([f"{r['dtype'][5:]}\n{r['compression']}" for r in disk], [r["of_raw_f32"] * 100 for r in disk])
+    b.bar([f"{r['dtype'][5:]}\n{r['compression']}\n{r['storage']}" for r in disk], [r["of_raw_f32"] * 100 for r in disk])
     b.axhline(30, color="k", ls="--", alpha=0.5)
     b.set_ylabel("% of raw float32 bytes")
     b.set_title("conv1 bytes on disk per image")

@@ -14,9 +14,9 @@ Stages, each measured on its own:
   CaffeNet conv1 (random weights), open_nsfw pool+prob (real weights).
 - **write**: ``savedeep.output.ShardWriter`` on real activations of those blobs (conv1 and
   fc6+fc7 of the benchmark images), float32 and float16, zstd and none: MB/s of stored bytes and
-  images/s; compared with writing the same bytes as a raw ``fixed_size_binary`` column under the
-  same writer settings (dictionary off, statistics off for the blob columns). The float16 cast
-  (done by the consumer) is timed separately.
+  images/s, for both blob storages: ``tensor`` (Arrow fixed-shape tensor, the default) and
+  ``binary`` (one ``fixed_size_binary`` value per image), same writer settings otherwise. The
+  float16 cast (done by the consumer) is timed separately.
 
 **The bound.** On C cores, with a consumer of T threads forwarding F images/s, producers that
 decode D images/s per core, a writer at W images/s and a cast at K images/s, each image costs
@@ -189,34 +189,11 @@ def _tile(acts: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(acts[np.resize(np.arange(len(acts)), rows)])
 
 
-def write_raw_fixed_binary(path: Path, keys: list[str], blobs: dict[str, np.ndarray], compression: str,
-                           batch: int) -> None:
-    """The same bytes as a raw fixed_size_binary column per blob, with the ShardWriter's settings."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    names = list(blobs)
-    schema = pa.schema([pa.field("image", pa.string(), nullable=False)]
-                       + [pa.field(k, pa.binary(blobs[k][0].nbytes), nullable=False) for k in names])
-    comp = None if compression == "none" else compression
-    w = pq.ParquetWriter(path, schema, compression=comp, use_dictionary=["image"], write_statistics=["image"])
-    for a in range(0, len(keys), batch):
-        z = min(a + batch, len(keys))
-        arrays = [pa.array(keys[a:z], type=pa.string())]
-        for k in names:
-            v = np.ascontiguousarray(blobs[k][a:z])
-            size = v[0].nbytes
-            arrays.append(pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), z - a,
-                                                               [None, pa.py_buffer(v.reshape(-1).view(np.uint8))]))
-        w.write_table(pa.Table.from_arrays(arrays, schema=schema))
-    w.close()
-
-
 def write_shardwriter(directory: Path, keys: list[str], blobs: dict[str, np.ndarray], compression: str,
-                      batch: int) -> Path:
+                      batch: int, storage: str = "tensor") -> Path:
     from savedeep.output import ColumnSpec, ShardWriter
 
-    cols = [ColumnSpec(k, tuple(v.shape[1:]), str(v.dtype)) for k, v in blobs.items()]
+    cols = [ColumnSpec(k, tuple(v.shape[1:]), str(v.dtype), storage) for k, v in blobs.items()]
     sw = ShardWriter(directory, 0, cols, (), compression)
     for a in range(0, len(keys), batch):
         z = min(a + batch, len(keys))
@@ -238,16 +215,12 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
             stored = sum(v.nbytes for v in blobs.values())
             f32_bytes = sum(v.size * 4 for v in blobs.values())
             for comp in ("zstd", "none"):
-                for method in ("ShardWriter (tensor)", "raw fixed_size_binary"):
+                for method in ("ShardWriter (tensor)", "ShardWriter (binary)"):
                     best, size = None, 0
                     for _ in range(repeats):
                         with tempfile.TemporaryDirectory(dir=OUT) as tmp:
                             t0 = time.perf_counter()
-                            if method.startswith("Shard"):
-                                p = write_shardwriter(Path(tmp), keys, blobs, comp, batch)
-                            else:
-                                p = Path(tmp) / "raw.parquet"
-                                write_raw_fixed_binary(p, keys, blobs, comp, batch)
+                            p = write_shardwriter(Path(tmp), keys, blobs, comp, batch, method[13:-1])
                             el = time.perf_counter() - t0
                             size = p.stat().st_size
                         best = el if best is None else min(best, el)
@@ -257,9 +230,9 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
                                 "disk_bytes_per_image": round(size / n_rows),
                                 "disk_vs_f32": round(size / f32_bytes, 4)})
                 tensor = out[-2]["seconds"]
-                out[-1]["tensor_over_raw_time"] = round(tensor / out[-1]["seconds"], 2)
+                out[-1]["tensor_over_binary_time"] = round(tensor / out[-1]["seconds"], 2)
                 print(f"  write {case:15s} {dtype} {comp:4s}: tensor {out[-2]['MB_per_s']:.0f} MB/s, "
-                      f"raw {out[-1]['MB_per_s']:.0f} MB/s, ratio {out[-1]['tensor_over_raw_time']:.2f}; "
+                      f"binary {out[-1]['MB_per_s']:.0f} MB/s, ratio {out[-1]['tensor_over_binary_time']:.2f}; "
                       f"{out[-2]['disk_bytes_per_image']} B/image on disk", flush=True)
             if dtype == "float32":
                 continue
@@ -297,9 +270,11 @@ def lookup_forward(stages: dict[str, Any], case: str, engine: str, batch: int) -
     return None
 
 
-def lookup_write(stages: dict[str, Any], case: str, dtype: str, compression: str) -> float | None:
+def lookup_write(stages: dict[str, Any], case: str, dtype: str, compression: str,
+                 storage: str = "tensor") -> float | None:
     for r in stages["write"]:
-        if (r["case"], r["dtype"], r["compression"], r["method"]) == (case, dtype, compression, "ShardWriter (tensor)"):
+        if (r["case"], r["dtype"], r["compression"], r["method"]) == (case, dtype, compression,
+                                                                       f"ShardWriter ({storage})"):
             return r["images_per_s"]
     return None
 
@@ -312,15 +287,15 @@ def lookup_cast(stages: dict[str, Any], case: str) -> float | None:
 
 
 def bound_for(stages: dict[str, Any], case: str, engine: str, batch: int, producers: int,
-              dtype: str = "float32", compression: str = "zstd") -> dict[str, float] | None:
+              dtype: str = "float32", compression: str = "zstd", storage: str = "tensor") -> dict[str, float] | None:
     """The stage bound for a pipeline configuration, from a stages.json; None if a stage is missing."""
     fwd_engine = "torch-cl" if engine == "torch" else engine
     fwd = lookup_forward(stages, case, fwd_engine, batch)
     model = common.CASES[case][0]
     dec = stages["decode"].get(model, {}).get("images_per_s_per_core")
-    wr = lookup_write(stages, case, dtype, compression)
+    wr = lookup_write(stages, case, dtype, compression, storage)
     if wr is None and case == "nsfw-pool":  # 1026 floats per image: far from binding; fc's writer rate is a floor
-        wr = lookup_write(stages, "caffenet-fc", dtype, compression)
+        wr = lookup_write(stages, "caffenet-fc", dtype, compression, storage)
     if not (fwd and dec and wr):
         return None
     cast = lookup_cast(stages, case) if dtype == "float16" else None
@@ -353,11 +328,11 @@ def plot(stages: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     ax = axes[-1]
     w = [r for r in stages["write"] if r["method"] != "cast float32->float16"]
-    labels = [f"{r['case'].replace('caffenet-', '')} {r['dtype'][5:]} {r['compression']}\n{r['method'][:6]}" for r in w]
+    labels = [f"{r['case'].replace('caffenet-', '')} {r['dtype'][5:]} {r['compression']}\n{r['method'][12:]}" for r in w]
     ax.barh(range(len(w)), [r["MB_per_s"] for r in w],
-            color=["C0" if r["method"].startswith("Shard") else "C1" for r in w])
+            color=["C0" if r["method"].endswith("(tensor)") else "C1" for r in w])
     ax.set_yticks(range(len(w)), labels, fontsize=6)
-    ax.set_xlabel("MB/s of stored bytes (blue: ShardWriter, orange: raw binary)")
+    ax.set_xlabel("MB/s of stored bytes (blue: tensor storage, orange: binary storage)")
     ax.set_title("write")
     common.save_fig(fig, path)
 
@@ -408,13 +383,14 @@ def main() -> None:
     for case in cases:
         for engine in ("caffe", "torch"):
             for producers in (1, 2):
-                for dtype, comp in (("float32", "zstd"), ("float16", "zstd")):
-                    if dtype == "float16" and case != "caffenet-conv1":
+                for dtype, comp, storage in (("float32", "zstd", "tensor"), ("float16", "zstd", "tensor"),
+                                             ("float16", "zstd", "binary")):
+                    if (dtype == "float16" or storage == "binary") and case != "caffenet-conv1":
                         continue
-                    b = bound_for(stages, case, engine, 32, producers, dtype, comp)
+                    b = bound_for(stages, case, engine, 32, producers, dtype, comp, storage)
                     if b:
                         bounds.append({"case": case, "engine": engine, "batch": 32, "producers": producers,
-                                       "dtype": dtype, "compression": comp, **b})
+                                       "dtype": dtype, "compression": comp, "storage": storage, **b})
     stages["bounds_batch32"] = bounds
 
     print()
@@ -423,9 +399,10 @@ def main() -> None:
                        "forward images/s (best of 5 windows; median)")
     print()
     common.print_table(write, ["case", "dtype", "compression", "method", "MB_per_s", "images_per_s",
-                               "disk_bytes_per_image", "disk_vs_f32", "tensor_over_raw_time"], "write")
+                               "disk_bytes_per_image", "disk_vs_f32", "tensor_over_binary_time"], "write")
     print()
-    common.print_table(bounds, ["case", "engine", "producers", "dtype", "forward", "decode", "write", "shared_cores",
+    common.print_table(bounds, ["case", "engine", "producers", "dtype", "storage", "forward", "decode", "write",
+                                "shared_cores",
                                 "bound", "limiting"], "stage bound at batch 32 (images/s)")
     common.write_json(OUT / "stages.json", stages)
     common.write_csv(OUT / "stages_forward.csv", forward)
