@@ -12,6 +12,13 @@ scikit-image directly.) OpenBLAS keeps its default threads (all cores), as a use
 **savedeep**: ``python -m savedeep run`` with its defaults (torch engine, batch 32, producers
 auto, pickle on) and the same run with ``--engine caffe``.
 
+**The stage bound, side by side.** Right after the savedeep (torch) run, this script measures
+the three stages alone on the same machine (the forward of CaffeNet fc6+fc7 with the torch
+engine at batch 32 and the pipeline's thread count, best of 5 windows over ``--bound-seconds``;
+decoding + preprocessing on one core; writing fc6+fc7 with ``ShardWriter``) and computes
+bench_stages.py's bound from them, so that the fraction of the bound does not compare runs made
+at different times on a shared machine. The bound from ``out/stages.json`` is reported too.
+
 Each of the three runs as its own command, timed from outside: the wall time includes the
 interpreter, the imports, building the net and writing the pickle ("start-up included").
 They run one after the other in this script, on the same 1,000 images (``--images``). With
@@ -130,6 +137,34 @@ def run_savedeep_cli(model: Path, images: Path, out_dir: Path, engine: str) -> d
             "busy": busy, "columns": list(df.columns), "pickle_bytes": (out_dir / "acts.pk").stat().st_size}
 
 
+def measure_bound(model: Path, seconds: float) -> dict:
+    """The stage bound of the headline configuration, from stages measured now (see the docstring)."""
+    import tempfile
+
+    import bench_stages
+    from bench_stages import bench_decode, bench_write, stage_bound
+
+    cores = os.cpu_count() or 1
+    paths = common.image_paths(64)
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        spec = {"model": str(model), "blobs": list(BLOBS), "batches": [32], "engine": "torch", "channels_last": None,
+                "threads": cores, "seconds": seconds, "windows": 5, "images": [str(p) for p in paths],
+                "dump": str(Path(tmp) / "acts_caffenet-fc.npz")}
+        env = {"OPENBLAS_NUM_THREADS": str(cores), "OMP_NUM_THREADS": str(cores)}
+        fwd = common.run_json_subprocess([bench_stages.__file__, "--forward-worker", json.dumps(spec)], env=env)
+        write = bench_write(Path(tmp), {"caffenet-fc": 2048}, 32, 2)
+    decode = bench_decode(paths, 3.0)["caffenet"]["images_per_s_per_core"]
+    forward = fwd["results"][0]["images_per_s"]
+    wr = next(r["images_per_s"] for r in write if r["method"] == "ShardWriter (tensor)" and r["dtype"] == "float32"
+              and r["compression"] == "zstd")
+    bound = stage_bound(cores, cores, 1, forward, decode, wr)
+    print(f"  stages now: forward {forward} images/s (median {fwd['results'][0]['median_images_per_s']}), decode "
+          f"{decode} images/s per core, write {wr} images/s -> bound {bound['bound']} ({bound['limiting']})",
+          flush=True)
+    return {"forward_images_per_s": forward, "forward_median_images_per_s": fwd["results"][0]["median_images_per_s"],
+            "decode_images_per_s_per_core": decode, "write_images_per_s": wr, **bound}
+
+
 def bound_fraction(r: dict) -> dict | None:
     """The headline savedeep run (torch) as a fraction of the stage bound from stages.json."""
     from bench_stages import bound_for, load_stages
@@ -153,6 +188,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="40 images, for a smoke test")
     p.add_argument("--rebound", action="store_true",
                    help="only recompute the stage-bound fraction of the last naive.json from the current stages.json")
+    p.add_argument("--bound-seconds", type=float, default=10.0,
+                   help="seconds of forward-only timing for the side-by-side stage bound")
     p.add_argument("--naive-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.naive_worker:
@@ -190,6 +227,9 @@ def main() -> None:
         r = run_savedeep_cli(model, images, work / f"savedeep_{engine}", engine)
         print(f"  {r}", flush=True)
         results[f"savedeep ({engine})"] = r
+        if engine == "torch":
+            print("stages alone, now (for the bound) ...", flush=True)
+            now = measure_bound(model, 2.0 if args.quick else args.bound_seconds)
 
     df_naive_cols = None
     try:
@@ -216,9 +256,15 @@ def main() -> None:
     common.print_table(table, title=f"CaffeNet fc6+fc7 (random weights), {args.images} images of 500x375, "
                                      "wall time of the whole command (start-up and pickle included)")
     frac = bound_fraction(results["savedeep (torch)"])
+    st = results["savedeep (torch)"]
+    side = {"bound": now, "steady_of_bound": round(st["steady_images_per_s"] / now["bound"], 3),
+            "wall_of_bound": round(st["images_per_s"] / now["bound"], 3)}
+    print(f"stage bound measured in this run: {now['bound']} images/s ({now['limiting']}); savedeep steady "
+          f"{st['steady_images_per_s']} = {side['steady_of_bound']:.0%} of it, over the whole wall time "
+          f"{side['wall_of_bound']:.0%}; steady / forward alone = {st['steady_images_per_s'] / now['forward_images_per_s']:.0%}")
     common.write_json(OUT / "naive.json", {"machine": m, "images": args.images, "naive_images": k,
                                            "results": results, "table": table, "check": df_naive_cols,
-                                           "bound": frac})
+                                           "bound": frac, "bound_side_by_side": side})
     plt = common.plt()
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.barh([t["method"] for t in table], [t["wall_s"] for t in table], color=["C3", "C0", "C2"])
