@@ -30,7 +30,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared beside the checkout; on a machine without it (a GPU machine), a copy made by
+# benchmarks/gpu_pack.sh, named by SAVEDEEP_BENCH_SHARED.
+SHARED = Path(os.environ.get("SAVEDEEP_BENCH_SHARED") or ROOT.parent / "shared")
 OUT = ROOT / "benchmarks" / "out"
 PYTHON = sys.executable
 
@@ -82,7 +84,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": mem,
-        "gpu": "none",
+        "gpu": _gpu_name(),
         "platform": platform.platform(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
@@ -90,9 +92,26 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _gpu_name() -> str:
+    """The first CUDA GPU's name as torch reports it (with the driver's memory), or "none"."""
+    if "torch" not in sys.modules:  # importing torch just to look costs a second on CPU machines
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return "none"
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "none"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "none"
+    return f"{torch.cuda.get_device_name(0)}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
+
+
 def machine_line(m: dict[str, Any]) -> str:
     """One line naming the machine and the date."""
-    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, no GPU; {m['date_utc']}; "
+    gpu = "no GPU" if m.get("gpu", "none") == "none" else m["gpu"]
+    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpu}; {m['date_utc']}; "
             f"load before: {m['load_average_before']}")
 
 
@@ -118,9 +137,12 @@ def caffenet_dir() -> Path:
 
 
 def nsfw_dir() -> Path:
-    """The real open_nsfw model laid out as a savedeep model directory."""
+    """The real open_nsfw model laid out as a savedeep model directory (SHARED/nsfw if packed there)."""
     from savedeep.demo import prepare_model
 
+    packed = SHARED / "nsfw"
+    if (packed / "weights.caffemodel").exists():
+        return packed
     return prepare_model(OUT / "models" / "nsfw")
 
 
@@ -307,7 +329,7 @@ def run_savedeep(case_dir: Path, model: Path, images: Path, blobs: Sequence[Any]
     return {
         "images": n, "rows": res.rows, "failures": res.failures, "wall_s": round(wall, 3),
         "images_per_s": round(n / wall, 2), "steady_images_per_s": None if steady is None else round(steady, 2),
-        "busy": {k: round(v, 3) for k, v in res.busy.items()}, "producers": res.producers,
+        "busy": {k: round(v, 3) for k, v in res.busy.items()}, "producers": res.producers, "writers": res.writers,
         "disk_bytes": dir_bytes(res.parquet_dir),
     }
 
