@@ -24,9 +24,9 @@ first run ``bash benchmarks/gpu_pack.sh`` here, then carry ``.gpu`` and run ther
     PYTHONPATH=/tmp/site:$PWD SAVEDEEP_BENCH_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1 \\
         python3 benchmarks/bench_gpu.py --copy-to "$OUT"
 
-It has not run on a GPU yet; an estimate is 4 minutes on one GPU with 16 cores (most of it building 3,000 images and
-starting processes). ``--device cpu --quick`` runs every step on the CPU with tiny sizes: a
-check of the script, not a measurement.
+It has not run on a GPU yet; an estimate is 4 minutes on one GPU with 16 cores (most of it
+building 3,000 images and starting processes). ``--device cpu --quick`` runs every step on the
+CPU with tiny sizes (20 s here): a check of the script, not a measurement.
 
 Writes benchmarks/out/gpu.json (and a copy in ``--copy-to``).
 """
