@@ -21,8 +21,9 @@ With ``storage: binary`` a blob column is instead ``fixed_size_binary`` (one
 value per image: its tensor's bytes, C order, little-endian), with the shape and
 dtype in the field's metadata (``savedeep.shape``, ``savedeep.dtype``) and in
 the manifest. Parquet writes it as one value per image rather than one per
-element (with levels), 2-3x faster (benchmarks/RESULTS.md); other readers get
-bytes and need ``np.frombuffer(b, dtype).reshape(shape)``.
+element (with levels): 1.1-2.5x faster with zstd, 2-6x uncompressed
+(benchmarks/RESULTS.md); other readers get bytes and need
+``np.frombuffer(b, dtype).reshape(shape)``.
 """
 
 from __future__ import annotations
