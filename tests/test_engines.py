@@ -126,11 +126,38 @@ def test_forward_returns_copies_and_fills_out(kind, tiny_model, request):
     second["data"][...] = 7  # the returned input blob is not the caller's batch
     np.testing.assert_array_equal(x2, x2_before)
 
-    out = {"b": np.full((4, *SHAPE[1:]), -1, np.float32), "c": np.full((4, *SHAPE[1:]), -1, np.float32)}
-    got = engine.forward(x2, ["b", "c"], out=out)
-    assert got is out
+    # `out` takes the blobs it has buffers for (float32 or float16); the others come back as copies
+    out = {"b": np.full((4, *SHAPE[1:]), -1, np.float32), "c": np.full((4, *SHAPE[1:]), -1, np.float16)}
+    got = engine.forward(x2, ["b", "a", "c"], out=out)
+    assert list(got) == ["b", "a", "c"]
+    for k in ("b", "c"):
+        assert got[k].shape == (2, *SHAPE[1:]) and np.shares_memory(got[k], out[k])
+        assert (out[k][2:] == -1).all()  # rows past n untouched
+    assert got["a"].dtype == np.float32 and not any(np.shares_memory(got["a"], o) for o in out.values())
     np.testing.assert_allclose(out["b"][:2], np.maximum(2 * x2, 0) + 1, rtol=1e-6)
-    assert (out["b"][2:] == -1).all()  # rows past n untouched
+    np.testing.assert_array_equal(got["a"], engine.forward(x2, ["a"])["a"])
+    # float16 buffers hold exactly numpy's rounding of the engine's float32 values
+    np.testing.assert_array_equal(out["c"][:2], engine.forward(x2, ["c"])["c"].astype(np.float16))
+    engine.close()
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_float16_out_rounds_like_numpy(kind, tiny_model, request):
+    """Ties, the largest float16, overflow to inf, subnormals, signed zero: the engine's cast is numpy's."""
+    engine = _engine(kind, tiny_model, request)
+    # b = max(2x, 0) + 1 and a = max(2x, 0): pick x so that a and b land on float16's edge cases
+    edge = np.array([2.0**-12, 3 * 2.0**-12, 2.0**-13, 65504 / 2, 65520 / 2, 1e6, 2.0**-26, 2.0**-25 * 3,
+                     1e-9, 0.0, -0.0, -5.0, 1 / 3, 2 / 3, 12345.678, 2.0**-16], np.float64)
+    x = np.resize(edge, SHAPE).astype(np.float32)
+    ref = engine.forward(x, ["a", "b", "c"])
+    out = {k: np.zeros((4, *SHAPE[1:]), np.float16) for k in ("a", "b", "c")}
+    engine.forward(x, ["a", "b", "c"], out=out)
+    with np.errstate(over="ignore"):
+        for k in out:
+            expected = ref[k].astype(np.float16)
+            np.testing.assert_array_equal(out[k], expected)
+            assert (np.signbit(out[k]) == np.signbit(expected)).all()
+    assert np.isinf(out["b"]).any() and (out["a"] == np.float16(65504)).any()  # the edges were reached
     engine.close()
 
 
@@ -146,6 +173,12 @@ def test_forward_errors(kind, tiny_model, request):
         engine.forward(np.zeros((2, 3, 5, 7), np.float32), ["a"])
     with pytest.raises(InputError, match="output buffer for blob 'a'"):
         engine.forward(x, ["a"], out={"a": np.zeros((1, *SHAPE[1:]), np.float32)})
+    with pytest.raises(InputError, match="'a' must be a writeable float32 or float16 array, got float64"):
+        engine.forward(x, ["a"], out={"a": np.zeros((2, *SHAPE[1:]), np.float64)})
+    frozen = np.zeros((2, *SHAPE[1:]), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(InputError, match="got read-only float32"):
+        engine.forward(x, ["a"], out={"a": frozen})
     engine.close()
 
 
@@ -252,6 +285,11 @@ def test_torch_engine_on_cuda_matches_cpu(tiny_model):
     for k in cpu:
         assert isinstance(gpu[k], np.ndarray)
         assert rel_err(gpu[k], cpu[k]) <= TOLERANCE
+    # out=: cast and reordered on the GPU, then copied into the host buffers
+    out = {"b": np.zeros(SHAPE, np.float16), "c": np.zeros(SHAPE, np.float32)}
+    gpu_engine.forward(x, ["b", "c"], out=out)
+    np.testing.assert_array_equal(out["b"], gpu["b"].astype(np.float16))
+    np.testing.assert_array_equal(out["c"], gpu["c"])
     gpu_engine.close()
 
 

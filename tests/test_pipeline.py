@@ -261,3 +261,39 @@ def test_size_rings_fits_the_shared_memory_there_is(caplog):
     assert size_rings(inb, outb, 1, 1, 1, 2, 64 * M) == (2, 2)
     with pytest.raises(ConfigError, match=r"ring_slots: 4 slots per ring need 78\.0 MiB"):
         size_rings(inb, outb, 1, 1, 1, 4, 64 * M)
+
+
+def test_float16_is_the_float32_run_rounded(caffenet_dir, image_dir, tmp_path):
+    """A float16 blob, whole (written by the engine into the slot) or reduced, holds numpy's rounding of float32."""
+    blobs = ["conv1", "fc7", {"name": "pool5", "reduce": {"pool": "mean", "grid": 2}}]
+    common = dict(producers=1, cpu_consumers=1, batch_size=4, shard_size=5, pickle=False)
+    _run(caffenet_dir, image_dir, tmp_path / "f32" / "a.pk", blobs, **common)
+    _run(caffenet_dir, image_dir, tmp_path / "f16" / "a.pk", blobs, dtype="float16", **common)
+    for b in ("conv1", "fc7", "pool5"):
+        x = savedeep.load_array(tmp_path / "f16" / "a.parquet", b)
+        y = savedeep.load_array(tmp_path / "f32" / "a.parquet", b)
+        assert x.dtype == np.float16 and y.dtype == np.float32
+        assert np.array_equal(x, y.astype(np.float16)), b
+
+
+def test_float16_overflow_is_reported(image_dir, tmp_path):
+    """Values beyond float16's range become inf; the log names the blob and counts them."""
+    from savedeep.caffemodel import write_caffemodel
+    from savedeep.model import load_net
+    from tests.nets import layer, write_net
+
+    body = layer("big", "Power", "data", "big", "power_param", scale=1000) + layer("small", "TanH", "data", "small")
+    model = tmp_path / "m"
+    write_caffemodel(model / "weights.caffemodel", load_net(write_net(model, "big", body, (1, 3, 16, 16))), {})
+    np.save(model / "mean.npy", np.full(3, 110.0, np.float32))
+    common = dict(producers=1, cpu_consumers=1, batch_size=4, pickle=False)
+    _run(model, image_dir, tmp_path / "f32" / "a.pk", ["big", "small"], **common)
+    _run(model, image_dir, tmp_path / "f16" / "a.pk", ["big", "small"], dtype="float16", **common)
+    y = savedeep.load_array(tmp_path / "f32" / "a.parquet", "big")
+    x = savedeep.load_array(tmp_path / "f16" / "a.parquet", "big")
+    over = int((np.abs(y) > 65519).sum())  # 65520 and up round to inf
+    assert over > 0 and int(np.isinf(x).sum()) == over
+    log = (tmp_path / "f16" / "a.log").read_text()
+    assert f"float16 blobs with values stored as inf or NaN (|x| > 65504 overflows): big {over} values;" in log
+    assert "small" not in log.split("float16 blobs with values")[1].splitlines()[0]
+    assert "float16" not in (tmp_path / "f32" / "a.log").read_text()

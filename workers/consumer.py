@@ -41,7 +41,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     from savedeep.engines import create_engine
     from savedeep.faults import maybe_fail
     from savedeep.model import load_model
-    from savedeep.reduce import make_reducer
+    from savedeep.reduce import FLOAT16_MAX, count_nonfinite_float16, make_reducer
 
     model = load_model(args.model_dir)
     engine = create_engine(args.engine, model, w.device, args.batch_size, threads=args.threads)
@@ -49,15 +49,23 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     reducers = {s.name: make_reducer(s, tuple(engine.blob_shapes[s.name])) for s in args.blob_specs}
     for r in reducers.values():
         r.prepare()  # e.g. draw the projection matrix now, not inside the first batch
-    # When every blob is stored as float32 without a reduction, the engine writes
-    # straight into the output slot; otherwise it returns copies we reduce and cast.
-    direct = set(names) if all(s.reduce is None and s.dtype == "float32" for s in args.blob_specs) else set()
+    # Blobs stored whole are written by the engine straight into the output slot, cast
+    # to the stored dtype there (the torch engine does it on all its threads); reduced
+    # blobs come back as float32 copies that we reduce and cast here.
+    direct = {s.name for s in args.blob_specs if s.reduce is None}
+    rest = [b for b in names if b not in direct]
+    half = [s.name for s in args.blob_specs if s.dtype == "float16"]
+    nonfinite: dict[str, int] = {}  # float16 values stored as inf/NaN, per blob
     in_ring, out_ring = Ring.attach(args.in_ring), Ring.attach(args.out_ring)
     w.log.info("ready on %s (%s engine)", w.device, args.engine)
     try:
         while True:
             msg = w.get(w.ch.ready)
             if isinstance(msg, EndOfStream):
+                if nonfinite:
+                    w.log.warning("float16 blobs with values stored as inf or NaN (|x| > %g overflows): %s; "
+                                  "store these blobs as float32 (per-blob dtype) to keep them", FLOAT16_MAX,
+                                  ", ".join(f"{b} {k} values" for b, k in nonfinite.items()))
                 for q in w.ch.done:
                     q.put(EndOfStream(f"consumer{w.index}"))
                 return
@@ -72,11 +80,18 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
             oslot = w.get(w.ch.free_out)
             out = out_ring.slot(oslot)
             x = in_ring.slot(msg.slot)["data"][:n]
-            acts = engine.forward(x, names, out={b: out[b] for b in direct} or None)
+            acts = engine.forward(x, names, out={b: out[b] for b in direct})
             w.ch.free_in.put(msg.slot)
-            for b in names:
-                if b not in direct:
+            for b in rest:
+                with np.errstate(over="ignore"):  # float16 overflow is counted below
                     out[b][:n] = reducers[b].apply(np.asarray(acts[b][:n], dtype=np.float32))
+            for b in half:
+                k = count_nonfinite_float16(out[b][:n])
+                if k and b not in nonfinite:
+                    w.log.warning("blob %s, batch %d: %d values are inf or NaN as float16 (beyond +-%g); "
+                                  "a total follows at the end", b, msg.batch, k, FLOAT16_MAX)
+                if k:
+                    nonfinite[b] = nonfinite.get(b, 0) + k
             w.items += n
             w.ch.done[msg.shard % len(w.ch.done)].put(
                 BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))

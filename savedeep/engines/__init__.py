@@ -116,7 +116,11 @@ class Engine(Protocol):
     def forward(
         self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
-        """Run `batch` (n, C, H, W) float32 and return copies of the requested blobs, (n, *shape) each."""
+        """Run `batch` (n, C, H, W) float32 and return float32 copies of the requested blobs, (n, *shape) each.
+
+        With `out`, each blob is written into ``out[name][:n]`` instead (float32 or float16,
+        C-contiguous, e.g. a shared-memory slot; float16 rounded to nearest) and `out` is returned.
+        """
         ...
 
     def close(self) -> None:
@@ -151,23 +155,23 @@ def validate_blob_names(names: Sequence[str], known: Sequence[str]) -> list[str]
     return list(dict.fromkeys(names))
 
 
-def write_outputs(
-    results: dict[str, np.ndarray], n: int, out: dict[str, np.ndarray] | None
-) -> dict[str, np.ndarray]:
-    """Copy each result into out[name][:n] when `out` is given (e.g. a shared-memory slot) and return out."""
-    if out is None:
-        return results
-    for name, arr in results.items():
-        if name not in out:
-            raise InputError(f"forward: the output buffers have no entry for blob {name!r}")
-        dst = out[name]
-        if tuple(dst.shape[1:]) != tuple(arr.shape[1:]) or dst.shape[0] < n:
-            raise InputError(
-                f"forward: output buffer for blob {name!r} has shape {dst.shape}, "
-                f"needs at least ({n}, {', '.join(map(str, arr.shape[1:]))})"
-            )
-        np.copyto(dst[:n], arr, casting="same_kind")
-    return out
+OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def output_buffer(out: dict[str, np.ndarray], name: str, shape: Sequence[int], n: int) -> np.ndarray:
+    """``out[name][:n]``, checked: present, float32 or float16, and shaped (>= n, *shape)."""
+    if name not in out:
+        raise InputError(f"forward: the output buffers have no entry for blob {name!r}")
+    dst = out[name]
+    if tuple(dst.shape[1:]) != tuple(shape) or dst.shape[0] < n:
+        raise InputError(
+            f"forward: output buffer for blob {name!r} has shape {dst.shape}, "
+            f"needs at least ({n}, {', '.join(map(str, shape))})"
+        )
+    if dst.dtype not in OUT_DTYPES or not dst.flags.writeable:
+        raise InputError(f"forward: output buffer for blob {name!r} must be a writeable float32 or float16 array, "
+                         f"got {'read-only ' if not dst.flags.writeable else ''}{dst.dtype}")
+    return dst[:n]
 
 
 def create_engine(
@@ -204,5 +208,5 @@ __all__ = [
     "parse_device",
     "validate_batch",
     "validate_blob_names",
-    "write_outputs",
+    "output_buffer",
 ]

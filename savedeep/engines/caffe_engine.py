@@ -28,10 +28,10 @@ from savedeep.engines import (
     EngineBase,
     Device,
     check_device,
+    output_buffer,
     parse_device,
     validate_batch,
     validate_blob_names,
-    write_outputs,
 )
 from savedeep.errors import ModelError
 
@@ -151,7 +151,7 @@ class CaffeEngine(EngineBase):
     def forward(
         self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
-        """Run `batch` (n, C, H, W) and return float32 copies of the requested blobs (or fill `out`)."""
+        """Run `batch` (n, C, H, W); float32 copies of the requested blobs, those in `out` written there."""
         x = validate_batch(batch, self._input_shape, self.batch_size)
         names = validate_blob_names(blobs, self._visible)
         n = x.shape[0]
@@ -159,10 +159,16 @@ class CaffeEngine(EngineBase):
         self.net.blobs[self._input].data[...] = x
         last = max(self._last_writer.get(b, 0) for b in names)
         self.net.forward(end=self._layer_names[last])
-        views = {b: self.net.blobs[b].data for b in names}
-        if out is not None:
-            return write_outputs(views, n, out)
-        return {b: np.array(v, dtype=np.float32, copy=True) for b, v in views.items()}
+        results = {}
+        for b in names:
+            view = self.net.blobs[b].data
+            if out and b in out:
+                results[b] = output_buffer(out, b, view.shape[1:], n)
+                with np.errstate(over="ignore"):  # float16 overflow: the consumer counts and reports it
+                    np.copyto(results[b], view, casting="same_kind")  # float16: round to nearest even
+            else:
+                results[b] = np.array(view, dtype=np.float32, copy=True)
+        return results
 
     def close(self) -> None:
         """Drop the pycaffe net (frees its CPU or GPU memory)."""
