@@ -10,12 +10,13 @@ shared-memory rings and shared libraries are counted once) and, for reference, t
 sum of RSS (which counts shared pages once per process). Sampling costs a few ms of CPU per
 process per sample, so these runs are not used for speed.
 
-**Disk.** The same conv1 output over ``--disk-images`` images (256) for float32 / float16 x
+**Disk.** The same conv1 output over ``--disk-images`` images (1,000) for float32 / float16 x
 zstd / none with the default tensor storage, and float16 + zstd with ``storage: binary``,
 without the sampler: the Parquet shard bytes per image, as a fraction of the raw
-float32 bytes (96*55*55*4 = 1,161,600 B), and the steady rate of each run, which shows whether
-the writer keeps up with the forward (compared with conv1's forward-only rate from
-benchmarks/out/stages.json when it exists).
+float32 bytes (96*55*55*4 = 1,161,600 B), and the steady rate of each run. Right after each
+run, its stages alone (``bench_stages.bound_now``: the forward writing that dtype, decoding,
+ShardWriter with that dtype, codec and storage): whether the writer alone keeps up with the
+forward alone, and the run's steady rate as a fraction of the stage bound.
 
 Writes benchmarks/out/memory_disk.json, memory_disk.csv and memory_disk.png.
 
@@ -65,7 +66,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--counts", default="1000,4000", help="image counts of the memory runs")
     p.add_argument("--dtypes", default="float32,float16", help="storage dtypes of the memory runs")
-    p.add_argument("--disk-images", type=int, default=256)
+    p.add_argument("--disk-images", type=int, default=1000)
     p.add_argument("--interval", type=float, default=0.05, help="memory sampling interval, seconds")
     args = p.parse_args()
     if args.quick:
@@ -85,10 +86,8 @@ def main() -> None:
                   f"{r['wall_s']} s", flush=True)
     shutil.rmtree(OUT / "memory_run", ignore_errors=True)
 
-    from bench_stages import load_stages, lookup_forward
+    from bench_stages import bound_now
 
-    stages = load_stages()
-    fwd = lookup_forward(stages, "caffenet-conv1", "torch-cl", 32) if stages else None
     images = common.make_images(args.disk_images)
     for dtype, comp, storage in (("float32", "zstd", "tensor"), ("float32", "none", "tensor"),
                                  ("float16", "zstd", "tensor"), ("float16", "none", "tensor"),
@@ -96,13 +95,19 @@ def main() -> None:
         r = common.run_savedeep(OUT / "disk_run", model, images, ["conv1"], dtype=dtype, compression=comp,
                                 batch_size=32, pickle=False, storage=storage)
         per = r["disk_bytes"] / r["rows"]
+        b = bound_now("caffenet-conv1", "torch", 32, r["producers"], dtype=dtype, compression=comp, storage=storage,
+                      seconds=1.0 if args.quick else 3.0)
+        steady = r["steady_images_per_s"]
         rows.append({"kind": "disk", "dtype": dtype, "compression": comp, "storage": storage, "images": r["rows"],
                      "wall_s": r["wall_s"], "disk_bytes_per_image": round(per), "of_raw_f32": round(per / RAW_F32, 4),
-                     "steady_images_per_s": r["steady_images_per_s"], "busy": r["busy"],
-                     "forward_only_images_per_s": fwd,
-                     "of_forward": round(r["steady_images_per_s"] / fwd, 3) if fwd and r["steady_images_per_s"] else None})
+                     "steady_images_per_s": steady, "busy": r["busy"],
+                     "forward_alone": b["forward_images_per_s"], "write_alone": b["write_images_per_s"],
+                     "writer_keeps_up": b["write_images_per_s"] >= b["forward_images_per_s"],
+                     "bound": b["bound"], "limiting": b["limiting"],
+                     "of_bound": round(steady / b["bound"], 3) if steady else None, "stages_now": b})
         print(f"disk conv1 {dtype} {comp} {storage}: {per:,.0f} B/image = {per / RAW_F32:.1%} of raw float32; "
-              f"steady {r['steady_images_per_s']} images/s, busy {r['busy']}", flush=True)
+              f"steady {steady} images/s, busy {r['busy']}; alone: forward {b['forward_images_per_s']}, write "
+              f"{b['write_images_per_s']}, bound {b['bound']} ({b['limiting']})", flush=True)
     shutil.rmtree(OUT / "disk_run", ignore_errors=True)
 
     mem = [r for r in rows if r["kind"] == "memory"]
@@ -118,7 +123,8 @@ def main() -> None:
             print(f"  {dtype}: peak PSS at {d[-1]['images']} / at {d[0]['images']} images = {flat[dtype]}")
     print()
     common.print_table(disk, ["dtype", "compression", "storage", "images", "disk_bytes_per_image", "of_raw_f32",
-                              "steady_images_per_s", "forward_only_images_per_s", "of_forward", "busy"],
+                              "steady_images_per_s", "forward_alone", "write_alone", "writer_keeps_up", "bound",
+                              "of_bound", "busy"],
                        f"bytes on disk per image, conv1 (raw float32: {RAW_F32:,} B)")
     common.write_json(OUT / "memory_disk.json", {"machine": m, "memory_measure": "sum of psutil PSS (and RSS) "
                                                  f"over the run's process tree every {args.interval} s",

@@ -13,10 +13,10 @@ scikit-image directly.) OpenBLAS keeps its default threads (all cores), as a use
 auto, pickle on) and the same run with ``--engine caffe``.
 
 **The stage bound, side by side.** Right after the savedeep (torch) run, this script measures
-the three stages alone on the same machine (the forward of CaffeNet fc6+fc7 with the torch
-engine at batch 32 and the pipeline's thread count, best of 5 windows over ``--bound-seconds``;
-decoding + preprocessing on one core; writing fc6+fc7 with ``ShardWriter``) and computes
-bench_stages.py's bound from them, so that the fraction of the bound does not compare runs made
+the three stages alone on the same machine with ``bench_stages.bound_now`` (the forward of
+CaffeNet fc6+fc7 with the torch engine at batch 32 and the pipeline's thread count, best of 5
+windows over ``--bound-seconds``; decoding + preprocessing on one core; writing fc6+fc7 with
+``ShardWriter``) and computes bench_stages.py's bound from them, so that the fraction of the bound does not compare runs made
 at different times on a shared machine. The bound from ``out/stages.json`` is reported too.
 
 Each of the three runs as its own command, timed from outside: the wall time includes the
@@ -137,32 +137,16 @@ def run_savedeep_cli(model: Path, images: Path, out_dir: Path, engine: str) -> d
             "busy": busy, "columns": list(df.columns), "pickle_bytes": (out_dir / "acts.pk").stat().st_size}
 
 
-def measure_bound(model: Path, seconds: float) -> dict:
+def measure_bound(seconds: float) -> dict:
     """The stage bound of the headline configuration, from stages measured now (see the docstring)."""
-    import tempfile
+    from bench_stages import bound_now
 
-    import bench_stages
-    from bench_stages import bench_decode, bench_write, stage_bound
-
-    cores = os.cpu_count() or 1
-    paths = common.image_paths(64)
-    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        spec = {"model": str(model), "blobs": list(BLOBS), "batches": [32], "engine": "torch", "channels_last": None,
-                "threads": cores, "seconds": seconds, "windows": 5, "images": [str(p) for p in paths],
-                "dump": str(Path(tmp) / "acts_caffenet-fc.npz")}
-        env = {"OPENBLAS_NUM_THREADS": str(cores), "OMP_NUM_THREADS": str(cores)}
-        fwd = common.run_json_subprocess([bench_stages.__file__, "--forward-worker", json.dumps(spec)], env=env)
-        write = bench_write(Path(tmp), {"caffenet-fc": 2048}, 32, 2)
-    decode = bench_decode(paths, 3.0)["caffenet"]["images_per_s_per_core"]
-    forward = fwd["results"][0]["images_per_s"]
-    wr = next(r["images_per_s"] for r in write if r["method"] == "ShardWriter (tensor)" and r["dtype"] == "float32"
-              and r["compression"] == "zstd")
-    bound = stage_bound(cores, cores, 1, forward, decode, wr)
-    print(f"  stages now: forward {forward} images/s (median {fwd['results'][0]['median_images_per_s']}), decode "
-          f"{decode} images/s per core, write {wr} images/s -> bound {bound['bound']} ({bound['limiting']})",
+    bound = bound_now("caffenet-fc", "torch", 32, 1, seconds=seconds)
+    print(f"  stages now: forward {bound['forward_images_per_s']} images/s (median "
+          f"{bound['forward_median_images_per_s']}), decode {bound['decode_images_per_s_per_core']} images/s per "
+          f"core, write {bound['write_images_per_s']} images/s -> bound {bound['bound']} ({bound['limiting']})",
           flush=True)
-    return {"forward_images_per_s": forward, "forward_median_images_per_s": fwd["results"][0]["median_images_per_s"],
-            "decode_images_per_s_per_core": decode, "write_images_per_s": wr, **bound}
+    return bound
 
 
 def bound_fraction(r: dict) -> dict | None:
@@ -229,7 +213,7 @@ def main() -> None:
         results[f"savedeep ({engine})"] = r
         if engine == "torch":
             print("stages alone, now (for the bound) ...", flush=True)
-            now = measure_bound(model, 2.0 if args.quick else args.bound_seconds)
+            now = measure_bound(2.0 if args.quick else args.bound_seconds)
 
     df_naive_cols = None
     try:

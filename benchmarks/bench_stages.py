@@ -10,13 +10,16 @@ Stages, each measured on its own:
   the threads the pipeline gives its one CPU consumer (all cores: 2 here), images/s per batch
   size: pycaffe (OpenBLAS threads set before import), torch with the default NCHW layout, and
   torch with channels_last (the torch engine's default on the CPU); the best of 5 timing
-  windows (the stage's capacity; the median is kept too). Cases: CaffeNet fc6+fc7,
-  CaffeNet conv1 (random weights), open_nsfw pool+prob (real weights).
+  windows (the stage's capacity; the median is kept too). The forward is called as the
+  consumer calls it, ``engine.forward(x, blobs, out=...)`` into float32 buffers, so the copy
+  of each blob out of the engine (channels_last reordered to NCHW) is part of the stage.
+  Cases: CaffeNet fc6+fc7, CaffeNet conv1 (random weights), open_nsfw pool+prob (real weights).
 - **write**: ``savedeep.output.ShardWriter`` on real activations of those blobs (conv1 and
   fc6+fc7 of the benchmark images), float32 and float16, zstd and none: MB/s of stored bytes and
   images/s, for both blob storages: ``tensor`` (Arrow fixed-shape tensor, the default) and
   ``binary`` (one ``fixed_size_binary`` value per image), same writer settings otherwise. The
-  float16 cast (done by the consumer) is timed separately.
+  float16 cast is part of the forward stage (the engine writes the stored dtype into the
+  consumer's slot); numpy's cast, which the caffe engine uses, is timed separately.
 
 **The bound.** On C cores, with a consumer of T threads forwarding F images/s, producers that
 decode D images/s per core, a writer at W images/s and a cast at K images/s, each image costs
@@ -24,7 +27,13 @@ T/F + 1/D + 1/W (+ 1/K) core-seconds, so no pipeline can beat
 ``min(F, P*D, W, C / (T/F + 1/D + 1/W + 1/K))`` images/s (P producers). The last term, the
 "shared-core bound", is the one that binds on 2 cores. It counts the consumer's threads as
 busy for the whole forward (they are: OpenMP/OpenBLAS threads spin), and ignores the
-supervisor's and the copies' small costs.
+supervisor's small costs. K (the float16 cast) applies to the caffe engine only: the torch
+engine casts inside its copy out, which F already counts.
+
+``bound_now`` measures the three stages of one configuration one after the other, in a few
+seconds, so that an end-to-end run can be compared with a bound measured right beside it
+(the machine's speed drifts by ~25% within minutes); bench_naive, bench_sweep and
+bench_memory_disk use it. There the forward writes the configuration's stored dtype.
 
 Writes benchmarks/out/stages.json, stages_forward.csv, stages_write.csv, stages.png.
 
@@ -77,29 +86,31 @@ def preprocessed(model_dir: Path, paths: list[Path]) -> np.ndarray:
 
 def bench_decode(paths: list[Path], seconds: float) -> dict[str, Any]:
     """Preprocessor.load images/s on one core, for CaffeNet's 227x227 and open_nsfw's 224x224 inputs."""
+    return {name: decode_rate(fn(), paths, seconds) for name, fn in common.MODELS.items()}
+
+
+def decode_rate(model_dir: Path, paths: list[Path], seconds: float) -> dict[str, Any]:
+    """Preprocessor.load images/s on one core for one model's input."""
     import cv2
 
     from savedeep.model import load_model
     from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     cv2.setNumThreads(1)
-    out = {}
-    for name, fn in common.MODELS.items():
-        m = load_model(fn(), weights=False)
-        shape = tuple(m.net.input_shape[1:])
-        pre = Preprocessor(PreprocessSpec(), load_mean(m.mean_path), shape)
-        buf = np.empty(shape, np.float32)
-        pre.load(paths[0], out=buf)
-        n, t0 = 0, time.perf_counter()
-        while True:
-            pre.load(paths[n % len(paths)], out=buf)
-            n += 1
-            el = time.perf_counter() - t0
-            if el >= seconds and n >= 20:
-                break
-        out[name] = {"images": n, "seconds": round(el, 3), "images_per_s_per_core": round(n / el, 1),
-                     "ms_per_image": round(1000 * el / n, 3), "input": list(shape)}
-    return out
+    m = load_model(model_dir, weights=False)
+    shape = tuple(m.net.input_shape[1:])
+    pre = Preprocessor(PreprocessSpec(), load_mean(m.mean_path), shape)
+    buf = np.empty(shape, np.float32)
+    pre.load(paths[0], out=buf)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        pre.load(paths[n % len(paths)], out=buf)
+        n += 1
+        el = time.perf_counter() - t0
+        if el >= seconds and n >= 20:
+            break
+    return {"images": n, "seconds": round(el, 3), "images_per_s_per_core": round(n / el, 1),
+            "ms_per_image": round(1000 * el / n, 3), "input": list(shape)}
 
 
 # --------------------------------------------------------------------------- forward (in a worker process)
@@ -110,8 +121,10 @@ def forward_worker(spec: dict[str, Any]) -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    from savedeep.engines import create_engine
+    from savedeep.engines import create_engine, keep_freed_memory
     from savedeep.model import load_model
+
+    keep_freed_memory()  # as the consumer does
 
     model_dir, blobs = Path(spec["model"]), spec["blobs"]
     m = load_model(model_dir)
@@ -127,10 +140,13 @@ def forward_worker(spec: dict[str, Any]) -> None:
         eng = create_engine(spec["engine"], m, "cpu", max(batches), threads=spec["threads"])
     build_s = time.perf_counter() - t0
     results = []
+    out_dtype = np.dtype(spec.get("out_dtype", "float32"))
     for b in batches:
         reps = np.resize(np.arange(len(x_all)), b)
         x = np.ascontiguousarray(x_all[reps])
-        eng.forward(x, blobs)  # warm-up (allocation, oneDNN primitive creation)
+        # the consumer's call: every blob written into a slot of its stored dtype
+        bufs = {k: np.empty((b, *eng.blob_shapes[k]), out_dtype) for k in blobs}
+        eng.forward(x, blobs, out=bufs)  # warm-up (allocation, oneDNN primitive creation)
         # Several windows: on a shared machine one window can be hit by other work. The best
         # window is the stage's capacity (what the bound uses); the median is reported too.
         rates, total_n, total_s = [], 0, 0.0
@@ -138,7 +154,7 @@ def forward_worker(spec: dict[str, Any]) -> None:
             n = 0
             t0 = time.perf_counter()
             while True:
-                eng.forward(x, blobs)
+                eng.forward(x, blobs, out=bufs)
                 n += 1
                 el = time.perf_counter() - t0
                 if el >= spec["seconds"] / spec["windows"] and n >= 1:
@@ -148,9 +164,10 @@ def forward_worker(spec: dict[str, Any]) -> None:
         results.append({"batch": b, "forwards": total_n, "seconds": round(total_s, 3),
                         "images_per_s": round(max(rates), 2), "median_images_per_s": round(float(np.median(rates)), 2),
                         "mean_images_per_s": round(total_n * b / total_s, 2)})
-    if spec.get("dump"):
-        acts = eng.forward(np.ascontiguousarray(x_all[:min(len(x_all), max(batches))]), blobs)
-        np.savez(spec["dump"], **{k: v for k, v in acts.items()})
+    if spec.get("dump"):  # real activations of up to 64 images, for the write stage
+        n, step = min(len(x_all), 64), max(batches)
+        parts = [eng.forward(np.ascontiguousarray(x_all[a:min(a + step, n)]), blobs) for a in range(0, n, step)]
+        np.savez(spec["dump"], **{k: np.concatenate([p[k] for p in parts]) for k in blobs})
     eng.close()
     print(json.dumps({"build_s": round(build_s, 3), "results": results}))
 
@@ -201,6 +218,20 @@ def write_shardwriter(directory: Path, keys: list[str], blobs: dict[str, np.ndar
     return sw.finish()
 
 
+def time_write(keys: list[str], blobs: dict[str, np.ndarray], compression: str, batch: int, storage: str,
+               repeats: int) -> tuple[float, int]:
+    """Best seconds of ``repeats`` ShardWriter runs over `blobs`, and the shard's bytes."""
+    best, size = None, 0
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+            t0 = time.perf_counter()
+            p = write_shardwriter(Path(tmp), keys, blobs, compression, batch, storage)
+            el = time.perf_counter() - t0
+            size = p.stat().st_size
+        best = el if best is None else min(best, el)
+    return best, size
+
+
 def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeats: int) -> list[dict[str, Any]]:
     out = []
     for case, n_rows in rows_by_case.items():
@@ -216,14 +247,7 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
             f32_bytes = sum(v.size * 4 for v in blobs.values())
             for comp in ("zstd", "none"):
                 for method in ("ShardWriter (tensor)", "ShardWriter (binary)"):
-                    best, size = None, 0
-                    for _ in range(repeats):
-                        with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-                            t0 = time.perf_counter()
-                            p = write_shardwriter(Path(tmp), keys, blobs, comp, batch, method[13:-1])
-                            el = time.perf_counter() - t0
-                            size = p.stat().st_size
-                        best = el if best is None else min(best, el)
+                    best, size = time_write(keys, blobs, comp, batch, method[13:-1], repeats)
                     out.append({"case": case, "dtype": dtype, "compression": comp, "method": method, "rows": n_rows,
                                 "seconds": round(best, 3), "MB_per_s": round(stored / best / 1e6, 1),
                                 "images_per_s": round(n_rows / best, 1),
@@ -236,7 +260,7 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
                       f"{out[-2]['disk_bytes_per_image']} B/image on disk", flush=True)
             if dtype == "float32":
                 continue
-            # the float16 cast the consumer does, per image
+            # numpy's float16 cast (the caffe engine's copy out; the torch engine casts in its own copy)
             f32 = {k: _tile(v, n_rows) for k, v in acts.items()}
             t0 = time.perf_counter()
             for k, v in f32.items():
@@ -298,8 +322,45 @@ def bound_for(stages: dict[str, Any], case: str, engine: str, batch: int, produc
         wr = lookup_write(stages, "caffenet-fc", dtype, compression, storage)
     if not (fwd and dec and wr):
         return None
-    cast = lookup_cast(stages, case) if dtype == "float16" else None
+    cast = lookup_cast(stages, case) if dtype == "float16" and engine == "caffe" else None
     return stage_bound(stages["machine"]["cores"], stages["threads"], producers, fwd, dec, wr, cast)
+
+
+WRITE_ROWS = {"caffenet-conv1": 384, "caffenet-fc": 2048, "nsfw-pool": 2048}
+
+
+def bound_now(case: str, engine: str, batch: int, producers: int, *, dtype: str = "float32",
+              compression: str = "zstd", storage: str = "tensor", threads: int | None = None,
+              seconds: float = 3.0) -> dict[str, Any]:
+    """The stage bound of one configuration from its three stages measured now (module docstring).
+
+    Forward: a fresh process, the configuration's engine (its default layout), batch and
+    threads, writing the stored dtype (best of 5 windows over `seconds`); decode: one core,
+    ``seconds / 2``; write: ShardWriter over the activations that forward produced, tiled to
+    WRITE_ROWS[case] rows, best of 2.
+    """
+    cores = os.cpu_count() or 1
+    threads = threads or cores
+    model_name, blobs = common.CASES[case]
+    model = common.MODELS[model_name]()
+    paths = common.image_paths(64)
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        dump = Path(tmp) / "acts.npz"
+        spec = {"model": str(model), "blobs": blobs, "batches": [batch], "engine": engine, "channels_last": None,
+                "threads": threads, "seconds": seconds, "windows": 5, "images": [str(p) for p in paths],
+                "dump": str(dump), "out_dtype": dtype}
+        env = {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+        fwd = common.run_json_subprocess([__file__, "--forward-worker", json.dumps(spec)], env=env)["results"][0]
+        acts = dict(np.load(dump))
+    rows = WRITE_ROWS[case]
+    tiled = {k: _tile(v, rows).astype(dtype) for k, v in acts.items()}
+    best, _ = time_write([f"all/img_{i:05d}.jpg" for i in range(rows)], tiled, compression, batch, storage, 2)
+    write = rows / best
+    decode = decode_rate(model, paths, seconds / 2)["images_per_s_per_core"]
+    bound = stage_bound(cores, threads, producers, fwd["images_per_s"], decode, write)
+    return {"forward_images_per_s": fwd["images_per_s"], "forward_median_images_per_s": fwd["median_images_per_s"],
+            "decode_images_per_s_per_core": decode, "write_images_per_s": round(write, 1), "threads": threads,
+            **bound}
 
 
 def load_stages() -> dict[str, Any] | None:

@@ -7,9 +7,12 @@ is one fresh ``savedeep.run`` (workers spawned, engine built, output written, no
 the first N benchmark JPEGs (256 for CaffeNet, 128 for open_nsfw by default).
 
 Reported per point: wall time (start-up included), images/s over the wall time, the steady
-rate (from the consumer's 'ready' log line to the end), the busy fraction of each role, and,
-when benchmarks/out/stages.json exists (bench_stages.py), the stage bound for that
-configuration and the steady rate as a fraction of it.
+rate (from the consumer's 'ready' log line to the end), the busy fraction of each role, and
+the stage bound for that configuration with the steady rate as a fraction of it. The bound
+is measured side by side: before the runs of each (case, engine, batch), its three stages
+alone (``bench_stages.bound_now``: forward, decode, write, ~10 s), so that a point is never
+compared with a bound from another moment of this drifting machine. ``--stages-json`` uses
+the bounds of benchmarks/out/stages.json instead (faster, less exact).
 
 Writes benchmarks/out/sweep.json, sweep.csv, sweep.png.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from bench_stages import bound_for, load_stages  # noqa: E402
+from bench_stages import bound_for, bound_now, load_stages  # noqa: E402
 from common import OUT  # noqa: E402
 
 BATCHES = (1, 8, 32, 64, 128)
@@ -46,6 +50,9 @@ def main() -> None:
     p.add_argument("--cpu-consumers", type=int, default=1,
                    help="CPU consumer processes (each gets cores/N threads); the sweep's setting is 1")
     p.add_argument("--out-name", default="sweep", help="base name of the files written in benchmarks/out")
+    p.add_argument("--stages-json", action="store_true",
+                   help="bounds from benchmarks/out/stages.json instead of measuring each configuration's stages")
+    p.add_argument("--bound-seconds", type=float, default=3.0, help="forward-only seconds per side-by-side bound")
     p.add_argument("--rebound", action="store_true",
                    help="only recompute the bounds of the last sweep.json from the current stages.json")
     args = p.parse_args()
@@ -74,8 +81,17 @@ def main() -> None:
         n = args.nsfw_images if model_name == "nsfw" else args.images
         images = common.make_images(n)
         for engine in engines:
-            for producers in producers_list:
-                for batch in batches:
+            for batch in batches:
+                now = None
+                if not args.stages_json and args.cpu_consumers == 1:
+                    try:
+                        now = bound_now(case, engine, batch, 1, seconds=1.0 if args.quick else args.bound_seconds)
+                        print(f"{case:15s} {engine:5s} b{batch:<3d} stages now: forward {now['forward_images_per_s']}"
+                              f", decode {now['decode_images_per_s_per_core']}/core, write "
+                              f"{now['write_images_per_s']} images/s", flush=True)
+                    except Exception as exc:  # noqa: BLE001 - a bound that fails leaves the runs unbounded
+                        print(f"{case} {engine} b{batch}: bound FAILED {exc}", flush=True)
+                for producers in producers_list:
                     try:
                         r = common.run_savedeep(OUT / "sweep_run", model, images, blobs, engine=engine,
                                                 batch_size=batch, producers=producers, pickle=False,
@@ -87,7 +103,7 @@ def main() -> None:
                         continue
                     row = {"case": case, "engine": engine, "producers": producers, "batch": batch,
                            "cpu_consumers": args.cpu_consumers, **r}
-                    b = add_bound(row, stages)
+                    b = add_bound(row, stages, now)
                     rows.append(row)
                     print(f"{case:15s} {engine:5s} p{producers} b{batch:<3d} {r['wall_s']:6.1f} s "
                           f"{r['images_per_s']:7.1f} img/s (steady {r['steady_images_per_s']}) busy {r['busy']}"
@@ -96,11 +112,28 @@ def main() -> None:
                      "total_s": round(time.perf_counter() - t_all, 1)}, cases, engines, producers_list, args.out_name)
 
 
-def add_bound(row: dict, stages: dict | None) -> dict | None:
-    """Put the stage bound of the row's configuration (from stages.json) and the fraction reached into `row`."""
-    if "error" in row or not stages or row.get("cpu_consumers", 1) != 1:
+def add_bound(row: dict, stages: dict | None, now: dict | None = None) -> dict | None:
+    """Put the stage bound of the row's configuration and the fraction reached into `row`.
+
+    `now` is bound_now's measurement for 1 producer (side by side); its stages give the bound
+    for the row's producer count. Without it, the bound comes from stages.json.
+    """
+    if "error" in row or row.get("cpu_consumers", 1) != 1:
         return None
-    b = bound_for(stages, row["case"], row["engine"], row["batch"], row["producers"])
+    if now is not None:
+        from bench_stages import stage_bound
+
+        b = stage_bound(os.cpu_count() or 1, now["threads"], row["producers"], now["forward_images_per_s"],
+                        now["decode_images_per_s_per_core"], now["write_images_per_s"])
+        row["bound_from"] = "side by side"
+        row["stages_now"] = {k: now[k] for k in ("forward_images_per_s", "decode_images_per_s_per_core",
+                                                  "write_images_per_s")}
+    elif stages:
+        b = bound_for(stages, row["case"], row["engine"], row["batch"], row["producers"])
+        if b:
+            row["bound_from"] = "stages.json " + stages["machine"]["date_utc"]
+    else:
+        return None
     if b:
         row["bound"] = b["bound"]
         row["limiting"] = b["limiting"]
@@ -121,7 +154,7 @@ def report(rows: list, m: dict, info: dict, cases: list, engines: list, producer
     stages = load_stages()
     common.write_json(OUT / f"{name}.json", {"machine": m, "images": info["images"], "nsfw_images": info["nsfw_images"],
                                            "total_s": info["total_s"], "rows": rows,
-                                           "bounds_from": stages["machine"]["date_utc"] if stages else None})
+                                           "bounds_from": "each row's bound_from"})
     common.write_csv(OUT / f"{name}.csv", rows)
     plt = common.plt()
     fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4), squeeze=False)

@@ -5,6 +5,8 @@ and agreement of the torch engine with pycaffe on CaffeNet, AlexNet, GoogLeNet a
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +341,32 @@ def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, shared, photos
     assert errors[worst] <= TOLERANCE, {b: e for b, e in errors.items() if e > TOLERANCE}
     if name == "open_nsfw":  # real weights: the SFW/NSFW probabilities themselves agree closely
         assert np.abs(got["prob"] - expected["prob"]).max() < 1e-5
+
+
+_FAULTS_SCRIPT = """
+import resource, sys
+import numpy as np
+from savedeep.engines import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+np.ones(10_000_000, np.float32)  # 40 MB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    np.ones(10_000_000, np.float32)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_stops_page_faults_on_reused_buffers():
+    """A consumer's per-batch buffers (> 32 MiB) are faulted in afresh each time unless freed memory is kept."""
+    def faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()
+        return out[0], int(out[1])
+
+    applied, kept = faults("keep")
+    _, default = faults("default")
+    assert applied == "True"
+    # 5 x 40 MB faulted in again each time: 10,000 4 KiB pages or 20 huge pages (numpy madvises them) each
+    assert default >= 5 * 20
+    assert kept * 20 <= default

@@ -38,11 +38,12 @@ def consumer_main(index: int, slot: int, ch: Channels, device: str, args: Consum
 
 
 def _loop(w: Worker, args: ConsumerArgs) -> None:
-    from savedeep.engines import create_engine
+    from savedeep.engines import create_engine, keep_freed_memory
     from savedeep.faults import maybe_fail
     from savedeep.model import load_model
     from savedeep.reduce import FLOAT16_MAX, count_nonfinite_float16, make_reducer
 
+    keep_freed_memory()  # before the engine allocates: no page faults on every batch's buffers
     model = load_model(args.model_dir)
     engine = create_engine(args.engine, model, w.device, args.batch_size, threads=args.threads)
     names = [s.name for s in args.blob_specs]
