@@ -184,8 +184,30 @@ def tensor_array(col: ColumnSpec, values: np.ndarray):
     if col.storage == "binary":
         return pa.FixedSizeBinaryArray.from_buffers(column_type(col), n, [None, pa.py_buffer(values.reshape(-1))])
     size = int(np.prod(col.shape, dtype=np.int64)) if col.shape else 1
-    storage = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(n * size)), size)
+    flat = pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), n * size, [None, pa.py_buffer(values.reshape(-1))])
+    storage = pa.FixedSizeListArray.from_arrays(flat, size)
     return pa.ExtensionArray.from_storage(tensor_type(col), storage)
+
+
+def string_array(values: Sequence[str | None]):
+    """An Arrow string array (None: null) built from its buffers.
+
+    ``pa.array`` would do, but its first call imports pandas to look for pandas types
+    (0.25 s here): in the writers, and in the parent at the very end of a run.
+    """
+    import pyarrow as pa
+
+    n = len(values)
+    encoded = [b"" if v is None else v.encode("utf-8") for v in values]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, n), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise OutputError(f"{n} strings of {offsets[-1]} bytes in all: too long for one Arrow string array")
+    valid = np.fromiter((v is not None for v in values), bool, n)
+    nulls = n - int(valid.sum())
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets.astype(np.int32)),
+                                                  pa.py_buffer(b"".join(encoded))], null_count=nulls)
 
 
 @dataclass
@@ -243,9 +265,8 @@ class ShardWriter:
         n = len(keys)
         if n == 0:
             return
-        arrays = [pa.array(list(keys), type=pa.string())]
-        arrays += [pa.array([None if v is None else str(v) for v in metadata[m]], type=pa.string())
-                   for m in self.metadata_columns]
+        arrays = [string_array(list(keys))]
+        arrays += [string_array([None if v is None else str(v) for v in metadata[m]]) for m in self.metadata_columns]
         arrays += [tensor_array(c, blobs[c.name][:n]) for c in self.columns]
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema()))
         self.rows += n
@@ -294,10 +315,8 @@ def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "image": pa.array([f["image"] for f in failures], type=pa.string()),
-        "reason": pa.array([f["reason"] for f in failures], type=pa.string()),
-    })
+    table = pa.Table.from_arrays([string_array([f["image"] for f in failures]),
+                                  string_array([f["reason"] for f in failures])], names=["image", "reason"])
     path = Path(directory) / FAILURES
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
