@@ -412,7 +412,7 @@ _TOP_KEYS: tuple[_Key, ...] = (
          None),
     _Key("storage", " \\| ".join(STORAGES), "tensor",
          "Blob columns as Arrow fixed-shape tensors (pandas, DuckDB, Spark read lists) or fixed-size binary "
-         "(faster to write: 2.5x for float16 + zstd; savedeep.load reads both)", _choice(STORAGES)),
+         "(faster to write: 2.2-2.5x for float16 + zstd; savedeep.load reads both)", _choice(STORAGES)),
     _Key("shard_size", "int >= 1", 1024, "Images per Parquet shard", _positive_int),
     _Key("pickle", "bool", True, "Also write the final pandas DataFrame pickle", _as_bool),
     _Key("max_pickle_bytes", "int \\| size", "4GiB", 'Refuse a larger pickle; "500MB", "4GiB" or bytes', parse_size),
