@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build pycaffe from the sha256-pinned brocolli-caffe sdist into a wheel, and
 # cache the wheel outside the clone, keyed by sdist hash, Python version and
-# flavour (cpu|cuda). Prints the wheel's path on its last line of stdout.
+# flavour (cpu|cuda; for cuda also the GPU arch and the CUDA patch's hash).
+# Prints the wheel's path on its last line of stdout.
 #
 #   scripts/build_pycaffe.sh PYTHON [--cuda] [--arch sm_XX]
 #
@@ -32,7 +33,12 @@ done
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${SAVEDEEP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/savedeep}
 PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-KEY="${SDIST_SHA256:0:16}-${PYTAG}-${FLAVOUR}${ARCH:+-$ARCH}"
+# A CUDA wheel also depends on patch_caffe_cuda.sh: a changed patch must not reuse an old wheel.
+PATCH_TAG=""
+if [ "$FLAVOUR" = cuda ]; then
+  PATCH_TAG="-p$(sha256sum "$HERE/patch_caffe_cuda.sh" | cut -c1-12)"
+fi
+KEY="${SDIST_SHA256:0:16}-${PYTAG}-${FLAVOUR}${ARCH:+-$ARCH}${PATCH_TAG}"
 WHEEL_DIR="$CACHE/pycaffe/$KEY"
 WHEEL_NAME="caffe-1.0.0+brocolli${SDIST_VERSION//./}.${FLAVOUR}-${PYTAG}-${PYTAG}-linux_$(uname -m).whl"
 
