@@ -6,7 +6,7 @@ NOTE [savedeep pipeline data flow]
 ::
 
     parent (supervisor: plan, rings, watch, shutdown; see savedeep/pipeline.py)
-      |  tasks: Task ... EndOfStream x P
+      |  tasks: Task ... EndOfStream x P   (kept out_slots + P ahead of the batches written)
       v
     producers x P  --(decode + preprocess into a free input slot)-->
       |  ready: BatchReady (slot number + image indices, never tensors) ... EndOfStream x G
@@ -28,7 +28,12 @@ are between "taken" and "written", every one of them can get an output slot,
 and the writer's reordering can never starve the consumers (no deadlock, and
 memory bounded by the rings whatever the number of images).
 
-End of stream: the parent puts one EndOfStream per producer on ``tasks``; once
+The parent does not queue a task per batch of the run at the start: it keeps
+``out_slots + P`` tasks ahead of the batches written, one more per BatchWritten
+(``Feeder`` in savedeep/pipeline.py), so its memory does not grow with the
+number of images either.
+
+End of stream: after the last task the parent puts one EndOfStream per producer on ``tasks``; once
 every producer has *exited* cleanly (so everything it put on ``ready`` is in
 the pipe before), the parent puts one EndOfStream per consumer on ``ready``;
 each consumer puts one on every ``done[w]``; each writer ends after G of them.

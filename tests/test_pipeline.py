@@ -297,3 +297,37 @@ def test_float16_overflow_is_reported(image_dir, tmp_path):
     assert f"float16 blobs with values stored as inf or NaN (|x| > 65504 overflows): big {over} values;" in log
     assert "small" not in log.split("float16 blobs with values")[1].splitlines()[0]
     assert "float16" not in (tmp_path / "f32" / "a.log").read_text()
+
+
+def test_feeder_keeps_a_window_of_tasks_ahead():
+    from savedeep.messages import EndOfStream
+    from savedeep.pipeline import Feeder
+
+    queued = []
+    batches = [(b, b // 3, 4 * b, 4 * b + 4) for b in range(7)]
+    f = Feeder(queued.append, batches, lambda b, k, a, z: ("task", b, k, a, z), producers=2, ahead=3)
+    f.start()
+    assert [t[1] for t in queued] == [0, 1, 2]
+    f.top_up()  # batch 0 written
+    assert [t[1] for t in queued] == [0, 1, 2, 3]
+    f.top_up(2)
+    f.top_up()
+    # the last task is followed at once by one end-of-stream per producer
+    assert [t[1] for t in queued[:-2]] == list(range(7)) and queued[-2:] == [EndOfStream("parent")] * 2
+    f.top_up()  # batches written after that queue nothing more
+    assert len(queued) == 9
+    empty: list = []
+    Feeder(empty.append, [], lambda *a: a, producers=3, ahead=5).start()
+    assert empty == [EndOfStream("parent")] * 3
+
+
+def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
+    """More batches than tasks ever queued at once: every image still gets its row or its failure, in order."""
+    cfg, res = _run(caffenet_dir, image_dir, tmp_path / "a.pk", ["fc7"], batch_size=1, ring_slots=2, producers=2,
+                    shard_size=4, pickle=False)
+    manifest = json.loads((tmp_path / "a.parquet" / "_manifest.json").read_text())
+    n_images = len(savedeep.load(tmp_path / "a.parquet")) + res.failures
+    assert res.rows + res.failures == n_images == manifest["summary"]["rows"] + manifest["summary"]["failures"]
+    assert n_images > 2 * (2 + 2)  # batches (batch 1) outnumber the tasks queued ahead (window 2 + 2 producers)
+    keys = list(savedeep.load(tmp_path / "a.parquet")["image"])
+    assert keys == sorted(keys)
