@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from savedeep.config import RESULT_KEYS, Config
+from savedeep.config import RESULT_KEYS, RESULT_KEYS_BEFORE_STORAGE, Config
 from savedeep.errors import ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
 from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 
@@ -446,6 +446,18 @@ class Run:
             "pickle": None,
         }
 
+    def _same_result_keys(self, manifest: dict[str, Any]) -> bool:
+        """Whether the existing output was made with this run's RESULT_KEYS.
+
+        An output from before the ``storage`` key has tensor columns and a fingerprint
+        without that key: it resumes with ``storage: tensor`` (the default), not binary.
+        """
+        cfg = self.config
+        if manifest.get("result_fingerprint") == cfg.result_fingerprint():
+            return True
+        return ("storage" not in manifest.get("config", {}) and cfg.storage == "tensor"
+                and manifest.get("result_fingerprint") == cfg.result_fingerprint(RESULT_KEYS_BEFORE_STORAGE))
+
     def _output_state(self) -> set[int]:
         """Check the existing output against --resume/--overwrite; return the shards to keep."""
         from savedeep.output import read_manifest, remove_output, shard_name
@@ -467,9 +479,9 @@ class Run:
         if manifest is None:
             raise OutputError(f"cannot resume: {self.pq_dir} has no manifest; rerun with --overwrite")
         changed = []
-        if manifest.get("result_fingerprint") != cfg.result_fingerprint():
+        if not self._same_result_keys(manifest):
             old, new = manifest.get("config", {}), cfg.canonical()
-            diff = [k for k in RESULT_KEYS if old.get(k) != new.get(k)]
+            diff = [k for k in RESULT_KEYS if old.get(k, "tensor" if k == "storage" else None) != new.get(k)]
             changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))
         if manifest.get("model", {}).get("sha256") != self.model_hashes:
             old = manifest.get("model", {}).get("sha256", {})

@@ -331,3 +331,30 @@ def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
     assert n_images > 2 * (2 + 2)  # batches (batch 1) outnumber the tasks queued ahead (window 2 + 2 producers)
     keys = list(savedeep.load(tmp_path / "a.parquet")["image"])
     assert keys == sorted(keys)
+
+
+def test_output_from_before_storage_key_resumes_as_tensor(caffenet_dir, image_dir, tmp_path):
+    """A manifest written before `storage` existed (no such key, fingerprint without it) resumes with tensor storage."""
+    from savedeep.config import RESULT_KEYS_BEFORE_STORAGE
+
+    common = dict(producers=1, cpu_consumers=1, batch_size=4, shard_size=3, pickle=False)
+    cfg, _ = _run(caffenet_dir, image_dir, tmp_path / "a.pk", ["fc7"], **common)
+    mpath = tmp_path / "a.parquet" / "_manifest.json"
+    manifest = json.loads(mpath.read_text())
+    before = savedeep.load(tmp_path / "a.parquet")
+    # make it look like the old version's: no storage key, the old fingerprint; one shard left to do
+    del manifest["config"]["storage"]
+    manifest["result_fingerprint"] = cfg.result_fingerprint(RESULT_KEYS_BEFORE_STORAGE)
+    manifest["complete"] = False
+    last = manifest["shards"][-1]
+    (tmp_path / "a.parquet" / last["file"]).unlink()
+    last.update(complete=False, rows=0, failures=[])
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match="these changed: config keys storage"):
+        savedeep.run(cfg.replace(storage="binary"), resume=True)
+    res = savedeep.run(cfg, resume=True)
+    after = savedeep.load(tmp_path / "a.parquet")
+    assert res.rows + res.failures == len(before) + len(json.loads(mpath.read_text())["failures"])
+    assert list(after["image"]) == list(before["image"])
+    assert all(np.array_equal(x, y) for x, y in zip(after["fc7"], before["fc7"]))
+    assert json.loads(mpath.read_text())["config"]["storage"] == "tensor"
