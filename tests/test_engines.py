@@ -370,3 +370,27 @@ def test_keep_freed_memory_stops_page_faults_on_reused_buffers():
     # 5 x 40 MB faulted in again each time: 10,000 4 KiB pages or 20 huge pages (numpy madvises them) each
     assert default >= 5 * 20
     assert kept * 20 <= default
+
+
+_THREAD_ALLOC_SCRIPT = """
+import threading
+import numpy as np
+from savedeep.engines import keep_freed_memory
+assert keep_freed_memory()
+out = []
+def work():
+    a = np.ones(100_000_000, np.float32)  # 400 MB from a thread's own malloc arena
+    out.append(float(a[::1000].sum()))
+ts = [threading.Thread(target=work) for _ in range(2)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print(out)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_still_allows_big_allocations_in_threads():
+    """With mmap turned off, glibc must still serve blocks larger than a thread arena's heap (64 MiB)."""
+    out = subprocess.run([sys.executable, "-c", _THREAD_ALLOC_SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    assert out == "[100000.0, 100000.0]"
