@@ -118,8 +118,9 @@ class Engine(Protocol):
     ) -> dict[str, np.ndarray]:
         """Run `batch` (n, C, H, W) float32 and return float32 copies of the requested blobs, (n, *shape) each.
 
-        With `out`, each blob is written into ``out[name][:n]`` instead (float32 or float16,
-        C-contiguous, e.g. a shared-memory slot; float16 rounded to nearest) and `out` is returned.
+        A blob that has a buffer in `out` is written into ``out[name][:n]`` instead (float32 or
+        float16, e.g. a shared-memory slot; float16 rounded to nearest, ties to even) and that
+        view is what the returned dict holds for it; the other blobs come back as copies.
         """
         ...
 
