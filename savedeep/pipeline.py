@@ -460,7 +460,7 @@ class Run:
 
     def _output_state(self) -> set[int]:
         """Check the existing output against --resume/--overwrite; return the shards to keep."""
-        from savedeep.output import read_manifest, remove_output, shard_name
+        from savedeep.output import failures_path, read_manifest, remove_output, shard_name
 
         cfg = self.config
         pk = Path(cfg.output)
@@ -502,6 +502,7 @@ class Run:
             if f.name.startswith((".part-", "part-")) and not any(f.name == shard_name(k) for k in keep):
                 f.unlink()
         pk.unlink(missing_ok=True)
+        failures_path(self.pq_dir).unlink(missing_ok=True)  # rewritten whole when the run completes
         return keep
 
     # -- processes ------------------------------------------------------------------------
@@ -870,7 +871,7 @@ class Run:
         if incomplete:
             raise WorkerError(f"the writer ended but shards {incomplete} are not complete (a bug); rerun with --resume")
         failures = [f for s in manifest["shards"] for f in s["failures"]]
-        write_failures(self.pq_dir, failures)
+        manifest["failures_table"] = write_failures(self.pq_dir, failures).name
         manifest["complete"] = True
         manifest["failures"] = failures
         manifest["summary"] = {"rows": sum(s["rows"] for s in manifest["shards"]), "failures": len(failures),

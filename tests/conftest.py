@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+TESTDATA = ROOT / "tests" / "data"  # carried in the repo: see tests/data/README.md
 SHM_PREFIX = "savedeep_"  # see savedeep/shm.py: every segment we create starts with it
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -21,11 +21,9 @@ def _in_ci() -> bool:
 
 
 @pytest.fixture(scope="session")
-def shared() -> Path:
-    """The read-only ../shared folder beside the clone (models, images)."""
-    if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} is missing: the tests need the shared models and photos beside the clone")
-    return SHARED
+def testdata() -> Path:
+    """tests/data: the BVLC deploy definitions, the ILSVRC-2012 mean and three photos."""
+    return TESTDATA
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +48,12 @@ def nsfw_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def photos(shared, tmp_path_factory) -> list[Path]:
-    """Real photos: the shared ones and scikit-image's."""
+def photos(testdata, tmp_path_factory) -> list[Path]:
+    """Real photos: the three in tests/data and scikit-image's."""
     from savedeep.demo import prepare_images
 
     skimage_photos = prepare_images(tmp_path_factory.mktemp("photos"))
-    return sorted((shared / "images").glob("*.jpg")) + skimage_photos
+    return sorted((testdata / "images").glob("*.jpg")) + skimage_photos
 
 
 def _is_resource_tracker(p: psutil.Process) -> bool:
@@ -99,8 +97,8 @@ def no_leaks():
 
 
 @pytest.fixture(scope="session")
-def caffenet_dir(shared, tmp_path_factory) -> Path:
-    """CaffeNet (the shared deploy.prototxt) with seeded random weights in a real .caffemodel,
+def caffenet_dir(testdata, tmp_path_factory) -> Path:
+    """CaffeNet (tests/data's deploy.prototxt) with seeded random weights in a real .caffemodel,
     and the ILSVRC-2012 mean image (3, 256, 256) as its mean.npy."""
     import shutil
 
@@ -109,8 +107,8 @@ def caffenet_dir(shared, tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("caffenet") / "model"
     d.mkdir()
-    shutil.copyfile(shared / "models" / "caffenet" / "deploy.prototxt", d / "deploy.prototxt")
-    shutil.copyfile(shared / "models" / "ilsvrc_2012_mean.npy", d / "mean.npy")
+    shutil.copyfile(testdata / "models" / "caffenet" / "deploy.prototxt", d / "deploy.prototxt")
+    shutil.copyfile(testdata / "models" / "ilsvrc_2012_mean.npy", d / "mean.npy")
     net = load_net(d / "deploy.prototxt")
     write_caffemodel(d / "weights.caffemodel", net, random_weights(net, seed=1))
     return d

@@ -13,12 +13,12 @@ from savedeep.demo import prepare
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_pycaffe_runs_open_nsfw_on_a_real_photo(pycaffe, nsfw_dir, shared):
+def test_pycaffe_runs_open_nsfw_on_a_real_photo(pycaffe, nsfw_dir, testdata):
     from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     net = pycaffe.Net(str(nsfw_dir / "deploy.prototxt"), pycaffe.TEST, weights=str(nsfw_dir / "weights.caffemodel"))
     assert net.blobs["data"].data.shape == (1, 3, 224, 224)
-    x = Preprocessor(PreprocessSpec(), load_mean(nsfw_dir / "mean.npy"), (3, 224, 224)).load(shared / "images" / "cat.jpg")
+    x = Preprocessor(PreprocessSpec(), load_mean(nsfw_dir / "mean.npy"), (3, 224, 224)).load(testdata / "images" / "cat.jpg")
     net.blobs["data"].data[...] = x[None]
     prob = net.forward()["prob"][0].copy()
     assert prob.shape == (2,) and abs(prob.sum() - 1) < 1e-5

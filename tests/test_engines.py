@@ -300,27 +300,27 @@ def test_torch_engine_on_cuda_matches_cpu(tiny_model):
 IMAGENET = ["caffenet", "alexnet", "googlenet"]
 
 
-def _random_model_dir(pycaffe, shared: Path, name: str, root: Path) -> Path:
-    """A model directory with the shared prototxt, He-normal random weights saved by pycaffe, the ILSVRC mean."""
+def _random_model_dir(pycaffe, testdata: Path, name: str, root: Path) -> Path:
+    """A model directory with tests/data's prototxt, He-normal random weights saved by pycaffe, the ILSVRC mean."""
     directory = root / name
     directory.mkdir()
-    shutil.copy(shared / "models" / name / "deploy.prototxt", directory / "deploy.prototxt")
+    shutil.copy(testdata / "models" / name / "deploy.prototxt", directory / "deploy.prototxt")
     make_caffemodel(pycaffe, directory / "deploy.prototxt", directory / "weights.caffemodel", seed=11)
-    shutil.copy(shared / "models" / "ilsvrc_2012_mean.npy", directory / "mean.npy")
+    shutil.copy(testdata / "models" / "ilsvrc_2012_mean.npy", directory / "mean.npy")
     return directory
 
 
 @pytest.mark.caffe
 @pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGENET + ["open_nsfw"])
-def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, shared, photos, tmp_path, request):
+def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, testdata, photos, tmp_path, request):
     from savedeep.model import load_model
 
     if name == "open_nsfw":
         directory = request.getfixturevalue("nsfw_dir")
         mean_bgr = np.array([104, 117, 123], np.float32)
     else:
-        directory = _random_model_dir(pycaffe, shared, name, tmp_path)
+        directory = _random_model_dir(pycaffe, testdata, name, tmp_path)
         mean_bgr = np.load(directory / "mean.npy").mean(axis=(1, 2)).astype(np.float32)
     model = load_model(directory)
     caffe_engine = create_engine("caffe", model, "cpu", batch_size=4, threads=1)

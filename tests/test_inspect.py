@@ -15,8 +15,8 @@ from savedeep.model import load_net
 MODELS = ("caffenet", "alexnet", "googlenet")
 
 
-def test_caffenet_rows(shared: Path) -> None:
-    rows = inspect_model(shared / "models" / "caffenet" / "deploy.prototxt", images=10)
+def test_caffenet_rows(testdata: Path) -> None:
+    rows = inspect_model(testdata / "models" / "caffenet" / "deploy.prototxt", images=10)
     assert [r["blob"] for r in rows][:4] == ["data", "conv1", "pool1", "norm1"]
     conv1 = rows[1]
     assert conv1["shape"] == [96, 55, 55] and conv1["values"] == 96 * 55 * 55
@@ -28,10 +28,10 @@ def test_caffenet_rows(shared: Path) -> None:
                         "layers": ["prob"]}
 
 
-def test_table_and_json(shared: Path, tmp_path: Path) -> None:
+def test_table_and_json(testdata: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    (model_dir / "deploy.prototxt").write_text((shared / "models" / "alexnet" / "deploy.prototxt").read_text())
+    (model_dir / "deploy.prototxt").write_text((testdata / "models" / "alexnet" / "deploy.prototxt").read_text())
     rows = inspect_model(model_dir, images=1000)  # a directory works too, without weights or mean
     table = format_table(rows, 1000)
     lines = table.splitlines()
@@ -61,8 +61,8 @@ def _pycaffe_shapes(caffe, prototxt: Path) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_shapes_equal_pycaffe(pycaffe, shared: Path, name: str) -> None:
-    prototxt = shared / "models" / name / "deploy.prototxt"
+def test_shapes_equal_pycaffe(pycaffe, testdata: Path, name: str) -> None:
+    prototxt = testdata / "models" / name / "deploy.prototxt"
     net = load_net(prototxt)
     expected = _pycaffe_shapes(pycaffe, prototxt)
     assert net.blob_shapes(net.input_shape[0]) == expected

@@ -218,8 +218,8 @@ def test_unknown_layer_param_is_skipped_and_type_reported(tmp_path: Path, caplog
 # -- nets and shapes -----------------------------------------------------------
 
 @pytest.mark.parametrize("name", MODELS)
-def test_real_prototxts_parse_with_known_shapes(shared: Path, name: str) -> None:
-    net = load_net(shared / "models" / name / "deploy.prototxt")
+def test_real_prototxts_parse_with_known_shapes(testdata: Path, name: str) -> None:
+    net = load_net(testdata / "models" / name / "deploy.prototxt")
     shapes = net.blob_shapes(1)
     assert net.input_name == "data" and net.input_shape[1:] == (3, 224, 224) or net.input_shape[1:] == (3, 227, 227)
     assert list(shapes) == net.blobs and shapes["prob"] == (1, 1000)

@@ -106,11 +106,12 @@ def test_nsfw_two_producers_two_consumers(nsfw_dir, image_dir, tmp_path):
         assert err < 1e-5, (b, err)
 
     # Failures: every listed image is a row or a failure with a reason.
-    fails = pq.read_table(tmp_path / "out" / "acts.parquet" / "failures.parquet").to_pandas()
+    fails = pq.read_table(tmp_path / "out" / "acts.failures.parquet").to_pandas()
     assert sorted(fails["image"]) == ["b/bad_empty.jpg", "b/bad_text.jpg", "b/bad_truncated.jpg"]
     assert fails["reason"].str.len().min() > 0
     manifest = json.loads((tmp_path / "out" / "acts.parquet" / "_manifest.json").read_text())
     assert manifest["complete"] is True
+    assert manifest["failures_table"] == "acts.failures.parquet"
     assert sum(s["rows"] + len(s["failures"]) for s in manifest["shards"]) == len(keys)
     assert manifest["blobs"]["conv_1"]["shape"] == [64, 112, 112]
     assert set(manifest["model"]["sha256"]) == {"deploy.prototxt", "weights.caffemodel", "mean.npy"}

@@ -35,8 +35,8 @@ def by_name(photos) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def ilsvrc_mean(shared) -> np.ndarray:
-    return load_mean(shared / "models" / "ilsvrc_2012_mean.npy")
+def ilsvrc_mean(testdata) -> np.ndarray:
+    return load_mean(testdata / "models" / "ilsvrc_2012_mean.npy")
 
 
 def caffe_load_image(path: Path) -> np.ndarray:
@@ -358,7 +358,7 @@ def test_out_buffer_is_filled_and_returned(by_name, ilsvrc_mean):
     assert np.isnan(ring[0]).all()
 
 
-def test_output_is_identical_in_another_process(by_name, shared, ilsvrc_mean):
+def test_output_is_identical_in_another_process(by_name, testdata, ilsvrc_mean):
     pre = Preprocessor(PreprocessSpec(), ilsvrc_mean, (3, 227, 227))
     here = hashlib.sha256(pre.load(by_name["fish-bike.jpg"]).tobytes()).hexdigest()
     code = (
@@ -366,7 +366,7 @@ def test_output_is_identical_in_another_process(by_name, shared, ilsvrc_mean):
         "m=load_mean(Path(sys.argv[1])); p=Preprocessor(PreprocessSpec(), m, (3,227,227)); "
         "print(hashlib.sha256(p.load(Path(sys.argv[2])).tobytes()).hexdigest())"
     )
-    mean_path = shared / "models" / "ilsvrc_2012_mean.npy"
+    mean_path = testdata / "models" / "ilsvrc_2012_mean.npy"
     out = subprocess.run([sys.executable, "-c", code, str(mean_path), str(by_name["fish-bike.jpg"])],
                          capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == here
@@ -375,8 +375,8 @@ def test_output_is_identical_in_another_process(by_name, shared, ilsvrc_mean):
 # ---------------------------------------------------------------- means, spec, describe
 
 
-def test_load_mean_shapes(shared, tmp_path):
-    m = load_mean(shared / "models" / "ilsvrc_2012_mean.npy")
+def test_load_mean_shapes(testdata, tmp_path):
+    m = load_mean(testdata / "models" / "ilsvrc_2012_mean.npy")
     assert m.shape == (3, 256, 256) and m.dtype == np.float32
     np.save(tmp_path / "v.npy", np.array([104, 117, 123]))
     assert load_mean(tmp_path / "v.npy").tolist() == [104.0, 117.0, 123.0]
@@ -400,8 +400,8 @@ def _varint(v: int) -> bytes:
             return bytes(out)
 
 
-def test_load_mean_reads_caffe_binaryproto(shared, tmp_path):
-    m = np.load(shared / "models" / "ilsvrc_2012_mean.npy").astype(np.float32)
+def test_load_mean_reads_caffe_binaryproto(testdata, tmp_path):
+    m = np.load(testdata / "models" / "ilsvrc_2012_mean.npy").astype(np.float32)
     payload = m.astype("<f4").tobytes()
     legacy = b"".join(bytes([tag << 3]) + _varint(v) for tag, v in [(1, 1), (2, 3), (3, 256), (4, 256)])
     (tmp_path / "legacy.binaryproto").write_bytes(legacy + b"\x2a" + _varint(len(payload)) + payload)

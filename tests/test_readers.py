@@ -1,0 +1,128 @@
+"""The Parquet directory of an output reads whole, as one table, in every common reader.
+
+The bug this is for: the failures table used to sit among the shards as
+``failures.parquet``, and readers given the directory took its schema
+(``image, reason``) and returned no blob column, without an error. Each reader
+here must return every row of the output, every blob column and the values
+``savedeep.load`` returns.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import savedeep
+
+from conftest import make_bad_images
+
+pytestmark = pytest.mark.slow
+
+BLOBS = ["fc7", "conv1", "prob"]  # conv1 is stored float16 and pooled to (96, 2, 2): a 3-d tensor column
+
+
+@pytest.fixture(scope="module")
+def output(caffenet_dir, photos, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    """A finished run over five fixed photos and three broken files, in three shards, with failures."""
+    root = tmp_path_factory.mktemp("readers")
+    images = root / "images"
+    images.mkdir()
+    by_name = {p.name: p for p in photos}
+    for name in ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "coffee.png"):
+        shutil.copyfile(by_name[name], images / name)
+    make_bad_images(images, by_name["cat.jpg"])
+    cfg = savedeep.load_config(None, model=caffenet_dir, images=images, output=root / "out" / "acts.pk",
+                               gpus="cpu", batch_size=2, shard_size=3,
+                               blobs=["fc7", {"name": "conv1", "dtype": "float16",
+                                              "reduce": {"pool": "mean", "grid": 2}}, "prob"])
+    result = savedeep.run(cfg)
+    assert result.rows == 5 and result.failures == 3
+    reference = savedeep.load(root / "out" / "acts.pk")
+    assert len(reference) == 5 and list(reference.columns) == ["image", *BLOBS]
+    return root / "out" / "acts.parquet", reference
+
+
+def _check_pandas(df: pd.DataFrame, reference: pd.DataFrame) -> None:
+    """``df`` has the reference's rows and columns; blob cells are (nested) lists or arrays of its values."""
+    assert sorted(df.columns) == sorted(reference.columns)
+    df = df.sort_values("image").reset_index(drop=True)
+    assert list(df["image"]) == list(reference["image"])
+    for blob in BLOBS:
+        want = np.stack(reference[blob])
+        got = np.stack([np.asarray(_nested(v), dtype=want.dtype).reshape(want.shape[1:]) for v in df[blob]])
+        assert np.array_equal(got, want), blob
+
+
+def _nested(value):
+    """A fixed-size list cell as plain nested lists (readers give lists, arrays or arrays of arrays)."""
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [_nested(v) for v in value]
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _check_arrow(table: pa.Table, reference: pd.DataFrame) -> None:
+    assert table.num_rows == len(reference)
+    assert sorted(table.column_names) == sorted(reference.columns)
+    table = table.sort_by("image")
+    assert table.column("image").to_pylist() == list(reference["image"])
+    for blob in BLOBS:
+        got = table.column(blob).combine_chunks().to_numpy_ndarray()
+        assert np.array_equal(got, np.stack(reference[blob])), blob
+
+
+def test_directory_holds_only_shards_and_the_manifest(output):
+    directory, _ = output
+    names = sorted(p.name for p in directory.iterdir())
+    assert names == ["_manifest.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    failures = pq.read_table(directory.with_name("acts.failures.parquet"))
+    assert sorted(failures.column("image").to_pylist()) == ["bad_empty.jpg", "bad_text.jpg", "bad_truncated.jpg"]
+
+
+def test_pyarrow_read_table_on_the_directory(output):
+    directory, reference = output
+    _check_arrow(pq.read_table(directory), reference)
+
+
+def test_pyarrow_dataset_on_the_directory(output):
+    import pyarrow.dataset as ds
+
+    directory, reference = output
+    _check_arrow(ds.dataset(directory, format="parquet").to_table(), reference)
+
+
+def test_pandas_read_parquet_on_the_directory(output):
+    directory, reference = output
+    _check_pandas(pd.read_parquet(directory), reference)
+
+
+def test_duckdb_glob(output):
+    import duckdb
+
+    directory, reference = output
+    df = duckdb.sql(f"SELECT * FROM read_parquet('{directory}/*.parquet')").df()
+    _check_pandas(df, reference)
+
+
+@pytest.mark.parametrize("how", ["read_parquet", "scan_parquet"])
+def test_polars_on_the_shards(output, how):
+    import polars as pl
+
+    directory, reference = output
+    glob = f"{directory}/*.parquet"
+    frame = pl.read_parquet(glob) if how == "read_parquet" else pl.scan_parquet(glob).collect()
+    assert frame.height == len(reference)
+    _check_pandas(pd.DataFrame({c: frame[c].to_list() for c in frame.columns}), reference)
+
+
+def test_dask_read_parquet_on_the_directory(output):
+    import dask.dataframe as dd
+
+    directory, reference = output
+    df = dd.read_parquet(directory).compute(scheduler="synchronous")
+    _check_pandas(df, reference)
