@@ -65,35 +65,70 @@ def _is_resource_tracker(p: psutil.Process) -> bool:
         return True
 
 
-def _our_shm() -> set[str]:
-    # Segments are named savedeep_<creating pid>_...: only this process's runs are
-    # checked here (runs in subprocesses are checked by their tests, by their pid),
-    # so a benchmark running beside the tests is not mistaken for a leak.
-    mine = f"{SHM_PREFIX}{os.getpid()}_"
+def _pid_alive(pid: int) -> bool:
     try:
-        return {n for n in os.listdir("/dev/shm") if n.startswith(mine)}
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's live process
+        return True
+    return True
+
+
+def _all_shm() -> set[str]:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith(SHM_PREFIX)}
     except FileNotFoundError:  # pragma: no cover
         return set()
 
 
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Fail a test that leaves a child process or a shared-memory segment of ours behind."""
-    before = _our_shm()
-    yield
+def _leaked_shm(before: set[str]) -> set[str]:
+    """Every savedeep_* segment made during the test, by whoever made it, that is still there.
+
+    Segments are named ``savedeep_<creating pid>_...``. One whose creator is still alive and
+    is not this process belongs to another run on the machine (a benchmark, another test
+    session) and is left to it; one made by this process, or by any process that has
+    ended (a worker of this test creating a segment and never unlinking it), is a leak.
+    """
+    leaked = set()
+    for name in _all_shm() - before:
+        pid = name[len(SHM_PREFIX):].split("_", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+            leaked.add(name)
+    return leaked
+
+
+def _assert_no_leaks(before: set[str], what: str) -> None:
     me = psutil.Process()
     deadline = time.monotonic() + 5.0
     while True:
         children = [c for c in me.children(recursive=True)
                     if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)]
-        leaked_shm = _our_shm() - before
+        leaked_shm = _leaked_shm(before)
         if (not children and not leaked_shm) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     for c in children:
         c.kill()
-    assert not children, f"child processes left behind: {[(c.pid, c.name()) for c in children]}"
-    assert not leaked_shm, f"shared-memory segments left behind: {sorted(leaked_shm)}"
+    assert not children, f"{what}: child processes left behind: {[(c.pid, c.name()) for c in children]}"
+    assert not leaked_shm, f"{what}: shared-memory segments left behind: {sorted(leaked_shm)}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves a child process or a shared-memory segment behind."""
+    before = _all_shm()
+    yield
+    _assert_no_leaks(before, "this test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaks_in_module_fixtures():
+    """The same check around each module: runs made by module-scoped fixtures happen before a
+    test's own snapshot, so only this one sees what they leave."""
+    before = _all_shm()
+    yield
+    _assert_no_leaks(before, "this module's fixtures")
 
 
 @pytest.fixture(scope="session")
