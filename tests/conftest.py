@@ -16,27 +16,44 @@ SHM_PREFIX = "savedeep_"  # see savedeep/shm.py: every segment we create starts 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
-def _in_ci() -> bool:
-    return bool(os.environ.get("CI"))
-
-
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     """tests/data: the BVLC deploy definitions, the ILSVRC-2012 mean and three photos."""
     return TESTDATA
 
 
+def setup_record() -> dict | None:
+    """What scripts/setup.sh was told to install into this environment (None: not set up by it)."""
+    import json
+    import sys
+
+    try:
+        return json.loads((Path(sys.prefix) / "savedeep-setup.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 @pytest.fixture(scope="session")
 def pycaffe():
-    """The pycaffe module; locally a skip when it is not built, in CI a failure."""
+    """The pycaffe module. Its absence is a failure, except where the set-up was told to leave it out."""
     try:
         import caffe
     except ImportError as exc:  # pragma: no cover - depends on the machine
-        if _in_ci():
-            pytest.fail(f"pycaffe must be importable in CI (scripts/setup.sh builds it): {exc}")
-        pytest.skip(f"pycaffe not built here: {exc}")
+        record = setup_record()
+        if record is not None and record.get("caffe") is False:
+            pytest.skip("pycaffe left out by the set-up (scripts/setup.sh --no-caffe)")
+        pytest.fail(f"pycaffe does not import ({exc}); scripts/setup.sh builds it (or run it with --no-caffe "
+                    "to test without pycaffe)")
     caffe.set_mode_cpu()
     return caffe
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say in the closing lines when pycaffe's tests were skipped because the set-up left it out."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "left out by the set-up" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"pycaffe: left out by the set-up (--no-caffe): {len(skipped)} tests skipped",
+                                    yellow=True)
 
 
 @pytest.fixture(scope="session")
