@@ -64,13 +64,23 @@ def nsfw_dir(tmp_path_factory) -> Path:
     return prepare_model(tmp_path_factory.mktemp("nsfw") / "model")
 
 
+# The photos every test draws from, by name and in this order: tests take `photos[:N]` or pick
+# by name, and get the same images on every machine (the three in tests/data, then
+# scikit-image's, in savedeep.demo.DEMO_PHOTOS's order).
+CARRIED_PHOTOS = ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg")
+
+
 @pytest.fixture(scope="session")
 def photos(testdata, tmp_path_factory) -> list[Path]:
-    """Real photos: the three in tests/data and scikit-image's."""
-    from savedeep.demo import prepare_images
+    """Real photos, fixed and named: tests/data's three and scikit-image's (savedeep.demo.DEMO_PHOTOS)."""
+    from savedeep.demo import DEMO_PHOTOS, prepare_images
 
-    skimage_photos = prepare_images(tmp_path_factory.mktemp("photos"))
-    return sorted((testdata / "images").glob("*.jpg")) + skimage_photos
+    skimage_dir = tmp_path_factory.mktemp("photos")
+    prepare_images(skimage_dir)
+    named = [testdata / "images" / n for n in CARRIED_PHOTOS] + [skimage_dir / n for n in DEMO_PHOTOS]
+    missing = [p.name for p in named if not p.is_file()]
+    assert not missing, f"test photos missing: {missing} (tests/data/images, or scikit-image's data folder)"
+    return named
 
 
 def _is_resource_tracker(p: psutil.Process) -> bool:
