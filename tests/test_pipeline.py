@@ -327,11 +327,15 @@ def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
     cfg, res = _run(caffenet_dir, image_dir, tmp_path / "a.pk", ["fc7"], batch_size=1, ring_slots=2, producers=2,
                     shard_size=4, pickle=False)
     manifest = json.loads((tmp_path / "a.parquet" / "_manifest.json").read_text())
-    n_images = len(savedeep.load(tmp_path / "a.parquet")) + res.failures
-    assert res.rows + res.failures == n_images == manifest["summary"]["rows"] + manifest["summary"]["failures"]
-    assert n_images > 2 * (2 + 2)  # batches (batch 1) outnumber the tasks queued ahead (window 2 + 2 producers)
+    listed = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*")
+                    if p.suffix in (".jpg", ".png"))  # what the image source holds, counted independently
+    good = [k for k in listed if not k.split("/")[-1].startswith("bad_")]
+    assert len(listed) == 12 > 2 * (2 + 2)  # batches (batch 1) outnumber the tasks queued ahead (window 2 + 2 producers)
+    assert (res.rows, res.failures) == (len(good), len(listed) - len(good)) == (9, 3)
+    assert (manifest["summary"]["rows"], manifest["summary"]["failures"]) == (9, 3)
     keys = list(savedeep.load(tmp_path / "a.parquet")["image"])
-    assert keys == sorted(keys)
+    assert keys == good  # every good image once (no duplicate, none missing), in sorted order
+    assert sorted(f["image"] for f in manifest["failures"]) == [k for k in listed if k not in good]
 
 
 def test_output_from_before_storage_key_resumes_as_tensor(caffenet_dir, image_dir, tmp_path):
