@@ -215,8 +215,33 @@ def photo_batch(photos: list[Path], shape: tuple[int, int, int], mean_bgr: np.nd
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |b|: the agreement measure between engines (b is the reference)."""
+    """max |a - b| / max |b| over the whole blob (``b`` is the reference)."""
     assert a.shape == b.shape, (a.shape, b.shape)
     scale = float(np.abs(b).max()) if b.size else 0.0
     diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if b.size else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def channel_err(a: np.ndarray, b: np.ndarray, floor: float = 0.1) -> float:
+    """The agreement measure between engines (``b`` is the reference), channel by channel.
+
+    For each (image, channel) of an (N, C, ...) blob: max |a - b| over that channel, divided by
+    that channel's own max |b|, but by no less than ``floor`` times the whole blob's max |b|
+    (a channel that is all zeros after a ReLU has no scale of its own). The result is the worst
+    channel. So an error confined to a small channel, or to the border of a feature map, is
+    measured against that channel and not diluted by the largest value of the blob (by at most
+    1 / ``floor``). An (N, D) blob is one channel per image: its units sum over the same inputs.
+    """
+    assert a.shape == b.shape, (a.shape, b.shape)
+    if b.size == 0:
+        return 0.0
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if b.ndim < 3:
+        a64, b64 = a64.reshape(len(b64) if b.ndim == 2 else 1, 1, -1), b64.reshape(len(b64) if b.ndim == 2 else 1, 1, -1)
+    n, c = b64.shape[:2]
+    diff = np.abs(a64 - b64).reshape(n, c, -1).max(axis=2)
+    scale = np.abs(b64).reshape(n, c, -1).max(axis=2)
+    scale = np.maximum(scale, floor * float(scale.max()))
+    if float(scale.max()) == 0.0:
+        return float(diff.max())
+    return float((diff / scale).max())

@@ -23,9 +23,14 @@ from savedeep.engines import (
 )
 from savedeep.engines.torch_engine import TorchEngine, TorchNet
 from savedeep.errors import ConfigError, InputError, ModelError
-from tests.nets import layer, make_caffemodel, photo_batch, rel_err, write_net
+from tests.nets import channel_err, layer, make_caffemodel, photo_batch, rel_err, write_net
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-4  # torch on CUDA against the CPU (TF32 off)
+# torch against pycaffe on whole nets (CaffeNet, AlexNet, GoogLeNet with random weights, open_nsfw),
+# with margin over the worst measured: 4.4e-6 over the whole blob, 3.7e-5 channel by channel
+# (open_nsfw's conv_stage1_block2_branch2b; tests/nets.py: rel_err, channel_err).
+NET_TOLERANCE = 2e-5
+NET_CHANNEL_TOLERANCE = 1e-4
 
 torch.set_num_threads(1)
 
@@ -336,9 +341,13 @@ def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, testdata, phot
         caffe_engine.close()
         torch_engine.close()
     errors = {b: rel_err(got[b], expected[b]) for b in blobs}
-    worst = max(errors, key=errors.get)
-    print(f"\n{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} (blob {worst!r})")
-    assert errors[worst] <= TOLERANCE, {b: e for b, e in errors.items() if e > TOLERANCE}
+    per_channel = {b: channel_err(got[b], expected[b]) for b in blobs}
+    worst, worst_channel = max(errors, key=errors.get), max(per_channel, key=per_channel.get)
+    print(f"\n{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} (blob {worst!r}), "
+          f"per channel {per_channel[worst_channel]:.2e} (blob {worst_channel!r})")
+    assert errors[worst] <= NET_TOLERANCE, {b: e for b, e in errors.items() if e > NET_TOLERANCE}
+    assert per_channel[worst_channel] <= NET_CHANNEL_TOLERANCE, \
+        {b: e for b, e in per_channel.items() if e > NET_CHANNEL_TOLERANCE}
     if name == "open_nsfw":  # real weights: the SFW/NSFW probabilities themselves agree closely
         assert np.abs(got["prob"] - expected["prob"]).max() < 1e-5
 

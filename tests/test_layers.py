@@ -17,9 +17,11 @@ from savedeep.engines.torch_engine import TorchEngine
 from savedeep.engines.torch_layers import build_layer, caffe_pool_size
 from savedeep.errors import ModelError, UnsupportedLayerError
 from savedeep.prototxt import parse_text
-from tests.nets import LAYER_CASES, make_caffemodel, rel_err, write_net
+from tests.nets import LAYER_CASES, channel_err, make_caffemodel, rel_err, write_net
 
-TOLERANCE = 1e-4
+# What the torch engine achieves against pycaffe on one layer, with margin: worst measured 2.9e-7
+# (whole blob) and 4.7e-7 (channel by channel) over every case (tests/nets.py: rel_err, channel_err).
+TOLERANCE = 1e-5
 
 torch.set_num_threads(1)
 
@@ -54,9 +56,12 @@ def test_layer_matches_pycaffe(case, channels_last, pycaffe, tmp_path):
         caffe_engine.close()
         torch_engine.close()
     errors = {b: rel_err(got[b], expected[b]) for b in net.blobs}
+    per_channel = {b: channel_err(got[b], expected[b]) for b in net.blobs}
     layout = "channels_last" if channels_last else "nchw"
-    print(f"\n{case} ({layout}): max relative error {max(errors.values()):.2e} ({errors})")
+    print(f"\n{case} ({layout}): max relative error {max(errors.values()):.2e}, "
+          f"per channel {max(per_channel.values()):.2e} ({per_channel})")
     assert max(errors.values()) <= TOLERANCE, errors
+    assert max(per_channel.values()) <= TOLERANCE, per_channel
 
 
 def _caffe_pool_loops(x: np.ndarray, k: int, s: int, p: int, method: str) -> np.ndarray:
