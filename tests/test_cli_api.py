@@ -106,6 +106,21 @@ def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
     manifest = json.loads((tmp_path / "acts.parquet" / "_manifest.json").read_text())
     assert manifest["blobs"]["conv1"]["reduce"] and manifest["blobs"]["conv3"]["reduce"]
 
+    # The reduced values, against numpy on the whole blobs of a run over the same images.
+    whole_cfg = cfg.replace(output=tmp_path / "whole" / "acts.pk", blobs=["conv1", "conv3"])
+    savedeep.run(whole_cfg)
+    whole = savedeep.load(tmp_path / "whole" / "acts.pk")
+    assert list(whole["image"]) == list(df["image"])
+    conv1 = np.stack(whole["conv1"])  # (n, 96, 55, 55): adaptive 2x2 bins are rows/cols [0, 28) and [27, 55)
+    bins = [(0, 28), (27, 55)]
+    pooled = np.stack([np.stack([conv1[:, :, a:b, c:d].max(axis=(2, 3)) for c, d in bins], axis=-1)
+                       for a, b in bins], axis=-2)
+    assert np.array_equal(np.stack(df["conv1"]), pooled.astype(np.float16))
+    conv3 = np.stack(whole["conv3"]).reshape(len(whole), -1)  # (n, 384 * 13 * 13)
+    matrix = np.random.default_rng(3).standard_normal((conv3.shape[1], 64), dtype=np.float32) \
+        * np.float32(1 / np.sqrt(64))  # the recipe the README and the manifest state
+    np.testing.assert_allclose(np.stack(df["conv3"]), conv3 @ matrix, rtol=1e-4, atol=1e-4 * np.abs(conv3 @ matrix).max())
+
     # pandas and pyarrow read the shards directly
     t = pq.read_table(tmp_path / "acts.parquet" / "part-00000.parquet")
     fc7 = t.column("fc7").combine_chunks().to_numpy_ndarray()

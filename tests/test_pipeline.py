@@ -115,7 +115,20 @@ def test_nsfw_two_producers_two_consumers(nsfw_dir, image_dir, tmp_path):
     assert sum(s["rows"] + len(s["failures"]) for s in manifest["shards"]) == len(keys)
     assert manifest["blobs"]["conv_1"]["shape"] == [64, 112, 112]
     assert set(manifest["model"]["sha256"]) == {"deploy.prototxt", "weights.caffemodel", "mean.npy"}
-    assert manifest["preprocess"]
+    # The preprocessing record, field by field, against what this run did: the default spec
+    # (warp, raw_scale 255, no input_scale, no draft) and open_nsfw's (3,) BGR mean and 224x224 input.
+    pre = manifest["preprocess"]
+    assert pre["resize"]["mode"] == "warp" and "resize_to" not in pre["resize"] and "crop" not in pre["resize"]
+    assert "INTER_LINEAR_EXACT" in pre["resize"]["interpolation"]
+    assert pre["mean"] == {"mode": "channel", "values_bgr": [104.0, 117.0, 123.0]}
+    assert pre["raw_scale"] == 255.0 and pre["input_scale"] is None
+    assert pre["input_shape"] == [3, 224, 224]
+    assert pre["channel_order"] == "BGR" and pre["layout"] == "CHW" and pre["to_float"] == "float32(v / 255)"
+    assert pre["order"] == ["decode", "resize", "to_float", "transpose", "channel_swap", "raw_scale", "mean",
+                            "input_scale"]
+    assert pre["decoder"]["jpeg_draft"] is False and pre["decoder"]["max_pixels"] == 100_000_000
+    assert pre["decoder"]["exif_orientation"].startswith("ignored")
+    assert manifest["config"]["preprocess"]["resize"] == "warp"
 
 
 def test_pickle_equals_parquet(nsfw_dir, image_dir, tmp_path):
