@@ -10,7 +10,7 @@ ceiling the pipeline can reach on this GPU.
 **End to end.** ``savedeep.run`` with ``gpus: [0]``, batch 64, for 1, 2, 4, 8 and 12 producers
 (capped at the cores less two) on CaffeNet fc6+fc7 (``--images``, 3,000), then open_nsfw
 pool+prob and CaffeNet conv1 (float16) with the automatic producer count: wall time, steady
-images/s (from the consumer's "ready" line to "done"), each role's busy fraction. "Producers
+images/s (``RunResult.steady_images_per_s``: after the first window of batches written), each role's busy fraction. "Producers
 needed" is the smallest producer count whose steady rate reaches 90% of the forward-only ceiling
 at the same batch size; when none does, the table says which role was busiest.
 

@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -286,31 +285,13 @@ def savedeep_config(model: Path, images: Path, output: Path, blobs: Sequence[Any
     return load_config(None, over)
 
 
-_LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def _log_times(log_file: Path) -> dict[str, float]:
-    """Timestamps (epoch seconds) of 'ready on' of the first consumer and of 'done' in a run log."""
-    out: dict[str, float] = {}
-    if not log_file.exists():
-        return out
-    for line in log_file.read_text(errors="replace").splitlines():
-        m = _LOG_TIME.match(line)
-        if not m:
-            continue
-        t = _dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if "ready on" in line and "consumer_ready" not in out:
-            out["consumer_ready"] = t
-        elif " done: " in line:
-            out["done"] = t
-    return out
-
-
 def run_savedeep(case_dir: Path, model: Path, images: Path, blobs: Sequence[Any], **keys: Any) -> dict[str, Any]:
     """savedeep.run in this process (workers are spawned); wall time, rates and busy fractions.
 
-    ``steady_images_per_s`` counts from the moment the consumer had built its engine (its
-    'ready on' log line) to the end of the output (the 'done' line): the rate once started.
+    ``steady_images_per_s`` is ``RunResult.steady_images_per_s()``: images per second between
+    the writing of the batch after the first window (the batches producers may have decoded
+    before the first forward) and of the last batch, from the parent's timestamps of batches
+    written. So no stage's work done before the interval counts in it.
     """
     import savedeep
 
@@ -322,10 +303,7 @@ def run_savedeep(case_dir: Path, model: Path, images: Path, blobs: Sequence[Any]
     res = savedeep.run(cfg, overwrite=True)
     wall = time.perf_counter() - t0
     n = res.rows + res.failures
-    times = _log_times(case_dir / "run.log")
-    steady = None
-    if "consumer_ready" in times and "done" in times and times["done"] > times["consumer_ready"]:
-        steady = n / (times["done"] - times["consumer_ready"])
+    steady = res.steady_images_per_s()
     return {
         "images": n, "rows": res.rows, "failures": res.failures, "wall_s": round(wall, 3),
         "images_per_s": round(n / wall, 2), "steady_images_per_s": None if steady is None else round(steady, 2),

@@ -131,6 +131,24 @@ class RunResult:
     producers: int
     writers: int = 1
     busy: dict[str, float] = field(default_factory=dict)  # role -> busy fraction
+    # One (seconds since the run started, images) per batch written, in the order they were,
+    # and the batches in flight at most: what a steady rate is measured from (benchmarks).
+    written: list[tuple[float, int]] = field(default_factory=list)
+    window: int = 0
+
+    def steady_images_per_s(self) -> float | None:
+        """Images per second between the writing of batch ``window`` and of the last batch.
+
+        The first ``window`` batches are left out: producers may have decoded that many
+        before the first forward, so work done before the interval would count in it. None
+        when the run wrote too few batches to measure.
+        """
+        if len(self.written) <= self.window + 1:
+            return None
+        t_start = self.written[self.window][0]
+        t_end = self.written[-1][0]
+        images = sum(n for _, n in self.written[self.window + 1:])
+        return images / (t_end - t_start) if t_end > t_start else None
 
     @property
     def images_per_s(self) -> float:
@@ -138,9 +156,11 @@ class RunResult:
 
     def summary(self) -> str:
         """A short human-readable summary, with each stage's busy fraction."""
+        steady = self.steady_images_per_s()
         lines = [
             f"{self.rows} rows, {self.failures} failures, {self.images} images "
-            f"in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s)"
+            f"in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s"
+            + (f"; steady {steady:.1f} images/s after the first {self.window} batches)" if steady else ")")
             + (f"; {self.shards_kept} shards kept from the interrupted run" if self.shards_kept else ""),
             f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}; writers: {self.writers}",
         ]
@@ -621,6 +641,7 @@ class Run:
 
     def _on_event(self, msg: Any) -> None:
         if isinstance(msg, BatchWritten):
+            self.written.append((time.perf_counter() - self.t0, msg.rows + msg.failures))
             self.rows += msg.rows
             self.failures += msg.failures
             if self.feeder is not None:
@@ -745,9 +766,11 @@ class Run:
         """Prepare, run, finish; always shut down cleanly."""
         from savedeep.output import write_manifest
 
-        t0 = time.perf_counter()
+        t0 = self.t0 = time.perf_counter()
         cfg = self.config
         self._resumed_shards = {}
+        self.written: list[tuple[float, int]] = []
+        self.window = 0
         self._prepare()
         keep = self._output_state()
         plan = make_plan(len(self.images), cfg.shard_size, cfg.batch_size, keep)
@@ -840,7 +863,7 @@ class Run:
             rows=self.rows, failures=self.failures, skipped_files=dict(self.images.skipped),
             shards_done=self.shards_done, shards_kept=len(self._resumed_shards),
             wall_s=time.perf_counter() - t0, devices=devices if plan.batches else [], producers=producers,
-            writers=writers, busy=busy,
+            writers=writers, busy=busy, written=list(self.written), window=self.window,
         )
 
     def _run_log(self) -> logging.Handler | None:

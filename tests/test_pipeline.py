@@ -349,6 +349,25 @@ def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
     keys = list(savedeep.load(tmp_path / "a.parquet")["image"])
     assert keys == good  # every good image once (no duplicate, none missing), in sorted order
     assert sorted(f["image"] for f in manifest["failures"]) == [k for k in listed if k not in good]
+    # the timeline the benchmarks measure steady rates from: one entry per batch written, in order
+    assert res.window == 2 and len(res.written) == 12 and sum(n for _, n in res.written) == 12
+    times = [t for t, _ in res.written]
+    assert times == sorted(times) and 0 < times[0] and times[-1] <= res.wall_s
+
+
+def test_steady_rate_leaves_out_the_first_window_of_batches():
+    from savedeep.pipeline import RunResult
+
+    def result(written, window):
+        return RunResult(pickle=None, parquet_dir=Path("x"), images=0, rows=0, failures=0, skipped_files={},
+                         shards_done=0, shards_kept=0, wall_s=10.0, devices=["cpu"], producers=1,
+                         written=written, window=window)
+
+    # 3 batches pre-decoded and written in a burst at 1 s, then one batch of 4 images every second
+    written = [(1.0, 4), (1.0, 4), (1.0, 4)] + [(1.0 + i, 4) for i in range(1, 6)]
+    assert result(written, 3).steady_images_per_s() == pytest.approx(4.0)  # the 4 batches after batch 3, in 4 s
+    assert result(written, 0).steady_images_per_s() == pytest.approx(7 * 4 / 5.0)  # the burst inflates it
+    assert result(written[:4], 3).steady_images_per_s() is None  # nothing left to measure
 
 
 def test_output_from_before_storage_key_resumes_as_tensor(caffenet_dir, image_dir, tmp_path):
