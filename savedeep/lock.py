@@ -27,13 +27,16 @@ is used instead.
 
 What it records (JSON): host, pid, the process's start time (``/proc/PID/stat``
 field 22, so that a recycled pid is not mistaken for the holder), the boot id,
+the pid namespace,
 since when (UTC), the run's config fingerprint, the output, the task, the
 command line and savedeep's version.
 
 Stale locks. A lock is *stale* when its holder is provably gone: same host
-(and, where recorded, same boot) and either no process has that pid, or it is a
-zombie, or its start time differs (the pid was reused); or same host and
-another boot id (the machine rebooted). A stale lock is broken automatically,
+and same pid namespace (and, where recorded, same boot) and either no process
+has that pid, or it is a zombie, or its start time differs (the pid was
+reused); or same host and another boot id (the machine rebooted). A holder in
+another pid namespace (a container sharing the host's name) is treated like one
+on another host. A stale lock is broken automatically,
 with a warning naming the holder. A holder on another host cannot be checked
 from here: the run is refused, and ``break_lock=True`` (``--break-lock``)
 removes that lock, for after a crash on another node. ``break_lock`` never
@@ -112,6 +115,14 @@ def _boot_id() -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (containers on one host may share its name but not its pids)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks since boot) of a process, or None if there is none."""
     try:
@@ -165,6 +176,7 @@ class Holder:
     pid: int | None = None
     pid_start: int | None = None
     boot_id: str | None = None
+    pid_ns: str | None = None
     since: str | None = None
     fingerprint: str | None = None
     task: int | None = None
@@ -190,6 +202,8 @@ class Holder:
         here = _boot_id()
         if self.boot_id and here and self.boot_id != here:
             return "stale"  # this host rebooted since the lock was taken
+        if self.pid_ns and self.pid_ns != _pid_namespace():
+            return "unknown"  # another container on this host: its pids are not ours to check
         return "alive" if process_alive(self.pid, self.pid_start) else "stale"
 
 
@@ -204,7 +218,7 @@ def read_holder(path: Path) -> Holder | None:
     try:
         rec = json.loads(raw)
         return Holder(Path(path), host=str(rec["host"]), pid=int(rec["pid"]), pid_start=rec.get("pid_start"),
-                      boot_id=rec.get("boot_id"), since=rec.get("since"), fingerprint=rec.get("fingerprint"),
+                      boot_id=rec.get("boot_id"), pid_ns=rec.get("pid_ns"), since=rec.get("since"), fingerprint=rec.get("fingerprint"),
                       task=rec.get("task"), command=rec.get("command"), raw=raw)
     except (ValueError, KeyError, TypeError):
         return Holder(Path(path), raw=raw)
@@ -229,6 +243,7 @@ def _record(output: Path, fingerprint: str | None, task: int | None) -> bytes:
         "pid": pid,
         "pid_start": process_start(pid),
         "boot_id": _boot_id(),
+        "pid_ns": _pid_namespace(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "fingerprint": fingerprint,
         "output": str(output),

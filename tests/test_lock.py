@@ -146,6 +146,19 @@ def test_a_lock_from_another_host_needs_break_lock(tmp_path, caplog):
     assert not lock_path(out).exists()
 
 
+def test_a_holder_in_another_pid_namespace_is_not_judged_from_here(tmp_path):
+    # A container on this host may carry the host's name; its pids are not ours: a pid
+    # that does not exist here may be alive there.
+    out = tmp_path / "acts.pk"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_record(lock_path(out), pid=dead.pid, pid_start=None, pid_ns="pid:[1]")
+    with pytest.raises(LockedError, match=f"pid {dead.pid} on host .*--break-lock"):
+        OutputLock(out).acquire()
+    with OutputLock(out, break_lock=True) as lock:
+        assert lock.owned()
+
+
 def test_a_lock_after_a_reboot_is_stale(tmp_path):
     if not Path("/proc/sys/kernel/random/boot_id").exists():
         pytest.skip("no boot id on this system")
