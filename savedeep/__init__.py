@@ -33,8 +33,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
 
 
 def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool = False,
-        progress: bool = False, **overrides: Any) -> "RunResult":
-    """Extract the activations described by ``config`` (a Config or a YAML path, plus overrides)."""
+        progress: bool = False, break_lock: bool = False, **overrides: Any) -> "RunResult":
+    """Extract the activations described by ``config`` (a Config or a YAML path, plus overrides).
+
+    ``break_lock``: take the output's lock from a run that is gone (crashed on another host).
+    """
     from savedeep.config import Config
     from savedeep.pipeline import run as _run
 
@@ -42,7 +45,7 @@ def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool 
         config = load_config(config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
-    return _run(config, resume=resume, overwrite=overwrite, progress=progress)
+    return _run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock)
 
 
 def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":

@@ -15,8 +15,9 @@ import traceback
 from pathlib import Path
 
 EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad config or flags, 3 bad model or blob names,
-4 bad images (or an image failed under on_error: fail), 5 output exists / cannot be
-resumed / cannot be written, 6 a worker process failed, 130 interrupted (resumable)"""
+4 bad images (or an image failed under on_error: fail), 5 output exists / is in use by
+another run / cannot be resumed / cannot be written, 6 a worker process failed,
+130 interrupted (resumable)"""
 
 
 def _blobs(text: str) -> list[str]:
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="complete an interrupted run into the same output")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    r.add_argument("--break-lock", dest="break_lock", action="store_true",
+                   help="take the output's lock from a run that is gone (crashed on another host)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     r.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
@@ -116,7 +119,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _setup_console(args.quiet)
     config = load_config(args.config, _overrides(args))
-    result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet)
+    result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet,
+                 break_lock=args.break_lock)
     print(result.summary(), file=sys.stderr)
     return 0
 

@@ -10,7 +10,7 @@ README):
 2    bad command line or config (:class:`ConfigError`)
 3    bad model directory or blob names (:class:`ModelError`)
 4    bad image input, or an image failed under ``on_error: fail``
-5    output problem: exists already, not resumable, disk full
+5    output problem: exists already, in use by another run, not resumable, disk full
 6    a worker process failed (:class:`WorkerError`)
 130  interrupted (Ctrl-C or SIGTERM); the output can be resumed
 ===  =========================================================
@@ -54,7 +54,7 @@ class ImageError(SavedeepError):
 
 
 class OutputError(SavedeepError):
-    """The output exists, cannot be resumed, or cannot be written (disk full)."""
+    """The output exists, is in use by another run, cannot be resumed, or cannot be written (disk full)."""
 
     exit_code = 5
 

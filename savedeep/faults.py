@@ -7,7 +7,8 @@ it), as comma-separated ``key=value`` pairs:
 - ``batch``: the batch number at which to fail
 - ``action``: ``raise`` (an exception inside the stage's work), ``kill``
   (SIGKILL of the worker itself), ``sleep`` (stall for ``seconds``, to give a
-  test time to interrupt the run)
+  test time to interrupt the run), ``wait`` (stall until the file ``file`` exists,
+  so that a test decides when the run goes on)
 - ``index``: only worker number ``index`` of that role (default: any)
 
 Unset, this costs one dictionary lookup per batch.
@@ -48,9 +49,9 @@ def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | No
     action = spec.get("action", "raise")
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "sleep":
-        end = time.monotonic() + float(spec.get("seconds", "30"))
-        while time.monotonic() < end:
+    elif action in ("sleep", "wait"):
+        end = time.monotonic() + float(spec.get("seconds", "30" if action == "sleep" else "600"))
+        while time.monotonic() < end and not (action == "wait" and os.path.exists(spec["file"])):
             if check is not None:
                 check()
             time.sleep(0.05)

@@ -42,7 +42,7 @@ import json
 import logging
 import os
 import pickle
-import shutil
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -479,11 +479,102 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
     return pickle_path
 
 
-def remove_output(pickle_path: Path, directory: Path) -> None:
-    """Delete a previous savedeep output (only what looks like ours)."""
-    if directory.exists():
-        if not (directory / MANIFEST).exists() and any(directory.iterdir()):
-            raise OutputError(f"{directory} exists and is not a savedeep output; move it away or choose another output")
-        shutil.rmtree(directory)
-    failures_path(directory).unlink(missing_ok=True)
-    pickle_path.unlink(missing_ok=True)
+# What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
+_OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
+                          r"|\._manifest\.json\.tmp\d+")
+_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see pipeline._run_log
+_LIST_AT_MOST = 10
+
+
+def _is_our_manifest(path: Path) -> bool:
+    try:
+        return str(json.loads(path.read_text()).get("format", "")).startswith("savedeep/")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _is_our_pickle(path: Path) -> bool:
+    """A DataFrame pickled by savedeep: its attrs, pickled last, carry the key 'savedeep'."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(max(0, path.stat().st_size - (1 << 16)))
+            tail = f.read()
+    except OSError:
+        return False
+    return head[:1] == b"\x80" and b"\x8c\x05attrs" in tail and b"\x8c\x08savedeep" in tail
+
+
+def _is_our_failures(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path).names == ["image", "reason"]
+    except Exception:  # noqa: BLE001 - not Parquet, unreadable: not ours
+        return False
+
+
+def _is_our_log(path: Path) -> bool:
+    """A run log: empty, or its first line is one of savedeep's log lines."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return False
+    return not first or bool(_LOG_LINE.match(first))
+
+
+def output_files(pickle_path: Path, directory: Path, log_file: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """(savedeep's files of an output, other files in its place): what --overwrite deletes, what makes it refuse.
+
+    Ours: in the Parquet directory, the shards, the manifest and their temporary names
+    (only if the directory holds a savedeep manifest); beside it, the pickle and the
+    failures table (and their temporary names) and the run log, each if its content
+    says savedeep wrote it. Anything else in the directory, or a file at one of those
+    names that savedeep did not write, is foreign.
+    """
+    ours: list[Path] = []
+    foreign: list[Path] = []
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        foreign.append(directory)
+    elif directory.is_dir():
+        ours_dir = _is_our_manifest(directory / MANIFEST)
+        for f in sorted(directory.iterdir()):
+            mine = _OURS_IN_DIR.fullmatch(f.name) and (ours_dir or f.name.startswith("."))
+            (ours if mine and f.is_file() and not f.is_symlink() else foreign).append(f)
+    parent = directory.parent
+    checks = [(pickle_path, _is_our_pickle), (failures_path(directory), _is_our_failures)]
+    if log_file is not None:
+        checks.append((Path(log_file), _is_our_log))
+    for path, is_ours in checks:
+        if path.is_symlink() or path.exists():
+            (ours if path.is_file() and not path.is_symlink() and is_ours(path) else foreign).append(path)
+    for name in (pickle_path.name, failures_path(directory).name):
+        tmp = re.compile(re.escape(f".{name}.tmp") + r"\d+")
+        ours += [f for f in parent.glob(f".{_glob_escape(name)}.tmp*") if tmp.fullmatch(f.name) and f.is_file()]
+    return ours, foreign
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def remove_output(pickle_path: Path, directory: Path, log_file: Path | None = None) -> list[Path]:
+    """Delete a previous savedeep output, only the files savedeep wrote (see :func:`output_files`).
+
+    If anything in the output's place was not written by savedeep, nothing is deleted:
+    an OutputError lists those files. The folder that holds the output is never removed.
+    Returns the paths deleted.
+    """
+    pickle_path, directory = Path(pickle_path), Path(directory)
+    ours, foreign = output_files(pickle_path, directory, log_file)
+    if foreign:
+        names = ", ".join(str(f) + ("/" if f.is_dir() and not f.is_symlink() else "") for f in foreign[:_LIST_AT_MOST])
+        more = f" and {len(foreign) - _LIST_AT_MOST} more" if len(foreign) > _LIST_AT_MOST else ""
+        raise OutputError(f"--overwrite refused: savedeep did not write {names}{more}; it deletes only its own files, "
+                          "so nothing was deleted: move those away (or delete them yourself), or choose another output")
+    for f in ours:
+        f.unlink(missing_ok=True)
+    if directory.is_dir():
+        directory.rmdir()
+    return ours

@@ -364,8 +364,12 @@ class _Background:
         return self._value
 
 
-def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False) -> RunResult:
-    """Run the whole pipeline for ``config``; returns when the output is complete."""
+def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False,
+        break_lock: bool = False) -> RunResult:
+    """Run the whole pipeline for ``config``; returns when the output is complete.
+
+    ``break_lock``: take the output's lock even if a run on another host holds it (see savedeep/lock.py).
+    """
     if getattr(mp.current_process(), "_inheriting", False):
         # We are inside a worker that is importing the user's script: the script
         # calls savedeep.run at import time, and every worker would run it again.
@@ -374,16 +378,18 @@ def run(config: Config, *, resume: bool = False, overwrite: bool = False, progre
             f"savedeep.run() was called while a savedeep worker process was importing {main}. Workers are "
             "started with the 'spawn' method, which imports the main script again: put the code that calls "
             "savedeep.run() under `if __name__ == \"__main__\":`")
-    return Run(config, resume=resume, overwrite=overwrite, progress=progress).execute()
+    return Run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock).execute()
 
 
 class Run:
     """One run of the pipeline (the parent process's side)."""
 
-    def __init__(self, config: Config, *, resume: bool, overwrite: bool, progress: bool) -> None:
+    def __init__(self, config: Config, *, resume: bool, overwrite: bool, progress: bool,
+                 break_lock: bool = False) -> None:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
+        self.break_lock = break_lock
         self.procs: list[tuple[Any, str, int]] = []  # (process, role, index)
         self.rings: list[Any] = []
         self.ch = None
@@ -490,7 +496,7 @@ class Run:
                 log.info("nothing to resume at %s: starting a new run", self.pq_dir)
             return set()
         if self.overwrite:
-            remove_output(pk, self.pq_dir)
+            remove_output(pk, self.pq_dir, cfg.log_file)
             return set()
         if not self.resume:
             raise OutputError(f"{pk if pk.exists() else self.pq_dir} exists; rerun with --overwrite to replace it, "
@@ -763,15 +769,22 @@ class Run:
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self) -> RunResult:
-        """Prepare, run, finish; always shut down cleanly."""
-        from savedeep.output import write_manifest
+        """Prepare, take the output's lock, run, finish; always shut down cleanly, then release the lock."""
+        from savedeep.lock import OutputLock
 
         t0 = self.t0 = time.perf_counter()
+        self._prepare()
+        # Nothing of the output is touched before this (NOTE [savedeep output lock] in savedeep/lock.py).
+        with OutputLock(self.config.output, fingerprint=self.config.fingerprint(), break_lock=self.break_lock):
+            return self._execute_locked(t0)
+
+    def _execute_locked(self, t0: float) -> RunResult:
+        from savedeep.output import write_manifest
+
         cfg = self.config
         self._resumed_shards = {}
         self.written: list[tuple[float, int]] = []
         self.window = 0
-        self._prepare()
         keep = self._output_state()
         plan = make_plan(len(self.images), cfg.shard_size, cfg.batch_size, keep)
         devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)

@@ -161,3 +161,40 @@ def test_on_error_fail_stops_naming_the_file(caffenet_dir, images, tmp_path, cap
     assert rc == 4
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "on_error: skip" in err
+
+
+def test_overwrite_next_to_a_foreign_file_refuses_and_the_file_survives(caffenet_dir, images, tmp_path, capsys):
+    data = tmp_path / "data"  # `-o ~/data/acts.pk`: ~/data must survive an --overwrite
+    data.mkdir()
+    (data / "stimuli.csv").write_text("path\n")
+    out = data / "acts.pk"
+    args = ["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images), "-o", str(out), "--gpus", "cpu",
+            "--no-progress", "-q"]
+    assert main(args) == 0
+    first = savedeep.load(out)
+    notes = data / "acts.parquet" / "notes.txt"
+    notes.write_text("my notes")
+    capsys.readouterr()
+    assert main(args + ["--overwrite"]) == 5
+    err = capsys.readouterr().err
+    assert f"savedeep did not write {notes}" in err and "nothing was deleted" in err and "Traceback" not in err
+    assert notes.read_text() == "my notes"
+    assert np.array_equal(np.stack(savedeep.load(out)["fc7"]), np.stack(first["fc7"]))  # the output is intact
+    notes.unlink()
+    assert main(args + ["--overwrite"]) == 0
+    assert sorted(p.name for p in data.iterdir()) == ["acts.failures.parquet", "acts.log", "acts.parquet", "acts.pk",
+                                                      "stimuli.csv"]  # and no lock left behind
+
+
+def test_break_lock_takes_the_lock_of_a_run_on_another_host(caffenet_dir, images, tmp_path, capsys):
+    out = tmp_path / "acts.pk"
+    lock = tmp_path / ".acts.lock"  # left by a run whose node crashed
+    lock.write_text(json.dumps({"host": "node-9.cluster", "pid": 5150, "since": "2026-01-02 03:04:05 UTC"}))
+    args = ["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images), "-o", str(out), "--gpus", "cpu",
+            "--no-progress", "-q"]
+    assert main(args) == 5
+    err = capsys.readouterr().err
+    assert "pid 5150 on host node-9.cluster, since 2026-01-02 03:04:05 UTC" in err and "--break-lock" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".acts.lock"]  # refused: nothing else was written
+    assert main(args + ["--break-lock"]) == 0
+    assert len(savedeep.load(out)) == 5 and not lock.exists()

@@ -14,6 +14,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,7 +124,7 @@ def reference(caffenet_dir, images, tmp_path_factory):
     return savedeep.load(out)
 
 
-def _resume_and_compare(cmd: list[str], out: Path, reference, env=None) -> None:
+def _resume_and_compare(cmd: list[str], out: Path, reference, env=None) -> str:
     tag = uuid.uuid4().hex
     p = _launch(cmd + ["--resume"], env or _env(tag))
     rc, err = _finish(p)
@@ -132,6 +133,7 @@ def _resume_and_compare(cmd: list[str], out: Path, reference, env=None) -> None:
     assert list(df["image"]) == list(reference["image"])  # every row exactly once, in order
     for b in BLOBS.split(","):
         assert np.array_equal(np.stack(df[b]), np.stack(reference[b])), b
+    return err
 
 
 def _wait_for_shards(out: Path, n: int, p: subprocess.Popen) -> None:
@@ -273,7 +275,11 @@ def test_sigkill_of_the_parent(caffenet_dir, images, reference, tmp_path):
     p.communicate(timeout=TIMEOUT_S)
     _assert_clean(tag, p.pid)  # workers notice the dead parent; the tracker unlinks the rings
     _assert_nothing_false_looking(out)
-    _resume_and_compare(cmd, out, reference)
+    lock = out.with_name(".acts.lock")
+    assert json.loads(lock.read_text())["pid"] == p.pid  # the killed run's lock is still there: stale
+    err = _resume_and_compare(cmd, out, reference)
+    assert f"breaking a stale lock: pid {p.pid} on host {socket.gethostname()}" in err
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -344,3 +350,41 @@ def test_resume_refuses_changed_inputs(caffenet_dir, images, tmp_path):
     moved = [str(more) if c == str(images) else c for c in cmd]
     rc, err = _finish(_launch(moved + ["--resume"], _env(uuid.uuid4().hex)))
     assert rc == 5 and "image list" in err and "12 images then, 13 now" in err
+
+
+def _files(root: Path) -> dict[str, bytes | None]:
+    """Every file and folder under ``root``, with the files' bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_a_second_run_on_a_busy_output_is_refused_and_the_first_completes(caffenet_dir, images, reference, tmp_path):
+    # The same job started twice: the second one, plain, --overwrite or --resume, must
+    # change nothing, and the first must finish as if it had been alone.
+    out, tag, go = tmp_path / "out" / "acts.pk", uuid.uuid4().hex, tmp_path / "go"
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, f"role=writer,batch=3,action=wait,file={go}"))
+    try:
+        _wait_for_shards(out, 3, p)  # 3 shards written; the writer waits at batch 3 until `go` exists
+        before = _files(out.parent)
+        for mode in ([], ["--overwrite"], ["--resume"]):
+            rc, err = _finish(_launch(cmd + mode, _env(uuid.uuid4().hex)))
+            assert rc == 5, err
+            errors = [line for line in err.splitlines() if "error" in line]
+            assert len(errors) == 1 and "Traceback" not in err, err
+            assert errors[0].startswith(f"savedeep: error: {out} is in use by another savedeep run: pid {p.pid} on "
+                                        f"host {socket.gethostname()}, since "), err
+            assert f"(lock {out.with_name('.acts.lock')}); nothing was changed; " in errors[0]
+            after = _files(out.parent)
+            log = "acts.log"  # the first run may still log a line meanwhile
+            assert after[log].startswith(before[log])
+            assert {k: v for k, v in after.items() if k != log} == {k: v for k, v in before.items() if k != log}
+    finally:
+        go.touch()
+    rc, err = _finish(p)
+    assert rc == 0, err
+    _assert_clean(tag, p.pid)
+    df = savedeep.load(out)
+    assert list(df["image"]) == list(reference["image"])
+    for b in BLOBS.split(","):
+        assert np.array_equal(np.stack(df[b]), np.stack(reference[b])), b
+    assert not out.with_name(".acts.lock").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -68,3 +69,83 @@ def test_writing_shards_and_failures_does_not_import_pandas(tmp_path):
                          text=True, check=True, timeout=120).stdout.strip()
     assert out == "False"
     assert pq.read_table(tmp_path / "acts.failures.parquet").to_pylist() == [{"image": "bad.jpg", "reason": "not an image"}]
+
+
+def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
+    """A savedeep output written by savedeep's own functions: (pickle, directory, log, every file of it)."""
+    import logging
+    import pickle
+
+    import pandas as pd
+
+    from savedeep.output import write_failures, write_manifest
+
+    pk, d, log_file = parent / "acts.pk", parent / "acts.parquet", parent / "acts.log"
+    d.mkdir(parents=True)
+    write_manifest(d, {"format": "savedeep/1", "complete": False, "shards": []})
+    w = ShardWriter(d, 0, [ColumnSpec("fc7", (4,), "float32")])
+    w.write(["a.jpg"], {}, {"fc7": np.ones((1, 4), np.float32)})
+    w.finish()
+    ShardWriter(d, 1, [ColumnSpec("fc7", (4,), "float32")]).write(["b.jpg"], {}, {"fc7": np.ones((1, 4), np.float32)})
+    (d / "._manifest.json.tmp123").write_text("{")  # left by a crash while replacing the manifest
+    write_failures(d, [{"image": "bad.jpg", "reason": "not an image"}])
+    df = pd.DataFrame({"image": ["a.jpg"], "fc7": [np.ones(4, np.float32)]})
+    df.attrs["savedeep"] = {"manifest": str(d / "_manifest.json"), "partial": False}
+    pk.write_bytes(pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL))
+    (parent / ".acts.pk.tmp77").write_bytes(b"\x80\x05half a pickle")
+    handler = logging.FileHandler(log_file)  # the run log's format (savedeep/pipeline.py, _run_log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"))
+    handler.emit(logging.LogRecord("savedeep.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
+    handler.close()
+    files = sorted([*d.iterdir(), pk, log_file, parent / "acts.failures.parquet", parent / ".acts.pk.tmp77"])
+    assert any(f.name.startswith(".part-") for f in files)  # the unfinished shard is there too
+    return pk, d, log_file, files
+
+
+def test_overwrite_deletes_what_savedeep_wrote_and_nothing_beside_it(tmp_path):
+    from savedeep.output import remove_output
+
+    data = tmp_path / "data"  # `-o ~/data/acts.pk`: ~/data holds other things
+    pk, d, log_file, files = _savedeep_output(data)
+    (data / "stimuli.csv").write_text("path\n")
+    (data / "acts.pk.bak").write_text("mine")
+    (data / ".acts.lock").write_text("{}")  # the lock is the running run's, not the old output's
+    deleted = remove_output(pk, d, log_file)
+    assert sorted(deleted) == files
+    assert sorted(p.name for p in data.iterdir()) == [".acts.lock", "acts.pk.bak", "stimuli.csv"]
+
+
+@pytest.mark.parametrize("foreign", ["file in the directory", "folder in the directory", "own pickle",
+                                     "own log", "own failures", "directory without manifest"])
+def test_overwrite_refuses_next_to_a_file_savedeep_did_not_write(tmp_path, foreign):
+    from savedeep.errors import OutputError
+    from savedeep.output import remove_output
+
+    pk, d, log_file, files = _savedeep_output(tmp_path)
+    if foreign == "file in the directory":
+        stranger = d / "notes.txt"
+        stranger.write_text("my notes")
+    elif foreign == "folder in the directory":
+        stranger = d / "old"
+        stranger.mkdir()
+        (stranger / "part-00000.parquet").write_bytes(b"x")
+    elif foreign == "own pickle":
+        stranger = pk
+        pk.write_bytes(__import__("pickle").dumps({"my": "results"}))
+    elif foreign == "own log":
+        stranger = log_file
+        log_file.write_text("my lab notebook\n")
+    elif foreign == "own failures":
+        stranger = tmp_path / "acts.failures.parquet"
+        pq.write_table(pa.table({"subject": ["s1"]}), stranger)
+    else:
+        stranger = d / "part-00000.parquet"
+        (d / "_manifest.json").unlink()
+        files.remove(d / "_manifest.json")
+    before = {f: f.read_bytes() for f in files if f.is_file()}
+    with pytest.raises(OutputError) as exc:
+        remove_output(pk, d, log_file)
+    msg = str(exc.value)
+    assert f"savedeep did not write {stranger}" in msg and "nothing was deleted" in msg and "\n" not in msg
+    assert {f: f.read_bytes() for f in files if f.is_file()} == before  # everything is still there
+    assert stranger.exists()
