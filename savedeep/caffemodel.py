@@ -247,15 +247,18 @@ def read_caffemodel(path: Path) -> Message:
         raise ModelError(f"{path}: caffemodel not found; give the trained weights file (.caffemodel)") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the caffemodel ({exc})") from None
+    if not data:
+        raise ModelError(f"{path}: the caffemodel is empty (0 bytes), as an interrupted download or copy leaves "
+                         "it; download or copy the trained weights again")
     if path.suffix in (".prototxt", ".txt") or data[:20].lstrip().startswith((b"name:", b"layer", b"input")):
         raise ModelError(f"{path}: this looks like a text prototxt, not a binary .caffemodel; "
                          "give the trained weights file")
     try:
         return _decode(data, 0, len(data), "NetParameter")
     except (DecodeError, struct.error) as exc:
-        raise ModelError(f"{path}: not a valid binary caffemodel ({exc}); "
-                         "the file may be truncated or in another format "
-                         "(HDF5 .caffemodel.h5 is not supported)") from None
+        raise ModelError(f"{path}: not a valid binary caffemodel ({exc}, {len(data)} bytes): it is truncated, "
+                         "as an interrupted download leaves it, or in another format (HDF5 .caffemodel.h5 is not "
+                         "supported); download or copy the trained weights again") from None
 
 
 def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
@@ -270,14 +273,19 @@ def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
     return ((), True) if n == 1 else ((n,), True)
 
 
-def blob_array(blob: Message, source: str = "") -> np.ndarray:
-    """A BlobProto's data as a writable float32 array of its declared shape."""
+def blob_array(blob: Message, source: str = "", copy: bool = True) -> np.ndarray:
+    """A BlobProto's data as a writable float32 array of its declared shape.
+
+    ``copy=False`` only checks the count and returns the stored data as it is (a check, no copy).
+    """
     shape, _legacy = blob_shape(blob)
     data = blob.data if blob.has("data") else blob.double_data
     count = int(np.prod(shape, dtype=np.int64))
     if data.size != count:
         raise ModelError(f"{source}: a blob declares shape {shape} ({count} values) but holds {data.size}; "
-                         "the caffemodel is corrupt or truncated")
+                         "the caffemodel is corrupt or truncated: download or copy it again")
+    if not copy:
+        return data
     return data.astype(np.float32).reshape(shape)
 
 

@@ -66,8 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     r.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
-    v = sub.add_parser("validate", help="check a config, its model, blobs and images without a forward pass")
+    v = sub.add_parser("validate", help="check a config, its model, blobs, images and output without a forward "
+                       "pass (give the run's flags, --resume or --overwrite included: same checks, same messages)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run_flags(v)
+    vmode = v.add_mutually_exclusive_group()
+    vmode.add_argument("--resume", action="store_true", help="check as for a run with --resume")
+    vmode.add_argument("--overwrite", action="store_true", help="check as for a run with --overwrite (deletes nothing)")
 
     i = sub.add_parser("inspect", help="list a model's blobs with their shapes and sizes")
     i.add_argument("model", type=Path, help="model directory or deploy.prototxt")
@@ -104,6 +109,9 @@ class _TqdmHandler(logging.Handler):
 
 
 def _setup_console(quiet: bool) -> None:
+    lg = logging.getLogger("savedeep")
+    for old in [h for h in lg.handlers if isinstance(h, _TqdmHandler)]:
+        lg.removeHandler(old)  # main() called again in one process (the API, the tests): one console line each
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("savedeep: %(levelname)s: %(message)s"))
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
@@ -132,7 +140,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from savedeep.config import load_config
 
     config = load_config(args.config, _overrides(args))
-    print(validate(config))
+    print(validate(config, resume=args.resume, overwrite=args.overwrite))
     return 0
 
 

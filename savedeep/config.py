@@ -504,7 +504,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        # One line: PyYAML's own text spreads the problem and its context over several.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML: {what}{where}; fix the YAML syntax there "
+                          "(indentation, brackets, quotes, a colon after each key)") from None
     finally:
         loader.dispose()
     if data is None:

@@ -53,6 +53,12 @@ class ImageError(SavedeepError):
     exit_code = 4
 
 
+def bad_image_stops_run(path: object, exc: Exception) -> "InputError":
+    """The error of a bad image under ``on_error: fail``: raised by a producer, and by ``validate``'s sample."""
+    return InputError(f"{path}: {exc} (on_error: fail; use on_error: skip to record bad images as failures "
+                      "and go on)")
+
+
 class OutputError(SavedeepError):
     """The output exists, is in use by another run, cannot be resumed, or cannot be written (disk full)."""
 

@@ -11,7 +11,14 @@ it), as comma-separated ``key=value`` pairs:
   so that a test decides when the run goes on)
 - ``index``: only worker number ``index`` of that role (default: any)
 
+``role=preflight`` raises in the parent's preflight instead (before any worker
+starts), which is how the tests reach the "internal error (a bug)" path.
+
 Unset, this costs one dictionary lookup per batch.
+
+``SAVEDEEP_RECORD_STARTS=DIR`` makes every worker process create an empty file
+``DIR/<role><index>-<pid>`` as the first thing it does, so that a test can tell
+whether a run started any worker (see :func:`record_start`).
 """
 
 from __future__ import annotations
@@ -57,3 +64,11 @@ def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | No
             time.sleep(0.05)
     else:
         raise InjectedFault(f"injected fault in {role} {index} at batch {batch}")
+
+
+def record_start(role: str, index: int) -> None:
+    """Leave ``$SAVEDEEP_RECORD_STARTS/<role><index>-<pid>`` if that variable is set (for the tests)."""
+    directory = os.environ.get("SAVEDEEP_RECORD_STARTS")
+    if directory:
+        with open(os.path.join(directory, f"{role}{index}-{os.getpid()}"), "w"):
+            pass

@@ -406,6 +406,20 @@ def read_weights(path: Path) -> dict[str, list[Message]]:
 
 def attach_weights(net: Net, weights: Path) -> None:
     """Give every parametric layer its blobs from ``weights``, checking counts and shapes against the prototxt."""
+    _match_weights(net, weights, keep=True)
+    net.weights = weights
+
+
+def check_weights(net: Net, weights: Path) -> None:
+    """Read ``weights`` and check it against ``net`` as attach_weights does, keeping no array.
+
+    The parent runs this before any worker starts, so that a truncated, empty or
+    mismatched caffemodel is one clear error instead of a consumer failing at start-up.
+    """
+    _match_weights(net, weights, keep=False)
+
+
+def _match_weights(net: Net, weights: Path, keep: bool) -> None:
     source = read_weights(weights)
     expected = net.param_shapes(net._declared_batch())
     for layer in net.layers:
@@ -415,7 +429,8 @@ def attach_weights(net: Net, weights: Path) -> None:
             if found:
                 log.debug("%s: layer %r has %d blob(s) that %s does not use", weights, layer.name, len(found),
                           layer.type)
-            layer.blobs = []
+            if keep:
+                layer.blobs = []
             continue
         if not found:
             raise ModelError(f"{weights}: has no weights for layer {layer.name!r} ({layer.type}) of {net.prototxt}, "
@@ -431,9 +446,11 @@ def attach_weights(net: Net, weights: Path) -> None:
                 raise ModelError(f"{weights}: layer {layer.name!r} ({layer.type}) blob {index} has shape {got} "
                                  f"but {net.prototxt} expects {shape}; the prototxt and caffemodel do not match")
             # legacy 4-D blobs are reshaped to the net's shape, as Caffe does when it copies them
-            arrays.append(blob_array(blob, f"{weights}: layer {layer.name!r}").reshape(shape))
-        layer.blobs = arrays
-    net.weights = weights
+            array = blob_array(blob, f"{weights}: layer {layer.name!r}", copy=keep)
+            if keep:
+                arrays.append(array.reshape(shape))
+        if keep:
+            layer.blobs = arrays
 
 
 # -- shape rules ----------------------------------------------------------------

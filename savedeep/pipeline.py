@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from savedeep.config import RESULT_KEYS, RESULT_KEYS_BEFORE_STORAGE, Config
+from savedeep.config import RESULT_KEYS_BEFORE_STORAGE, Config
 from savedeep.errors import ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
 from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 
@@ -242,6 +242,32 @@ def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = 
     return Plan(shards, todo, batches)
 
 
+def same_result_keys(config: Config, manifest: dict[str, Any]) -> bool:
+    """Whether an existing output was made with ``config``'s RESULT_KEYS (so that it can be resumed).
+
+    An output from before the ``storage`` key has tensor columns and a fingerprint
+    without that key: it resumes with ``storage: tensor`` (the default), not binary.
+    """
+    if manifest.get("result_fingerprint") == config.result_fingerprint():
+        return True
+    return ("storage" not in manifest.get("config", {}) and config.storage == "tensor"
+            and manifest.get("result_fingerprint") == config.result_fingerprint(RESULT_KEYS_BEFORE_STORAGE))
+
+
+def worker_counts(config: Config, devices: list[str], plan: Plan) -> tuple[int, int]:
+    """(producers, writers) for a run on ``devices`` with ``plan``."""
+    cores = os.cpu_count() or 1
+    writers = config.writers
+    if writers == "auto":
+        # One writer keeps up with CPU consumers; beside GPUs, one per 4 spare cores, at most one per GPU.
+        gpus = sum(d != "cpu" for d in devices)
+        writers = 1 if not gpus else max(1, min(gpus, (cores - gpus) // 4))
+    writers = max(1, min(writers, max(1, len(plan.todo))))
+    producers = config.producers if config.producers != "auto" else max(1, cores - len(devices) - writers)
+    producers = max(1, min(producers, max(1, len(plan.batches))))
+    return producers, writers
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -272,7 +298,7 @@ def preprocess_spec(config: Config):
     return PreprocessSpec(**{k: v for k, v in config.preprocess.to_dict().items() if v is not None or k == "input_scale"})
 
 
-def adopt_finished_shards(directory: Path, manifest: dict[str, Any]) -> list[int]:
+def adopt_finished_shards(directory: Path, manifest: dict[str, Any], write: bool = True) -> list[int]:
     """Record in the manifest the shards that were renamed into place but never reported.
 
     A writer renames a shard only once it is complete, with its own record (rows,
@@ -290,7 +316,7 @@ def adopt_finished_shards(directory: Path, manifest: dict[str, Any]) -> list[int
         if rec and (rec.get("index"), rec.get("start"), rec.get("stop")) == (entry["index"], entry["start"], entry["stop"]):
             entry.update(file=path.name, rows=rec["rows"], failures=rec["failures"], complete=True)
             adopted.append(entry["index"])
-    if adopted:
+    if adopted and write:
         log.info("recorded %d finished shard(s) that had not been reported: %s", len(adopted), adopted)
         write_manifest(directory, manifest)
     return adopted
@@ -399,48 +425,14 @@ class Run:
 
     # -- preparation (no process started yet: every error here is cheap) ----------------
     def _prepare(self) -> None:
-        from savedeep.images import list_images
-        from savedeep.model import load_model
-        from savedeep.output import ColumnSpec, sha256_file
-        from savedeep.preprocess import Preprocessor, load_mean
-        from savedeep.reduce import make_reducer
+        """Every check before a worker starts: see NOTE [savedeep preflight] in savedeep/preflight.py."""
+        from savedeep.preflight import preflight
 
-        cfg = self.config
-        # Weights are read by each consumer; here only their presence is checked.
-        self.model = load_model(cfg.model, weights=False)
-        if not Path(self.model.weights).is_file():
-            from savedeep.errors import ModelError
-
-            raise ModelError(f"{self.model.weights} is missing: a model directory holds deploy.prototxt, "
-                             "weights.caffemodel and mean.npy")
-        # Hashing the weights (0.3 s per 250 MB) runs beside the rest of the preparation and the
-        # workers' start-up; `model_hashes` waits for it where the hashes are needed.
-        self._hashes = _Background(lambda: {p.name: sha256_file(p) for p in
-                                            (self.model.prototxt, self.model.weights, self.model.mean_path)})
-        valid = set(self.model.validate_blobs(list(cfg.blobs)))
-        names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave
-        specs = {s.name: s for s in cfg.blob_specs}
-        self.blob_specs = tuple(specs[n] for n in names)
-        net = self.model.net
-        shapes = net.blob_shapes(1)
-        self.input_shape = tuple(net.input_shape[1:])
-        self.columns = []
-        self.blob_info = {}
-        for s in self.blob_specs:
-            shape = tuple(shapes[s.name][1:])
-            red = make_reducer(s, shape)
-            self.columns.append(ColumnSpec(s.name, tuple(red.out_shape), str(red.out_dtype), cfg.storage))
-            self.blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
-                                      "blob_shape": list(shape), "reduce": red.describe()}
-        self.images = list_images(cfg.images)
-        clash = [n for n in names if n == "image" or n in self.images.metadata]
-        if clash:
-            raise ConfigError(f"blobs: {clash} would collide with the output's key/metadata columns "
-                              f"(image, {', '.join(self.images.metadata) or 'no metadata'}); rename the CSV column")
-        self.mean = load_mean(self.model.mean_path)
-        self.pre_spec = preprocess_spec(cfg)
-        self.preprocess_desc = Preprocessor(self.pre_spec, self.mean, self.input_shape).describe()
-        self.keys_digest = _keys_digest(self.images.keys)
+        pf = self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite)
+        self.model, self._hashes = pf.model, pf.hashes
+        self.blob_specs, self.columns, self.blob_info = pf.blob_specs, pf.columns, pf.blob_info
+        self.input_shape, self.images, self.mean = pf.input_shape, pf.images, pf.mean
+        self.pre_spec, self.preprocess_desc, self.keys_digest = pf.pre_spec, pf.preprocess_desc, pf.keys_digest
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -472,56 +464,20 @@ class Run:
             "pickle": None,
         }
 
-    def _same_result_keys(self, manifest: dict[str, Any]) -> bool:
-        """Whether the existing output was made with this run's RESULT_KEYS.
-
-        An output from before the ``storage`` key has tensor columns and a fingerprint
-        without that key: it resumes with ``storage: tensor`` (the default), not binary.
-        """
-        cfg = self.config
-        if manifest.get("result_fingerprint") == cfg.result_fingerprint():
-            return True
-        return ("storage" not in manifest.get("config", {}) and cfg.storage == "tensor"
-                and manifest.get("result_fingerprint") == cfg.result_fingerprint(RESULT_KEYS_BEFORE_STORAGE))
-
     def _output_state(self) -> set[int]:
-        """Check the existing output against --resume/--overwrite; return the shards to keep."""
+        """Act on the preflight's verdict on the existing output: delete it (--overwrite) or tidy it for
+        --resume; return the shards to keep."""
         from savedeep.output import failures_path, read_manifest, remove_output, shard_name
 
-        cfg = self.config
-        pk = Path(cfg.output)
-        exists = self.pq_dir.exists() or pk.exists()
-        if not exists:
-            if self.resume:
-                log.info("nothing to resume at %s: starting a new run", self.pq_dir)
+        pk = Path(self.config.output)
+        if not self.pf.output_exists:
             return set()
         if self.overwrite:
             remove_output(pk, self.pq_dir, cfg.log_file)
             return set()
-        if not self.resume:
-            raise OutputError(f"{pk if pk.exists() else self.pq_dir} exists; rerun with --overwrite to replace it, "
-                              "--resume to complete an interrupted run, or choose another output")
         manifest = read_manifest(self.pq_dir)
-        if manifest is None:
-            raise OutputError(f"cannot resume: {self.pq_dir} has no manifest; rerun with --overwrite")
-        changed = []
-        if not self._same_result_keys(manifest):
-            old, new = manifest.get("config", {}), cfg.canonical()
-            diff = [k for k in RESULT_KEYS if old.get(k, "tensor" if k == "storage" else None) != new.get(k)]
-            changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))
-        if manifest.get("model", {}).get("sha256") != self.model_hashes:
-            old = manifest.get("model", {}).get("sha256", {})
-            changed.append("model files " + ", ".join(k for k in self.model_hashes if old.get(k) != self.model_hashes[k]))
-        if manifest.get("images", {}).get("keys_sha256") != self.keys_digest:
-            changed.append(f"the image list ({manifest.get('images', {}).get('count')} images then, {len(self.images)} now)")
-        if changed:
-            raise OutputError(f"cannot resume {self.pq_dir}: since the interrupted run, these changed: "
-                              f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over")
         adopt_finished_shards(self.pq_dir, manifest)
-        keep = set()
-        for s in manifest["shards"]:
-            if s.get("complete") and (self.pq_dir / shard_name(s["index"])).exists():
-                keep.add(s["index"])
+        keep = set(self.pf.keep)
         self._resumed_shards = {s["index"]: s for s in manifest["shards"] if s["index"] in keep}
         # Anything else in the directory is from the interrupted attempt: recompute it.
         for f in self.pq_dir.iterdir():
@@ -543,13 +499,11 @@ class Run:
         cfg = self.config
         ctx = mp.get_context("spawn")
         G, B = len(devices), cfg.batch_size
-        # See size_rings. More input slots than window credits (out_slots) would never
-        # be filled, see NOTE [savedeep pipeline data flow].
+        # Sized by the preflight (size_rings). More input slots than window credits (out_slots)
+        # would never be filled, see NOTE [savedeep pipeline data flow].
         in_fields = [Field("data", (B, *self.input_shape), "float32")]
         out_fields = [Field(c.name, (B, *c.shape), c.dtype) for c in self.columns]
-        in_slots, out_slots = size_rings(new_ring_spec("in", 1, in_fields).slot_bytes,
-                                         new_ring_spec("out", 1, out_fields).slot_bytes,
-                                         producers, G, writers, cfg.ring_slots, shm_free_bytes())
+        in_slots, out_slots = self.pf.in_slots, self.pf.out_slots
         in_spec = new_ring_spec("in", in_slots, in_fields)
         out_spec = new_ring_spec("out", out_slots, out_fields)
         self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
@@ -671,6 +625,13 @@ class Run:
             raise self._worker_error(msg)
 
     def _worker_error(self, f: WorkerFailed) -> SavedeepError:
+        if f.exit_code in (2, 3, 4, 5):
+            # A user's mistake found by a worker (an image under on_error: fail, a full disk): its
+            # message says what to do; the traceback goes to the run log only.
+            log.debug("%s %d's traceback:\n%s", f.role, f.index, f.traceback.rstrip())
+            err = WorkerError(f.describe())
+            err.exit_code = f.exit_code
+            return err
         err = WorkerError(f"{f.describe()}\n\n{f.role} {f.index}'s traceback:\n{f.traceback.rstrip()}")
         # keep the cause's own exit code (4 for an image under on_error: fail, 5 for a full disk ...)
         err.exit_code = f.exit_code
@@ -786,17 +747,10 @@ class Run:
         self.written: list[tuple[float, int]] = []
         self.window = 0
         keep = self._output_state()
-        plan = make_plan(len(self.images), cfg.shard_size, cfg.batch_size, keep)
-        devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
-        cores = os.cpu_count() or 1
-        writers = cfg.writers
-        if writers == "auto":
-            # One writer keeps up with CPU consumers; beside GPUs, one per 4 spare cores, at most one per GPU.
-            gpus = sum(d != "cpu" for d in devices)
-            writers = 1 if not gpus else max(1, min(gpus, (cores - gpus) // 4))
-        writers = max(1, min(writers, max(1, len(plan.todo))))
-        producers = cfg.producers if cfg.producers != "auto" else max(1, cores - len(devices) - writers)
-        producers = max(1, min(producers, max(1, len(plan.batches))))
+        plan, devices, producers, writers = self.pf.plan, self.pf.devices, self.pf.producers, self.pf.writers
+        if keep != set(self.pf.keep):  # the preflight looked before the lock was taken
+            raise OutputError(f"{self.pq_dir} changed while this run was starting (another run finished or "
+                              "removed it); nothing was written: rerun the same command")
 
         self.pq_dir.mkdir(parents=True, exist_ok=True)
         self.manifest = None

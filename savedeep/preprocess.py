@@ -186,6 +186,11 @@ def load_mean(path: Path) -> np.ndarray:
         if path.suffix.lower() == ".binaryproto":
             arr = _read_binaryproto(path.read_bytes(), path)
         else:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+            if magic != b"\x93NUMPY":
+                raise ModelError(f"{path}: cannot read the mean file: it is not a .npy file; save the mean "
+                                 f"with numpy.save as {accepted}")
             arr = np.load(path, allow_pickle=False)
     except ModelError:
         raise

@@ -1,4 +1,11 @@
-"""``savedeep validate``: check a config, its model, blobs and images without a forward pass."""
+"""``savedeep validate``: every check of a run that needs no forward pass, with the run's messages.
+
+It runs the same preflight as ``savedeep run`` (NOTE [savedeep preflight] in
+savedeep/preflight.py) with the same flags, so a mistake gives the same message
+and exit code in both; it writes and deletes nothing, and starts no worker.
+Then it decodes a sample of the images: under ``on_error: fail`` a sampled image
+that cannot be used is the error a run would stop with (exit 4).
+"""
 
 from __future__ import annotations
 
@@ -7,39 +14,42 @@ from savedeep.config import Config
 SAMPLE = 8  # images decoded as a sample
 
 
-def validate(config: Config) -> str:
+def validate(config: Config, *, resume: bool = False, overwrite: bool = False) -> str:
     """Check everything a run needs; return a report, or raise the error a run would raise."""
-    from savedeep.errors import ImageError
-    from savedeep.images import list_images
-    from savedeep.model import load_model
-    from savedeep.pipeline import preprocess_spec
-    from savedeep.preprocess import Preprocessor, load_mean
-    from savedeep.reduce import make_reducer
+    import numpy as np
 
-    model = load_model(config.model, weights=True)
-    names = model.validate_blobs(list(config.blobs))
-    shapes = model.net.blob_shapes(1)
-    specs = {s.name: s for s in config.blob_specs}
+    from savedeep.errors import ImageError, bad_image_stops_run
+    from savedeep.preflight import preflight
+    from savedeep.preprocess import Preprocessor
+
+    pf = preflight(config, resume=resume, overwrite=overwrite)
+    model, images = pf.model, pf.images
     lines = [f"config: ok (fingerprint {config.fingerprint()[:12]})",
-             f"model: {config.model} ({model.net.name}, input {tuple(model.net.input_shape[1:])}, weights match)"]
+             f"model: {config.model} ({model.net.name}, input {tuple(pf.input_shape)}, weights match)"]
+    shapes = model.net.blob_shapes(1)
     per_image = 0
-    for n in names:
-        red = make_reducer(specs[n], tuple(shapes[n][1:]))
-        size = int(__import__("numpy").prod(red.out_shape)) * (2 if red.out_dtype == "float16" else 4)
+    for c in pf.columns:
+        size = int(np.prod(c.shape)) * (2 if c.dtype == "float16" else 4)
         per_image += size
-        lines.append(f"  blob {n}: {tuple(shapes[n][1:])} -> stored {tuple(red.out_shape)} {red.out_dtype} "
+        lines.append(f"  blob {c.name}: {tuple(shapes[c.name][1:])} -> stored {tuple(c.shape)} {c.dtype} "
                      f"({size / 1024:.1f} KiB per image)")
-    images = list_images(config.images)
     skipped = sum(images.skipped.values())
     lines.append(f"images: {len(images)} in {config.images}" + (f" ({skipped} other files skipped by extension)" if skipped else ""))
+    lines.append(f"output: {config.output}" + (" (exists: " + ("resumed, " + f"{len(pf.keep)} shard(s) kept"
+                                                                 if resume else "replaced") + ")"
+                                                if pf.output_exists else ""))
     lines.append(f"output: about {per_image * len(images) / 2**20:.1f} MiB of activations before compression")
-    mean = load_mean(model.mean_path)
-    pre = Preprocessor(preprocess_spec(config), mean, tuple(model.net.input_shape[1:]))
+    if pf.plan.batches:
+        lines.append(f"workers: {len(pf.devices)} consumer(s) on {', '.join(pf.devices)}, {pf.producers} producer(s), "
+                     f"{pf.writers} writer(s); rings of {pf.in_slots} input and {pf.out_slots} output slots")
+    pre = Preprocessor(pf.pre_spec, pf.mean, tuple(pf.input_shape))
     bad = []
     for e in images.entries[:SAMPLE]:
         try:
             pre.load(e.path)
         except ImageError as exc:
+            if config.on_error == "fail":
+                raise bad_image_stops_run(e.path, exc) from None
             bad.append(f"{e.key}: {exc}")
     lines.append(f"sample: {min(SAMPLE, len(images)) - len(bad)} of the first {min(SAMPLE, len(images))} images decode")
     lines += [f"  failed: {b}" for b in bad]

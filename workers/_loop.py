@@ -107,8 +107,10 @@ def _setup_process(ch: Channels) -> None:
 
 def spawned(target: Callable[..., None], index: int, slot: int, ch: Channels, ref: Any) -> None:
     """The function every worker process starts in: fetch the arguments, then run ``target``."""
+    from savedeep.faults import record_start
     from savedeep.shm import take_payload
 
+    record_start(target.__module__.rpartition(".")[2], index)
     target(index, slot, ch, *take_payload(ref))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from savedeep.errors import ImageError, InputError
+from savedeep.errors import ImageError, bad_image_stops_run
 from savedeep.messages import BatchReady, EndOfStream, Failure, Task
 from savedeep.shm import Ring, RingSpec
 from workers._loop import Channels, Worker, run_worker
@@ -64,8 +64,7 @@ def _loop(w: Worker, args: ProducerArgs) -> None:
                     pre.load(Path(path), out=data[len(indices)])
                 except ImageError as exc:
                     if args.on_error == "fail":
-                        raise InputError(f"{path}: {exc} (on_error: fail; use on_error: skip to record "
-                                         "bad images as failures and go on)") from exc
+                        raise bad_image_stops_run(path, exc) from exc
                     w.log.warning("skipping %s: %s", key, exc)
                     failures.append(Failure(task.start + i, key, str(exc)))
                     continue

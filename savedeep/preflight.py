@@ -1,0 +1,302 @@
+"""Preflight: every check a run can make before it starts a worker, shared by ``run`` and ``validate``.
+
+NOTE [savedeep preflight]
+=========================
+
+A user's mistake must be one clear error before any work starts, never a worker
+failing at start-up, an output half-created or ``internal error (a bug)``.
+:func:`preflight` reads and checks everything a run needs, in the parent, and
+changes nothing on disk:
+
+1. the output location: the folder that will hold the output exists or can be
+   created, and is writable (probed with a hidden file or folder that is
+   removed at once); the same for ``log_file``;
+2. the model directory: the prototxt, the weights read and checked against it
+   (a truncated or empty caffemodel; CaffeNet's 233 MiB take ~0.15 s, open_nsfw's
+   ~10 ms), the mean, the blob names, the reductions, the preprocessing;
+3. the engine is importable in this Python (without importing it: pycaffe's CUDA
+   build touches CUDA on import);
+4. the image source and, for a list file, that its entries exist (one ``stat``
+   per entry; a directory's entries exist by construction);
+5. what is on disk against ``--resume`` / ``--overwrite`` (nothing is deleted here);
+6. the devices, the number of workers and the shared-memory rings (``/dev/shm``).
+
+``Run.execute`` calls it first and then acts on its result (deletes an old
+output under ``--overwrite``, starts the workers); ``savedeep validate`` calls
+it with the same flags, so both give the same message and exit code for every
+mistake that needs no forward pass. Errors carry the exit codes of
+savedeep/errors.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from savedeep.config import Config
+from savedeep.errors import ConfigError, InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "savedeep/1"
+ENGINE_MODULES = {"torch": "torch", "caffe": "caffe"}
+ENGINE_FIX = {"torch": 'pip install torch (or pip install -e ".[torch]"), or use engine: caffe',
+              "caffe": "build pycaffe with bash scripts/setup.sh, or use engine: torch (no pycaffe needed)"}
+
+
+@dataclass
+class Preflight:
+    """What the parent knows once every check passed: the inputs read, the plan, the workers, the rings."""
+
+    model: Any                       # savedeep.model.Model (weights checked, not kept)
+    blob_specs: tuple[Any, ...]      # BlobSpec, in the order the user gave
+    columns: list[Any]               # savedeep.output.ColumnSpec
+    blob_info: dict[str, Any]
+    input_shape: tuple[int, ...]
+    images: Any                      # savedeep.images.ImageList
+    mean: Any
+    pre_spec: Any
+    preprocess_desc: dict[str, Any]
+    keys_digest: str
+    hashes: Any                      # pipeline._Background -> {file name: sha256}
+    keep: set[int]                   # shards an interrupted run finished (--resume)
+    output_exists: bool
+    plan: Any                        # pipeline.Plan
+    devices: list[str]
+    producers: int
+    writers: int
+    in_slots: int = 0
+    out_slots: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def model_hashes(self) -> dict[str, str]:
+        return self.hashes.result()
+
+
+# --------------------------------------------------------------------------- output location
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _a(key: str) -> str:
+    return f"an {key}" if key[0] in "aeiou" else f"a {key}"
+
+
+def check_writable_location(path: Path, key: str) -> None:
+    """Raise OutputError unless ``path``'s folder exists or can be created, and can be written to.
+
+    Nothing is left behind: the probe (a hidden file in the folder, or a hidden
+    folder in its nearest existing ancestor) is removed at once.
+    """
+    parent = path.parent
+    ancestor = parent
+    while not _exists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        kind = "a file" if os.path.isfile(ancestor) else "not a directory"
+        raise OutputError(f"{key}: cannot create {path}: {ancestor} is {kind}, not a directory; "
+                          f"choose {_a(key)} path whose folders are directories")
+    try:
+        if ancestor == parent:
+            fd, probe = tempfile.mkstemp(prefix=".savedeep-probe-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".savedeep-probe-", dir=ancestor))
+    except OSError as exc:
+        what = (f"{parent} is not writable" if ancestor == parent
+                else f"{parent} cannot be created in {ancestor}")
+        raise OutputError(f"{key}: cannot write {path}: {what} ({exc.strerror or exc}); choose {_a(key)} path "
+                          "on a writable disk where you may create files") from None
+
+
+def check_output_location(config: Config) -> None:
+    """The output's folder and the log file's, before anything is read or written."""
+    out = Path(config.output)
+    pq_dir = out.with_name(out.stem + ".parquet")
+    check_writable_location(out, "output")
+    if _exists(pq_dir) and not os.path.isdir(pq_dir):
+        raise OutputError(f"output: {pq_dir} (where the Parquet shards go) is a file, not a savedeep output "
+                          "directory; move it away or choose another output")
+    if config.log_file is not None:
+        log_file = Path(config.log_file)
+        if os.path.isdir(log_file):
+            raise ConfigError(f"log_file: {log_file} is a directory; give a file path, e.g. {log_file / 'acts.log'}")
+        check_writable_location(log_file, "log_file")
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+def check_engine_importable(engine: str) -> None:
+    """The engine's module can be imported here (found, not imported: pycaffe's CUDA build touches CUDA)."""
+    module = ENGINE_MODULES[engine]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(f"engine: {engine} needs the Python module {module!r}, which {sys.executable} cannot "
+                          f"import; {ENGINE_FIX[engine]}")
+
+
+# --------------------------------------------------------------------------- images
+
+
+def check_listed_files(images: Any, on_error: str) -> None:
+    """For a list file: its entries must exist (all missing is a wrong base folder; any under on_error: fail)."""
+    if not os.path.isfile(images.source):
+        return  # a directory walk lists files that exist
+    missing = [e for e in images.entries if not os.path.exists(e.path)]
+    if not missing:
+        return
+    first = missing[0]
+    if len(missing) == len(images.entries):
+        raise InputError(f"{images.source}: none of its {len(images.entries)} paths exists (the first, "
+                         f"{first.key!r}, would be {first.path}); relative paths are relative to the list file's "
+                         "folder: fix the paths or move the list")
+    if on_error == "fail":
+        raise InputError(f"{images.source}: {len(missing)} of its {len(images.entries)} paths do not exist "
+                         f"(the first: {first.key!r} -> {first.path}); fix or remove them, or use on_error: skip "
+                         "to record them as failures")
+    log.warning("%s: %d of its %d paths do not exist (the first: %s); they will be recorded as failures",
+                images.source, len(missing), len(images.entries), first.path)
+
+
+# --------------------------------------------------------------------------- existing output
+
+
+def check_existing_output(config: Config, *, resume: bool, overwrite: bool, result_same, hashes, keys_digest: str,
+                          n_images: int) -> tuple[bool, set[int]]:
+    """Check what is on disk against --resume/--overwrite; return (exists, shards to keep). Changes nothing."""
+    from savedeep.config import RESULT_KEYS
+    from savedeep.output import MANIFEST, read_manifest, shard_name
+    from savedeep.pipeline import adopt_finished_shards
+
+    pk = Path(config.output)
+    pq_dir = pk.with_name(pk.stem + ".parquet")
+    exists = _exists(pq_dir) or _exists(pk)
+    if not exists:
+        if resume:
+            log.info("nothing to resume at %s: starting a new run", pq_dir)
+        return False, set()
+    if overwrite:
+        if os.path.isdir(pq_dir) and not (pq_dir / MANIFEST).exists() and any(pq_dir.iterdir()):
+            raise OutputError(f"{pq_dir} exists and is not a savedeep output (no {MANIFEST}); --overwrite deletes "
+                              "only savedeep outputs: move it away or choose another output")
+        return True, set()
+    if not resume:
+        raise OutputError(f"{pk if _exists(pk) else pq_dir} exists; rerun with --overwrite to replace it, "
+                          "--resume to complete an interrupted run, or choose another output")
+    manifest = read_manifest(pq_dir) if os.path.isdir(pq_dir) else None
+    if manifest is None:
+        raise OutputError(f"cannot resume: {pq_dir} has no manifest; rerun with --overwrite")
+    if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT
+            or not isinstance(manifest.get("shards"), list)):
+        raise OutputError(f"cannot resume: {pq_dir / MANIFEST} is not a {MANIFEST_FORMAT} manifest; "
+                          "rerun with --overwrite to start over")
+    changed = []
+    if not result_same(manifest):
+        old, new = manifest.get("config", {}), config.canonical()
+        diff = [k for k in RESULT_KEYS if old.get(k, "tensor" if k == "storage" else None) != new.get(k)]
+        changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))
+    if manifest.get("model", {}).get("sha256") != hashes():
+        old = manifest.get("model", {}).get("sha256", {})
+        changed.append("model files " + ", ".join(k for k in hashes() if old.get(k) != hashes()[k]))
+    if manifest.get("images", {}).get("keys_sha256") != keys_digest:
+        changed.append(f"the image list ({manifest.get('images', {}).get('count')} images then, {n_images} now)")
+    if changed:
+        raise OutputError(f"cannot resume {pq_dir}: since the interrupted run, these changed: "
+                          f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over")
+    # Which shards would be kept (adopting finished but unreported ones), on a copy: nothing is written here.
+    manifest = copy.deepcopy(manifest)
+    adopt_finished_shards(pq_dir, manifest, write=False)
+    keep = {s["index"] for s in manifest["shards"]
+            if s.get("complete") and (pq_dir / shard_name(s["index"])).exists()}
+    return True, keep
+
+
+# --------------------------------------------------------------------------- the whole check
+
+
+def preflight(config: Config, *, resume: bool = False, overwrite: bool = False) -> Preflight:
+    """Every check before a worker starts (see NOTE [savedeep preflight]); raises the error a run would raise."""
+    from savedeep.faults import maybe_fail
+    from savedeep.images import list_images
+    from savedeep.model import check_weights, load_model
+    from savedeep.output import ColumnSpec, sha256_file
+    from savedeep.pipeline import (_Background, _keys_digest, make_plan, preprocess_spec, resolve_devices, same_result_keys,
+                                   shm_free_bytes, size_rings, worker_counts)
+    from savedeep.preprocess import Preprocessor, load_mean
+    from savedeep.reduce import make_reducer
+    from savedeep.shm import Field, new_ring_spec
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    maybe_fail("preflight", 0, 0)
+    cfg = config
+    check_output_location(cfg)
+
+    model = load_model(cfg.model, weights=False)
+    if not Path(model.weights).is_file():
+        from savedeep.errors import ModelError
+        from savedeep.model import MODEL_DIR_CONTENTS
+
+        raise ModelError(f"{model.weights}: missing from the model directory; {MODEL_DIR_CONTENTS}")
+    check_weights(model.net, model.weights)  # the consumers read them again; here only the check
+    # Hashing the files (0.3 s per 250 MB) runs beside the rest; --resume and the manifest wait for it.
+    hashes = _Background(lambda: {p.name: sha256_file(p) for p in (model.prototxt, model.weights, model.mean_path)})
+    valid = set(model.validate_blobs(list(cfg.blobs)))
+    names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave
+    specs = {s.name: s for s in cfg.blob_specs}
+    blob_specs = tuple(specs[n] for n in names)
+    shapes = model.net.blob_shapes(1)
+    input_shape = tuple(model.net.input_shape[1:])
+    columns, blob_info = [], {}
+    for s in blob_specs:
+        shape = tuple(shapes[s.name][1:])
+        red = make_reducer(s, shape)
+        columns.append(ColumnSpec(s.name, tuple(red.out_shape), str(red.out_dtype), cfg.storage))
+        blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
+                             "blob_shape": list(shape), "reduce": red.describe()}
+    mean = load_mean(model.mean_path)
+    pre_spec = preprocess_spec(cfg)
+    preprocess_desc = Preprocessor(pre_spec, mean, input_shape).describe()
+    check_engine_importable(cfg.engine)
+
+    images = list_images(cfg.images)
+    clash = [n for n in names if n == "image" or n in images.metadata]
+    if clash:
+        raise ConfigError(f"blobs: {clash} would collide with the output's key/metadata columns "
+                          f"(image, {', '.join(images.metadata) or 'no metadata'}); rename the CSV column")
+    check_listed_files(images, cfg.on_error)
+    keys_digest = _keys_digest(images.keys)
+
+    exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, result_same=lambda m: same_result_keys(cfg, m),
+                                         hashes=hashes.result, keys_digest=keys_digest, n_images=len(images))
+    plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
+    devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
+    producers, writers = worker_counts(cfg, devices, plan)
+    pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,
+                   images=images, mean=mean, pre_spec=pre_spec, preprocess_desc=preprocess_desc,
+                   keys_digest=keys_digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,
+                   devices=devices, producers=producers, writers=writers)
+    if plan.batches:
+        # The rings: one batch of each must fit in /dev/shm, or the run stops here (see size_rings).
+        B = cfg.batch_size
+        in_fields = [Field("data", (B, *input_shape), "float32")]
+        out_fields = [Field(c.name, (B, *c.shape), c.dtype) for c in columns]
+        pf.in_slots, pf.out_slots = size_rings(new_ring_spec("in", 1, in_fields).slot_bytes,
+                                               new_ring_spec("out", 1, out_fields).slot_bytes,
+                                               producers, len(devices), writers, cfg.ring_slots, shm_free_bytes())
+    return pf
