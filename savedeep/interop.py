@@ -37,6 +37,12 @@ and ``rf_x`` (centre, input pixels) along ``y`` and ``x`` and ``rf_size`` along
 width; they are equal for square kernels). The cells of a pooled grid have the
 union of their positions' fields.
 
+**netCDF writer.** h5netcdf (on h5py) rather than netCDF4-python: it writes
+netCDF4 files without the netCDF-C library, from wheels on every platform, and
+h5py's partial writes let a variable be filled a row group at a time. The tests
+read the file back with the netCDF-C library (netCDF4-python), as MATLAB's
+``ncread`` and R's ncdf4 do, with h5py as plain HDF5, and with xarray.
+
 **float16.** netCDF has no 16-bit float type and MATLAB's ``load`` no half
 precision: a blob stored as float16 is written as float32. Every float16 value
 is exactly a float32 value, so nothing changes; the variable's ``stored_dtype``
