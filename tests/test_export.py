@@ -96,6 +96,7 @@ def netcdf_file(run_output, tmp_path_factory) -> Path:
     return dest
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_netcdf_with_xarray(run_output, netcdf_file, caffenet_dir) -> None:
     _, ref = run_output
     with xr.open_dataset(netcdf_file) as ds:
@@ -132,6 +133,7 @@ def test_netcdf_with_xarray(run_output, netcdf_file, caffenet_dir) -> None:
         assert "float32" in ds.attrs["float16_rule"]
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_netcdf_with_h5py_and_netcdf_c(run_output, netcdf_file) -> None:
     _, ref = run_output
     with h5py.File(netcdf_file, "r") as f:  # plain HDF5, as MATLAB's h5read sees it
@@ -154,6 +156,7 @@ def test_netcdf_with_h5py_and_netcdf_c(run_output, netcdf_file) -> None:
 # --------------------------------------------------------------------------- NumPy, MATLAB
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_npy(run_output, tmp_path) -> None:
     path, ref = run_output
     dest = savedeep.export(path, "npy", tmp_path / "npy")
@@ -174,6 +177,7 @@ def test_npy(run_output, tmp_path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_mat(run_output, tmp_path) -> None:
     path, ref = run_output
     dest = tmp_path / "acts.mat"
@@ -196,6 +200,7 @@ def test_mat(run_output, tmp_path) -> None:
 # --------------------------------------------------------------------------- xarray in Python
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_load_xarray_equals_load_and_the_netcdf_file(run_output, netcdf_file) -> None:
     path, ref = run_output
     ds = load_xarray(path)
@@ -216,6 +221,7 @@ def test_load_xarray_equals_load_and_the_netcdf_file(run_output, netcdf_file) ->
     assert list(lazy["subject_id"].values) == list(ref["subject id"])
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_load_dataarray_has_plain_dims(run_output, caffenet_dir) -> None:
     path, ref = run_output
     da = load_dataarray(path, "pool5")
@@ -227,6 +233,7 @@ def test_load_dataarray_has_plain_dims(run_output, caffenet_dir) -> None:
     assert load_dataarray(path, "fc7").dims == ("image", "unit")
 
 
+@pytest.mark.slow  # a real CaffeNet run
 def test_assembly_brainscore_names(run_output, caffenet_dir) -> None:
     path, ref = run_output
     a = load_assembly(path, blobs=["conv5", "fc7", "conv1"])

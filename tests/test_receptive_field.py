@@ -77,6 +77,8 @@ layer { name: "norm" type: "LRN" bottom: "a" top: "norm" lrn_param { local_size:
 layer { name: "cat" type: "Concat" bottom: "norm" bottom: "b" top: "cat" }
 layer { name: "relu" type: "ReLU" bottom: "cat" top: "cat" }
 layer { name: "pool2" type: "Pooling" bottom: "cat" top: "pool2" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "crop" type: "Crop" bottom: "conv1" bottom: "pool1" top: "crop" crop_param { axis: 2 offset: 5 offset: 9 } }
+layer { name: "sum" type: "Eltwise" bottom: "crop" bottom: "pool1" top: "sum" }
 """
 
 
@@ -122,9 +124,11 @@ def test_perturbation_matches_the_computed_fields_exactly(small_net) -> None:
     rf = receptive_fields(small_net)
     assert rf["cat"].size == (max(13 + 2 * 4, 13 + 4 * 4), 13 + 2 * 4)  # union of LRN(3) and the 5x3 conv
     assert rf["pool2"].jump == (8, 8)
+    assert rf["crop"].describe()["start"] == [-2 + 5, -2 + 9] and rf["crop"].jump == (1, 1)
+    assert rf["sum"] is None  # crop (jump 1) + pool1 (jump 4): no affine field
     rng = np.random.default_rng(0)
     base = rng.uniform(-1, 1, size=(1, 3, 29, 29)).astype(np.float32)
-    blobs = ["conv1", "conv2", "pool1", "cat", "pool2"]
+    blobs = ["conv1", "conv2", "pool1", "cat", "pool2", "crop"]
     for axis, name in ((2, "y"), (3, "x")):
         moved = _moved(small_net, blobs, base, axis)
         for b in blobs:
