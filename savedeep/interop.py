@@ -402,8 +402,8 @@ def _atomic_path(dest: Path, overwrite: bool):
     _remove(tmp)
     try:
         yield tmp
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
+        if dest.exists() or dest.is_symlink():
+            _remove(dest)  # only with overwrite: a folder (npy) cannot replace a file, nor a file a folder
         os.replace(tmp, dest)
     except BaseException:
         _remove(tmp)
@@ -709,7 +709,8 @@ def load_assembly(path: Path | str, blobs: Sequence[str] | str | None = None, la
                 neuroid["rf_x"].append(lay.coords["rf_x"][1][x])
                 neuroid["rf_size"].append(lay.coords["rf_size"][1][y, x].astype(np.float64))
             else:
-                neuroid["rf_y"].append(nan), neuroid["rf_x"].append(nan), neuroid["rf_size"].append(nan)
+                for k in ("rf_y", "rf_x", "rf_size"):
+                    neuroid[k].append(nan)
         else:
             neuroid["channel"].append(idx if len(lay.shape) == 1 else np.unravel_index(idx, lay.shape)[0])
             for k in ("channel_x", "channel_y", "rf_y", "rf_x", "rf_size"):
