@@ -6,6 +6,9 @@ Python API::
     result = savedeep.run("config.yaml")              # or a savedeep.config.Config
     df = savedeep.load("out/acts.pk")                 # image, metadata, one column per blob
     fc7 = savedeep.load_array("out/acts.pk", "fc7")   # (N, 4096) without reading other blobs
+    ds = savedeep.load_xarray("out/acts.pk")          # xarray.Dataset: dims, coordinates, receptive fields
+    da = savedeep.load_assembly("out/acts.pk")        # Brain-Score-style presentation x neuroid DataArray
+    savedeep.export("out/acts.pk", "netcdf")          # out/acts.nc (also "npy", "mat")
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import sa
     from savedeep.config import Config
     from savedeep.pipeline import RunResult
 
-__all__ = ["run", "load", "load_array", "load_config", "__version__"]
+__all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
+           "__version__"]
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
@@ -60,3 +64,36 @@ def load_array(path: str | Path, blob: str) -> "np.ndarray":
     from savedeep.output import load_array as _load_array
 
     return _load_array(Path(path), blob)
+
+
+def load_xarray(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
+                model: str | Path | None = None) -> Any:
+    """The output as an ``xarray.Dataset`` (one variable per blob, coordinates, receptive fields); see
+    :mod:`savedeep.interop`. ``lazy=True``: dask arrays read shard by shard. ``model``: the model directory,
+    for receptive fields, if it moved since the run."""
+    from savedeep.interop import load_xarray as _load_xarray
+
+    return _load_xarray(Path(path), blobs, lazy=lazy, model=model)
+
+
+def load_dataarray(path: str | Path, blob: str, lazy: bool = False, model: str | Path | None = None) -> Any:
+    """One blob as an ``xarray.DataArray`` with dims ``(image, channel, y, x)`` or ``(image, unit)``."""
+    from savedeep.interop import load_dataarray as _load_dataarray
+
+    return _load_dataarray(Path(path), blob, lazy=lazy, model=model)
+
+
+def load_assembly(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
+                  model: str | Path | None = None) -> Any:
+    """A Brain-Score-style ``presentation`` x ``neuroid`` DataArray of the blobs (see savedeep.interop)."""
+    from savedeep.interop import load_assembly as _load_assembly
+
+    return _load_assembly(Path(path), blobs, lazy=lazy, model=model)
+
+
+def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: list[str] | None = None,
+           overwrite: bool = False, model: str | Path | None = None) -> Path:
+    """Write an output as netCDF4 (``to="netcdf"``), .npy files (``"npy"``) or a MATLAB file (``"mat"``)."""
+    from savedeep.interop import export as _export
+
+    return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model)

@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", type=Path, help="model directory or deploy.prototxt")
     i.add_argument("--images", type=int, default=1, help="show totals for this many images")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    x = sub.add_parser("export", help="write an output as netCDF4, NumPy .npy files or a MATLAB .mat file",
+                       epilog="needs the export extra: pip install 'savedeep[export]'")
+    x.add_argument("output", type=Path, help="the run's output: out/acts.pk or out/acts.parquet")
+    x.add_argument("--to", required=True, choices=["netcdf", "npy", "mat"], help="the format")
+    x.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names (default: all)")
+    x.add_argument("-o", "--out", dest="dest", type=Path,
+                   help="destination (default: out/acts.nc, out/acts_npy/ or out/acts.mat)")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    x.add_argument("--model", type=Path, help="model directory, for receptive fields, if it moved since the run")
+    x.add_argument("--compression-level", dest="compression_level", type=int, default=1,
+                   help="netCDF gzip level 0-9 (0: none; default 1)")
+    x.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
 
 
@@ -155,6 +168,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from savedeep.interop import export
+
+    _setup_console(args.quiet)
+    dest = export(args.output, args.to, args.dest, args.blobs, overwrite=args.overwrite, model=args.model,
+                  compression_level=args.compression_level)
+    print(dest)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``savedeep`` console script."""
     parser = build_parser()
@@ -170,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     from savedeep.errors import SavedeepError
 
     try:
-        return {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect}[args.command](args)
+        return {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect,
+                "export": _cmd_export}[args.command](args)
     except SavedeepError as exc:
         print(f"savedeep: error: {exc}", file=sys.stderr)
         return exc.exit_code

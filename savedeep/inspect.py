@@ -1,4 +1,5 @@
-"""What a model's blobs cost to save: per-image shape and bytes of every blob, for ``savedeep inspect``.
+"""What a model's blobs cost to save: per-image shape and bytes of every blob, for ``savedeep inspect``,
+with each blob's receptive field (size and jump in input pixels, see :mod:`savedeep.receptive_field`).
 
 Works from the prototxt alone (no weights are read), so it answers instantly
 even for large models.
@@ -31,8 +32,11 @@ def inspect_model(directory_or_prototxt: Path, images: int = 1) -> list[dict[str
     """One row per user-visible blob in net order: shape, values and bytes per image and for ``images`` images."""
     if images < 1:
         raise ValueError("images must be at least 1")
+    from savedeep.receptive_field import receptive_fields
+
     net = _net_for(directory_or_prototxt)
     shapes = net.blob_shapes(1)
+    fields = receptive_fields(net)
     writers = net.producers()
     rows = []
     for blob in net.blobs:
@@ -51,6 +55,9 @@ def inspect_model(directory_or_prototxt: Path, images: int = 1) -> list[dict[str
             "total_float16": values * _FLOAT16 * images,
             # the layer that creates the blob, then the in-place layers that overwrite it
             "layers": layers,
+            # receptive field in input pixels (y, x); None for blobs without spatial axes
+            "rf_size": list(fields[blob].size) if fields.get(blob) else None,
+            "rf_jump": list(fields[blob].jump) if fields.get(blob) else None,
         })
     return rows
 
@@ -64,23 +71,31 @@ def human_bytes(n: float) -> str:
     raise AssertionError  # pragma: no cover
 
 
+def _pair(values: list[int] | None) -> str:
+    """A receptive-field size or jump: "11" when equal along y and x, "5x3" (y x x) otherwise, "-" when none."""
+    if not values:
+        return "-"
+    return str(values[0]) if values[0] == values[1] else f"{values[0]}x{values[1]}"
+
+
 def format_table(rows: list[dict[str, Any]], images: int) -> str:
     """An aligned text table of the rows with a total line for ``images`` images."""
-    header = ["blob", "shape", "per image f32", "per image f16", f"{images} images f32", f"{images} images f16",
-              "overwritten in place by"]
+    header = ["blob", "shape", "RF", "jump", "per image f32", "per image f16", f"{images} images f32",
+              f"{images} images f16", "overwritten in place by"]
     # A blob written by more than one layer holds the LAST one's values (Caffe's in-place semantics).
-    body = [[r["blob"], "x".join(map(str, r["shape"])) or "scalar", human_bytes(r["bytes_float32"]),
+    body = [[r["blob"], "x".join(map(str, r["shape"])) or "scalar", _pair(r.get("rf_size")), _pair(r.get("rf_jump")),
+             human_bytes(r["bytes_float32"]),
              human_bytes(r["bytes_float16"]), human_bytes(r["total_float32"]), human_bytes(r["total_float16"]),
              ", ".join(r.get("layers", [])[1:])]
             for r in rows]
-    total = ["total", f"{len(rows)} blobs", human_bytes(sum(r["bytes_float32"] for r in rows)),
+    total = ["total", f"{len(rows)} blobs", "", "", human_bytes(sum(r["bytes_float32"] for r in rows)),
              human_bytes(sum(r["bytes_float16"] for r in rows)), human_bytes(sum(r["total_float32"] for r in rows)),
              human_bytes(sum(r["total_float16"] for r in rows)), ""]
     widths = [max(len(line[i]) for line in [header, *body, total]) for i in range(len(header))]
 
     def fmt(line: list[str]) -> str:
         # names and shapes left-aligned, sizes right-aligned
-        return "  ".join(c.ljust(w) if i < 2 or i == 6 else c.rjust(w)
+        return "  ".join(c.ljust(w) if i < 2 or i == 8 else c.rjust(w)
                          for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

@@ -25,7 +25,10 @@ def test_caffenet_rows(testdata: Path) -> None:
     assert conv1["layers"] == ["conv1", "relu1"]  # created by conv1, rewritten in place by relu1
     assert rows[-1] == {"blob": "prob", "shape": [1000], "values": 1000, "bytes_float32": 4000,
                         "bytes_float16": 2000, "total_float32": 40000, "total_float16": 20000,
-                        "layers": ["prob"]}
+                        "layers": ["prob"], "rf_size": None, "rf_jump": None}
+    assert conv1["rf_size"] == [11, 11] and conv1["rf_jump"] == [4, 4]
+    pool5 = next(r for r in rows if r["blob"] == "pool5")
+    assert pool5["rf_size"] == [195, 195] and pool5["rf_jump"] == [32, 32]
 
 
 def test_table_and_json(testdata: Path, tmp_path: Path) -> None:
@@ -42,6 +45,9 @@ def test_table_and_json(testdata: Path, tmp_path: Path) -> None:
     end = lines[0].index("1000 images f16") + len("1000 images f16")
     assert all(line[end - 1] != " " and (len(line) == end or line[end] == " ") for line in lines[2:-2])
     assert any(line.startswith("conv1 ") and "96x55x55" in line for line in lines)
+    conv1_line = next(line for line in lines if line.startswith("conv1 "))
+    assert conv1_line.split()[2:4] == ["11", "4"]  # RF size and jump
+    assert next(line for line in lines if line.startswith("fc7 ")).split()[2:4] == ["-", "-"]
     doc = json.loads(json.dumps(to_json(rows, 1000)))
     assert doc["images"] == 1000 and len(doc["blobs"]) == len(rows)
     assert doc["total"]["total_float32"] == 1000 * sum(r["bytes_float32"] for r in rows)
