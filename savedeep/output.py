@@ -559,13 +559,8 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
-def remove_output(pickle_path: Path, directory: Path, log_file: Path | None = None) -> list[Path]:
-    """Delete a previous savedeep output, only the files savedeep wrote (see :func:`output_files`).
-
-    If anything in the output's place was not written by savedeep, nothing is deleted:
-    an OutputError lists those files. The folder that holds the output is never removed.
-    Returns the paths deleted.
-    """
+def check_removable(pickle_path: Path, directory: Path, log_file: Path | None = None) -> list[Path]:
+    """The files --overwrite would delete; an OutputError listing the others if any is in the output's place."""
     pickle_path, directory = Path(pickle_path), Path(directory)
     ours, foreign = output_files(pickle_path, directory, log_file)
     if foreign:
@@ -573,6 +568,17 @@ def remove_output(pickle_path: Path, directory: Path, log_file: Path | None = No
         more = f" and {len(foreign) - _LIST_AT_MOST} more" if len(foreign) > _LIST_AT_MOST else ""
         raise OutputError(f"--overwrite refused: savedeep did not write {names}{more}; it deletes only its own files, "
                           "so nothing was deleted: move those away (or delete them yourself), or choose another output")
+    return ours
+
+
+def remove_output(pickle_path: Path, directory: Path, log_file: Path | None = None) -> list[Path]:
+    """Delete a previous savedeep output, only the files savedeep wrote (see :func:`output_files`).
+
+    If anything in the output's place was not written by savedeep, nothing is deleted:
+    an OutputError lists those files. The folder that holds the output is never removed.
+    Returns the paths deleted.
+    """
+    ours = check_removable(pickle_path, directory, log_file)
     for f in ours:
         f.unlink(missing_ok=True)
     if directory.is_dir():

@@ -473,7 +473,7 @@ class Run:
         if not self.pf.output_exists:
             return set()
         if self.overwrite:
-            remove_output(pk, self.pq_dir, cfg.log_file)
+            remove_output(pk, self.pq_dir, self.config.log_file)
             return set()
         manifest = read_manifest(self.pq_dir)
         adopt_finished_shards(self.pq_dir, manifest)

@@ -180,7 +180,7 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, resu
                           n_images: int) -> tuple[bool, set[int]]:
     """Check what is on disk against --resume/--overwrite; return (exists, shards to keep). Changes nothing."""
     from savedeep.config import RESULT_KEYS
-    from savedeep.output import MANIFEST, read_manifest, shard_name
+    from savedeep.output import MANIFEST, check_removable, read_manifest, shard_name
     from savedeep.pipeline import adopt_finished_shards
 
     pk = Path(config.output)
@@ -191,9 +191,7 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, resu
             log.info("nothing to resume at %s: starting a new run", pq_dir)
         return False, set()
     if overwrite:
-        if os.path.isdir(pq_dir) and not (pq_dir / MANIFEST).exists() and any(pq_dir.iterdir()):
-            raise OutputError(f"{pq_dir} exists and is not a savedeep output (no {MANIFEST}); --overwrite deletes "
-                              "only savedeep outputs: move it away or choose another output")
+        check_removable(pk, pq_dir, config.log_file)  # refuses, listing them, if savedeep did not write it all
         return True, set()
     if not resume:
         raise OutputError(f"{pk if _exists(pk) else pq_dir} exists; rerun with --overwrite to replace it, "

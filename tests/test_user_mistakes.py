@@ -310,7 +310,7 @@ MISTAKES: list[Mistake] = [
     Mistake("resume-without-manifest", 5, _resume_no_manifest, ("cannot resume", "no manifest", "--overwrite")),
     Mistake("resume-corrupt-manifest", 5, _resume_bad_manifest, ("_manifest.json", "not valid JSON", "--overwrite")),
     Mistake("resume-foreign-manifest", 5, _resume_foreign_manifest, ("_manifest.json", "not a savedeep/1 manifest", "--overwrite")),
-    Mistake("overwrite-someone-elses-dir", 5, _overwrite_foreign_dir, ("acts.parquet", "not a savedeep output", "move it away")),
+    Mistake("overwrite-someone-elses-dir", 5, _overwrite_foreign_dir, ("thesis_data.parquet", "savedeep did not write", "move those away")),
     Mistake("parquet-dir-is-a-file", 5, _parquet_is_a_file, ("acts.parquet", "is a file", "move it away")),
 ]
 
