@@ -401,3 +401,14 @@ def test_a_dead_worker_is_noticed_while_events_keep_coming():
         for q in (ch.events, ch.ready):
             q.cancel_join_thread()
             q.close()
+
+
+# ------------------------------------------------------------------------------ 9. provenance
+
+
+def test_gpu_identity_without_the_driver_says_why(tmp_path):
+    assert "cannot be loaded" in dv.gpu_identity(0, [str(tmp_path / "libcuda.so.1")])["error"]
+    assert "cuInit" in dv.gpu_identity(0, [ctypes.util.find_library("c")])["error"]
+    assert dv._uuid_str(bytes(range(16))) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
+    cpu = dv.consumer_provenance("torch", "cpu", "cpu", 2)
+    assert cpu["device"] == "cpu" and cpu["threads"] == 2 and "name" not in cpu
