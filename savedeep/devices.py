@@ -288,6 +288,10 @@ def caffe_cuda_version() -> str | None:
         return None
     if spec is None or not spec.origin:
         return None
+    from savedeep.engines.caffe_engine import caffe_has_cuda  # imports numpy, not caffe
+
+    if not caffe_has_cuda(Path(spec.origin).resolve().parent):
+        return None  # a CPU-only build: no CUDA runtime to match
     for dist in ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12",
                  "nvidia-cuda-runtime-cu11"):
         try:

@@ -64,9 +64,13 @@ def import_caffe(threads: int | None = None) -> ModuleType:
     return caffe
 
 
-def caffe_has_cuda(caffe: ModuleType) -> bool:
-    """Whether this pycaffe was compiled with CUDA (a CPU_ONLY build aborts the process on set_device)."""
-    pkg = Path(caffe.__file__).resolve().parent
+def caffe_has_cuda(caffe: ModuleType | Path) -> bool:
+    """Whether this pycaffe (the module, or its package directory) was compiled with CUDA.
+
+    A CPU_ONLY build aborts the process on set_device. Reads the package's libraries only:
+    the parent asks this without importing caffe.
+    """
+    pkg = caffe if isinstance(caffe, Path) else Path(caffe.__file__).resolve().parent
     candidates = list(pkg.glob("*.so*")) + list(pkg.glob("**/libcaffe*.so*"))
     for libs in pkg.parent.glob("*.libs"):  # auditwheel puts bundled libraries beside the package
         candidates += list(libs.glob("libcaffe*.so*"))
