@@ -312,11 +312,13 @@ def check_driver(driver: int | None, runtime: str | None, what: str, release: st
     if driver // 1000 >= major:
         return
     need = MIN_DRIVER.get(major)
+    older = (f"pip install torch --index-url https://download.pytorch.org/whl/cu{driver // 1000}{(driver % 1000) // 10}"
+             if what.startswith("torch") else
+             f"rebuild pycaffe (scripts/setup.sh --cuda) with a CUDA {driver // 1000}.x toolkit")
     raise ConfigError(
         f"the NVIDIA driver{f' {release}' if release else ''} supports CUDA up to {cuda_version_str(driver)}, but "
         f"{what} is built for CUDA {runtime}" + (f", which needs driver >= {need}" if need else "") + ": update the "
-        f"NVIDIA driver, or install a build for CUDA {driver // 1000}.x (torch: pip install torch --index-url "
-        f"https://download.pytorch.org/whl/cu{driver // 1000}{(driver % 1000) // 10}), or run with --gpus cpu")
+        f"NVIDIA driver, or use a build for CUDA {driver // 1000}.x ({older}), or run with --gpus cpu")
 
 
 def runtime_for(engine: str) -> tuple[str | None, str]:

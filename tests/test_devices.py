@@ -298,6 +298,8 @@ def test_a_driver_too_old_for_the_runtime_stops_the_run_naming_both():
     msg = str(exc.value)
     assert "550.54.15" in msg and "CUDA up to 12.4" in msg and "CUDA 13.0" in msg and ">= 580" in msg
     assert "update the NVIDIA driver" in msg and "cu124" in msg
+    with pytest.raises(ConfigError, match=r"CUDA up to 12\.8, but this pycaffe is built for CUDA 13\.0.*rebuild pycaffe"):
+        dv.check_driver(12080, "13.0", "this pycaffe", None)
     dv.check_driver(13000, "13.0", "torch", None)
     dv.check_driver(12080, "12.1", "torch", None)  # minor-version compatibility
     dv.check_driver(None, "13.0", "torch", None)
