@@ -414,3 +414,18 @@ def test_gpu_identity_without_the_driver_says_why(tmp_path):
     assert dv._uuid_str(bytes(range(16))) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
     cpu = dv.consumer_provenance("torch", "cpu", "cpu", 2)
     assert cpu["device"] == "cpu" and cpu["threads"] == 2 and "name" not in cpu
+
+
+# ------------------------------------------------------------------------------ the GPU check
+
+
+def test_gpu_check_dry_run_gives_verdicts_and_says_what_it_cannot_check(tmp_path):
+    """benchmarks/gpu_check.sh --device cpu, its quick steps: a verdict each, PASS, with what needs a GPU named."""
+    env = {**os.environ, "OUT": str(tmp_path)}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--steps", "probe,visible"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "VERDICT probe: PASS" in r.stdout and "VERDICT visible: PASS" in r.stdout
+    assert "NOT CHECKED" in r.stdout and "empty + --require-gpu: exit 2" in r.stdout
+    verdicts = json.loads((tmp_path / "gpu_check.json").read_text())["verdicts"]
+    assert [(v["step"], v["status"]) for v in verdicts] == [("probe", "PASS"), ("visible", "PASS")]
