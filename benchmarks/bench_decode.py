@@ -138,7 +138,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "what": "decode + preprocess JPEG to a (3, 227, 227) float32 blob, one process, one thread",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": __import__("savedeep.devices").devices.usable_cpus(), "python": platform.python_version()},
         "versions": {"simplejpeg": simplejpeg.__version__, "pillow": Image.__version__, "opencv": cv2.__version__},
         "results": results,
     }

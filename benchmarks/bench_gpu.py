@@ -72,6 +72,7 @@ def forward_ceiling(case: str, device: str, batches: list[int], seconds: float, 
     x_all = preprocessed(model_dir, paths)
     t0 = time.perf_counter()
     engine = create_engine("torch", load_model(model_dir), device, max(batches))
+    assert engine.device == device, (engine.device, device)
     build_s = time.perf_counter() - t0
     rows = []
     for b in batches:
@@ -122,7 +123,9 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench_gpu.py: torch sees no CUDA GPU here; use --device cpu --quick to check the script")
     batches = [32, 64, 128, 256]
-    producers = [k for k in PRODUCERS if k <= max(1, (os.cpu_count() or 1) - 2)]
+    from savedeep.devices import usable_cpus
+
+    producers = [k for k in PRODUCERS if k <= max(1, usable_cpus() - 2)]
     e2e_batch = 64
     if args.quick:
         args.images, args.seconds, batches, producers, e2e_batch = 64, 0.6, [8, 16], producers[:2], 16
@@ -146,8 +149,12 @@ def main() -> None:
         n = args.images if model_name == "caffenet" else max(64, args.images // 3)
         images = common.make_images(n)
         try:
+            # require_gpu: a run that fell back to the CPU must fail, not pass for a GPU figure
             r = common.run_savedeep(OUT / "gpu_run", common.MODELS[model_name](), images, blobs, gpus=gpus,
-                                    batch_size=e2e_batch, producers=k, pickle=False, **extra)
+                                    batch_size=e2e_batch, producers=k, pickle=False,
+                                    require_gpu=gpus != "cpu", **extra)
+            if gpus != "cpu" and not all(d.startswith("cuda") for d in r["devices"]):
+                raise RuntimeError(f"the run used {r['devices']}, not the GPU")
         except Exception as exc:  # noqa: BLE001 - record it and go on with the other runs
             print(f"  {case} producers {k}: FAILED {exc}", flush=True)
             e2e.append({"case": case, "producers": k, "error": str(exc)[-500:]})
@@ -182,14 +189,17 @@ def main() -> None:
                        ["case", "producers", "writers", "images", "wall_s", "steady_images_per_s",
                         "forward_only_images_per_s", "steady_of_forward_only", "busy"],
                        f"end to end with gpus {gpus}, batch {e2e_batch}")
+    ran_on = sorted({d for r in e2e for d in r.get("devices", [])})
     data = {"machine": m, "device": args.device, "quick": args.quick, "pycaffe": pycaffe_gpu(),
+            "end_to_end_devices": ran_on,
+            "gpus": [i for r in e2e for i in r.get("device_info", []) if str(i.get("device", "")).startswith("cuda")][:1],
             "forward_only": ceiling, "end_to_end": e2e, "producers_needed": needed,
             "total_s": round(time.perf_counter() - t_all, 1)}
     path = common.write_json(OUT / "gpu.json", data)
     if args.copy_to:
         args.copy_to.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, args.copy_to / "gpu.json")
-    print(json.dumps({"total_s": data["total_s"], "producers_needed": needed}))
+    print(json.dumps({"total_s": data["total_s"], "producers_needed": needed, "end_to_end_devices": ran_on}))
 
 
 if __name__ == "__main__":

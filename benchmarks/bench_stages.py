@@ -339,7 +339,9 @@ def bound_now(case: str, engine: str, batch: int, producers: int, *, dtype: str 
     ``seconds / 2``; write: ShardWriter over the activations that forward produced, tiled to
     WRITE_ROWS[case] rows, best of 2.
     """
-    cores = os.cpu_count() or 1
+    from savedeep.devices import usable_cpus
+
+    cores = usable_cpus()
     threads = threads or cores
     model_name, blobs = common.CASES[case]
     model = common.MODELS[model_name]()
@@ -402,7 +404,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--decode-script", action="store_true", help="also run benchmarks/bench_decode.py")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="consumer threads (the pipeline: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="consumer threads (default: the usable CPUs, as the pipeline)")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--seconds", type=float, default=5.0, help="forward time per engine and batch size (5 windows)")
     p.add_argument("--forward-worker", help=argparse.SUPPRESS)
@@ -431,6 +433,10 @@ def main() -> None:
                         "0.3" if args.quick else "2.0"], check=True, cwd=ROOT)
         decode_script = json.loads((OUT / "decode.json").read_text())
 
+    if args.threads is None:
+        from savedeep.devices import usable_cpus
+
+        args.threads = usable_cpus()
     print(f"forward, {args.threads} threads:", flush=True)
     forward = bench_forward(cases, batches, args.threads, seconds, paths, dump_dir)
 

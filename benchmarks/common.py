@@ -47,6 +47,12 @@ IMAGE_SEED = 2024
 # --------------------------------------------------------------------------- machine
 
 
+def _usable_cpus() -> int:
+    from savedeep.devices import usable_cpus
+
+    return usable_cpus()
+
+
 def machine() -> dict[str, Any]:
     """What ran the benchmark: CPU model, cores, memory, versions, date, load before the run."""
     cpu = platform.processor() or platform.machine()
@@ -82,7 +88,8 @@ def machine() -> dict[str, Any]:
     return {
         "code": code,
         "cpu": cpu,
-        "cores": os.cpu_count(),
+        "cores": _usable_cpus(),
+        "machine_cores": os.cpu_count(),
         "memory_gib": mem,
         "gpu": _gpu_name(),
         "platform": platform.platform(),
@@ -309,6 +316,8 @@ def run_savedeep(case_dir: Path, model: Path, images: Path, blobs: Sequence[Any]
         "images_per_s": round(n / wall, 2), "steady_images_per_s": None if steady is None else round(steady, 2),
         "busy": {k: round(v, 3) for k, v in res.busy.items()}, "producers": res.producers, "writers": res.writers,
         "disk_bytes": dir_bytes(res.parquet_dir),
+        # what ran it: a CPU figure must never pass for a GPU one
+        "devices": list(res.devices), "device_info": list(res.device_info),
     }
 
 

@@ -16,7 +16,7 @@ NOTE [savedeep pipeline data flow]
       v
     writers x W  --(each: reorder its batches, append rows to its open shard, rename finished
                     shards; free the output slot; release one window credit)
-      |  events: BatchWritten, ShardWritten, WorkerStats, WorkerFailed (every role sends the last two)
+      |  events: BatchWritten, ShardWritten, DeviceInfo, WorkerStats, WorkerFailed (every role sends the last two)
       v
     parent (progress bar, summary, errors)
 
@@ -45,6 +45,14 @@ parent alone updates the manifest, when a writer reports a shard written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """consumer -> parent, once ready: the consumer's device for the manifest (GPU name, UUID, versions)."""
+
+    index: int
+    info: dict
 
 
 @dataclass(frozen=True)

@@ -46,72 +46,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from savedeep.config import RESULT_KEYS_BEFORE_STORAGE, Config
+from savedeep.devices import (  # noqa: F401 - count_gpus, resolve_devices, size_rings ... are re-exported
+    MAX_SLOTS, RING_BUDGET, SHM_DIR, SHM_RESERVE, count_gpus, plan_devices, resolve_devices, shm_free_bytes,
+    size_rings,
+)
 from savedeep.errors import ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
-from savedeep.messages import BatchWritten, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
+from savedeep.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
-RING_BUDGET = 256 * 2**20   # bytes per ring beyond the minimum number of slots
-MAX_SLOTS = 16
-SHM_DIR = "/dev/shm"
-SHM_RESERVE = 4 * 2**20     # of the free space in SHM_DIR, left to others (semaphores, other programs)
-
-
-def shm_free_bytes() -> int | None:
-    """Free bytes in the shared-memory filesystem, or None where it cannot be known."""
-    try:
-        st = os.statvfs(SHM_DIR)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, writers: int,
-               fixed: int | None, free: int | None) -> tuple[int, int]:
-    """Slots of the input and output rings, within the shared memory there is.
-
-    Every stage should have work in hand (input: a slot per producer and two per
-    consumer; output: two per consumer and two per writer); beyond that each ring
-    grows to RING_BUDGET so decoding runs ahead while the consumers start up. A
-    container's /dev/shm is often small (Docker gives 64 MB): the rings then shrink
-    to fit, down to one slot each (slower, still correct), and where even that does
-    not fit the run stops before starting and says how to fix it, rather than a
-    worker dying of SIGBUS when it first touches a page the filesystem cannot back.
-    """
-    usable = None if free is None else max(0, free - SHM_RESERVE)
-    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-    how = ("lower batch_size (the rings grow with it), save fewer or reduced blobs, or give the machine more "
-           f"shared memory (Docker: --shm-size=2g; otherwise remount {SHM_DIR} with a larger size)")
-    if fixed:
-        need = fixed * (in_bytes + out_bytes)
-        if usable is not None and need > usable:
-            raise ConfigError(f"ring_slots: {fixed} slots per ring need {mib(need)} of shared memory but {SHM_DIR} "
-                              f"has {mib(free)} free: lower ring_slots (or leave it unset), or {how}")
-        return fixed, fixed
-    if usable is not None and in_bytes + out_bytes > usable:
-        raise ConfigError(
-            f"{SHM_DIR} has {mib(free)} free, and this run needs at least {mib(in_bytes + out_bytes)} of shared "
-            f"memory (one input batch of {mib(in_bytes)} and one output batch of {mib(out_bytes)}): {how}")
-    in_min, out_min = producers + 2 * consumers, 2 * consumers + 2 * writers
-    budget = RING_BUDGET if usable is None else min(RING_BUDGET, usable // 2)
-    out_slots = max(out_min, min(MAX_SLOTS, budget // max(out_bytes, 1)))
-    in_slots = max(in_min, min(out_slots, budget // max(in_bytes, 1)))
-    # Too big: give up slots beyond the minimums first, then below them, the bigger ring first.
-    for floor_in, floor_out in ((in_min, out_min), (1, 1)):
-        while usable is not None and in_slots * in_bytes + out_slots * out_bytes > usable:
-            can_in, can_out = in_slots > floor_in, out_slots > floor_out
-            if not (can_in or can_out):
-                break
-            if can_in and (not can_out or in_slots * in_bytes >= out_slots * out_bytes):
-                in_slots -= 1
-            else:
-                out_slots -= 1
-    if in_slots < in_min or out_slots < out_min:
-        log.warning("%s has %s free: the rings hold %d input and %d output batches instead of at least %d and %d, "
-                    "so stages will wait for each other; %s", SHM_DIR, mib(free), in_slots, out_slots, in_min,
-                    out_min, how.replace("lower", "to avoid this, lower", 1))
-    return in_slots, out_slots
+SUPERVISE_S = 0.1           # how often the supervisor checks the workers' exit codes, whatever the event rate
 
 
 @dataclass
@@ -149,6 +94,7 @@ class RunResult:
         t_end = self.written[-1][0]
         images = sum(n for _, n in self.written[self.window + 1:])
         return images / (t_end - t_start) if t_end > t_start else None
+    device_info: list[dict] = field(default_factory=list)  # per consumer, as in the manifest's "devices"
 
     @property
     def images_per_s(self) -> float:
@@ -164,6 +110,10 @@ class RunResult:
             + (f"; {self.shards_kept} shards kept from the interrupted run" if self.shards_kept else ""),
             f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}; writers: {self.writers}",
         ]
+        gpus = [f"{d['device']} = {d.get('name', '?')} {d.get('uuid', '')}".rstrip() for d in self.device_info
+                if str(d.get("device", "")).startswith("cuda")]
+        if gpus:
+            lines.append(f"GPUs: {'; '.join(gpus)}")
         if self.busy:
             stages = ", ".join(f"{role} {frac:.0%}" for role, frac in self.busy.items())
             bottleneck = max(self.busy, key=self.busy.get)
@@ -172,50 +122,6 @@ class RunResult:
             lines.append("files skipped by extension: " + ", ".join(f"{k or '(none)'} {v}" for k, v in self.skipped_files.items()))
         lines.append(f"output: {self.pickle or self.parquet_dir}")
         return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- devices
-
-
-def count_gpus() -> int:
-    """NVIDIA GPUs visible to this process, without initialising CUDA."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0
-    try:
-        n = len(os.listdir("/proc/driver/nvidia/gpus"))
-    except OSError:
-        return 0
-    if visible is not None:
-        n = min(n, len([v for v in visible.split(",") if v.strip()]))
-    return n
-
-
-def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumers: int,
-                    available: int | None = None) -> list[str]:
-    """The device of each consumer: ``cuda:N`` per GPU asked for, or ``cpu`` x cpu_consumers."""
-    if gpus == "cpu":
-        if require_gpu:
-            raise ConfigError("require_gpu is set but gpus is 'cpu'; ask for GPUs (--gpus 0,1 or all) or drop --require-gpu")
-        return ["cpu"] * cpu_consumers
-    n = count_gpus() if available is None else available
-    if n == 0:
-        if require_gpu:
-            raise ConfigError(
-                f"GPUs were asked for (gpus: {gpus if gpus == 'all' else ','.join(map(str, gpus))}) but none is "
-                "visible (no /proc/driver/nvidia/gpus, or CUDA_VISIBLE_DEVICES hides them); run on a GPU node, "
-                "or drop --require-gpu to fall back to the CPU")
-        if gpus != "all":
-            log.warning("no GPU is visible: running %d consumer(s) on the CPU instead of GPUs %s",
-                        cpu_consumers, ",".join(map(str, gpus)))
-        else:
-            log.info("no GPU visible: %d CPU consumer(s)", cpu_consumers)
-        return ["cpu"] * cpu_consumers
-    ids = list(range(n)) if gpus == "all" else list(gpus)
-    bad = [i for i in ids if i >= n or i < 0]
-    if bad:
-        raise ConfigError(f"gpus: GPU {bad} does not exist; this machine shows {n} GPU(s): 0..{n - 1}")
-    return [f"cuda:{i}" for i in ids]
 
 
 # --------------------------------------------------------------------------- plan
@@ -252,20 +158,6 @@ def same_result_keys(config: Config, manifest: dict[str, Any]) -> bool:
         return True
     return ("storage" not in manifest.get("config", {}) and config.storage == "tensor"
             and manifest.get("result_fingerprint") == config.result_fingerprint(RESULT_KEYS_BEFORE_STORAGE))
-
-
-def worker_counts(config: Config, devices: list[str], plan: Plan) -> tuple[int, int]:
-    """(producers, writers) for a run on ``devices`` with ``plan``."""
-    cores = os.cpu_count() or 1
-    writers = config.writers
-    if writers == "auto":
-        # One writer keeps up with CPU consumers; beside GPUs, one per 4 spare cores, at most one per GPU.
-        gpus = sum(d != "cpu" for d in devices)
-        writers = 1 if not gpus else max(1, min(gpus, (cores - gpus) // 4))
-    writers = max(1, min(writers, max(1, len(plan.todo))))
-    producers = config.producers if config.producers != "auto" else max(1, cores - len(devices) - writers)
-    producers = max(1, min(producers, max(1, len(plan.batches))))
-    return producers, writers
 
 
 # --------------------------------------------------------------------------- run
@@ -421,6 +313,7 @@ class Run:
         self.ch = None
         self.listener = None
         self.stats: list[WorkerStats] = []
+        self.device_info: dict[int, dict] = {}  # consumer index -> DeviceInfo.info
         self.pq_dir = Path(config.output).with_name(Path(config.output).stem + ".parquet")
 
     # -- preparation (no process started yet: every error here is cheap) ----------------
@@ -488,7 +381,9 @@ class Run:
         return keep
 
     # -- processes ------------------------------------------------------------------------
-    def _start(self, plan: Plan, devices: list[str], producers: int, writers: int) -> None:
+    def _start(self, plan: Plan, devices: list[str], producers: int, writers: int) -> int:
+        """Create the rings and queues and spawn every worker; returns the producers started (see size_rings)."""
+        from savedeep.devices import worker_env
         from savedeep.output import write_manifest  # noqa: F401  (import check before spawning)
         from savedeep.shm import Field, Ring, new_ring_spec
         from workers._loop import Channels
@@ -509,8 +404,9 @@ class Run:
         self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
         self.ring_bytes = in_spec.nbytes + out_spec.nbytes
         self.window = out_slots  # batches in flight at most (the window's credits)
-        log.info("rings: %d input slots, %d output slots, %.1f MiB of shared memory",
-                 in_slots, out_slots, self.ring_bytes / 2**20)
+        log.info("rings: %d input slots, %d output slots (the window: batches in flight; %d producers + 2 per "
+                 "consumer + 2 per writer need %d), %.1f MiB of shared memory", in_slots, out_slots, producers,
+                 producers + 2 * G + 2 * writers, self.ring_bytes / 2**20)
 
         n_workers = producers + G + writers
         self.ch = ch = Channels(
@@ -527,16 +423,16 @@ class Run:
         self.listener = logging.handlers.QueueListener(ch.logs, handler)
         self.listener.start()
 
-        threads = self._consumer_threads(devices)
+        threads = self.workers.consumer_threads
         slot = 0
         # Consumers first: importing torch or pycaffe and reading the weights takes them longest.
         cargs = ConsumerArgs(cfg.engine, Path(cfg.model), B, threads, self.blob_specs, in_spec, out_spec)
         for i, dev in enumerate(devices):
-            self._spawn(ctx, consumer_main, "consumer", i, slot, (dev, cargs))
+            self._spawn(ctx, consumer_main, "consumer", i, slot, (dev, cargs), worker_env("consumer", dev, threads))
             slot += 1
         pargs = ProducerArgs(self.pre_spec, self.mean, self.input_shape, in_spec, cfg.on_error)
         for i in range(producers):
-            self._spawn(ctx, producer_main, "producer", i, slot, (pargs,))
+            self._spawn(ctx, producer_main, "producer", i, slot, (pargs,), worker_env("producer", None, 1))
             slot += 1
         for w in range(writers):
             mine = [(b, k) for b, k, _, _ in plan.batches if k % writers == w]
@@ -546,9 +442,10 @@ class Run:
             ranges = {k: (a, z) for k, a, z in plan.shards if k in shard_batches}
             wargs = WriterArgs(self.pq_dir, tuple(self.columns), dict(self.images.metadata), cfg.compression,
                                cfg.compression_level, tuple(mine), ranges, shard_batches, G, out_spec)
-            self._spawn(ctx, writer_main, "writer", w, slot, (wargs,))
+            self._spawn(ctx, writer_main, "writer", w, slot, (wargs,), worker_env("writer", None, 1))
             slot += 1
         self.slot_of = {(role, i): s for s, (_, role, i) in enumerate(self.procs)}
+        return producers
 
     def _feed(self, plan: Plan, producers: int) -> None:
         """Give the producers their first tasks; each written batch tops the queue up (see Feeder)."""
@@ -560,24 +457,16 @@ class Run:
         self.feeder = Feeder(self.ch.tasks.put, plan.batches, task, producers, ahead=self.window + producers)
         self.feeder.start()
 
-    def _consumer_threads(self, devices: list[str]) -> int | None:
-        """Threads for each CPU consumer's forward pass (None: GPU consumers, the engine's default)."""
-        cpu_consumers = sum(1 for d in devices if d == "cpu")
-        if not cpu_consumers:
-            return None
-        if self.config.consumer_threads != "auto":
-            return int(self.config.consumer_threads)
-        # Measured on 2 cores (benchmarks/RESULTS.md): leaving a core to the writer helped
-        # CaffeNet conv1 in one run and not in another, and halved fc6+fc7; so the default
-        # gives every core to the forward, and consumer_threads overrides it.
-        return max(1, (os.cpu_count() or 1) // cpu_consumers)
-
-    def _spawn(self, ctx, target, role: str, index: int, slot: int, payload: tuple) -> None:
-        """Start ``target(index, slot, channels, *payload)`` in a new process.
+    def _spawn(self, ctx, target, role: str, index: int, slot: int, payload: tuple,
+               env: dict[str, str | None]) -> None:
+        """Start ``target(index, slot, channels, *payload)`` in a new process with ``env`` in its environment.
 
         ``payload`` travels through shared memory (see savedeep/shm.py, start-up
-        payloads), so that a worker dying at start-up cannot block this call.
+        payloads), so that a worker dying at start-up cannot block this call. ``env``
+        (savedeep.devices.worker_env: the GPU it may see, its thread pools) is in force
+        before the child imports anything.
         """
+        from savedeep.devices import start_process
         from savedeep.shm import put_payload
         from workers._loop import spawned
 
@@ -585,7 +474,7 @@ class Run:
         self.rings.append(segment)  # unlinked with the rings at shutdown
         p = ctx.Process(target=spawned, args=(target, index, slot, self.ch, ref), name=f"savedeep-{role}{index}",
                         daemon=True)
-        p.start()
+        start_process(p, env)
         self.procs.append((p, role, index))
 
     def _failure_from_events(self, timeout: float) -> WorkerFailed | None:
@@ -621,6 +510,8 @@ class Run:
             self.shards_done += 1
         elif isinstance(msg, WorkerStats):
             self.stats.append(msg)
+        elif isinstance(msg, DeviceInfo):
+            self.device_info[msg.index] = msg.info
         elif isinstance(msg, WorkerFailed):
             raise self._worker_error(msg)
 
@@ -642,13 +533,18 @@ class Run:
         exited: set[int] = set()
         producers_left = producers
         writers = [p for p, role, _ in self.procs if role == "writer"]
+        next_check = 0.0
         while True:
+            # Exit codes are checked every SUPERVISE_S whatever the event rate: a dead worker is
+            # noticed while the others still stream events, not only once the pipeline stalls.
             try:
-                msg = ch.events.get(timeout=0.1)
+                msg = ch.events.get(timeout=SUPERVISE_S)
                 self._on_event(msg)
-                continue
+                if time.monotonic() < next_check:
+                    continue
             except queue.Empty:
                 pass
+            next_check = time.monotonic() + SUPERVISE_S
             for i, (p, role, index) in enumerate(self.procs):
                 if i in exited or p.exitcode is None:
                     continue
@@ -748,6 +644,7 @@ class Run:
         self.window = 0
         keep = self._output_state()
         plan, devices, producers, writers = self.pf.plan, self.pf.devices, self.pf.producers, self.pf.writers
+        self.workers = self.pf.workers
         if keep != set(self.pf.keep):  # the preflight looked before the lock was taken
             raise OutputError(f"{self.pq_dir} changed while this run was starting (another run finished or "
                               "removed it); nothing was written: rerun the same command")
@@ -785,15 +682,17 @@ class Run:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
             if plan.batches:
                 log.info("%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s), "
-                         "%d writer(s); batch %d", len(self.images), sum(z - a for _, _, a, z in plan.batches),
-                         len(plan.shards), cfg.engine, ", ".join(devices), producers, writers, cfg.batch_size)
+                         "%d writer(s); batch %d; %d usable CPU(s) (affinity, cgroup quota), %d thread(s) per "
+                         "consumer", len(self.images), sum(z - a for _, _, a, z in plan.batches), len(plan.shards),
+                         cfg.engine, ", ".join(devices), producers, writers, cfg.batch_size, self.workers.cores,
+                         self.workers.consumer_threads)
                 if self.progress:
                     from tqdm import tqdm
 
                     self.bar = tqdm(total=len(self.images), initial=self.rows + self.failures, unit="img",
                                     desc="savedeep", dynamic_ncols=True, smoothing=0.1)
                 t_start = time.perf_counter()
-                self._start(plan, devices, producers, writers)
+                producers = self._start(plan, devices, producers, writers)
                 # The manifest exists before any work is given out, so before any shard.
                 first_manifest()
                 self._feed(plan, producers)
@@ -831,6 +730,7 @@ class Run:
             shards_done=self.shards_done, shards_kept=len(self._resumed_shards),
             wall_s=time.perf_counter() - t0, devices=devices if plan.batches else [], producers=producers,
             writers=writers, busy=busy, written=list(self.written), window=self.window,
+            device_info=[self.device_info[i] for i in sorted(self.device_info)],
         )
 
     def _run_log(self) -> logging.Handler | None:
@@ -862,6 +762,8 @@ class Run:
             raise WorkerError(f"the writer ended but shards {incomplete} are not complete (a bug); rerun with --resume")
         failures = [f for s in manifest["shards"] for f in s["failures"]]
         manifest["failures_table"] = write_failures(self.pq_dir, failures).name
+        # Provenance: each consumer's device (GPU name, UUID, driver, CUDA runtime, cuDNN on a GPU).
+        manifest["devices"] = [self.device_info[i] for i in sorted(self.device_info)]
         manifest["complete"] = True
         manifest["failures"] = failures
         manifest["summary"] = {"rows": sum(s["rows"] for s in manifest["shards"]), "failures": len(failures),

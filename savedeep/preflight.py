@@ -72,6 +72,7 @@ class Preflight:
     devices: list[str]
     producers: int
     writers: int
+    workers: Any = None              # savedeep.devices.Workers (consumer threads, usable CPUs)
     in_slots: int = 0
     out_slots: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -233,8 +234,8 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False) 
     from savedeep.images import list_images
     from savedeep.model import check_weights, load_model
     from savedeep.output import ColumnSpec, sha256_file
-    from savedeep.pipeline import (_Background, _keys_digest, make_plan, preprocess_spec, resolve_devices, same_result_keys,
-                                   shm_free_bytes, size_rings, worker_counts)
+    from savedeep.devices import plan_devices, shm_free_bytes, size_rings
+    from savedeep.pipeline import _Background, _keys_digest, make_plan, preprocess_spec, same_result_keys
     from savedeep.preprocess import Preprocessor, load_mean
     from savedeep.reduce import make_reducer
     from savedeep.shm import Field, new_ring_spec
@@ -283,18 +284,22 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False) 
     exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, result_same=lambda m: same_result_keys(cfg, m),
                                          hashes=hashes.result, keys_digest=keys_digest, n_images=len(images))
     plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
-    devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
-    producers, writers = worker_counts(cfg, devices, plan)
+    devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo))
     pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,
                    images=images, mean=mean, pre_spec=pre_spec, preprocess_desc=preprocess_desc,
                    keys_digest=keys_digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,
-                   devices=devices, producers=producers, writers=writers)
+                   devices=devices, producers=workers.producers, writers=workers.writers, workers=workers)
     if plan.batches:
-        # The rings: one batch of each must fit in /dev/shm, or the run stops here (see size_rings).
+        # The rings: one batch of each must fit in /dev/shm, or the run stops here (see size_rings);
+        # where the window cannot give every producer a batch, fewer producers start.
         B = cfg.batch_size
         in_fields = [Field("data", (B, *input_shape), "float32")]
         out_fields = [Field(c.name, (B, *c.shape), c.dtype) for c in columns]
-        pf.in_slots, pf.out_slots = size_rings(new_ring_spec("in", 1, in_fields).slot_bytes,
-                                               new_ring_spec("out", 1, out_fields).slot_bytes,
-                                               producers, len(devices), writers, cfg.ring_slots, shm_free_bytes())
+        rings = size_rings(new_ring_spec("in", 1, in_fields).slot_bytes, new_ring_spec("out", 1, out_fields).slot_bytes,
+                           workers.producers, len(devices), workers.writers, cfg.ring_slots, shm_free_bytes())
+        pf.in_slots, pf.out_slots = rings.in_slots, rings.out_slots
+        if rings.producers < workers.producers:
+            log.info("producers: %d instead of %d, as many as the window of %d batches lets work",
+                     rings.producers, workers.producers, rings.out_slots)
+            pf.producers = rings.producers
     return pf

@@ -16,6 +16,7 @@
 #   --no-torch             skip torch (caffe engine only)
 #   --python PY            interpreter for the venv (default: python3.11)
 #   --venv DIR             virtualenv location (default: .venv in the clone)
+#   --print-stamp          print the up-to-date stamp for these options and exit
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +25,7 @@ VENV="$ROOT/.venv"
 CAFFE=1
 TORCH=1
 CUDA_ARGS=()
+PRINT_STAMP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) CUDA_ARGS+=(--cuda) ;;
@@ -32,12 +34,21 @@ while [ $# -gt 0 ]; do
     --no-torch) TORCH=0 ;;
     --python) PY_BASE=$2; shift ;;
     --venv) VENV=$(realpath -m "$2"); shift ;;
+    --print-stamp) PRINT_STAMP=1 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 say() { echo "[setup] $*" >&2; }
+
+# Everything after the venv is skipped when nothing it depends on changed: these files, and
+# the options that change what is built (--cuda and its --arch select another pycaffe wheel).
+STAMP_KEY=$( { cat "$ROOT/pyproject.toml" "$0" "$ROOT/scripts/build_pycaffe.sh" "$ROOT/scripts/patch_caffe_cuda.sh" \
+                   "$ROOT/scripts/make_wheel.py"; echo "options: $CAFFE $TORCH ${CUDA_ARGS[*]:-}"; } \
+               | sha256sum | cut -c1-16)
+STAMP="$VENV/.savedeep-setup-$STAMP_KEY-$CAFFE$TORCH${CUDA_ARGS[*]:+-cuda}"
+if [ "$PRINT_STAMP" = 1 ]; then echo "$STAMP"; exit 0; fi
 
 # 1. Debian packages ----------------------------------------------------------
 APT_PKGS=(build-essential pkg-config python3-dev python3-venv
@@ -74,9 +85,6 @@ fi
 PY="$VENV/bin/python"
 pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
 
-# Everything below is skipped when nothing it depends on changed.
-STAMP_KEY=$(cat "$ROOT/pyproject.toml" "$0" "$ROOT/scripts/build_pycaffe.sh" | sha256sum | cut -c1-16)
-STAMP="$VENV/.savedeep-setup-$STAMP_KEY-$CAFFE$TORCH${CUDA_ARGS[*]:+-cuda}"
 if [ -f "$STAMP" ] && [ -f "$ROOT/demo/model/weights.caffemodel" ]; then
   say "up to date ($VENV)"
   exit 0

@@ -238,7 +238,7 @@ MISTAKES: list[Mistake] = [
     Mistake("log-file-is-a-directory", 2, lambda c: [c.config(log_file=str(c.dir))], ("log_file", "is a directory")),
     Mistake("require-gpu-without-gpu", 2,
             lambda c: (_setenv(c, "CUDA_VISIBLE_DEVICES", ""), [*c.flags()[:-2], "--gpus", "all", "--require-gpu"])[1],
-            ("none is visible", "drop --require-gpu")),
+            ("sees none", "CUDA_VISIBLE_DEVICES", "drop --require-gpu")),
     Mistake("engine-caffe-without-pycaffe", 2, _no_pycaffe, ("engine: caffe", "'caffe'", "scripts/setup.sh")),
     Mistake("dev-shm-too-small", 2,
             lambda c: (_private_mount(c, "mount -t tmpfs -o size=8m tmpfs /dev/shm"), c.flags())[1],

@@ -2,8 +2,11 @@
 
 Loop + protocol only (NOTE [savedeep pipeline data flow] in
 savedeep/messages.py). The device is selected inside this process, before the
-engine is created (pycaffe: set_mode_gpu + set_device; torch: cuda:N), which is
-why workers are spawned, never forked from a parent that may hold CUDA state.
+engine is created (pycaffe: set_device + set_mode_gpu; torch: cuda:0), which is
+why workers are spawned, never forked from a parent that may hold CUDA state. The
+parent starts a GPU consumer with CUDA_VISIBLE_DEVICES naming only its own GPU
+(savedeep/devices.py, worker_env), so inside it that GPU is device 0 and no
+context is ever opened on another GPU.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from savedeep.messages import BatchDone, BatchReady, EndOfStream
+from savedeep.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
 from savedeep.shm import Ring, RingSpec
 from workers._loop import Channels, Worker, run_worker
 
@@ -38,6 +41,9 @@ def consumer_main(index: int, slot: int, ch: Channels, device: str, args: Consum
 
 
 def _loop(w: Worker, args: ConsumerArgs) -> None:
+    import os
+
+    from savedeep.devices import consumer_provenance, local_device
     from savedeep.engines import create_engine, keep_freed_memory
     from savedeep.faults import maybe_fail
     from savedeep.model import load_model
@@ -45,7 +51,15 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
 
     keep_freed_memory()  # before the engine allocates: no page faults on every batch's buffers
     model = load_model(args.model_dir)
-    engine = create_engine(args.engine, model, w.device, args.batch_size, threads=args.threads)
+    # The parent gave this process only its own GPU (CUDA_VISIBLE_DEVICES, savedeep/devices.py):
+    # inside, it is device 0. Refuse to run if that isolation is missing.
+    local = local_device(w.device)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if local != "cpu" and (visible is None or "," in visible or not visible.strip()):
+        raise RuntimeError(f"consumer for {w.device} started with CUDA_VISIBLE_DEVICES={visible!r}; the parent "
+                           "must give it exactly its own GPU (a bug)")
+    engine = create_engine(args.engine, model, local, args.batch_size, threads=args.threads)
+    w.ch.events.put(DeviceInfo(w.index, consumer_provenance(args.engine, w.device, local, args.threads)))
     names = [s.name for s in args.blob_specs]
     reducers = {s.name: make_reducer(s, tuple(engine.blob_shapes[s.name])) for s in args.blob_specs}
     for r in reducers.values():
@@ -58,7 +72,8 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     half = [s.name for s in args.blob_specs if s.dtype == "float16"]
     nonfinite: dict[str, int] = {}  # float16 values stored as inf/NaN, per blob
     in_ring, out_ring = Ring.attach(args.in_ring), Ring.attach(args.out_ring)
-    w.log.info("ready on %s (%s engine)", w.device, args.engine)
+    w.log.info("ready on %s (%s engine; CUDA_VISIBLE_DEVICES=%r, as %s; %s threads, OMP_NUM_THREADS=%s)",
+               w.device, args.engine, visible, local, args.threads, os.environ.get("OMP_NUM_THREADS"))
     try:
         while True:
             msg = w.get(w.ch.ready)

@@ -4,8 +4,8 @@ pycaffe must be imported in the process that runs the net, after the
 environment is set: ``GLOG_minloglevel`` silences glog, and
 ``OPENBLAS_NUM_THREADS`` (from ``threads``) only takes effect if it is set
 before the first ``import caffe`` of that process, because OpenBLAS reads it
-when the library loads. Device selection (``caffe.set_mode_gpu();
-caffe.set_device(i)`` or ``caffe.set_mode_cpu()``) happens before the net is
+when the library loads. Device selection (``caffe.set_device(i);
+caffe.set_mode_gpu()`` or ``caffe.set_mode_cpu()``) happens before the net is
 created, as Caffe requires.
 
 pycaffe's ``net.blobs[name].data`` are views into Caffe's memory that the next
@@ -64,9 +64,13 @@ def import_caffe(threads: int | None = None) -> ModuleType:
     return caffe
 
 
-def caffe_has_cuda(caffe: ModuleType) -> bool:
-    """Whether this pycaffe was compiled with CUDA (a CPU_ONLY build aborts the process on set_device)."""
-    pkg = Path(caffe.__file__).resolve().parent
+def caffe_has_cuda(caffe: ModuleType | Path) -> bool:
+    """Whether this pycaffe (the module, or its package directory) was compiled with CUDA.
+
+    A CPU_ONLY build aborts the process on set_device. Reads the package's libraries only:
+    the parent asks this without importing caffe.
+    """
+    pkg = caffe if isinstance(caffe, Path) else Path(caffe.__file__).resolve().parent
     candidates = list(pkg.glob("*.so*")) + list(pkg.glob("**/libcaffe*.so*"))
     for libs in pkg.parent.glob("*.libs"):  # auditwheel puts bundled libraries beside the package
         candidates += list(libs.glob("libcaffe*.so*"))
@@ -97,6 +101,19 @@ def cuda_device_count() -> int:
     return 0
 
 
+def select_device(caffe: ModuleType, dev: Device) -> None:
+    """Put pycaffe on ``dev`` in this thread: set_device, then set_mode_gpu; or set_mode_cpu.
+
+    set_device comes first: set_mode_gpu builds Caffe's per-thread state (a cuBLAS handle,
+    a cuRAND generator) on the current device, which would be GPU 0 otherwise.
+    """
+    if dev.is_cuda:
+        caffe.set_device(dev.index)
+        caffe.set_mode_gpu()
+    else:
+        caffe.set_mode_cpu()
+
+
 class CaffeEngine(EngineBase):
     """The engine that runs a net through pycaffe."""
 
@@ -116,10 +133,7 @@ class CaffeEngine(EngineBase):
         if dev.is_cuda:
             available = cuda_device_count() if caffe_has_cuda(caffe) else 0
             check_device(dev, available, "caffe")
-            caffe.set_mode_gpu()
-            caffe.set_device(dev.index)
-        else:
-            caffe.set_mode_cpu()
+        select_device(caffe, dev)
         self.device = str(dev)
         self.batch_size = batch_size
         self._visible = list(net.blobs)

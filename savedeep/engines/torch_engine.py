@@ -255,15 +255,17 @@ class TorchNet(nn.Module):
 
 
 def use_exact_fp32_on_cuda() -> None:
-    """Turn off TF32 for convolutions and matrix products (process-wide).
+    """Turn off TF32 everywhere in this process: IEEE float32 for every backend and operator.
 
     cuDNN convolutions default to TF32 on Ampere and newer GPUs, a 10-bit mantissa
     that moves activations by ~1e-3 relative: far from pycaffe's float32 numbers.
+    The global setting (``torch.backends.fp32_precision``) covers cuDNN convolutions and
+    RNNs, cuBLAS matmul and oneDNN, where setting two of them left the others at TF32;
+    only the new API is used, so torch's legacy ``allow_tf32`` flags are never mixed in
+    (torch 2.13 raises when they are read after a mix).
     """
-    cudnn_conv = getattr(torch.backends.cudnn, "conv", None)
-    if cudnn_conv is not None and hasattr(cudnn_conv, "fp32_precision"):
-        cudnn_conv.fp32_precision = "ieee"
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    if hasattr(torch.backends, "fp32_precision"):
+        torch.backends.fp32_precision = "ieee"
     else:  # torch before the fp32_precision API
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,0 +1,703 @@
+"""Devices and worker counts: which GPUs, how many CPUs, how many workers, how deep the rings.
+
+Everything here runs in the parent without importing torch or pycaffe and
+without creating a CUDA context (a parent holding one would sit on GPU 0 and,
+under EXCLUSIVE_PROCESS, lock the consumers out).
+
+- :func:`count_gpus` asks the CUDA driver (``cuInit`` + ``cuDeviceGetCount``
+  through ctypes) in a short subprocess, which honours ``CUDA_VISIBLE_DEVICES``,
+  cgroup/container device restrictions and MIG; where the driver library cannot
+  be loaded it falls back to ``/proc/driver/nvidia/gpus``.
+- :func:`worker_env` is the environment of each spawned worker: a GPU consumer
+  sees only its own device (``CUDA_VISIBLE_DEVICES`` = that entry of the
+  parent's visible list) and uses ``cuda:0`` inside; producers, writers and CPU
+  consumers see no GPU; every BLAS/OpenMP pool is sized to the worker's share of
+  the CPUs. :func:`start_process` applies it around ``Process.start()`` so it is
+  in force before the child imports anything.
+- :func:`usable_cpus` counts the CPUs this process may run on (affinity and
+  the cgroup CPU quota), not the machine's.
+- :func:`plan_workers` and :func:`size_rings` choose producers, writers and
+  the in-flight window so that every producer can work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from savedeep.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROC_GPUS = Path("/proc/driver/nvidia/gpus")
+PROC_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
+CUDA_LIBS = ("libcuda.so.1", "libcuda.so")
+PROBE_TIMEOUT_S = 60.0
+
+# ---------------------------------------------------------------------------------------- GPUs
+
+
+# Runs in `python -I -S -c`: only ctypes and json, never torch or pycaffe, and the context (if
+# cuInit makes one) dies with the subprocess. Prints one JSON object.
+_PROBE = r"""
+import ctypes, json, sys
+libs = json.loads(sys.argv[1])
+out = {"lib": None, "count": None, "driver": None, "error": None}
+errors = []
+for name in libs:
+    try:
+        cu = ctypes.CDLL(name)
+    except OSError as exc:
+        errors.append(f"cannot load {name}: {exc}")
+        continue
+    out["lib"] = name
+    try:
+        get_version, init, get_count = cu.cuDriverGetVersion, cu.cuInit, cu.cuDeviceGetCount
+    except AttributeError as exc:
+        out["error"] = f"{name} is not the CUDA driver: {exc}"
+        break
+    v = ctypes.c_int(0)
+    if get_version(ctypes.byref(v)) == 0:
+        out["driver"] = v.value
+    rc = init(0)
+    if rc == 100:      # CUDA_ERROR_NO_DEVICE: the driver works and shows this process no GPU
+        out["count"] = 0
+    elif rc != 0:
+        out["error"] = f"cuInit failed with CUDA error {rc}"
+    else:
+        n = ctypes.c_int(0)
+        rc = get_count(ctypes.byref(n))
+        if rc == 0:
+            out["count"] = n.value
+        else:
+            out["error"] = f"cuDeviceGetCount failed with CUDA error {rc}"
+    break
+else:
+    out["error"] = "; ".join(errors) or "no library to try"
+print(json.dumps(out))
+"""
+
+
+@dataclass(frozen=True)
+class DriverProbe:
+    """What the CUDA driver said in the probe subprocess: device count and driver CUDA version, or why not."""
+
+    count: int | None          # CUDA devices visible to this process; None: the driver could not tell
+    driver: int | None         # cuDriverGetVersion, e.g. 12040 for CUDA 12.4; None: unknown
+    lib: str | None
+    error: str | None
+
+
+def probe_driver(libs: Sequence[str] = CUDA_LIBS, timeout: float = PROBE_TIMEOUT_S,
+                 env: Mapping[str, str] | None = None) -> DriverProbe:
+    """Ask the CUDA driver for its device count and version, in a subprocess (never in this process)."""
+    try:
+        r = subprocess.run([sys.executable, "-I", "-S", "-c", _PROBE, json.dumps(list(libs))],
+                           capture_output=True, text=True, timeout=timeout,
+                           env=dict(os.environ if env is None else env))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return DriverProbe(None, None, None, f"the CUDA probe did not finish: {exc}")
+    return parse_probe(r.returncode, r.stdout, r.stderr)
+
+
+def parse_probe(returncode: int, stdout: str, stderr: str) -> DriverProbe:
+    """The DriverProbe from the probe subprocess's exit status and output."""
+    line = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    try:
+        d = json.loads(line)
+        if not isinstance(d, dict):
+            raise ValueError(line)
+    except ValueError:
+        how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+        return DriverProbe(None, None, None, f"the CUDA probe failed ({how}): {stderr.strip()[-300:] or line!r}")
+    count = d.get("count")
+    driver = d.get("driver")
+    return DriverProbe(count if isinstance(count, int) and count >= 0 else None,
+                       driver if isinstance(driver, int) and driver > 0 else None, d.get("lib"), d.get("error"))
+
+
+def proc_gpu_count(root: Path = PROC_GPUS) -> int | None:
+    """Physical NVIDIA GPUs listed by the kernel driver, or None where /proc has no such entry."""
+    try:
+        return len(os.listdir(root))
+    except OSError:
+        return None
+
+
+def visible_entries(env: Mapping[str, str] | None = None) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` as a list of entries (indices, ``GPU-<uuid>``, ``MIG-<uuid>``); None if unset."""
+    raw = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    entries = [e.strip() for e in raw.split(",")]
+    out: list[str] = []
+    for e in entries:
+        # CUDA stops at the first invalid entry: empty, or a negative index such as -1
+        if not e or re.fullmatch(r"-\d+", e):
+            break
+        out.append(e)
+    return out
+
+
+def nvidia_device_files(dev: Path = Path("/dev")) -> bool:
+    """Whether this machine has NVIDIA device files (/dev/nvidia0, ...): a GPU node, whatever CUDA says."""
+    try:
+        return any(re.fullmatch(r"nvidia\d+", p.name) for p in dev.iterdir())
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class GpuCount:
+    """CUDA devices this process may use, and how that was found out."""
+
+    count: int
+    source: str                # "driver", "/proc", "CUDA_VISIBLE_DEVICES", "none"
+    driver: int | None = None  # the driver's CUDA version (cuDriverGetVersion) when known
+    note: str = ""             # why the driver was not used, when it was not
+
+
+def count_gpus(libs: Sequence[str] = CUDA_LIBS, proc: Path = PROC_GPUS) -> GpuCount:
+    """CUDA devices visible to this process, counted by the driver in a subprocess; /proc as a fallback."""
+    visible = visible_entries()
+    if visible is not None and not visible:
+        return GpuCount(0, "CUDA_VISIBLE_DEVICES", note="CUDA_VISIBLE_DEVICES hides every GPU")
+    probe = probe_driver(libs)
+    if probe.count is not None:
+        return GpuCount(probe.count, "driver", probe.driver)
+    n = proc_gpu_count(proc)
+    if n is None:
+        return GpuCount(0, "none", probe.driver, note=probe.error or "")
+    if visible is not None:
+        n = min(n, len(visible))
+    return GpuCount(n, "/proc", probe.driver, note=probe.error or "")
+
+
+def device_index(device: str) -> int | None:
+    """The N of ``cuda:N``; None for the CPU."""
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+
+
+def local_device(device: str) -> str:
+    """The device a consumer uses inside its process: ``cuda:0`` (it sees only its own GPU) or ``cpu``."""
+    return "cuda:0" if device.startswith("cuda") else "cpu"
+
+
+def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumers: int,
+                    available: GpuCount | int | None = None, has_gpu_files: bool | None = None) -> list[str]:
+    """The device of each consumer: ``cuda:N`` per GPU asked for, or ``cpu`` x cpu_consumers.
+
+    ``N`` is a position in this process's ``CUDA_VISIBLE_DEVICES`` (all GPUs when it is unset,
+    in PCI bus order: the numbers nvidia-smi shows).
+    """
+    if gpus == "cpu":
+        if require_gpu:
+            raise ConfigError("require_gpu is set but gpus is 'cpu'; ask for GPUs (--gpus 0,1 or all) or drop --require-gpu")
+        return ["cpu"] * cpu_consumers
+    found = count_gpus() if available is None else (
+        available if isinstance(available, GpuCount) else GpuCount(available, "given"))
+    n = found.count
+    asked = gpus if gpus == "all" else ",".join(map(str, gpus))
+    if n == 0:
+        why = found.note or "no CUDA device"
+        if require_gpu:
+            raise ConfigError(
+                f"GPUs were asked for (gpus: {asked}) but this process sees none ({why}); run on a GPU node, "
+                "check CUDA_VISIBLE_DEVICES, or drop --require-gpu to fall back to the CPU")
+        gpu_node = nvidia_device_files() if has_gpu_files is None else has_gpu_files
+        if gpus != "all" or gpu_node:
+            log.warning("GPUs were asked for (gpus: %s) but this process sees none (%s): running %d consumer(s) "
+                        "on the CPU instead; use --require-gpu to stop instead", asked, why, cpu_consumers)
+        else:
+            log.info("no GPU visible: %d CPU consumer(s)", cpu_consumers)
+        return ["cpu"] * cpu_consumers
+    ids = list(range(n)) if gpus == "all" else list(gpus)
+    bad = [i for i in ids if i >= n or i < 0]
+    if bad:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"gpus: GPU {bad} does not exist; this process sees {n} GPU(s): 0..{n - 1}. GPU ids are positions "
+            "within CUDA_VISIBLE_DEVICES (" + (f"now {vis!r}" if vis is not None else "unset: every GPU, in PCI bus "
+                                                "order as nvidia-smi numbers them") + ")")
+    return [f"cuda:{i}" for i in ids]
+
+
+def set_device_order(env: dict[str, str] | None = None) -> None:
+    """CUDA_DEVICE_ORDER=PCI_BUS_ID when unset, so that GPU ids are nvidia-smi's (CUDA's default is fastest first)."""
+    (os.environ if env is None else env).setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
+def driver_release(path: Path = PROC_DRIVER_VERSION) -> str | None:
+    """The kernel driver's release (e.g. '550.54.15') from /proc, or None."""
+    try:
+        m = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9]+\.[0-9.]+)", path.read_text())
+    except OSError:
+        return None
+    return m.group(1) if m else None
+
+
+# ------------------------------------------------------------------ driver against runtime
+
+# The oldest driver of each CUDA major release (minor-version compatibility within a major).
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580"}
+
+
+def cuda_version_str(v: int) -> str:
+    """12040 -> '12.4' (the encoding of cuDriverGetVersion / cudaRuntimeGetVersion)."""
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def torch_cuda_version() -> str | None:
+    """``torch.version.cuda`` read from torch/version.py without importing torch; None for a CPU build."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        try:
+            text = (Path(loc) / "version.py").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*['\"]([0-9.]+)['\"]", text, re.M)
+        return m.group(1) if m else None
+    return None
+
+
+def caffe_cuda_version() -> str | None:
+    """The CUDA runtime a CUDA build of pycaffe links (the nvidia-cuda-runtime wheel), without importing caffe."""
+    import importlib.metadata as md
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("caffe")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    from savedeep.engines.caffe_engine import caffe_has_cuda  # imports numpy, not caffe
+
+    if not caffe_has_cuda(Path(spec.origin).resolve().parent):
+        return None  # a CPU-only build: no CUDA runtime to match
+    for dist in ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12",
+                 "nvidia-cuda-runtime-cu11"):
+        try:
+            v = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+        m = re.match(r"(\d+)\.(\d+)", v)
+        if m:
+            return f"{m.group(1)}.{m.group(2)}"
+    return None
+
+
+def check_driver(driver: int | None, runtime: str | None, what: str, release: str | None = None) -> None:
+    """ConfigError when the driver's CUDA version is older than the runtime's major release needs."""
+    if driver is None or not runtime:
+        return
+    major = int(runtime.split(".")[0])
+    if driver // 1000 >= major:
+        return
+    need = MIN_DRIVER.get(major)
+    older = (f"pip install torch --index-url https://download.pytorch.org/whl/cu{driver // 1000}{(driver % 1000) // 10}"
+             if what.startswith("torch") else
+             f"rebuild pycaffe (scripts/setup.sh --cuda) with a CUDA {driver // 1000}.x toolkit")
+    raise ConfigError(
+        f"the NVIDIA driver{f' {release}' if release else ''} supports CUDA up to {cuda_version_str(driver)}, but "
+        f"{what} is built for CUDA {runtime}" + (f", which needs driver >= {need}" if need else "") + ": update the "
+        f"NVIDIA driver, or use a build for CUDA {driver // 1000}.x ({older}), or run with --gpus cpu")
+
+
+def runtime_for(engine: str) -> tuple[str | None, str]:
+    """The CUDA runtime version the engine's library was built for, and what it is, in words."""
+    if engine == "torch":
+        import importlib.metadata as md
+
+        try:
+            ver = md.version("torch")
+        except md.PackageNotFoundError:
+            ver = "?"
+        return torch_cuda_version(), f"torch {ver}"
+    return caffe_cuda_version(), "this pycaffe"
+
+
+# --------------------------------------------------------------------------------------- CPUs
+
+
+def _cgroup_v2_quota(cgroup_root: Path, rel: str) -> float | None:
+    best = None
+    parts = [p for p in rel.strip("/").split("/") if p]
+    for k in range(len(parts), -1, -1):
+        f = cgroup_root.joinpath(*parts[:k], "cpu.max")
+        try:
+            quota, period = f.read_text().split()[:2]
+        except (OSError, ValueError):
+            continue
+        if quota != "max" and float(period) > 0:
+            q = float(quota) / float(period)
+            best = q if best is None else min(best, q)
+    return best
+
+
+def _cgroup_v1_quota(cgroup_root: Path, rel: str) -> float | None:
+    best = None
+    for d in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        base = cgroup_root / d
+        parts = [p for p in rel.strip("/").split("/") if p]
+        for k in range(len(parts), -1, -1):
+            try:
+                quota = int((base.joinpath(*parts[:k], "cpu.cfs_quota_us")).read_text())
+                period = int((base.joinpath(*parts[:k], "cpu.cfs_period_us")).read_text())
+            except (OSError, ValueError):
+                continue
+            if quota > 0 and period > 0:
+                best = quota / period if best is None else min(best, quota / period)
+    return best
+
+
+def cgroup_cpu_quota(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                     cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota (in CPUs, e.g. 2.5) of this process's cgroup and its ancestors, or None if none is set."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        hid, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if hid == "0" and controllers == "":
+            q = _cgroup_v2_quota(cgroup_root, rel)
+            if q is None and (cgroup_root / "unified").is_dir():
+                q = _cgroup_v2_quota(cgroup_root / "unified", rel)
+        elif "cpu" in controllers.split(","):
+            q = _cgroup_v1_quota(cgroup_root, rel)
+        else:
+            continue
+        if q is not None:
+            quotas.append(q)
+    return min(quotas) if quotas else None
+
+
+def usable_cpus(affinity: set[int] | None = None, quota: float | None | bool = True) -> int:
+    """CPUs this process may use: its affinity mask, further limited by the cgroup CPU quota (rounded up)."""
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            affinity = set(range(os.cpu_count() or 1))
+    n = max(1, len(affinity))
+    q = cgroup_cpu_quota() if quota is True else quota
+    if isinstance(q, (int, float)) and not isinstance(q, bool) and q > 0:
+        n = min(n, max(1, math.ceil(q - 1e-9)))
+    return n
+
+
+# ------------------------------------------------------------------------ worker environment
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def worker_env(role: str, device: str | None, threads: int,
+               parent_env: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """The environment changes of one worker: its GPU (or none) and its thread pools.
+
+    A GPU consumer of ``cuda:N`` sees only entry N of the parent's ``CUDA_VISIBLE_DEVICES``
+    (N itself when unset), so it opens a context on its own GPU only, as device 0. Every
+    other worker sees no GPU. A value None means "remove".
+    """
+    env = os.environ if parent_env is None else parent_env
+    changes: dict[str, str | None] = {v: str(max(1, threads)) for v in THREAD_VARS}
+    index = device_index(device) if device else None
+    if role == "consumer" and index is not None:
+        visible = visible_entries(env)
+        if visible is None:
+            changes["CUDA_VISIBLE_DEVICES"] = str(index)
+        elif index < len(visible):
+            changes["CUDA_VISIBLE_DEVICES"] = visible[index]
+        else:
+            raise ConfigError(f"{device}: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} has no entry "
+                              f"{index} (GPU ids are positions within it)")
+        changes["CUDA_DEVICE_ORDER"] = env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    else:
+        changes["CUDA_VISIBLE_DEVICES"] = ""
+    return changes
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """Apply ``changes`` to this process's environment for the duration (a spawned child inherits it)."""
+    with _ENV_LOCK:
+        old = {k: os.environ.get(k) for k in changes}
+        try:
+            for k, v in changes.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def start_process(process, changes: Mapping[str, str | None]) -> None:
+    """``process.start()`` with the environment ``changes`` in force from the child's first instruction."""
+    with environment(changes):
+        process.start()
+
+
+# ------------------------------------------------------------------------- workers and window
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How many producers, writers, and threads per consumer."""
+
+    producers: int
+    writers: int
+    consumer_threads: int
+    cores: int
+
+
+def plan_workers(cores: int, devices: Sequence[str], producers: int | str, writers: int | str,
+                 consumer_threads: int | str, batches: int, shards: int) -> Workers:
+    """Producers, writers and consumer threads for ``cores`` usable CPUs and these consumers."""
+    gpus = sum(d != "cpu" for d in devices)
+    cpu_consumers = len(devices) - gpus
+    if writers == "auto":
+        # One writer keeps up with CPU consumers; beside GPUs, one per 4 spare cores, at most one per GPU.
+        writers = 1 if not gpus else max(1, min(gpus, (cores - gpus) // 4))
+    writers = max(1, min(int(writers), max(1, shards)))
+    if producers == "auto":
+        producers = max(1, cores - len(devices) - writers)
+    producers = max(1, min(int(producers), max(1, batches)))
+    if consumer_threads != "auto":
+        threads = int(consumer_threads)
+    elif cpu_consumers:
+        # Measured on 2 cores (benchmarks/RESULTS.md): the default gives every core to the forward.
+        threads = max(1, cores // max(1, cpu_consumers))
+    else:
+        # A GPU consumer's own CPU work (copies, reductions) gets the cores producers and writers leave.
+        threads = max(1, (cores - producers - writers) // max(1, gpus))
+    return Workers(producers, writers, threads, cores)
+
+
+RING_BUDGET = 256 * 2**20   # bytes per ring beyond the minimum number of slots
+MAX_SLOTS = 16              # the output ring grows to this many slots if it has fewer (the minimums may exceed it)
+SHM_DIR = "/dev/shm"
+SHM_RESERVE = 4 * 2**20     # of the free space in SHM_DIR, left to others (semaphores, other programs)
+
+
+@dataclass(frozen=True)
+class Rings:
+    """The rings' depth, the in-flight window, and the producers that window lets work."""
+
+    in_slots: int
+    out_slots: int
+    producers: int
+    note: str = ""
+
+    @property
+    def window(self) -> int:
+        return self.out_slots
+
+    def __iter__(self):  # (in_slots, out_slots), as size_rings returned before the producers were added
+        return iter((self.in_slots, self.out_slots))
+
+
+def ring_minimums(producers: int, consumers: int, writers: int) -> tuple[int, int]:
+    """(input, output) slots for every stage to have work in hand.
+
+    A producer needs a window credit and an input slot for each batch; the window (= output
+    slots) must also cover what the consumers (one computing, one queued) and the writers
+    (one writing, one arriving) hold, or some producers always wait for a credit.
+    """
+    return producers + 2 * consumers, producers + 2 * consumers + 2 * writers
+
+
+def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, writers: int,
+               fixed: int | None, free: int | None) -> Rings:
+    """Slots of the input and output rings (the output ring's depth is the window), within the shared memory there is.
+
+    Every producer gets a credit and an input slot (see :func:`ring_minimums`); beyond that
+    the output ring grows to RING_BUDGET (at most MAX_SLOTS slots) and the input
+    ring follows it, never deeper than the window (a slot beyond it is never filled). Where
+    /dev/shm cannot hold that, the producers are capped to what fits, with a warning; where
+    not even one producer's share fits, the rings shrink to one slot each (slower, still
+    correct); where even one batch each does not fit, a ConfigError before anything starts.
+    """
+    usable = None if free is None else max(0, free - SHM_RESERVE)
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    how = ("lower batch_size (the rings grow with it), save fewer or reduced blobs, or give the machine more "
+           f"shared memory (Docker: --shm-size=2g; otherwise remount {SHM_DIR} with a larger size)")
+    if fixed:
+        need = fixed * (in_bytes + out_bytes)
+        if usable is not None and need > usable:
+            raise ConfigError(f"ring_slots: {fixed} slots per ring need {mib(need)} of shared memory but {SHM_DIR} "
+                              f"has {mib(free)} free: lower ring_slots (or leave it unset), or {how}")
+        can = max(1, fixed - 2 * consumers - 2 * writers)
+        note = ""
+        if can < producers:
+            note = (f"ring_slots {fixed} leaves window credits for {can} of {producers} producers: "
+                    f"{producers - can} would always wait, so {can} are started")
+            log.warning("%s", note)
+        return Rings(fixed, fixed, min(producers, can), note)
+    if usable is not None and in_bytes + out_bytes > usable:
+        raise ConfigError(
+            f"{SHM_DIR} has {mib(free)} free, and this run needs at least {mib(in_bytes + out_bytes)} of shared "
+            f"memory (one input batch of {mib(in_bytes)} and one output batch of {mib(out_bytes)}): {how}")
+    fits = lambda i, o: usable is None or i * in_bytes + o * out_bytes <= usable  # noqa: E731
+    note = ""
+    p = producers
+    in_min, out_min = ring_minimums(p, consumers, writers)
+    if not fits(in_min, out_min):
+        while p > 1 and not fits(*ring_minimums(p, consumers, writers)):
+            p -= 1
+        in_min, out_min = ring_minimums(p, consumers, writers)
+        if fits(in_min, out_min):
+            note = (f"{SHM_DIR} has {mib(free)} free: room for {in_min} input and {out_min} output batches, "
+                    f"enough for {p} of {producers} producers, so {p} are started; to run them all, {how}")
+            log.warning("%s", note)
+    budget = RING_BUDGET if usable is None else min(RING_BUDGET, usable // 2)
+    out_slots = max(out_min, min(MAX_SLOTS, budget // max(out_bytes, 1)))
+    in_slots = max(in_min, min(out_slots, budget // max(in_bytes, 1)))
+    # Too big: give up slots beyond the minimums first, then below them, the bigger ring first.
+    for floor_in, floor_out in ((in_min, out_min), (1, 1)):
+        while not fits(in_slots, out_slots):
+            can_in, can_out = in_slots > floor_in, out_slots > floor_out
+            if not (can_in or can_out):
+                break
+            if can_in and (not can_out or in_slots * in_bytes >= out_slots * out_bytes):
+                in_slots -= 1
+            else:
+                out_slots -= 1
+        in_slots = min(in_slots, out_slots)
+    if in_slots < in_min or out_slots < out_min:
+        note = (f"{SHM_DIR} has {mib(free)} free: the rings hold {in_slots} input and {out_slots} output batches "
+                f"instead of at least {in_min} and {out_min}, so stages will wait for each other; "
+                + how.replace("lower", "to avoid this, lower", 1))
+        log.warning("%s", note)
+    return Rings(in_slots, out_slots, p, note)
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in the shared-memory filesystem, or None where it cannot be known."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def plan_devices(cfg, batches: int, shards: int) -> tuple[list[str], Workers]:
+    """The consumers' devices and the worker counts of a run of ``cfg`` (a savedeep Config), checked.
+
+    Sets CUDA_DEVICE_ORDER=PCI_BUS_ID when unset (GPU ids then match nvidia-smi), counts the
+    CUDA devices in a subprocess, and stops before anything starts when the driver is too old
+    for the engine's CUDA runtime.
+    """
+    devices = ["cpu"] * cfg.cpu_consumers
+    driver = None
+    if cfg.gpus != "cpu":
+        set_device_order()
+        found = count_gpus()
+        driver = found.driver
+        log.info("GPUs: %d CUDA device(s) visible (counted by %s%s)", found.count, found.source,
+                 f"; {found.note}" if found.note and found.count else "")
+        devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers, found)
+    else:
+        resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
+    if any(d != "cpu" for d in devices):
+        runtime, what = runtime_for(cfg.engine)
+        check_driver(driver, runtime, what, driver_release())
+    cores = usable_cpus()
+    workers = plan_workers(cores, devices, cfg.producers, cfg.writers, cfg.consumer_threads, batches, shards)
+    log.debug("CPUs usable by this process: %d (the machine has %s)", cores, os.cpu_count())
+    return devices, workers
+
+
+# ------------------------------------------------------------------ provenance (in a consumer)
+
+
+def _uuid_str(raw: bytes, prefix: str = "GPU-") -> str:
+    h = raw.hex()
+    return f"{prefix}{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def gpu_identity(ordinal: int = 0, libs: Sequence[str] = CUDA_LIBS) -> dict[str, object]:
+    """Name, UUID and driver CUDA version of this process's GPU ``ordinal``, from the CUDA driver API.
+
+    Only for a consumer, which owns its GPU (it initialises the driver in this process).
+    """
+    import ctypes
+
+    for name in libs:
+        try:
+            cu = ctypes.CDLL(name)
+        except OSError:
+            continue
+        try:
+            if cu.cuInit(0) != 0:
+                return {"error": "cuInit failed"}
+            dev = ctypes.c_int(0)
+            if cu.cuDeviceGet(ctypes.byref(dev), ordinal) != 0:
+                return {"error": f"cuDeviceGet({ordinal}) failed"}
+            buf = ctypes.create_string_buffer(256)
+            cu.cuDeviceGetName(buf, 256, dev)
+            uuid = ctypes.create_string_buffer(16)
+            get_uuid = getattr(cu, "cuDeviceGetUuid_v2", None) or cu.cuDeviceGetUuid
+            out: dict[str, object] = {"name": buf.value.decode(errors="replace")}
+            if get_uuid(uuid, dev) == 0:
+                out["uuid"] = _uuid_str(uuid.raw)
+            v = ctypes.c_int(0)
+            if cu.cuDriverGetVersion(ctypes.byref(v)) == 0:
+                out["driver_cuda"] = cuda_version_str(v.value)
+            out["driver"] = driver_release()
+            return out
+        except AttributeError as exc:
+            return {"error": f"{name}: {exc}"}
+    return {"error": "the CUDA driver library cannot be loaded"}
+
+
+def consumer_provenance(engine: str, device: str, local: str, threads: int | None) -> dict[str, object]:
+    """What the manifest records of one consumer: its device and, on a GPU, the GPU and CUDA versions."""
+    info: dict[str, object] = {"device": device, "engine": engine, "pid": os.getpid(),
+                               "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                               "threads": threads}
+    if not local.startswith("cuda"):
+        return info
+    info["local_device"] = local
+    info.update(gpu_identity(0))
+    if engine == "torch":
+        import torch
+
+        info["cuda_runtime"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        try:
+            info["torch_uuid"] = str(torch.cuda.get_device_properties(0).uuid)
+        except (AttributeError, RuntimeError):
+            pass
+    else:
+        info["cuda_runtime"] = caffe_cuda_version()
+        info["cudnn"] = "not used (pycaffe is built with USE_CUDNN := 0)"
+    return info
