@@ -392,6 +392,20 @@ class OutputLock:
         return LockedError(f"{what} is in use by another savedeep run: {h.describe()} (lock {h.path}); "
                            f"nothing was changed; {fix}")
 
+    def check(self) -> None:
+        """Raise the refusal ``acquire`` would raise if another run holds the lock now; changes nothing.
+
+        The preflight calls it before judging the output on disk, so that a run started beside a
+        running one is told that, not that the output 'exists'.
+        """
+        h = self.holder()
+        if h is None:
+            return
+        state = h.state()
+        if state == "stale" or (state == "unknown" and self.break_lock):
+            return
+        raise self._refusal(h)
+
     def acquire(self) -> OutputLock:
         """Take the lock, breaking it if it is stale (or if ``break_lock`` and the holder is not alive here)."""
         if self._record is not None:

@@ -321,7 +321,7 @@ class Run:
         """Every check before a worker starts: see NOTE [savedeep preflight] in savedeep/preflight.py."""
         from savedeep.preflight import preflight
 
-        pf = self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite)
+        pf = self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock)
         self.model, self._hashes = pf.model, pf.hashes
         self.blob_specs, self.columns, self.blob_info = pf.blob_specs, pf.columns, pf.blob_info
         self.input_shape, self.images, self.mean = pf.input_shape, pf.images, pf.mean

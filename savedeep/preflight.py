@@ -228,13 +228,14 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, resu
 # --------------------------------------------------------------------------- the whole check
 
 
-def preflight(config: Config, *, resume: bool = False, overwrite: bool = False) -> Preflight:
+def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, break_lock: bool = False) -> Preflight:
     """Every check before a worker starts (see NOTE [savedeep preflight]); raises the error a run would raise."""
     from savedeep.faults import maybe_fail
     from savedeep.images import list_images
     from savedeep.model import check_weights, load_model
     from savedeep.output import ColumnSpec, sha256_file
     from savedeep.devices import plan_devices, shm_free_bytes, size_rings
+    from savedeep.lock import OutputLock
     from savedeep.pipeline import _Background, _keys_digest, make_plan, preprocess_spec, same_result_keys
     from savedeep.preprocess import Preprocessor, load_mean
     from savedeep.reduce import make_reducer
@@ -281,6 +282,8 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False) 
     check_listed_files(images, cfg.on_error)
     keys_digest = _keys_digest(images.keys)
 
+    # A run in progress on this output is named first: it explains whatever is on disk.
+    OutputLock(cfg.output, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
     exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, result_same=lambda m: same_result_keys(cfg, m),
                                          hashes=hashes.result, keys_digest=keys_digest, n_images=len(images))
     plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
