@@ -400,12 +400,14 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("engine", " \\| ".join(ENGINES), "torch", "Forward pass by pycaffe or by PyTorch from the same files",
          _choice(ENGINES)),
     _Key("gpus", '"cpu" \\| "all" \\| list of int', "all",
-         'GPUs to run on, one consumer each: [0, 1] or "0,1"; "all": every GPU, or the CPU if there is none', _gpus),
+         'GPUs to run on, one consumer each: [0, 1] or "0,1" (positions within CUDA_VISIBLE_DEVICES; unset: '
+         'nvidia-smi\'s numbers); "all": every GPU, or the CPU if there is none', _gpus),
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _producers),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
-         "Threads of each CPU consumer's forward pass (auto: the cores shared among the CPU consumers)", _producers),
+         "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "
+         "what producers and writers leave)", _producers),
     _Key("writers", 'int >= 1 \\| "auto"', "auto",
          "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
          _producers),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import pickle
@@ -537,6 +538,39 @@ def test_schema_markdown_lists_every_key() -> None:
     for f in dataclasses.fields(PreprocessOptions):
         assert f"| `preprocess.{f.name}` |" in table
     assert "current directory" in table and "directory of that file" in table
+
+
+def test_readme_config_table_is_the_schema() -> None:
+    """The README's table of keys is schema_markdown() verbatim: docs and validation cannot drift apart."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert schema_markdown() in readme, "README.md's config table differs from savedeep.config.schema_markdown()"
+
+
+def test_fingerprint_is_canonical_json_sha256() -> None:
+    """The fingerprint's exact definition: a resume compares it with one written by an earlier run, so its
+    bytes must not change (sorted keys at every depth, no spaces, ASCII escapes)."""
+    from savedeep.config import _sha256_json
+
+    value = {"b": {"y": 1, "x": [2.5, None]}, "a": "é"}
+    want = hashlib.sha256(b'{"a":"\\u00e9","b":{"x":[2.5,null],"y":1}}').hexdigest()
+    assert _sha256_json(value) == want
+
+
+def test_result_fingerprint_ignores_the_order_of_nested_keys(project: Path) -> None:
+    keys = {"model": str(project / "model"), "images": str(project / "images"), "output": str(project / "o.pk")}
+    a = load_config(None, {**keys, "blobs": [{"name": "fc7", "reduce": {"pool": "mean", "grid": 2}}],
+                           "preprocess": {"resize": "warp", "raw_scale": 255}})
+    b = load_config(None, {**keys, "blobs": [{"reduce": {"grid": 2, "pool": "mean"}, "name": "fc7"}],
+                           "preprocess": {"raw_scale": 255, "resize": "warp"}})
+    assert a.result_fingerprint() == b.result_fingerprint() and a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("Yes", True), ("on", True), ("ON", True), ("1", True),
+                                         ("false", False), ("no", False), ("Off", False), ("0", False)])
+def test_boolean_strings(text: str, value: bool, project: Path) -> None:
+    keys = {"model": str(project / "model"), "images": str(project / "images"), "output": str(project / "o.pk"),
+            "blobs": "fc7"}
+    assert load_config(None, {**keys, "pickle": text}).pickle is value
 
 
 @pytest.mark.parametrize("name", ["caffenet_fc.yaml", "caffenet_conv_f16.yaml", "two_gpus.yaml"])
