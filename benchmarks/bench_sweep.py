@@ -7,7 +7,7 @@ is one fresh ``savedeep.run`` (workers spawned, engine built, output written, no
 the first N benchmark JPEGs (256 for CaffeNet, 128 for open_nsfw by default).
 
 Reported per point: wall time (start-up included), images/s over the wall time, the steady
-rate (from the consumer's 'ready' log line to the end), the busy fraction of each role, and
+rate (``RunResult.steady_images_per_s``: after the first window of batches), the busy fraction of each role, and
 the stage bound for that configuration with the steady rate as a fraction of it. The bound
 is measured side by side: before the runs of each (case, engine, batch), its three stages
 alone (``bench_stages.bound_now``: forward, decode, write, ~10 s), so that a point is never
