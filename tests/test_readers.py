@@ -126,3 +126,20 @@ def test_dask_read_parquet_on_the_directory(output):
     directory, reference = output
     df = dd.read_parquet(directory).compute(scheduler="synchronous")
     _check_pandas(df, reference)
+
+
+def test_savedeep_loaders_on_every_path_of_the_output(output, tmp_path):
+    """savedeep.load and load_array given the pickle's path, the directory, or the pickle's path of an output
+    without a pickle (--no-pickle: the shards are read), return the same rows and arrays."""
+    directory, reference = output
+    shutil.copytree(directory, tmp_path / "acts.parquet")
+    no_pickle = tmp_path / "acts.pk"  # never written: the loaders must find tmp_path/acts.parquet
+    for path in (directory.with_name("acts.pk"), directory, no_pickle):
+        df = savedeep.load(path)
+        assert list(df["image"]) == list(reference["image"]), path
+        for blob in BLOBS:
+            want = np.stack(reference[blob])
+            assert np.array_equal(np.stack(df[blob]), want), (path, blob)
+            got = savedeep.load_array(path, blob)
+            assert got.dtype == want.dtype and np.array_equal(got, want), (path, blob)
+    assert list(savedeep.load(no_pickle, blobs=["prob"]).columns) == ["image", "prob"]
