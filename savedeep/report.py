@@ -401,13 +401,17 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
         d["blob_shape"] = info.get("blob_shape", info["shape"])
         d["reduce"] = info.get("reduce")
         blob_data[b] = d
-        reduce_text = "-"
-        if info.get("reduce"):
-            rd = info["reduce"]
-            reduce_text = (f"{rd.get('pool')} pool to a {rd.get('grid')}x{rd.get('grid')} grid"
-                           if rd.get("kind") == "pool" and rd.get("grid") else
-                           f"{rd.get('pool')} pool, one value per channel" if rd.get("kind") == "pool" else
-                           f"random projection to {rd.get('out_shape')}")
+        rd = info.get("reduce") or {}
+        kind = rd.get("kind", "none")
+        if kind == "none":
+            reduce_text = "none (the whole blob)"
+        elif kind == "pool":
+            reduce_text = (f"{rd.get('pool')} pool to a {rd.get('grid')}x{rd.get('grid')} grid" if rd.get("grid")
+                           else f"{rd.get('pool')} pool, one value per channel")
+        elif kind == "project":
+            reduce_text = f"random projection to {tuple(rd.get('out_shape', info['shape']))}"
+        else:
+            reduce_text = f"{kind} to {tuple(rd.get('out_shape', info['shape']))}"
         stat_rows = [
             ("stored shape", _e(tuple(info["shape"]))), ("blob shape", _e(tuple(d["blob_shape"]))),
             ("reduction", _e(reduce_text)), ("dtype", _e(info["dtype"])), ("units", f"{s.units:,}"),
@@ -428,7 +432,8 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
                 key = top_keys[r]
                 t = thumbs.get(r)
                 pic = _img(t, key, "thumb") if t else '<span class="note">(no image)</span>'
-                figs.append(f"<figure>{pic}<figcaption>{_e(key)}<br>{v:.3g}</figcaption></figure>")
+                figs.append(f'<figure title="{_e(key)}">{pic}<figcaption>{_e(key.rsplit("/", 1)[-1])}<br>{v:.3g}'
+                            "</figcaption></figure>")
             idx = s.unit_index(u)
             tops.append(f'<div class="unit"><b>unit {_e(idx)}</b> (sd {s.unit_std[u]:.3g})'
                         f'<div class="tops">{"".join(figs)}</div></div>')
