@@ -74,6 +74,21 @@ def _open(driver, page: Path) -> dict:
     broken = [i for i in images if not (i[1] and i[2] > 0 and i[3] > 0)]
     assert not broken, broken
     assert all(i[4].startswith(("data:image/png;base64", "data:image/jpeg;base64")) for i in images)
+    # decoded whole: drawn on a canvas, every pixel is painted (a truncated PNG keeps its size from the header
+    # but paints nothing below the part that arrived)
+    painted = driver.execute_script("""
+        return Array.from(document.images).map(img => {
+            const c = document.createElement('canvas');
+            c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const g = c.getContext('2d');
+            g.drawImage(img, 0, 0);
+            const px = g.getImageData(0, 0, c.width, c.height).data;
+            let opaque = 0;
+            for (let k = 3; k < px.length; k += 4) if (px[k] === 255) opaque++;
+            return [img.alt, opaque / (c.width * c.height)];
+        });""")
+    unpainted = [p for p in painted if p[1] < 1.0]
+    assert not unpainted, unpainted
     # nothing fetched from anywhere: every resource the page loaded is a data URI
     fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(u.startswith("data:") for u in fetched), fetched
