@@ -3,7 +3,7 @@
 The page has no network reference: styles are inline, plots are PNG data URIs
 drawn by matplotlib (Agg), thumbnails are JPEG data URIs, and the numbers are
 also embedded as JSON (``<script type="application/json" id="savedeep-data">``,
-data, not code). It reads the same from a cluster's scratch directory or a copy.
+data, not code; NaN written as null). It reads the same from a cluster's scratch directory or a copy.
 
 - **The run** comes from the manifest and the run log only: nothing is
   recomputed. Duration, images/s and each stage's busy fraction are the run's
@@ -496,8 +496,21 @@ Statistics over every row, streamed shard by shard; RDMs as above.</p>
     return page, data
 
 
+def _strict(value: Any) -> Any:
+    """JSON that JSON.parse reads: NaN and infinities become null."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def _json_for_html(data: Any) -> str:
-    text = json.dumps(data, allow_nan=True, default=float)
+    text = json.dumps(_strict(data), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

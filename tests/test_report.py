@@ -126,7 +126,7 @@ def test_page_geometry_is_ordered_by_group_and_agrees_with_the_api(output, page)
     assert g["keys"] == sorted(df["image"], key=lambda k: (cat[k], k))
     assert g["groups"] == [cat[k] for k in g["keys"]]
     sim = savedeep.blob_similarity(output, BLOB_NAMES)
-    got = np.asarray(g["blob_similarity"], dtype=float)
+    got = np.asarray([[np.nan if v is None else v for v in row] for row in g["blob_similarity"]])
     assert np.array_equal(np.isnan(got), np.isnan(sim.values))
     assert np.nanmax(np.abs(got - sim.values)) < 1e-12
     for i, a in enumerate(BLOB_NAMES):

@@ -17,7 +17,6 @@ partial output's page that breaks.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -92,7 +91,8 @@ def _open(driver, page: Path) -> dict:
     # nothing fetched from anywhere: every resource the page loaded is a data URI
     fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert all(u.startswith("data:") for u in fetched), fetched
-    data = json.loads(driver.execute_script("return document.getElementById('savedeep-data').textContent"))
+    # the embedded numbers are strict JSON: the browser's own parser reads them
+    data = driver.execute_script("return JSON.parse(document.getElementById('savedeep-data').textContent)")
     return {"images": images, "data": data}
 
 
