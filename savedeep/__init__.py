@@ -9,6 +9,9 @@ Python API::
     ds = savedeep.load_xarray("out/acts.pk")          # xarray.Dataset: dims, coordinates, receptive fields
     da = savedeep.load_assembly("out/acts.pk")        # Brain-Score-style presentation x neuroid DataArray
     savedeep.export("out/acts.pk", "netcdf")          # out/acts.nc (also "npy", "mat")
+    m, keys = savedeep.rdm("out/acts.pk", "fc7")      # 1 - Pearson r between images (rsatoolbox's correlation)
+    sim = savedeep.blob_similarity("out/acts.pk", ["fc6", "fc7"])   # correlation between the blobs' RDMs
+    savedeep.report("out/acts.pk")                    # out/acts.report.html, one self-contained page
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import sa
     from savedeep.pipeline import RunResult
 
 __all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
-           "__version__"]
+           "rdm", "blob_similarity", "blob_stats", "report", "__version__"]
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
@@ -45,11 +48,17 @@ def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool 
     from savedeep.config import Config
     from savedeep.pipeline import run as _run
 
+    from savedeep.report import after_run, require_matplotlib
+
     if not isinstance(config, Config):
         config = load_config(config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
-    return _run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock)
+    if config.report:
+        require_matplotlib()
+    result = _run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock)
+    after_run(config, result)  # the run's figures into its log (for savedeep report); the report if asked
+    return result
 
 
 def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":
@@ -97,3 +106,36 @@ def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: lis
     from savedeep.interop import export as _export
 
     return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model)
+
+
+def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: int | None = None,
+        seed: int = 0) -> "tuple[np.ndarray, list[str]]":
+    """(RDM, image keys) of one blob: ``1 - Pearson r`` between images (``metric="correlation"``, equal to
+    rsatoolbox's ``calc_rdm(..., method="correlation")``) or ``"euclidean"``; above ``max_images`` images a
+    subsample drawn by ``numpy.random.default_rng(seed)``. See :mod:`savedeep.stats`."""
+    from savedeep.stats import rdm as _rdm
+
+    return _rdm(Path(path), blob, metric=metric, max_images=max_images, seed=seed)
+
+
+def blob_similarity(path: str | Path, blobs: list[str] | None = None, metric: str = "correlation",
+                    max_images: int | None = None, seed: int = 0) -> "pd.DataFrame":
+    """Blobs x blobs: the Pearson correlation between the blobs' RDMs on the same images."""
+    from savedeep.stats import blob_similarity as _sim
+
+    return _sim(Path(path), blobs, metric=metric, max_images=max_images, seed=seed)
+
+
+def blob_stats(path: str | Path, blob: str) -> Any:
+    """One blob's statistics over every image (histogram, zeros, dead units, per-unit means), streamed."""
+    from savedeep.stats import blob_stats as _stats
+
+    return _stats(Path(path), blob)
+
+
+def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | None = None,
+           group_by: str | None = None, max_images: int = 500, seed: int = 0) -> Path:
+    """Write the HTML report of an output (default ``out/acts.report.html``); see :mod:`savedeep.report`."""
+    from savedeep.report import write_report
+
+    return write_report(Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed)

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], help="what a bad image does")
         sp.add_argument("--no-pickle", dest="pickle", action="store_const", const=False,
                         help="write only the Parquet output")
+        sp.add_argument("--report", dest="report", action="store_const", const=True,
+                        help="after the run, write the HTML report out/acts.report.html (as savedeep report)")
 
     r = sub.add_parser("run", help="extract activations", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,11 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--compression-level", dest="compression_level", type=int, default=1,
                    help="netCDF gzip level 0-9 (0: none; default 1)")
     x.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    rp = sub.add_parser("report", help="write one self-contained HTML page about an output: the run, each blob's "
+                        "activations, RDMs and blob similarity, top images",
+                        epilog="needs the report extra: pip install 'savedeep[report]'")
+    rp.add_argument("output", type=Path, help="the run's output: out/acts.pk or out/acts.parquet")
+    rp.add_argument("-o", "--out", dest="dest", type=Path, help="the page (default: out/acts.report.html)")
+    rp.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names (default: all)")
+    rp.add_argument("--group-by", dest="group_by", metavar="COLUMN",
+                    help="order the RDMs by this metadata column of a CSV image list, groups marked")
+    rp.add_argument("--max-images", dest="max_images", type=int, default=500,
+                    help="RDMs over at most this many images, a seeded random subsample above it (default 500)")
+    rp.add_argument("--seed", type=int, default=0, help="seed of that subsample (default 0)")
+    rp.add_argument("--no-thumbnails", dest="thumbnails", action="store_false",
+                    help="do not read the images for the top-image thumbnails")
+    rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
 
 
 _RUN_KEYS = ("model", "blobs", "images", "output", "gpus", "require_gpu", "engine", "batch_size", "producers",
-             "writers", "cpu_consumers", "dtype", "storage", "shard_size", "on_error", "pickle")
+             "writers", "cpu_consumers", "dtype", "storage", "shard_size", "on_error", "pickle", "report")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -140,9 +157,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     _setup_console(args.quiet)
     config = load_config(args.config, _overrides(args))
+    if config.report:
+        from savedeep.report import require_matplotlib
+
+        require_matplotlib()  # before the run, not after it
     result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet,
                  break_lock=args.break_lock)
     print(result.summary(), file=sys.stderr)
+    from savedeep.report import after_run
+
+    page = after_run(config, result)
+    if page is not None:
+        print(f"report: {page}", file=sys.stderr)
     return 0
 
 
@@ -178,6 +204,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from savedeep.report import write_report
+
+    _setup_console(args.quiet)
+    page = write_report(args.output, args.dest, args.blobs, group_by=args.group_by, max_images=args.max_images,
+                        seed=args.seed, thumbnails=args.thumbnails)
+    print(page)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``savedeep`` console script."""
     parser = build_parser()
@@ -194,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect,
-                "export": _cmd_export}[args.command](args)
+                "export": _cmd_export, "report": _cmd_report}[args.command](args)
     except SavedeepError as exc:
         print(f"savedeep: error: {exc}", file=sys.stderr)
         return exc.exit_code

