@@ -9,6 +9,7 @@ Python API::
     ds = savedeep.load_xarray("out/acts.pk")          # xarray.Dataset: dims, coordinates, receptive fields
     da = savedeep.load_assembly("out/acts.pk")        # Brain-Score-style presentation x neuroid DataArray
     savedeep.export("out/acts.pk", "netcdf")          # out/acts.nc (also "npy", "mat")
+    savedeep.convert("demo/model", "onnx", "nsfw.onnx")  # the net as ONNX (or "torch": a .pt2 program)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import sa
     from savedeep.pipeline import RunResult
 
 __all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
-           "__version__"]
+           "convert", "__version__"]
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
@@ -97,3 +98,12 @@ def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: lis
     from savedeep.interop import export as _export
 
     return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model)
+
+
+def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | None = None,
+            batch: int | str = "dynamic", overwrite: bool = False) -> Path:
+    """Write a model directory's net as ONNX (``to="onnx"``) or a torch.export program (``"torch"``, a .pt2)
+    whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.convert`."""
+    from savedeep.convert import convert as _convert
+
+    return _convert(model, to, dest, blobs, batch=batch, overwrite=overwrite)
