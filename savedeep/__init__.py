@@ -103,7 +103,7 @@ def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: lis
 def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | None = None,
             batch: int | str = "dynamic", overwrite: bool = False) -> Path:
     """Write a model directory's net as ONNX (``to="onnx"``) or a torch.export program (``"torch"``, a .pt2)
-    whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.convert`."""
-    from savedeep.convert import convert as _convert
+    whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.conversion`."""
+    from savedeep.conversion import convert as _convert
 
     return _convert(model, to, dest, blobs, batch=batch, overwrite=overwrite)

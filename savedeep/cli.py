@@ -189,7 +189,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from savedeep.convert import convert
+    from savedeep.conversion import convert
 
     _setup_console(args.quiet)
     print(convert(args.model, args.to, args.dest, args.blobs, batch=args.batch, overwrite=args.overwrite))

@@ -16,7 +16,7 @@ import torch
 
 from savedeep.caffemodel import random_weights, write_caffemodel
 from savedeep.cli import main
-from savedeep.convert import ONNX_OPSET, convert
+from savedeep.conversion import ONNX_OPSET, convert
 from savedeep.errors import ConfigError, UnsupportedLayerError
 from tests.nets import LAYER_CASES, channel_err, layer, make_caffemodel, photo_batch, rel_err, write_net
 from tests.test_engines import IMAGENET, NET_CHANNEL_TOLERANCE, NET_TOLERANCE, _random_model_dir
@@ -342,3 +342,13 @@ def test_without_the_extra_convert_says_what_to_install(small_model, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert "pip install 'savedeep[convert]'" in r.stderr and "onnx" in r.stderr
+
+
+def test_api_convert_stays_a_function(small_model, tmp_path):
+    """savedeep.convert is the function even after its module was imported (a module named
+    savedeep/convert.py would replace the package attribute on import)."""
+    import savedeep
+    import savedeep.conversion  # noqa: F401
+
+    assert callable(savedeep.convert)
+    assert savedeep.convert(small_model, "torch", tmp_path / "m.pt2") == tmp_path / "m.pt2"
