@@ -10,10 +10,13 @@ model computes the same arithmetic as the torch engine:
   the weights); TorchScript is in maintenance mode and its tracer records Python
   control flow silently, where ``torch.export`` refuses what it cannot capture.
 - ``--to onnx``: ``torch.onnx.export(..., dynamo=True)`` of the same exported
-  program at a pinned opset (:data:`ONNX_OPSET`); Caffe's pooling (ceil, last window
-  clipped, clipped divisor), LRN and Crop are already spelled out in aten operators
-  (pads, slices, sums), so the ONNX graph has no operator whose rounding rule could
-  differ from Caffe's.
+  program at a pinned opset (:data:`ONNX_OPSET`). Caffe's pooling output size (ceil,
+  a last window starting in the padding dropped), LRN and Crop are already spelled out
+  in plain operators (pads, slices, sums of shifted squares), so no ONNX operator's
+  own rounding rule comes into play. AVE pooling is the exception: torch.onnx drops
+  ``divisor_override`` without a word, so for ONNX the clipped border divisor is a
+  constant factor instead (:class:`OnnxAvePooling`; the tests caught it on GoogLeNet).
+  The dynamo exporter needs onnxscript and works offline.
 
 Layers that ONNX cannot express exactly are refused by name (:data:`ONNX_REFUSED`),
 as are the layer types the torch engine does not run.
@@ -58,12 +61,15 @@ def _blob_semantics_note() -> str:
             "value after the last in-place layer, e.g. post-ReLU)")
 
 
-def check_convertible(net: "Net", to: str, source: object) -> None:
-    """Refuse, naming the layer and its type, a net that the conversion cannot reproduce exactly."""
+def check_convertible(net: "Net", to: str, source: object, names: set[str] | None = None) -> None:
+    """Refuse, naming the layer and its type, a net that the conversion cannot reproduce exactly.
+
+    ``names``: the layers the requested blobs need (None: all); a layer no requested blob needs is
+    left out of the file and so never refused."""
     from savedeep.engines.torch_engine import unsupported_layers
     from savedeep.engines.torch_layers import SUPPORTED_TYPES
 
-    bad = unsupported_layers(net)
+    bad = [layer for layer in unsupported_layers(net) if names is None or layer.name in names]
     if bad:
         raise UnsupportedLayerError(
             f"layer {bad[0].name!r} in {source} has type {bad[0].type!r}, which savedeep convert cannot convert "
@@ -71,7 +77,7 @@ def check_convertible(net: "Net", to: str, source: object) -> None:
         )
     if to == "onnx":
         for layer in net.layers:
-            if layer.type in ONNX_REFUSED:
+            if layer.type in ONNX_REFUSED and (names is None or layer.name in names):
                 raise UnsupportedLayerError(
                     f"layer {layer.name!r} in {source} has type {layer.type!r}, which ONNX cannot express exactly "
                     f"({ONNX_REFUSED[layer.type]}); convert with --to torch, or request only blobs before it"
@@ -84,9 +90,8 @@ def _program_class() -> type:
     if _PROGRAM is not None:
         return _PROGRAM
     import torch
-    from torch import nn
-
     import torch.nn.functional as F
+    from torch import nn
 
     from savedeep.engines.torch_engine import TorchNet
     from savedeep.engines.torch_layers import Pooling, caffe_pool_size
@@ -102,6 +107,7 @@ def _program_class() -> type:
         def __init__(self, pool: Pooling) -> None:
             super().__init__()
             self.pool = pool
+            self.layer_name = pool.layer_name
 
         def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
             p = self.pool
@@ -317,8 +323,10 @@ def convert(model_dir: str | Path, to: str, dest: str | Path, blobs: Sequence[st
     if len(net.inputs) != 1:
         raise UnsupportedLayerError(f"{model.prototxt}: the net has {len(net.inputs)} inputs "
                                     f"({', '.join(net.inputs)}); savedeep converts nets with one image input")
-    check_convertible(_needed_net(net, names), to, model.prototxt)
+    check_convertible(net, "torch", model.prototxt)  # types the torch engine does not run: before building
     program = build_program(net, names, model.prototxt, onnx=to == "onnx")
+    needed = {op.layer_name for op in program.ops}
+    check_convertible(net, to, model.prototxt, names=needed)
     meta = metadata(model, names, fixed, to)
     exported = _export(program, net, fixed)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -335,19 +343,6 @@ def convert(model_dir: str | Path, to: str, dest: str | Path, blobs: Sequence[st
         tmp.unlink(missing_ok=True)
     log.info("wrote %s: %s, outputs %s", dest, to, ", ".join(names))
     return dest
-
-
-def _needed_net(net: "Net", names: Sequence[str]) -> Any:
-    """A view of `net` holding only the layers the requested blobs depend on (for the refusal check)."""
-    from types import SimpleNamespace
-
-    from savedeep.engines.torch_engine import unsupported_layers
-
-    if unsupported_layers(net):
-        return net  # the torch engine cannot even plan it: name the first such layer
-    program = build_program(net, names)
-    needed = {op.layer_name for op in program.ops}
-    return SimpleNamespace(layers=[layer for layer in net.layers if layer.name in needed])
 
 
 def net_outputs(net: "Net") -> list[str]:
@@ -379,5 +374,8 @@ def _write_onnx(exported: Any, names: Sequence[str], input_name: str, meta: dict
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     proto.producer_name = "savedeep"
+    if proto.ByteSize() >= 2**31:
+        raise ModelError(f"the ONNX graph of these blobs is {proto.ByteSize() / 2**30:.1f} GiB, above protobuf's "
+                         f"2 GiB limit for one file; convert with --to torch")
     onnx.checker.check_model(proto, full_check=False)
-    onnx.save_model(proto, str(path), save_as_external_data=proto.ByteSize() > 2**31 - 2**24)
+    onnx.save_model(proto, str(path))
