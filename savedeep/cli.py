@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-thumbnails", dest="thumbnails", action="store_false",
                     help="do not read the images for the top-image thumbnails")
     rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    c = sub.add_parser("convert", help="write a Caffe model as ONNX or as a PyTorch program (.pt2) that "
+                       "returns the requested blobs", epilog="--to onnx needs the convert extra: "
+                       "pip install 'savedeep[convert]'\n" + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("model", type=Path, help="model directory: deploy.prototxt, weights.caffemodel, mean.npy")
+    c.add_argument("--to", required=True, choices=["onnx", "torch"], help="onnx (.onnx) or torch (torch.export .pt2)")
+    c.add_argument("-o", "--out", dest="dest", type=Path, required=True, help="the file to write, e.g. model.onnx")
+    c.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names (default: the net's outputs)")
+    c.add_argument("--batch", default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    c.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
 
 
@@ -214,6 +225,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from savedeep.conversion import convert
+
+    _setup_console(args.quiet)
+    print(convert(args.model, args.to, args.dest, args.blobs, batch=args.batch, overwrite=args.overwrite))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``savedeep`` console script."""
     parser = build_parser()
@@ -230,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect,
-                "export": _cmd_export, "report": _cmd_report}[args.command](args)
+                "export": _cmd_export, "report": _cmd_report,
+                "convert": _cmd_convert}[args.command](args)
     except SavedeepError as exc:
         print(f"savedeep: error: {exc}", file=sys.stderr)
         return exc.exit_code
