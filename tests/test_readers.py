@@ -143,3 +143,38 @@ def test_savedeep_loaders_on_every_path_of_the_output(output, tmp_path):
             got = savedeep.load_array(path, blob)
             assert got.dtype == want.dtype and np.array_equal(got, want), (path, blob)
     assert list(savedeep.load(no_pickle, blobs=["prob"]).columns) == ["image", "prob"]
+
+
+@pytest.mark.parametrize("finished", [0, 1, 2])
+def test_load_array_on_a_partial_output(output, tmp_path, finished):
+    """An interrupted output with 0, 1 or 2 of its 3 shards finished: load_array gives exactly their rows,
+    with the blob's shape and dtype even when there are none (mutmut survivors: the empty case and the
+    one- and two-shard cases were never read)."""
+    import json
+
+    directory, reference = output
+    partial = tmp_path / "acts.parquet"
+    shutil.copytree(directory, partial)
+    manifest = json.loads((partial / "_manifest.json").read_text())
+    manifest["complete"] = False
+    for s in manifest["shards"][finished:]:
+        s["complete"] = False
+        (partial / s["file"]).unlink()
+    (partial / "_manifest.json").write_text(json.dumps(manifest))
+    rows = sum(s["rows"] for s in manifest["shards"][:finished])
+    for blob in BLOBS:
+        want = np.stack(reference[blob])[:rows]
+        got = savedeep.load_array(partial, blob)
+        assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want), blob
+
+
+def test_loaders_name_what_is_wrong(output, tmp_path):
+    from savedeep.errors import OutputError
+
+    directory, _ = output
+    with pytest.raises(OutputError, match=r"has no blob 'fc8'; it holds \['fc7', 'conv1', 'prob'\]|"
+                                          r"has no blob 'fc8'; it holds \[.*'fc7'.*\]"):
+        savedeep.load_array(directory, "fc8")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OutputError, match="has no _manifest.json: not a savedeep output"):
+        savedeep.load_array(tmp_path / "empty", "fc7")
