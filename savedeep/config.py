@@ -61,7 +61,6 @@ _FLAGS = {"model": "-m/--model", "blobs": "-b/--blobs", "images": "-i/--images",
 # resumed under a config whose result_fingerprint() matches (producers, GPUs,
 # batch size, logging and compression do not change any row).
 RESULT_KEYS = ("model", "images", "blobs", "engine", "preprocess", "shard_size", "storage")
-RESULT_KEYS_BEFORE_STORAGE = RESULT_KEYS[:-1]  # manifests written before savedeep had `storage`
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -154,7 +153,9 @@ class Config:
     @property
     def parquet_dir(self) -> Path:
         """The directory of Parquet shards and the manifest: ``out/acts.pk`` -> ``out/acts.parquet``."""
-        return self.output.with_suffix(".parquet")
+        from savedeep.output import parquet_dir
+
+        return parquet_dir(self.output)
 
     def canonical(self) -> dict[str, Any]:
         """JSON-serialisable form with every default filled in and absolute paths; keys sorted."""
@@ -179,14 +180,10 @@ class Config:
         """sha256 hex digest of the canonical JSON: equal configs hash equal, whatever the key order."""
         return _sha256_json(self.canonical())
 
-    def result_fingerprint(self, keys: tuple[str, ...] = RESULT_KEYS) -> str:
-        """sha256 of only the RESULT_KEYS: what must match for a run to resume into existing output.
-
-        ``keys=RESULT_KEYS_BEFORE_STORAGE`` gives the fingerprint that outputs written before
-        the ``storage`` key existed carry (their blob columns are all tensor storage).
-        """
+    def result_fingerprint(self) -> str:
+        """sha256 of only the RESULT_KEYS: what must match for a run to resume into existing output."""
         canonical = self.canonical()
-        return _sha256_json({key: canonical[key] for key in keys})
+        return _sha256_json({key: canonical[key] for key in RESULT_KEYS})
 
     def replace(self, **changes: Any) -> Config:
         """A new Config with ``changes`` (schema keys, values as in YAML) applied and validated again.

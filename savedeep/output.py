@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
-FORMAT = "savedeep/1"
 
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -332,9 +331,8 @@ def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
     table = pa.Table.from_arrays([string_array([f["image"] for f in failures]),
                                   string_array([f["reason"] for f in failures])], names=["image", "reason"])
     path = failures_path(directory)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        pq.write_table(table, f)
     return path
 
 
@@ -482,7 +480,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
                           r"|\._manifest\.json\.tmp\d+")
-_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see pipeline._run_log
+_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.ui.run_log
 _LIST_AT_MOST = 10
 
 

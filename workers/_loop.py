@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from savedeep.errors import WorkerError
 from savedeep.messages import WorkerFailed, WorkerStats
 
 POLL_S = 0.2  # how often a blocked worker checks the stop flag and its parent
@@ -126,7 +127,7 @@ def run_worker(role: str, index: int, slot: int, ch: Channels, device: str | Non
         sys.exit(0)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, then we exit non-zero
         batch = int(ch.current[slot])
-        code = getattr(exc, "exit_code", 6)
+        code = getattr(exc, "exit_code", WorkerError.exit_code)
         ch.events.put(WorkerFailed(
             role=role, index=index, pid=os.getpid(), device=device,
             batch=None if batch < 0 else batch,
