@@ -293,7 +293,7 @@ def test_float16_is_the_float32_run_rounded(caffenet_dir, image_dir, tmp_path):
 
 def test_float16_overflow_is_reported(image_dir, tmp_path):
     """Values beyond float16's range become inf; the log names the blob and counts them."""
-    from savedeep.caffemodel import write_caffemodel
+    from savedeep.synthetic import write_caffemodel
     from savedeep.model import load_net
     from tests.nets import layer, write_net
 
