@@ -267,7 +267,7 @@ class SavedOutput:
 
     def provenance(self) -> dict[str, Any]:
         """Attributes for the exported files: model hashes, preprocessing, config fingerprints, versions."""
-        from savedeep import __version__
+        from savedeep.version import __version__
 
         m = self.manifest
         model = m.get("model", {})

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from savedeep.engines import (
+from savedeep.engines.base import (
     EngineBase,
     Device,
     check_device,

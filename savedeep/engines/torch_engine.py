@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from savedeep.engines import (
+from savedeep.engines.base import (
     EngineBase,
     Device,
     check_device,
