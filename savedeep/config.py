@@ -44,8 +44,10 @@ DTYPES = ("float32", "float16")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 STORAGES = ("tensor", "binary")  # how blob columns are stored, see savedeep/output.py
 ON_ERROR = ("skip", "fail")
+# The preprocessing's modes, here (a light module) for the config's checks; savedeep/preprocess.py uses them.
 RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
 MEAN_MODES = ("channel", "image-crop", "image-resize")
+DEFAULT_MAX_PIXELS = 100_000_000
 POOL_MODES = ("mean", "max")
 IMAGE_LIST_SUFFIXES = (".txt", ".csv")
 
@@ -98,7 +100,12 @@ class BlobSpec:
 
 @dataclass(frozen=True)
 class PreprocessOptions:
-    """The ``preprocess:`` section; its fields match savedeep.preprocess.PreprocessSpec one to one."""
+    """The ``preprocess:`` section: savedeep.preprocess.PreprocessSpec.from_options turns it into the spec.
+
+    The spec's ``exif_transpose`` is not a config key, on purpose: Caffe's own loaders
+    ignore EXIF orientation, and a new key would change every config's canonical form,
+    so its result fingerprint, and no earlier output could be resumed.
+    """
 
     resize: str = "warp"
     resize_to: int | None = None
@@ -106,7 +113,7 @@ class PreprocessOptions:
     input_scale: float | None = None
     raw_scale: float = 255.0
     jpeg_draft: bool = False
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, e.g. for ``PreprocessSpec(**options.to_dict())``."""
@@ -382,7 +389,7 @@ _PREPROCESS_KEYS: tuple[_Key, ...] = (
          _positive_float),
     _Key("jpeg_draft", "bool", False,
          "Let the JPEG decoder downscale while decoding (faster, slightly different pixels)", _as_bool),
-    _Key("max_pixels", "int", 100_000_000, "Refuse images with more pixels (decompression bombs)", _positive_int),
+    _Key("max_pixels", "int", DEFAULT_MAX_PIXELS, "Refuse images with more pixels (decompression bombs)", _positive_int),
 )
 
 _TOP_KEYS: tuple[_Key, ...] = (

@@ -53,7 +53,7 @@ from savedeep.devices import (  # noqa: F401 - count_gpus, resolve_devices, size
 from savedeep.errors import USER_MISTAKE_CODES, ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
 from savedeep.manifest import Manifest, run_header
 from savedeep.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
-from savedeep.preflight import Plan, Preflight, make_plan, preprocess_spec  # noqa: F401 - re-exported
+from savedeep.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
 from savedeep.ui import Progress, ToLoggers, busy_fractions, parent_owns_signals, run_log
 
 if TYPE_CHECKING:

@@ -96,13 +96,6 @@ def keys_digest(keys: list[str]) -> str:
     return h.hexdigest()
 
 
-def preprocess_spec(config: Config):
-    """The PreprocessSpec of a config's ``preprocess:`` section (unset keys take the spec's defaults)."""
-    from savedeep.preprocess import PreprocessSpec
-
-    return PreprocessSpec(**{k: v for k, v in config.preprocess.to_dict().items() if v is not None or k == "input_scale"})
-
-
 class Background:
     """A function run in a daemon thread; ``result()`` waits and returns its value or raises its error."""
 
@@ -298,7 +291,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     from savedeep.output import ColumnSpec, sha256_file
     from savedeep.devices import plan_devices, shm_free_bytes, size_rings
     from savedeep.lock import OutputLock
-    from savedeep.preprocess import Preprocessor, load_mean
+    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
     from savedeep.reduce import make_reducer
     from savedeep.shm import Field, new_ring_spec
 
@@ -331,7 +324,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
         blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
                              "blob_shape": list(shape), "reduce": red.describe()}
     mean = load_mean(model.mean_path)
-    pre_spec = preprocess_spec(cfg)
+    pre_spec = PreprocessSpec.from_options(cfg.preprocess)
     preprocess_desc = Preprocessor(pre_spec, mean, input_shape).describe()
     check_engine_importable(cfg.engine)
 

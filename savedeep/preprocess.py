@@ -102,6 +102,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from savedeep.config import DEFAULT_MAX_PIXELS, MEAN_MODES, RESIZE_MODES, PreprocessOptions
 from savedeep.errors import ConfigError, ImageError, ModelError
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,6 @@ log = logging.getLogger(__name__)
 # may have set it; a truncated image must never be read as a partly gray one.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
-MEAN_MODES = ("channel", "image-crop", "image-resize")
-DEFAULT_MAX_PIXELS = 100_000_000
 
 # float32(v / 255) computed in float64, as skimage.img_as_float then astype(float32).
 _TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
@@ -140,7 +138,6 @@ _UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "PDF"),
     (b"\xff\x0a", 0, "JPEG XL"),
 )
-_PILLOW_FORMAT = {"PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "TIFF": "TIFF", "WEBP": "WEBP", "JPEG": "JPEG"}
 _ORIENTATION_TAG = 0x0112
 
 
@@ -176,6 +173,11 @@ class PreprocessSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain values (for config dumps and fingerprints)."""
         return asdict(self)
+
+    @classmethod
+    def from_options(cls, options: PreprocessOptions) -> PreprocessSpec:
+        """The spec of a config's ``preprocess:`` section (its unset keys take the spec's defaults)."""
+        return cls(**{k: v for k, v in options.to_dict().items() if v is not None or k == "input_scale"})
 
 
 def load_mean(path: Path) -> np.ndarray:
@@ -400,7 +402,7 @@ class Preprocessor:
         try:
             # formats=: only the identified decoder may run (Pillow's other plugins,
             # e.g. EPS via Ghostscript, must never see untrusted files).
-            im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
+            im = Image.open(io.BytesIO(data), formats=[fmt])  # our format names are Pillow's
         except Image.DecompressionBombError as e:
             raise ImageError(f"image too large for Pillow ({_short(e)})") from None
         except UnidentifiedImageError:
