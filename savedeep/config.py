@@ -309,7 +309,7 @@ def parse_size(value: Any) -> int:
     return int(number)
 
 
-def _producers(value: Any) -> int | str:
+def _auto_or_positive(value: Any) -> int | str:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
@@ -407,12 +407,12 @@ _TOP_KEYS: tuple[_Key, ...] = (
          'GPUs to run on, one consumer each: [0, 1] or "0,1"; "all": every GPU, or the CPU if there is none', _gpus),
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
-    _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _producers),
+    _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _auto_or_positive),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
-         "Threads of each CPU consumer's forward pass (auto: the cores shared among the CPU consumers)", _producers),
+         "Threads of each CPU consumer's forward pass (auto: the cores shared among the CPU consumers)", _auto_or_positive),
     _Key("writers", 'int >= 1 \\| "auto"', "auto",
          "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
-         _producers),
+         _auto_or_positive),
     _Key("batch_size", "int >= 1", 32, "Images per forward pass", _positive_int),
     _Key("dtype", " \\| ".join(DTYPES), "float32", "Storage dtype of every blob that does not set its own",
          _choice(DTYPES)),

@@ -205,7 +205,7 @@ def string_array(values: Sequence[str | None]):
     """An Arrow string array (None: null) built from its buffers.
 
     ``pa.array`` would do, but its first call imports pandas to look for pandas types
-    (0.25 s here): in the writers, and in the parent at the very end of a run.
+    (a cost in benchmarks/RESULTS.md): in the writers, and in the parent at the very end of a run.
     """
     import pyarrow as pa
 

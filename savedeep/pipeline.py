@@ -142,9 +142,9 @@ class Feeder:
     gets an end-of-stream. A producer needs a task and one of the window's credits to
     start a batch, and at most ``window`` batches are started but unwritten, so with
     ``ahead = window + producers`` a producer holding a credit never waits for a task.
-    The parent thus holds a few tasks rather than one per batch of the run: for a
-    million images, 31,250 tasks (119 MiB of tuples and path strings, 5 s to build, measured)
-    that sat in the task queue's buffer until the producers took them.
+    The parent thus holds a few tasks rather than one per batch of the run, which for a
+    million images took memory and seconds to build (benchmarks/RESULTS.md) and sat in
+    the task queue's buffer until the producers took them.
     """
 
     def __init__(self, put: Callable[[Any], None], batches: Sequence[tuple[int, int, int, int]],

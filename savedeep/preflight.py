@@ -12,8 +12,8 @@ changes nothing on disk:
    created, and is writable (probed with a hidden file or folder that is
    removed at once); the same for ``log_file``;
 2. the model directory: the prototxt, the weights read and checked against it
-   (a truncated or empty caffemodel; CaffeNet's 233 MiB take ~0.15 s, open_nsfw's
-   ~10 ms), the mean, the blob names, the reductions, the preprocessing;
+   (a truncated or empty caffemodel; cheap, see benchmarks/RESULTS.md), the mean,
+   the blob names, the reductions, the preprocessing;
 3. the engine is importable in this Python (without importing it: pycaffe's CUDA
    build touches CUDA on import);
 4. the image source and, for a list file, that its entries exist (one ``stat``
@@ -308,7 +308,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
 
         raise ModelError(f"{model.weights}: missing from the model directory; {MODEL_DIR_CONTENTS}")
     check_weights(model.net, model.weights)  # the consumers read them again; here only the check
-    # Hashing the files (0.3 s per 250 MB) runs beside the rest; --resume and the manifest wait for it.
+    # Hashing the files runs beside the rest; --resume and the manifest wait for it.
     hashes = Background(lambda: {p.name: sha256_file(p) for p in (model.prototxt, model.weights, model.mean_path)})
     valid = set(model.validate_blobs(list(cfg.blobs)))
     names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave

@@ -222,7 +222,7 @@ def count_nonfinite_float16(x: np.ndarray) -> int:
     """How many values of a float16 array are inf or NaN (exponent bits all ones).
 
     Stored float16 values become inf where the float32 activation was beyond +-65504;
-    reading the bits costs ~0.1 ms per CaffeNet conv1 image, a fifth of numpy's isinf.
+    reading the bits is cheaper than numpy's isinf (benchmarks/RESULTS.md).
     """
     flags = (x.view(np.uint16) & 0x7C00) == 0x7C00
     return int(np.count_nonzero(flags)) if flags.any() else 0

@@ -33,9 +33,9 @@ class ConsumerArgs:
     out_ring: RingSpec
 
 
-def consumer_main(index: int, slot: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
+def consumer_main(index: int, row: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
     """Entry point of the consumer for ``device`` (spawned by the parent)."""
-    run_worker("consumer", index, slot, ch, device, lambda w: _loop(w, args))
+    run_worker("consumer", index, row, ch, device, lambda w: _loop(w, args))
 
 
 def _loop(w: Worker, args: ConsumerArgs) -> None:

@@ -35,9 +35,9 @@ class WriterArgs:
     out_ring: RingSpec
 
 
-def writer_main(index: int, slot: int, ch: Channels, args: WriterArgs) -> None:
+def writer_main(index: int, row: int, ch: Channels, args: WriterArgs) -> None:
     """Entry point of writer ``index`` (spawned by the parent)."""
-    run_worker("writer", index, slot, ch, None, lambda w: _loop(w, args))
+    run_worker("writer", index, row, ch, None, lambda w: _loop(w, args))
 
 
 def _loop(w: Worker, args: WriterArgs) -> None:

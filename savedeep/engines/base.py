@@ -171,9 +171,8 @@ def keep_freed_memory() -> bool:
     A forward allocates every layer's output anew, tens of MB per batch (a CaffeNet conv1
     batch of 32 is 37 MB), above glibc's largest mmap threshold (32 MiB): each such
     allocation is a fresh mmap whose pages the kernel faults in and zeroes, and free()
-    unmaps it again. With mmap off and no trimming, the next batch reuses the same heap.
-    Measured on 2 cores, torch engine, batch 32, forward alone: conv1 58.5 -> 43.2 ms per
-    batch, fc6+fc7 276 -> 238 ms; system time 24 -> 0 ms and 53 -> 0 ms per batch. The cost:
+    unmaps it again. With mmap off and no trimming, the next batch reuses the same heap
+    (the gain is in benchmarks/RESULTS.md). The cost:
     the process keeps its high-water mark, which every batch reaches anyway. A consumer calls
     this first thing; elsewhere (macOS, musl) it does nothing and returns False.
     """
