@@ -193,25 +193,27 @@ class Model:
         """The requested blob names, deduplicated in order; unknown names raise ModelError listing valid ones."""
         if isinstance(names, str):
             names = [names]
-        valid = self.net.blobs
-        valid_set = set(valid)
-        out: list[str] = []
         seen: set[str] = set()
         for name in names:
             if name in seen:
                 log.warning("blob %r is requested more than once; it is saved once", name)
-                continue
             seen.add(name)
-            out.append(name)
-        unknown = [n for n in out if n not in valid_set]
-        if unknown:
-            hints = []
-            for n in unknown:
-                close = difflib.get_close_matches(n, valid, n=3)
-                hints.append(f"{n!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-            raise ModelError(f"{self.prototxt}: unknown blob(s) {', '.join(hints)}; "
-                             f"valid blobs of {self.net.name!r} are: {', '.join(valid)}")
-        return out
+        return check_blob_names(names, self.net.blobs, f"{self.prototxt}: ", f" of {self.net.name!r}")
+
+
+def check_blob_names(names: Sequence[str], valid: Sequence[str], where: str = "", of: str = "") -> list[str]:
+    """The names in order without duplicates; a ModelError for unknown ones, with a "did you mean" and
+    the valid names (the one check of blob names, for the preflight and for both engines)."""
+    out = list(dict.fromkeys(names))
+    valid_set = set(valid)
+    unknown = [n for n in out if n not in valid_set]
+    if unknown:
+        hints = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, valid, n=3)
+            hints.append(f"{n!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise ModelError(f"{where}unknown blob(s) {', '.join(hints)}; valid blobs{of} are: {', '.join(valid)}")
+    return out
 
 
 # -- loading ------------------------------------------------------------------

@@ -134,13 +134,11 @@ def validate_batch(batch: np.ndarray, input_shape: tuple[int, ...], batch_size: 
 
 def validate_blob_names(names: Sequence[str], known: Sequence[str]) -> list[str]:
     """The requested names in order without duplicates; ModelError naming the valid ones for an unknown name."""
-    known_set = set(known)
-    bad = [b for b in names if b not in known_set]
-    if bad:
-        raise ModelError(f"unknown blob(s) {', '.join(map(repr, bad))}; the model's blobs are: {', '.join(known)}")
+    from savedeep.model import check_blob_names
+
     if not names:
         raise ModelError(f"no blob requested; the model's blobs are: {', '.join(known)}")
-    return list(dict.fromkeys(names))
+    return check_blob_names(names, known)
 
 
 OUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
