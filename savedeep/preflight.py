@@ -19,7 +19,9 @@ changes nothing on disk:
 4. the image source and, for a list file, that its entries exist (one ``stat``
    per entry; a directory's entries exist by construction);
 5. what is on disk against ``--resume`` / ``--overwrite`` (nothing is deleted here);
-6. the devices, the number of workers and the shared-memory rings (``/dev/shm``).
+6. the plan (:func:`make_plan`: fixed shards of ``shard_size`` images, cut into
+   batches), the devices, the number of workers and the shared-memory rings
+   (``/dev/shm``).
 
 ``Run.execute`` calls it first and then acts on its result (deletes an old
 output under ``--overwrite``, starts the workers); ``savedeep validate`` calls
