@@ -3,7 +3,7 @@
 Everything the benchmarks make goes under ``benchmarks/out/`` (gitignored):
 
 - ``out/models/caffenet``: CaffeNet (tests/data's deploy.prototxt) with seeded random weights
-  (``savedeep.caffemodel.random_weights(seed=1)``, as tests/conftest.py builds it) and the
+  (``savedeep.synthetic.random_weights(seed=1)``, as tests/conftest.py builds it) and the
   ILSVRC-2012 mean image;
 - ``out/models/nsfw``: the real open_nsfw model (``savedeep.demo.prepare_model``);
 - ``out/images/all/img_NNNNN.jpg``: up to 4,000 JPEGs of about 500x375, made by cropping and
@@ -127,7 +127,7 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def caffenet_dir() -> Path:
     """CaffeNet with seeded random weights (seed 1) and the ILSVRC-2012 mean, built once."""
-    from savedeep.caffemodel import random_weights, write_caffemodel
+    from savedeep.synthetic import random_weights, write_caffemodel
     from savedeep.model import load_net
 
     d = OUT / "models" / "caffenet"

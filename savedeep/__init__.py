@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from savedeep.version import __version__
 
 if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import savedeep` cheap
     import numpy as np

@@ -5,8 +5,8 @@ fields the schema does not know are skipped, whatever their wire type. Blob
 data (packed floats or doubles) becomes a numpy array through
 ``numpy.frombuffer`` in one step, so a 100 MB model decodes in well under a
 second. The encoder writes Messages back, which lets tests and benchmarks make
-real caffemodel files (``write_caffemodel``) with random weights
-(``random_weights``) for any prototxt, without pycaffe.
+real caffemodel files without pycaffe (savedeep/synthetic.py). This module
+knows nothing of nets (savedeep/model.py imports it, never the reverse).
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ from __future__ import annotations
 import logging
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from savedeep.caffe_schema import BY_NUMBER, ENUMS, VARINT_TYPES, Field, Message, enum_name
 from savedeep.errors import ModelError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from savedeep.model import Net
 
 log = logging.getLogger(__name__)
 
@@ -361,65 +357,3 @@ def make_blob(array: np.ndarray) -> Message:
     """A BlobProto holding ``array`` as float32 with an N-d shape."""
     arr = np.asarray(array, dtype=np.float32)  # not ascontiguousarray: it turns a 0-d blob into 1-d
     return Message("BlobProto", shape=Message("BlobShape", dim=list(arr.shape)), data=arr.reshape(-1))
-
-
-def write_caffemodel(path: Path, net: "Net", blobs: dict[str, list[np.ndarray]]) -> None:
-    """Write a binary .caffemodel with the net's layers (name, type, params) and the given blobs per layer."""
-    unknown = sorted(set(blobs) - {layer.name for layer in net.layers})
-    if unknown:
-        raise ModelError(f"write_caffemodel: no layer named {unknown} in net {net.name!r}")
-    net_param = Message("NetParameter", name=net.name)
-    for layer in net.layers:
-        lp = layer.param.copy()
-        lp.clear("blobs")
-        for arr in blobs.get(layer.name, []):
-            lp._values.setdefault("blobs", []).append(make_blob(arr))
-        net_param._values.setdefault("layer", []).append(lp)
-    data = encode_message(net_param)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def random_weights(net: "Net", seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """Random float32 blobs of the right shapes for every parametric layer, scaled to keep activations O(input)."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[np.ndarray]] = {}
-    shapes = net.param_shapes(net._declared_batch())  # as the loader checks them
-    for layer in net.layers:
-        wanted = shapes.get(layer.name, [])
-        if not wanted:
-            continue
-        arrays: list[np.ndarray] = []
-        if layer.type in ("Convolution", "InnerProduct"):
-            w_shape = wanted[0]
-            if layer.type == "InnerProduct" and layer.param.inner_product_param.transpose:
-                fan_in = w_shape[0]
-            else:
-                fan_in = int(np.prod(w_shape[1:]))
-            # He-normal: keeps the second moment through ReLU layers
-            arrays.append(rng.normal(0.0, np.sqrt(2.0 / max(fan_in, 1)), w_shape))
-            arrays += [rng.normal(0.0, 0.01, s) for s in wanted[1:]]
-        elif layer.type == "Deconvolution":
-            from savedeep.model import conv_geometry
-
-            w_shape = wanted[0]
-            p = layer.param.convolution_param
-            _kernel, stride, _pad, _dilation = conv_geometry(p, len(w_shape) - 2)
-            # each output sums over (in_channels/group) * prod(kernel/stride) inputs
-            fan_in = max(1.0, w_shape[0] / p.group * np.prod(w_shape[2:]) / np.prod(stride))
-            arrays.append(rng.normal(0.0, np.sqrt(2.0 / fan_in), w_shape))
-            arrays += [rng.normal(0.0, 0.01, s) for s in wanted[1:]]
-        elif layer.type == "BatchNorm":
-            mean_s, var_s, factor_s = wanted
-            arrays = [rng.normal(0.0, 0.1, mean_s), rng.uniform(0.5, 1.5, var_s), np.ones(factor_s)]
-        elif layer.type == "Scale":
-            arrays.append(rng.uniform(0.8, 1.2, wanted[0]))
-            arrays += [rng.normal(0.0, 0.1, s) for s in wanted[1:]]
-        elif layer.type == "PReLU":
-            arrays.append(rng.uniform(0.1, 0.3, wanted[0]))
-        else:  # Bias and anything else: small offsets
-            arrays = [rng.normal(0.0, 0.1, s) for s in wanted]
-        out[layer.name] = [np.asarray(a, np.float32).reshape(s) for a, s in zip(arrays, wanted)]
-    return out

@@ -44,8 +44,10 @@ DTYPES = ("float32", "float16")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 STORAGES = ("tensor", "binary")  # how blob columns are stored, see savedeep/output.py
 ON_ERROR = ("skip", "fail")
+# The preprocessing's modes, here (a light module) for the config's checks; savedeep/preprocess.py uses them.
 RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
 MEAN_MODES = ("channel", "image-crop", "image-resize")
+DEFAULT_MAX_PIXELS = 100_000_000
 POOL_MODES = ("mean", "max")
 IMAGE_LIST_SUFFIXES = (".txt", ".csv")
 
@@ -61,7 +63,6 @@ _FLAGS = {"model": "-m/--model", "blobs": "-b/--blobs", "images": "-i/--images",
 # resumed under a config whose result_fingerprint() matches (producers, GPUs,
 # batch size, logging and compression do not change any row).
 RESULT_KEYS = ("model", "images", "blobs", "engine", "preprocess", "shard_size", "storage")
-RESULT_KEYS_BEFORE_STORAGE = RESULT_KEYS[:-1]  # manifests written before savedeep had `storage`
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -99,7 +100,12 @@ class BlobSpec:
 
 @dataclass(frozen=True)
 class PreprocessOptions:
-    """The ``preprocess:`` section; its fields match savedeep.preprocess.PreprocessSpec one to one."""
+    """The ``preprocess:`` section: savedeep.preprocess.PreprocessSpec.from_options turns it into the spec.
+
+    The spec's ``exif_transpose`` is not a config key, on purpose: Caffe's own loaders
+    ignore EXIF orientation, and a new key would change every config's canonical form,
+    so its result fingerprint, and no earlier output could be resumed.
+    """
 
     resize: str = "warp"
     resize_to: int | None = None
@@ -107,7 +113,7 @@ class PreprocessOptions:
     input_scale: float | None = None
     raw_scale: float = 255.0
     jpeg_draft: bool = False
-    max_pixels: int = 100_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, e.g. for ``PreprocessSpec(**options.to_dict())``."""
@@ -155,7 +161,9 @@ class Config:
     @property
     def parquet_dir(self) -> Path:
         """The directory of Parquet shards and the manifest: ``out/acts.pk`` -> ``out/acts.parquet``."""
-        return self.output.with_suffix(".parquet")
+        from savedeep.output import parquet_dir
+
+        return parquet_dir(self.output)
 
     def canonical(self) -> dict[str, Any]:
         """JSON-serialisable form with every default filled in and absolute paths; keys sorted."""
@@ -180,14 +188,10 @@ class Config:
         """sha256 hex digest of the canonical JSON: equal configs hash equal, whatever the key order."""
         return _sha256_json(self.canonical())
 
-    def result_fingerprint(self, keys: tuple[str, ...] = RESULT_KEYS) -> str:
-        """sha256 of only the RESULT_KEYS: what must match for a run to resume into existing output.
-
-        ``keys=RESULT_KEYS_BEFORE_STORAGE`` gives the fingerprint that outputs written before
-        the ``storage`` key existed carry (their blob columns are all tensor storage).
-        """
+    def result_fingerprint(self) -> str:
+        """sha256 of only the RESULT_KEYS: what must match for a run to resume into existing output."""
         canonical = self.canonical()
-        return _sha256_json({key: canonical[key] for key in keys})
+        return _sha256_json({key: canonical[key] for key in RESULT_KEYS})
 
     def replace(self, **changes: Any) -> Config:
         """A new Config with ``changes`` (schema keys, values as in YAML) applied and validated again.
@@ -306,7 +310,7 @@ def parse_size(value: Any) -> int:
     return int(number)
 
 
-def _producers(value: Any) -> int | str:
+def _auto_or_positive(value: Any) -> int | str:
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
@@ -386,7 +390,7 @@ _PREPROCESS_KEYS: tuple[_Key, ...] = (
          _positive_float),
     _Key("jpeg_draft", "bool", False,
          "Let the JPEG decoder downscale while decoding (faster, slightly different pixels)", _as_bool),
-    _Key("max_pixels", "int", 100_000_000, "Refuse images with more pixels (decompression bombs)", _positive_int),
+    _Key("max_pixels", "int", DEFAULT_MAX_PIXELS, "Refuse images with more pixels (decompression bombs)", _positive_int),
 )
 
 _TOP_KEYS: tuple[_Key, ...] = (
@@ -405,13 +409,13 @@ _TOP_KEYS: tuple[_Key, ...] = (
          'nvidia-smi\'s numbers); "all": every GPU, or the CPU if there is none', _gpus),
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
-    _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _producers),
+    _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _auto_or_positive),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
          "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "
-         "what producers and writers leave)", _producers),
+         "what producers and writers leave)", _auto_or_positive),
     _Key("writers", 'int >= 1 \\| "auto"', "auto",
          "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
-         _producers),
+         _auto_or_positive),
     _Key("batch_size", "int >= 1", 32, "Images per forward pass", _positive_int),
     _Key("dtype", " \\| ".join(DTYPES), "float32", "Storage dtype of every blob that does not set its own",
          _choice(DTYPES)),

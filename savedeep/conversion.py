@@ -201,7 +201,7 @@ def build_program(net: "Net", names: Sequence[str], source: object = None, onnx:
 
 def metadata(model: "Model", names: Sequence[str], batch: int | None, to: str) -> dict[str, str]:
     """What a user of the converted file needs: the input, the preprocessing and the mean, the outputs."""
-    from savedeep import __version__
+    from savedeep.version import __version__
     from savedeep.preprocess import Preprocessor, PreprocessSpec, load_mean
 
     net = model.net

@@ -33,7 +33,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from savedeep.errors import ConfigError
 
@@ -277,6 +277,29 @@ def torch_cuda_version() -> str | None:
     return None
 
 
+def caffe_has_cuda(caffe: Any) -> bool:
+    """Whether this pycaffe (the module, or its package directory) was compiled with CUDA.
+
+    A CPU_ONLY build aborts the process on set_device. Reads the package's libraries only:
+    the parent asks this without importing caffe.
+    """
+    pkg = caffe if isinstance(caffe, Path) else Path(caffe.__file__).resolve().parent
+    candidates = list(pkg.glob("*.so*")) + list(pkg.glob("**/libcaffe*.so*"))
+    for libs in pkg.parent.glob("*.libs"):  # auditwheel puts bundled libraries beside the package
+        candidates += list(libs.glob("libcaffe*.so*"))
+    # A CUDA build imports cuBLAS and the CUDA runtime; their symbol names sit in the
+    # library's dynamic string table (also after auditwheel renames the libraries).
+    markers = (b"cublasCreate_v2", b"cudaGetDeviceCount", b"libcudart")
+    for path in candidates:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if any(m in data for m in markers):
+            return True
+    return False
+
+
 def caffe_cuda_version() -> str | None:
     """The CUDA runtime a CUDA build of pycaffe links (the nvidia-cuda-runtime wheel), without importing caffe."""
     import importlib.metadata as md
@@ -288,8 +311,6 @@ def caffe_cuda_version() -> str | None:
         return None
     if spec is None or not spec.origin:
         return None
-    from savedeep.engines.caffe_engine import caffe_has_cuda  # imports numpy, not caffe
-
     if not caffe_has_cuda(Path(spec.origin).resolve().parent):
         return None  # a CPU-only build: no CUDA runtime to match
     for dist in ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12",

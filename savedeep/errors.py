@@ -75,3 +75,8 @@ class Interrupted(SavedeepError):
     """The run was stopped by SIGINT or SIGTERM; the output is resumable."""
 
     exit_code = 130
+
+
+# The exit codes of a user's mistake (config, model, input, output): a worker that fails with
+# one of these is reported with its message alone, its traceback going to the run log.
+USER_MISTAKE_CODES = (ConfigError.exit_code, ModelError.exit_code, InputError.exit_code, OutputError.exit_code)

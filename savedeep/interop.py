@@ -207,7 +207,7 @@ class SavedOutput:
         per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
 
         Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
-        (180 MiB for a 100 MiB column, measured), ``read_row_group`` holds one.
+        (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -267,7 +267,7 @@ class SavedOutput:
 
     def provenance(self) -> dict[str, Any]:
         """Attributes for the exported files: model hashes, preprocessing, config fingerprints, versions."""
-        from savedeep import __version__
+        from savedeep.version import __version__
 
         m = self.manifest
         model = m.get("model", {})

@@ -235,7 +235,7 @@ def held_locks(output: Path | str) -> list[Holder]:
 
 
 def _record(output: Path, fingerprint: str | None, task: int | None) -> bytes:
-    from savedeep import __version__
+    from savedeep.version import __version__
 
     pid = os.getpid()
     rec: dict[str, Any] = {

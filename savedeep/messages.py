@@ -5,7 +5,8 @@ NOTE [savedeep pipeline data flow]
 
 ::
 
-    parent (supervisor: plan, rings, watch, shutdown; see savedeep/pipeline.py)
+    parent (preflight: plan, devices, rings, savedeep/preflight.py; supervisor: start, watch, shutdown,
+            savedeep/pipeline.py)
       |  tasks: Task ... EndOfStream x P   (kept out_slots + P ahead of the batches written)
       v
     producers x P  --(decode + preprocess into a free input slot)-->
@@ -18,7 +19,7 @@ NOTE [savedeep pipeline data flow]
                     shards; free the output slot; release one window credit)
       |  events: BatchWritten, ShardWritten, DeviceInfo, WorkerStats, WorkerFailed (every role sends the last two)
       v
-    parent (progress bar, summary, errors)
+    parent (manifest: savedeep/manifest.py; progress bar: savedeep/ui.py; summary, errors)
 
 Tensors travel only through shared memory (savedeep/shm.py). Free slots are
 numbers on the ``free_in``/``free_out`` queues. A producer takes a *window
@@ -39,12 +40,15 @@ the pipe before), the parent puts one EndOfStream per consumer on ``ready``;
 each consumer puts one on every ``done[w]``; each writer ends after G of them.
 Writers own whole shards (shard k goes to writer k % W), so Parquet encoding,
 the costliest CPU work for big blobs, runs in parallel across shards; the
-parent alone updates the manifest, when a writer reports a shard written.
+parent alone updates the manifest, when a writer reports a shard written
+(NOTE [savedeep manifest] in savedeep/manifest.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from savedeep.errors import WorkerError
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ class WorkerFailed:
     batch: int | None
     error: str
     traceback: str
-    exit_code: int = 6
+    exit_code: int = WorkerError.exit_code
 
     def describe(self) -> str:
         """A one-paragraph message naming the role, device, batch and the error."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -89,7 +88,7 @@ class Net:
     @property
     def blobs(self) -> list[str]:
         """User-visible blobs in net order (pycaffe's net.blobs without the auto-inserted *_split_* blobs)."""
-        return list(self.blob_shapes(self._declared_batch()))
+        return list(self.blob_shapes(self.declared_batch()))
 
     @property
     def inplace_layers(self) -> list[str]:
@@ -123,7 +122,8 @@ class Net:
         return f"Net({self.name!r}, {len(self.layers)} layers, input {self.input_name} {self.input_shape})"
 
     # -- shape inference -------------------------------------------------
-    def _declared_batch(self) -> int:
+    def declared_batch(self) -> int:
+        """The batch size the prototxt declares (1 if it declares none)."""
         return self.input_shape[0] if self.input_shape else 1
 
     def _infer(self, batch: int) -> tuple[dict[str, Shape], dict[str, list[Shape]]]:
@@ -193,25 +193,27 @@ class Model:
         """The requested blob names, deduplicated in order; unknown names raise ModelError listing valid ones."""
         if isinstance(names, str):
             names = [names]
-        valid = self.net.blobs
-        valid_set = set(valid)
-        out: list[str] = []
         seen: set[str] = set()
         for name in names:
             if name in seen:
                 log.warning("blob %r is requested more than once; it is saved once", name)
-                continue
             seen.add(name)
-            out.append(name)
-        unknown = [n for n in out if n not in valid_set]
-        if unknown:
-            hints = []
-            for n in unknown:
-                close = difflib.get_close_matches(n, valid, n=3)
-                hints.append(f"{n!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-            raise ModelError(f"{self.prototxt}: unknown blob(s) {', '.join(hints)}; "
-                             f"valid blobs of {self.net.name!r} are: {', '.join(valid)}")
-        return out
+        return check_blob_names(names, self.net.blobs, f"{self.prototxt}: ", f" of {self.net.name!r}")
+
+
+def check_blob_names(names: Sequence[str], valid: Sequence[str], where: str = "", of: str = "") -> list[str]:
+    """The names in order without duplicates; a ModelError for unknown ones, with a "did you mean" and
+    the valid names (the one check of blob names, for the preflight and for both engines)."""
+    out = list(dict.fromkeys(names))
+    valid_set = set(valid)
+    unknown = [n for n in out if n not in valid_set]
+    if unknown:
+        hints = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, valid, n=3)
+            hints.append(f"{n!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise ModelError(f"{where}unknown blob(s) {', '.join(hints)}; valid blobs{of} are: {', '.join(valid)}")
+    return out
 
 
 # -- loading ------------------------------------------------------------------
@@ -421,7 +423,7 @@ def check_weights(net: Net, weights: Path) -> None:
 
 def _match_weights(net: Net, weights: Path, keep: bool) -> None:
     source = read_weights(weights)
-    expected = net.param_shapes(net._declared_batch())
+    expected = net.param_shapes(net.declared_batch())
     for layer in net.layers:
         wanted = expected.get(layer.name, [])
         found = source.get(layer.name)
@@ -455,11 +457,15 @@ def _match_weights(net: Net, weights: Path, keep: bool) -> None:
 
 # -- shape rules ----------------------------------------------------------------
 
-class _ShapeError(Exception):
+class ShapeError(Exception):
     """A layer's parameters do not fit its input shapes (turned into a ModelError naming the layer)."""
 
 
-def _axis(axis: int, ndim: int) -> int:
+_ShapeError = ShapeError  # the name used by the shape rules below
+
+
+def canonical_axis(axis: int, ndim: int) -> int:
+    """Caffe's CanonicalAxisIndex: negative axes count from the end (ShapeError if out of range)."""
     if not -ndim <= axis < ndim:
         raise _ShapeError(f"axis {axis} is out of range for a {ndim}-D blob")
     return axis % ndim
@@ -508,7 +514,7 @@ def _convolution(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[
     p = layer.param.convolution_param
     deconv = layer.type == "Deconvolution"
     shape = bottoms[0]
-    axis = _axis(p.axis, len(shape))
+    axis = canonical_axis(p.axis, len(shape))
     n_spatial = len(shape) - axis - 1
     if n_spatial < 1:
         raise _ShapeError("convolution needs at least one spatial axis after the channel axis")
@@ -565,7 +571,7 @@ def pooling_geometry(p: Message, height: int, width: int) -> tuple[list[int], li
 def pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -> int:
     """Caffe's pooled output size: ceil (or floor) division, last window clipped to start inside the padded input."""
     span = size + 2 * pad - kernel
-    out = (math.ceil(span / stride) if ceil else span // stride) + 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
@@ -588,7 +594,7 @@ def _pooling(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
 def _inner_product(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.inner_product_param
     shape = bottoms[0]
-    axis = _axis(p.axis, len(shape))
+    axis = canonical_axis(p.axis, len(shape))
     if p.num_output <= 0:
         raise _ShapeError("num_output must be positive")
     k = int(np.prod(shape[axis:], dtype=np.int64))
@@ -602,7 +608,7 @@ def _concat(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
     p = layer.param.concat_param
     ref = bottoms[0]
     axis = p.concat_dim if p.has("concat_dim") else p.axis
-    axis = _axis(axis, len(ref))
+    axis = canonical_axis(axis, len(ref))
     total = 0
     for s in bottoms:
         if len(s) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(s, ref)) if i != axis):
@@ -614,7 +620,7 @@ def _concat(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
 def _slice(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.slice_param
     shape = bottoms[0]
-    axis = _axis(p.slice_dim if p.has("slice_dim") else p.axis, len(shape))
+    axis = canonical_axis(p.slice_dim if p.has("slice_dim") else p.axis, len(shape))
     dim = shape[axis]
     ntops = len(layer.tops)
     points = list(p.slice_point)
@@ -653,7 +659,7 @@ def _batch_norm(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[S
 
 
 def _param_span(shape: Shape, axis: int, num_axes: int) -> Shape:
-    axis = _axis(axis, len(shape)) if shape else 0
+    axis = canonical_axis(axis, len(shape)) if shape else 0
     if num_axes < -1:
         raise _ShapeError("num_axes must be -1 or more")
     end = len(shape) if num_axes == -1 else axis + num_axes
@@ -668,7 +674,7 @@ def _scale_or_bias(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], lis
     shape = bottoms[0]
     if len(bottoms) > 1:
         other = bottoms[1]
-        axis = _axis(p.axis, len(shape)) if other else 0
+        axis = canonical_axis(p.axis, len(shape)) if other else 0
         if tuple(shape[axis:axis + len(other)]) != other:
             raise _ShapeError(f"second bottom {other} must match the first bottom's axes from {axis}")
         params = [other] if is_scale and p.bias_term else []
@@ -688,7 +694,7 @@ def _prelu(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
 def _flatten(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.flatten_param
     shape = bottoms[0]
-    start, end = _axis(p.axis, len(shape)), _axis(p.end_axis, len(shape))
+    start, end = canonical_axis(p.axis, len(shape)), canonical_axis(p.end_axis, len(shape))
     if end < start:
         raise _ShapeError(f"end_axis {p.end_axis} comes before axis {p.axis}")
     inner = int(np.prod(shape[start:end + 1], dtype=np.int64))
@@ -740,7 +746,7 @@ def _crop(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]
     shape, ref = bottoms
     if len(shape) != len(ref):
         raise _ShapeError("both bottoms must have the same number of axes")
-    start = _axis(p.axis, len(shape))
+    start = canonical_axis(p.axis, len(shape))
     offsets = list(p.offset)
     if len(offsets) > 1 and len(offsets) != len(shape) - start:
         raise _ShapeError(f"{len(offsets)} offsets for {len(shape) - start} cropped axes")
@@ -759,7 +765,7 @@ def _argmax(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
     if p.top_k < 1:
         raise _ShapeError("top_k must be at least 1")
     if p.has("axis"):
-        axis = _axis(p.axis, len(shape))
+        axis = canonical_axis(p.axis, len(shape))
         if p.top_k > shape[axis]:
             raise _ShapeError(f"top_k {p.top_k} exceeds the size {shape[axis]} of axis {axis}")
         top = list(shape)
@@ -776,7 +782,7 @@ def _argmax(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
 
 
 def _softmax(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
-    _axis(layer.param.softmax_param.axis, len(bottoms[0]))
+    canonical_axis(layer.param.softmax_param.axis, len(bottoms[0]))
     return [bottoms[0]], []
 
 

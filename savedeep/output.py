@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
-FORMAT = "savedeep/1"
 
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -206,7 +205,7 @@ def string_array(values: Sequence[str | None]):
     """An Arrow string array (None: null) built from its buffers.
 
     ``pa.array`` would do, but its first call imports pandas to look for pandas types
-    (0.25 s here): in the writers, and in the parent at the very end of a run.
+    (a cost in benchmarks/RESULTS.md): in the writers, and in the parent at the very end of a run.
     """
     import pyarrow as pa
 
@@ -311,6 +310,96 @@ class ShardWriter:
             self._writer = None
         self.tmp_path.unlink(missing_ok=True)
 
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Leaving without :meth:`finish` (an error, a stop) drops the unfinished file."""
+        if self._writer is not None or self.tmp_path.exists():
+            self.abort()
+
+
+class InOrder:
+    """Releases items in a fixed order of keys, whatever the order they arrive in (a writer's batches)."""
+
+    def __init__(self, order: Sequence[int]) -> None:
+        self._order = list(order)
+        self._pos = 0
+        self._pending: dict[int, Any] = {}
+
+    def push(self, key: int, item: Any) -> list[Any]:
+        """Hold ``item``; return every item now next in order (possibly none)."""
+        self._pending[key] = item
+        ready = []
+        while self._pos < len(self._order) and self._order[self._pos] in self._pending:
+            ready.append(self._pending.pop(self._order[self._pos]))
+            self._pos += 1
+        return ready
+
+    def check_complete(self) -> None:
+        """RuntimeError (a bug) unless every key of the order has been released."""
+        if self._pos != len(self._order) or self._pending:
+            raise RuntimeError(f"writer ended with {len(self._order) - self._pos} batches unwritten (a bug)")
+
+
+class ShardSet:
+    """A writer's shards: each opened at its first batch, finished (with its record) after its last.
+
+    Used as a context manager: shards left unfinished on the way out are dropped, so a
+    writer that fails or is stopped leaves no file that looks finished.
+    """
+
+    def __init__(self, directory: Path, columns: Sequence[ColumnSpec], metadata: dict[str, Sequence[Any]],
+                 compression: str, compression_level: int | None, shard_ranges: dict[int, tuple[int, int]],
+                 shard_batches: dict[int, int]) -> None:
+        self.directory, self.columns, self.metadata = Path(directory), tuple(columns), metadata
+        self.compression, self.compression_level = compression, compression_level
+        self.ranges = dict(shard_ranges)
+        self._remaining = dict(shard_batches)  # batches still to come, per shard
+        self._open: dict[int, ShardWriter] = {}
+        self._failures: dict[int, list[tuple[str, str]]] = {k: [] for k in shard_batches}
+
+    def __enter__(self) -> ShardSet:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for sw in self._open.values():
+            sw.abort()
+        self._open.clear()
+
+    def _shard(self, k: int) -> ShardWriter:
+        if k not in self._open:
+            self._open[k] = ShardWriter(self.directory, k, self.columns, list(self.metadata),
+                                        self.compression, self.compression_level)
+        return self._open[k]
+
+    def write(self, k: int, keys: Sequence[str], indices: Sequence[int], blobs: dict[str, np.ndarray]) -> None:
+        """Append a batch's rows (``indices``: the images' positions in the list, for the metadata columns)."""
+        sw = self._shard(k)
+        meta = {m: [self.metadata[m][i] for i in indices] for m in self.metadata}
+        with disk_errors(f"shard {sw.tmp_path.name}"):
+            sw.write(keys, meta, blobs)
+
+    def end_batch(self, k: int, failures: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
+        """Count one batch of shard ``k`` (with its failed images) as written; after the shard's last batch,
+        finish the shard and return its record (index, start, stop, rows, failures), else None."""
+        sw = self._shard(k)
+        self._failures[k] += list(failures)
+        self._remaining[k] -= 1
+        if self._remaining[k]:
+            return None
+        fails = self._failures.pop(k)
+        start, stop = self.ranges[k]
+        if sw.rows + len(fails) != stop - start:
+            raise RuntimeError(f"shard {k}: {sw.rows} rows + {len(fails)} failures != {stop - start} images "
+                               "(a bug: rows lost or duplicated)")
+        record = {"index": k, "start": start, "stop": stop, "rows": sw.rows,
+                  "failures": [{"image": key, "reason": r} for key, r in fails]}
+        with disk_errors(f"shard {sw.final_path.name}"):
+            sw.finish(record)
+        del self._open[k]
+        return record
+
 
 def shard_record(path: Path) -> dict[str, Any] | None:
     """The record a finished shard carries (index, start, stop, rows, failures), or None if unreadable."""
@@ -332,9 +421,8 @@ def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
     table = pa.Table.from_arrays([string_array([f["image"] for f in failures]),
                                   string_array([f["reason"] for f in failures])], names=["image", "reason"])
     path = failures_path(directory)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        pq.write_table(table, f)
     return path
 
 
@@ -482,7 +570,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
                           r"|\._manifest\.json\.tmp\d+")
-_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see pipeline._run_log
+_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.ui.run_log
 _LIST_AT_MOST = 10
 
 

@@ -12,14 +12,16 @@ changes nothing on disk:
    created, and is writable (probed with a hidden file or folder that is
    removed at once); the same for ``log_file``;
 2. the model directory: the prototxt, the weights read and checked against it
-   (a truncated or empty caffemodel; CaffeNet's 233 MiB take ~0.15 s, open_nsfw's
-   ~10 ms), the mean, the blob names, the reductions, the preprocessing;
+   (a truncated or empty caffemodel; cheap, see benchmarks/RESULTS.md), the mean,
+   the blob names, the reductions, the preprocessing;
 3. the engine is importable in this Python (without importing it: pycaffe's CUDA
    build touches CUDA on import);
 4. the image source and, for a list file, that its entries exist (one ``stat``
    per entry; a directory's entries exist by construction);
 5. what is on disk against ``--resume`` / ``--overwrite`` (nothing is deleted here);
-6. the devices, the number of workers and the shared-memory rings (``/dev/shm``).
+6. the plan (:func:`make_plan`: fixed shards of ``shard_size`` images, cut into
+   batches), the devices, the number of workers and the shared-memory rings
+   (``/dev/shm``).
 
 ``Run.execute`` calls it first and then acts on its result (deletes an old
 output under ``--overwrite``, starts the workers); ``savedeep validate`` calls
@@ -31,24 +33,92 @@ savedeep/errors.py.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
+import math
+import threading
 import logging
 import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from savedeep.config import Config
 from savedeep.errors import ConfigError, InputError, OutputError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "savedeep/1"
 ENGINE_MODULES = {"torch": "torch", "caffe": "caffe"}
 ENGINE_FIX = {"torch": 'pip install torch (or pip install -e ".[torch]"), or use engine: caffe',
               "caffe": "build pycaffe with bash scripts/setup.sh, or use engine: torch (no pycaffe needed)"}
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Fixed shards (image ranges) and the batches of the shards still to do."""
+
+    shards: list[tuple[int, int, int]]        # (shard, start, stop) for every shard of the run
+    todo: list[int]                           # shards to compute
+    batches: list[tuple[int, int, int, int]]  # (batch, shard, start, stop), in writing order
+
+    def for_writer(self, w: int, writers: int) -> tuple[tuple[tuple[int, int], ...], dict[int, tuple[int, int]],
+                                                          dict[int, int]]:
+        """Writer ``w``'s share (the shards k with k % writers == w): its (batch, shard) in writing order,
+        each shard's image range and number of batches."""
+        mine = tuple((b, k) for b, k, _, _ in self.batches if k % writers == w)
+        shard_batches: dict[int, int] = {}
+        for _, k in mine:
+            shard_batches[k] = shard_batches.get(k, 0) + 1
+        ranges = {k: (a, z) for k, a, z in self.shards if k in shard_batches}
+        return mine, ranges, shard_batches
+
+
+def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = frozenset()) -> Plan:
+    """Cut the sorted image list into shards of ``shard_size`` and each shard into batches."""
+    shards = [(k, k * shard_size, min((k + 1) * shard_size, n_images)) for k in range(math.ceil(n_images / shard_size))]
+    todo = [k for k, _, _ in shards if k not in done]
+    batches = []
+    for k in todo:
+        _, start, stop = shards[k]
+        for b0 in range(start, stop, batch_size):
+            batches.append((len(batches), k, b0, min(b0 + batch_size, stop)))
+    return Plan(shards, todo, batches)
+
+
+def keys_digest(keys: list[str]) -> str:
+    """The sha256 of the image keys in order: --resume refuses a different image list."""
+    h = hashlib.sha256()
+    for k in keys:
+        h.update(k.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()
+
+
+class Background:
+    """A function run in a daemon thread; ``result()`` waits and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self._value = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="savedeep-hash", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 @dataclass
@@ -65,10 +135,10 @@ class Preflight:
     pre_spec: Any
     preprocess_desc: dict[str, Any]
     keys_digest: str
-    hashes: Any                      # pipeline._Background -> {file name: sha256}
+    hashes: Any                      # Background -> {file name: sha256}
     keep: set[int]                   # shards an interrupted run finished (--resume)
     output_exists: bool
-    plan: Any                        # pipeline.Plan
+    plan: Plan
     devices: list[str]
     producers: int
     writers: int
@@ -124,7 +194,7 @@ def check_writable_location(path: Path, key: str) -> None:
 def check_output_location(config: Config) -> None:
     """The output's folder and the log file's, before anything is read or written."""
     out = Path(config.output)
-    pq_dir = out.with_name(out.stem + ".parquet")
+    pq_dir = config.parquet_dir
     check_writable_location(out, "output")
     if _exists(pq_dir) and not os.path.isdir(pq_dir):
         raise OutputError(f"output: {pq_dir} (where the Parquet shards go) is a file, not a savedeep output "
@@ -177,15 +247,14 @@ def check_listed_files(images: Any, on_error: str) -> None:
 # --------------------------------------------------------------------------- existing output
 
 
-def check_existing_output(config: Config, *, resume: bool, overwrite: bool, result_same, hashes, keys_digest: str,
-                          n_images: int) -> tuple[bool, set[int]]:
+def check_existing_output(config: Config, *, resume: bool, overwrite: bool, hashes: Callable[[], dict[str, str]],
+                          keys_digest: str, n_images: int) -> tuple[bool, set[int]]:
     """Check what is on disk against --resume/--overwrite; return (exists, shards to keep). Changes nothing."""
-    from savedeep.config import RESULT_KEYS
-    from savedeep.output import MANIFEST, check_removable, read_manifest, shard_name
-    from savedeep.pipeline import adopt_finished_shards
+    from savedeep.manifest import FORMAT, Manifest
+    from savedeep.output import MANIFEST, check_removable
 
     pk = Path(config.output)
-    pq_dir = pk.with_name(pk.stem + ".parquet")
+    pq_dir = config.parquet_dir
     exists = _exists(pq_dir) or _exists(pk)
     if not exists:
         if resume:
@@ -197,32 +266,20 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, resu
     if not resume:
         raise OutputError(f"{pk if _exists(pk) else pq_dir} exists; rerun with --overwrite to replace it, "
                           "--resume to complete an interrupted run, or choose another output")
-    manifest = read_manifest(pq_dir) if os.path.isdir(pq_dir) else None
+    manifest = Manifest.read(pq_dir) if os.path.isdir(pq_dir) else None
     if manifest is None:
         raise OutputError(f"cannot resume: {pq_dir} has no manifest; rerun with --overwrite")
-    if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT
-            or not isinstance(manifest.get("shards"), list)):
-        raise OutputError(f"cannot resume: {pq_dir / MANIFEST} is not a {MANIFEST_FORMAT} manifest; "
+    if not manifest.is_valid():
+        raise OutputError(f"cannot resume: {pq_dir / MANIFEST} is not a {FORMAT} manifest; "
                           "rerun with --overwrite to start over")
-    changed = []
-    if not result_same(manifest):
-        old, new = manifest.get("config", {}), config.canonical()
-        diff = [k for k in RESULT_KEYS if old.get(k, "tensor" if k == "storage" else None) != new.get(k)]
-        changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))
-    if manifest.get("model", {}).get("sha256") != hashes():
-        old = manifest.get("model", {}).get("sha256", {})
-        changed.append("model files " + ", ".join(k for k in hashes() if old.get(k) != hashes()[k]))
-    if manifest.get("images", {}).get("keys_sha256") != keys_digest:
-        changed.append(f"the image list ({manifest.get('images', {}).get('count')} images then, {n_images} now)")
+    changed = manifest.changes(config, hashes, keys_digest, n_images)
     if changed:
         raise OutputError(f"cannot resume {pq_dir}: since the interrupted run, these changed: "
                           f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over")
     # Which shards would be kept (adopting finished but unreported ones), on a copy: nothing is written here.
-    manifest = copy.deepcopy(manifest)
-    adopt_finished_shards(pq_dir, manifest, write=False)
-    keep = {s["index"] for s in manifest["shards"]
-            if s.get("complete") and (pq_dir / shard_name(s["index"])).exists()}
-    return True, keep
+    manifest = Manifest(pq_dir, copy.deepcopy(manifest.data))
+    manifest.adopt_finished(write=False)
+    return True, manifest.finished()
 
 
 # --------------------------------------------------------------------------- the whole check
@@ -236,8 +293,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     from savedeep.output import ColumnSpec, sha256_file
     from savedeep.devices import plan_devices, shm_free_bytes, size_rings
     from savedeep.lock import OutputLock
-    from savedeep.pipeline import _Background, _keys_digest, make_plan, preprocess_spec, same_result_keys
-    from savedeep.preprocess import Preprocessor, load_mean
+    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
     from savedeep.reduce import make_reducer
     from savedeep.shm import Field, new_ring_spec
 
@@ -254,8 +310,8 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
 
         raise ModelError(f"{model.weights}: missing from the model directory; {MODEL_DIR_CONTENTS}")
     check_weights(model.net, model.weights)  # the consumers read them again; here only the check
-    # Hashing the files (0.3 s per 250 MB) runs beside the rest; --resume and the manifest wait for it.
-    hashes = _Background(lambda: {p.name: sha256_file(p) for p in (model.prototxt, model.weights, model.mean_path)})
+    # Hashing the files runs beside the rest; --resume and the manifest wait for it.
+    hashes = Background(lambda: {p.name: sha256_file(p) for p in (model.prototxt, model.weights, model.mean_path)})
     valid = set(model.validate_blobs(list(cfg.blobs)))
     names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave
     specs = {s.name: s for s in cfg.blob_specs}
@@ -270,7 +326,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
         blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
                              "blob_shape": list(shape), "reduce": red.describe()}
     mean = load_mean(model.mean_path)
-    pre_spec = preprocess_spec(cfg)
+    pre_spec = PreprocessSpec.from_options(cfg.preprocess)
     preprocess_desc = Preprocessor(pre_spec, mean, input_shape).describe()
     check_engine_importable(cfg.engine)
 
@@ -280,17 +336,17 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
         raise ConfigError(f"blobs: {clash} would collide with the output's key/metadata columns "
                           f"(image, {', '.join(images.metadata) or 'no metadata'}); rename the CSV column")
     check_listed_files(images, cfg.on_error)
-    keys_digest = _keys_digest(images.keys)
+    digest = keys_digest(images.keys)
 
     # A run in progress on this output is named first: it explains whatever is on disk.
     OutputLock(cfg.output, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
-    exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, result_same=lambda m: same_result_keys(cfg, m),
-                                         hashes=hashes.result, keys_digest=keys_digest, n_images=len(images))
+    exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, hashes=hashes.result,
+                                         keys_digest=digest, n_images=len(images))
     plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
     devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo))
     pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,
                    images=images, mean=mean, pre_spec=pre_spec, preprocess_desc=preprocess_desc,
-                   keys_digest=keys_digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,
+                   keys_digest=digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,
                    devices=devices, producers=workers.producers, writers=workers.writers, workers=workers)
     if plan.batches:
         # The rings: one batch of each must fit in /dev/shm, or the run stops here (see size_rings);

@@ -102,6 +102,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from savedeep.config import DEFAULT_MAX_PIXELS, MEAN_MODES, RESIZE_MODES, PreprocessOptions
 from savedeep.errors import ConfigError, ImageError, ModelError
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,6 @@ log = logging.getLogger(__name__)
 # may have set it; a truncated image must never be read as a partly gray one.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
-MEAN_MODES = ("channel", "image-crop", "image-resize")
-DEFAULT_MAX_PIXELS = 100_000_000
 
 # float32(v / 255) computed in float64, as skimage.img_as_float then astype(float32).
 _TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
@@ -140,7 +138,6 @@ _UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"%PDF", 0, "PDF"),
     (b"\xff\x0a", 0, "JPEG XL"),
 )
-_PILLOW_FORMAT = {"PNG": "PNG", "GIF": "GIF", "BMP": "BMP", "TIFF": "TIFF", "WEBP": "WEBP", "JPEG": "JPEG"}
 _ORIENTATION_TAG = 0x0112
 
 
@@ -176,6 +173,11 @@ class PreprocessSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain values (for config dumps and fingerprints)."""
         return asdict(self)
+
+    @classmethod
+    def from_options(cls, options: PreprocessOptions) -> PreprocessSpec:
+        """The spec of a config's ``preprocess:`` section (its unset keys take the spec's defaults)."""
+        return cls(**{k: v for k, v in options.to_dict().items() if v is not None or k == "input_scale"})
 
 
 def load_mean(path: Path) -> np.ndarray:
@@ -400,7 +402,7 @@ class Preprocessor:
         try:
             # formats=: only the identified decoder may run (Pillow's other plugins,
             # e.g. EPS via Ghostscript, must never see untrusted files).
-            im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
+            im = Image.open(io.BytesIO(data), formats=[fmt])  # our format names are Pillow's
         except Image.DecompressionBombError as e:
             raise ImageError(f"image too large for Pillow ({_short(e)})") from None
         except UnidentifiedImageError:
@@ -650,70 +652,22 @@ def _caffe_resize_image(im: np.ndarray, new_dims: tuple[int, int]) -> np.ndarray
     return resized_im.astype(np.float32)
 
 
-def _varint(buf: bytes, pos: int, path: Path) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ModelError(f"{path}: truncated binaryproto; regenerate the mean file")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _read_binaryproto(data: bytes, path: Path) -> np.ndarray:
-    """Decode a Caffe BlobProto: num/channels/height/width (1-4) or shape (7); data (5) or double_data (8)."""
-    legacy: dict[int, int] = {}
-    floats: list[np.ndarray] = []
-    doubles: list[np.ndarray] = []
-    dims: list[int] = []
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos, path)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            legacy[num], pos = _varint(data, pos, path)
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            if pos + size > len(data):
-                raise ModelError(f"{path}: truncated binaryproto; regenerate the mean file")
-            if num == 5 and wire == 5:  # unpacked float data (old writers)
-                floats.append(np.frombuffer(data, "<f4", 1, pos))
-            elif num == 8 and wire == 1:
-                doubles.append(np.frombuffer(data, "<f8", 1, pos))
-            pos += size
-        elif wire == 2:
-            length, pos = _varint(data, pos, path)
-            chunk = data[pos : pos + length]
-            if len(chunk) != length:
-                raise ModelError(f"{path}: truncated binaryproto; regenerate the mean file")
-            pos += length
-            if num == 5:
-                floats.append(np.frombuffer(chunk, "<f4"))
-            elif num == 8:
-                doubles.append(np.frombuffer(chunk, "<f8"))
-            elif num == 7:  # BlobShape { repeated int64 dim = 1; } packed or not
-                p = 0
-                while p < len(chunk):
-                    k, p = _varint(chunk, p, path)
-                    if k == 0x0A:
-                        ln, p = _varint(chunk, p, path)
-                        end = p + ln
-                        while p < end:
-                            v, p = _varint(chunk, p, path)
-                            dims.append(v)
-                    elif k == 0x08:
-                        v, p = _varint(chunk, p, path)
-                        dims.append(v)
-                    else:
-                        raise ModelError(f"{path}: unexpected BlobShape field; is this a Caffe mean .binaryproto?")
-        else:
-            raise ModelError(f"{path}: not a Caffe BlobProto (wire type {wire}); provide a mean .npy or .binaryproto")
-    values = np.concatenate(floats) if floats else (np.concatenate(doubles) if doubles else np.empty(0))
-    if not dims:
-        dims = [legacy.get(i, 1) for i in (1, 2, 3, 4)]
+    """Decode a Caffe BlobProto (with savedeep/caffemodel.py's decoder): shape, or num/channels/height/width."""
+    import struct
+
+    from savedeep.caffemodel import DecodeError, decode_message
+
+    try:
+        blob = decode_message(data, "BlobProto")
+    except (DecodeError, struct.error) as exc:
+        raise ModelError(f"{path}: truncated binaryproto, or not a Caffe BlobProto ({exc}); regenerate the mean "
+                         "file, or provide the mean as .npy") from None
+    values = np.asarray(blob.data if blob.has("data") else blob.double_data)
+    if blob.has("shape"):
+        dims = [int(d) for d in blob.shape.dim]
+    else:  # the legacy 4-d form; an absent dimension is 1 (Caffe's own default of 0 would hold no values)
+        dims = [int(getattr(blob, n)) if blob.has(n) else 1 for n in ("num", "channels", "height", "width")]
     if values.size == 0 or int(np.prod(dims)) != values.size:
         raise ModelError(f"{path}: the binaryproto holds {values.size} values for shape {dims}; regenerate the mean file")
     return values.reshape(dims)

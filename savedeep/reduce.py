@@ -222,7 +222,7 @@ def count_nonfinite_float16(x: np.ndarray) -> int:
     """How many values of a float16 array are inf or NaN (exponent bits all ones).
 
     Stored float16 values become inf where the float32 activation was beyond +-65504;
-    reading the bits costs ~0.1 ms per CaffeNet conv1 image, a fifth of numpy's isinf.
+    reading the bits is cheaper than numpy's isinf (benchmarks/RESULTS.md).
     """
     flags = (x.view(np.uint16) & 0x7C00) == 0x7C00
     return int(np.count_nonzero(flags)) if flags.any() else 0
@@ -262,3 +262,49 @@ def make_reducer(spec: BlobSpec, shape: tuple[int, ...]) -> Reducer:
         return ProjectionReducer(spec, shape, dim, seed)
     raise ConfigError(f"{key}: unknown reduction {reduce!r}; "
                       f"use {{pool: mean|max, grid: k}} or {{project: D, seed: S}}")
+
+
+class BlobOutputs:
+    """What a consumer does with one forward's blobs, in its output slot.
+
+    Blobs stored whole are written by the engine straight into the slot, cast to
+    the stored dtype there (``direct``: the torch engine does it on all its
+    threads); reduced blobs come back as float32 copies that are reduced and cast
+    here. float16 values that overflow to inf (or are NaN) are counted per blob.
+    """
+
+    def __init__(self, specs: tuple[BlobSpec, ...], blob_shapes: dict[str, tuple[int, ...]]) -> None:
+        self.names = [s.name for s in specs]
+        self.reducers = {s.name: make_reducer(s, tuple(blob_shapes[s.name])) for s in specs}
+        self.direct = {s.name for s in specs if s.reduce is None}
+        self.reduced = [b for b in self.names if b not in self.direct]
+        self.half = [s.name for s in specs if s.dtype == "float16"]
+        self.nonfinite: dict[str, int] = {}  # float16 values stored as inf/NaN so far, per blob
+
+    def prepare(self) -> None:
+        """Work done once before the first batch (e.g. draw the projection matrices)."""
+        for r in self.reducers.values():
+            r.prepare()
+
+    def fill(self, acts: dict[str, np.ndarray], out: dict[str, np.ndarray], n: int) -> dict[str, int]:
+        """Reduce and cast the reduced blobs of ``acts`` into ``out`` (the direct ones are there already);
+        return the blobs whose float16 values overflowed for the first time, with this batch's count."""
+        for b in self.reduced:
+            with np.errstate(over="ignore"):  # float16 overflow is counted below
+                out[b][:n] = self.reducers[b].apply(np.asarray(acts[b][:n], dtype=np.float32))
+        first: dict[str, int] = {}
+        for b in self.half:
+            k = count_nonfinite_float16(out[b][:n])
+            if k:
+                if b not in self.nonfinite:
+                    first[b] = k
+                self.nonfinite[b] = self.nonfinite.get(b, 0) + k
+        return first
+
+    def overflow_summary(self) -> str | None:
+        """One line for the end of the run if any float16 blob overflowed, else None."""
+        if not self.nonfinite:
+            return None
+        return (f"float16 blobs with values stored as inf or NaN (|x| > {FLOAT16_MAX:g} overflows): "
+                + ", ".join(f"{b} {k} values" for b, k in self.nonfinite.items())
+                + "; store these blobs as float32 (per-blob dtype) to keep them")

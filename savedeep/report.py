@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from savedeep import stats as st
+import savedeep.stats as st
 from savedeep.errors import ConfigError, OutputError
 
 log = logging.getLogger(__name__)

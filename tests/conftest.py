@@ -164,7 +164,7 @@ def caffenet_dir(testdata, tmp_path_factory) -> Path:
     and the ILSVRC-2012 mean image (3, 256, 256) as its mean.npy."""
     import shutil
 
-    from savedeep.caffemodel import random_weights, write_caffemodel
+    from savedeep.synthetic import random_weights, write_caffemodel
     from savedeep.model import load_net
 
     d = tmp_path_factory.mktemp("caffenet") / "model"

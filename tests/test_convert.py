@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from savedeep.caffemodel import random_weights, write_caffemodel
+from savedeep.synthetic import random_weights, write_caffemodel
 from savedeep.cli import main
 from savedeep.conversion import ONNX_OPSET, convert
 from savedeep.errors import ConfigError, UnsupportedLayerError

@@ -392,7 +392,7 @@ def test_a_dead_worker_is_noticed_while_events_keep_coming():
     run.ch, run.feeder, run.bar, run.stats, run.device_info = ch, None, None, [], {}
     run.rows = run.failures = 0
     run.procs = [(chatter, "writer", 0), (dead, "consumer", 0)]
-    run.slot_of = {("writer", 0): 0, ("consumer", 0): 1}
+    run.row_of = {("writer", 0): 0, ("consumer", 0): 1}
     try:
         with pytest.raises(WorkerError, match=r"consumer 0 on cuda:0 .* exited with code 3"):
             run._supervise(["cuda:0"], 0)

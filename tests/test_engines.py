@@ -78,7 +78,7 @@ SHAPE = (4, 3, 5, 6)
 @pytest.fixture
 def tiny_model(tmp_path):
     """A savedeep model directory (prototxt, caffemodel written by our writer, mean) of the SEMANTICS net."""
-    from savedeep.caffemodel import write_caffemodel
+    from savedeep.synthetic import write_caffemodel
     from savedeep.model import load_model, load_net
 
     prototxt = write_net(tmp_path / "tiny", "tiny", SEMANTICS, SHAPE)

@@ -24,7 +24,7 @@ GPU_CASES = [c for c in LAYER_CASES if c.startswith(("conv", "deconv", "pool", "
 
 
 def _model_dir(tmp_path: Path, name: str, body: str, shape: tuple[int, ...], seed: int = 7) -> Path:
-    from savedeep.caffemodel import random_weights, write_caffemodel
+    from savedeep.synthetic import random_weights, write_caffemodel
     from savedeep.model import load_net
 
     d = tmp_path / name

@@ -142,7 +142,7 @@ def test_layer_with_weights_but_no_weights_file_is_a_model_error():
 
 def test_every_case_runs_in_torch_with_model_shapes(tmp_path):
     """Without pycaffe: every layer case runs and gives the shapes the model reader infers."""
-    from savedeep.caffemodel import random_weights, write_caffemodel
+    from savedeep.synthetic import random_weights, write_caffemodel
     from savedeep.model import load_net
 
     for case, (shape, body) in sorted(LAYER_CASES.items()):

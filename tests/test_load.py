@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import savedeep
-from savedeep.caffemodel import random_weights, write_caffemodel
+from savedeep.synthetic import random_weights, write_caffemodel
 from savedeep.model import load_net
 
 pytestmark = pytest.mark.slow

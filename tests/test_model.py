@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from savedeep.caffe_schema import Message
-from savedeep.caffemodel import (
-    decode_message,
-    encode_message,
-    make_blob,
-    random_weights,
-    read_caffemodel,
-    write_caffemodel,
-)
+from savedeep.caffemodel import decode_message, encode_message, make_blob, read_caffemodel
 from savedeep.errors import ModelError, UnsupportedLayerError
 from savedeep.model import load_model, load_net, pooled_size, supported_layer_types
 from savedeep.prototxt import format_text, parse_text
+from savedeep.synthetic import random_weights, write_caffemodel
 
 MODELS = ("caffenet", "alexnet", "googlenet")
 

@@ -93,7 +93,7 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
     df.attrs["savedeep"] = {"manifest": str(d / "_manifest.json"), "partial": False}
     pk.write_bytes(pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL))
     (parent / ".acts.pk.tmp77").write_bytes(b"\x80\x05half a pickle")
-    handler = logging.FileHandler(log_file)  # the run log's format (savedeep/pipeline.py, _run_log)
+    handler = logging.FileHandler(log_file)  # the run log's format (savedeep/ui.py, run_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"))
     handler.emit(logging.LogRecord("savedeep.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
     handler.close()

@@ -43,12 +43,11 @@ def _direct(engine: str, model_dir: Path, cfg, keys: list[str], blobs: list[str]
     """The same activations computed in this process, one image at a time, without the pipeline."""
     from savedeep.engines import create_engine
     from savedeep.model import load_model
-    from savedeep.pipeline import preprocess_spec
-    from savedeep.preprocess import Preprocessor, load_mean
+    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     model = load_model(model_dir)
     eng = create_engine(engine, model, "cpu", 1)
-    pre = Preprocessor(preprocess_spec(cfg), load_mean(model.mean_path),
+    pre = Preprocessor(PreprocessSpec.from_options(cfg.preprocess), load_mean(model.mean_path),
                        tuple(model.net.input_shape[1:]))
     out = {b: [] for b in blobs}
     for k in keys:
@@ -232,7 +231,7 @@ def test_finished_but_unreported_shards_are_adopted(nsfw_dir, image_dir, tmp_pat
     # A writer that dies right after renaming a shard may never report it; the shard
     # carries its own record, so the manifest can take it without recomputing it.
     from savedeep.output import read_manifest, write_manifest
-    from savedeep.pipeline import adopt_finished_shards
+    from savedeep.manifest import adopt_finished_shards
 
     out = tmp_path / "acts.pk"
     _run(nsfw_dir, image_dir, out, ["prob"], batch_size=4, shard_size=4)
@@ -293,7 +292,7 @@ def test_float16_is_the_float32_run_rounded(caffenet_dir, image_dir, tmp_path):
 
 def test_float16_overflow_is_reported(image_dir, tmp_path):
     """Values beyond float16's range become inf; the log names the blob and counts them."""
-    from savedeep.caffemodel import write_caffemodel
+    from savedeep.synthetic import write_caffemodel
     from savedeep.model import load_net
     from tests.nets import layer, write_net
 
@@ -369,30 +368,3 @@ def test_steady_rate_leaves_out_the_first_window_of_batches():
     assert result(written, 3).steady_images_per_s() == pytest.approx(4.0)  # the 4 batches after batch 3, in 4 s
     assert result(written, 0).steady_images_per_s() == pytest.approx(7 * 4 / 5.0)  # the burst inflates it
     assert result(written[:4], 3).steady_images_per_s() is None  # nothing left to measure
-
-
-def test_output_from_before_storage_key_resumes_as_tensor(caffenet_dir, image_dir, tmp_path):
-    """A manifest written before `storage` existed (no such key, fingerprint without it) resumes with tensor storage."""
-    from savedeep.config import RESULT_KEYS_BEFORE_STORAGE
-
-    common = dict(producers=1, cpu_consumers=1, batch_size=4, shard_size=3, pickle=False)
-    cfg, _ = _run(caffenet_dir, image_dir, tmp_path / "a.pk", ["fc7"], **common)
-    mpath = tmp_path / "a.parquet" / "_manifest.json"
-    manifest = json.loads(mpath.read_text())
-    before = savedeep.load(tmp_path / "a.parquet")
-    # make it look like the old version's: no storage key, the old fingerprint; one shard left to do
-    del manifest["config"]["storage"]
-    manifest["result_fingerprint"] = cfg.result_fingerprint(RESULT_KEYS_BEFORE_STORAGE)
-    manifest["complete"] = False
-    last = manifest["shards"][-1]
-    (tmp_path / "a.parquet" / last["file"]).unlink()
-    last.update(complete=False, rows=0, failures=[])
-    mpath.write_text(json.dumps(manifest))
-    with pytest.raises(OutputError, match="these changed: config keys storage"):
-        savedeep.run(cfg.replace(storage="binary"), resume=True)
-    res = savedeep.run(cfg, resume=True)
-    after = savedeep.load(tmp_path / "a.parquet")
-    assert res.rows + res.failures == len(before) + len(json.loads(mpath.read_text())["failures"])
-    assert list(after["image"]) == list(before["image"])
-    assert all(np.array_equal(x, y) for x, y in zip(after["fc7"], before["fc7"]))
-    assert json.loads(mpath.read_text())["config"]["storage"] == "tensor"

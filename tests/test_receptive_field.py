@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from savedeep.caffemodel import random_weights, write_caffemodel
+from savedeep.synthetic import random_weights, write_caffemodel
 from savedeep.model import load_net
 from savedeep.receptive_field import blob_axes_bounds, model_receptive_fields, receptive_fields
 

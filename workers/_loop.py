@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from savedeep.errors import WorkerError
 from savedeep.messages import WorkerFailed, WorkerStats
 
 POLL_S = 0.2  # how often a blocked worker checks the stop flag and its parent
@@ -47,8 +48,9 @@ class Channels:
 class Worker:
     """The frame of one worker process: its identity, busy-time clock and blocking helpers."""
 
-    def __init__(self, role: str, index: int, slot: int, ch: Channels, device: str | None = None) -> None:
-        self.role, self.index, self.slot, self.ch, self.device = role, index, slot, ch, device
+    def __init__(self, role: str, index: int, row: int, ch: Channels, device: str | None = None) -> None:
+        # row: this worker's entry in ch.current (not a ring slot)
+        self.role, self.index, self.row, self.ch, self.device = role, index, row, ch, device
         self.busy_s = 0.0
         self.items = 0
         self.started = time.perf_counter()
@@ -92,7 +94,7 @@ class Worker:
 
     def on_batch(self, batch: int | None) -> None:
         """Record the batch being worked on, so a death can be reported with it."""
-        self.ch.current[self.slot] = -1 if batch is None else batch
+        self.ch.current[self.row] = -1 if batch is None else batch
 
 
 def _setup_process(ch: Channels) -> None:
@@ -105,28 +107,28 @@ def _setup_process(ch: Channels) -> None:
     os.environ.setdefault("GLOG_minloglevel", "2")
 
 
-def spawned(target: Callable[..., None], index: int, slot: int, ch: Channels, ref: Any) -> None:
+def spawned(target: Callable[..., None], index: int, row: int, ch: Channels, ref: Any) -> None:
     """The function every worker process starts in: fetch the arguments, then run ``target``."""
     from savedeep.faults import record_start
     from savedeep.shm import take_payload
 
     record_start(target.__module__.rpartition(".")[2], index)
-    target(index, slot, ch, *take_payload(ref))
+    target(index, row, ch, *take_payload(ref))
 
 
-def run_worker(role: str, index: int, slot: int, ch: Channels, device: str | None,
+def run_worker(role: str, index: int, row: int, ch: Channels, device: str | None,
                body: Callable[[Worker], None]) -> None:
     """Run ``body`` as worker ``role`` ``index``; report stats or the failure to the parent."""
     _setup_process(ch)
-    w = Worker(role, index, slot, ch, device)
+    w = Worker(role, index, row, ch, device)
     w._resume()
     try:
         body(w)
     except Stopped:
         sys.exit(0)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, then we exit non-zero
-        batch = int(ch.current[slot])
-        code = getattr(exc, "exit_code", 6)
+        batch = int(ch.current[row])
+        code = getattr(exc, "exit_code", WorkerError.exit_code)
         ch.events.put(WorkerFailed(
             role=role, index=index, pid=os.getpid(), device=device,
             batch=None if batch < 0 else batch,

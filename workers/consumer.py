@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from savedeep.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
 from savedeep.shm import Ring, RingSpec
 from workers._loop import Channels, Worker, run_worker
@@ -35,9 +33,9 @@ class ConsumerArgs:
     out_ring: RingSpec
 
 
-def consumer_main(index: int, slot: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
+def consumer_main(index: int, row: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
     """Entry point of the consumer for ``device`` (spawned by the parent)."""
-    run_worker("consumer", index, slot, ch, device, lambda w: _loop(w, args))
+    run_worker("consumer", index, row, ch, device, lambda w: _loop(w, args))
 
 
 def _loop(w: Worker, args: ConsumerArgs) -> None:
@@ -47,7 +45,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     from savedeep.engines import create_engine, keep_freed_memory
     from savedeep.faults import maybe_fail
     from savedeep.model import load_model
-    from savedeep.reduce import FLOAT16_MAX, count_nonfinite_float16, make_reducer
+    from savedeep.reduce import FLOAT16_MAX, BlobOutputs
 
     keep_freed_memory()  # before the engine allocates: no page faults on every batch's buffers
     model = load_model(args.model_dir)
@@ -60,17 +58,8 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
                            "must give it exactly its own GPU (a bug)")
     engine = create_engine(args.engine, model, local, args.batch_size, threads=args.threads)
     w.ch.events.put(DeviceInfo(w.index, consumer_provenance(args.engine, w.device, local, args.threads)))
-    names = [s.name for s in args.blob_specs]
-    reducers = {s.name: make_reducer(s, tuple(engine.blob_shapes[s.name])) for s in args.blob_specs}
-    for r in reducers.values():
-        r.prepare()  # e.g. draw the projection matrix now, not inside the first batch
-    # Blobs stored whole are written by the engine straight into the output slot, cast
-    # to the stored dtype there (the torch engine does it on all its threads); reduced
-    # blobs come back as float32 copies that we reduce and cast here.
-    direct = {s.name for s in args.blob_specs if s.reduce is None}
-    rest = [b for b in names if b not in direct]
-    half = [s.name for s in args.blob_specs if s.dtype == "float16"]
-    nonfinite: dict[str, int] = {}  # float16 values stored as inf/NaN, per blob
+    blobs = BlobOutputs(args.blob_specs, engine.blob_shapes)
+    blobs.prepare()  # e.g. draw the projection matrix now, not inside the first batch
     in_ring, out_ring = Ring.attach(args.in_ring), Ring.attach(args.out_ring)
     w.log.info("ready on %s (%s engine; CUDA_VISIBLE_DEVICES=%r, as %s; %s threads, OMP_NUM_THREADS=%s)",
                w.device, args.engine, visible, local, args.threads, os.environ.get("OMP_NUM_THREADS"))
@@ -78,10 +67,8 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
         while True:
             msg = w.get(w.ch.ready)
             if isinstance(msg, EndOfStream):
-                if nonfinite:
-                    w.log.warning("float16 blobs with values stored as inf or NaN (|x| > %g overflows): %s; "
-                                  "store these blobs as float32 (per-blob dtype) to keep them", FLOAT16_MAX,
-                                  ", ".join(f"{b} {k} values" for b, k in nonfinite.items()))
+                if blobs.overflow_summary():
+                    w.log.warning("%s", blobs.overflow_summary())
                 for q in w.ch.done:
                     q.put(EndOfStream(f"consumer{w.index}"))
                 return
@@ -96,18 +83,11 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
             oslot = w.get(w.ch.free_out)
             out = out_ring.slot(oslot)
             x = in_ring.slot(msg.slot)["data"][:n]
-            acts = engine.forward(x, names, out={b: out[b] for b in direct})
+            acts = engine.forward(x, blobs.names, out={b: out[b] for b in blobs.direct})
             w.ch.free_in.put(msg.slot)
-            for b in rest:
-                with np.errstate(over="ignore"):  # float16 overflow is counted below
-                    out[b][:n] = reducers[b].apply(np.asarray(acts[b][:n], dtype=np.float32))
-            for b in half:
-                k = count_nonfinite_float16(out[b][:n])
-                if k and b not in nonfinite:
-                    w.log.warning("blob %s, batch %d: %d values are inf or NaN as float16 (beyond +-%g); "
-                                  "a total follows at the end", b, msg.batch, k, FLOAT16_MAX)
-                if k:
-                    nonfinite[b] = nonfinite.get(b, 0) + k
+            for b, k in blobs.fill(acts, out, n).items():
+                w.log.warning("blob %s, batch %d: %d values are inf or NaN as float16 (beyond +-%g); "
+                              "a total follows at the end", b, msg.batch, k, FLOAT16_MAX)
             w.items += n
             w.ch.done[msg.shard % len(w.ch.done)].put(
                 BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))

@@ -30,9 +30,9 @@ class ProducerArgs:
     on_error: str            # "skip" | "fail"
 
 
-def producer_main(index: int, slot: int, ch: Channels, args: ProducerArgs) -> None:
+def producer_main(index: int, row: int, ch: Channels, args: ProducerArgs) -> None:
     """Entry point of producer ``index`` (spawned by the parent)."""
-    run_worker("producer", index, slot, ch, None, lambda w: _loop(w, args))
+    run_worker("producer", index, row, ch, None, lambda w: _loop(w, args))
 
 
 def _loop(w: Worker, args: ProducerArgs) -> None:

@@ -14,7 +14,6 @@ forward overwrites, so every result is copied out.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from savedeep.engines import (
+from savedeep.engines.base import (
     EngineBase,
     Device,
     check_device,
@@ -33,6 +32,7 @@ from savedeep.engines import (
     validate_batch,
     validate_blob_names,
 )
+from savedeep.devices import caffe_has_cuda, probe_driver  # noqa: F401 - caffe_has_cuda is re-exported
 from savedeep.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,41 +64,13 @@ def import_caffe(threads: int | None = None) -> ModuleType:
     return caffe
 
 
-def caffe_has_cuda(caffe: ModuleType | Path) -> bool:
-    """Whether this pycaffe (the module, or its package directory) was compiled with CUDA.
-
-    A CPU_ONLY build aborts the process on set_device. Reads the package's libraries only:
-    the parent asks this without importing caffe.
-    """
-    pkg = caffe if isinstance(caffe, Path) else Path(caffe.__file__).resolve().parent
-    candidates = list(pkg.glob("*.so*")) + list(pkg.glob("**/libcaffe*.so*"))
-    for libs in pkg.parent.glob("*.libs"):  # auditwheel puts bundled libraries beside the package
-        candidates += list(libs.glob("libcaffe*.so*"))
-    # A CUDA build imports cuBLAS and the CUDA runtime; their symbol names sit in the
-    # library's dynamic string table (also after auditwheel renames the libraries).
-    markers = (b"cublasCreate_v2", b"cudaGetDeviceCount", b"libcudart")
-    for path in candidates:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        if any(m in data for m in markers):
-            return True
-    return False
-
-
 def cuda_device_count() -> int:
-    """The number of CUDA GPUs the driver shows this process (0 without a driver), without torch."""
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            cuda = ctypes.CDLL(name)
-        except OSError:
-            continue
-        count = ctypes.c_int(0)
-        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-            return 0
-        return count.value
-    return 0
+    """The number of CUDA GPUs the driver shows this process (0 without a driver), without torch.
+
+    Counted as the parent counts them (savedeep.devices.probe_driver: the driver, in a subprocess
+    that inherits this process's CUDA_VISIBLE_DEVICES), so the two cannot disagree.
+    """
+    return probe_driver().count or 0
 
 
 def select_device(caffe: ModuleType, dev: Device) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from savedeep.engines import (
+from savedeep.engines.base import (
     EngineBase,
     Device,
     check_device,
@@ -294,8 +294,8 @@ class TorchEngine(EngineBase):
         self.device = str(dev)
         self.batch_size = batch_size
         self._torch_device = torch.device(self.device)
-        # channels_last lets oneDNN skip layout conversions on the CPU (CaffeNet ~15%, GoogLeNet and
-        # ResNet more, measured on 2 cores) and stays within 1e-4 of pycaffe; untested on CUDA, so off there.
+        # channels_last lets oneDNN skip layout conversions on the CPU (benchmarks/RESULTS.md) and
+        # stays within 1e-4 of pycaffe; untested on CUDA, so off there.
         self._channels_last = (not dev.is_cuda) if channels_last is None else channels_last
         self._input_shape = tuple(int(d) for d in net.input_shape[1:])
         if len(self._input_shape) != 3:
@@ -316,8 +316,8 @@ class TorchEngine(EngineBase):
 
         ``out[name][:n]`` (float32 or float16) receives a blob through one torch ``copy_``,
         which reorders channels_last to NCHW and casts (float16: round to nearest even, as
-        numpy) on all the engine's threads: for a CaffeNet conv1 batch of 32 on 2 cores,
-        5.9 ms against 37 ms for numpy's transpose then cast. On a GPU the cast and the
+        numpy) on all the engine's threads, faster than numpy's transpose then cast
+        (benchmarks/RESULTS.md). On a GPU the cast and the
         reorder happen there, so only the stored bytes cross to the host.
         """
         x = validate_batch(batch, self._input_shape, self.batch_size)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from savedeep.errors import ModelError, UnsupportedLayerError
+from savedeep.model import ShapeError, canonical_axis, conv_geometry, pooled_size, pooling_geometry
 
 if TYPE_CHECKING:  # pragma: no cover
     from savedeep.model import Layer
@@ -79,26 +80,20 @@ def _weights(layer: "Layer", count: int) -> list[Tensor]:
     return [torch.from_numpy(np.array(b, dtype=np.float32, copy=True)) for b in blobs[:count]]
 
 
-def _expand(values: Sequence[int], n: int, default: int, what: str, layer: "Layer") -> tuple[int, ...]:
-    """Caffe's rule for repeated geometry fields: none -> default, one -> all axes, else one per axis."""
-    vals = [int(v) for v in values]
-    if not vals:
-        return (default,) * n
-    if len(vals) == 1:
-        return (vals[0],) * n
-    if len(vals) == n:
-        return tuple(vals)
-    raise ModelError(
-        f"layer {layer.name!r} ({layer.type}): {what} has {len(vals)} values for {n} spatial axes; "
-        f"give one value or one per axis in the prototxt"
-    )
+def _geometry(layer: "Layer", rule: Callable[..., Any], *args: Any) -> Any:
+    """One of savedeep/model.py's geometry rules (shape inference uses the same), as a ModelError naming the layer."""
+    try:
+        return rule(*args)
+    except ShapeError as exc:
+        raise ModelError(f"layer {layer.name!r} ({layer.type}): {exc}; fix the prototxt") from None
 
 
 def _axis(axis: int, ndim: int, op: CaffeOp) -> int:
-    """Caffe's CanonicalAxisIndex: negative axes count from the end."""
-    if not -ndim <= axis < ndim:
-        raise ModelError(f"{op.where()}: axis {axis} is out of range for a {ndim}-D blob; fix the prototxt")
-    return axis + ndim if axis < 0 else axis
+    """savedeep.model.canonical_axis, as a ModelError naming the layer."""
+    try:
+        return canonical_axis(axis, ndim)
+    except ShapeError as exc:
+        raise ModelError(f"{op.where()}: {exc}; fix the prototxt") from None
 
 
 def _broadcast(param: Tensor, axis: int, ndim: int) -> Tensor:
@@ -129,23 +124,12 @@ class Convolution(CaffeOp):
                 f"layer {layer.name!r} ({layer.type}): convolution_param.axis {p.axis} is not supported "
                 f"by the torch engine (only channel axis 1); use the caffe engine"
             )
-        if p.has("kernel_h") or p.has("kernel_w"):
-            self.kernel = (int(p.kernel_h), int(p.kernel_w))
-        else:
-            self.kernel = _expand(p.kernel_size, 2, 0, "kernel_size", layer)
-        if p.has("pad_h") or p.has("pad_w"):
-            self.pad = (int(p.pad_h), int(p.pad_w))
-        else:
-            self.pad = _expand(p.pad, 2, 0, "pad", layer)
-        if p.has("stride_h") or p.has("stride_w"):
-            self.stride = (int(p.stride_h), int(p.stride_w))
-        else:
-            self.stride = _expand(p.stride, 2, 1, "stride", layer)
-        self.dilation = _expand(p.dilation, 2, 1, "dilation", layer)
+        kernel, stride, pad, dilation = _geometry(layer, conv_geometry, p, 2)
+        self.kernel, self.stride, self.pad, self.dilation = tuple(kernel), tuple(stride), tuple(pad), tuple(dilation)
         self.group = int(p.group)
         self.num_output = int(p.num_output)
-        if min(self.kernel) < 1 or min(self.stride) < 1 or self.num_output < 1:
-            raise ModelError(f"{self.where()}: kernel, stride and num_output must be positive; fix the prototxt")
+        if self.num_output < 1:
+            raise ModelError(f"{self.where()}: num_output must be positive; fix the prototxt")
         blobs = _weights(layer, 2 if p.bias_term else 1)
         self.register_buffer("weight", self._shape_weight(blobs[0]))
         self.register_buffer("bias", blobs[1].reshape(-1) if p.bias_term else None)
@@ -331,13 +315,7 @@ class Bias(CaffeOp):
 # pooling and normalisation
 
 
-def caffe_pool_size(size: int, kernel: int, stride: int, pad: int, ceil: bool = True) -> int:
-    """Caffe's pooled output length: round up (or down), then drop a last window starting in the padding."""
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if pad > 0 and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
+caffe_pool_size = pooled_size  # Caffe's pooled output length; one rule, in savedeep/model.py
 
 
 class Pooling(CaffeOp):
@@ -358,34 +336,21 @@ class Pooling(CaffeOp):
                 f"engine; remove it from the prototxt or use the caffe engine"
             )
         self.global_pooling = bool(p.global_pooling)
-        if p.has("kernel_h") or p.has("kernel_w"):
-            self.kernel = (int(p.kernel_h), int(p.kernel_w))
-        else:
-            self.kernel = (int(p.kernel_size),) * 2
-        if p.has("pad_h") or p.has("pad_w"):
-            self.pad = (int(p.pad_h), int(p.pad_w))
-        else:
-            self.pad = (int(p.pad),) * 2
-        if p.has("stride_h") or p.has("stride_w"):
-            self.stride = (int(p.stride_h), int(p.stride_w))
-        else:
-            self.stride = (int(p.stride),) * 2
-        self.ceil = p.round_mode != "FLOOR"
-        if not self.global_pooling and min(self.kernel) < 1:
-            raise ModelError(f"{self.where()}: kernel size must be positive; fix the prototxt")
-        if not self.global_pooling and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
-            raise ModelError(f"{self.where()}: pad must be smaller than the kernel (as Caffe requires)")
+        self.param = p  # for pooling_geometry (a global pooling's kernel is the input's size)
+        # checked now, as shape inference checks it; for a global pooling any input size will do
+        self.kernel, self.stride, self.pad = (tuple(v) for v in _geometry(layer, pooling_geometry, p, 1, 1))
+        self.ceil = p.round_mode == "CEIL"
 
     def forward(self, x: Tensor) -> list[Tensor]:
         if x.dim() != 4:
             raise UnsupportedLayerError(f"{self.where()}: the torch engine pools 4-D blobs only; use the caffe engine")
         h, w = x.shape[2], x.shape[3]
         if self.global_pooling:
-            kernel, stride, pad = (h, w), (1, 1), (0, 0)
+            kernel, stride, pad = pooling_geometry(self.param, h, w)
         else:
             kernel, stride, pad = self.kernel, self.stride, self.pad
-        out_h = caffe_pool_size(h, kernel[0], stride[0], pad[0], self.ceil)
-        out_w = caffe_pool_size(w, kernel[1], stride[1], pad[1], self.ceil)
+        out_h = pooled_size(h, kernel[0], stride[0], pad[0], self.ceil)
+        out_w = pooled_size(w, kernel[1], stride[1], pad[1], self.ceil)
         # Right/bottom padding so that every counted window lies inside the padded tensor.
         extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
         extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])

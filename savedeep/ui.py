@@ -1,0 +1,107 @@
+"""What a person sees of a run while it runs, kept out of the supervisor (savedeep/pipeline.py).
+
+The progress bar, the run log, the parent's signal handlers, the workers' log
+records re-dispatched in the parent, and the busy fraction of each stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from savedeep.errors import Interrupted
+
+RUN_LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"  # output._LOG_LINE matches it
+
+
+class Progress:
+    """A tqdm bar over a run's images, or nothing when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit="img", desc="savedeep", dynamic_ncols=True,
+                             smoothing=0.1)
+
+    def update(self, images: int, failures_so_far: int, new_failures: int) -> None:
+        """``images`` more are done; the bar shows the failures once there are any."""
+        if self._bar is not None:
+            self._bar.update(images)
+            if new_failures:
+                self._bar.set_postfix(failures=failures_so_far, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@contextlib.contextmanager
+def run_log(path: Path | None) -> Iterator[logging.Handler | None]:
+    """Copy the ``savedeep`` loggers (the workers' records included) into the file ``path`` while inside."""
+    if path is None:
+        yield None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
+    lg = logging.getLogger("savedeep")
+    lg.addHandler(handler)
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        lg.removeHandler(handler)
+        handler.close()
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    return threading.current_thread() is threading.main_thread()
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    raise Interrupted("stopped by SIGTERM")
+
+
+@contextlib.contextmanager
+def parent_owns_signals() -> Iterator[None]:
+    """While inside, SIGTERM raises Interrupted and SIGINT KeyboardInterrupt (NOTE [savedeep shutdown])."""
+    if not threading_main():
+        yield
+        return
+    old_term, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGTERM, _on_term)
+    # The parent owns Ctrl-C even when started with SIGINT ignored (a background
+    # job of a non-interactive shell inherits SIG_IGN): it must stop in order.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+class ToLoggers(logging.Handler):
+    """Re-dispatch worker records to this process's loggers (run log + console)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def busy_fractions(stats: Sequence[Any], wall_s: float) -> dict[str, float]:
+    """Per role, the workers' busy time over the time the pipeline ran (``stats``: messages.WorkerStats)."""
+    busy = {}
+    for role in ("producer", "consumer", "writer"):
+        st = [s for s in stats if s.role == role]
+        if st:
+            busy[role] = sum(s.busy_s for s in st) / max(len(st) * wall_s, 1e-9)
+    return busy
