@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
+REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/report.py
 
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -602,6 +603,16 @@ def _is_our_failures(path: Path) -> bool:
         return False
 
 
+def _is_our_report(path: Path) -> bool:
+    """The page `savedeep report` (or `report: true`) wrote: its head names savedeep as the generator."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return b'<meta name="generator" content="savedeep report">' in head
+
+
 def _is_our_log(path: Path) -> bool:
     """A run log: empty, or its first line is one of savedeep's log lines."""
     try:
@@ -631,7 +642,8 @@ def output_files(pickle_path: Path, directory: Path, log_file: Path | None = Non
             mine = _OURS_IN_DIR.fullmatch(f.name) and (ours_dir or f.name.startswith("."))
             (ours if mine and f.is_file() and not f.is_symlink() else foreign).append(f)
     parent = directory.parent
-    checks = [(pickle_path, _is_our_pickle), (failures_path(directory), _is_our_failures)]
+    checks = [(pickle_path, _is_our_pickle), (failures_path(directory), _is_our_failures),
+              (directory.with_name(directory.stem + REPORT_SUFFIX), _is_our_report)]
     if log_file is not None:
         checks.append((Path(log_file), _is_our_log))
     for path, is_ours in checks:

@@ -35,10 +35,11 @@ import numpy as np
 
 import savedeep.stats as st
 from savedeep.errors import ConfigError, OutputError
+from savedeep.output import REPORT_SUFFIX
 
 log = logging.getLogger(__name__)
 
-REPORT_SUFFIX = ".report.html"
+GENERATOR = "savedeep report"  # in the page's <meta name="generator">: how --overwrite knows the page is savedeep's
 SUMMARY_TAG = "summary: "
 THUMB_PX = 72
 FAILURES_SHOWN = 200
@@ -473,6 +474,7 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
                   if group_by else "Images are ordered by key.")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
+<meta name="generator" content="{GENERATOR}">
 <meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,"><style>{_CSS}</style></head>
 <body><main>
 <h1>savedeep report</h1>

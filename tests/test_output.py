@@ -97,7 +97,10 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
     handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"))
     handler.emit(logging.LogRecord("savedeep.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
     handler.close()
-    files = sorted([*d.iterdir(), pk, log_file, parent / "acts.failures.parquet", parent / ".acts.pk.tmp77"])
+    report = parent / "acts.report.html"  # the head savedeep/report.py writes
+    report.write_text('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>savedeep report</title>\n'
+                      '<meta name="generator" content="savedeep report">\n</head><body></body></html>\n')
+    files = sorted([*d.iterdir(), pk, log_file, parent / "acts.failures.parquet", parent / ".acts.pk.tmp77", report])
     assert any(f.name.startswith(".part-") for f in files)  # the unfinished shard is there too
     return pk, d, log_file, files
 
@@ -116,7 +119,7 @@ def test_overwrite_deletes_what_savedeep_wrote_and_nothing_beside_it(tmp_path):
 
 
 @pytest.mark.parametrize("foreign", ["file in the directory", "folder in the directory", "own pickle",
-                                     "own log", "own failures", "directory without manifest"])
+                                     "own log", "own failures", "own report page", "directory without manifest"])
 def test_overwrite_refuses_next_to_a_file_savedeep_did_not_write(tmp_path, foreign):
     from savedeep.errors import OutputError
     from savedeep.output import remove_output
@@ -138,6 +141,9 @@ def test_overwrite_refuses_next_to_a_file_savedeep_did_not_write(tmp_path, forei
     elif foreign == "own failures":
         stranger = tmp_path / "acts.failures.parquet"
         pq.write_table(pa.table({"subject": ["s1"]}), stranger)
+    elif foreign == "own report page":
+        stranger = tmp_path / "acts.report.html"
+        stranger.write_text("<html><body>my own summary of these activations</body></html>\n")
     else:
         stranger = d / "part-00000.parquet"
         (d / "_manifest.json").unlink()

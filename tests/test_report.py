@@ -188,6 +188,11 @@ def test_cli_writes_the_page_beside_the_output(output):
     assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:40] for r in refs if not
                                                                         r.startswith("data:")]
     assert "http://" not in text and "https://" not in text
+    # --overwrite of this output deletes the page as savedeep's own (savedeep.output.output_files)
+    from savedeep.output import output_files, parquet_dir
+
+    ours, foreign = output_files(output.with_name("acts.pk"), parquet_dir(output), output.with_name("acts.log"))
+    assert page in ours and not foreign
 
 
 def test_thumbnails_are_skipped_with_a_note_when_the_images_are_gone(output, tmp_path):
