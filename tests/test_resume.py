@@ -149,6 +149,10 @@ def test_resume_refuses_a_change_naming_it(what, caffenet_dir, images, partial, 
     message = str(exc.value)
     assert "cannot resume" in message and "--overwrite" in message
     named = what.split(".")[0] if what in CHANGES or what in ("model", "images") else what
-    assert named in message, message
+    # exactly what changed is named, and nothing that did not change
+    if what in ("weights.caffemodel", "mean.npy", "deploy.prototxt"):
+        assert f"these changed: model files {named}. " in message, message
+    else:
+        assert f"these changed: config keys {named}. " in message, message
     assert _snapshot(out.with_suffix(".parquet")) == before, "a refused resume changed the output"
     assert not out.exists()
