@@ -19,7 +19,7 @@ from savedeep.cli import main
 from savedeep.conversion import ONNX_OPSET, convert
 from savedeep.errors import ConfigError, UnsupportedLayerError
 from tests.nets import LAYER_CASES, channel_err, layer, make_caffemodel, photo_batch, rel_err, write_net
-from tests.test_engines import IMAGENET, NET_CHANNEL_TOLERANCE, NET_TOLERANCE, _random_model_dir
+from tests.test_engines import IMAGENET, NET_CHANNEL_TOLERANCE, NET_TOLERANCE, real_net_dir
 from tests.test_layers import TOLERANCE as LAYER_TOLERANCE
 
 torch.set_num_threads(1)
@@ -90,12 +90,7 @@ def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path,
     from savedeep.engines import create_engine
     from savedeep.model import load_model
 
-    if name == "open_nsfw":
-        directory = request.getfixturevalue("nsfw_dir")
-        mean_bgr = np.array([104, 117, 123], np.float32)
-    else:
-        directory = _random_model_dir(pycaffe, testdata, name, tmp_path)
-        mean_bgr = np.load(directory / "mean.npy").mean(axis=(1, 2)).astype(np.float32)
+    directory, mean_bgr = real_net_dir(name, pycaffe, testdata, tmp_path, request)
     model = load_model(directory)
     blobs = [b for b in model.net.blobs if b != model.net.input_name]  # every blob the net computes
     onnx_path = convert(directory, "onnx", tmp_path / f"{name}.onnx", blobs)

@@ -315,18 +315,22 @@ def _random_model_dir(pycaffe, testdata: Path, name: str, root: Path) -> Path:
     return directory
 
 
+def real_net_dir(name: str, pycaffe, testdata: Path, tmp_path: Path, request) -> tuple[Path, np.ndarray]:
+    """(model directory, BGR mean vector) of a real net: open_nsfw with its real weights, or an ImageNet
+    net of tests/data with random weights saved by pycaffe."""
+    if name == "open_nsfw":
+        return request.getfixturevalue("nsfw_dir"), np.array([104, 117, 123], np.float32)
+    directory = _random_model_dir(pycaffe, testdata, name, tmp_path)
+    return directory, np.load(directory / "mean.npy").mean(axis=(1, 2)).astype(np.float32)
+
+
 @pytest.mark.caffe
 @pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGENET + ["open_nsfw"])
 def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, testdata, photos, tmp_path, request):
     from savedeep.model import load_model
 
-    if name == "open_nsfw":
-        directory = request.getfixturevalue("nsfw_dir")
-        mean_bgr = np.array([104, 117, 123], np.float32)
-    else:
-        directory = _random_model_dir(pycaffe, testdata, name, tmp_path)
-        mean_bgr = np.load(directory / "mean.npy").mean(axis=(1, 2)).astype(np.float32)
+    directory, mean_bgr = real_net_dir(name, pycaffe, testdata, tmp_path, request)
     model = load_model(directory)
     caffe_engine = create_engine("caffe", model, "cpu", batch_size=4, threads=1)
     torch_engine = create_engine("torch", model, "cpu", batch_size=4, threads=1)
