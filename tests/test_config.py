@@ -63,7 +63,7 @@ def test_flags_alone_are_enough_and_defaults_are_filled(project: Path) -> None:
     assert config.blobs == ("fc7",)
     assert config.blob_specs == (BlobSpec("fc7", "float32", None),)
     assert config.engine == "torch" and config.gpus == "all" and config.require_gpu is False
-    assert config.cpu_consumers == 1 and config.producers == "auto" and config.batch_size == 32
+    assert config.cpu_consumers == "auto" and config.producers == "auto" and config.batch_size == 32
     assert config.dtype == "float32" and config.compression == "zstd" and config.compression_level is None
     assert config.shard_size == 1024 and config.pickle is True and config.max_pickle_bytes == 4 * 2**30
     assert config.on_error == "skip" and config.ring_slots is None
