@@ -498,6 +498,7 @@ class Workers:
     writers: int
     consumer_threads: int
     cores: int
+    note: str = ""  # why these counts (cpu_consumers auto) and the consumers' memory: for the run log
 
 
 def plan_workers(cores: int, devices: Sequence[str], producers: int | str, writers: int | str,
@@ -662,12 +663,14 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) ->
         check_driver(driver, runtime, what, driver_release())
         cpu = None
     if cpu is not None:
-        workers = Workers(cpu.producers, cpu.writers, cpu.threads, cores)
-        log.info("%s", cpu.note)
+        workers = Workers(cpu.producers, cpu.writers, cpu.threads, cores, cpu.note)
     else:
         workers = plan_workers(cores, devices, cfg.producers, cfg.writers, cfg.consumer_threads, batches, shards)
         if load is not None and devices and all(d == "cpu" for d in devices):
-            log.info("%s", memory_note(len(devices), load.memory_per_consumer, available_memory_bytes()))
+            note = memory_note(len(devices), load.memory_per_consumer, available_memory_bytes())
+            workers = Workers(workers.producers, workers.writers, workers.consumer_threads, cores, note)
+    if workers.note:
+        log.info("%s", workers.note)
     log.debug("CPUs usable by this process: %d (the machine has %s)", cores, os.cpu_count())
     return devices, workers
 

@@ -303,6 +303,8 @@ class Run:
                  sum(z - a for _, _, a, z in pf.plan.batches), len(pf.plan.shards), cfg.engine,
                  ", ".join(pf.devices), pf.producers, pf.writers, cfg.batch_size, pf.workers.cores,
                  pf.workers.consumer_threads)
+        if pf.workers.note:
+            log.info("%s", pf.workers.note)
 
     def _result(self) -> RunResult:
         pf, cfg = self.pf, self.config

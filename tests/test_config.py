@@ -289,7 +289,7 @@ def test_unknown_flag_key_and_blob_item_key(project: Path) -> None:
     ("batch_size", -4, "batch_size: must be >= 1, got -4"),
     ("batch_size", 0, "batch_size: must be >= 1, got 0"),
     ("shard_size", -1, "shard_size: must be >= 1"),
-    ("cpu_consumers", 0, "cpu_consumers: must be >= 1"),
+    ("cpu_consumers", 0, 'cpu_consumers: expected "auto" or a whole number >= 1, got 0'),
     ("ring_slots", "many", "ring_slots: expected a whole number >= 1"),
     ("producers", "lots", 'producers: expected "auto" or a whole number >= 1'),
     ("producers", 0, 'producers: expected "auto" or a whole number >= 1, got 0'),

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -244,6 +245,14 @@ def test_a_run_uses_the_cpus_of_its_affinity(caffenet_dir, photos, tmp_path):
     log = (tmp_path / "out" / "acts.log").read_text()
     assert "batch 2; 1 usable CPU(s) (affinity, cgroup quota), 1 thread(s) per consumer" in log
     assert "ready on cpu (torch engine; CUDA_VISIBLE_DEVICES='', as cpu; 1 threads, OMP_NUM_THREADS=1)" in log
+    # cpu_consumers auto, through the preflight: one core, so one consumer of one thread; its memory is logged
+    assert "cpu_consumers auto: 1 x 1 thread(s), 1 producer(s), 1 writer(s) on 1 cores" in log
+    assert "CPU consumers: 1; each holds about" in log
+    # the consumer's start-up, split, measured from the parent's spawn
+    startup = re.search(r"start-up: (\S+) s from spawn to the first batch forwarded \(process start and imports "
+                        r"\S+ s, model files read \S+ s, torch imported and the engine built \S+ s, waiting for the "
+                        r"first batch \S+ s, first forward \S+ s\)", log)
+    assert startup and float(startup.group(1)) > 0, log
     manifest = json.loads((tmp_path / "out" / "acts.parquet" / "_manifest.json").read_text())
     assert [(d["device"], d["threads"], d["CUDA_VISIBLE_DEVICES"]) for d in manifest["devices"]] == [("cpu", 1, "")]
 
