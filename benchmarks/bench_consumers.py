@@ -16,7 +16,7 @@ a bound measured minutes, not hours, from it. The table gives the medians over t
 
 Writes benchmarks/out/consumers.json.
 
-Usage: python benchmarks/bench_consumers.py [--quick] [--rounds 3] [--cases caffenet-fc,...]
+Usage: python benchmarks/bench_consumers.py [--quick] [--rounds 3] [--cases caffenet-fc,...] [--rule-only]
 """
 
 from __future__ import annotations
@@ -54,14 +54,45 @@ def auto_plan(case: str, dtype: str, n_images: int):
     return plan_cpu(usable_cpus(), load, available_memory_bytes(), batches, -(-n_images // 1024))
 
 
+def rule_table(cores_list=(2, 16, 64), memory_gib=(23.5, 64, 256)) -> list[dict]:
+    """What the rule picks for each case and engine on nodes of these cores and memory (no run)."""
+    from savedeep.devices import cpu_load, plan_cpu
+    from savedeep.model import load_model
+    from savedeep.output import ColumnSpec
+
+    rows = []
+    for label, (case, n, dtype) in CASES.items():
+        model_name, blobs = common.CASES[case]
+        m = load_model(common.MODELS[model_name](), weights=False)
+        shapes = m.net.blob_shapes(1)
+        cols = [ColumnSpec(b, tuple(shapes[b][1:]), dtype) for b in blobs]
+        for engine in ("torch", "caffe"):
+            load = cpu_load(engine, m.net, blobs, cols, os.path.getsize(m.weights), 32)
+            row = {"case": label, "engine": engine,
+                   "core-ms f/d/w": f"{1e3 * load.forward_s:.1f}/{1e3 * load.decode_s:.1f}/{1e3 * load.write_s:.1f}",
+                   "MiB each": round(load.memory_per_consumer / 2**20)}
+            for cores, gib in zip(cores_list, memory_gib):
+                p = plan_cpu(cores, load, int(gib * 2**30), 10**6, 10**4)
+                row[f"{cores} cores ({gib} GiB)"] = f"{p.consumers}x{p.threads} P{p.producers} W{p.writers}"
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one small case, for a smoke test")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--bound-seconds", type=float, default=4.0)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    p.add_argument("--rule-only", action="store_true",
+                   help="print what cpu_consumers: auto picks on 2, 16 and 64 cores for each case, and stop")
     args = p.parse_args()
     from savedeep.devices import usable_cpus
+
+    if args.rule_only:
+        common.print_table(rule_table(), title="cpu_consumers: auto (consumers x threads, producers, writers; "
+                                               "forward/decode/write core-ms per image, memory per consumer)")
+        return
 
     m = common.machine()
     print(common.machine_line(m), flush=True)

@@ -168,9 +168,21 @@ def check_values(model: Path, naive, work: Path, n: int) -> dict:
 
 def measure_bound(seconds: float) -> dict:
     """The stage bound of the headline configuration, from stages measured now (see the docstring)."""
-    from bench_stages import bound_now
+    from bench_consumers import auto_plan
+    from bench_stages import bound_now, stage_bound
 
-    bound = bound_now("caffenet-fc", "torch", 32, 1, seconds=seconds)
+    # The configuration the default (cpu_consumers: auto) picks here: N consumers of T threads;
+    # each image still costs T/F core-seconds, and the forward's own cap is N x F.
+    plan = auto_plan("caffenet-fc", "float32", 1000)
+    bound = bound_now("caffenet-fc", "torch", 32, plan.producers, threads=plan.threads, seconds=seconds)
+    from savedeep.devices import usable_cpus
+
+    bound.update(stage_bound(usable_cpus(), plan.threads, plan.producers,
+                             plan.consumers * bound["forward_images_per_s"], bound["decode_images_per_s_per_core"],
+                             bound["write_images_per_s"]))
+    bound["consumers"] = plan.consumers
+    print(f"  default plan: {plan.consumers} consumer(s) x {plan.threads} thread(s), {plan.producers} producer(s)",
+          flush=True)
     print(f"  stages now: forward {bound['forward_images_per_s']} images/s (median "
           f"{bound['forward_median_images_per_s']}), decode {bound['decode_images_per_s_per_core']} images/s per "
           f"core, write {bound['write_images_per_s']} images/s -> bound {bound['bound']} ({bound['limiting']})",

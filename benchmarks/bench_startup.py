@@ -44,7 +44,7 @@ t0 = time.time()
 import savedeep
 t_import = time.time()
 spec = json.loads(sys.argv[1])
-cfg = savedeep.load_config(None, spec)
+cfg = savedeep.load_config(None, **spec)
 t_run = time.time()
 r = savedeep.run(cfg, overwrite=True)
 t_end = time.time()

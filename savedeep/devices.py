@@ -693,8 +693,9 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) ->
 # (runtime, a copy of the weights, a batch of activations: CONSUMER_* below, log line "each
 # holds about") and two ring slots; the consumers are capped so that their estimated memory
 # stays within MEMORY_SHARE of the memory available, and the threads of the ones dropped go to
-# the others. The constants are ratios measured on one 2-core machine (RESULTS.md, round 6);
-# only their ratios matter. The rule's choices on 2, 16 and 64 cores are in RESULTS.md.
+# the others. The cost constants come from one 2-core machine (RESULTS.md, round 4; only their
+# ratios matter), the memory ones from /proc/self/status of a consumer's engine (round 6). The
+# rule's choices on 2, 16 and 64 cores, and why, are in RESULTS.md, round 6.
 
 FORWARD_MACS_PER_CORE_S = {"torch": 45e9, "caffe": 21e9}   # round 4: CaffeNet fc 133 and 58 images/s on 2 threads
 DECODE_S_PER_IMAGE = 1.2e-3                                 # round 4: 820-865 images/s per core (500x375 JPEG)
@@ -704,7 +705,9 @@ WRITE_S_PER_BYTE = {("tensor", "float16"): 7e-9, ("tensor", "float32"): 4e-9,   
 MAX_CPU_CONSUMERS = 8
 MEMORY_SHARE = 0.5
 CONSUMER_RUNTIME_BYTES = {"torch": 220 * 2**20, "caffe": 85 * 2**20}  # resident after `import torch` / `import caffe`
-CONSUMER_WEIGHTS_FACTOR = 2.2           # resident bytes per byte of .caffemodel (parsed, then the engine's copy)
+# Private resident bytes per byte of .caffemodel: torch copies the mapped weights once (the mapping's
+# pages are the page cache's, shared by every consumer); pycaffe reads the file into its own blobs.
+CONSUMER_WEIGHTS_FACTOR = {"torch": 1.0, "caffe": 1.3}
 CONSUMER_ACTIVATION_FACTOR = {"torch": 1.2, "caffe": 3.0}  # per byte of all the net's blobs x batch
 
 
@@ -750,7 +753,7 @@ def forward_macs(net, blobs: Sequence[str]) -> int:
 def consumer_memory_bytes(engine: str, weights_bytes: int, blob_bytes_per_image: int, batch: int) -> int:
     """The estimated resident memory of one CPU consumer: runtime, weights, one batch of the net's blobs."""
     return int(CONSUMER_RUNTIME_BYTES.get(engine, CONSUMER_RUNTIME_BYTES["torch"])
-               + CONSUMER_WEIGHTS_FACTOR * weights_bytes
+               + CONSUMER_WEIGHTS_FACTOR.get(engine, 1.3) * weights_bytes
                + CONSUMER_ACTIVATION_FACTOR.get(engine, 1.2) * blob_bytes_per_image * batch)
 
 
