@@ -14,8 +14,9 @@ auto, pickle on) and the same run with ``--engine caffe``.
 
 **The stage bound, side by side.** Right after the savedeep (torch) run, this script measures
 the three stages alone on the same machine with ``bench_stages.bound_now`` (the forward of
-CaffeNet fc6+fc7 with the torch engine at batch 32 and the pipeline's thread count, best of 5
-windows over ``--bound-seconds``; decoding + preprocessing on one core; writing fc6+fc7 with
+CaffeNet fc6+fc7 with the torch engine at batch 32 and the threads of one consumer of the
+configuration ``cpu_consumers: auto`` picks, best of 5 windows over ``--bound-seconds``, times its
+number of consumers; decoding + preprocessing on one core; writing fc6+fc7 with
 ``ShardWriter``) and computes bench_stages.py's bound from them, so that the fraction of the bound does not compare runs made
 at different times on a shared machine. The bound from ``out/stages.json`` is reported too.
 
