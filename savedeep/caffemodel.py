@@ -12,7 +12,6 @@ knows nothing of nets (savedeep/model.py imports it, never the reverse).
 from __future__ import annotations
 
 import logging
-import mmap
 import struct
 from pathlib import Path
 
@@ -239,7 +238,7 @@ def read_caffemodel(path: Path) -> Message:
     """Read a .caffemodel file into a NetParameter Message; unreadable or invalid -> ModelError naming it."""
     path = Path(path)
     try:
-        data = _map_file(path)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(f"{path}: caffemodel not found; give the trained weights file (.caffemodel)") from None
     except OSError as exc:
@@ -258,20 +257,6 @@ def read_caffemodel(path: Path) -> Message:
                          "supported); download or copy the trained weights again") from None
 
 
-def _map_file(path: Path) -> bytearray | mmap.mmap:
-    """The file's bytes, mapped copy-on-write where the file system allows it (read whole otherwise).
-
-    Mapped, the packed weights decode to arrays over the page cache: no copy of the file in
-    this process, and the consumers on a node share the same pages until one writes to its
-    arrays (a private copy of that page then; the file never changes).
-    """
-    with open(path, "rb") as f:
-        try:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError):  # empty (ValueError), or a file that cannot be mapped (a pipe, some FUSE)
-            return bytearray(f.read())  # writable, as the mapping is
-
-
 def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
     """A BlobProto's shape and whether it is the legacy num/channels/height/width form."""
     if blob.has("shape"):
@@ -285,12 +270,9 @@ def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
 
 
 def blob_array(blob: Message, source: str = "", copy: bool = True) -> np.ndarray:
-    """A BlobProto's data as a float32 array of its declared shape.
+    """A BlobProto's data as a writable float32 array of its declared shape.
 
-    float32 data (Caffe's ``data``) comes back as a writable view of the decoded bytes (a
-    copy-on-write mapping of the file, see :func:`_map_file`; not aligned: copy it where that
-    matters); ``double_data`` is converted. ``copy=False`` only checks the count and returns
-    the stored data as it is.
+    ``copy=False`` only checks the count and returns the stored data as it is (a check, no copy).
     """
     shape, _legacy = blob_shape(blob)
     data = blob.data if blob.has("data") else blob.double_data
@@ -300,7 +282,7 @@ def blob_array(blob: Message, source: str = "", copy: bool = True) -> np.ndarray
                          "the caffemodel is corrupt or truncated: download or copy it again")
     if not copy:
         return data
-    return data.astype(np.float32, copy=False).reshape(shape)
+    return data.astype(np.float32).reshape(shape)
 
 
 # -- encoding ---------------------------------------------------------------

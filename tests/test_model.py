@@ -504,22 +504,3 @@ def test_pooling_round_mode_and_fork_ceil_mode(tmp_path: Path) -> None:
     assert floor.blob_shapes()["pool"] == (1, 3, 4, 4)
     assert floor.layer("pool").param.pooling_param.round_mode == "FLOOR"
 
-
-def test_weights_are_views_of_the_mapped_file_and_writing_them_leaves_the_file(caffenet_dir, tmp_path):
-    """The consumer's weights decode over a copy-on-write mapping: no copy of 233 MB, shared page cache."""
-    import mmap
-    import shutil
-
-    model_dir = tmp_path / "m"
-    shutil.copytree(caffenet_dir, model_dir)
-    before = (model_dir / "weights.caffemodel").read_bytes()
-    net = load_model(model_dir).net
-    conv1 = net.layer("conv1").blobs[0]
-    base = conv1
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    assert isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
-    assert conv1.dtype == np.float32 and conv1.flags.writeable and conv1.shape == (96, 3, 11, 11)
-    conv1[...] = 7.0  # a private copy of those pages; the file does not change
-    assert (model_dir / "weights.caffemodel").read_bytes() == before
-    assert not np.all(load_model(model_dir).net.layer("conv1").blobs[0] == 7.0)
