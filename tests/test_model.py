@@ -503,4 +503,3 @@ def test_pooling_round_mode_and_fork_ceil_mode(tmp_path: Path) -> None:
     floor = load_net(pool_net("ceil_mode: false"))  # a fork's spelling of the same thing
     assert floor.blob_shapes()["pool"] == (1, 3, 4, 4)
     assert floor.layer("pool").param.pooling_param.round_mode == "FLOOR"
-

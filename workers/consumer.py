@@ -43,13 +43,13 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     import os
     import time
 
-    marks = [("process start and imports", time.time())]
-
     from savedeep.devices import consumer_provenance, local_device
     from savedeep.engines import create_engine, keep_freed_memory
     from savedeep.faults import maybe_fail
     from savedeep.model import load_model
     from savedeep.reduce import FLOAT16_MAX, BlobOutputs
+
+    marks = [("process start and imports", time.time())]
 
     keep_freed_memory()  # before the engine allocates: no page faults on every batch's buffers
     # pycaffe reads the caffemodel itself: decoding it here too would cost time and memory for nothing.
