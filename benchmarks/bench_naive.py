@@ -14,8 +14,9 @@ auto, pickle on) and the same run with ``--engine caffe``.
 
 **The stage bound, side by side.** Right after the savedeep (torch) run, this script measures
 the three stages alone on the same machine with ``bench_stages.bound_now`` (the forward of
-CaffeNet fc6+fc7 with the torch engine at batch 32 and the pipeline's thread count, best of 5
-windows over ``--bound-seconds``; decoding + preprocessing on one core; writing fc6+fc7 with
+CaffeNet fc6+fc7 with the torch engine at batch 32 and the threads of one consumer of the
+configuration ``cpu_consumers: auto`` picks, best of 5 windows over ``--bound-seconds``, times its
+number of consumers; decoding + preprocessing on one core; writing fc6+fc7 with
 ``ShardWriter``) and computes bench_stages.py's bound from them, so that the fraction of the bound does not compare runs made
 at different times on a shared machine. The bound from ``out/stages.json`` is reported too.
 
@@ -168,9 +169,21 @@ def check_values(model: Path, naive, work: Path, n: int) -> dict:
 
 def measure_bound(seconds: float) -> dict:
     """The stage bound of the headline configuration, from stages measured now (see the docstring)."""
-    from bench_stages import bound_now
+    from bench_consumers import auto_plan
+    from bench_stages import bound_now, stage_bound
 
-    bound = bound_now("caffenet-fc", "torch", 32, 1, seconds=seconds)
+    # The configuration the default (cpu_consumers: auto) picks here: N consumers of T threads;
+    # each image still costs T/F core-seconds, and the forward's own cap is N x F.
+    plan = auto_plan("caffenet-fc", "float32", 1000)
+    bound = bound_now("caffenet-fc", "torch", 32, plan.producers, threads=plan.threads, seconds=seconds)
+    from savedeep.devices import usable_cpus
+
+    bound.update(stage_bound(usable_cpus(), plan.threads, plan.producers,
+                             plan.consumers * bound["forward_images_per_s"], bound["decode_images_per_s_per_core"],
+                             bound["write_images_per_s"]))
+    bound["consumers"] = plan.consumers
+    print(f"  default plan: {plan.consumers} consumer(s) x {plan.threads} thread(s), {plan.producers} producer(s)",
+          flush=True)
     print(f"  stages now: forward {bound['forward_images_per_s']} images/s (median "
           f"{bound['forward_median_images_per_s']}), decode {bound['decode_images_per_s_per_core']} images/s per "
           f"core, write {bound['write_images_per_s']} images/s -> bound {bound['bound']} ({bound['limiting']})",

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--engine", choices=["caffe", "torch"])
         sp.add_argument("--batch-size", dest="batch_size", type=int)
         sp.add_argument("--producers", help="decoding processes (a number or auto)")
-        sp.add_argument("--cpu-consumers", dest="cpu_consumers", type=int, help="forward processes on the CPU")
+        sp.add_argument("--cpu-consumers", dest="cpu_consumers", help="forward processes on the CPU (a number or auto)")
         sp.add_argument("--writers", help="Parquet-writing processes (a number or auto)")
         sp.add_argument("--dtype", choices=["float32", "float16"], help="storage dtype of every blob")
         sp.add_argument("--storage", choices=["tensor", "binary"],

@@ -131,7 +131,7 @@ class Config:
     engine: str = "torch"
     gpus: str | tuple[int, ...] = "all"
     require_gpu: bool = False
-    cpu_consumers: int = 1
+    cpu_consumers: int | str = "auto"
     producers: int | str = "auto"
     writers: int | str = "auto"
     consumer_threads: int | str = "auto"
@@ -408,7 +408,9 @@ _TOP_KEYS: tuple[_Key, ...] = (
          'GPUs to run on, one consumer each: [0, 1] or "0,1" (positions within CUDA_VISIBLE_DEVICES; unset: '
          'nvidia-smi\'s numbers); "all": every GPU, or the CPU if there is none', _gpus),
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
-    _Key("cpu_consumers", "int >= 1", 1, "Consumer processes when running on the CPU", _positive_int),
+    _Key("cpu_consumers", 'int >= 1 \\| "auto"', "auto",
+         "Consumer processes when running on the CPU (auto: from the cores, the engine, the net and the blobs' "
+         "sizes, capped by the memory available; see the README's performance section)", _auto_or_positive),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _auto_or_positive),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
          "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "

@@ -498,6 +498,7 @@ class Workers:
     writers: int
     consumer_threads: int
     cores: int
+    note: str = ""  # why these counts (cpu_consumers auto) and the consumers' memory: for the run log
 
 
 def plan_workers(cores: int, devices: Sequence[str], producers: int | str, writers: int | str,
@@ -630,14 +631,23 @@ def shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def plan_devices(cfg, batches: int, shards: int) -> tuple[list[str], Workers]:
+def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) -> tuple[list[str], Workers]:
     """The consumers' devices and the worker counts of a run of ``cfg`` (a savedeep Config), checked.
 
     Sets CUDA_DEVICE_ORDER=PCI_BUS_ID when unset (GPU ids then match nvidia-smi), counts the
     CUDA devices in a subprocess, and stops before anything starts when the driver is too old
-    for the engine's CUDA runtime.
+    for the engine's CUDA runtime. On the CPU, ``cpu_consumers: auto`` takes its consumers,
+    threads, producers and writers from :func:`plan_cpu` over ``load`` (one consumer without it).
     """
-    devices = ["cpu"] * cfg.cpu_consumers
+    cores = usable_cpus()
+    cpu = None
+    if cfg.cpu_consumers == "auto" and load is not None:
+        cpu = plan_cpu(cores, load, available_memory_bytes(), batches, shards, cfg.consumer_threads,
+                       cfg.producers, cfg.writers)
+        n_cpu = cpu.consumers
+    else:
+        n_cpu = 1 if cfg.cpu_consumers == "auto" else int(cfg.cpu_consumers)
+    devices = ["cpu"] * n_cpu
     driver = None
     if cfg.gpus != "cpu":
         set_device_order()
@@ -645,16 +655,176 @@ def plan_devices(cfg, batches: int, shards: int) -> tuple[list[str], Workers]:
         driver = found.driver
         log.info("GPUs: %d CUDA device(s) visible (counted by %s%s)", found.count, found.source,
                  f"; {found.note}" if found.note and found.count else "")
-        devices = resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers, found)
+        devices = resolve_devices(cfg.gpus, cfg.require_gpu, n_cpu, found)
     else:
-        resolve_devices(cfg.gpus, cfg.require_gpu, cfg.cpu_consumers)
+        resolve_devices(cfg.gpus, cfg.require_gpu, n_cpu)
     if any(d != "cpu" for d in devices):
         runtime, what = runtime_for(cfg.engine)
         check_driver(driver, runtime, what, driver_release())
-    cores = usable_cpus()
-    workers = plan_workers(cores, devices, cfg.producers, cfg.writers, cfg.consumer_threads, batches, shards)
+        cpu = None
+    if cpu is not None:
+        workers = Workers(cpu.producers, cpu.writers, cpu.threads, cores, cpu.note)
+    else:
+        workers = plan_workers(cores, devices, cfg.producers, cfg.writers, cfg.consumer_threads, batches, shards)
+        if load is not None and devices and all(d == "cpu" for d in devices):
+            note = memory_note(len(devices), load.memory_per_consumer, available_memory_bytes())
+            workers = Workers(workers.producers, workers.writers, workers.consumer_threads, cores, note)
+    if workers.note:
+        log.info("%s", workers.note)
     log.debug("CPUs usable by this process: %d (the machine has %s)", cores, os.cpu_count())
     return devices, workers
+
+
+# ------------------------------------------------------------ CPU consumers: the automatic rule
+
+# NOTE [cpu_consumers: auto]
+# On the CPU every process shares the same cores, so the rule splits the usable cores C among
+# the three stages in proportion to what each costs per image (core-seconds):
+#   forward  f = MACs of the layers up to the last blob asked for / FORWARD_MACS_PER_CORE_S[engine]
+#   decode   d = DECODE_S_PER_IMAGE (a 500x375 JPEG; larger images cost more)
+#   write    w = WRITE_S_PER_ROW + stored bytes per image * WRITE_S_PER_BYTE[storage, dtype]
+# forward cores F = round(C f / (f + d + w)), producers ceil(C d / ...), writers round(C w / ...),
+# each at least 1 (producers at most one per batch, writers one per shard). The forward cores
+# go to single-thread consumers, up to MAX_CPU_CONSUMERS of them; beyond that each consumer gets
+# more threads instead (F // consumers). Why single-thread consumers: on 2 cores two of them
+# beat one consumer of two threads by 10-23% (fc6+fc7) and 4-9% (conv1) in steady state
+# (benchmarks/RESULTS.md, round 5): a thread of a multi-threaded forward that loses its core to
+# a producer or the writer stalls the others. Why a cap: each consumer holds its own engine
+# (runtime, a copy of the weights, a batch of activations: CONSUMER_* below, log line "each
+# holds about") and two ring slots; the consumers are capped so that their estimated memory
+# stays within MEMORY_SHARE of the memory available, and the threads of the ones dropped go to
+# the others. The cost constants come from one 2-core machine (RESULTS.md, round 4; only their
+# ratios matter), the memory ones from /proc/self/status of a consumer's engine (round 6). The
+# rule's choices on 2, 16 and 64 cores, and why, are in RESULTS.md, round 6.
+
+FORWARD_MACS_PER_CORE_S = {"torch": 45e9, "caffe": 21e9}   # round 4: CaffeNet fc 133 and 58 images/s on 2 threads
+DECODE_S_PER_IMAGE = 1.2e-3                                 # round 4: 820-865 images/s per core (500x375 JPEG)
+WRITE_S_PER_ROW = 5e-5
+WRITE_S_PER_BYTE = {("tensor", "float16"): 7e-9, ("tensor", "float32"): 4e-9,   # round 4: conv1 + zstd, 258 and
+                    ("binary", "float16"): 3e-9, ("binary", "float32"): 3e-9}   # 229 images/s tensor, 635 binary
+MAX_CPU_CONSUMERS = 8
+MEMORY_SHARE = 0.5
+CONSUMER_RUNTIME_BYTES = {"torch": 220 * 2**20, "caffe": 85 * 2**20}  # resident after `import torch` / `import caffe`
+# Private resident bytes per byte of .caffemodel: the torch consumer keeps savedeep's decoded
+# float32 weights and the engine's copy; pycaffe reads the file into its own blobs.
+CONSUMER_WEIGHTS_FACTOR = {"torch": 2.2, "caffe": 1.3}
+CONSUMER_ACTIVATION_FACTOR = {"torch": 1.2, "caffe": 3.0}  # per byte of all the net's blobs x batch
+
+
+@dataclass(frozen=True)
+class CpuLoad:
+    """What one image costs each stage on the CPU (core-seconds), and what one CPU consumer holds in memory."""
+
+    forward_s: float
+    decode_s: float
+    write_s: float
+    memory_per_consumer: int
+    engine: str = "torch"
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """The CPU consumers, their threads, the producers and writers the rule chose, and why (a log line)."""
+
+    consumers: int
+    threads: int
+    producers: int
+    writers: int
+    note: str
+
+
+def forward_macs(net, blobs: Sequence[str]) -> int:
+    """Multiply-adds per image of the convolution and inner-product layers up to the last of ``blobs``."""
+    shapes, params = net.blob_shapes(1), net.param_shapes(1)
+    wanted, last = set(blobs), -1
+    for i, layer in enumerate(net.layers):
+        if wanted & set(layer.tops):
+            last = i
+    macs = 0
+    for layer in net.layers[:last + 1]:
+        weights = params.get(layer.name) or []
+        if layer.type in ("Convolution", "InnerProduct", "Deconvolution") and weights and layer.tops:
+            top = shapes[layer.tops[0]]
+            per_output = math.prod(weights[0][1:])
+            macs += math.prod(top[1:]) * per_output
+    return macs
+
+
+def consumer_memory_bytes(engine: str, weights_bytes: int, blob_bytes_per_image: int, batch: int) -> int:
+    """The estimated resident memory of one CPU consumer: runtime, weights, one batch of the net's blobs."""
+    return int(CONSUMER_RUNTIME_BYTES.get(engine, CONSUMER_RUNTIME_BYTES["torch"])
+               + CONSUMER_WEIGHTS_FACTOR.get(engine, 1.3) * weights_bytes
+               + CONSUMER_ACTIVATION_FACTOR.get(engine, 1.2) * blob_bytes_per_image * batch)
+
+
+def cpu_load(engine: str, net, blobs: Sequence[str], columns: Sequence[Any], weights_bytes: int,
+             batch: int) -> CpuLoad:
+    """The :class:`CpuLoad` of a run: ``columns`` are its stored blob columns (savedeep.output.ColumnSpec)."""
+    forward = forward_macs(net, blobs) / FORWARD_MACS_PER_CORE_S.get(engine, FORWARD_MACS_PER_CORE_S["torch"])
+    write = WRITE_S_PER_ROW + sum(c.row_bytes * WRITE_S_PER_BYTE.get((c.storage, c.dtype), 7e-9) for c in columns)
+    all_blobs = sum(math.prod(s[1:]) * 4 for s in net.blob_shapes(1).values())
+    return CpuLoad(forward, DECODE_S_PER_IMAGE, write, consumer_memory_bytes(engine, weights_bytes, all_blobs, batch),
+                   engine)
+
+
+def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"),
+                           cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Memory available to new processes: MemAvailable, or less where a cgroup v2 limit leaves less."""
+    avail = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            left = int(limit) - int((cgroup / "memory.current").read_text().strip())
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def memory_note(consumers: int, per_consumer: int, available: int | None) -> str:
+    """The log line that makes the memory cost of the CPU consumers visible."""
+    mib = per_consumer / 2**20
+    of = "" if available is None else f" of {available / 2**20:,.0f} MiB available"
+    return (f"CPU consumers: {consumers}; each holds about {mib:,.0f} MiB (runtime, weights, a batch of activations): "
+            f"{consumers * mib:,.0f} MiB in all{of}")
+
+
+def plan_cpu(cores: int, load: CpuLoad, available: int | None, batches: int, shards: int,
+             consumer_threads: int | str = "auto", producers: int | str = "auto",
+             writers: int | str = "auto") -> CpuPlan:
+    """CPU consumers, threads each, producers and writers for ``cores`` (see NOTE [cpu_consumers: auto])."""
+    total = load.forward_s + load.decode_s + load.write_s
+    share = lambda cost: cores * cost / total  # noqa: E731
+    forward_cores = max(1, round(share(load.forward_s)))
+    if producers == "auto":
+        producers = max(1, math.ceil(share(load.decode_s) - 1e-9))
+    producers = max(1, min(int(producers), max(1, batches)))
+    if writers == "auto":
+        writers = max(1, round(share(load.write_s)))
+    writers = max(1, min(int(writers), max(1, shards)))
+    if consumer_threads == "auto":
+        consumers = forward_cores // math.ceil(forward_cores / MAX_CPU_CONSUMERS)
+    else:
+        consumers = max(1, forward_cores // int(consumer_threads))
+    consumers = max(1, min(consumers, max(1, batches)))
+    why = ""
+    if available is not None and load.memory_per_consumer > 0:
+        fit = max(1, int(MEMORY_SHARE * available // load.memory_per_consumer))
+        if fit < consumers:
+            why = (f"; capped from {consumers} by memory ({MEMORY_SHARE:.0%} of the available memory holds {fit})")
+            consumers = fit
+    threads = int(consumer_threads) if consumer_threads != "auto" else max(1, forward_cores // consumers)
+    note = (f"cpu_consumers auto: {consumers} x {threads} thread(s), {producers} producer(s), {writers} writer(s) "
+            f"on {cores} cores (per image, core-ms: forward {1e3 * load.forward_s:.1f}, decode "
+            f"{1e3 * load.decode_s:.1f}, write {1e3 * load.write_s:.1f}){why}. "
+            + memory_note(consumers, load.memory_per_consumer, available))
+    return CpuPlan(consumers, threads, producers, writers, note)
 
 
 # ------------------------------------------------------------------ provenance (in a consumer)

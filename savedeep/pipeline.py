@@ -114,6 +114,7 @@ class RunResult:
             f"{self.rows} rows, {self.failures} failures, {self.images} images "
             f"in {self.wall_s:.1f} s ({self.images_per_s:.1f} images/s"
             + (f"; steady {steady:.1f} images/s after the first {self.window} batches)" if steady else ")")
+            + (f"; first batch written {self.written[0][0]:.2f} s after the start" if self.written else "")
             + (f"; {self.shards_kept} shards kept from the interrupted run" if self.shards_kept else ""),
             f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}; writers: {self.writers}",
         ]
@@ -302,6 +303,8 @@ class Run:
                  sum(z - a for _, _, a, z in pf.plan.batches), len(pf.plan.shards), cfg.engine,
                  ", ".join(pf.devices), pf.producers, pf.writers, cfg.batch_size, pf.workers.cores,
                  pf.workers.consumer_threads)
+        if pf.workers.note:
+            log.info("%s", pf.workers.note)
 
     def _result(self) -> RunResult:
         pf, cfg = self.pf, self.config
@@ -366,7 +369,8 @@ class Run:
         cfg, pf = self.config, self.pf
         threads, G = pf.workers.consumer_threads, len(pf.devices)
         # Consumers first: importing torch or pycaffe and reading the weights takes them longest.
-        cargs = ConsumerArgs(cfg.engine, Path(cfg.model), cfg.batch_size, threads, pf.blob_specs, in_spec, out_spec)
+        cargs = ConsumerArgs(cfg.engine, Path(cfg.model), cfg.batch_size, threads, pf.blob_specs, in_spec, out_spec,
+                             time.time())
         for i, dev in enumerate(pf.devices):
             self._spawn(consumer_main, "consumer", i, (dev, cargs), worker_env("consumer", dev, threads))
         pargs = ProducerArgs(pf.pre_spec, pf.mean, pf.input_shape, in_spec, cfg.on_error)

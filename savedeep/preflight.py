@@ -291,7 +291,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     from savedeep.images import list_images
     from savedeep.model import check_weights, load_model
     from savedeep.output import ColumnSpec, sha256_file
-    from savedeep.devices import plan_devices, shm_free_bytes, size_rings
+    from savedeep.devices import cpu_load, plan_devices, shm_free_bytes, size_rings
     from savedeep.lock import OutputLock
     from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
     from savedeep.reduce import make_reducer
@@ -343,7 +343,8 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, hashes=hashes.result,
                                          keys_digest=digest, n_images=len(images))
     plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
-    devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo))
+    load = cpu_load(cfg.engine, model.net, names, columns, Path(model.weights).stat().st_size, cfg.batch_size)
+    devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo), load)
     pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,
                    images=images, mean=mean, pre_spec=pre_spec, preprocess_desc=preprocess_desc,
                    keys_digest=digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,

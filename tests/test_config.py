@@ -63,7 +63,7 @@ def test_flags_alone_are_enough_and_defaults_are_filled(project: Path) -> None:
     assert config.blobs == ("fc7",)
     assert config.blob_specs == (BlobSpec("fc7", "float32", None),)
     assert config.engine == "torch" and config.gpus == "all" and config.require_gpu is False
-    assert config.cpu_consumers == 1 and config.producers == "auto" and config.batch_size == 32
+    assert config.cpu_consumers == "auto" and config.producers == "auto" and config.batch_size == 32
     assert config.dtype == "float32" and config.compression == "zstd" and config.compression_level is None
     assert config.shard_size == 1024 and config.pickle is True and config.max_pickle_bytes == 4 * 2**30
     assert config.on_error == "skip" and config.ring_slots is None
@@ -289,7 +289,7 @@ def test_unknown_flag_key_and_blob_item_key(project: Path) -> None:
     ("batch_size", -4, "batch_size: must be >= 1, got -4"),
     ("batch_size", 0, "batch_size: must be >= 1, got 0"),
     ("shard_size", -1, "shard_size: must be >= 1"),
-    ("cpu_consumers", 0, "cpu_consumers: must be >= 1"),
+    ("cpu_consumers", 0, 'cpu_consumers: expected "auto" or a whole number >= 1, got 0'),
     ("ring_slots", "many", "ring_slots: expected a whole number >= 1"),
     ("producers", "lots", 'producers: expected "auto" or a whole number >= 1'),
     ("producers", 0, 'producers: expected "auto" or a whole number >= 1, got 0'),

@@ -12,6 +12,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -244,6 +245,14 @@ def test_a_run_uses_the_cpus_of_its_affinity(caffenet_dir, photos, tmp_path):
     log = (tmp_path / "out" / "acts.log").read_text()
     assert "batch 2; 1 usable CPU(s) (affinity, cgroup quota), 1 thread(s) per consumer" in log
     assert "ready on cpu (torch engine; CUDA_VISIBLE_DEVICES='', as cpu; 1 threads, OMP_NUM_THREADS=1)" in log
+    # cpu_consumers auto, through the preflight: one core, so one consumer of one thread; its memory is logged
+    assert "cpu_consumers auto: 1 x 1 thread(s), 1 producer(s), 1 writer(s) on 1 cores" in log
+    assert "CPU consumers: 1; each holds about" in log
+    # the consumer's start-up, split, measured from the parent's spawn
+    startup = re.search(r"start-up: (\S+) s from spawn to the first batch forwarded \(process start and imports "
+                        r"\S+ s, model files read \S+ s, torch imported and the engine built \S+ s, waiting for the "
+                        r"first batch \S+ s, first forward \S+ s\)", log)
+    assert startup and float(startup.group(1)) > 0, log
     manifest = json.loads((tmp_path / "out" / "acts.parquet" / "_manifest.json").read_text())
     assert [(d["device"], d["threads"], d["CUDA_VISIBLE_DEVICES"]) for d in manifest["devices"]] == [("cpu", 1, "")]
 
@@ -287,6 +296,107 @@ def test_a_fixed_ring_caps_the_producers(caplog):
 def test_cpu_consumers_share_the_cores():
     assert dv.plan_workers(16, ["cpu", "cpu"], "auto", "auto", "auto", 100, 10) == dv.Workers(13, 1, 8, 16)
     assert dv.plan_workers(2, ["cpu"], 4, 2, 3, 1, 1) == dv.Workers(1, 1, 3, 2)
+
+
+# ------------------------------------------------ 5b. cpu_consumers: auto (NOTE [cpu_consumers: auto])
+
+FC = dv.CpuLoad(forward_s=16e-3, decode_s=1.2e-3, write_s=0.2e-3, memory_per_consumer=900 * M)    # CaffeNet fc6+fc7
+CONV = dv.CpuLoad(forward_s=2.3e-3, decode_s=1.2e-3, write_s=4.1e-3, memory_per_consumer=900 * M)  # conv1 float16
+
+
+def _plan(cores, load, available=256 * 2**30, **kw):
+    p = dv.plan_cpu(cores, load, available, 10_000, 1_000, **kw)
+    return p.consumers, p.threads, p.producers, p.writers
+
+
+def test_on_two_cores_the_forward_gets_single_thread_consumers_and_a_write_heavy_run_one():
+    """The configurations measured best on 2 cores (RESULTS.md rounds 4 and 5)."""
+    assert _plan(2, FC) == (2, 1, 1, 1)
+    assert _plan(2, CONV) == (1, 1, 1, 1)
+    assert _plan(1, FC) == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("cores", [4, 8, 16, 24, 64, 128])
+def test_the_stages_split_the_cores_by_their_cost_and_consumers_stay_few(cores):
+    for load in (FC, CONV):
+        consumers, threads, producers, writers = _plan(cores, load)
+        forward_cores = round(cores * load.forward_s / (load.forward_s + load.decode_s + load.write_s))
+        assert consumers <= dv.MAX_CPU_CONSUMERS
+        assert forward_cores - threads < consumers * threads <= forward_cores  # the forward's cores, less a remainder
+        assert consumers * threads + producers + writers <= cores + 2  # rounding up producers and writers
+    assert _plan(16, FC) == (7, 2, 2, 1)
+    assert _plan(64, FC) == (7, 8, 5, 1)
+    assert _plan(16, CONV)[3] > _plan(16, FC)[3]  # a conv blob needs writers
+
+
+def test_memory_caps_the_consumers_and_their_threads_go_to_the_others():
+    consumers, threads, _, _ = _plan(16, FC, available=4 * 900 * M)  # half of it holds 2 consumers
+    assert (consumers, threads) == (2, 7)
+    p = dv.plan_cpu(16, FC, 4 * 900 * M, 10_000, 1_000)
+    assert "capped from 7 by memory" in p.note and "each holds about 900 MiB" in p.note
+    assert "1,800 MiB in all of 3,600 MiB available" in p.note
+    assert _plan(16, FC, available=100 * M)[:2] == (1, 15)  # never fewer than one
+    assert _plan(16, FC, available=None)[:2] == (7, 2)      # unknown memory: no cap
+
+
+def test_settings_given_are_kept_and_capped_by_the_work():
+    assert _plan(16, FC, consumer_threads=4) == (3, 4, 2, 1)
+    assert _plan(16, FC, producers=5, writers=3)[2:] == (5, 3)
+    p = dv.plan_cpu(64, CONV, None, batches=3, shards=2)
+    assert (p.consumers, p.producers, p.writers) == (3, 3, 2)
+
+
+def test_forward_macs_count_the_layers_up_to_the_last_blob(caffenet_dir):
+    from savedeep.model import load_model
+
+    net = load_model(caffenet_dir, weights=False).net
+    conv1 = 96 * 55 * 55 * 3 * 11 * 11
+    assert dv.forward_macs(net, ["conv1"]) == conv1
+    assert dv.forward_macs(net, ["conv1", "norm1"]) == conv1
+    fc6, fc7 = 4096 * 256 * 6 * 6, 4096 * 4096
+    total = dv.forward_macs(net, ["fc7", "conv1"])
+    assert total - dv.forward_macs(net, ["pool5"]) == fc6 + fc7
+    conv2 = 256 * 27 * 27 * 48 * 5 * 5  # group 2: each output sees half the input channels
+    assert dv.forward_macs(net, ["conv2"]) - conv1 == conv2
+
+
+def test_available_memory_is_the_smaller_of_meminfo_and_the_cgroup_limit(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n")
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    assert dv.available_memory_bytes(meminfo, cg) == 20000000 * 1024
+    (cg / "memory.max").write_text("max\n")
+    assert dv.available_memory_bytes(meminfo, cg) == 20000000 * 1024
+    (cg / "memory.max").write_text(f"{8 * 2**30}\n")
+    (cg / "memory.current").write_text(f"{2**30}\n")
+    assert dv.available_memory_bytes(meminfo, cg) == 7 * 2**30
+    assert dv.available_memory_bytes(tmp_path / "none", tmp_path / "none") is None
+
+
+def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caffenet_dir, tmp_path, caplog):
+    import savedeep
+    from savedeep.model import load_model
+    from savedeep.output import ColumnSpec
+
+    net = load_model(caffenet_dir, weights=False).net
+    cols = [ColumnSpec("fc6", (4096,), "float32"), ColumnSpec("fc7", (4096,), "float32")]
+    load = dv.cpu_load("torch", net, ["fc6", "fc7"], cols, 244 * 10**6, 32)
+    cfg = savedeep.load_config(None, model=caffenet_dir, images=tmp_path, output=tmp_path / "a.pk", gpus="cpu",
+                               blobs=["fc6", "fc7"])
+    assert cfg.cpu_consumers == "auto"
+    cores = dv.usable_cpus()
+    want = dv.plan_cpu(cores, load, dv.available_memory_bytes(), 100, 10)
+    with caplog.at_level(logging.INFO, logger="savedeep.devices"):
+        devices, workers = dv.plan_devices(cfg, 100, 10, load)
+    assert devices == ["cpu"] * want.consumers and workers.consumer_threads == want.threads
+    assert (workers.producers, workers.writers) == (want.producers, want.writers)
+    assert "cpu_consumers auto:" in caplog.text and "each holds about" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="savedeep.devices"):
+        devices, workers = dv.plan_devices(cfg.replace(cpu_consumers=3), 100, 10, load)
+    assert devices == ["cpu"] * 3 and "CPU consumers: 3; each holds about" in caplog.text
+    assert dv.plan_devices(cfg, 100, 10)[0] == ["cpu"]  # no load known: one consumer
 
 
 # ----------------------------------------------------------------- 6. driver against runtime

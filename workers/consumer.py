@@ -31,6 +31,7 @@ class ConsumerArgs:
     blob_specs: tuple[Any, ...]      # savedeep.config.BlobSpec
     in_ring: RingSpec
     out_ring: RingSpec
+    spawned_at: float = 0.0          # the parent's time.time() when it began spawning (start-up log line)
 
 
 def consumer_main(index: int, row: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
@@ -40,6 +41,7 @@ def consumer_main(index: int, row: int, ch: Channels, device: str, args: Consume
 
 def _loop(w: Worker, args: ConsumerArgs) -> None:
     import os
+    import time
 
     from savedeep.devices import consumer_provenance, local_device
     from savedeep.engines import create_engine, keep_freed_memory
@@ -47,8 +49,12 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     from savedeep.model import load_model
     from savedeep.reduce import FLOAT16_MAX, BlobOutputs
 
+    marks = [("process start and imports", time.time())]
+
     keep_freed_memory()  # before the engine allocates: no page faults on every batch's buffers
-    model = load_model(args.model_dir)
+    # pycaffe reads the caffemodel itself: decoding it here too would cost time and memory for nothing.
+    model = load_model(args.model_dir, weights=args.engine != "caffe")
+    marks.append(("model files read", time.time()))
     # The parent gave this process only its own GPU (CUDA_VISIBLE_DEVICES, savedeep/devices.py):
     # inside, it is device 0. Refuse to run if that isolation is missing.
     local = local_device(w.device)
@@ -57,6 +63,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
         raise RuntimeError(f"consumer for {w.device} started with CUDA_VISIBLE_DEVICES={visible!r}; the parent "
                            "must give it exactly its own GPU (a bug)")
     engine = create_engine(args.engine, model, local, args.batch_size, threads=args.threads)
+    marks.append((f"{args.engine} imported and the engine built", time.time()))
     w.ch.events.put(DeviceInfo(w.index, consumer_provenance(args.engine, w.device, local, args.threads)))
     blobs = BlobOutputs(args.blob_specs, engine.blob_shapes)
     blobs.prepare()  # e.g. draw the projection matrix now, not inside the first batch
@@ -79,6 +86,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
                 w.ch.free_in.put(msg.slot)
                 w.ch.done[msg.shard % len(w.ch.done)].put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
                 continue
+            t_got = time.time()
             maybe_fail("consumer", w.index, msg.batch, w.check)
             oslot = w.get(w.ch.free_out)
             out = out_ring.slot(oslot)
@@ -88,6 +96,13 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
             for b, k in blobs.fill(acts, out, n).items():
                 w.log.warning("blob %s, batch %d: %d values are inf or NaN as float16 (beyond +-%g); "
                               "a total follows at the end", b, msg.batch, k, FLOAT16_MAX)
+            if marks:
+                marks += [("waiting for the first batch", t_got), ("first forward", time.time())]
+                w.log.info("start-up: %.2f s from spawn to the first batch forwarded (%s)",
+                           marks[-1][1] - args.spawned_at if args.spawned_at else float("nan"),
+                           ", ".join(f"{what} {t - marks[i - 1][1] if i else t - args.spawned_at:.2f} s"
+                                     for i, (what, t) in enumerate(marks) if i or args.spawned_at))
+                marks = []
             w.items += n
             w.ch.done[msg.shard % len(w.ch.done)].put(
                 BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))
