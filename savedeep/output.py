@@ -132,9 +132,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The manifest of a Parquet output directory, or None if there is none."""
-    path = Path(directory) / MANIFEST
+def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any] | None:
+    """The manifest of a Parquet output directory (or, with ``name``, a task's record), or None if there is none."""
+    path = Path(directory) / name
     if not path.exists():
         return None
     try:
@@ -143,10 +143,10 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         raise OutputError(f"{path} is not valid JSON ({exc}); delete the output or rerun with --overwrite") from exc
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically."""
+def write_manifest(directory: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
+    """Replace the manifest (or, with ``name``, a task's record: savedeep/tasks.py) atomically."""
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(Path(directory) / name, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
@@ -570,7 +570,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
-                          r"|\._manifest\.json\.tmp\d+")
+                          r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+")
 _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.ui.run_log
 _LIST_AT_MOST = 10
 
