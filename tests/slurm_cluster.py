@@ -20,6 +20,10 @@ import subprocess
 import time
 from pathlib import Path
 
+# The pids of the daemons of every cluster started and not yet stopped: tests/conftest.py's check for
+# processes left behind by a test leaves them (and the jobs under them) to the fixture that stops them.
+RUNNING: set[int] = set()
+
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 
 
@@ -101,6 +105,7 @@ class SlurmCluster:
         out = open(self.root / "log" / f"{name}.stdout", "wb")
         self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
                                            start_new_session=True))
+        RUNNING.add(self.procs[-1].pid)
         out.close()
 
     def _wait(self, ready, what: str, log: Path, timeout: float = 30.0) -> None:
@@ -152,4 +157,5 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(timeout=5)
+            RUNNING.discard(p.pid)
         self.procs = []
