@@ -207,3 +207,4 @@ def test_a_task_leaves_the_other_tasks_files_alone_and_a_rerun_keeps_its_shards(
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pq_dir.glob("part-*.parquet")} == mine
     record = json.loads((pq_dir / "_task-00000.json").read_text())
     assert [a["status"] for a in record["attempts"]] == ["done", "done"]
+    assert theirs.read_bytes() == b"task 1's shard, half written"  # the rerun's tidying left it too
