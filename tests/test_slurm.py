@@ -105,10 +105,16 @@ def _merge(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run([SAVEDEEP, "merge", str(out)], capture_output=True, text=True)
 
 
-def _wait_for(cond, what: str, timeout: float = 180) -> None:
+def _wait_for(cond, what: str, timeout: float = 180, cluster=None, job: str | None = None,
+              log: Path | None = None) -> None:
+    """Wait for ``cond``; fail at once, with the task's log, if ``job`` ended first."""
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if job is not None and cluster.states(job) and not any(
+                s in ("PENDING", "RUNNING", "CONFIGURING") for s in cluster.states(job).values()):
+            text = log.read_text() if log is not None and log.exists() else ""
+            pytest.fail(f"job {job} ended ({cluster.states(job)}) before {what}:\n{text}")
         time.sleep(0.2)
 
 
@@ -142,7 +148,8 @@ def test_cancelled_task_merge_names_it_then_resubmit_completes(cluster, nsfw_dir
     # task 1 writes its first shard (shard 1), then stalls before its second (shard 4) until cancelled
     stalled = _sbatch(cluster, "--array=1", str(array),
                       env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"})
-    _wait_for(lambda: (pq_dir / "part-00001.parquet").exists(), "task 1's first shard")
+    _wait_for(lambda: (pq_dir / "part-00001.parquet").exists(), "task 1's first shard", cluster=cluster,
+              job=stalled, log=array.parent / "logs" / f"{stalled}_1.out")
     cluster.cmd("scancel", f"{stalled}_1")
     assert cluster.wait_done(stalled) == {f"{stalled}_1": "CANCELLED"}
     assert set(cluster.wait_done(rest).values()) == {"COMPLETED"}
@@ -198,7 +205,8 @@ def test_task_whose_node_dies_is_requeued_and_resumes(cluster, nsfw_dir, images,
     job = _sbatch(cluster, "--array=1", str(array),
                   env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"})
     lock = out.with_name(".acts.task-1.lock")
-    _wait_for(lambda: (pq_dir / "part-00001.parquet").exists() and lock.exists(), "task 1's first shard")
+    _wait_for(lambda: (pq_dir / "part-00001.parquet").exists() and lock.exists(), "task 1's first shard",
+              cluster=cluster, job=job, log=array.parent / "logs" / f"{job}_1.out")
     first = (pq_dir / "part-00001.parquet").stat()
     holder = json.loads(lock.read_text())["pid"]
     _kill_tree(holder)
