@@ -208,3 +208,20 @@ def test_a_task_leaves_the_other_tasks_files_alone_and_a_rerun_keeps_its_shards(
     record = json.loads((pq_dir / "_task-00000.json").read_text())
     assert [a["status"] for a in record["attempts"]] == ["done", "done"]
     assert theirs.read_bytes() == b"task 1's shard, half written"  # the rerun's tidying left it too
+
+
+def test_a_task_requeued_onto_another_node_breaks_its_own_old_lock(caffenet_dir, images, tmp_path, monkeypatch):
+    """Its first instance died with its node, leaving its lock; the same job id may take it, nothing else may."""
+    out = tmp_path / "acts.pk"
+    cfg = _config(caffenet_dir, images, out)
+    lock = out.with_name(".acts.task-1.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"host": "node-that-died", "pid": 4242, "since": "2026-11-29 01:00:00 UTC",
+                                "task": 1, "job_id": "77_1"}))
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "78")  # another job: it cannot know whether 77_1 still runs
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    with pytest.raises(LockedError, match=r"pid 4242 on host node-that-died.*--break-lock"):
+        _run_task(cfg, 1, 2)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")  # the same job, requeued
+    result = _run_task(cfg, 1, 2)
+    assert result.rows + result.failures == 3 and not lock.exists()
