@@ -86,7 +86,7 @@ def main() -> None:
     print(common.machine_line(m))
     print(f"{args.images} images (500x375 JPEG), open_nsfw pool+prob, torch on the CPU, batch {args.batch_size}, "
           f"shard_size {args.shard_size} ({-(-args.images // args.shard_size)} shards); one process per command")
-    print(common.print_table(table, ["case", "wall s (median)", "of 1 run", "start-up per extra task s", "walls"]))
+    common.print_table(table, ["case", "wall s (median)", "of 1 run", "start-up per extra task s", "walls"])
     print(f"images/s of the single run, whole wall: {args.images / one:.1f}")
     common.write_json(OUT / "tasks.json", {"machine": m, "args": vars(args), "rows": table})
 

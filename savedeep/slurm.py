@@ -116,7 +116,8 @@ def array_script(o: SlurmOptions) -> str:
     return "\n".join([
         "#!/bin/bash",
         f"# savedeep array job: {o.tasks} tasks computing {o.output} (written by savedeep slurm).",
-        "# Resubmit only some tasks with the same script: sbatch --array=1,4 " + str(o.directory / "array.sh"),
+        "# Resubmit only some tasks (the indices savedeep merge names) with this same script:",
+        f"#   sbatch --array={','.join(str(k) for k in range(min(o.tasks, 2)))} " + str(o.directory / "array.sh"),
         "# then merge: sbatch " + str(o.directory / "merge.sh") + "  (or: savedeep merge " + str(o.output) + ")",
         *_sbatch_lines(o, array=True),
         "",
