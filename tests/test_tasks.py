@@ -225,3 +225,33 @@ def test_a_task_requeued_onto_another_node_breaks_its_own_old_lock(caffenet_dir,
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")  # the same job, requeued
     result = _run_task(cfg, 1, 2)
     assert result.rows + result.failures == 3 and not lock.exists()
+
+
+def test_slurm_scripts_are_complete_and_a_bad_config_writes_none(caffenet_dir, images, tmp_path, monkeypatch, capsys):
+    """What the scripts must hold for a task to run under slurmd from any directory, and be resubmitted by index."""
+    monkeypatch.chdir(tmp_path)
+    args = ["slurm", "-m", str(caffenet_dir), "-i", str(images), "-o", "out/acts.pk", "-b", "fc7", "--tasks", "3",
+            "--gpus-per-task", "1", "--cpus-per-task", "4", "--mem", "8G", "--time", "1:00:00", "--partition", "gpu",
+            "--array-limit", "2", "--sbatch-arg=--account=lab", "--setup", "module load cuda"]
+    assert main(args) == 0
+    d = tmp_path / "out" / "acts.slurm"
+    array, merge = (d / "array.sh").read_text(), (d / "merge.sh").read_text()
+    for line in ("#SBATCH --array=0-2%2", f"#SBATCH --output={d}/logs/%A_%a.out", "#SBATCH --requeue",
+                 "#SBATCH --open-mode=append", "#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=4",
+                 "#SBATCH --mem=8G", "#SBATCH --time=1:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=lab",
+                 "module load cuda", f"cd {tmp_path}"):
+        assert any(ln.startswith(line) for ln in array.splitlines()), line
+    run_line = array.splitlines()[-1]
+    assert run_line.startswith("exec $SAVEDEEP run ") and run_line.endswith("--tasks 3 --no-progress"), run_line
+    assert f"--output {tmp_path / 'out' / 'acts.pk'}" in run_line and f"--model {caffenet_dir}" in run_line
+    exe = next(ln for ln in array.splitlines() if ln.startswith("SAVEDEEP="))
+    assert Path(exe.split("=", 1)[1].split()[0]).is_absolute()
+    assert merge.splitlines()[-1] == f"exec $SAVEDEEP merge {tmp_path / 'out' / 'acts.pk'}"
+    # every #SBATCH line comes before the first command, or sbatch ignores it
+    lines = array.splitlines()
+    first_command = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
+    assert max(i for i, ln in enumerate(lines) if ln.startswith("#SBATCH")) < first_command
+    capsys.readouterr()
+    assert main(["slurm", "-m", str(caffenet_dir), "-i", str(images), "-o", "bad/acts.pk", "-b", "fc7",
+                 "--tasks", "3", "--batch-size", "0"]) == 2
+    assert "batch_size" in capsys.readouterr().err and not (tmp_path / "bad").exists()
