@@ -211,15 +211,15 @@ def check_task_output(config: Any, task: TaskSpec, header: Mapping[str, Any]) ->
     from savedeep.output import MANIFEST
 
     pq_dir = config.parquet_dir
+    if Path(config.output).exists():
+        raise OutputError(f"{task.describe()} refused: {config.output} exists (a merged or whole run's output, or "
+                          "another file); nothing was changed: choose another output, or delete this one first")
     if not pq_dir.exists():
-        return Path(config.output).exists(), set()
+        return False, set()
     if (pq_dir / MANIFEST).exists():
         raise OutputError(f"{task.describe()} refused: {pq_dir} holds a finished or whole run's output "
                           f"({MANIFEST}); tasks write into a new output or one holding only tasks' shards. "
                           "Nothing was changed: choose another output, or delete this one first")
-    if Path(config.output).exists():
-        raise OutputError(f"{task.describe()} refused: {config.output} exists (a merged output); nothing was "
-                          "changed: choose another output, or delete this one first")
     check_records(pq_dir, header, task)
     mine = Manifest.read(pq_dir, task.record_name)
     if mine is None:
