@@ -145,6 +145,10 @@ def test_tasks_then_merge_equal_one_run(caffenet_dir, images, reference, tmp_pat
     m = json.loads((pq_dir / "_manifest.json").read_text())
     assert m["complete"] and [t["index"] for t in m["tasks"]] == list(range(n))
     assert all(t["attempts"][-1]["status"] == "done" for t in m["tasks"])
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in pq_dir.iterdir())
+    with pytest.raises(OutputError, match=r"task 0 of \d refused: .*acts.pk exists"):
+        _run_task(cfg, 0, n)  # a task requeued after the merge: the merged output is left as it is
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in pq_dir.iterdir()) == before
 
 
 def test_merge_names_what_is_missing_writes_nothing_then_completes(caffenet_dir, images, reference, tmp_path, capsys):
