@@ -170,10 +170,18 @@ def process_alive(pid: int, start: int | None) -> bool:
 # --------------------------------------------------------------------------- the record
 
 
-def _job_id() -> str | None:
-    from savedeep.tasks import job_id
+# (variable, ...): a scheduler job's id, joined by "_" (Slurm array task: ARRAYJOB_TASK).
+JOB_ID_VARIABLES = (("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"), ("SLURM_JOB_ID",), ("PBS_JOBID",),
+                    ("JOB_ID", "SGE_TASK_ID"), ("LSB_JOBID", "LSB_JOBINDEX"))
 
-    return job_id()
+
+def scheduler_job_id(env: Any = None) -> str | None:
+    """The scheduler's id of this job (Slurm: ARRAYJOB_TASK, the same across a requeue), or None outside one."""
+    env = os.environ if env is None else env
+    for names in JOB_ID_VARIABLES:
+        if all(env.get(n) for n in names):
+            return "_".join(env[n] for n in names)
+    return None
 
 
 @dataclass(frozen=True)
@@ -223,9 +231,7 @@ class Holder:
         A scheduler runs one instance of a job at a time: a job requeued onto another
         node after its node died finds the lock of its own earlier instance, which is gone.
         """
-        from savedeep.tasks import job_id
-
-        here = job_id()
+        here = scheduler_job_id()
         return bool(here and self.job_id == here)
 
 
@@ -271,7 +277,7 @@ def _record(output: Path, fingerprint: str | None, task: int | None) -> bytes:
         "output": str(output),
         "task": task,
         "command": " ".join(sys.argv),
-        "job_id": _job_id(),  # the scheduler's job, if any: a requeued job may break its own old lock
+        "job_id": scheduler_job_id(),  # the scheduler's job, if any: a requeued job may break its own old lock
         "savedeep": __version__,
         "nonce": uuid.uuid4().hex,  # two records are never the same bytes
     }

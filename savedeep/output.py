@@ -97,6 +97,11 @@ def failures_path(directory: Path) -> Path:
     return directory.with_name(directory.stem + FAILURES_SUFFIX)
 
 
+def shard_ranges(n_images: int, shard_size: int) -> list[tuple[int, int, int]]:
+    """The fixed shards of a run: (shard, start, stop), images [k*shard_size, (k+1)*shard_size) of the sorted list."""
+    return [(k, k * shard_size, min((k + 1) * shard_size, n_images)) for k in range(-(-n_images // shard_size))]
+
+
 def shard_name(k: int) -> str:
     """The file name of shard ``k``."""
     return f"part-{k:05d}.parquet"

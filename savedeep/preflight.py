@@ -80,7 +80,9 @@ class Plan:
 
 def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = frozenset()) -> Plan:
     """Cut the sorted image list into shards of ``shard_size`` and each shard into batches."""
-    shards = [(k, k * shard_size, min((k + 1) * shard_size, n_images)) for k in range(math.ceil(n_images / shard_size))]
+    from savedeep.output import shard_ranges
+
+    shards = shard_ranges(n_images, shard_size)
     todo = [k for k, _, _ in shards if k not in done]
     batches = []
     for k in todo:

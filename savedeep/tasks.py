@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from savedeep.errors import ConfigError, OutputError
+from savedeep.lock import scheduler_job_id as job_id
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,6 @@ TASK_RECORD = re.compile(r"_task-(\d{5,})\.json")
 
 # (variable, its first index): where --tasks N reads K from, in this order.
 ARRAY_VARIABLES = (("SLURM_ARRAY_TASK_ID", 0), ("PBS_ARRAY_INDEX", 0), ("SGE_TASK_ID", 1), ("LSB_JOBINDEX", 1))
-# (variable, ...): a job's id, for the task's record.
-JOB_ID_VARIABLES = (("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"), ("SLURM_JOB_ID",), ("PBS_JOBID",),
-                    ("JOB_ID", "SGE_TASK_ID"), ("LSB_JOBID", "LSB_JOBINDEX"))
 
 
 @dataclass(frozen=True)
@@ -137,15 +135,6 @@ def task_from_env(count: int, env: Mapping[str, str] | None = None) -> TaskSpec:
     names = ", ".join(v for v, _ in ARRAY_VARIABLES)
     raise ConfigError(f"--tasks {count}: none of {names} is set, so this is not an array job; run it inside "
                       "one (sbatch --array=...), or give the task yourself with --task K/N")
-
-
-def job_id(env: Mapping[str, str] | None = None) -> str | None:
-    """The scheduler's id of this job (Slurm: ARRAYJOB_TASK), for the records."""
-    env = os.environ if env is None else env
-    for names in JOB_ID_VARIABLES:
-        if all(env.get(n) for n in names):
-            return "_".join(env[n] for n in names)
-    return None
 
 
 # --------------------------------------------------------------------------- records on disk
@@ -345,8 +334,7 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
     """
     from savedeep.lock import OutputLock
     from savedeep.manifest import Manifest
-    from savedeep.output import MANIFEST, parquet_dir, shard_name, shard_record
-    from savedeep.preflight import make_plan
+    from savedeep.output import MANIFEST, parquet_dir, shard_name, shard_ranges, shard_record
 
     t0 = time.perf_counter()
     output = Path(output)
@@ -373,9 +361,8 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
                     "output and run every task with one config")
         count = header["task"]["count"]
         n_images = header["images"]["count"]
-        plan = make_plan(n_images, header["shard_size"], max(1, header["shard_size"]))
-        final = Manifest.new(directory, {k: v for k, v in header.items() if k not in ("task", "attempts")},
-                             plan.shards)
+        shards = shard_ranges(n_images, header["shard_size"])
+        final = Manifest.new(directory, {k: v for k, v in header.items() if k not in ("task", "attempts")}, shards)
         for rec in records.values():
             for s in rec.get("shards", []):
                 if s.get("complete") and (directory / shard_name(s["index"])).exists():
@@ -397,7 +384,7 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
             at_most = 20
             names = _ranges(missing[:at_most]) + (f" and {len(missing) - at_most} more" if len(missing) > at_most else "")
             raise OutputError(
-                f"cannot merge {directory}: {len(missing)} of {len(plan.shards)} shards are missing or incomplete: "
+                f"cannot merge {directory}: {len(missing)} of {len(shards)} shards are missing or incomplete: "
                 f"{names}. They belong to task(s) {_indices(tasks)} of {count}: resubmit those array indices "
                 f"(sbatch --array={_indices(tasks)} {script}; SGE/LSF indices are these plus 1), or run "
                 f"`savedeep run CONFIG --task K/{count}` for each, then merge again. Nothing was written")
@@ -411,7 +398,7 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
         final.finish(devices=devices, wall_s=wall, pickle_path=pickle_path, pickle=want_pickle,
                      max_pickle_bytes=int(cfg.get("max_pickle_bytes", 4 * 2**30)))
     return MergeResult(pickle=pickle_path if want_pickle else None, parquet_dir=directory, rows=final.rows(),
-                       failures=len(final.failures()), shards=len(plan.shards), tasks=count,
+                       failures=len(final.failures()), shards=len(shards), tasks=count,
                        wall_s=time.perf_counter() - t0)
 
 
