@@ -14,7 +14,7 @@ slowest task's plus the merge.
 
 Writes benchmarks/out/tasks.json.
 
-Usage: python benchmarks/bench_tasks.py [--images 64] [--shard-size 8] [--tasks 2,4,8] [--rounds 3]
+Usage: python benchmarks/bench_tasks.py [--images 64] [--shard-size 8] [--tasks 2,4,8] [--rounds 3] [--merge-shards 200]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tasks", default="2,4,8")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--merge-shards", type=int, default=0,
+                    help="also: merge one task's output of this many one-image shards (merge's cost per shard)")
     args = ap.parse_args()
     counts = [int(n) for n in args.tasks.split(",")]
     m = common.machine()
@@ -99,6 +101,26 @@ def main() -> None:
     common.print_table(table, ["case", "best wall s", "wall / 1 run", "CPU s", "CPU / 1 run", "CPU s per extra task",
                                "walls"])
     print(f"single run: {args.images / one_w:.1f} images/s (best wall), {args.images / one_c:.1f} images per CPU s")
+    if args.merge_shards:
+        many = common.make_images(args.merge_shards)
+        out = root / "many" / "acts.pk"
+        timed([SAVEDEEP, "run", "-m", str(model), "-i", str(many), "-b", "pool,prob", "--gpus", "cpu", "--batch-size",
+               "1", "--shard-size", "1", "--no-progress", "-q", "-o", str(out), "--task", "0/1"])
+        few = root / "n8" / "acts.pk"
+        rows = []
+        for name, target, n in (("merge --no-pickle", few, -(-args.images // args.shard_size)),
+                                ("merge --no-pickle", out, args.merge_shards)):
+            ws = []
+            for _ in range(3):
+                (target.with_suffix(".parquet") / "_manifest.json").unlink(missing_ok=True)
+                ws.append(timed([SAVEDEEP, "merge", str(target), "--no-pickle", "-q"]))
+            rows.append({"case": f"{name}, {n} shards", "best wall s": round(min(w for w, _ in ws), 3),
+                         "CPU s": round(statistics.median(c for _, c in ws), 3)})
+        few_shards = -(-args.images // args.shard_size)
+        per = (rows[1]["best wall s"] - rows[0]["best wall s"]) / (args.merge_shards - few_shards)
+        common.print_table(rows, ["case", "best wall s", "CPU s"])
+        print(f"merge: {per * 1000:.2f} ms of wall per shard beyond the first few")
+        table += rows
     common.write_json(OUT / "tasks.json", {"machine": m, "args": vars(args), "rows": table})
 
 
