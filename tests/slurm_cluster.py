@@ -146,8 +146,31 @@ class SlurmCluster:
             time.sleep(0.5)
 
     # -- stopping --------------------------------------------------------------------------
+    def _job_processes(self) -> list[int]:
+        """Processes that run under this cluster (slurmstepd and jobs): their environment names its slurm.conf."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit() and int(d.name) != os.getpid() and int(d.name) not in {p.pid for p in self.procs}:
+                try:
+                    if mark in (d / "environ").read_bytes().split(b"\0"):
+                        found.append(int(d.name))
+                except OSError:
+                    pass
+        return found
+
     def stop(self) -> None:
-        """Stop exactly the daemons this object started (slurmd, slurmctld, munged), by pid."""
+        """Cancel this cluster's jobs, then stop exactly the daemons this object started, by pid.
+
+        A test that failed may leave jobs running: they are cancelled first, and any
+        process still running under this cluster afterwards (its environment names this
+        cluster's slurm.conf, so it was started by it) is killed by pid.
+        """
+        if self.procs and all(p.poll() is None for p in self.procs):
+            self.cmd("scancel", "--user", "root", check=False, timeout=30)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and self.cmd("squeue", "-h", check=False, timeout=30).stdout.strip():
+                time.sleep(0.5)
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -159,3 +182,8 @@ class SlurmCluster:
                 p.wait(timeout=5)
             RUNNING.discard(p.pid)
         self.procs = []
+        for pid in self._job_processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
