@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import sa
     from savedeep.pipeline import RunResult
 
 __all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
-           "rdm", "blob_similarity", "blob_stats", "report", "convert", "__version__"]
+           "rdm", "blob_similarity", "blob_stats", "report", "convert", "merge", "__version__"]
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
@@ -41,10 +41,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
 
 
 def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool = False,
-        progress: bool = False, break_lock: bool = False, **overrides: Any) -> "RunResult":
+        progress: bool = False, break_lock: bool = False, task: Any = None, **overrides: Any) -> "RunResult":
     """Extract the activations described by ``config`` (a Config or a YAML path, plus overrides).
 
     ``break_lock``: take the output's lock from a run that is gone (crashed on another host).
+    ``task``: "K/N" (or a savedeep.tasks.TaskSpec): only task K's share of the shards; see ``merge``.
     """
     from savedeep.config import Config
     from savedeep.pipeline import run as _run
@@ -57,9 +58,22 @@ def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool 
         config = config.replace(**overrides)
     if config.report:
         require_matplotlib()
-    result = _run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock)
+    if isinstance(task, str):
+        from savedeep.tasks import parse_task
+
+        task = parse_task(task)
+    result = _run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock, task=task)
+    if task is not None:
+        return result  # the report and the run's figures belong to the merged output
     after_run(config, result)  # the run's figures into its log (for savedeep report); the report if asked
     return result
+
+
+def merge(output: str | Path, *, pickle: bool | None = None, break_lock: bool = False) -> Any:
+    """Make the shards of an array of tasks (``run(..., task=TaskSpec)``, ``savedeep run --task``) one output."""
+    from savedeep.tasks import merge as _merge
+
+    return _merge(output, pickle=pickle, break_lock=break_lock)
 
 
 def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":

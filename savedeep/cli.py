@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
     r.add_argument("--break-lock", dest="break_lock", action="store_true",
                    help="take the output's lock from a run that is gone (crashed on another host)")
+    tmode = r.add_mutually_exclusive_group()
+    tmode.add_argument("--task", metavar="K/N", help="compute only task K's share (0..N-1) of the shards into the "
+                       "shared output; `savedeep merge` makes the tasks one output")
+    tmode.add_argument("--tasks", type=int, metavar="N", help="as --task K/N with K from the array index: "
+                       "SLURM_ARRAY_TASK_ID or PBS_ARRAY_INDEX (from 0), SGE_TASK_ID or LSB_JOBINDEX (from 1)")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     r.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
@@ -108,6 +113,35 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-thumbnails", dest="thumbnails", action="store_false",
                     help="do not read the images for the top-image thumbnails")
     rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    mg = sub.add_parser("merge", help="make the shards of an array of tasks (run --task/--tasks) one output: "
+                        "check every shard and task, then write the manifest and the pickle",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mg.add_argument("output", type=Path, help="the output: out/acts.pk or out/acts.parquet")
+    mg.add_argument("--no-pickle", dest="pickle", action="store_const", const=False,
+                    help="write only the manifest (default: as the tasks' config says)")
+    mg.add_argument("--break-lock", dest="break_lock", action="store_true",
+                    help="take the output's locks from tasks that are gone (their node died)")
+    mg.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+    sl = sub.add_parser("slurm", help="write a Slurm array job of N tasks and a merge job after it; "
+                        "--submit submits both", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_flags(sl)
+    sl.add_argument("--tasks", type=int, required=True, metavar="N", help="number of array tasks (fixed: the split)")
+    sl.add_argument("--gpus-per-task", dest="gpus_per_task", type=int, metavar="G")
+    sl.add_argument("--partition", metavar="P")
+    sl.add_argument("--time", metavar="T", help="time limit per task, e.g. 4:00:00")
+    sl.add_argument("--mem", metavar="M", help="memory per task, e.g. 32G")
+    sl.add_argument("--cpus-per-task", dest="cpus_per_task", type=int, metavar="C")
+    sl.add_argument("--array-limit", dest="array_limit", type=int, metavar="L", help="at most L tasks at once (%%L)")
+    sl.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
+                    help="one more #SBATCH line, e.g. --sbatch-arg=--account=lab (repeatable)")
+    sl.add_argument("--setup", action="append", default=[], metavar="LINE",
+                    help="a line of the scripts' site set-up block, e.g. 'module load cuda' (repeatable)")
+    sl.add_argument("--savedeep", metavar="PATH", help="the savedeep executable the jobs run (default: this "
+                    "environment's, by absolute path)")
+    sl.add_argument("--dir", type=Path, help="where the scripts and logs go (default: out/acts.slurm/)")
+    sl.add_argument("--submit", action="store_true", help="submit the array job and the merge job with sbatch")
 
     c = sub.add_parser("convert", help="write a Caffe model as ONNX or as a PyTorch program (.pt2) that "
                        "returns the requested blobs", epilog="--to onnx needs the convert extra: "
@@ -167,14 +201,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from savedeep.pipeline import run
 
     _setup_console(args.quiet)
+    task = None
+    if args.task is not None or args.tasks is not None:
+        from savedeep.tasks import parse_task, task_from_env
+
+        task = parse_task(args.task) if args.task is not None else task_from_env(args.tasks)
     config = load_config(args.config, _overrides(args))
-    if config.report:
+    if config.report and task is None:
         from savedeep.report import require_matplotlib
 
         require_matplotlib()  # before the run, not after it
     result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet,
-                 break_lock=args.break_lock)
+                 break_lock=args.break_lock, task=task)
     print(result.summary(), file=sys.stderr)
+    if task is not None:
+        return 0  # the report, if asked, is for the merged output: savedeep report after savedeep merge
     from savedeep.report import after_run
 
     page = after_run(config, result)
@@ -225,6 +266,36 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from savedeep.tasks import merge
+
+    _setup_console(args.quiet)
+    print(merge(args.output, pickle=args.pickle, break_lock=args.break_lock).summary(), file=sys.stderr)
+    return 0
+
+
+def _cmd_slurm(args: argparse.Namespace) -> int:
+    from savedeep.config import load_config
+    from savedeep.slurm import SlurmOptions, run_args_from, submit, write_scripts
+
+    _setup_console(False)
+    overrides = _overrides(args)
+    config = load_config(args.config, overrides)  # the config must load here, not on the cluster
+    output = Path(config.output).resolve()
+    directory = (args.dir or output.with_name(output.stem + ".slurm")).resolve()
+    opts = SlurmOptions(tasks=args.tasks, run_args=run_args_from(args.config, overrides), output=output,
+                        directory=directory, savedeep=args.savedeep or "", gpus_per_task=args.gpus_per_task,
+                        partition=args.partition, time=args.time, mem=args.mem, cpus_per_task=args.cpus_per_task,
+                        array_limit=args.array_limit, sbatch_args=args.sbatch_args, setup=args.setup)
+    array, merge_job = write_scripts(opts)
+    print(f"array job: {array}\nmerge job: {merge_job}\nlogs: {directory / 'logs'}")
+    if args.submit:
+        print(submit(array, merge_job).summary())
+    else:
+        print(f"submit: jid=$(sbatch --parsable {array}) && sbatch --dependency=afterok:$jid {merge_job}")
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from savedeep.conversion import convert
 
@@ -250,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": _cmd_run, "validate": _cmd_validate, "inspect": _cmd_inspect,
                 "export": _cmd_export, "report": _cmd_report,
-                "convert": _cmd_convert}[args.command](args)
+                "convert": _cmd_convert, "merge": _cmd_merge, "slurm": _cmd_slurm}[args.command](args)
     except SavedeepError as exc:
         print(f"savedeep: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -36,7 +36,10 @@ and same pid namespace (and, where recorded, same boot) and either no process
 has that pid, or it is a zombie, or its start time differs (the pid was
 reused); or same host and another boot id (the machine rebooted). A holder in
 another pid namespace (a container sharing the host's name) is treated like one
-on another host. A stale lock is broken automatically,
+on another host. A holder on another host that was this very scheduler job
+(the record's ``job_id``: Slurm's ``ARRAYJOB_TASK``, or the job id) is an
+earlier instance of a requeued job, which the scheduler ran to its end before
+starting this one: stale too. A stale lock is broken automatically,
 with a warning naming the holder. A holder on another host cannot be checked
 from here: the run is refused, and ``break_lock=True`` (``--break-lock``)
 removes that lock, for after a crash on another node. ``break_lock`` never
@@ -167,6 +170,20 @@ def process_alive(pid: int, start: int | None) -> bool:
 # --------------------------------------------------------------------------- the record
 
 
+# (variable, ...): a scheduler job's id, joined by "_" (Slurm array task: ARRAYJOB_TASK).
+JOB_ID_VARIABLES = (("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"), ("SLURM_JOB_ID",), ("PBS_JOBID",),
+                    ("JOB_ID", "SGE_TASK_ID"), ("LSB_JOBID", "LSB_JOBINDEX"))
+
+
+def scheduler_job_id(env: Any = None) -> str | None:
+    """The scheduler's id of this job (Slurm: ARRAYJOB_TASK, the same across a requeue), or None outside one."""
+    env = os.environ if env is None else env
+    for names in JOB_ID_VARIABLES:
+        if all(env.get(n) for n in names):
+            return "_".join(env[n] for n in names)
+    return None
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds a lock, as its file says; ``raw`` is the file's bytes."""
@@ -181,6 +198,7 @@ class Holder:
     fingerprint: str | None = None
     task: int | None = None
     command: str | None = None
+    job_id: str | None = None
     raw: bytes = b""
 
     @property
@@ -198,13 +216,23 @@ class Holder:
         if not self.readable:
             return "unknown"
         if self.host != socket.gethostname():
-            return "unknown"
+            return "stale" if self.earlier_attempt_of_this_job() else "unknown"
         here = _boot_id()
         if self.boot_id and here and self.boot_id != here:
             return "stale"  # this host rebooted since the lock was taken
         if self.pid_ns and self.pid_ns != _pid_namespace():
             return "unknown"  # another container on this host: its pids are not ours to check
         return "alive" if process_alive(self.pid, self.pid_start) else "stale"
+
+
+    def earlier_attempt_of_this_job(self) -> bool:
+        """Whether the holder was this very scheduler job (e.g. Slurm array task 1234_5) on another host.
+
+        A scheduler runs one instance of a job at a time: a job requeued onto another
+        node after its node died finds the lock of its own earlier instance, which is gone.
+        """
+        here = scheduler_job_id()
+        return bool(here and self.job_id == here)
 
 
 def read_holder(path: Path) -> Holder | None:
@@ -219,7 +247,7 @@ def read_holder(path: Path) -> Holder | None:
         rec = json.loads(raw)
         return Holder(Path(path), host=str(rec["host"]), pid=int(rec["pid"]), pid_start=rec.get("pid_start"),
                       boot_id=rec.get("boot_id"), pid_ns=rec.get("pid_ns"), since=rec.get("since"), fingerprint=rec.get("fingerprint"),
-                      task=rec.get("task"), command=rec.get("command"), raw=raw)
+                      task=rec.get("task"), command=rec.get("command"), job_id=rec.get("job_id"), raw=raw)
     except (ValueError, KeyError, TypeError):
         return Holder(Path(path), raw=raw)
 
@@ -249,6 +277,7 @@ def _record(output: Path, fingerprint: str | None, task: int | None) -> bytes:
         "output": str(output),
         "task": task,
         "command": " ".join(sys.argv),
+        "job_id": scheduler_job_id(),  # the scheduler's job, if any: a requeued job may break its own old lock
         "savedeep": __version__,
         "nonce": uuid.uuid4().hex,  # two records are never the same bytes
     }

@@ -51,23 +51,25 @@ def shard_entry(index: int, start: int, stop: int) -> dict[str, Any]:
 class Manifest:
     """An output's manifest: its content (``data``) and the only operations that change it."""
 
-    def __init__(self, directory: Path, data: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, data: dict[str, Any], name: str = MANIFEST) -> None:
         self.directory = Path(directory)
         self.data = data
+        self.name = name  # the file: the manifest, or a task's record (savedeep/tasks.py)
 
     # -- making and reading ---------------------------------------------------------------
     @classmethod
     def new(cls, directory: Path, header: Mapping[str, Any], shards: Iterable[tuple[int, int, int]],
-            kept: Mapping[int, dict[str, Any]] | None = None) -> Manifest:
+            kept: Mapping[int, dict[str, Any]] | None = None, name: str = MANIFEST) -> Manifest:
         """A manifest for ``shards`` (index, start, stop), with the entries of ``kept`` shards as they were."""
         entries = [dict(kept[k]) if kept and k in kept else shard_entry(k, a, z) for k, a, z in shards]
-        return cls(directory, {**header, "format": FORMAT, "complete": False, "shards": entries, "pickle": None})
+        return cls(directory, {**header, "format": FORMAT, "complete": False, "shards": entries, "pickle": None},
+                   name)
 
     @classmethod
-    def read(cls, directory: Path) -> Manifest | None:
+    def read(cls, directory: Path, name: str = MANIFEST) -> Manifest | None:
         """The manifest in ``directory``, or None if there is none (OutputError if it is not JSON)."""
-        data = read_manifest(directory)
-        return None if data is None else cls(directory, data)
+        data = read_manifest(directory, name)
+        return None if data is None else cls(directory, data, name)
 
     def is_valid(self) -> bool:
         """Whether this is a manifest of savedeep's current format (one that --resume can use)."""
@@ -77,11 +79,18 @@ class Manifest:
     def write(self) -> None:
         """Replace the file atomically; a full disk is an OutputError that says how to go on."""
         with disk_errors(f"the manifest in {self.directory}"):
-            write_manifest(self.directory, self.data)
+            write_manifest(self.directory, self.data, self.name)
 
     @property
     def shards(self) -> list[dict[str, Any]]:
         return self.data["shards"]
+
+    def entry(self, index: int) -> dict[str, Any]:
+        """The entry of shard ``index`` (a task's record holds only some shards)."""
+        for s in self.shards:
+            if s["index"] == index:
+                return s
+        raise KeyError(f"shard {index} is not in {self.directory / self.name}")
 
     def finished(self) -> set[int]:
         """The shards recorded complete whose file is in place."""
@@ -97,7 +106,7 @@ class Manifest:
     # -- recording ------------------------------------------------------------------------
     def record_shard(self, index: int, file: str, rows: int, failures: Sequence[tuple[str, str]]) -> None:
         """Record that shard ``index`` is in place as ``file`` (a writer reported it), and write the file."""
-        self.shards[index].update(file=file, rows=rows, complete=True,
+        self.entry(index).update(file=file, rows=rows, complete=True,
                                   failures=[{"image": k, "reason": r} for k, r in failures])
         self.write()
 
@@ -119,7 +128,7 @@ class Manifest:
                 adopted.append(entry["index"])
         if adopted and write:
             log.info("recorded %d finished shard(s) that had not been reported: %s", len(adopted), adopted)
-            write_manifest(self.directory, self.data)
+            self.write()
         return adopted
 
     # -- resuming -------------------------------------------------------------------------

@@ -97,6 +97,11 @@ def failures_path(directory: Path) -> Path:
     return directory.with_name(directory.stem + FAILURES_SUFFIX)
 
 
+def shard_ranges(n_images: int, shard_size: int) -> list[tuple[int, int, int]]:
+    """The fixed shards of a run: (shard, start, stop), images [k*shard_size, (k+1)*shard_size) of the sorted list."""
+    return [(k, k * shard_size, min((k + 1) * shard_size, n_images)) for k in range(-(-n_images // shard_size))]
+
+
 def shard_name(k: int) -> str:
     """The file name of shard ``k``."""
     return f"part-{k:05d}.parquet"
@@ -132,9 +137,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The manifest of a Parquet output directory, or None if there is none."""
-    path = Path(directory) / MANIFEST
+def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any] | None:
+    """The manifest of a Parquet output directory (or, with ``name``, a task's record), or None if there is none."""
+    path = Path(directory) / name
     if not path.exists():
         return None
     try:
@@ -143,10 +148,10 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
         raise OutputError(f"{path} is not valid JSON ({exc}); delete the output or rerun with --overwrite") from exc
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically."""
+def write_manifest(directory: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
+    """Replace the manifest (or, with ``name``, a task's record: savedeep/tasks.py) atomically."""
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_bytes(Path(directory) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(Path(directory) / name, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 @dataclass(frozen=True)
@@ -570,7 +575,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
-                          r"|\._manifest\.json\.tmp\d+")
+                          r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+")
 _LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.ui.run_log
 _LIST_AT_MOST = 10
 

