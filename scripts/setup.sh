@@ -73,7 +73,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 elif command -v dpkg-query >/dev/null; then
   test_missing=()
   for p in "${TEST_APT_PKGS[@]}"; do installed "$p" || test_missing+=("$p"); done
-  [ ${#test_missing[@]} -eq 0 ] || say "the report's browser tests and the Slurm tests need ${test_missing[*]} (as root: apt-get install ${test_missing[*]}); without them the browser tests fail and the Slurm tests are skipped"
+  [ ${#test_missing[@]} -eq 0 ] || say "the report's browser tests and the Slurm tests need ${test_missing[*]} (as root: apt-get install ${test_missing[*]}); without them the browser tests fail; the Slurm tests need root in any case and are skipped without it"
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
