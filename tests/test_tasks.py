@@ -92,7 +92,7 @@ def images(photos, tmp_path_factory) -> Path:
 
 def _config(model: Path, images: Path, out: Path, **kw):
     keys = dict(model=model, images=images, output=out, blobs=BLOBS, gpus="cpu", batch_size=1, shard_size=1,
-                producers=1)
+                producers=1, cpu_consumers=1, consumer_threads=1)  # one forward configuration: rows compared bit for bit
     keys.update(kw)
     return savedeep.load_config(None, **keys)
 
