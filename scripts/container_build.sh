@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --isolation) ISOLATION=$2; shift ;;
     --run-demo) RUN_DEMO=$2; shift ;;
     --shm-size) SHM_SIZE=$2; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     -*) echo "container_build.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) CONTEXT=$(realpath "$1") ;;
   esac

@@ -8,7 +8,8 @@
 #    from the sources and apt options this machine's apt uses; none of them is left in it);
 # 2. copies a clean `git clone` of the commit (default HEAD; uncommitted changes are not in it)
 #    to /root/savedeep inside it;
-# 3. in a private mount namespace, mounts /proc, /sys (read-only), /dev/pts and a fresh
+# 3. in a private mount namespace, binds the root filesystem on itself (so that its / is a
+#    mount point, as a machine's is), mounts /proc, /sys (read-only), /dev/pts and a fresh
 #    /dev/shm of --shm-size (savedeep's rings live there; the machine's own /dev/shm and its
 #    segments are not shared), and makes this machine's registry configuration visible
 #    read-only at the same paths (scripts/registry_config.sh says what and why);
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
     --commit) REV=$2; shift ;;
     --podman) PODMAN=1 ;;
     --print-commands) PRINT=1 ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "fresh_machine_check.sh: error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -218,6 +219,10 @@ step "clean clone of $COMMIT" "$LOGS/clone.log" clone || { summary 0; exit 1; }
 
 # 3. mounts and the registry configuration --------------------------------------
 mounts() {
+  # The root filesystem on itself: its / is then a mount point, as a machine's is, so that
+  # `unshare --mount` inside (the tests' private /dev/shm) can make it private.
+  mount --bind "$RFS" "$RFS" || return 1
+  MOUNTED+=("$RFS")
   mount_at /proc -t proc proc || return 1
   mount_at /sys -t sysfs -o ro,nosuid,nodev,noexec sysfs || return 1
   mount_at /dev/pts -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts || return 1
