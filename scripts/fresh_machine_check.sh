@@ -97,11 +97,14 @@ mkdir -p "$LOGS"
 MOUNTED=()       # mount points, in the order they were made
 RESULTS=()       # "name|result|seconds"
 CLEANED=0
+CHILD=""         # the command running inside, while one runs
 cleanup() {
   [ "$CLEANED" = 0 ] || return 0
   CLEANED=1
   set +e
-  # Processes started inside the root filesystem (a daemon a package started, a stuck test).
+  # The command running inside, then processes started inside the root filesystem (a daemon a
+  # package started, a stuck test).
+  [ -z "$CHILD" ] || kill -TERM "$CHILD" 2>/dev/null
   local pid left=()
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
     case "$(readlink "/proc/$pid/root" 2>/dev/null)" in "$RFS"|"$RFS"/*) left+=("$pid") ;; esac
@@ -156,7 +159,9 @@ step() {  # step NAME LOGFILE COMMAND...: run, time and record one step; 0 if it
   if [ $rc -eq 0 ]; then
     RESULTS+=("$name|pass|$secs"); say "$name: pass in ${secs} s"
   else
-    RESULTS+=("$name|FAIL (exit $rc)|$secs"); say "$name: FAIL (exit $rc) after ${secs} s; the end of $log:"
+    local why="exit $rc"
+    [ $rc != 124 ] && [ $rc != 137 ] || why="timed out"
+    RESULTS+=("$name|FAIL ($why)|$secs"); say "$name: FAIL ($why) after ${secs} s; the end of $log:"
     tail -n 40 "$log" >&2
   fi
   return $rc
@@ -255,9 +260,13 @@ ENVS=(HOME=/root USER=root LOGNAME=root SHELL=/bin/bash TERM=dumb
 while read -r kind name; do
   [ "$kind" = env ] && ENVS+=("$name=${!name}")
 done < <(bash "$ROOT/scripts/registry_config.sh")
+# In the background and waited for: bash runs a trap only once the foreground command is over, and
+# `wait` lets Ctrl-C or SIGTERM reach the trap at once (the cleanup then ends what runs inside).
 run_inside() {
   timeout --kill-after=30 "${TIMEOUT_MIN}m" \
-    chroot "$RFS" /usr/bin/env -i "${ENVS[@]}" /bin/bash -l -c "cd /root/savedeep && $1" < /dev/null
+    chroot "$RFS" /usr/bin/env -i "${ENVS[@]}" /bin/bash -l -c "cd /root/savedeep && $1" < /dev/null &
+  CHILD=$!
+  wait "$CHILD"
 }
 ok=1
 for i in 0 1; do
