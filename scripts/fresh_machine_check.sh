@@ -101,6 +101,7 @@ CHILD=""         # the command running inside, while one runs
 cleanup() {
   [ "$CLEANED" = 0 ] || return 0
   CLEANED=1
+  exec 1>&3 2>&4
   set +e
   # The command running inside, then processes started inside the root filesystem (a daemon a
   # package started, a stuck test).
@@ -124,9 +125,11 @@ cleanup() {
   fi
   say "logs: $LOGS"
 }
+# A trap can fire while a step's output goes to its log: fds 3 and 4 keep the check's own.
+exec 3>&1 4>&2
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'exec 1>&3 2>&4; say "interrupted (Ctrl-C): cleaning up"; exit 130' INT
+trap 'exec 1>&3 2>&4; say "interrupted (SIGTERM): cleaning up"; exit 143' TERM
 
 # A path inside the root filesystem, resolved there: a symbolic link in it never leads a mount
 # out to this machine's own files.
