@@ -9,7 +9,8 @@
 # 2. copies a clean `git clone` of the commit (default HEAD; uncommitted changes are not in it)
 #    to /root/savedeep inside it;
 # 3. in a private mount namespace, binds the root filesystem on itself (so that its / is a
-#    mount point, as a machine's is), mounts /proc, /sys (read-only), /dev/pts and a fresh
+#    mount point, as a machine's is), mounts /proc, /sys (read-only; this machine's cgroup file
+#    systems in it, which daemons such as slurmd need), /dev/pts and a fresh
 #    /dev/shm of --shm-size (savedeep's rings live there; the machine's own /dev/shm and its
 #    segments are not shared), and makes this machine's registry configuration visible
 #    read-only at the same paths (scripts/registry_config.sh says what and why);
@@ -116,7 +117,7 @@ cleanup() {
   fi
   local i
   for ((i = ${#MOUNTED[@]} - 1; i >= 0; i--)); do
-    umount "${MOUNTED[i]}" 2>/dev/null || umount -l "${MOUNTED[i]}"
+    umount -R "${MOUNTED[i]}" 2>/dev/null || umount -R -l "${MOUNTED[i]}"
   done
   if [ -d "$RFS" ] && findmnt -rn -o TARGET | grep -qF "$RFS"; then
     say "mounts left under $RFS (not deleting it):"; findmnt -rn -o TARGET | grep -F "$RFS" >&2
@@ -233,6 +234,12 @@ mounts() {
   MOUNTED+=("$RFS")
   mount_at /proc -t proc proc || return 1
   mount_at /sys -t sysfs -o ro,nosuid,nodev,noexec sysfs || return 1
+  # A new sysfs has no cgroup file systems in it; a booted machine has them (systemd mounts them),
+  # and daemons need them (slurmd: "No filesystem mounted on /sys/fs/cgroup"). They are the
+  # kernel's, like /proc: this machine's, as they are.
+  if mountpoint -q /sys/fs/cgroup; then
+    mount_at /sys/fs/cgroup --rbind /sys/fs/cgroup || return 1
+  fi
   mount_at /dev/pts -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts || return 1
   mount_at /dev/shm -t tmpfs -o "size=$SHM_SIZE,mode=1777,nosuid,nodev" shm || return 1
   local kind path n=0
@@ -254,7 +261,7 @@ mounts() {
   done < <(bash "$ROOT/scripts/registry_config.sh")
   findmnt -rn -o TARGET,FSTYPE,OPTIONS | grep -F "$RFS"
 }
-step "mounts: /proc, /sys, /dev/pts, /dev/shm ($SHM_SIZE), the registry configuration" "$LOGS/mounts.log" mounts \
+step "mounts: /proc, /sys, /sys/fs/cgroup, /dev/pts, /dev/shm ($SHM_SIZE), the registry configuration" "$LOGS/mounts.log" mounts \
   || { summary 0; exit 1; }
 
 # 4. the README's two commands ------------------------------------------------------

@@ -59,7 +59,9 @@ APT_PKGS=(build-essential pkg-config python3-dev python3-venv
 [ "$CAFFE" = 1 ] || APT_PKGS=(python3-venv)
 # The browser tests of `savedeep report` (tests/test_report_browser.py) drive Debian's headless Chromium
 # through its chromedriver: installed as root; without root only named (the rest of savedeep runs without).
-TEST_APT_PKGS=(chromium chromium-driver)
+# git: tests/test_containers.py makes small repos to check that the fresh-machine check reads the
+# committed README (a pristine Debian 12 has no git).
+TEST_APT_PKGS=(chromium chromium-driver git)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${APT_PKGS[@]}"; do
