@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -179,7 +180,6 @@ def no_leaks_in_module_fixtures():
 def caffenet_dir(testdata, tmp_path_factory) -> Path:
     """CaffeNet (tests/data's deploy.prototxt) with seeded random weights in a real .caffemodel,
     and the ILSVRC-2012 mean image (3, 256, 256) as its mean.npy."""
-    import shutil
 
     from savedeep.synthetic import random_weights, write_caffemodel
     from savedeep.model import load_net
@@ -191,6 +191,15 @@ def caffenet_dir(testdata, tmp_path_factory) -> Path:
     net = load_net(d / "deploy.prototxt")
     write_caffemodel(d / "weights.caffemodel", net, random_weights(net, seed=1))
     return d
+
+
+def copy_photos(photos: list[Path], directory: Path, names) -> Path:
+    """Copy the named photos of the ``photos`` fixture into ``directory`` (made if needed); returns it."""
+    by_name = {p.name: p for p in photos}
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copyfile(by_name[name], directory / name)
+    return directory
 
 
 def make_bad_images(directory: Path, photo: Path) -> dict[str, str]:

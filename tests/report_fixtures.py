@@ -4,7 +4,6 @@ category column, and the same run interrupted (a partial output)."""
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 import savedeep
 from savedeep.errors import WorkerError
 
-from conftest import make_bad_images
+from conftest import copy_photos, make_bad_images
 
 # Real photos (tests/conftest.py's `photos`) and the category each belongs to.
 CATEGORIES = {
@@ -28,14 +27,9 @@ BLOB_NAMES = ["pool", "prob", "eltwise_stage3_block2"]
 
 def make_image_list(photos: list[Path], root: Path) -> Path:
     """images/ with the photos and two broken files, and list.csv (path, category) naming all of them."""
-    images = root / "images"
-    images.mkdir(parents=True)
-    by_name = {p.name: p for p in photos}
-    rows = []
-    for name, category in CATEGORIES.items():
-        shutil.copyfile(by_name[name], images / name)
-        rows.append((f"images/{name}", category))
-    bad = make_bad_images(images, by_name["cat.jpg"])
+    images = copy_photos(photos, root / "images", CATEGORIES)
+    rows = [(f"images/{name}", category) for name, category in CATEGORIES.items()]
+    bad = make_bad_images(images, images / "cat.jpg")
     rows += [(f"images/{name}", "broken") for name in sorted(bad)[:2]]
     listing = root / "list.csv"
     with open(listing, "w", newline="") as f:

@@ -12,7 +12,6 @@ blob too big for a .mat file) cover the cases.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,8 @@ from savedeep.cli import main
 from savedeep.interop import SavedOutput, load_assembly, load_dataarray, load_xarray, valid_names
 from savedeep.output import ColumnSpec, ShardWriter, shard_name, write_manifest
 from savedeep.receptive_field import model_receptive_fields
+
+from conftest import copy_photos
 
 xr = pytest.importorskip("xarray")
 h5py = pytest.importorskip("h5py")
@@ -44,12 +45,8 @@ SPECS = ["conv5",
 def run_output(caffenet_dir, photos, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """A real CaffeNet run over five photos listed in a CSV with two metadata columns, in three shards."""
     root = tmp_path_factory.mktemp("export")
-    images = root / "images"
-    images.mkdir()
     names = ["cat.jpg", "fish-bike.jpg", "astronaut.png", "coffee.png", "cat_gray.jpg"]
-    by_name = {p.name: p for p in photos}
-    for name in names:
-        shutil.copyfile(by_name[name], images / name)
+    copy_photos(photos, root / "images", names)
     rows = [("images/" + n, f"cat {i % 2}", "" if i == 3 else f"s{i}, x") for i, n in enumerate(names)]
     listing = root / "list.csv"
     listing.write_text("path,category,subject id\n" + "".join(f'{p},{c},"{s}"\n' for p, c, s in rows))

@@ -20,7 +20,7 @@ import pytest
 
 import savedeep
 
-from conftest import make_bad_images
+from conftest import copy_photos, make_bad_images
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,9 @@ BLOBS = ["fc7", "conv1", "prob"]  # conv1 is stored float16 and pooled to (96, 2
 def output(caffenet_dir, photos, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """A finished run over five fixed photos and three broken files, in three shards, with failures."""
     root = tmp_path_factory.mktemp("readers")
-    images = root / "images"
-    images.mkdir()
-    by_name = {p.name: p for p in photos}
-    for name in ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "coffee.png"):
-        shutil.copyfile(by_name[name], images / name)
-    make_bad_images(images, by_name["cat.jpg"])
+    images = copy_photos(photos, root / "images", ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png",
+                                                   "coffee.png"))
+    make_bad_images(images, images / "cat.jpg")
     cfg = savedeep.load_config(None, model=caffenet_dir, images=images, output=root / "out" / "acts.pk",
                                gpus="cpu", batch_size=2, shard_size=3,
                                blobs=["fc7", {"name": "conv1", "dtype": "float16",

@@ -23,6 +23,8 @@ import savedeep
 from savedeep.config import RESULT_KEYS
 from savedeep.errors import OutputError, WorkerError
 
+from conftest import copy_photos
+
 pytestmark = pytest.mark.slow
 
 BLOBS = ["conv1", "fc7"]
@@ -32,11 +34,7 @@ NAMES = ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "chelsea.p
 
 @pytest.fixture(scope="module")
 def images(photos, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("resume_imgs")
-    by_name = {p.name: p for p in photos}
-    for name in NAMES:
-        shutil.copyfile(by_name[name], d / name)
-    return d
+    return copy_photos(photos, tmp_path_factory.mktemp("resume_imgs"), NAMES)
 
 
 def _config(model: Path, images: Path, out: Path, **kw):

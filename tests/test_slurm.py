@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import pytest
 
 import savedeep
 
+from conftest import copy_photos
 from slurm_cluster import SlurmCluster, missing_binaries
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -64,11 +64,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(photos, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("slurm_imgs")
-    by_name = {p.name: p for p in photos}
-    for name in NAMES:
-        shutil.copyfile(by_name[name], d / name)
-    return d
+    return copy_photos(photos, tmp_path_factory.mktemp("slurm_imgs"), NAMES)
 
 
 def _flags(nsfw_dir: Path, images: Path, out: Path, blobs: str = BLOBS) -> list[str]:
@@ -148,16 +144,23 @@ def test_submit_three_tasks_then_merge_equals_one_run(cluster, nsfw_dir, images,
         assert record["attempts"][-1]["job_id"] == f"{array_job}_{k}"
 
 
+def _submit_with_task_1_stalled(cluster, array: Path, out: Path, tmp_path: Path) -> tuple[str, str]:
+    """Submit tasks 0 and 2, and task 1, which writes its first shard (shard 1) and then stalls before its
+    second (shard 4), still holding its lock; returns once it is there: (job of 0 and 2, job of 1)."""
+    rest = _sbatch(cluster, "--array=0,2", str(array))
+    job = _sbatch(cluster, "--array=1", str(array),
+                  env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"})
+    shard, lock = out.with_suffix(".parquet") / "part-00001.parquet", out.with_name(".acts.task-1.lock")
+    _wait_for(lambda: shard.exists() and lock.exists(), "task 1's first shard", cluster=cluster, job=job,
+              log=array.parent / "logs" / f"{job}_1.out")
+    return rest, job
+
+
 def test_cancelled_task_merge_names_it_then_resubmit_completes(cluster, nsfw_dir, images, reference, tmp_path):
     out = tmp_path / "acts.pk"
     array, merge_job = _scripts(cluster, nsfw_dir, images, out)
     pq_dir = out.with_suffix(".parquet")
-    rest = _sbatch(cluster, "--array=0,2", str(array))
-    # task 1 writes its first shard (shard 1), then stalls before its second (shard 4) until cancelled
-    stalled = _sbatch(cluster, "--array=1", str(array),
-                      env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"})
-    _wait_for(lambda: (pq_dir / "part-00001.parquet").exists(), "task 1's first shard", cluster=cluster,
-              job=stalled, log=array.parent / "logs" / f"{stalled}_1.out")
+    rest, stalled = _submit_with_task_1_stalled(cluster, array, out, tmp_path)
     cluster.cmd("scancel", f"{stalled}_1")
     assert cluster.wait_done(stalled) == {f"{stalled}_1": "CANCELLED"}
     assert set(cluster.wait_done(rest).values()) == {"COMPLETED"}
@@ -209,12 +212,8 @@ def test_task_whose_node_dies_is_requeued_and_resumes(cluster, nsfw_dir, images,
     out = tmp_path / "acts.pk"
     array, _ = _scripts(cluster, nsfw_dir, images, out)
     pq_dir = out.with_suffix(".parquet")
-    rest = _sbatch(cluster, "--array=0,2", str(array))
-    job = _sbatch(cluster, "--array=1", str(array),
-                  env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"})
+    rest, job = _submit_with_task_1_stalled(cluster, array, out, tmp_path)
     lock = out.with_name(".acts.task-1.lock")
-    _wait_for(lambda: (pq_dir / "part-00001.parquet").exists() and lock.exists(), "task 1's first shard",
-              cluster=cluster, job=job, log=array.parent / "logs" / f"{job}_1.out")
     first = (pq_dir / "part-00001.parquet").stat()
     holder = json.loads(lock.read_text())["pid"]
     _kill_tree(holder)

@@ -17,7 +17,6 @@ Bugs these are for:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from savedeep.errors import ConfigError, OutputError
 from savedeep.lock import LockedError, OutputLock
 from savedeep.tasks import TaskSpec, owner, parse_task, task_from_env
 
-from conftest import make_bad_images
+from conftest import copy_photos, make_bad_images
 
 pytestmark = pytest.mark.slow
 
@@ -80,11 +79,8 @@ def test_task_index_refusals():
 
 @pytest.fixture(scope="module")
 def images(photos, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("task_imgs")
-    by_name = {p.name: p for p in photos}
-    for name in NAMES:
-        shutil.copyfile(by_name[name], d / name)
-    bad = make_bad_images(d, by_name["cat.jpg"])
+    d = copy_photos(photos, tmp_path_factory.mktemp("task_imgs"), NAMES)
+    bad = make_bad_images(d, d / "cat.jpg")
     for name in list(bad)[1:]:  # one failure is enough to see the failures merged
         (d / name).unlink()
     return d
