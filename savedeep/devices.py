@@ -669,8 +669,6 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) ->
         if load is not None and devices and all(d == "cpu" for d in devices):
             note = memory_note(len(devices), load.memory_per_consumer, available_memory_bytes())
             workers = Workers(workers.producers, workers.writers, workers.consumer_threads, cores, note)
-    if workers.note:
-        log.info("%s", workers.note)
     log.debug("CPUs usable by this process: %d (the machine has %s)", cores, os.cpu_count())
     return devices, workers
 

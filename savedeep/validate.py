@@ -42,6 +42,8 @@ def validate(config: Config, *, resume: bool = False, overwrite: bool = False) -
     if pf.plan.batches:
         lines.append(f"workers: {len(pf.devices)} consumer(s) on {', '.join(pf.devices)}, {pf.producers} producer(s), "
                      f"{pf.writers} writer(s); rings of {pf.in_slots} input and {pf.out_slots} output slots")
+        if pf.workers.note:
+            lines.append(f"workers: {pf.workers.note}")
     pre = Preprocessor(pf.pre_spec, pf.mean, tuple(pf.input_shape))
     bad = []
     for e in images.entries[:SAMPLE]:

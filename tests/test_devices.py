@@ -248,6 +248,7 @@ def test_a_run_uses_the_cpus_of_its_affinity(caffenet_dir, photos, tmp_path):
     # cpu_consumers auto, through the preflight: one core, so one consumer of one thread; its memory is logged
     assert "cpu_consumers auto: 1 x 1 thread(s), 1 producer(s), 1 writer(s) on 1 cores" in log
     assert "CPU consumers: 1; each holds about" in log
+    assert r.stderr.count("cpu_consumers auto:") == 1, r.stderr  # once: the preflight returns it, the run logs it
     # the consumer's start-up, split, measured from the parent's spawn
     startup = re.search(r"start-up: (\S+) s from spawn to the first batch forwarded \(process start and imports "
                         r"\S+ s, model files read \S+ s, torch imported and the engine built \S+ s, waiting for the "
@@ -374,7 +375,7 @@ def test_available_memory_is_the_smaller_of_meminfo_and_the_cgroup_limit(tmp_pat
     assert dv.available_memory_bytes(tmp_path / "none", tmp_path / "none") is None
 
 
-def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caffenet_dir, tmp_path, caplog):
+def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caffenet_dir, tmp_path):
     import savedeep
     from savedeep.model import load_model
     from savedeep.output import ColumnSpec
@@ -387,15 +388,12 @@ def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caf
     assert cfg.cpu_consumers == "auto"
     cores = dv.usable_cpus()
     want = dv.plan_cpu(cores, load, dv.available_memory_bytes(), 100, 10)
-    with caplog.at_level(logging.INFO, logger="savedeep.devices"):
-        devices, workers = dv.plan_devices(cfg, 100, 10, load)
+    devices, workers = dv.plan_devices(cfg, 100, 10, load)
     assert devices == ["cpu"] * want.consumers and workers.consumer_threads == want.threads
     assert (workers.producers, workers.writers) == (want.producers, want.writers)
-    assert "cpu_consumers auto:" in caplog.text and "each holds about" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="savedeep.devices"):
-        devices, workers = dv.plan_devices(cfg.replace(cpu_consumers=3), 100, 10, load)
-    assert devices == ["cpu"] * 3 and "CPU consumers: 3; each holds about" in caplog.text
+    assert "cpu_consumers auto:" in workers.note and "each holds about" in workers.note  # the run logs it once
+    devices, workers = dv.plan_devices(cfg.replace(cpu_consumers=3), 100, 10, load)
+    assert devices == ["cpu"] * 3 and "CPU consumers: 3; each holds about" in workers.note
     assert dv.plan_devices(cfg, 100, 10)[0] == ["cpu"]  # no load known: one consumer
 
 
