@@ -10,6 +10,11 @@ it), as comma-separated ``key=value`` pairs:
   test time to interrupt the run), ``wait`` (stall until the file ``file`` exists,
   so that a test decides when the run goes on)
 - ``index``: only worker number ``index`` of that role (default: any)
+- ``holding`` (with ``action=kill``): ``+``-separated channels whose lock the worker
+  takes just before it dies, as a SIGKILL that lands while a worker's queue thread
+  is sending (the OOM killer's timing, which a test cannot pick) leaves them:
+  a queue's name (``logs``, ``events``, ``done``, ``free_in`` ...) takes its write
+  lock; ``stop`` takes the stop flag's lock, where it has one
 
 ``role=preflight`` raises in the parent's preflight instead (before any worker
 starts), which is how the tests reach the "internal error (a bug)" path.
@@ -28,6 +33,7 @@ import signal
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 
 @lru_cache(maxsize=1)
@@ -42,11 +48,13 @@ class InjectedFault(RuntimeError):
     """The exception raised by ``action=raise``."""
 
 
-def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | None = None) -> None:
+def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | None = None,
+               channels: Any = None) -> None:
     """Fail here if SAVEDEEP_FAULT asks for this role, worker and batch.
 
     ``check`` is the worker's stop/parent-alive check, called while stalling so
-    a stalled worker still leaves when the run stops.
+    a stalled worker still leaves when the run stops. ``channels`` (workers/_loop.py,
+    Channels) is where ``holding`` finds the locks to take.
     """
     spec = _spec()
     if spec is None or spec.get("role") != role or int(spec.get("batch", -1)) != batch:
@@ -55,6 +63,8 @@ def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | No
         return
     action = spec.get("action", "raise")
     if action == "kill":
+        for name in filter(None, spec.get("holding", "").split("+")):
+            _take_lock(channels, name)
         os.kill(os.getpid(), signal.SIGKILL)
     elif action in ("sleep", "wait"):
         end = time.monotonic() + float(spec.get("seconds", "30" if action == "sleep" else "600"))
@@ -64,6 +74,15 @@ def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | No
             time.sleep(0.05)
     else:
         raise InjectedFault(f"injected fault in {role} {index} at batch {batch}")
+
+
+def _take_lock(channels: Any, name: str) -> None:
+    """Take the lock that a writer to channel ``name`` holds while it sends (for ``holding``)."""
+    target = getattr(channels, name)
+    for q in target if isinstance(target, list) else [target]:
+        lock = getattr(q, "_wlock", None) or getattr(getattr(q, "_cond", None), "_lock", None)
+        if lock is not None:  # a flag without a lock cannot be left held
+            lock.acquire()
 
 
 def record_start(role: str, index: int) -> None:

@@ -34,7 +34,6 @@ CUDA state is unsafe.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import multiprocessing as mp
 import os
 import queue
@@ -54,7 +53,7 @@ from savedeep.errors import USER_MISTAKE_CODES, ConfigError, Interrupted, Output
 from savedeep.manifest import Manifest, run_header
 from savedeep.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 from savedeep.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
-from savedeep.ui import Progress, ToLoggers, busy_fractions, parent_owns_signals, run_log
+from savedeep.ui import LogListener, Progress, busy_fractions, parent_owns_signals, run_log
 
 if TYPE_CHECKING:
     from savedeep.shm import RingSpec
@@ -215,7 +214,7 @@ class Run:
         self.row_of: dict[tuple[str, int], int] = {}    # (role, index) -> its row in ch.current
         self.rings: list[Any] = []                      # shared-memory segments to unlink at shutdown
         self.ch: Channels | None = None
-        self.listener: logging.handlers.QueueListener | None = None
+        self.listener: LogListener | None = None
         self.feeder: Feeder | None = None
         # what the workers reported
         self.bar: Progress | None = None
@@ -392,21 +391,21 @@ class Run:
 
     def _create_channels(self) -> None:
         """The queues and shared flags (workers/_loop.py, Channels), and the listener of the workers' logs."""
-        from workers._loop import Channels
+        from workers._loop import Channels, StopFlag
 
         ctx, pf = mp.get_context("spawn"), self.pf
         n_workers = pf.producers + len(pf.devices) + pf.writers
         self.ch = ch = Channels(
             tasks=ctx.Queue(), ready=ctx.Queue(), done=[ctx.Queue() for _ in range(pf.writers)], events=ctx.Queue(),
             free_in=ctx.Queue(), free_out=ctx.Queue(), logs=ctx.Queue(),
-            window=ctx.Semaphore(pf.out_slots), stop=ctx.Event(),
+            window=ctx.Semaphore(pf.out_slots), stop=StopFlag(ctx),
             current=ctx.Array("q", [-1] * n_workers, lock=False), parent_pid=os.getpid(),
         )
         for i in range(pf.in_slots):
             ch.free_in.put(i)
         for i in range(pf.out_slots):
             ch.free_out.put(i)
-        self.listener = logging.handlers.QueueListener(ch.logs, ToLoggers())
+        self.listener = LogListener(ch.logs)
         self.listener.start()
 
     def _spawn_workers(self, in_spec: RingSpec, out_spec: RingSpec) -> None:
@@ -611,10 +610,7 @@ class Run:
         for q in queues:
             q.cancel_join_thread()
         if self.listener is not None:
-            try:
-                self.listener.stop()
-            except Exception:  # noqa: BLE001
-                pass
+            self.listener.stop()
             self.listener = None
         for q in queues:
             q.close()

@@ -90,11 +90,56 @@ def parent_owns_signals() -> Iterator[None]:
         signal.signal(signal.SIGINT, old_int)
 
 
-class ToLoggers(logging.Handler):
-    """Re-dispatch worker records to this process's loggers (run log + console)."""
+class LogListener:
+    """Hands the workers' log records to this process's loggers (run log + console), from a thread.
 
-    def emit(self, record: logging.LogRecord) -> None:
+    The thread polls the queue and notices its stop flag between polls; the parent
+    never writes to the logs queue. A worker killed while its queue thread was
+    sending a record leaves the queue's write lock held for good (a process-shared
+    semaphore has no owner to release it), so a listener stopped by a sentinel put
+    through that queue (logging.handlers.QueueListener) would wait forever, and
+    the run with it, before unlinking its shared memory.
+    """
+
+    POLL_S = 0.1
+
+    def __init__(self, q: Any) -> None:
+        self.q = q
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="savedeep-worker-logs", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._take(self.POLL_S)
+
+    def _take(self, timeout: float) -> bool:
+        """Handle one record if one comes within ``timeout``; False when none did."""
+        import queue
+
+        try:
+            record = self.q.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        except (OSError, EOFError, ValueError):  # the queue is closed: nothing more will come
+            self._stopping.set()
+            return False
+        except Exception:  # noqa: BLE001 - a record that cannot be unpickled: skip it, keep the rest
+            return True
         logging.getLogger(record.name).handle(record)
+        return True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the thread, then hand over what the workers sent before they left (at most ``timeout`` s)."""
+        import time
+
+        self._stopping.set()
+        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._take(0.05):
+            pass
 
 
 def busy_fractions(stats: Sequence[Any], wall_s: float) -> dict[str, float]:

@@ -106,8 +106,8 @@ def _finish(p: subprocess.Popen) -> tuple[int, str]:
         _, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise AssertionError(f"run hung for {TIMEOUT_S} s")
+        _, err = p.communicate()
+        raise AssertionError(f"run hung for {TIMEOUT_S} s; its stderr ended with:\n{err[-3000:]}")
     # The parent unlinks every segment it made, on every path out. Where it did not, the
     # resource tracker unlinks them when the parent exits and says so: the segments are then
     # gone by the time the test looks, so this line is the only trace of the leak.
@@ -158,6 +158,24 @@ def test_sigkill_of_a_worker(role, writers, caffenet_dir, images, reference, tmp
     rc, err = _finish(p)
     assert rc == 6, err
     assert f"{role} " in err and "killed by signal 9 (SIGKILL)" in err and "--resume" in err
+    _assert_clean(tag, p.pid)
+    _assert_nothing_false_looking(out)
+    _resume_and_compare(cmd, out, reference)
+
+
+@pytest.mark.parametrize("holding", ["logs", "stop"])
+def test_sigkill_while_a_queue_thread_is_sending(holding, caffenet_dir, images, reference, tmp_path):
+    # A SIGKILL that lands while the worker's queue thread is inside a send leaves that
+    # queue's write lock held forever (a process-shared semaphore has no owner to release
+    # it). The parent used to block on such a lock while stopping: the log listener's
+    # stop put its sentinel through the logs queue, and the stop flag was an Event with
+    # a lock; the run then hung before unlinking its shared memory.
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, f"role=consumer,batch=3,action=kill,holding={holding}"))
+    rc, err = _finish(p)
+    assert rc == 6, err
+    assert "consumer " in err and "killed by signal 9 (SIGKILL)" in err and "--resume" in err
     _assert_clean(tag, p.pid)
     _assert_nothing_false_looking(out)
     _resume_and_compare(cmd, out, reference)

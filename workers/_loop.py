@@ -28,6 +28,24 @@ class Stopped(Exception):
     """The parent asked us to stop, or died: leave quietly."""
 
 
+class StopFlag:
+    """The run's stop flag: one byte of shared memory, set by the parent, read by every worker.
+
+    Unlike multiprocessing's Event it has no lock: a worker killed while reading the
+    flag (the OOM killer picks no good moment) cannot leave the parent's ``set``, or
+    the other workers' polls, waiting on a lock that nobody will release.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._flag = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._flag.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+
 @dataclass
 class Channels:
     """The queues and shared flags of one run (inherited by spawned workers as arguments)."""
@@ -40,7 +58,7 @@ class Channels:
     free_out: Any    # int: free output-slot numbers
     logs: Any        # logging.LogRecord from every worker -> parent's listener
     window: Any      # Semaphore(out_slots): see the NOTE in savedeep/messages.py
-    stop: Any        # Event: set by the parent to stop everything
+    stop: Any        # StopFlag: set by the parent to stop everything
     current: Any     # Array('q'): the batch each worker is on, -1 if none (for death reports)
     parent_pid: int
 

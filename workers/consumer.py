@@ -87,7 +87,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
                 w.ch.done[msg.shard % len(w.ch.done)].put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
                 continue
             t_got = time.time()
-            maybe_fail("consumer", w.index, msg.batch, w.check)
+            maybe_fail("consumer", w.index, msg.batch, w.check, w.ch)
             oslot = w.get(w.ch.free_out)
             out = out_ring.slot(oslot)
             x = in_ring.slot(msg.slot)["data"][:n]

@@ -53,7 +53,7 @@ def _loop(w: Worker, args: ProducerArgs) -> None:
                 return
             assert isinstance(task, Task)
             w.on_batch(task.batch)
-            maybe_fail("producer", w.index, task.batch, w.check)
+            maybe_fail("producer", w.index, task.batch, w.check, w.ch)
             slot = w.get(w.ch.free_in)
             data = ring.slot(slot)["data"]
             indices: list[int] = []

@@ -68,7 +68,7 @@ def _write(w: Worker, ring: Ring, shards: ShardSet, done: BatchDone) -> None:
     from savedeep.faults import maybe_fail
 
     w.on_batch(done.batch)
-    maybe_fail("writer", w.index, done.batch, w.check)
+    maybe_fail("writer", w.index, done.batch, w.check, w.ch)
     if done.slot is not None:
         shards.write(done.shard, done.keys, done.indices, ring.slot(done.slot))
         w.ch.free_out.put(done.slot)
