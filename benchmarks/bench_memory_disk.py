@@ -12,7 +12,8 @@ process per sample, so these runs are not used for speed.
 
 **Disk.** The same conv1 output over ``--disk-images`` images (1,000) for float32 / float16 x
 zstd / none with the default tensor storage, and float16 + zstd with ``storage: binary``,
-without the sampler: the Parquet shard bytes per image, as a fraction of the raw
+without the sampler, with one consumer of every core (the configuration of the stage bound
+below; the memory runs use savedeep's default, ``cpu_consumers: auto``): the Parquet shard bytes per image, as a fraction of the raw
 float32 bytes (96*55*55*4 = 1,161,600 B), and the steady rate of each run. Right after each
 run, its stages alone (``bench_stages.bound_now``: the forward writing that dtype, decoding,
 ShardWriter with that dtype, codec and storage): whether the writer alone keeps up with the
@@ -92,8 +93,9 @@ def main() -> None:
     for dtype, comp, storage in (("float32", "zstd", "tensor"), ("float32", "none", "tensor"),
                                  ("float16", "zstd", "tensor"), ("float16", "none", "tensor"),
                                  ("float16", "zstd", "binary")):
+        # One consumer of every core: the configuration bound_now measures the stages of.
         r = common.run_savedeep(OUT / "disk_run", model, images, ["conv1"], dtype=dtype, compression=comp,
-                                batch_size=32, pickle=False, storage=storage)
+                                batch_size=32, pickle=False, storage=storage, cpu_consumers=1)
         per = r["disk_bytes"] / r["rows"]
         b = bound_now("caffenet-conv1", "torch", 32, r["producers"], dtype=dtype, compression=comp, storage=storage,
                       seconds=1.0 if args.quick else 3.0)

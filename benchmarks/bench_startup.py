@@ -50,6 +50,7 @@ r = savedeep.run(cfg, overwrite=True)
 t_end = time.time()
 print(json.dumps({"import_s": t_import - t0, "before_run_s": t_run - t0, "run_s": t_end - t_run,
                   "first_written_s": (t_run - t0) + r.written[0][0] if r.written else None,
+                  "after_last_s": (t_end - t_run) - r.written[-1][0] if r.written else None,
                   "steady": r.steady_images_per_s(), "rows": r.rows, "consumers": len(r.devices),
                   "t0": t0}))
 """
@@ -100,7 +101,7 @@ def main() -> None:
             row = {"code": name, "cpu_consumers": consumers, "round": r + 1, **res}
             rows.append(row)
             print(f"round {r + 1} {name} cpu_consumers={consumers} ({res['consumers']}): wall {res['wall_s']:.2f} s, "
-                  f"first batch written {res['first_written_s']:.2f} s, steady {res['steady']:.1f} images/s, "
+                  f"first batch written {res['first_written_s']:.2f} s, after the last {res['after_last_s']:.2f} s, steady {res['steady']:.1f} images/s, "
                   f"wall rate / steady {res['wall_of_steady']}; consumer: {res['consumer_startup']}", flush=True)
     table = []
     for name, code, consumers in variants:

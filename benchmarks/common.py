@@ -283,11 +283,11 @@ class MemorySampler:
 
 
 def savedeep_config(model: Path, images: Path, output: Path, blobs: Sequence[Any], **keys: Any):
-    """A validated savedeep Config for a benchmark run on the CPU."""
+    """A validated savedeep Config for a benchmark run on the CPU: savedeep's defaults (``cpu_consumers: auto``
+    included) unless ``keys`` say otherwise, so that a benchmark measures what a user gets."""
     from savedeep.config import load_config
 
-    over = {"model": model, "images": images, "output": output, "blobs": list(blobs), "gpus": "cpu",
-            "cpu_consumers": 1}
+    over = {"model": model, "images": images, "output": output, "blobs": list(blobs), "gpus": "cpu"}
     over.update(keys)
     return load_config(None, over)
 

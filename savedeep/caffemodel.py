@@ -12,6 +12,8 @@ knows nothing of nets (savedeep/model.py imports it, never the reverse).
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import struct
 from pathlib import Path
 
@@ -234,11 +236,19 @@ def decode_message(data: bytes, type_name: str = "NetParameter") -> Message:
     return _decode(data, 0, len(data), type_name)
 
 
-def read_caffemodel(path: Path) -> Message:
-    """Read a .caffemodel file into a NetParameter Message; unreadable or invalid -> ModelError naming it."""
+def read_caffemodel(path: Path, mapped: bool = False) -> Message:
+    """Read a .caffemodel file into a NetParameter Message; unreadable or invalid -> ModelError naming it.
+
+    ``mapped``: decode over a read-only memory mapping of the file instead of a copy of it;
+    the blobs' arrays are then read-only views of the file, and the pages of the values
+    are only read where the arrays are. For a check of the shapes (the parent's
+    preflight), which then reads the layers' headers only, not 233 MB for CaffeNet.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if mapped and size else f.read()
     except FileNotFoundError:
         raise ModelError(f"{path}: caffemodel not found; give the trained weights file (.caffemodel)") from None
     except OSError as exc:

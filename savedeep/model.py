@@ -395,9 +395,12 @@ def _input_shapes(layer: Layer, source: Path) -> list[Shape]:
 
 # -- weights ------------------------------------------------------------------
 
-def read_weights(path: Path) -> dict[str, list[Message]]:
-    """Layer name -> BlobProto list of a .caffemodel (V1 or current format); later duplicates win, as in Caffe."""
-    net_param = read_caffemodel(path)
+def read_weights(path: Path, mapped: bool = False) -> dict[str, list[Message]]:
+    """Layer name -> BlobProto list of a .caffemodel (V1 or current format); later duplicates win, as in Caffe.
+
+    ``mapped``: see savedeep.caffemodel.read_caffemodel (for checks that keep no array).
+    """
+    net_param = read_caffemodel(path, mapped=mapped)
     out: dict[str, list[Message]] = {}
     for lp in net_param.layer:
         out[lp.name] = list(lp.blobs)
@@ -422,7 +425,7 @@ def check_weights(net: Net, weights: Path) -> None:
 
 
 def _match_weights(net: Net, weights: Path, keep: bool) -> None:
-    source = read_weights(weights)
+    source = read_weights(weights, mapped=not keep)  # a check only reads the headers
     expected = net.param_shapes(net.declared_batch())
     for layer in net.layers:
         wanted = expected.get(layer.name, [])

@@ -12,7 +12,7 @@ NOTE [savedeep shutdown]
 One method, :meth:`Run._shutdown`, ends every run, whatever happened:
 
 1. stop issuing work: no more tasks are put;
-2. signal stop: the shared ``stop`` event (workers poll it every 0.2 s while
+2. signal stop: the shared ``stop`` flag (workers poll it every 0.2 s while
    blocked, and also notice a dead parent through ``getppid``);
 3. drain: the parent keeps reading ``events`` so no worker blocks on a full
    pipe while leaving;
@@ -515,7 +515,15 @@ class Run:
             # Exit codes are checked every SUPERVISE_S whatever the event rate: a dead worker is
             # noticed while the others still stream events, not only once the pipeline stalls.
             try:
-                self._on_event(self.ch.events.get(timeout=SUPERVISE_S))
+                msg = self.ch.events.get(timeout=SUPERVISE_S)
+                self._on_event(msg)
+                if isinstance(msg, WorkerStats) and msg.role == "writer":
+                    if {s.index for s in self.stats if s.role == "writer"} == {i for _, r, i in self.procs
+                                                                               if r == "writer"}:
+                        # every writer sent its last message and is leaving: check at once, not a poll later
+                        for w in writers:
+                            w.join(1.0)
+                        next_check = 0.0
                 if time.monotonic() < next_check:
                     continue
             except queue.Empty:
@@ -534,12 +542,26 @@ class Run:
                             self.ch.ready.put(EndOfStream("parent"))
             if all(w.exitcode == 0 for w in writers):
                 break
-        # Everything the writers sent is in the pipe before they exited.
+        # The output is complete. Each worker's last message is its WorkerStats, and whatever a worker
+        # sent is in the pipe once it has exited: read until every worker has either sent its stats
+        # or exited, then what is left. A worker's own exit (a forward engine's teardown takes 0.3 s)
+        # goes on beside the parent's finish; _shutdown joins it.
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while time.monotonic() < deadline and not self._all_reported():
+            try:
+                self._on_event(self.ch.events.get(timeout=0.02))
+            except queue.Empty:
+                pass
         while True:
             try:
-                self._on_event(self.ch.events.get(timeout=0.2))
+                self._on_event(self.ch.events.get(timeout=0))
             except queue.Empty:
                 return
+
+    def _all_reported(self) -> bool:
+        """Whether every worker has sent its WorkerStats or exited (so nothing more will come from it)."""
+        reported = {(s.role, s.index) for s in self.stats}
+        return all(p.exitcode is not None or (role, index) in reported for p, role, index in self.procs)
 
     def _death(self, p: Any, role: str, index: int, devices: list[str]) -> WorkerError:
         """The error for a worker that exited non-zero without a word (SIGKILL, segfault, os._exit)."""

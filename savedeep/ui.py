@@ -101,7 +101,7 @@ class LogListener:
     the run with it, before unlinking its shared memory.
     """
 
-    POLL_S = 0.1
+    POLL_S = 0.02  # stop() waits for at most one poll
 
     def __init__(self, q: Any) -> None:
         self.q = q

@@ -338,7 +338,7 @@ def test_feeder_keeps_a_window_of_tasks_ahead():
 def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
     """More batches than tasks ever queued at once: every image still gets its row or its failure, in order."""
     cfg, res = _run(caffenet_dir, image_dir, tmp_path / "a.pk", ["fc7"], batch_size=1, ring_slots=2, producers=2,
-                    shard_size=4, pickle=False)
+                    shard_size=4, pickle=False, cpu_consumers=1)
     manifest = json.loads((tmp_path / "a.parquet" / "_manifest.json").read_text())
     listed = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*")
                     if p.suffix in (".jpg", ".png"))  # what the image source holds, counted independently
@@ -353,6 +353,9 @@ def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
     assert res.window == 2 and len(res.written) == 12 and sum(n for _, n in res.written) == 12
     times = [t for t, _ in res.written]
     assert times == sorted(times) and 0 < times[0] and times[-1] <= res.wall_s
+    # Every stage's statistics reached the parent: the run's end waits for the last worker's
+    # (the consumer sends its own after the writer has what it needs, often after the writer left).
+    assert set(res.busy) == {"producer", "consumer", "writer"}, res.busy
 
 
 def test_steady_rate_leaves_out_the_first_window_of_batches():
