@@ -65,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
     r.add_argument("--break-lock", dest="break_lock", action="store_true",
                    help="take the output's lock from a run that is gone (crashed on another host)")
-    tmode = r.add_mutually_exclusive_group()
-    tmode.add_argument("--task", metavar="K/N", help="compute only task K's share (0..N-1) of the shards into the "
-                       "shared output; `savedeep merge` makes the tasks one output")
-    tmode.add_argument("--tasks", type=int, metavar="N", help="as --task K/N with K from the array index: "
-                       "SLURM_ARRAY_TASK_ID or PBS_ARRAY_INDEX (from 0), SGE_TASK_ID or LSB_JOBINDEX (from 1)")
+    def task_flags(sp: argparse.ArgumentParser, what: str) -> None:
+        tmode = sp.add_mutually_exclusive_group()
+        tmode.add_argument("--task", metavar="K/N", help=f"{what} task K's share (0..N-1) of the shards into the "
+                           "shared output; `savedeep merge` makes the tasks one output")
+        tmode.add_argument("--tasks", type=int, metavar="N", help="as --task K/N with K from the array index: "
+                           "SLURM_ARRAY_TASK_ID or PBS_ARRAY_INDEX (from 0), SGE_TASK_ID or LSB_JOBINDEX (from 1)")
+
+    task_flags(r, "compute only")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     r.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     vmode = v.add_mutually_exclusive_group()
     vmode.add_argument("--resume", action="store_true", help="check as for a run with --resume")
     vmode.add_argument("--overwrite", action="store_true", help="check as for a run with --overwrite (deletes nothing)")
+    task_flags(v, "check as for a run of")
 
     i = sub.add_parser("inspect", help="list a model's blobs with their shapes and sizes")
     i.add_argument("model", type=Path, help="model directory or deploy.prototxt")
@@ -201,11 +205,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from savedeep.pipeline import run
 
     _setup_console(args.quiet)
-    task = None
-    if args.task is not None or args.tasks is not None:
-        from savedeep.tasks import parse_task, task_from_env
-
-        task = parse_task(args.task) if args.task is not None else task_from_env(args.tasks)
+    task = _task(args)
     config = load_config(args.config, _overrides(args))
     if config.report and task is None:
         from savedeep.report import require_matplotlib
@@ -231,8 +231,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from savedeep.config import load_config
 
     config = load_config(args.config, _overrides(args))
-    print(validate(config, resume=args.resume, overwrite=args.overwrite))
+    print(validate(config, resume=args.resume, overwrite=args.overwrite, task=_task(args)))
     return 0
+
+
+def _task(args: argparse.Namespace):
+    """The savedeep.tasks.TaskSpec of --task K/N or --tasks N, or None."""
+    if args.task is None and args.tasks is None:
+        return None
+    from savedeep.tasks import parse_task, task_from_env
+
+    return parse_task(args.task) if args.task is not None else task_from_env(args.tasks)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

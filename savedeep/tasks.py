@@ -295,10 +295,12 @@ class MergeResult:
     shards: int
     tasks: int
     wall_s: float
+    report: Path | None = None  # the HTML report, written when the tasks' config says report: true
 
     def summary(self) -> str:
         return (f"merged {self.tasks} tasks: {self.shards} shards, {self.rows} rows, {self.failures} failures "
-                f"in {self.wall_s:.2f} s\noutput: {self.pickle or self.parquet_dir}")
+                f"in {self.wall_s:.2f} s\noutput: {self.pickle or self.parquet_dir}"
+                + (f"\nreport: {self.report}" if self.report else ""))
 
 
 def _pickle_for(directory: Path, header: Mapping[str, Any]) -> Path:
@@ -397,9 +399,24 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
         wall = max((r.get("summary", {}) or {}).get("wall_s", 0.0) for r in records.values())
         final.finish(devices=devices, wall_s=wall, pickle_path=pickle_path, pickle=want_pickle,
                      max_pickle_bytes=int(cfg.get("max_pickle_bytes", 4 * 2**30)))
+    # The tasks leave the report to the merge (a task has a share of the rows only).
+    report = _report_after_merge(directory) if cfg.get("report") else None
     return MergeResult(pickle=pickle_path if want_pickle else None, parquet_dir=directory, rows=final.rows(),
                        failures=len(final.failures()), shards=len(shards), tasks=count,
-                       wall_s=time.perf_counter() - t0)
+                       wall_s=time.perf_counter() - t0, report=report)
+
+
+def _report_after_merge(directory: Path) -> Path | None:
+    """The report the tasks' config asked for; the merged output stands without it (a warning says how to add it)."""
+    from savedeep.report import require_matplotlib, write_report
+
+    try:
+        require_matplotlib()
+    except ConfigError as exc:
+        log.warning("the config asks for a report (report: true), but %s. The merged output is complete; after "
+                    "installing it, write the report with: savedeep report %s", exc, directory)
+        return None
+    return write_report(directory)
 
 
 __all__ = ["ARRAY_VARIABLES", "MergeResult", "TaskSpec", "check_records", "check_task_output", "job_id", "merge",

@@ -9,20 +9,30 @@ that cannot be used is the error a run would stop with (exit 4).
 
 from __future__ import annotations
 
+from typing import Any
+
 from savedeep.config import Config
 
 SAMPLE = 8  # images decoded as a sample
 
 
-def validate(config: Config, *, resume: bool = False, overwrite: bool = False) -> str:
-    """Check everything a run needs; return a report, or raise the error a run would raise."""
+def validate(config: Config, *, resume: bool = False, overwrite: bool = False, task: Any = None) -> str:
+    """Check everything a run needs; return a report, or raise the error a run would raise.
+
+    ``task`` (savedeep.tasks.TaskSpec, or "K/N"): the checks of that task of an array
+    (NOTE [savedeep tasks] in savedeep/tasks.py), e.g. another config's records in the output.
+    """
     import numpy as np
 
     from savedeep.errors import ImageError, bad_image_stops_run
     from savedeep.preflight import preflight
     from savedeep.preprocess import Preprocessor
 
-    pf = preflight(config, resume=resume, overwrite=overwrite)
+    if isinstance(task, str):
+        from savedeep.tasks import parse_task
+
+        task = parse_task(task)
+    pf = preflight(config, resume=resume, overwrite=overwrite, task=task)
     model, images = pf.model, pf.images
     lines = [f"config: ok (fingerprint {config.fingerprint()[:12]})",
              f"model: {config.model} ({model.net.name}, input {tuple(pf.input_shape)}, weights match)"]
@@ -39,6 +49,10 @@ def validate(config: Config, *, resume: bool = False, overwrite: bool = False) -
                                                                  if resume else "replaced") + ")"
                                                 if pf.output_exists else ""))
     lines.append(f"output: about {per_image * len(images) / 2**20:.1f} MiB of activations before compression")
+    if task is not None:
+        mine = [(k, a, z) for k, a, z in pf.plan.shards if task.owns(k)]
+        lines.append(f"{task.describe()}: {len(mine)} shard(s), {sum(z - a for _, a, z in mine)} image(s); "
+                     f"{len(pf.keep)} of them finished and kept, {len(pf.plan.todo)} to compute")
     if pf.plan.batches:
         lines.append(f"workers: {len(pf.devices)} consumer(s) on {', '.join(pf.devices)}, {pf.producers} producer(s), "
                      f"{pf.writers} writer(s); rings of {pf.in_slots} input and {pf.out_slots} output slots")

@@ -27,6 +27,7 @@ from savedeep.cli import main
 from savedeep.errors import ConfigError, OutputError
 from savedeep.lock import LockedError, OutputLock
 from savedeep.tasks import TaskSpec, owner, parse_task, task_from_env
+from savedeep.validate import validate
 
 from conftest import copy_photos, make_bad_images
 
@@ -123,7 +124,7 @@ def test_tasks_then_merge_equal_one_run(caffenet_dir, images, reference, tmp_pat
     import dask.dataframe as dd
 
     out = tmp_path / "acts.pk"
-    cfg = _config(caffenet_dir, images, out)
+    cfg = _config(caffenet_dir, images, out, report=n == 3)  # the report asked for: written by the merge
     for k in reversed(range(n)):
         _run_task(cfg, k, n)
     pq_dir = out.with_suffix(".parquet")
@@ -136,8 +137,10 @@ def test_tasks_then_merge_equal_one_run(caffenet_dir, images, reference, tmp_pat
     assert list(df["image"]) == list(want["image"])
     assert np.array_equal(np.stack([np.asarray(v, dtype=np.float32) for v in df["prob"]]), np.stack(want["prob"]))
 
+    assert not out.with_name("acts.report.html").exists()  # no task writes it: a task holds a share of the rows
     assert main(["merge", str(out), "-q"]) == 0
     _same_output(out, reference)
+    assert out.with_name("acts.report.html").is_file() == (n == 3)
     m = json.loads((pq_dir / "_manifest.json").read_text())
     assert m["complete"] and [t["index"] for t in m["tasks"]] == list(range(n))
     assert all(t["attempts"][-1]["status"] == "done" for t in m["tasks"])
@@ -173,6 +176,11 @@ def test_task_of_another_run_is_refused_and_writes_nothing(caffenet_dir, images,
     before = {p.name: p.stat().st_mtime_ns for p in pq_dir.iterdir()}
     with pytest.raises(OutputError, match=r"task 1 of 3 refused: .*_task-00000.json .* config keys blobs"):
         _run_task(_config(caffenet_dir, images, out, blobs=["fc6"]), 1, 3)
+    # validate --task gives the same refusal before a job is submitted, and the task's share when it fits
+    with pytest.raises(OutputError, match=r"task 1 of 3 refused: .*_task-00000.json .* config keys blobs"):
+        validate(_config(caffenet_dir, images, out, blobs=["fc6"]), task="1/3")
+    assert "task 1 of 3: 2 shard(s), 2 image(s); 0 of them finished and kept, 2 to compute" in validate(
+        _config(caffenet_dir, images, out), task="1/3")
     with pytest.raises(OutputError, match=r"the number of tasks \(3 against 2\)"):
         _run_task(_config(caffenet_dir, images, out), 1, 2)
     assert {p.name: p.stat().st_mtime_ns for p in pq_dir.iterdir()} == before
