@@ -631,7 +631,8 @@ def shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) -> tuple[list[str], Workers]:
+def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None,
+                 images: int | None = None) -> tuple[list[str], Workers]:
     """The consumers' devices and the worker counts of a run of ``cfg`` (a savedeep Config), checked.
 
     Sets CUDA_DEVICE_ORDER=PCI_BUS_ID when unset (GPU ids then match nvidia-smi), counts the
@@ -643,7 +644,7 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) ->
     cpu = None
     if cfg.cpu_consumers == "auto" and load is not None:
         cpu = plan_cpu(cores, load, available_memory_bytes(), batches, shards, cfg.consumer_threads,
-                       cfg.producers, cfg.writers)
+                       cfg.producers, cfg.writers, images)
         n_cpu = cpu.consumers
     else:
         n_cpu = 1 if cfg.cpu_consumers == "auto" else int(cfg.cpu_consumers)
@@ -694,6 +695,14 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None) ->
 # the others. The cost constants come from one 2-core machine (RESULTS.md, round 4; only their
 # ratios matter), the memory ones from /proc/self/status of a consumer's engine (round 6). The
 # rule's choices on 2, 16 and 64 cores, and why, are in RESULTS.md, round 6.
+# Why a cap by the work: every consumer first spends about CONSUMER_STARTUP_CORE_S on its own
+# (the interpreter and savedeep's modules, `import torch` or `import caffe`, the weights, the
+# engine; RESULTS.md, round 7), on the cores the run shares. A run whose whole forward
+# (images x f) is smaller than that cannot pay a second consumer back: the consumers are capped
+# at images x f / CONSUMER_STARTUP_CORE_S (at least one), and the threads of the ones dropped go
+# to the others. The cap only bites small runs (CaffeNet fc6+fc7 on 2 cores: under ~160 images);
+# between that and the measured break-even on an idle 2-core machine (~2,500 images, round 7)
+# the rule still starts more consumers, which pays off as soon as other work takes cores.
 
 FORWARD_MACS_PER_CORE_S = {"torch": 45e9, "caffe": 21e9}   # round 4: CaffeNet fc 133 and 58 images/s on 2 threads
 DECODE_S_PER_IMAGE = 1.2e-3                                 # round 4: 820-865 images/s per core (500x375 JPEG)
@@ -701,6 +710,10 @@ WRITE_S_PER_ROW = 5e-5
 WRITE_S_PER_BYTE = {("tensor", "float16"): 7e-9, ("tensor", "float32"): 4e-9,   # round 4: conv1 + zstd, 258 and
                     ("binary", "float16"): 3e-9, ("binary", "float32"): 3e-9}   # 229 images/s tensor, 635 binary
 MAX_CPU_CONSUMERS = 8
+# round 7: spawn to the first batch, one consumer alone on an idle core: imports 0.2-0.3 s, the
+# CaffeNet weights 0.15 s, `import torch` 0.7 s, the engine 0.05 s, a first forward 0.15 s over a
+# steady one; `import caffe` takes 0.35 s against torch's 1.0 s in a fresh interpreter.
+CONSUMER_STARTUP_CORE_S = {"torch": 1.3, "caffe": 0.7}
 MEMORY_SHARE = 0.5
 CONSUMER_RUNTIME_BYTES = {"torch": 220 * 2**20, "caffe": 85 * 2**20}  # resident after `import torch` / `import caffe`
 # Private resident bytes per byte of .caffemodel: the torch consumer keeps savedeep's decoded
@@ -795,8 +808,11 @@ def memory_note(consumers: int, per_consumer: int, available: int | None) -> str
 
 def plan_cpu(cores: int, load: CpuLoad, available: int | None, batches: int, shards: int,
              consumer_threads: int | str = "auto", producers: int | str = "auto",
-             writers: int | str = "auto") -> CpuPlan:
-    """CPU consumers, threads each, producers and writers for ``cores`` (see NOTE [cpu_consumers: auto])."""
+             writers: int | str = "auto", images: int | None = None) -> CpuPlan:
+    """CPU consumers, threads each, producers and writers for ``cores`` (see NOTE [cpu_consumers: auto]).
+
+    ``images``: how many the run computes (None: no cap by the work).
+    """
     total = load.forward_s + load.decode_s + load.write_s
     share = lambda cost: cores * cost / total  # noqa: E731
     forward_cores = max(1, round(share(load.forward_s)))
@@ -812,10 +828,18 @@ def plan_cpu(cores: int, load: CpuLoad, available: int | None, batches: int, sha
         consumers = max(1, forward_cores // int(consumer_threads))
     consumers = max(1, min(consumers, max(1, batches)))
     why = ""
+    if images is not None and consumer_threads == "auto":
+        work = images * load.forward_s
+        startup = CONSUMER_STARTUP_CORE_S.get(load.engine, CONSUMER_STARTUP_CORE_S["torch"])
+        pays = max(1, int(work / startup))
+        if pays < consumers:
+            why = (f"; capped from {consumers} by the work: the forward of {images:,} image(s) is about {work:.1f} "
+                   f"core-s, and each consumer costs about {startup:.1f} core-s to start")
+            consumers = pays
     if available is not None and load.memory_per_consumer > 0:
         fit = max(1, int(MEMORY_SHARE * available // load.memory_per_consumer))
         if fit < consumers:
-            why = (f"; capped from {consumers} by memory ({MEMORY_SHARE:.0%} of the available memory holds {fit})")
+            why += (f"; capped from {consumers} by memory ({MEMORY_SHARE:.0%} of the available memory holds {fit})")
             consumers = fit
     threads = int(consumer_threads) if consumer_threads != "auto" else max(1, forward_cores // consumers)
     note = (f"cpu_consumers auto: {consumers} x {threads} thread(s), {producers} producer(s), {writers} writer(s) "

@@ -366,7 +366,8 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
         others = {k for k in range(n_shards) if not task.owns(k)}
         plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep | others)
     load = cpu_load(cfg.engine, model.net, names, columns, Path(model.weights).stat().st_size, cfg.batch_size)
-    devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo), load)
+    devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo), load,
+                                    images=sum(z - a for _, _, a, z in plan.batches))
     pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,
                    images=images, mean=mean, pre_spec=pre_spec, preprocess_desc=preprocess_desc,
                    keys_digest=digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,

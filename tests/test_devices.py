@@ -340,6 +340,17 @@ def test_memory_caps_the_consumers_and_their_threads_go_to_the_others():
     assert _plan(16, FC, available=None)[:2] == (7, 2)      # unknown memory: no cap
 
 
+def test_a_run_too_small_to_pay_for_a_consumers_start_gets_fewer_with_the_threads():
+    """Each consumer costs ~1.3 core-s to start (RESULTS.md round 7); the demo's 14 images need 0.2 core-s of forward."""
+    p = dv.plan_cpu(2, FC, 256 * 2**30, 2, 1, images=14)
+    assert (p.consumers, p.threads) == (1, 2) and "capped from 2 by the work" in p.note
+    assert dv.plan_cpu(2, FC, 256 * 2**30, 32, 1, images=1000).consumers == 2  # 16 core-s pays for two
+    p = dv.plan_cpu(16, FC, None, 13, 1, images=400)  # 6.4 core-s pays for 4 of the 7
+    assert (p.consumers, p.threads) == (4, 3)
+    assert dv.plan_cpu(16, FC, None, 10_000, 1_000, images=10_000).consumers == 7  # a long run: no cap
+    assert dv.plan_cpu(2, FC, None, 2, 1, consumer_threads=1, images=14).consumers == 2  # threads given: kept
+
+
 def test_settings_given_are_kept_and_capped_by_the_work():
     assert _plan(16, FC, consumer_threads=4) == (3, 4, 2, 1)
     assert _plan(16, FC, producers=5, writers=3)[2:] == (5, 3)
