@@ -251,12 +251,21 @@ class Run:
                         task=None if task is None else task.index):
             self._take_output()
             self.pq_dir.mkdir(parents=True, exist_ok=True)
-            with run_log(log_file), parent_owns_signals():
+            with run_log(log_file), parent_owns_signals(self._stack_dump_pids):
                 if task is not None:
                     log.info("%s (the index from %s); its shards: those k with k %% %d == %d", task.describe(),
                              task.source, task.count, task.index)
                 self._run()
         return self._result()
+
+    def _stack_dump_pids(self) -> list[int]:
+        """The workers that SIGUSR1 is passed on to: those set up (before that, it would end the process)."""
+        from workers._loop import STARTING
+
+        if self.ch is None:
+            return []
+        return [p.pid for row, (p, _, _) in enumerate(self.procs)
+                if p.pid and p.exitcode is None and self.ch.current[row] != STARTING]
 
     def _take_output(self) -> None:
         """Act on the preflight's verdict on the existing output: delete it (--overwrite) or tidy it for --resume."""
@@ -391,7 +400,7 @@ class Run:
 
     def _create_channels(self) -> None:
         """The queues and shared flags (workers/_loop.py, Channels), and the listener of the workers' logs."""
-        from workers._loop import Channels, StopFlag
+        from workers._loop import STARTING, Channels, StopFlag
 
         ctx, pf = mp.get_context("spawn"), self.pf
         n_workers = pf.producers + len(pf.devices) + pf.writers
@@ -399,7 +408,7 @@ class Run:
             tasks=ctx.Queue(), ready=ctx.Queue(), done=[ctx.Queue() for _ in range(pf.writers)], events=ctx.Queue(),
             free_in=ctx.Queue(), free_out=ctx.Queue(), logs=ctx.Queue(),
             window=ctx.Semaphore(pf.out_slots), stop=StopFlag(ctx),
-            current=ctx.Array("q", [-1] * n_workers, lock=False), parent_pid=os.getpid(),
+            current=ctx.Array("q", [STARTING] * n_workers, lock=False), parent_pid=os.getpid(),
         )
         for i in range(pf.in_slots):
             ch.free_in.put(i)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,53 @@ def _on_term(signum: int, frame: Any) -> None:
     raise Interrupted("stopped by SIGTERM")
 
 
+STACKS_SIGNAL = getattr(signal, "SIGUSR1", None)  # `kill -USR1 -- -PGID`: every process prints its stacks
+
+
+def dump_stacks_on_signal(forward: Callable[[], Iterable[int]] | None = None) -> bool:
+    """Print every thread's stack to stderr on SIGUSR1 (a run that seems stuck: where each process is).
+
+    The stacks are printed from the signal handler itself (faulthandler), so they come
+    even when the main thread is stuck inside a C call. ``forward`` (the parent): the
+    pids the signal is then passed on to, the run's workers, so that one
+    ``kill -USR1 PID`` of the parent shows every process (a signal to the whole
+    process group would also reach multiprocessing's resource tracker, which it kills).
+    Only where SIGUSR1 still has its default action (which would end the process), so a
+    handler the user's own program installed is left alone. True if it was installed.
+    """
+    import faulthandler
+
+    if STACKS_SIGNAL is None or signal.getsignal(STACKS_SIGNAL) != signal.SIG_DFL:
+        return False
+    if forward is not None:
+        def pass_on(signum: int, frame: Any) -> None:
+            import os
+            import time
+
+            for pid in forward():
+                time.sleep(0.1)  # one at a time: the processes share stderr, and their dumps must not interleave
+                try:
+                    os.kill(pid, signum)
+                except OSError:  # it has exited meanwhile
+                    pass
+
+        signal.signal(STACKS_SIGNAL, pass_on)
+    faulthandler.register(STACKS_SIGNAL, all_threads=True, chain=forward is not None)
+    return True
+
+
+def stop_dumping_stacks() -> None:
+    """Undo dump_stacks_on_signal: SIGUSR1 gets its default action back."""
+    import faulthandler
+
+    faulthandler.unregister(STACKS_SIGNAL)
+    signal.signal(STACKS_SIGNAL, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
-def parent_owns_signals() -> Iterator[None]:
-    """While inside, SIGTERM raises Interrupted and SIGINT KeyboardInterrupt (NOTE [savedeep shutdown])."""
+def parent_owns_signals(workers: Callable[[], Iterable[int]] | None = None) -> Iterator[None]:
+    """While inside, SIGTERM raises Interrupted and SIGINT KeyboardInterrupt (NOTE [savedeep shutdown]);
+    SIGUSR1 prints the parent's stacks and is passed on to the pids ``workers`` gives (dump_stacks_on_signal)."""
     if not threading_main():
         yield
         return
@@ -83,11 +127,14 @@ def parent_owns_signals() -> Iterator[None]:
     # The parent owns Ctrl-C even when started with SIGINT ignored (a background
     # job of a non-interactive shell inherits SIG_IGN): it must stop in order.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    stacks = dump_stacks_on_signal(workers)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
+        if stacks:
+            stop_dumping_stacks()
 
 
 class LogListener:

@@ -105,9 +105,11 @@ def _finish(p: subprocess.Popen) -> tuple[int, str]:
     try:
         _, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        os.kill(p.pid, signal.SIGUSR1)  # every process of the run prints its stacks (savedeep.ui)
+        time.sleep(2.0)
         os.killpg(p.pid, signal.SIGKILL)
         _, err = p.communicate()
-        raise AssertionError(f"run hung for {TIMEOUT_S} s; its stderr ended with:\n{err[-3000:]}")
+        raise AssertionError(f"run hung for {TIMEOUT_S} s; its stderr (with the stacks) ended with:\n{err[-12000:]}")
     # The parent unlinks every segment it made, on every path out. Where it did not, the
     # resource tracker unlinks them when the parent exits and says so: the segments are then
     # gone by the time the test looks, so this line is the only trace of the leak.
@@ -373,6 +375,28 @@ def test_resume_refuses_changed_inputs(caffenet_dir, images, tmp_path):
 def _files(root: Path) -> dict[str, bytes | None]:
     """Every file and folder under ``root``, with the files' bytes."""
     return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_sigusr1_prints_where_every_process_is_and_the_run_goes_on(caffenet_dir, images, reference, tmp_path):
+    # A run that seems stuck: `kill -USR1 PID` of the parent prints every process's stacks
+    # (the parent's, then each worker's) and changes nothing else. Before, SIGUSR1 ended the run.
+    out, tag, go = tmp_path / "out" / "acts.pk", uuid.uuid4().hex, tmp_path / "go"
+    cmd = _cmd(caffenet_dir, images, out)
+    p = _launch(cmd, _env(tag, f"role=writer,batch=3,action=wait,file={go}"))
+    try:
+        _wait_for_shards(out, 3, p)  # the writer now waits at batch 3 until `go` exists
+        os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(2.0)
+        assert p.poll() is None
+    finally:
+        go.touch()
+    rc, err = _finish(p)
+    assert rc == 0, err
+    assert "in _supervise" in err  # the parent's main thread
+    assert "in maybe_fail" in err and "in _write" in err  # the writer, waiting where the fault holds it
+    _assert_clean(tag, p.pid)
+    df = savedeep.load(out)
+    assert list(df["image"]) == list(reference["image"])
 
 
 def test_a_second_run_on_a_busy_output_is_refused_and_the_first_completes(caffenet_dir, images, reference, tmp_path):

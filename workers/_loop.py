@@ -22,6 +22,7 @@ from savedeep.errors import WorkerError
 from savedeep.messages import WorkerFailed, WorkerStats
 
 POLL_S = 0.2  # how often a blocked worker checks the stop flag and its parent
+STARTING = -2  # a worker's entry in Channels.current until it is set up (then -1: between batches)
 
 
 class Stopped(Exception):
@@ -59,7 +60,7 @@ class Channels:
     logs: Any        # logging.LogRecord from every worker -> parent's listener
     window: Any      # Semaphore(out_slots): see the NOTE in savedeep/messages.py
     stop: Any        # StopFlag: set by the parent to stop everything
-    current: Any     # Array('q'): the batch each worker is on, -1 if none (for death reports)
+    current: Any     # Array('q'): the batch each worker is on, -1 if none, STARTING (for death reports)
     parent_pid: int
 
 
@@ -115,10 +116,14 @@ class Worker:
         self.ch.current[self.row] = -1 if batch is None else batch
 
 
-def _setup_process(ch: Channels) -> None:
+def _setup_process(ch: Channels, row: int) -> None:
     # The parent owns SIGINT/SIGTERM: a Ctrl-C reaches the whole process group,
     # and the parent decides the order of shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from savedeep.ui import dump_stacks_on_signal
+
+    dump_stacks_on_signal()  # SIGUSR1 (passed on by the parent): this worker's stacks on stderr
+    ch.current[row] = -1  # set up: from now on the parent may pass SIGUSR1 on to this process
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(ch.logs)]
     root.setLevel(logging.INFO)
@@ -137,7 +142,7 @@ def spawned(target: Callable[..., None], index: int, row: int, ch: Channels, ref
 def run_worker(role: str, index: int, row: int, ch: Channels, device: str | None,
                body: Callable[[Worker], None]) -> None:
     """Run ``body`` as worker ``role`` ``index``; report stats or the failure to the parent."""
-    _setup_process(ch)
+    _setup_process(ch, row)
     w = Worker(role, index, row, ch, device)
     w._resume()
     try:
