@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -103,7 +104,11 @@ def dump_stacks_on_signal(forward: Callable[[], Iterable[int]] | None = None) ->
                     pass
 
         signal.signal(STACKS_SIGNAL, pass_on)
-    faulthandler.register(STACKS_SIGNAL, all_threads=True, chain=forward is not None)
+    try:  # the process's stderr, also where sys.stderr is not a file (a notebook, pytest's capture)
+        fd = sys.stderr.fileno()
+    except (AttributeError, ValueError, OSError):
+        fd = 2
+    faulthandler.register(STACKS_SIGNAL, file=fd, all_threads=True, chain=forward is not None)
     return True
 
 
