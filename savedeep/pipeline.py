@@ -637,7 +637,7 @@ class Run:
 
     def _close_channels(self) -> None:
         ch = self.ch
-        queues = (ch.tasks, ch.ready, *ch.done, ch.events, ch.free_in, ch.free_out, ch.logs)
+        queues = ch.queues()
         for q in queues:
             q.cancel_join_thread()
         if self.listener is not None:

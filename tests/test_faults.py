@@ -152,32 +152,22 @@ def _wait_for_shards(out: Path, n: int, p: subprocess.Popen) -> None:
     raise AssertionError("no progress")
 
 
-@pytest.mark.parametrize("role,writers", [("producer", 1), ("consumer", 1), ("writer", 1), ("writer", 2)])
-def test_sigkill_of_a_worker(role, writers, caffenet_dir, images, reference, tmp_path):
-    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
-    cmd = _cmd(caffenet_dir, images, out, "--writers", str(writers))
-    p = _launch(cmd, _env(tag, f"role={role},batch=3,action=kill"))
-    rc, err = _finish(p)
-    assert rc == 6, err
-    assert f"{role} " in err and "killed by signal 9 (SIGKILL)" in err and "--resume" in err
-    _assert_clean(tag, p.pid)
-    _assert_nothing_false_looking(out)
-    _resume_and_compare(cmd, out, reference)
-
-
-@pytest.mark.parametrize("holding", ["logs", "stop"])
-def test_sigkill_while_a_queue_thread_is_sending(holding, caffenet_dir, images, reference, tmp_path):
+@pytest.mark.parametrize("role,writers,holding", [
+    ("producer", 1, ""), ("consumer", 1, ""), ("writer", 1, ""), ("writer", 2, ""),
     # A SIGKILL that lands while the worker's queue thread is inside a send leaves that
     # queue's write lock held forever (a process-shared semaphore has no owner to release
     # it). The parent used to block on such a lock while stopping: the log listener's
     # stop put its sentinel through the logs queue, and the stop flag was an Event with
     # a lock; the run then hung before unlinking its shared memory.
+    ("consumer", 1, "logs"), ("consumer", 1, "stop"),
+])
+def test_sigkill_of_a_worker(role, writers, holding, caffenet_dir, images, reference, tmp_path):
     out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
-    cmd = _cmd(caffenet_dir, images, out)
-    p = _launch(cmd, _env(tag, f"role=consumer,batch=3,action=kill,holding={holding}"))
+    cmd = _cmd(caffenet_dir, images, out, "--writers", str(writers))
+    p = _launch(cmd, _env(tag, f"role={role},batch=3,action=kill" + (f",holding={holding}" if holding else "")))
     rc, err = _finish(p)
     assert rc == 6, err
-    assert "consumer " in err and "killed by signal 9 (SIGKILL)" in err and "--resume" in err
+    assert f"{role} " in err and "killed by signal 9 (SIGKILL)" in err and "--resume" in err
     _assert_clean(tag, p.pid)
     _assert_nothing_false_looking(out)
     _resume_and_compare(cmd, out, reference)

@@ -63,6 +63,10 @@ class Channels:
     current: Any     # Array('q'): the batch each worker is on, -1 if none, STARTING (for death reports)
     parent_pid: int
 
+    def queues(self) -> tuple[Any, ...]:
+        """Every queue of the run."""
+        return (self.tasks, self.ready, *self.done, self.events, self.free_in, self.free_out, self.logs)
+
 
 class Worker:
     """The frame of one worker process: its identity, busy-time clock and blocking helpers."""
@@ -175,7 +179,7 @@ def _leave(ch: Channels) -> None:
     thread writes what was put into the pipe before ``join_thread`` returns; that is
     what the normal exit does too (multiprocessing joins the queue threads at exit).
     """
-    for q in (ch.tasks, ch.ready, *ch.done, ch.events, ch.free_in, ch.free_out, ch.logs):
+    for q in ch.queues():
         q.close()
         q.join_thread()
     for stream in (sys.stdout, sys.stderr):
