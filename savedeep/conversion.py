@@ -229,7 +229,7 @@ def metadata(model: "Model", names: Sequence[str], batch: int | None, to: str) -
         "savedeep.outputs": json.dumps(list(names)),
         "savedeep.blob_semantics": _blob_semantics_note(),
         "savedeep.preprocessing": json.dumps({"steps": steps, "spec": pre} if pre else None),
-        "savedeep.mean_bgr": json.dumps(pre["mean"]["values_bgr"] if pre else None),
+        "savedeep.mean_bgr": json.dumps(pre["mean"].get("values_bgr") if pre else None),
         "savedeep.source": json.dumps({"net": net.name, "prototxt": model.prototxt.name,
                                        "weights": model.weights.name, "mean": model.mean_path.name}),
         "savedeep.format": to,

@@ -34,7 +34,7 @@ PROTOTXT_NAME = "deploy.prototxt"
 WEIGHTS_NAME = "weights.caffemodel"
 MEAN_NAME = "mean.npy"
 MODEL_DIR_CONTENTS = (f"a model directory must contain {PROTOTXT_NAME} (the network), "
-                      f"{WEIGHTS_NAME} (trained weights) and {MEAN_NAME} (the mean, (3,) or (3,H,W))")
+                      f"{WEIGHTS_NAME} (trained weights) and {MEAN_NAME} (the mean, (3,) or (3,H,W); (1,) or (1,H,W) for a 1-channel input)")
 
 # Layers that only feed data during training; a deploy net declares an Input instead.
 DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "AnnotatedData",
