@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import difflib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -230,8 +231,34 @@ def load_net(prototxt: Path, weights: Path | None = None) -> Net:
     return net
 
 
-def load_model(directory: Path, weights: bool = True) -> Model:
-    """Load a savedeep model directory (deploy.prototxt, weights.caffemodel, mean.npy) into a Model."""
+# The loggers that report what reading a model's files finds (dropped layers, skipped fields).
+_READER_LOGGERS = ("savedeep.model", "savedeep.prototxt", "savedeep.caffemodel")
+
+
+@contextmanager
+def _reports_held_back() -> Iterator[None]:
+    """Hold back the warnings and notes of reading the model files while the block runs."""
+    loggers = [logging.getLogger(name) for name in _READER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def load_model(directory: Path, weights: bool = True, reread: bool = False) -> Model:
+    """Load a savedeep model directory (deploy.prototxt, weights.caffemodel, mean.npy) into a Model.
+
+    ``reread``: the files were read and reported on already in this run (a worker reading what the
+    parent's preflight checked): their warnings are not logged again, so that each is printed once
+    per run and not once more per worker process. Errors still raise.
+    """
+    if reread:
+        with _reports_held_back():
+            return load_model(directory, weights)
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelError(f"{directory}: model directory not found (or not a directory); {MODEL_DIR_CONTENTS}")
