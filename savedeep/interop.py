@@ -564,7 +564,9 @@ def check_mat_sizes(src: SavedOutput, blobs: Sequence[str]) -> None:
     """Refuse, before writing anything, blobs that MATLAB's v5 format cannot hold (2 GiB per variable)."""
     big = [(b, mat_bytes(src, b)) for b in blobs if mat_bytes(src, b) + 4096 >= MAT_MAX_VARIABLE_BYTES]
     if big:
-        sizes = ", ".join(f"{b} ({s / 2**30:.2f} GiB)" for b, s in big)
+        from savedeep.sizes import human_bytes
+
+        sizes = ", ".join(f"{b} ({human_bytes(s)})" for b, s in big)
         raise OutputError(
             f"cannot export {sizes} to a .mat file: MATLAB's v5 format (scipy's savemat) holds less than 2 GiB per "
             f"variable. Export to netCDF instead, which MATLAB reads with ncread/h5read: savedeep export "
