@@ -162,7 +162,8 @@ class Prediction:
 
 
 def _key_bytes(keys: Sequence[str]) -> int:
-    return sum(len(k.encode("utf-8", "surrogatepass")) for k in keys)
+    """The UTF-8 bytes of ``keys`` together (one join and one encode: 1.28 M keys in milliseconds)."""
+    return len("".join(keys).encode("utf-8", "surrogatepass"))
 
 
 def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = False,
