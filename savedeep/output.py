@@ -44,7 +44,7 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -613,6 +613,30 @@ def _blob_names(manifest: dict[str, Any] | None, df) -> list[str]:
     return [c for c in df.columns if c != "image"]
 
 
+READ_BATCH_BYTES = 32 * 2**20  # rows of one blob decoded at a time by iter_rows
+
+
+def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
+    """One blob's rows of one shard in order, as (n, *shape) arrays: one Parquet row group at a time (a run
+    writes one per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
+
+    Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
+    (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = max(1, int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize)
+    pf = pq.ParquetFile(path)
+    for g in range(pf.num_row_groups):
+        if pf.metadata.row_group(g).num_rows * row <= max_bytes:
+            yield _column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
+            continue
+        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
+                                  use_threads=False):
+            yield _column_to_numpy(pa.chunked_array([rb.column(0)]), info)
+
+
 def load_array(path: Path | str, blob: str) -> np.ndarray:
     """One blob of an output as an (N, *shape) array, reading no other blob."""
     import pyarrow.parquet as pq
@@ -625,11 +649,29 @@ def load_array(path: Path | str, blob: str) -> np.ndarray:
         raise OutputError(f"{directory} has no blob {blob!r}; it holds {list(manifest['blobs'])}")
     _partial_note(directory, manifest)
     info = manifest["blobs"][blob]
-    arrays = [_column_to_numpy(pq.read_table(f, columns=[blob]).column(blob), info)
-              for f in _complete_shards(directory, manifest)]
-    if not arrays:
+    # One array of every row, filled a row group (a batch) at a time: the peak is the result and a
+    # row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
+    # 157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_export_memory.py).
+    shards = sorted((s for s in manifest.get("shards", []) if s.get("complete")), key=lambda s: s["index"])
+    total = sum(int(s["rows"]) for s in shards)
+    out: np.ndarray | None = None
+    pos = 0
+    for s in shards:
+        path = directory / s["file"]
+        start = pos
+        for values in iter_rows(path, blob, info):
+            if out is None:
+                out = np.empty((total, *values.shape[1:]), np.dtype(values.dtype.name))
+            if pos + len(values) > total:
+                break
+            out[pos:pos + len(values)] = values
+            pos += len(values)
+        if pos - start != s["rows"]:
+            raise OutputError(f"{path} does not hold the {s['rows']} rows its manifest entry says: the output was "
+                              "changed after its run; run it again (--overwrite)")
+    if out is None:
         return np.empty((0, *info["shape"]), dtype=info["dtype"])
-    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    return out
 
 
 def estimate_pickle_bytes(manifest: dict[str, Any]) -> int:

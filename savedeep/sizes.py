@@ -114,6 +114,7 @@ class Prediction:
     need: dict[str, int] = field(default_factory=dict)          # folder -> bytes this run writes there
     reclaimed: dict[str, int] = field(default_factory=dict)     # folder -> bytes of the old output deleted first
     rings: int = 0                   # shared memory of the rings
+    by_merge: bool = False           # a task's run: the pickle, failures table and manifest are the merge's
     shm_free: int | None = None
 
     @property
@@ -142,8 +143,9 @@ class Prediction:
                        f"({h(self.max_pickle_bytes)}): the run would be refused")
         else:
             kind = "exactly" if self.pickle_file_exact else "at most"
-            out.append(f"  pickle: {kind} {h(self.pickle_file or 0)} ({self.pickle_file} bytes; "
-                       f"{h(self.pickle_activations)} of activations, max_pickle_bytes {h(self.max_pickle_bytes)})")
+            out.append(f"  pickle{' (written by savedeep merge)' if self.by_merge else ''}: {kind} "
+                       f"{h(self.pickle_file or 0)} ({self.pickle_file} bytes; {h(self.pickle_activations)} of "
+                       f"activations, max_pickle_bytes {h(self.max_pickle_bytes)})")
         out.append(f"  failures table, manifest, log: about {h(self.failures_table)}, {h(self.manifest)}, "
                    f"{h(self.log)}")
         for folder, need in self.need.items():
@@ -190,8 +192,9 @@ def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = Fals
     fixed_per_image = PARQUET_KEY_EXTRA * (1 + len(pf.images.metadata))
     B = config.batch_size
     row_groups = sum(-(-(z - a) // B) for _, a, z in pf.plan.shards)
+    columns = 1 + len(pf.images.metadata) + len(blobs)
     parquet = (math.ceil(per_image * images * ratio) + _key_bytes(keys) + meta_bytes + fixed_per_image * images
-               + PARQUET_SHARD_FIXED * n_shards + PARQUET_CHUNK * row_groups * (1 + len(pf.images.metadata) + len(blobs)))
+               + PARQUET_SHARD_FIXED * n_shards + PARQUET_CHUNK * row_groups * columns)
     # the shards still to do, in proportion to their images
     parquet_todo = parquet if images_todo == images else math.ceil(parquet * images_todo / max(1, images))
     pickle = bool(config.pickle)  # for a task, `savedeep merge` writes it: refused now all the same
@@ -211,7 +214,7 @@ def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = Fals
                       parquet=parquet, parquet_todo=parquet_todo, parquet_basis=basis, pickle=pickle,
                       pickle_activations=activations, max_pickle_bytes=config.max_pickle_bytes,
                       pickle_file=pickle_file, pickle_file_exact=exact, failures_table=FAILURES_FIXED,
-                      manifest=manifest, log=LOG_FIXED, total_new=0)
+                      manifest=manifest, log=LOG_FIXED, total_new=0, by_merge=task is not None)
     _place(pred, config, task)
     return pred
 

@@ -37,6 +37,10 @@ from savedeep.config import Config
 
 SAMPLE = 8  # images decoded as a sample
 SPAWN_S = 0.3  # the parent's start of the workers (spawn, rings), beside the consumers' own start-up
+# The pipeline's own work per batch (queues, shared-memory slots, the parent's bookkeeping), in core-seconds:
+# what the stages alone left unexplained in bench_scale.py's 100k run of a tiny net, 5.5 ms
+# (benchmarks/RESULTS.md, round 8).
+PER_BATCH_CORE_S = 0.005
 
 
 def validate(config: Config, *, resume: bool = False, overwrite: bool = False, task: Any = None,
@@ -121,9 +125,9 @@ def validate_report(config: Config, *, resume: bool = False, overwrite: bool = F
         timing = _time_one_batch(config, pf, decoded[:config.batch_size], decode_s)
     # What the preflight checked (the pickle bounded), shown with the pickle file's exact size and,
     # after --time, the Parquet estimate from the compression the batch measured.
+    measured = "" if timing is None else f"compression measured on one batch of {timing['batch']} images"
     pred = predict(config, pf, task=task, exact_pickle=True,
-                   parquet_ratio=None if timing is None else timing["parquet_ratio"],
-                   ratio_basis="" if timing is None else f"compression measured on one batch of {timing['batch']} images")
+                   parquet_ratio=None if timing is None else timing["parquet_ratio"], ratio_basis=measured)
     checked = pf.prediction
     pred.rings, pred.shm_free, pred.reclaimed = checked.rings, checked.shm_free, checked.reclaimed
     lines.append("prediction (every image a row):")
@@ -160,7 +164,7 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
 
     from savedeep.engines import create_engine
     from savedeep.model import load_model
-    from savedeep.output import ShardWriter
+    from savedeep.output import ShardWriter, _column_to_numpy
     from savedeep.reduce import BlobOutputs
 
     n = len(decoded)
@@ -188,23 +192,29 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     empty = pa.BufferOutputStream()
     writer = ShardWriter(pf.model.directory, 0, pf.columns, list(pf.images.metadata), config.compression,
                          config.compression_level)
+    batch = {c.name: out[c.name][:n] for c in pf.columns}
+    writer.write_to(pa.BufferOutputStream(), keys, meta, batch)  # warm-up: the writer's first use
     t = time.perf_counter()
-    writer.write_to(sink, keys, meta, {c.name: out[c.name][:n] for c in pf.columns})
+    writer.write_to(sink, keys, meta, batch)
     write = (time.perf_counter() - t) / n
     writer.write_to(empty, [], meta, {c.name: out[c.name][:0] for c in pf.columns})
     raw = sum(c.row_bytes for c in pf.columns) * n
     ratio = max(0.0, (sink.getvalue().size - empty.getvalue().size) / raw) if raw else 1.0
+    def read_and_pickle() -> None:
+        table = pq.read_table(pa.BufferReader(sink.getvalue()))
+        rows = [list(_column_to_numpy(table.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
+                for c in pf.columns]
+        pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+
+    read_and_pickle()  # warm-up: pyarrow's reader and numpy's pickling, first used here
     t = time.perf_counter()
-    table = pq.read_table(pa.BufferReader(sink.getvalue()))
-    rows = [list(table.column(c.name).chunk(0).to_numpy_ndarray()) if c.storage == "tensor" else
-            table.column(c.name).to_pylist() for c in pf.columns]
-    pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
+    read_and_pickle()
     end = (time.perf_counter() - t) / n
     decode = statistics.median(decode_s)
     G, P, W = len(pf.devices), pf.producers, pf.writers
     cpu_consumers = sum(d == "cpu" for d in pf.devices)
     T = pf.workers.consumer_threads
-    core_s = (T * forward if cpu_consumers else 0.0) + decode + write
+    core_s = (T * forward if cpu_consumers else 0.0) + decode + write + PER_BATCH_CORE_S / config.batch_size
     bounds = {"forward": G / forward, "decode": P / decode, "write": W / write, "cores": pf.workers.cores / core_s}
     bound_by = min(bounds, key=bounds.get)
     rate = bounds[bound_by]

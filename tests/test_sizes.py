@@ -35,7 +35,8 @@ layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_
 
 
 def _tiny(directory: Path, dead_conv1: bool = False) -> Path:
-    """The tiny net with seeded random weights; ``dead_conv1``: conv1 all zero after its ReLU (compresses to nothing)."""
+    """The tiny net with seeded random weights; ``dead_conv1``: conv1 all zero after its ReLU (compresses to
+    nothing)."""
     directory.mkdir(parents=True)
     (directory / "deploy.prototxt").write_text(TINY)
     np.save(directory / "mean.npy", np.array([104, 117, 123], np.float32))
@@ -133,7 +134,8 @@ def test_a_disk_too_small_is_refused_before_any_worker_then_no_space_check_runs(
         line = lines["run"][0]
         assert lines["validate"] == lines["run"]
         assert f"the file system of {disk / 'out'} has 1.00 MiB free, and this run would write about" in line
-        assert re.search(r"this run would write about 1\.\d\d MiB there \(Parquet about 1\.\d\d MiB; raw activation", line)
+        assert re.search(r"this run would write about 1\.\d\d MiB there \(Parquet about 1\.\d\d MiB; "
+                         r"raw activation", line)
         assert "--no-space-check" in line and "nothing was started" in line
         assert not list(starts.iterdir()), "a worker started before the refusal"
         assert not list(disk.iterdir()), "the refused run wrote something"
