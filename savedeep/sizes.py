@@ -295,8 +295,8 @@ def check_pickle(pred: Prediction, config: Any) -> None:
         f"max_pickle_bytes: the pickle would hold {h(pred.pickle_activations)} of activations "
         f"({pred.images} images x {h(sum(b.per_image for b in pred.blobs))} per image: {per_blob}), above "
         f"max_pickle_bytes ({h(pred.max_pickle_bytes)}); nothing was started. Either write no pickle "
-        "(pickle: false or --no-pickle: the Parquet output is complete and savedeep.load_array reads one blob "
-        f"at a time), or raise max_pickle_bytes (e.g. {_round_up(pred.pickle_activations)}, if this machine has "
+        "(pickle: false or --no-pickle: the Parquet output holds every row, and savedeep.load_array reads one "
+        f"blob at a time), or raise max_pickle_bytes (e.g. {_round_up(pred.pickle_activations)}, if this machine has "
         "that much memory), or store less: fewer blobs, dtype: float16, or reduce: {pool: mean}")
 
 
