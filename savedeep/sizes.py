@@ -11,12 +11,13 @@ end well, before any worker starts:
   (its shape after ``reduce``, times 2 or 4 for float16 or float32). This is what
   ``max_pickle_bytes`` limits: a pickle above it is refused here, not after the
   whole run (it used to be refused at the end, with exit 5);
-- **the pickle file**: its exact size, by pickling a stand-in DataFrame with the
-  real keys and metadata, and read-only views of one zero buffer in place of
-  the activations (:func:`savedeep.output.pickle_file_bytes`; a file's size
-  depends only on the arrays' lengths, not their values), when ``exact``;
-  otherwise a bound (activations + keys + :data:`PICKLE_ROW_BOUND` per array),
-  which costs nothing and needs no pandas in the run's parent before the workers;
+- **the pickle file**: for ``savedeep validate``, its exact size, by pickling a
+  stand-in DataFrame with the real keys and metadata and views of one zero row
+  in place of the activations (:func:`savedeep.output.pickle_file_bytes`; the
+  size depends on the arrays' lengths, not their values), extrapolated from two
+  such samples above :data:`EXACT_PICKLE_OBJECTS` (:func:`pickle_file_size`);
+  in a run, a bound (activations + keys + :data:`PICKLE_ROW_BOUND` per array),
+  which costs nothing and needs no pandas in the parent before the workers;
 - **the Parquet shards**: an estimate. Without a forward pass the basis is the
   raw activation bytes plus the keys and a footer per shard (compression not
   counted: it saves 0-75% depending on the blob and dtype, benchmarks/RESULTS.md);
@@ -54,6 +55,7 @@ PARQUET_KEY_EXTRA = 8              # per image key beyond its UTF-8 bytes (offse
 MANIFEST_FIXED = 64 * 2**10        # the manifest's header: config, hashes, preprocessing, versions, devices
 MANIFEST_PER_SHARD = 160           # one shard's entry, JSON-indented
 LOG_FIXED = 32 * 2**10             # a run's log: a few dozen lines
+EXACT_PICKLE_OBJECTS = 300_000     # above this many arrays and strings, the pickle file's size is extrapolated
 FAILURES_FIXED = 4 * 2**10         # the failures table when no image fails
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -142,7 +144,7 @@ class Prediction:
             out.append(f"  pickle: {h(self.pickle_activations)} of activations, above max_pickle_bytes "
                        f"({h(self.max_pickle_bytes)}): the run would be refused")
         else:
-            kind = "exactly" if self.pickle_file_exact else "at most"
+            kind = "exactly" if self.pickle_file_exact else "about"
             out.append(f"  pickle{' (written by savedeep merge)' if self.by_merge else ''}: {kind} "
                        f"{h(self.pickle_file or 0)} ({self.pickle_file} bytes; {h(self.pickle_activations)} of "
                        f"activations, max_pickle_bytes {h(self.max_pickle_bytes)})")
@@ -168,12 +170,42 @@ def _key_bytes(keys: Sequence[str]) -> int:
     return len("".join(keys).encode("utf-8", "surrogatepass"))
 
 
+def _text_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], n: int) -> int:
+    """The UTF-8 bytes of the first ``n`` keys and their metadata values."""
+    return _key_bytes(keys[:n]) + sum(_key_bytes([str(v) for v in vals[:n] if v is not None])
+                                      for vals in metadata.values())
+
+
+def pickle_file_size(keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[Any],
+                     directory: Path) -> tuple[int, bool]:
+    """(the pickle file's bytes, whether exact): exact up to EXACT_PICKLE_OBJECTS arrays and strings
+    (savedeep.output.pickle_file_bytes; 1 M rows of 2 blobs took 12 s and 1.6 GiB), beyond that
+    extrapolated from two exact samples: the bytes beyond the strings' own grow by the same amount
+    per row once the pickler's memo is past its first 256 entries, and the strings' bytes are counted
+    whole (within a few bytes per frame of 64 KiB)."""
+    from savedeep.output import pickle_file_bytes
+
+    n = len(keys)
+    per_row = 1 + len(metadata) + len(columns)
+    if n * per_row <= EXACT_PICKLE_OBJECTS:
+        return pickle_file_bytes(keys, metadata, columns, directory), True
+
+    def beyond_text(m: int) -> int:
+        sample = {k: list(v[:m]) for k, v in metadata.items()}
+        return pickle_file_bytes(keys[:m], sample, columns, directory) - _text_bytes(keys, metadata, m)
+
+    m1 = max(1000, EXACT_PICKLE_OBJECTS // (4 * per_row))
+    m2 = 2 * m1
+    s1, s2 = beyond_text(m1), beyond_text(m2)
+    return round(s1 + (s2 - s1) * (n - m1) / (m2 - m1)) + _text_bytes(keys, metadata, n), False
+
+
 def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = False,
             parquet_ratio: float | None = None, ratio_basis: str = "") -> Prediction:
     """The output of a run of ``config`` whose preflight is ``pf`` (savedeep.preflight.Preflight).
 
-    ``exact_pickle``: the pickle file's exact size (imports pandas, pickles a stand-in: one small
-    object per image and blob); else a bound. ``parquet_ratio``: Parquet bytes per raw activation
+    ``exact_pickle``: the pickle file's size from a stand-in pickled (:func:`pickle_file_size`: exact
+    up to 300,000 arrays and strings, then extrapolated); else a bound. ``parquet_ratio``: Parquet bytes per raw activation
     byte, measured (``ratio_basis`` says how); else 1 (compression not counted).
     """
     images = len(pf.images)
@@ -202,10 +234,7 @@ def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = Fals
     pickle_file, exact = None, False
     if pickle and activations <= config.max_pickle_bytes:
         if exact_pickle:
-            from savedeep.output import pickle_file_bytes
-
-            pickle_file = pickle_file_bytes(keys, pf.images.metadata, pf.columns, config.parquet_dir)
-            exact = True
+            pickle_file, exact = pickle_file_size(keys, pf.images.metadata, pf.columns, config.parquet_dir)
         else:
             pickle_file = (activations + _key_bytes(keys) + meta_bytes
                            + PICKLE_ROW_BOUND * images * (len(blobs) + 1 + len(pf.images.metadata)) + PICKLE_FIXED)

@@ -268,3 +268,19 @@ def test_the_end_steps_work_in_proportion_to_the_images(tmp_path):
         assert len(savedeep.load(pk)) == n - len(range(0, n, 97))
     ratio = work[5000] / work[1000]
     assert ratio < 7.5, f"the end steps did {ratio:.1f}x the work for 5x the images: {work}"
+
+
+def test_a_big_pickle_is_extrapolated_from_two_exact_samples(monkeypatch, tmp_path):
+    # Simulating every row costs memory (1 M rows of 2 blobs: 1.6 GiB); above EXACT_PICKLE_OBJECTS the
+    # size comes from two exact samples. Here the threshold is lowered so that 12,000 rows extrapolate.
+    import savedeep.sizes as sizes
+    from savedeep.output import ColumnSpec, pickle_file_bytes
+
+    keys = [f"train/n{i % 37:08d}/img_{i}.JPEG" for i in range(12_000)]
+    meta = {"condition": [None if i % 11 == 0 else f"c{i % 5}" for i in range(12_000)]}
+    cols = [ColumnSpec("pool1", (8, 7, 7), "float16"), ColumnSpec("fc", (10,), "float32")]
+    exact = pickle_file_bytes(keys, meta, cols, tmp_path / "acts.parquet")
+    assert sizes.pickle_file_size(keys, meta, cols, tmp_path / "acts.parquet") == (exact, True)
+    monkeypatch.setattr(sizes, "EXACT_PICKLE_OBJECTS", 3000)
+    got, is_exact = sizes.pickle_file_size(keys, meta, cols, tmp_path / "acts.parquet")
+    assert not is_exact and abs(got - exact) <= 1e-5 * exact, (got, exact)
