@@ -551,7 +551,7 @@ def check_mat_sizes(src: SavedOutput, blobs: Sequence[str]) -> None:
     """Refuse, before writing anything, blobs that MATLAB's v5 format cannot hold (2 GiB per variable)."""
     big = [(b, mat_bytes(src, b)) for b in blobs if mat_bytes(src, b) + 4096 >= MAT_MAX_VARIABLE_BYTES]
     if big:
-        from savedeep.sizes import human_bytes
+        from savedeep.units import human_bytes
 
         sizes = ", ".join(f"{b} ({human_bytes(s)})" for b, s in big)
         raise OutputError(

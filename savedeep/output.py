@@ -688,7 +688,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
     assert manifest is not None
     need = estimate_pickle_bytes(manifest)
     if need > max_bytes:
-        from savedeep.sizes import human_bytes
+        from savedeep.units import human_bytes
 
         raise OutputError(
             f"the pickle would hold {human_bytes(need)} of activations, above max_pickle_bytes "

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from savedeep.errors import OutputError
+from savedeep.units import human_bytes  # noqa: F401 - also imported from here
 
 # A bound on the pickle's bytes per array beyond its data (numpy's reduce, the memo, framing: 25-45 measured)
 PICKLE_ROW_BOUND = 64
@@ -57,27 +58,6 @@ MANIFEST_PER_SHARD = 160           # one shard's entry, JSON-indented
 LOG_FIXED = 32 * 2**10             # a run's log: a few dozen lines
 EXACT_PICKLE_OBJECTS = 300_000     # above this many arrays and strings, the pickle file's size is extrapolated
 FAILURES_FIXED = 4 * 2**10         # the failures table when no image fails
-
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_bytes(n: int | float) -> str:
-    """A size in the largest binary unit that keeps it at 1 or more: "512 B", "1.50 KiB", "12.3 MiB", "4.00 GiB".
-
-    Three significant figures, never "0.00": a size under 1 KiB is whole bytes.
-    """
-    n = float(n)
-    if abs(n) < 1024:
-        return f"{int(n)} B"
-    value, unit = n, "B"
-    for unit in _UNITS:
-        value /= 1024
-        if abs(value) < 1024 or unit == _UNITS[-1]:
-            break
-    if abs(value) >= 100:
-        return f"{value:.0f} {unit}"
-    return f"{value:.1f} {unit}" if abs(value) >= 10 else f"{value:.2f} {unit}"
-
 
 @dataclass
 class BlobPrediction:

@@ -65,7 +65,8 @@ def validate_report(config: Config, *, resume: bool = False, overwrite: bool = F
     from savedeep.errors import ImageError, bad_image_stops_run
     from savedeep.preflight import preflight
     from savedeep.preprocess import Preprocessor
-    from savedeep.sizes import human_bytes, predict
+    from savedeep.sizes import predict
+    from savedeep.units import human_bytes
 
     if isinstance(task, str):
         from savedeep.tasks import parse_task
