@@ -1,5 +1,5 @@
-"""`savedeep convert`: the ONNX graph (run by onnxruntime) and the torch.export program (loaded in a plain
-PyTorch interpreter where savedeep does not import) agree with pycaffe on real nets and on the layer cases
+"""`savedeep convert`: the ONNX graph (run by onnxruntime), the torch.export program and the generated module
+(each loaded in a plain PyTorch interpreter where savedeep does not import) agree with pycaffe on real nets and on the layer cases
 whose Caffe rules ONNX's defaults would break; layers ONNX cannot express exactly are refused by name.
 """
 
@@ -95,6 +95,7 @@ def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path,
     blobs = [b for b in model.net.blobs if b != model.net.input_name]  # every blob the net computes
     onnx_path = convert(directory, "onnx", tmp_path / f"{name}.onnx", blobs)
     pt2 = convert(directory, "torch", tmp_path / f"{name}.pt2", blobs)
+    py = convert(directory, "torch", tmp_path / f"{name}.py", blobs)
 
     # 3 images: not the batch of 2 that the dynamic-batch export traced
     x = photo_batch(photos, tuple(model.net.input_shape[1:]), mean_bgr, n=3)
@@ -106,6 +107,8 @@ def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path,
     lines = [_compare(f"{name} onnxruntime", run_onnx(onnx_path, x), expected, blobs, NET_TOLERANCE,
                       NET_CHANNEL_TOLERANCE),
              _compare(f"{name} plain torch .pt2", run_plain_torch(pt2, x, tmp_path), expected, blobs, NET_TOLERANCE,
+                      NET_CHANNEL_TOLERANCE),
+             _compare(f"{name} plain torch module", run_plain_module(py, x, tmp_path), expected, blobs, NET_TOLERANCE,
                       NET_CHANNEL_TOLERANCE)]
     print("\n" + "\n".join(lines))
 
