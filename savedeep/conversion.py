@@ -433,7 +433,7 @@ def module_name(name: str, taken: set[str]) -> str:
     base = re.sub(r"[^A-Za-z0-9_]", "_", name) or "x"
     if not (base[0].isalpha() or base[0] == "_"):
         base = "x" + base
-    if keyword.iskeyword(base) or base in _RESERVED:
+    if keyword.iskeyword(base) or base in _RESERVED or base in _module_attributes():
         base += "_"
     out, k = base, 2
     while out in taken:
@@ -442,12 +442,21 @@ def module_name(name: str, taken: set[str]) -> str:
     return out
 
 
-# attributes of nn.Module (and of the generated classes) that a layer's module must not replace
-_RESERVED = frozenset({"training", "forward", "config", "after", "follow", "compute", "caffe_type", "load",
-                       "state_dict", "parameters", "buffers", "children", "modules", "eval", "train", "to",
-                       "cuda", "cpu", "float", "half", "double", "type", "apply", "zero_grad", "extra_repr",
-                       "register_buffer", "register_parameter", "add_module", "get_submodule", "dump_patches",
-                       "call_super_init", "T_destination", "input_name", "outputs", "metadata"})
+# attributes of the generated classes that a layer's module must not replace (nn.Module's: _module_attributes)
+_RESERVED = frozenset({"config", "after", "follow", "compute", "caffe_type", "load", "input_name", "outputs"})
+
+
+def _module_attributes() -> frozenset[str]:
+    """The names nn.Module defines (``training``, ``forward``, ``half``, ...): add_module refuses them."""
+    global _NN_ATTRIBUTES
+    if _NN_ATTRIBUTES is None:
+        from torch import nn
+
+        _NN_ATTRIBUTES = frozenset(dir(nn.Module())) | frozenset(dir(nn.Module))
+    return _NN_ATTRIBUTES
+
+
+_NN_ATTRIBUTES: frozenset[str] | None = None
 
 
 def _layer_spec(op: Any, layer: Any) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -506,3 +506,16 @@ def test_module_file_names_and_overwrite(small_model, tmp_path):
     convert(small_model, "torch", tmp_path / "m.py", overwrite=True)
     assert not list(tmp_path.glob(".*"))  # no temporary file left
     assert main(["convert", str(small_model), "--to", "torch", "-o", str(tmp_path / "m.pth")]) == 2
+
+
+def test_module_names_of_caffe_layer_names():
+    """One documented rule (README, "As a PyTorch module"); add_module refuses nn.Module's own names."""
+    from savedeep.conversion import module_name
+
+    taken: set[str] = set()
+    names = ["inception_3a/1x1", "1x1", "class", "half", "training", "fc6", "fc6", "conv1.x", "", "forward"]
+    assert [module_name(n, taken) for n in names] == [
+        "inception_3a_1x1", "x1x1", "class_", "half_", "training_", "fc6", "fc6_2", "conv1_x", "x", "forward_"]
+    model = torch.nn.Module()
+    for n in taken:
+        model.add_module(n, torch.nn.Identity())  # every name is one add_module takes
