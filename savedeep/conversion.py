@@ -1,10 +1,17 @@
-"""``savedeep convert``: a Caffe model as an ONNX graph or a PyTorch program, with Caffe's blob semantics.
+"""``savedeep convert``: a Caffe model as an ONNX graph, a PyTorch module or a PyTorch program, with Caffe's
+blob semantics.
 
-Both are made from the torch engine's layer modules (:mod:`savedeep.engines.torch_layers`),
+All are made from the torch engine's layer modules (:mod:`savedeep.engines.torch_layers`),
 which are compared with pycaffe layer by layer and on whole nets, so the converted
 model computes the same arithmetic as the torch engine:
 
-- ``--to torch``: :func:`torch.export.export` of :class:`BlobProgram`, saved with
+- ``--to torch -o NAME.py``: :func:`module_source`, a generated ``nn.Module`` with one submodule
+  per Caffe layer (the code of :mod:`savedeep.converted_ops` copied in, so it needs only torch)
+  and its state dict in ``NAME.pt``: what torchvision, thingsvision, torchlens and Brain-Score
+  take (hooks by layer name, ``train()``/``eval()``, torch.fx). Its weights are the engine
+  modules'; its arithmetic is theirs, operation for operation, in code that imports only torch
+  (tests/test_convert.py compares every layer case blob by blob with the engine).
+- ``--to torch -o NAME.pt2``: :func:`torch.export.export` of :class:`BlobProgram`, saved with
   :func:`torch.export.save` as a ``.pt2`` file. ``torch.export.load`` reads it in any
   PyTorch 2.x environment without savedeep (the graph holds only aten operators and
   the weights); TorchScript is in maintenance mode and its tracer records Python
@@ -23,7 +30,8 @@ as are the layer types the torch engine does not run.
 
 The input is the preprocessed blob: float32 ``(N, 3, H, W)``, BGR, mean subtracted
 (savedeep's preprocessing, README "Preprocessing"); the spec and the mean travel in
-the file (ONNX ``metadata_props``, the ``.pt2``'s extra file ``savedeep.json``).
+the file as one JSON object (:func:`metadata`: the module's ``METADATA``, the ``.pt2``'s extra
+file ``savedeep.json``, ONNX ``metadata_props``), from which :func:`savedeep.transform` rebuilds it.
 """
 
 from __future__ import annotations
@@ -656,7 +664,11 @@ def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source
             dropped = [n for n in plan.drop_after[j] if n in variables]
             if dropped:
                 body.append(f"        del {', '.join(var(n) for n in dropped)}")
-    cls_name = "Caffe" + module_name(net.name or "Net", set()).strip("_").title().replace("_", "")
+    # the class: the net's name (CaffeNet, ResNet_50_1by2_nsfw), unless the file already defines that name
+    cls_name = module_name(net.name or "Net", set())
+    cls_name = cls_name[0].upper() + cls_name[1:]
+    if cls_name in _GENERATED_NAMES:
+        cls_name += "Net"
     inp = var(net.input_name)
     outputs = (var(names[0]) if len(names) == 1
                else "{" + ", ".join(f"{n!r}: {var(n)}" for n in names) + "}")
@@ -711,6 +723,14 @@ def load(weights=None, map_location="cpu"):
     return load_state({cls_name}(), weights, map_location).eval()
 '''
     return text, state
+
+
+# names a generated file defines besides the net's class (converted_ops.py's and the module's own)
+_GENERATED_NAMES = frozenset({"CaffeLayer", "Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "ReLU",
+                              "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Dropout",
+                              "Split", "Silence", "Softmax", "Concat", "Slice", "Eltwise", "BatchNorm", "Scale",
+                              "Bias", "Flatten", "Reshape", "Crop", "ArgMax", "METADATA", "Tensor", "List", "Optional",
+                              "Sequence", "Tuple"})
 
 
 def write_module(model: "Model", names: Sequence[str], dest: Path, meta: dict[str, Any]) -> None:

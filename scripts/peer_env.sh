@@ -19,7 +19,7 @@
 # later releases need numpy 2).
 #
 # Cached in ~/.cache/savedeep/peers-KEY (KEY: this file's sha256), one builder at a time (flock); a
-# build counts once it wrote .complete (an interrupted one is redone). About 6 GB (most of it torch's CUDA
+# build counts once it wrote .complete (an interrupted one is redone). About 8 GB (most of it torch's CUDA
 # libraries); the first build takes a few minutes, later calls return at once.
 #
 # Usage: scripts/peer_env.sh [--print-path]
