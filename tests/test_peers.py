@@ -71,9 +71,11 @@ def test_transform_is_the_input_a_run_fed(caffenet_run, caffenet_dir):
 
     d, images, df = caffenet_run
     py = savedeep.convert(caffenet_dir, "torch", d / "caffenet.py", overwrite=True)
-    pt2 = savedeep.convert(caffenet_dir, "torch", d / "caffenet.pt2", blobs=["fc6"], overwrite=True)
+    pt2 = savedeep.convert(caffenet_dir, "torch", d / "caffenet.pt2", blobs=["conv1"], overwrite=True)
+    onnx = savedeep.convert(caffenet_dir, "onnx", d / "caffenet.onnx", blobs=["conv1"], overwrite=True)
     transforms = {"directory": savedeep.transform(caffenet_dir), "module": savedeep.transform(py),
-                  "weights file": savedeep.transform(py.with_suffix(".pt")), "pt2": savedeep.transform(pt2)}
+                  "weights file": savedeep.transform(py.with_suffix(".pt")), "pt2": savedeep.transform(pt2),
+                  "onnx": savedeep.transform(onnx)}
     for key, expected in zip(df["image"], df["data"]):
         for name, t in transforms.items():
             got = t(images / key)
