@@ -98,6 +98,9 @@ ENUMS: dict[str, dict[str, int]] = {
     "TanHParameter.Engine": _ENGINE,
     "SoftmaxParameter.Engine": _ENGINE,
     "EltwiseParameter.EltwiseOp": {"PROD": 0, "SUM": 1, "MAX": 2},
+    "ReductionParameter.ReductionOp": {"SUM": 1, "ASUM": 2, "SUMSQ": 3, "MEAN": 4},
+    "SPPParameter.PoolMethod": {"MAX": 0, "AVE": 1, "STOCHASTIC": 2},
+    "SPPParameter.Engine": _ENGINE,
     "DataParameter.DB": {"LEVELDB": 0, "LMDB": 1},
     "LossParameter.NormalizationMode": {"FULL": 0, "VALID": 1, "BATCH_SIZE": 2, "NONE": 3},
     "V1LayerParameter.LayerType": {
@@ -372,6 +375,39 @@ MESSAGES["SoftmaxParameter"] = _fields(
     _opt(2, "axis", "int32", 1),
 )
 MESSAGES["TanHParameter"] = _fields(_enum(1, "engine", "TanHParameter.Engine", "DEFAULT"))
+MESSAGES["MVNParameter"] = _fields(
+    _opt(1, "normalize_variance", "bool", True),
+    _opt(2, "across_channels", "bool", False),
+    _opt(3, "eps", "float", 1e-9),
+)
+MESSAGES["ReductionParameter"] = _fields(
+    _enum(1, "operation", "ReductionParameter.ReductionOp", "SUM"),
+    _opt(2, "axis", "int32", 0),
+    _opt(3, "coeff", "float", 1.0),
+)
+MESSAGES["TileParameter"] = _fields(
+    _opt(1, "axis", "int32", 1),
+    _opt(2, "tiles", "int32"),
+)
+MESSAGES["SPPParameter"] = _fields(
+    _opt(1, "pyramid_height", "uint32"),
+    _enum(2, "pool", "SPPParameter.PoolMethod", "MAX"),
+    _enum(6, "engine", "SPPParameter.Engine", "DEFAULT"),
+)
+MESSAGES["ThresholdParameter"] = _fields(_opt(1, "threshold", "float", 0.0))
+MESSAGES["EmbedParameter"] = _fields(
+    _opt(1, "num_output", "uint32"),
+    _opt(2, "input_dim", "uint32"),
+    _opt(3, "bias_term", "bool", True),
+    _msg(4, "weight_filler", "FillerParameter"),
+    _msg(5, "bias_filler", "FillerParameter"),
+)
+# BVLC master (after 1.0): Clip and Swish; the brocolli fork pycaffe is built from lacks both
+MESSAGES["ClipParameter"] = _fields(
+    _opt(1, "min", "float"),
+    _opt(2, "max", "float"),
+)
+MESSAGES["SwishParameter"] = _fields(_opt(1, "beta", "float", 1.0))
 
 # Per-layer parameter messages:
 # (number in LayerParameter, number in V1LayerParameter or None, field name, message type)
@@ -407,6 +443,14 @@ LAYER_PARAMS: list[tuple[int, int | None, str, str]] = [
     (125, 39, "softmax_param", "SoftmaxParameter"),
     (126, 31, "slice_param", "SliceParameter"),
     (127, 37, "tanh_param", "TanHParameter"),
+    (120, 34, "mvn_param", "MVNParameter"),
+    (136, None, "reduction_param", "ReductionParameter"),
+    (138, None, "tile_param", "TileParameter"),
+    (132, None, "spp_param", "SPPParameter"),
+    (128, 25, "threshold_param", "ThresholdParameter"),
+    (137, None, "embed_param", "EmbedParameter"),
+    (148, None, "clip_param", "ClipParameter"),
+    (147, None, "swish_param", "SwishParameter"),
 ]
 
 MESSAGES["LayerParameter"] = _fields(

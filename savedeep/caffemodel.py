@@ -236,6 +236,11 @@ def decode_message(data: bytes, type_name: str = "NetParameter") -> Message:
     return _decode(data, 0, len(data), type_name)
 
 
+# The largest .caffemodel anything can read: protobuf's hard limit on a message (INT_MAX bytes), which is
+# also BVLC Caffe's read limit and, since scripts/patch_caffe_source.sh, the pycaffe build's.
+MAX_CAFFEMODEL_BYTES = 2**31 - 1
+
+
 def read_caffemodel(path: Path, mapped: bool = False) -> Message:
     """Read a .caffemodel file into a NetParameter Message; unreadable or invalid -> ModelError naming it.
 
@@ -248,6 +253,11 @@ def read_caffemodel(path: Path, mapped: bool = False) -> Message:
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
+            if size > MAX_CAFFEMODEL_BYTES:
+                raise ModelError(
+                    f"{path}: the caffemodel is {size:,} bytes, over the {MAX_CAFFEMODEL_BYTES:,} bytes (2 GiB - 1) "
+                    "that a protobuf message can hold and that Caffe reads or writes; no engine can load it: check "
+                    "that this file is the model's weights")
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if mapped and size else f.read()
     except FileNotFoundError:
         raise ModelError(f"{path}: caffemodel not found; give the trained weights file (.caffemodel)") from None

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], help="what a bad image does")
         sp.add_argument("--no-pickle", dest="pickle", action="store_const", const=False,
                         help="write only the Parquet output")
+        sp.add_argument("--no-space-check", dest="space_check", action="store_const", const=False,
+                        help="start even if the output's file system seems to lack the space the run will write")
         sp.add_argument("--report", dest="report", action="store_const", const=True,
                         help="after the run, write the HTML report out/acts.report.html (as savedeep report)")
 
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     vmode.add_argument("--resume", action="store_true", help="check as for a run with --resume")
     vmode.add_argument("--overwrite", action="store_true", help="check as for a run with --overwrite (deletes nothing)")
     task_flags(v, "check as for a run of")
+    v.add_argument("--time", dest="time_it", action="store_true",
+                   help="forward one batch here and estimate the run's duration on this machine")
+    v.add_argument("--json", action="store_true", help="the checks' figures and predictions as JSON, for scripts")
 
     i = sub.add_parser("inspect", help="list a model's blobs with their shapes and sizes")
     i.add_argument("model", type=Path, help="model directory or deploy.prototxt")
@@ -162,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _RUN_KEYS = ("model", "blobs", "images", "output", "gpus", "require_gpu", "engine", "batch_size", "producers",
-             "writers", "cpu_consumers", "dtype", "storage", "shard_size", "on_error", "pickle", "report")
+             "writers", "cpu_consumers", "dtype", "storage", "shard_size", "on_error", "pickle", "space_check", "report")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -232,7 +237,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from savedeep.config import load_config
 
     config = load_config(args.config, _overrides(args))
-    print(validate(config, resume=args.resume, overwrite=args.overwrite, task=_task(args)))
+    print(validate(config, resume=args.resume, overwrite=args.overwrite, task=_task(args), time_it=args.time_it,
+                   as_json=args.json))
     return 0
 
 

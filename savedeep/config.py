@@ -143,6 +143,7 @@ class Config:
     shard_size: int = 1024
     pickle: bool = True
     max_pickle_bytes: int = 4 * 2**30
+    space_check: bool = True
     on_error: str = "skip"
     preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
     ring_slots: int | None = None
@@ -429,7 +430,10 @@ _TOP_KEYS: tuple[_Key, ...] = (
          "(faster to write: 2.2-2.5x for float16 + zstd; savedeep.load reads both)", _choice(STORAGES)),
     _Key("shard_size", "int >= 1", 1024, "Images per Parquet shard", _positive_int),
     _Key("pickle", "bool", True, "Also write the final pandas DataFrame pickle", _as_bool),
-    _Key("max_pickle_bytes", "int \\| size", "4GiB", 'Refuse a larger pickle; "500MB", "4GiB" or bytes', parse_size),
+    _Key("max_pickle_bytes", "int \\| size", "4GiB",
+         'Refuse, before the run starts, a pickle of more activations; "500MB", "4GiB" or bytes', parse_size),
+    _Key("space_check", "bool", True, "Refuse to start when the output's file system lacks the space the run is "
+         "predicted to write (false: --no-space-check, for an estimate that is too high)", _as_bool),
     _Key("on_error", " \\| ".join(ON_ERROR), "skip", "A bad image: record it as a failure and go on, or stop the run",
          _choice(ON_ERROR)),
     _Key("preprocess", "mapping", "(below)", "Image preprocessing, keys below", None),

@@ -103,15 +103,39 @@ def _program_class() -> type:
     from torch import nn
 
     from savedeep.engines.torch_engine import TorchNet
-    from savedeep.engines.torch_layers import Pooling, caffe_pool_size
+    from savedeep.engines.torch_layers import SPP, Pooling, caffe_pool_size
+    from savedeep.model import spp_levels
 
-    class OnnxAvePooling(nn.Module):
+    def onnx_ave_pool(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+                      ceil: bool) -> torch.Tensor:
         """Caffe's AVE pooling without ``divisor_override``, which torch.onnx drops silently (its
         AveragePool divides by the full window, so Caffe's clipped border windows came out wrong).
 
         Same window sums as the torch engine's: the mean over the full zero-padded window times
         ``window / clipped window``, a factor of exactly 1 inside the image.
         """
+        h, w = x.shape[2], x.shape[3]
+        out_h = caffe_pool_size(h, kernel[0], stride[0], pad[0], ceil)
+        out_w = caffe_pool_size(w, kernel[1], stride[1], pad[1], ceil)
+        extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
+        extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
+        padding = (pad[1], extra_w, pad[0], extra_h)
+        xp = F.pad(x, padding) if any(padding) else x
+        y = F.avg_pool2d(xp, tuple(kernel), tuple(stride))[:, :, :out_h, :out_w]
+        # Caffe's divisor: the window clipped to the padded input [-pad, size + pad)
+        def clipped(out: int, size: int, k: int, st: int, pd: int) -> list[int]:
+            return [min(i * st - pd + k, size + pd) - (i * st - pd) for i in range(out)]
+
+        div_h = clipped(out_h, h, kernel[0], stride[0], pad[0])
+        div_w = clipped(out_w, w, kernel[1], stride[1], pad[1])
+        if all(d == kernel[0] for d in div_h) and all(d == kernel[1] for d in div_w):
+            return y
+        full = float(kernel[0] * kernel[1])
+        factor = torch.tensor([[full / (a * b) for b in div_w] for a in div_h], dtype=x.dtype, device=x.device)
+        return y * factor
+
+    class OnnxAvePooling(nn.Module):
+        """A Caffe AVE Pooling layer by :func:`onnx_ave_pool`."""
 
         def __init__(self, pool: Pooling) -> None:
             super().__init__()
@@ -122,24 +146,29 @@ def _program_class() -> type:
             p = self.pool
             h, w = x.shape[2], x.shape[3]
             kernel, stride, pad = ((h, w), (1, 1), (0, 0)) if p.global_pooling else (p.kernel, p.stride, p.pad)
-            out_h = caffe_pool_size(h, kernel[0], stride[0], pad[0], p.ceil)
-            out_w = caffe_pool_size(w, kernel[1], stride[1], pad[1], p.ceil)
-            extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
-            extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
-            padding = (pad[1], extra_w, pad[0], extra_h)
-            xp = F.pad(x, padding) if any(padding) else x
-            y = F.avg_pool2d(xp, kernel, stride)[:, :, :out_h, :out_w]
-            # Caffe's divisor: the window clipped to the padded input [-pad, size + pad)
-            def clipped(out: int, size: int, k: int, st: int, pd: int) -> list[int]:
-                return [min(i * st - pd + k, size + pd) - (i * st - pd) for i in range(out)]
+            return [onnx_ave_pool(x, kernel, stride, pad, p.ceil)]
 
-            div_h = clipped(out_h, h, kernel[0], stride[0], pad[0])
-            div_w = clipped(out_w, w, kernel[1], stride[1], pad[1])
-            if all(d == kernel[0] for d in div_h) and all(d == kernel[1] for d in div_w):
-                return [y]
-            full = float(kernel[0] * kernel[1])
-            factor = torch.tensor([[full / (a * b) for b in div_w] for a in div_h], dtype=x.dtype, device=x.device)
-            return [y * factor]
+    class OnnxAveSPP(nn.Module):
+        """A Caffe AVE SPP layer, each pyramid level by :func:`onnx_ave_pool`."""
+
+        def __init__(self, spp: SPP) -> None:
+            super().__init__()
+            self.spp = spp
+            self.layer_name = spp.layer_name
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            levels = spp_levels(x.shape[2], x.shape[3], self.spp.height)
+            pooled = [onnx_ave_pool(x, k, s, pd, True) for k, s, pd in levels]
+            if self.spp.height == 1:
+                return pooled
+            return [torch.cat([y.reshape(y.shape[0], -1) for y in pooled], dim=1)]
+
+    def onnx_op(op: nn.Module) -> nn.Module:
+        if isinstance(op, Pooling) and op.method == "AVE":
+            return OnnxAvePooling(op)
+        if isinstance(op, SPP) and op.method == "AVE":
+            return OnnxAveSPP(op)
+        return op
 
     class BlobProgram(nn.Module):
         """The layers that produce the requested blobs, run in net order; forward(x) -> {blob: tensor}.
@@ -158,7 +187,7 @@ def _program_class() -> type:
             steps = [full._steps[i] for i in plan.steps]
             ops = [s.op for s in steps]
             if onnx:
-                ops = [OnnxAvePooling(op) if isinstance(op, Pooling) and op.method == "AVE" else op for op in ops]
+                ops = [onnx_op(op) for op in ops]
             self.ops = nn.ModuleList(ops)
             self.bottoms = [s.bottoms for s in steps]
             self.tops = [s.tops for s in steps]
@@ -242,7 +271,7 @@ def metadata(model: "Model", names: Sequence[str], batch: int | None, to: str) -
         "outputs": list(names),
         "blob_semantics": _blob_semantics_note(),
         "preprocessing": ({"steps": steps, "spec": pre, "options": spec.to_dict()} if pre else None),
-        "mean_bgr": pre["mean"]["values_bgr"] if pre else None,
+        "mean_bgr": pre["mean"].get("values_bgr") if pre else None,
         "source": {"net": net.name, "prototxt": model.prototxt.name, "weights": model.weights.name,
                    "mean": model.mean_path.name},
     }

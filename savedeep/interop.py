@@ -67,6 +67,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from savedeep.errors import ConfigError, OutputError
+from savedeep.output import READ_BATCH_BYTES  # noqa: F401 - rows decoded at a time, re-exported
 from savedeep.output import (MANIFEST, _column_to_numpy, _complete_shards, _partial_note, _resolve, blob_order,
                              read_manifest)
 
@@ -75,7 +76,6 @@ log = logging.getLogger(__name__)
 FORMATS = ("netcdf", "npy", "mat")
 SUFFIXES = {"netcdf": ".nc", "npy": "_npy", "mat": ".mat"}
 EXPORT_FORMAT = "savedeep-export/1"
-READ_BATCH_BYTES = 32 * 2**20       # rows of one blob decoded at a time
 NETCDF_CHUNK_BYTES = 2**20          # about 1 MiB per HDF5 chunk (one image of a conv blob, or a few rows)
 MAT_MAX_VARIABLE_BYTES = 2**31      # MATLAB's v5 format: a variable must stay below 2 GiB
 MATLAB_NAME_MAX = 63
@@ -203,26 +203,13 @@ class SavedOutput:
         return int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize
 
     def iter_blob(self, blob: str, max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
-        """One blob's rows in order, as (n, *shape) arrays: one Parquet row group at a time (a run writes one
-        per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
-
-        Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
-        (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
-        """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """One blob's rows in order, as (n, *shape) arrays: shard by shard, one Parquet row group at a
+        time (savedeep.output.iter_rows)."""
+        from savedeep.output import iter_rows
 
         info = self.info(blob)
-        row = max(1, self.row_bytes(blob))
         for f in self.shards:
-            pf = pq.ParquetFile(f)
-            for g in range(pf.num_row_groups):
-                if pf.metadata.row_group(g).num_rows * row <= max_bytes:
-                    yield _column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
-                    continue
-                for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
-                                          use_threads=False):
-                    yield _column_to_numpy(pa.chunked_array([rb.column(0)]), info)
+            yield from iter_rows(f, blob, info, max_bytes)
 
     def read_shard(self, k: int, blob: str) -> np.ndarray:
         """One shard's rows of one blob."""
@@ -564,7 +551,9 @@ def check_mat_sizes(src: SavedOutput, blobs: Sequence[str]) -> None:
     """Refuse, before writing anything, blobs that MATLAB's v5 format cannot hold (2 GiB per variable)."""
     big = [(b, mat_bytes(src, b)) for b in blobs if mat_bytes(src, b) + 4096 >= MAT_MAX_VARIABLE_BYTES]
     if big:
-        sizes = ", ".join(f"{b} ({s / 2**30:.2f} GiB)" for b, s in big)
+        from savedeep.sizes import human_bytes
+
+        sizes = ", ".join(f"{b} ({human_bytes(s)})" for b, s in big)
         raise OutputError(
             f"cannot export {sizes} to a .mat file: MATLAB's v5 format (scipy's savemat) holds less than 2 GiB per "
             f"variable. Export to netCDF instead, which MATLAB reads with ncread/h5read: savedeep export "

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import difflib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,13 +35,32 @@ PROTOTXT_NAME = "deploy.prototxt"
 WEIGHTS_NAME = "weights.caffemodel"
 MEAN_NAME = "mean.npy"
 MODEL_DIR_CONTENTS = (f"a model directory must contain {PROTOTXT_NAME} (the network), "
-                      f"{WEIGHTS_NAME} (trained weights) and {MEAN_NAME} (the mean, (3,) or (3,H,W))")
+                      f"{WEIGHTS_NAME} (trained weights) and {MEAN_NAME} (the mean, (3,) or (3,H,W); (1,) or (1,H,W) for a 1-channel input)")
 
 # Layers that only feed data during training; a deploy net declares an Input instead.
 DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "AnnotatedData",
                               "VideoData"})
 # Layers that need labels and produce no activations worth saving: dropped from a TEST net.
 _DROPPED_TYPES = frozenset({"Accuracy", "Silence"})
+
+_RECURRENT = ("a recurrent layer: its blobs are (time, stream, ...) and it needs a sequence-continuation "
+              "input, while savedeep feeds one image per row")
+# Layer types of standard Caffe (BVLC master's layer catalogue) that can run at deploy time but that
+# savedeep refuses, with the reason: each breaks "one row per image, blobs computed from that image".
+# Data layers, losses and Accuracy are handled apart (DATA_LAYER_TYPES, _DROPPED_TYPES). The README's
+# "Layer types" section lists these with the same reasons.
+REFUSED_TYPES: dict[str, str] = {
+    "LSTM": _RECURRENT,
+    "RNN": _RECURRENT,
+    "LSTMUnit": _RECURRENT,
+    "BatchReindex": "it picks and reorders the images of a batch by a second input, so a row would not hold "
+                    "its own image's activations",
+    "Filter": "it drops images from the batch according to a second input, so rows would not match images",
+    "Parameter": "its top is a learned blob without an image axis, not an activation of an image",
+    "Python": "it runs code from the model's own Python module, which savedeep neither imports nor models",
+    "HDF5Output": "it writes its bottoms to an HDF5 file as a side effect; savedeep saves blobs itself",
+    "DummyData": "it fills its tops with constants or random numbers instead of images; declare an Input layer",
+}
 
 Shape = tuple[int, ...]
 
@@ -230,8 +250,34 @@ def load_net(prototxt: Path, weights: Path | None = None) -> Net:
     return net
 
 
-def load_model(directory: Path, weights: bool = True) -> Model:
-    """Load a savedeep model directory (deploy.prototxt, weights.caffemodel, mean.npy) into a Model."""
+# The loggers that report what reading a model's files finds (dropped layers, skipped fields).
+_READER_LOGGERS = ("savedeep.model", "savedeep.prototxt", "savedeep.caffemodel")
+
+
+@contextmanager
+def _reports_held_back() -> Iterator[None]:
+    """Hold back the warnings and notes of reading the model files while the block runs."""
+    loggers = [logging.getLogger(name) for name in _READER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def load_model(directory: Path, weights: bool = True, reread: bool = False) -> Model:
+    """Load a savedeep model directory (deploy.prototxt, weights.caffemodel, mean.npy) into a Model.
+
+    ``reread``: the files were read and reported on already in this run (a worker reading what the
+    parent's preflight checked): their warnings are not logged again, so that each is printed once
+    per run and not once more per worker process. Errors still raise.
+    """
+    if reread:
+        with _reports_held_back():
+            return load_model(directory, weights)
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelError(f"{directory}: model directory not found (or not a directory); {MODEL_DIR_CONTENTS}")
@@ -353,6 +399,9 @@ def _build_layers(params: list[Message], source: Path) -> list[Layer]:
         if ltype == "MemoryData":
             lp = _memory_data_to_input(lp, name, source)
             ltype = "Input"
+        elif ltype in REFUSED_TYPES:
+            raise UnsupportedLayerError(f"{source}: layer {name!r} has type {ltype!r}, which savedeep refuses: "
+                                        f"{REFUSED_TYPES[ltype]}")
         elif ltype in DATA_LAYER_TYPES:
             raise UnsupportedLayerError(
                 f"{source}: layer {name!r} is a {ltype} layer, which reads a training database; savedeep feeds "
@@ -802,6 +851,103 @@ def _split(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
     return [bottoms[0]] * len(layer.tops), []
 
 
+def _keeps_batch(axis: int, what: str) -> None:
+    """Refuse a layer that would mix (or multiply) the images of a batch: savedeep saves one row per image."""
+    if axis == 0:
+        raise _ShapeError(f"{what} axis 0, the batch axis, mixes the images of a batch, and savedeep saves one row "
+                          "per image; use axis 1 or later")
+
+
+def _reduction(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    shape = bottoms[0]
+    axis = canonical_axis(layer.param.reduction_param.axis, len(shape))
+    _keeps_batch(axis, "Reduction over the axes from")
+    return [shape[:axis]], []
+
+
+def _tile(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    p = layer.param.tile_param
+    shape = bottoms[0]
+    axis = canonical_axis(p.axis, len(shape))
+    _keeps_batch(axis, "Tile along")
+    if not p.has("tiles") or p.tiles <= 0:
+        raise _ShapeError("tile_param.tiles must be given and positive")
+    return [shape[:axis] + (shape[axis] * p.tiles,) + shape[axis + 1:]], []
+
+
+def spp_levels(height: int, width: int, pyramid_height: int) -> list[tuple[list[int], list[int], list[int]]]:
+    """Kernel, stride and pad (h, w) of each level of Caffe's SPP layer: level l has 2^l bins per side.
+
+    The kernel is the size over the bins rounded up, the stride equals the kernel, and the pad is half
+    of what the bins overhang the input (rounded up), as Caffe's SPPLayer sets its pooling layers.
+    """
+    levels = []
+    for level in range(pyramid_height):
+        bins = 2 ** level
+        kernel = [-(-height // bins), -(-width // bins)]
+        pad = [(kernel[0] * bins - height + 1) // 2, (kernel[1] * bins - width + 1) // 2]
+        if any(pd >= k for pd, k in zip(pad, kernel)):
+            raise _ShapeError(f"pyramid level {level} ({bins}x{bins} bins) needs pad {pad} for kernel {kernel}, which "
+                              f"Caffe's pooling refuses: the {height}x{width} input is too small for "
+                              f"pyramid_height {pyramid_height}")
+        levels.append((kernel, list(kernel), pad))
+    return levels
+
+
+def _spp(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    p = layer.param.spp_param
+    shape = bottoms[0]
+    if len(shape) != 4:
+        raise _ShapeError("SPP needs a 4-D (N, C, H, W) input")
+    if p.pyramid_height < 1:
+        raise _ShapeError("spp_param.pyramid_height must be at least 1")
+    n, c, h, w = shape
+    sizes = [(pooled_size(h, k[0], s[0], pd[0]), pooled_size(w, k[1], s[1], pd[1]))
+             for k, s, pd in spp_levels(h, w, p.pyramid_height)]
+    if p.pyramid_height == 1:  # Caffe runs the one pooling layer alone, without the flatten
+        return [(n, c) + sizes[0]], []
+    return [(n, sum(c * oh * ow for oh, ow in sizes))], []
+
+
+def _embed(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    p = layer.param.embed_param
+    if p.num_output <= 0 or p.input_dim <= 0:
+        raise _ShapeError("embed_param.num_output and input_dim must be positive")
+    params = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
+    return [bottoms[0] + (p.num_output,)], params
+
+
+def _im2col(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    p = layer.param.convolution_param
+    shape = bottoms[0]
+    axis = canonical_axis(p.axis, len(shape))
+    n_spatial = len(shape) - axis - 1
+    if n_spatial < 1:
+        raise _ShapeError("Im2col needs at least one spatial axis after the channel axis")
+    kernel, stride, pad, dilation = conv_geometry(p, n_spatial)
+    out = [(shape[axis + 1 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1
+           for i in range(n_spatial)]
+    return [tuple(shape[:axis]) + (shape[axis] * int(np.prod(kernel)),) + tuple(out)], []
+
+
+def legacy_shape(shape: Shape) -> Shape:
+    """Caffe's (num, channels, height, width) of a blob of at most 4 axes, a missing axis counting as 1."""
+    if len(shape) > 4:
+        raise _ShapeError(f"this layer takes blobs of at most 4 axes (num, channels, height, width), got {len(shape)}")
+    return tuple(shape) + (1,) * (4 - len(shape))
+
+
+def _mvn(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    return [legacy_shape(bottoms[0])], []  # Caffe reshapes the top to (num, channels, height, width)
+
+
+def _clip(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
+    p = layer.param.clip_param
+    if not (p.has("min") and p.has("max")):
+        raise _ShapeError("clip_param needs both min and max (Caffe requires them)")
+    return [bottoms[0]], []
+
+
 _Rule = Callable[[Layer, list[Shape]], tuple[list[Shape], list[Shape]]]
 
 SHAPE_RULES: dict[str, _Rule] = {
@@ -833,6 +979,15 @@ SHAPE_RULES: dict[str, _Rule] = {
     "Reshape": _reshape,
     "Crop": _crop,
     "ArgMax": _argmax,
+    "MVN": _mvn,
+    "Reduction": _reduction,
+    "Tile": _tile,
+    "SPP": _spp,
+    "Threshold": _same,
+    "Embed": _embed,
+    "Im2col": _im2col,
+    "Clip": _clip,
+    "Swish": _same,
 }
 
 

@@ -44,7 +44,7 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,15 +258,15 @@ class ShardWriter:
         fields += [column_field(c) for c in self.columns]
         return pa.schema(fields)
 
-    def _open(self) -> None:
+    def _writer_for(self, sink: Any):
         import pyarrow.parquet as pq
 
         comp = None if self.compression == "none" else self.compression
         # Dictionary encoding and statistics are useless on float tensors and
         # cost most of the write time: keep them for the key columns only.
         keys = ["image", *self.metadata_columns]
-        self._writer = pq.ParquetWriter(
-            self.tmp_path,
+        return pq.ParquetWriter(
+            sink,
             self.schema(),
             compression=comp,
             compression_level=self.compression_level if comp else None,
@@ -274,20 +274,38 @@ class ShardWriter:
             write_statistics=keys,
         )
 
-    def write(self, keys: Sequence[str], metadata: dict[str, Sequence[str]], blobs: dict[str, np.ndarray]) -> None:
-        """Append rows: ``keys`` and one (n, *shape) array per blob, in the same order."""
+    def _open(self) -> None:
+        self._writer = self._writer_for(self.tmp_path)
+
+    def _table(self, keys: Sequence[str], metadata: dict[str, Sequence[str]], blobs: dict[str, np.ndarray]):
         import pyarrow as pa
 
+        n = len(keys)
+        arrays = [string_array(list(keys))]
+        arrays += [string_array([None if v is None else str(v) for v in metadata[m]]) for m in self.metadata_columns]
+        arrays += [tensor_array(c, blobs[c.name][:n]) for c in self.columns]
+        return pa.Table.from_arrays(arrays, schema=self.schema())
+
+    def write(self, keys: Sequence[str], metadata: dict[str, Sequence[str]], blobs: dict[str, np.ndarray]) -> None:
+        """Append rows: ``keys`` and one (n, *shape) array per blob, in the same order."""
         if self._writer is None:
             self._open()
         n = len(keys)
         if n == 0:
             return
-        arrays = [string_array(list(keys))]
-        arrays += [string_array([None if v is None else str(v) for v in metadata[m]]) for m in self.metadata_columns]
-        arrays += [tensor_array(c, blobs[c.name][:n]) for c in self.columns]
-        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema()))
+        self._writer.write_table(self._table(keys, metadata, blobs))
         self.rows += n
+
+    def write_to(self, sink: Any, keys: Sequence[str], metadata: dict[str, Sequence[str]],
+                 blobs: dict[str, np.ndarray]) -> None:
+        """Write these rows as one whole file, as a shard of them would be, into ``sink`` (a pyarrow stream:
+        ``savedeep validate --time`` measures the write and the compression in memory)."""
+        writer = self._writer_for(sink)
+        try:
+            if keys:
+                writer.write_table(self._table(keys, metadata, blobs))
+        finally:
+            writer.close()
 
     def finish(self, record: dict[str, Any] | None = None) -> Path:
         """Close the file with ``record`` (rows, failures) in its metadata, fsync it, rename it into place.
@@ -482,6 +500,20 @@ def _column_to_numpy(column, info: dict[str, Any]) -> np.ndarray:
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
+def _writable(values: np.ndarray) -> np.ndarray:
+    """``values``, copied if it is a read-only view of Arrow's memory (a shard read as one chunk).
+
+    A shard of several batches comes back concatenated, so writable: without this, the rows of
+    :func:`load` were writable or not depending on the batches per shard, and so was the pickle's
+    encoding of each array (bytearray or bytes), which :func:`pickle_file_bytes` predicts.
+    """
+    values = values if values.flags.writeable else values.copy()
+    native = np.dtype(values.dtype.name)
+    # numpy's own dtype object in every row, so that the pickle refers to one (a dtype object per
+    # shard cost a memo entry each, so the pickle's size depended on the shards)
+    return values.view(native) if values.dtype == native else values
+
+
 def load(path: Path | str, blobs: Sequence[str] | None = None):
     """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob."""
     import pandas as pd
@@ -519,10 +551,64 @@ def load(path: Path | str, blobs: Sequence[str] | None = None):
         for m in meta_cols:
             parts[m].extend(table.column(m).to_pylist())
         for b in names:
-            parts[b].extend(list(_column_to_numpy(table.column(b), manifest["blobs"][b])))
+            parts[b].extend(list(_writable(_column_to_numpy(table.column(b), manifest["blobs"][b]))))
     df = pd.DataFrame(parts)
     df.attrs["savedeep"] = {"partial": not manifest.get("complete"), "path": str(directory)}
     return df
+
+
+def _pickled_attrs(directory: Path) -> dict[str, Any]:
+    """The ``attrs`` of the final DataFrame, as pickled."""
+    return {"manifest": str(Path(directory) / MANIFEST), "partial": False}
+
+
+class _ByteCounter:
+    """A file-like sink that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self.n += n
+        return n
+
+
+def pickle_file_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[ColumnSpec],
+                      directory: Path) -> int:
+    """The exact size of the pickle :func:`write_pickle` writes for these rows (every image a row).
+
+    Pickles, into a counter, the DataFrame that :func:`load` builds, with views of one zero row in
+    place of the activations: the file's size depends on each array's length, shape, dtype and
+    flags (numpy pickles a writable buffer as a bytearray, a read-only one as bytes), not on its
+    values. That row is written to Parquet in memory and read back as :func:`load` reads a shard,
+    so its flags are those of the real rows whatever pyarrow's version. Keys and metadata are fresh
+    str objects, as ``to_pylist`` makes them (the pickler would share a repeated object).
+    Memory: one small object per image and blob.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def fresh(v: Any) -> str | None:
+        return None if v is None else str(v).encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+
+    n = len(keys)
+    parts: dict[str, list] = {"image": [fresh(k) for k in keys]}
+    for m, values in metadata.items():
+        parts[m] = [fresh(v) for v in values]
+    sink = pa.BufferOutputStream()
+    ShardWriter(Path(directory), 0, columns).write_to(
+        sink, ["x"], {}, {c.name: np.zeros((1, *c.shape), c.dtype) for c in columns})
+    row = pq.read_table(pa.BufferReader(sink.getvalue()))
+    for c in columns:
+        one = _writable(_column_to_numpy(row.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
+        parts[c.name] = [one[0] for _ in range(n)]
+    df = pd.DataFrame(parts)
+    df.attrs["savedeep"] = _pickled_attrs(directory)
+    sink = _ByteCounter()
+    pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(df)
+    return sink.n
 
 
 def blob_order(manifest: dict[str, Any]) -> list[str]:
@@ -534,6 +620,30 @@ def _blob_names(manifest: dict[str, Any] | None, df) -> list[str]:
     if manifest is not None:
         return blob_order(manifest)
     return [c for c in df.columns if c != "image"]
+
+
+READ_BATCH_BYTES = 32 * 2**20  # rows of one blob decoded at a time by iter_rows
+
+
+def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
+    """One blob's rows of one shard in order, as (n, *shape) arrays: one Parquet row group at a time (a run
+    writes one per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
+
+    Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
+    (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = max(1, int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize)
+    pf = pq.ParquetFile(path)
+    for g in range(pf.num_row_groups):
+        if pf.metadata.row_group(g).num_rows * row <= max_bytes:
+            yield _column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
+            continue
+        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
+                                  use_threads=False):
+            yield _column_to_numpy(pa.chunked_array([rb.column(0)]), info)
 
 
 def load_array(path: Path | str, blob: str) -> np.ndarray:
@@ -548,11 +658,29 @@ def load_array(path: Path | str, blob: str) -> np.ndarray:
         raise OutputError(f"{directory} has no blob {blob!r}; it holds {list(manifest['blobs'])}")
     _partial_note(directory, manifest)
     info = manifest["blobs"][blob]
-    arrays = [_column_to_numpy(pq.read_table(f, columns=[blob]).column(blob), info)
-              for f in _complete_shards(directory, manifest)]
-    if not arrays:
+    # One array of every row, filled a row group (a batch) at a time: the peak is the result and a
+    # row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
+    # 157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_export_memory.py).
+    shards = sorted((s for s in manifest.get("shards", []) if s.get("complete")), key=lambda s: s["index"])
+    total = sum(int(s["rows"]) for s in shards)
+    out: np.ndarray | None = None
+    pos = 0
+    for s in shards:
+        path = directory / s["file"]
+        start = pos
+        for values in iter_rows(path, blob, info):
+            if out is None:
+                out = np.empty((total, *values.shape[1:]), np.dtype(values.dtype.name))
+            if pos + len(values) > total:
+                break
+            out[pos:pos + len(values)] = values
+            pos += len(values)
+        if pos - start != s["rows"]:
+            raise OutputError(f"{path} does not hold the {s['rows']} rows its manifest entry says: the output was "
+                              "changed after its run; run it again (--overwrite)")
+    if out is None:
         return np.empty((0, *info["shape"]), dtype=info["dtype"])
-    return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    return out
 
 
 def estimate_pickle_bytes(manifest: dict[str, Any]) -> int:
@@ -569,14 +697,16 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
     assert manifest is not None
     need = estimate_pickle_bytes(manifest)
     if need > max_bytes:
+        from savedeep.sizes import human_bytes
+
         raise OutputError(
-            f"the pickle would hold {need / 2**30:.2f} GiB of activations, above max_pickle_bytes "
-            f"({max_bytes / 2**30:.2f} GiB), so it was not written. The Parquet output in {directory} is "
+            f"the pickle would hold {human_bytes(need)} of activations, above max_pickle_bytes "
+            f"({human_bytes(max_bytes)}), so it was not written. The Parquet output in {directory} is "
             f"complete: read it with savedeep.load('{directory}') or, one blob at a time, "
             f"savedeep.load_array('{directory}', BLOB); or raise max_pickle_bytes, or use pickle: false"
         )
     df = load(directory)
-    df.attrs["savedeep"] = {"manifest": str(directory / MANIFEST), "partial": False}
+    df.attrs["savedeep"] = _pickled_attrs(directory)
     with atomic_file(pickle_path) as f:
         pickle.dump(df, f, protocol=pickle.HIGHEST_PROTOCOL)
     return pickle_path

@@ -21,7 +21,10 @@ changes nothing on disk:
 5. what is on disk against ``--resume`` / ``--overwrite`` (nothing is deleted here);
 6. the plan (:func:`make_plan`: fixed shards of ``shard_size`` images, cut into
    batches), the devices, the number of workers and the shared-memory rings
-   (``/dev/shm``).
+   (``/dev/shm``);
+7. the output's size (NOTE [savedeep output sizes] in savedeep/sizes.py): a
+   pickle above ``max_pickle_bytes``, or more bytes than the output's file
+   system has free (unless ``space_check: false``), is refused here.
 
 ``Run.execute`` calls it first and then acts on its result (deletes an old
 output under ``--overwrite``, starts the workers); ``savedeep validate`` calls
@@ -148,6 +151,7 @@ class Preflight:
     in_slots: int = 0
     out_slots: int = 0
     warnings: list[str] = field(default_factory=list)
+    prediction: Any = None           # savedeep.sizes.Prediction: what the run will write
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -385,4 +389,28 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
             log.info("producers: %d instead of %d, as many as the window of %d batches lets work",
                      rings.producers, workers.producers, rings.out_slots)
             pf.producers = rings.producers
+    pf.prediction = check_sizes(cfg, pf, resume=resume, overwrite=overwrite, task=task)
     return pf
+
+
+def check_sizes(cfg: Config, pf: Preflight, *, resume: bool, overwrite: bool, task: Any = None) -> Any:
+    """Predict the output (savedeep.sizes.predict) and refuse a pickle above the limit or a disk too small.
+
+    The pickle file is bounded, not simulated (no pandas in the parent before the workers start):
+    ``savedeep validate`` checks with the same bound, so both refuse the same runs with the same line.
+    """
+    from savedeep.devices import shm_free_bytes
+    from savedeep.shm import Field, new_ring_spec
+    from savedeep.sizes import check_pickle, check_space, predict, reclaimable
+
+    pred = predict(cfg, pf, task=task)
+    if pf.plan.batches:
+        B = cfg.batch_size
+        pred.rings = (new_ring_spec("in", pf.in_slots, [Field("data", (B, *pf.input_shape), "float32")]).nbytes
+                      + new_ring_spec("out", pf.out_slots, [Field(c.name, (B, *c.shape), c.dtype)
+                                                             for c in pf.columns]).nbytes)
+        pred.shm_free = shm_free_bytes()
+    check_pickle(pred, cfg)
+    back = 0 if task is not None else reclaimable(cfg, resume=resume, overwrite=overwrite, exists=pf.output_exists)
+    check_space(pred, cfg, back)
+    return pred

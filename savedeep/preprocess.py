@@ -70,10 +70,21 @@ image; the tests check this to 1e-5 (in practice bit for bit).
 6. **Convert to float32 in [0, 1]** as ``float32(v / 255)`` (computed in
    float64 then rounded, like scikit-image's ``img_as_float``).
 7. **HWC -> CHW**, then **RGB -> BGR**.
+   A net whose input has **one channel** (``(1, H, W)``: LeNet-style and
+   colorization nets) gets the luminance instead, as
+   ``caffe.io.load_image(path, color=False)`` reads it (scikit-image's
+   ``rgb2gray``): ``0.2125 R + 0.7154 G + 0.0721 B`` of the float64 values
+   ``v / 255``, rounded once to float32; an image whose three channels are
+   equal (a grayscale file) gives ``float32(v / 255)`` exactly, as
+   scikit-image reads a grayscale file without ``rgb2gray``. With the
+   8-bit resize modes the luminance is taken after the resize (step 5), like
+   the colour path rounds its resize to 8 bits; with ``caffe-io`` it is
+   taken first and the float image is resized, as pycaffe does. Alpha is
+   dropped here too (scikit-image would composite an RGBA file on white).
 8. **Multiply by ``raw_scale``** (default 255).
 9. **Subtract the mean** (float32):
-   - a ``(3,)`` mean: per BGR channel;
-   - a ``(3, h, w)`` mean image with ``mean_mode``: ``channel`` (default:
+   - a ``(3,)`` mean: per BGR channel (``(1,)`` for a 1-channel net);
+   - a ``(3, h, w)`` mean image (``(1, h, w)`` for a 1-channel net) with ``mean_mode``: ``channel`` (default:
      averaged per channel, as most pycaffe scripts do with
      ``mean.mean(1).mean(1)``), ``image-crop`` (center crop to ``H x W``, as
      Caffe's DataTransformer with ``mean_file`` and ``crop_size``), or
@@ -81,7 +92,7 @@ image; the tests check this to 1e-5 (in practice bit for bit).
      ``Transformer.set_mean`` does; needs scikit-image).
 10. **Multiply by ``input_scale``** if set.
 
-The result is a float32 ``(3, H, W)`` BGR array. ``Preprocessor.describe()``
+The result is a float32 ``(3, H, W)`` BGR array (``(1, H, W)`` luminance for a 1-channel net). ``Preprocessor.describe()``
 records all of the above for the manifest.
 """
 
@@ -114,6 +125,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # float32(v / 255) computed in float64, as skimage.img_as_float then astype(float32).
 _TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+# img_as_float's own float64 values (v * (1 / 255): an ulp off v / 255 for some v), for the luminance.
+_TO_UNIT64 = np.arange(256, dtype=np.float64) * (1.0 / 255)
+# scikit-image's rgb2gray weights (ITU-R BT.709 luma), which caffe.io.load_image(color=False) applies.
+_GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721], np.float64)
+# The channel counts of an input savedeep can feed: BGR images, or their luminance.
+INPUT_CHANNELS = (3, 1)
 
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "JPEG"),
@@ -181,9 +198,10 @@ class PreprocessSpec:
 
 
 def load_mean(path: Path) -> np.ndarray:
-    """Read a mean file (.npy, or Caffe .binaryproto) as float32 (3,) BGR or (3, H, W)."""
+    """Read a mean file (.npy, or Caffe .binaryproto) as float32 (C,) or (C, H, W): C is 3 (BGR) or 1 (gray)."""
     path = Path(path)
-    accepted = "a (3,) BGR vector or a (3, H, W) mean image (a leading batch dimension of 1 is accepted)"
+    accepted = ("a (3,) BGR vector or a (3, H, W) mean image, or (1,) or (1, H, W) for a net with a 1-channel "
+                "input (a leading batch dimension of 1 is accepted)")
     try:
         if path.suffix.lower() == ".binaryproto":
             arr = _read_binaryproto(path.read_bytes(), path)
@@ -202,7 +220,8 @@ def load_mean(path: Path) -> np.ndarray:
         raise ModelError(f"{path}: the mean is not a numeric array; provide {accepted}")
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
-    if not (arr.shape == (3,) or (arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[1] > 0 and arr.shape[2] > 0)):
+    channels = arr.shape[0] if arr.ndim in (1, 3) else None
+    if channels not in INPUT_CHANNELS or (arr.ndim == 3 and not (arr.shape[1] > 0 and arr.shape[2] > 0)):
         raise ModelError(f"{path}: the mean has shape {arr.shape}; expected {accepted}")
     if not np.all(np.isfinite(arr)):
         raise ModelError(f"{path}: the mean contains NaN or infinite values; regenerate the mean file")
@@ -216,10 +235,10 @@ class Preprocessor:
         if len(input_shape) != 3:
             raise ModelError(f"input shape {tuple(input_shape)}: expected (C, H, W) without the batch dimension")
         c, h, w = (int(v) for v in input_shape)
-        if c != 3:
+        if c not in INPUT_CHANNELS:
             raise ModelError(
-                f"the net's input has {c} channel(s); savedeep feeds 3-channel BGR images only "
-                "(use a model whose input is (3, H, W))"
+                f"the net's input has {c} channels; savedeep feeds 3-channel BGR images or their 1-channel "
+                "luminance (use a model whose input is (3, H, W) or (1, H, W))"
             )
         if h < 1 or w < 1:
             raise ModelError(f"input shape {tuple(input_shape)}: height and width must be positive")
@@ -245,22 +264,27 @@ class Preprocessor:
         _, h, w = self.input_shape
         if mean is None:
             return None, {"mode": "none"}
+        c = self.input_shape[0]
+        values_key = "values_bgr" if c == 3 else "values_gray"
         mean = np.asarray(mean, dtype=np.float32)
-        if mean.shape == (3,):
+        if mean.ndim not in (1, 3) or mean.shape[0] != c:
+            raise ModelError(
+                f"the mean has shape {mean.shape} but the net's input has {c} channel(s): give a ({c},) vector "
+                f"or a ({c}, H, W) mean image" + (" (the luminance's mean, for this grayscale-input net)" if c == 1
+                                                 else ""))
+        if mean.ndim == 1:
             if mode != "channel":
                 raise ConfigError(
-                    f"preprocess.mean_mode: '{mode}' needs a (3, H, W) mean image but the mean is a (3,) "
+                    f"preprocess.mean_mode: '{mode}' needs a ({c}, H, W) mean image but the mean is a ({c},) "
                     "per-channel vector; use mean_mode 'channel'"
                 )
-            return mean.reshape(3, 1, 1), {"mode": "channel", "values_bgr": [float(v) for v in mean]}
-        if mean.ndim != 3 or mean.shape[0] != 3:
-            raise ModelError(f"mean of shape {mean.shape}: expected (3,) or (3, H, W)")
+            return mean.reshape(c, 1, 1), {"mode": "channel", values_key: [float(v) for v in mean]}
         info: dict[str, Any] = {"mode": mode, "source_shape": list(mean.shape)}
         if mode == "channel":
             # Average in float64 like pycaffe scripts' mean.mean(1).mean(1), then round once.
             values = mean.astype(np.float64).mean(axis=(1, 2)).astype(np.float32)
-            info["values_bgr"] = [float(v) for v in values]
-            return values.reshape(3, 1, 1), info
+            info[values_key] = [float(v) for v in values]
+            return values.reshape(c, 1, 1), info
         if mode == "image-crop":
             mh, mw = mean.shape[1:]
             if mh < h or mw < w:
@@ -309,7 +333,9 @@ class Preprocessor:
         _, h, w = self.input_shape
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
-        if self.spec.resize == "caffe-io":
+        if self.input_shape[0] == 1:
+            out = self._luminance(rgb, out)
+        elif self.spec.resize == "caffe-io":
             img = _TO_UNIT[rgb]
             if img.shape[:2] != (h, w):
                 img = _caffe_resize_image(img, (h, w))
@@ -330,6 +356,22 @@ class Preprocessor:
             out -= self._mean
         if self._input_scale is not None:
             out *= np.float32(self._input_scale)
+        return out
+
+    def _luminance(self, rgb: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """The (1, H, W) float32 luminance in [0, 1] of a decoded image (step 7 of the specification)."""
+        _, h, w = self.input_shape
+        if self.spec.resize != "caffe-io":
+            rgb = self._geometry(rgb)
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            gray = _TO_UNIT[rgb[..., 0]]  # a grayscale file: scikit-image reads it without rgb2gray
+        else:
+            gray = (_TO_UNIT64[rgb] @ _GRAY_WEIGHTS).astype(np.float32)  # rgb2gray, as scikit-image computes it
+        if gray.shape != (h, w):  # caffe-io: the float image is resized, as Transformer.preprocess does
+            gray = _caffe_resize_image(gray[:, :, np.newaxis], (h, w))[:, :, 0]
+        if out is None:
+            out = np.empty(self.input_shape, np.float32)
+        out[0] = gray
         return out
 
     def decode(self, path: Path) -> np.ndarray:
@@ -374,7 +416,9 @@ class Preprocessor:
             "resize": resize,
             "to_float": "float32(v / 255)",
             "layout": "CHW",
-            "channel_order": "BGR",
+            "channel_order": "BGR" if self.input_shape[0] == 3 else
+            "gray: 0.2125 R + 0.7154 G + 0.0721 B of v / 255 in float64 (scikit-image rgb2gray), or v / 255 where "
+            "R = G = B",
             "input_shape": list(self.input_shape),
             "raw_scale": self._raw_scale,
             "mean": self._mean_info,

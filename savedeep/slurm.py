@@ -207,6 +207,8 @@ def run_args_from(config: Path | None, overrides: dict[str, Any]) -> list[str]:
             out += ["--blobs", ",".join(value)]
         elif key == "pickle" and value is False:
             out.append("--no-pickle")
+        elif key == "space_check" and value is False:
+            out.append("--no-space-check")
         elif key == "require_gpu" and value:
             out.append("--require-gpu")
         elif key == "report":

@@ -33,10 +33,11 @@ done
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${SAVEDEEP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/savedeep}
 PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-# A CUDA wheel also depends on patch_caffe_cuda.sh: a changed patch must not reuse an old wheel.
-PATCH_TAG=""
+# Every wheel depends on patch_caffe_source.sh, a CUDA wheel also on patch_caffe_cuda.sh: a
+# changed patch must not reuse an old wheel.
+PATCH_TAG="-s$(sha256sum "$HERE/patch_caffe_source.sh" | cut -c1-12)"
 if [ "$FLAVOUR" = cuda ]; then
-  PATCH_TAG="-p$(sha256sum "$HERE/patch_caffe_cuda.sh" | cut -c1-12)"
+  PATCH_TAG="$PATCH_TAG-p$(sha256sum "$HERE/patch_caffe_cuda.sh" | cut -c1-12)"
 fi
 KEY="${SDIST_SHA256:0:16}-${PYTAG}-${FLAVOUR}${ARCH:+-$ARCH}${PATCH_TAG}"
 WHEEL_DIR="$CACHE/pycaffe/$KEY"
@@ -95,6 +96,7 @@ HDF5_LIB=/usr/lib/$(gcc -print-multiarch)/hdf5/serial
   echo 'LINKFLAGS += -Wl,-rpath,\$$ORIGIN'
   echo "Q ?= @"
 } > "$SRC/Makefile.config"
+bash "$HERE/patch_caffe_source.sh" "$SRC"
 
 if [ "$FLAVOUR" = cpu ]; then
   echo "CPU_ONLY := 1" >> "$SRC/Makefile.config"

@@ -46,7 +46,7 @@ say() { echo "[setup] $*" >&2; }
 
 # Everything after the venv is skipped when nothing it depends on changed: these files, and
 # the options that change what is built (--cuda and its --arch select another pycaffe wheel).
-STAMP_KEY=$( { cat "$ROOT/pyproject.toml" "$0" "$ROOT/scripts/build_pycaffe.sh" "$ROOT/scripts/patch_caffe_cuda.sh" \
+STAMP_KEY=$( { cat "$ROOT/pyproject.toml" "$0" "$ROOT/scripts/build_pycaffe.sh" "$ROOT/scripts/patch_caffe_cuda.sh" "$ROOT/scripts/patch_caffe_source.sh" \
                    "$ROOT/scripts/make_wheel.py"; echo "options: $CAFFE $TORCH ${CUDA_ARGS[*]:-}"; } \
                | sha256sum | cut -c1-16)
 STAMP="$VENV/.savedeep-setup-$STAMP_KEY-$CAFFE$TORCH${CUDA_ARGS[*]:+-cuda}"

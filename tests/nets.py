@@ -163,7 +163,132 @@ LAYER_CASES: dict[str, tuple[tuple[int, ...], str]] = {
     "inplace_chain": (S, conv("c", "data", "c", num_output=4, kernel_size=3) + layer("bn", "BatchNorm", "c", "c")
                       + layer("sc", "Scale", "c", "c", "scale_param", bias_term=True) + layer("r", "ReLU", "c", "c")
                       + layer("p", "Pooling", "c", "p", P, pool="MAX", kernel_size=2, stride=2)),
+    "mvn": (S, layer("m", "MVN", "data", "m")),
+    "mvn_across_mean_only": (S, layer("m", "MVN", "data", "m", "mvn_param", across_channels=True,
+                                      normalize_variance=False)),
+    "mvn_across_eps": (S, layer("m", "MVN", "data", "m", "mvn_param", across_channels=True, eps=0.01)),
+    "mvn_2d": (S, layer("f", "InnerProduct", "data", "f", "inner_product_param", num_output=6)
+               + layer("m", "MVN", "f", "m", "mvn_param", across_channels=True)),
+    "reduction_sum": (S, layer("r", "Reduction", "data", "r", "reduction_param", axis=1)),
+    "reduction_asum_axis2": (S, layer("r", "Reduction", "data", "r", "reduction_param", operation="ASUM", axis=2,
+                                      coeff=0.5)),
+    "reduction_sumsq_last": (S, layer("r", "Reduction", "data", "r", "reduction_param", operation="SUMSQ", axis=-1)),
+    "reduction_mean_coeff": (S, layer("r", "Reduction", "data", "r", "reduction_param", operation="MEAN", axis=-2,
+                                      coeff=-3)),
+    "tile": (S, layer("t", "Tile", "data", "t", "tile_param", tiles=2)),
+    "tile_last": (S, layer("t", "Tile", "data", "t", "tile_param", axis=-1, tiles=3)),
+    "tile_then_conv": (S, layer("t", "Tile", "data", "t", "tile_param", axis=2, tiles=2)
+                       + conv("c", "t", "c", num_output=2, kernel_size=3, stride=2)),
+    "spp_max": ((2, 3, 13, 11), layer("s", "SPP", "data", "s", "spp_param", pyramid_height=3)),
+    "spp_ave": ((2, 3, 10, 16), layer("s", "SPP", "data", "s", "spp_param", pyramid_height=2, pool="AVE")),
+    "spp_one_level": (S, layer("s", "SPP", "data", "s", "spp_param", pyramid_height=1, pool="AVE")),
+    "threshold": (S, layer("t", "Threshold", "data", "t")),
+    "threshold_value": (S, layer("t", "Threshold", "data", "t", "threshold_param", threshold=0.3)),
+    # Embed reads integer indices: an ArgMax over the channels or a Threshold gives them at deploy time
+    "embed_argmax": (S6, layer("a", "ArgMax", "data", "a", "argmax_param", axis=1)
+                     + layer("e", "Embed", "a", "e", "embed_param", num_output=5, input_dim=6)),
+    "embed_threshold_nobias": (S, layer("t", "Threshold", "data", "t")
+                               + layer("e", "Embed", "t", "e", "embed_param", num_output=3, input_dim=4,
+                                       bias_term=False)),
+    "im2col": (S, layer("i", "Im2col", "data", "i", "convolution_param", kernel_size=3, stride=2, pad=1)),
+    "im2col_dilation_hw": (S6, layer("i", "Im2col", "data", "i", "convolution_param", kernel_h=2, kernel_w=3,
+                                     dilation=2, stride_h=1, stride_w=2, pad_h=0, pad_w=2)),
 }
+
+
+def generated_cases(seed: int = 29, per_type: int = 6) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Single-layer nets with parameters drawn from a seeded generator: a spread of each layer's options.
+
+    Deterministic (the same cases on every run and machine), and valid for Caffe by construction:
+    group divides the channels and num_output, pooling's pad is below its kernel, every output is
+    non-empty. Names say the drawn parameters, so a failing case can be rebuilt by hand.
+    """
+    rng = np.random.default_rng(seed)
+    cases: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def pick(*options: Any) -> Any:
+        return options[int(rng.integers(len(options)))]
+
+    def add(kind: str, shape: tuple[int, ...], body: str, params: dict) -> None:
+        name = kind + "_" + "_".join(f"{k}{_short(v)}" for k, v in params.items())
+        cases[name] = (shape, body)
+
+    for _ in range(per_type):  # Convolution and Deconvolution: group, kernel, stride, pad, dilation, bias
+        for kind in ("Convolution", "Deconvolution"):
+            group = pick(1, 2, 3)
+            c, n = group * pick(1, 2), group * pick(1, 2)
+            kh, kw = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+            params = dict(num_output=n, kernel_h=kh, kernel_w=kw, stride_h=int(rng.integers(1, 4)),
+                          stride_w=int(rng.integers(1, 4)), pad_h=int(rng.integers(0, 3)),
+                          pad_w=int(rng.integers(0, 3)), dilation=pick(1, 2), group=group,
+                          bias_term=bool(rng.integers(2)))
+            shape = (2, c, int(rng.integers(9, 14)), int(rng.integers(9, 14)))
+            add(kind.lower()[:6], shape, layer("x", kind, "data", "x", "convolution_param", **params), params)
+    for _ in range(2 * per_type):  # Pooling: method, kernel, stride, pad, ceil or floor rounding
+        k = int(rng.integers(2, 5))
+        params = dict(pool=pick("MAX", "AVE"), kernel_size=k, stride=int(rng.integers(1, 4)),
+                      pad=int(rng.integers(0, k)), ceil_mode=bool(rng.integers(2)))
+        shape = (2, 3, int(rng.integers(6, 14)), int(rng.integers(6, 14)))
+        add("pool", shape, layer("x", "Pooling", "data", "x", P, **params), params)
+    for _ in range(per_type):  # InnerProduct: axis, bias, transpose
+        params = dict(num_output=int(rng.integers(1, 7)), axis=pick(1, 2, -1), bias_term=bool(rng.integers(2)),
+                      transpose=bool(rng.integers(2)))
+        add("ip", S, layer("x", "InnerProduct", "data", "x", "inner_product_param", **params), params)
+    for _ in range(per_type):  # Im2col: kernel, stride, pad, dilation
+        params = dict(kernel_size=int(rng.integers(1, 4)), stride=int(rng.integers(1, 3)), pad=int(rng.integers(0, 3)),
+                      dilation=pick(1, 2))
+        add("im2col", S, layer("x", "Im2col", "data", "x", "convolution_param", **params), params)
+    for _ in range(per_type):  # Reduction: operation, axis, coeff
+        params = dict(operation=pick("SUM", "ASUM", "SUMSQ", "MEAN"), axis=pick(1, 2, 3, -1, -2),
+                      coeff=pick(1.0, 0.5, -2.0))
+        add("reduction", S, layer("x", "Reduction", "data", "x", "reduction_param", **params), params)
+    for _ in range(per_type):  # Tile: axis, tiles
+        params = dict(axis=pick(1, 2, 3, -1), tiles=int(rng.integers(1, 4)))
+        add("tile", S, layer("x", "Tile", "data", "x", "tile_param", **params), params)
+    for _ in range(per_type):  # MVN: variance on/off, across channels, eps
+        params = dict(normalize_variance=bool(rng.integers(2)), across_channels=bool(rng.integers(2)),
+                      eps=pick(1e-9, 1e-3, 0.5))
+        add("mvn", S, layer("x", "MVN", "data", "x", "mvn_param", **params), params)
+    for _ in range(per_type):  # SPP: pyramid height and method, on sizes where every level fits Caffe's pooling
+        height = int(rng.integers(1, 4))
+        sizes = [v for v in range(5, 20) if _spp_fits(v, height)]
+        params = dict(pyramid_height=height, pool=pick("MAX", "AVE"))
+        shape = (2, 3, pick(*sizes), pick(*sizes))
+        add("spp", shape, layer("x", "SPP", "data", "x", "spp_param", **params), params)
+    for _ in range(per_type):  # Scale and Bias: axis, num_axes, bias
+        axis = pick(0, 1, 2, -1)
+        ndim_left = 4 - (axis % 4)
+        params = dict(axis=axis, num_axes=pick(*range(-1, ndim_left + 1)))
+        if pick(True, False):
+            params["bias_term"] = bool(rng.integers(2))
+            add("scale", S, layer("x", "Scale", "data", "x", "scale_param", **params), params)
+        else:
+            add("bias", S, layer("x", "Bias", "data", "x", "bias_param", **params), params)
+    for _ in range(per_type // 2):  # ReLU's negative slope, Threshold's threshold
+        slope = round(float(rng.uniform(-1, 1)), 3)
+        add("relu", S, layer("x", "ReLU", "data", "x", "relu_param", negative_slope=slope), dict(negative_slope=slope))
+        t = round(float(rng.normal(0, 0.5)), 3)
+        add("threshold", S, layer("x", "Threshold", "data", "x", "threshold_param", threshold=t), dict(threshold=t))
+    return cases
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, bool):
+        return "T" if v else "F"
+    return str(v).replace("-", "m").replace(".", "p")
+
+
+def _spp_fits(size: int, height: int) -> bool:
+    """Caffe's SPP sets, at level l, kernel ceil(size / 2^l) and pad half the overhang; pooling needs pad < kernel."""
+    for level in range(height):
+        bins = 2**level
+        kernel = -(-size // bins)
+        if (kernel * bins - size + 1) // 2 >= kernel:
+            return False
+    return True
+
+
+GENERATED_CASES = generated_cases()
 
 
 def fill_weights(net: Any, seed: int = 0, overrides: dict[tuple[str, int], np.ndarray] | None = None) -> None:

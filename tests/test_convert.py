@@ -119,6 +119,9 @@ ONNX_CASES = sorted(c for c in LAYER_CASES if c.startswith(("pool", "lrn", "crop
                                                            "concat", "reshape", "flatten", "deconv", "inplace")))
 ONNX_CASES += ["scale_two_bottoms", "bias_two_bottoms", "batchnorm_batch_stats", "ip_axis2_nobias", "ip_transpose",
                "softmax_axis", "eltwise_sum", "eltwise_max", "prelu", "elu", "bnll", "power", "log_base", "exp_base"]
+# the layer types added for issue 29 (SPP's AVE levels need the clipped divisor spelled out, as AVE pooling)
+ONNX_CASES += ["spp_max", "spp_ave", "spp_one_level", "mvn", "mvn_2d", "reduction_mean_coeff", "tile_then_conv",
+               "threshold_value", "embed_threshold_nobias", "im2col_dilation_hw"]
 
 
 # Caffe nets whose parameters span the batch axis (a Scale/Bias with axis 0 and a second bottom)
@@ -297,10 +300,10 @@ def test_layer_onnx_cannot_express_is_refused_by_name(tmp_path, capsys):
 
 def test_layer_type_savedeep_does_not_run_is_refused_by_name(tmp_path):
     d = _model(tmp_path, layer("t", "TanH", "data", "t"))
-    text = (d / "deploy.prototxt").read_text() + 'layer { name: "odd" type: "Threshold" bottom: "t" top: "o" }\n'
+    text = (d / "deploy.prototxt").read_text() + 'layer { name: "odd" type: "Axpy" bottom: "t" top: "o" }\n'
     (d / "deploy.prototxt").write_text(text)
     for to, dest in (("onnx", "m.onnx"), ("torch", "m.pt2")):
-        with pytest.raises(UnsupportedLayerError, match=r"layer 'odd' has type 'Threshold'"):
+        with pytest.raises(UnsupportedLayerError, match=r"layer 'odd' has type 'Axpy'"):
             convert(d, to, tmp_path / dest, ["o"])
 
 

@@ -471,6 +471,11 @@ def test_setup_stamp_changes_with_the_arch_and_the_cuda_patch(tmp_path):
     with open(s / "patch_caffe_cuda.sh", "a") as f:
         f.write("\n# changed\n")
     assert _stamp(s, "--cuda", "--arch", "sm_90") != before
+    # the source patch of every build (the protobuf read limit) is part of the stamp of both flavours
+    cpu_before, cuda_before = _stamp(s), _stamp(s, "--cuda", "--arch", "sm_90")
+    with open(s / "patch_caffe_source.sh", "a") as f:
+        f.write("\n# changed\n")
+    assert _stamp(s) != cpu_before and _stamp(s, "--cuda", "--arch", "sm_90") != cuda_before
     assert _stamp(s, "--cuda", "--arch", "sm_90") == _stamp(s, "--cuda", "--arch", "sm_90")
 
 

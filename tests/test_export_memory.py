@@ -72,3 +72,31 @@ def test_export_memory_is_bounded(big_output, tmp_path, to) -> None:
         with h5py.File(dest) as f:
             got = f["conv"][rows]
     assert np.array_equal(got, np.concatenate([_rows(i, i + 1) for i in rows]))
+
+
+LOAD_ARRAY_CHILD = """
+import json, sys
+import numpy, pyarrow.parquet, savedeep.output
+def status(key):  # KiB
+    return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
+before = status("VmRSS:")
+a = savedeep.output.load_array(sys.argv[1], "conv")
+rows = [0, 15, 16, 399, 400, 777, a.shape[0] - 1]
+numpy.save(sys.argv[2], a[rows])
+print(json.dumps({"before": before * 1024, "peak": status("VmHWM:") * 1024, "shape": list(a.shape)}))
+"""
+
+
+def test_load_array_holds_the_blob_once(big_output, tmp_path) -> None:
+    # load_array's result is the whole blob, so it needs that much; reading every shard and then
+    # concatenating held it twice (issue 30: 328 MiB for 157 MB in benchmarks/bench_scale.py).
+    r = subprocess.run([sys.executable, "-c", LOAD_ARRAY_CHILD, str(big_output), str(tmp_path / "rows.npy")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    mem = json.loads(r.stdout.splitlines()[-1])
+    size = N * int(np.prod(SHAPE)) * 4
+    grew = mem["peak"] - mem["before"]
+    assert mem["shape"] == [N, *SHAPE]
+    assert size <= grew < size + 64 * 2**20, f"{grew / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB blob"
+    rows = [0, 15, 16, 399, 400, 777, N - 1]
+    assert np.array_equal(np.load(tmp_path / "rows.npy"), np.concatenate([_rows(i, i + 1) for i in rows]))

@@ -199,13 +199,14 @@ def test_parse_errors_name_file_line_column(tmp_path: Path, text: str, where: st
 
 
 def test_unknown_layer_param_is_skipped_and_type_reported(tmp_path: Path, caplog) -> None:
-    body = 'layer { name: "thr" type: "Threshold" bottom: "data" top: "thr" threshold_param { threshold: 0.5 } }\n'
+    # a fork's layer (SSD's Normalize), outside standard Caffe
+    body = 'layer { name: "nrm" type: "Normalize" bottom: "data" top: "nrm" norm_param { across_spatial: false } }\n'
     path = write(tmp_path, input_layer((1, 3, 4, 4)) + body)
     with caplog.at_level(logging.WARNING), pytest.raises(UnsupportedLayerError) as info:
         load_net(path)
     message = str(info.value)
-    assert "'thr'" in message and "'Threshold'" in message and "Convolution" in message and str(path) in message
-    assert "threshold_param" in caplog.text
+    assert "'nrm'" in message and "'Normalize'" in message and "Convolution" in message and str(path) in message
+    assert "norm_param" in caplog.text
     assert set(supported_layer_types()) >= {"Input", "Deconvolution", "Crop", "ArgMax", "BatchNorm", "Scale"}
 
 

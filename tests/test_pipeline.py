@@ -218,13 +218,14 @@ def test_existing_output_refused_then_overwritten(nsfw_dir, image_dir, tmp_path)
     assert res.rows == len(savedeep.load(out))
 
 
-def test_pickle_refused_above_limit_keeps_parquet(nsfw_dir, image_dir, tmp_path):
+def test_pickle_above_limit_is_refused_before_any_work(nsfw_dir, image_dir, tmp_path):
+    # Refused by the preflight since issue 30 (the pickle's size is known from the shapes); it used to be
+    # refused after the whole run. The refusal at the end, for a merge, is in tests/test_sizes.py.
     out = tmp_path / "acts.pk"
-    with pytest.raises(OutputError, match="load_array"):
+    with pytest.raises(OutputError, match=r"max_pickle_bytes.*above max_pickle_bytes \(977 KiB\); nothing was "
+                                          r"started.*pickle: false"):
         _run(nsfw_dir, image_dir, out, ["conv_1"], batch_size=8, max_pickle_bytes="1MB")
-    assert not out.exists()
-    arr = savedeep.load_array(tmp_path / "acts.parquet", "conv_1")
-    assert arr.shape[1:] == (64, 112, 112) and arr.shape[0] > 0
+    assert not out.exists() and not (tmp_path / "acts.parquet").exists()
 
 
 def test_finished_but_unreported_shards_are_adopted(nsfw_dir, image_dir, tmp_path):

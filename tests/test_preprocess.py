@@ -90,6 +90,43 @@ def test_equals_transformer_with_a_cropped_mean_image(pycaffe, by_name, ilsvrc_m
     assert np.abs(pre.load(path) - ref).max() <= 1e-5
 
 
+def caffe_load_gray(path: Path) -> np.ndarray:
+    """caffe.io.load_image(path, color=False), minus the as_grey= spelling current scikit-image removed:
+    imread(as_gray=True) (rgb2gray of a colour file, the values of a grayscale one), as float32 (H, W, 1)."""
+    return skimage.img_as_float(skimage_io.imread(path, as_gray=True)).astype(np.float32)[:, :, np.newaxis]
+
+
+def gray_transformer(caffe, shape, mean, raw_scale=255, input_scale=None):
+    """pycaffe's Transformer as a script sets it up for a 1-channel net (no channel swap)."""
+    t = caffe.io.Transformer({"data": (1, *shape)})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_raw_scale("data", raw_scale)
+    t.set_mean("data", mean)
+    if input_scale is not None:
+        t.set_input_scale("data", input_scale)
+    return t
+
+
+@pytest.mark.caffe
+@pytest.mark.parametrize("name", ["cat.jpg", "cat_gray.jpg", "astronaut.png", "camera.png", "coffee.png"])
+def test_a_grayscale_net_gets_caffe_io_luminance_at_input_size(pycaffe, by_name, name):
+    """A (1, H, W) input: the luminance load_image(color=False) reads, then raw_scale, mean, input_scale.
+
+    Colour and grayscale files; the net's input is the photo's size, so no resize runs on either side.
+    Before: a 1-channel net was refused ("3-channel BGR images only").
+    """
+    path = by_name[name]
+    ref_img = caffe_load_gray(path)
+    shape = (1, *ref_img.shape[:2])
+    mean = np.array([117.5], np.float32)
+    pre = Preprocessor(PreprocessSpec(input_scale=0.5), mean, shape)
+    ref = gray_transformer(pycaffe, shape, mean, input_scale=0.5).preprocess("data", ref_img)
+    ours = pre.load(path)
+    assert ours.dtype == np.float32 and ours.shape == shape
+    assert np.array_equal(ours, ref), np.abs(ours - ref).max()
+    assert pre.describe()["mean"]["values_gray"] == [117.5]
+
+
 @pytest.fixture
 def caffe_io_with_resize(pycaffe, monkeypatch):
     # brocolli-caffe 9.0.2's caffe/io.py calls resize() without BVLC's
@@ -113,6 +150,20 @@ def test_caffe_io_mode_equals_resize_image(caffe_io_with_resize, by_name, ilsvrc
     from savedeep.preprocess import _caffe_resize_image
 
     assert np.array_equal(_caffe_resize_image(img, (227, 227)), caffe.io.resize_image(img, (227, 227)))
+
+
+@pytest.mark.caffe
+@pytest.mark.parametrize("name", ["cat.jpg", "camera.png"])
+def test_a_grayscale_net_in_caffe_io_mode_equals_transformer_preprocess(caffe_io_with_resize, name, by_name):
+    """caffe-io resizing of the luminance: the gray float image is resized, as Transformer.preprocess does,
+    and a (1, H, W) mean image is averaged (mean_mode channel)."""
+    caffe = caffe_io_with_resize
+    shape = (1, 28, 28)
+    mean_image = np.random.default_rng(4).uniform(20, 60, (1, 32, 32)).astype(np.float32)
+    pre = Preprocessor(PreprocessSpec(resize="caffe-io"), mean_image, shape)
+    mean = np.array(pre.describe()["mean"]["values_gray"], np.float32)
+    ref = gray_transformer(caffe, shape, mean).preprocess("data", caffe_load_gray(by_name[name]))
+    assert np.abs(pre.load(by_name[name]) - ref).max() <= 1e-5
 
 
 @pytest.mark.caffe
@@ -382,9 +433,13 @@ def test_load_mean_shapes(testdata, tmp_path):
     assert load_mean(tmp_path / "v.npy").tolist() == [104.0, 117.0, 123.0]
     np.save(tmp_path / "b.npy", m[None])
     assert load_mean(tmp_path / "b.npy").shape == (3, 256, 256)
-    for bad in [np.zeros(4), np.zeros((3, 1)), np.zeros((1, 256, 256)), np.zeros((2, 3, 8, 8))]:
+    for gray in [np.array([33.3]), np.zeros((1, 28, 28)), np.zeros((1, 1, 28, 28))]:  # for 1-channel nets
+        np.save(tmp_path / "g.npy", gray)
+        assert load_mean(tmp_path / "g.npy").shape == gray.shape[-3:] if gray.ndim > 1 else (1,)
+    for bad in [np.zeros(4), np.zeros(2), np.zeros((3, 1)), np.zeros((2, 256, 256)), np.zeros((2, 3, 8, 8))]:
         np.save(tmp_path / "bad.npy", bad)
-        with pytest.raises(ModelError, match=r"bad\.npy: the mean has shape .*expected a \(3,\) BGR vector or a \(3, H, W\)"):
+        with pytest.raises(ModelError, match=r"bad\.npy: the mean has shape .*expected a \(3,\) BGR vector or a \(3, H, W\)"
+                                             r".*or \(1,\) or \(1, H, W\) for a net with a 1-channel input"):
             load_mean(tmp_path / "bad.npy")
     (tmp_path / "junk.npy").write_text("nope")
     with pytest.raises(ModelError, match="junk.npy: cannot read the mean file"):
@@ -439,8 +494,13 @@ def test_spec_validation_and_describe(ilsvrc_mean):
         PreprocessSpec(raw_scale=0)
     with pytest.raises(ConfigError, match="use resize_to >= 227"):
         Preprocessor(PreprocessSpec(resize="resize-crop", resize_to=200), ilsvrc_mean, (3, 227, 227))
-    with pytest.raises(ModelError, match="1 channel"):
-        Preprocessor(PreprocessSpec(), None, (1, 28, 28))
+    with pytest.raises(ModelError, match="input has 2 channels; .* \\(3, H, W\\) or \\(1, H, W\\)"):
+        Preprocessor(PreprocessSpec(), None, (2, 28, 28))
+    # a mean whose channels are not the net's: named, with the shape to give
+    with pytest.raises(ModelError, match=r"the mean has shape \(3,\) but the net's input has 1 channel.*\(1,\) vector"):
+        Preprocessor(PreprocessSpec(), np.array([104.0, 117.0, 123.0]), (1, 28, 28))
+    with pytest.raises(ModelError, match=r"the mean has shape \(1, 8, 8\) but the net's input has 3 channel"):
+        Preprocessor(PreprocessSpec(), np.zeros((1, 8, 8)), (3, 28, 28))
     spec = PreprocessSpec(resize="short-side-crop", resize_to=256, input_scale=0.017)
     assert spec.to_dict()["resize_to"] == 256
     d = Preprocessor(spec, ilsvrc_mean, (3, 224, 224)).describe()

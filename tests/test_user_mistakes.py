@@ -240,6 +240,8 @@ MISTAKES: list[Mistake] = [
             lambda c: (_setenv(c, "CUDA_VISIBLE_DEVICES", ""), [*c.flags()[:-2], "--gpus", "all", "--require-gpu"])[1],
             ("sees none", "CUDA_VISIBLE_DEVICES", "drop --require-gpu")),
     Mistake("engine-caffe-without-pycaffe", 2, _no_pycaffe, ("engine: caffe", "'caffe'", "scripts/setup.sh")),
+    Mistake("pickle-above-max-pickle-bytes", 5, lambda c: [c.config(max_pickle_bytes="10KB")],
+            ("max_pickle_bytes", "48.0 KiB of activations", "9.77 KiB", "pickle: false", "reduce")),
     Mistake("dev-shm-too-small", 2,
             lambda c: (_private_mount(c, "mount -t tmpfs -o size=8m tmpfs /dev/shm"), c.flags())[1],
             ("/dev/shm has", "batch_size", "--shm-size"), subprocess=True),

@@ -53,7 +53,8 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
 
     keep_freed_memory()  # before the engine allocates: no page faults on every batch's buffers
     # pycaffe reads the caffemodel itself: decoding it here too would cost time and memory for nothing.
-    model = load_model(args.model_dir, weights=args.engine != "caffe")
+    # The parent's preflight read these files and printed their warnings: reread, not reported again.
+    model = load_model(args.model_dir, weights=args.engine != "caffe", reread=True)
     marks.append(("model files read", time.time()))
     # The parent gave this process only its own GPU (CUDA_VISIBLE_DEVICES, savedeep/devices.py):
     # inside, it is device 0. Refuse to run if that isolation is missing.

@@ -33,7 +33,7 @@ from savedeep.engines.base import (
     validate_blob_names,
 )
 from savedeep.devices import caffe_has_cuda, probe_driver  # noqa: F401 - caffe_has_cuda is re-exported
-from savedeep.errors import ModelError
+from savedeep.errors import ModelError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
     from savedeep.model import Net
@@ -86,6 +86,26 @@ def select_device(caffe: ModuleType, dev: Device) -> None:
         caffe.set_mode_cpu()
 
 
+def check_runnable(caffe: ModuleType, net: "Net", dev: Device, prototxt: Path | str) -> None:
+    """Refuse, naming the layer, what this pycaffe would abort on instead of reporting (glog's fatal errors).
+
+    A layer type missing from this build (e.g. Clip and Swish, which came to BVLC Caffe after the fork
+    that scripts/setup.sh builds), and STOCHASTIC pooling on the CPU, which Caffe implements only in CUDA.
+    """
+    known = set(caffe.layer_type_list())
+    for layer in net.layers:
+        if layer.type not in known:
+            raise UnsupportedLayerError(
+                f"{prototxt}: layer {layer.name!r} has type {layer.type!r}, which this pycaffe build does not "
+                f"have; use engine 'torch' for this model")
+        pool = (layer.param.pooling_param.pool if layer.type == "Pooling"
+                else layer.param.spp_param.pool if layer.type == "SPP" else None)
+        if pool == "STOCHASTIC" and not dev.is_cuda:
+            raise UnsupportedLayerError(
+                f"{prototxt}: layer {layer.name!r} ({layer.type}) pools STOCHASTIC, which Caffe computes only on a "
+                f"GPU; use engine 'torch' (it computes Caffe's test-time formula) or a CUDA pycaffe on a GPU")
+
+
 class CaffeEngine(EngineBase):
     """The engine that runs a net through pycaffe."""
 
@@ -110,6 +130,7 @@ class CaffeEngine(EngineBase):
         self.batch_size = batch_size
         self._visible = list(net.blobs)
         self._input = net.input_name
+        check_runnable(caffe, net, dev, prototxt)
         self.net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
         if self._input not in self.net.blobs:
             raise ModelError(f"{prototxt}: pycaffe's net has no input blob {self._input!r}")

@@ -9,6 +9,9 @@ in-place write would change a blob that a later layer still reads.
 Where Caffe's rules differ from torch's defaults the code follows Caffe:
 pooling output sizes round up and drop a last window that would start in the
 padding; average pooling divides by the window clipped to the padded input;
+stochastic pooling at test time is sum(x^2) / sum(x) over windows that ignore
+the padding; MVN divides by the standard deviation plus eps; Clip lets min win
+over max;
 LRN across channels divides ``alpha`` by ``local_size``; LRN within a channel is
 ``(1 + alpha * mean of squares)^-beta`` with zero padding (``k`` unused).
 """
@@ -24,7 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from savedeep.errors import ModelError, UnsupportedLayerError
-from savedeep.model import ShapeError, canonical_axis, conv_geometry, pooled_size, pooling_geometry
+from savedeep.model import (
+    ShapeError,
+    canonical_axis,
+    conv_geometry,
+    legacy_shape,
+    pooled_size,
+    pooling_geometry,
+    spp_levels,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from savedeep.model import Layer
@@ -318,18 +329,59 @@ class Bias(CaffeOp):
 caffe_pool_size = pooled_size  # Caffe's pooled output length; one rule, in savedeep/model.py
 
 
+def _pool2d(x: Tensor, method: str, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
+            ceil: bool = True) -> Tensor:
+    """One Caffe pooling of a 4-D blob: MAX, AVE, or STOCHASTIC as Caffe computes it at test time."""
+    h, w = x.shape[2], x.shape[3]
+    out_h = pooled_size(h, kernel[0], stride[0], pad[0], ceil)
+    out_w = pooled_size(w, kernel[1], stride[1], pad[1], ceil)
+    if method == "STOCHASTIC":
+        # Caffe's test-time stochastic pooling (pooling_layer.cu; the CPU build has none): each
+        # window starts at o * stride, ignoring pad (which only enters the output size), is
+        # clipped to the input, and gives sum(x^2) / sum(x) where sum(x) > 0, else 0.
+        extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h)
+        extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w)
+        both = torch.cat([x, x.square()], dim=1)
+        both = F.pad(both, (0, extra_w, 0, extra_h)) if extra_h or extra_w else both
+        sums = F.avg_pool2d(both, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
+        total, squares = sums[:, : x.shape[1]], sums[:, x.shape[1]:]
+        positive = total > 0
+        return torch.where(positive, squares / torch.where(positive, total, torch.ones_like(total)),
+                           torch.zeros_like(total))
+    # Right/bottom padding so that every counted window lies inside the padded tensor.
+    extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
+    extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
+    padding = (pad[1], extra_w, pad[0], extra_h)
+    if method == "MAX":
+        # -inf padding: Caffe's max ignores positions outside the input
+        xp = F.pad(x, padding, value=-math.inf) if any(padding) else x
+        y = F.max_pool2d(xp, kernel, stride)
+        return y[:, :, :out_h, :out_w]
+    xp = F.pad(x, padding) if any(padding) else x
+    # Sum over the window (zeros outside the input), then divide by the window size
+    # clipped to the padded input [-pad, size + pad), as Caffe does.
+    y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
+    div_h = _pool_divisor(out_h, h, kernel[0], stride[0], pad[0], x)
+    div_w = _pool_divisor(out_w, w, kernel[1], stride[1], pad[1], x)
+    return y / (div_h[:, None] * div_w[None, :])
+
+
+def _pool_divisor(out: int, size: int, kernel: int, stride: int, pad: int, like: Tensor) -> Tensor:
+    """AVE pooling's divisor per output position: the window clipped to [-pad, size + pad)."""
+    start = torch.arange(out, dtype=torch.float32, device=like.device) * stride - pad
+    end = torch.clamp(start + kernel, max=size + pad)
+    return (end - start).to(like.dtype)
+
+
 class Pooling(CaffeOp):
-    """Caffe's MAX and AVE pooling with Caffe's output size, padding and divisor rules."""
+    """Caffe's MAX, AVE and (test-time) STOCHASTIC pooling with Caffe's output size, padding and divisor rules."""
 
     def __init__(self, layer: "Layer") -> None:
         super().__init__(layer)
         p = layer.param.pooling_param
         self.method = p.pool
-        if self.method not in ("MAX", "AVE"):
-            raise UnsupportedLayerError(
-                f"layer {layer.name!r} (Pooling): pool {self.method} is not supported by the torch engine "
-                f"(MAX and AVE are); use the caffe engine"
-            )
+        if self.method not in ("MAX", "AVE", "STOCHASTIC"):
+            raise UnsupportedLayerError(f"{self.where()}: unknown pool method {self.method}; fix the prototxt")
         if len(layer.tops) > 1:
             raise UnsupportedLayerError(
                 f"layer {layer.name!r} (Pooling): a second top (the max mask) is not supported by the torch "
@@ -344,35 +396,34 @@ class Pooling(CaffeOp):
     def forward(self, x: Tensor) -> list[Tensor]:
         if x.dim() != 4:
             raise UnsupportedLayerError(f"{self.where()}: the torch engine pools 4-D blobs only; use the caffe engine")
-        h, w = x.shape[2], x.shape[3]
         if self.global_pooling:
-            kernel, stride, pad = pooling_geometry(self.param, h, w)
+            kernel, stride, pad = pooling_geometry(self.param, x.shape[2], x.shape[3])
         else:
             kernel, stride, pad = self.kernel, self.stride, self.pad
-        out_h = pooled_size(h, kernel[0], stride[0], pad[0], self.ceil)
-        out_w = pooled_size(w, kernel[1], stride[1], pad[1], self.ceil)
-        # Right/bottom padding so that every counted window lies inside the padded tensor.
-        extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
-        extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
-        padding = (pad[1], extra_w, pad[0], extra_h)
-        if self.method == "MAX":
-            # -inf padding: Caffe's max ignores positions outside the input
-            xp = F.pad(x, padding, value=-math.inf) if any(padding) else x
-            y = F.max_pool2d(xp, kernel, stride)
-            return [y[:, :, :out_h, :out_w]]
-        xp = F.pad(x, padding) if any(padding) else x
-        # Sum over the window (zeros outside the input), then divide by the window size
-        # clipped to the padded input [-pad, size + pad), as Caffe does.
-        y = F.avg_pool2d(xp, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
-        div_h = self._divisor(out_h, h, kernel[0], stride[0], pad[0], x)
-        div_w = self._divisor(out_w, w, kernel[1], stride[1], pad[1], x)
-        return [y / (div_h[:, None] * div_w[None, :])]
+        return [_pool2d(x, self.method, kernel, stride, pad, self.ceil)]
 
-    @staticmethod
-    def _divisor(out: int, size: int, kernel: int, stride: int, pad: int, like: Tensor) -> Tensor:
-        start = torch.arange(out, dtype=torch.float32, device=like.device) * stride - pad
-        end = torch.clamp(start + kernel, max=size + pad)
-        return (end - start).to(like.dtype)
+
+class SPP(CaffeOp):
+    """Caffe's spatial pyramid pooling: level l pools into 2^l x 2^l bins; the levels are flattened and concatenated."""
+
+    def __init__(self, layer: "Layer") -> None:
+        super().__init__(layer)
+        p = layer.param.spp_param
+        self.height, self.method = int(p.pyramid_height), p.pool
+        if self.height < 1:
+            raise ModelError(f"{self.where()}: spp_param.pyramid_height must be at least 1; fix the prototxt")
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if x.dim() != 4:
+            raise ModelError(f"{self.where()}: SPP needs a 4-D (N, C, H, W) blob; fix the prototxt")
+        try:
+            levels = spp_levels(x.shape[2], x.shape[3], self.height)
+        except ShapeError as exc:
+            raise ModelError(f"{self.where()}: {exc}; fix the prototxt or the input size") from None
+        pooled = [_pool2d(x, self.method, k, s, pd) for k, s, pd in levels]
+        if self.height == 1:  # Caffe runs the single pooling alone, without flattening it
+            return pooled
+        return [torch.cat([y.reshape(y.shape[0], -1) for y in pooled], dim=1)]
 
 
 class LRN(CaffeOp):
@@ -409,6 +460,30 @@ class LRN(CaffeOp):
             r = scale.rsqrt()
             return [x * r.mul_(r.sqrt())]
         return [x * scale.pow(-self.beta)]
+
+
+class MVN(CaffeOp):
+    """Caffe's mean-variance normalisation per (image, channel), or per image with across_channels.
+
+    Caffe divides by the standard deviation plus eps (not by sqrt(variance + eps)).
+    """
+
+    def __init__(self, layer: "Layer") -> None:
+        super().__init__(layer)
+        p = layer.param.mvn_param
+        self.normalize_variance, self.across = bool(p.normalize_variance), bool(p.across_channels)
+        self.eps = float(p.eps)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        try:  # the top is (num, channels, height, width), a missing axis counting as 1, as in Caffe
+            shape = legacy_shape(tuple(x.shape))
+        except ShapeError as exc:
+            raise ModelError(f"{self.where()}: {exc}; fix the prototxt") from None
+        flat = x.reshape(shape[0] if self.across else shape[0] * shape[1], -1)
+        y = flat - flat.mean(dim=1, keepdim=True)
+        if self.normalize_variance:
+            y = y / (y.square().mean(dim=1, keepdim=True).sqrt() + self.eps)
+        return [y.reshape(shape)]
 
 
 # ---------------------------------------------------------------------------
@@ -487,6 +562,25 @@ def _log(layer: "Layer") -> CaffeOp:
 def _bnll(x: Tensor) -> Tensor:
     # log(1 + exp(x)) computed without overflow, as Caffe does by branching on the sign
     return torch.clamp(x, min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def _threshold(layer: "Layer") -> CaffeOp:
+    t = float(layer.param.threshold_param.threshold)
+    return _Elementwise(layer, lambda x: (x > t).to(x.dtype))
+
+
+def _clip(layer: "Layer") -> CaffeOp:
+    p = layer.param.clip_param
+    if not (p.has("min") and p.has("max")):
+        raise ModelError(f"layer {layer.name!r} (Clip): clip_param needs both min and max; fix the prototxt")
+    lo, hi = float(p.min), float(p.max)
+    # Caffe: max(min, min(x, max)), so min wins where min > max (torch.clamp would give max)
+    return _Elementwise(layer, lambda x: x.clamp(max=hi).clamp(min=lo), lambda x: x.clamp_(max=hi).clamp_(min=lo))
+
+
+def _swish(layer: "Layer") -> CaffeOp:
+    beta = float(layer.param.swish_param.beta)
+    return _Elementwise(layer, lambda x: x * torch.sigmoid(x * beta) if beta != 1 else x * torch.sigmoid(x))
 
 
 class Identity(CaffeOp):
@@ -671,6 +765,87 @@ class ArgMax(CaffeOp):
         return [y.reshape(x.shape[0], len(parts), self.top_k, *([1] * (x.dim() - 3)))]
 
 
+class Reduction(CaffeOp):
+    """Caffe's Reduction: SUM, ASUM, SUMSQ or MEAN of all axes from `axis` on, times coeff."""
+
+    def __init__(self, layer: "Layer") -> None:
+        super().__init__(layer)
+        p = layer.param.reduction_param
+        self.op, self.axis, self.coeff = p.operation, int(p.axis), float(p.coeff)
+        if self.op not in ("SUM", "ASUM", "SUMSQ", "MEAN"):
+            raise UnsupportedLayerError(f"{self.where()}: unknown Reduction operation {self.op}; fix the prototxt")
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        axis = _axis(self.axis, x.dim(), self)
+        flat = x.reshape(*x.shape[:axis], -1)
+        if self.op == "ASUM":
+            flat = flat.abs()
+        elif self.op == "SUMSQ":
+            flat = flat.square()
+        y = flat.mean(dim=-1) if self.op == "MEAN" else flat.sum(dim=-1)
+        return [y * self.coeff if self.coeff != 1 else y]
+
+
+class Tile(CaffeOp):
+    """Caffe's Tile: `tiles` copies of the axes from `axis` on, one after the other along `axis`."""
+
+    def __init__(self, layer: "Layer") -> None:
+        super().__init__(layer)
+        p = layer.param.tile_param
+        self.axis, self.tiles = int(p.axis), int(p.tiles)
+        if self.tiles < 1:
+            raise ModelError(f"{self.where()}: tile_param.tiles must be given and positive; fix the prototxt")
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        axis = _axis(self.axis, x.dim(), self)
+        reps = [1] * x.dim()
+        reps[axis] = self.tiles
+        return [x.repeat(*reps)]
+
+
+class Embed(CaffeOp):
+    """Caffe's Embed: each value of the bottom, an integer index below input_dim, becomes a learned row."""
+
+    def __init__(self, layer: "Layer") -> None:
+        super().__init__(layer)
+        p = layer.param.embed_param
+        blobs = _weights(layer, 2 if p.bias_term else 1)
+        self.input_dim, self.num_output = int(p.input_dim), int(p.num_output)
+        self.register_buffer("weight", blobs[0].reshape(self.input_dim, self.num_output))
+        self.register_buffer("bias", blobs[1].reshape(-1) if p.bias_term else None)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        index = x.to(torch.int64)  # truncates toward zero, as Caffe's static_cast<int>
+        # (an exported program cannot branch on values: there the check is left out)
+        if not torch.compiler.is_exporting() and bool(((index < 0) | (index >= self.input_dim)).any()):
+            raise ModelError(f"{self.where()}: its bottom holds values outside [0, {self.input_dim}), which are not "
+                             "indices into its input_dim rows; feed it integer indices")
+        y = self.weight[index]
+        return [y + self.bias if self.bias is not None else y]
+
+
+class Im2col(CaffeOp):
+    """Caffe's Im2col: every convolution window as a column, channels outermost (as F.unfold orders them)."""
+
+    def __init__(self, layer: "Layer") -> None:
+        super().__init__(layer)
+        p = layer.param.convolution_param
+        if p.axis not in (1, -3):
+            raise UnsupportedLayerError(f"{self.where()}: convolution_param.axis {p.axis} is not supported by the "
+                                        "torch engine (only channel axis 1); use the caffe engine")
+        kernel, stride, pad, dilation = _geometry(layer, conv_geometry, p, 2)
+        self.kernel, self.stride, self.pad, self.dilation = tuple(kernel), tuple(stride), tuple(pad), tuple(dilation)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if x.dim() != 4:
+            raise UnsupportedLayerError(f"{self.where()}: the torch engine runs Im2col on 4-D blobs only, got a "
+                                        f"{x.dim()}-D blob; use the caffe engine")
+        cols = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
+        out = [(x.shape[2 + i] + 2 * self.pad[i] - (self.dilation[i] * (self.kernel[i] - 1) + 1)) // self.stride[i] + 1
+               for i in range(2)]
+        return [cols.reshape(x.shape[0], cols.shape[1], *out)]
+
+
 # ---------------------------------------------------------------------------
 # registry
 
@@ -710,6 +885,15 @@ BUILDERS: dict[str, Callable[["Layer"], CaffeOp]] = {
     "Reshape": Reshape,
     "Crop": Crop,
     "ArgMax": ArgMax,
+    "MVN": MVN,
+    "Reduction": Reduction,
+    "Tile": Tile,
+    "SPP": SPP,
+    "Threshold": _threshold,
+    "Embed": Embed,
+    "Im2col": Im2col,
+    "Clip": _clip,
+    "Swish": _swish,
 }
 
 SUPPORTED_TYPES: frozenset[str] = frozenset(BUILDERS) | INPUT_TYPES
