@@ -546,6 +546,24 @@ def _layer_spec(op: Any, layer: Any) -> tuple[str, dict[str, Any], dict[str, Any
         config = {"axis": op.axis, "offsets": op.offsets}
     elif isinstance(op, tl.ArgMax):
         config = {"top_k": op.top_k, "out_max_val": op.out_max_val, "axis": op.axis}
+    elif isinstance(op, tl.SPP):
+        config = {"method": op.method, "pyramid_height": op.height}
+    elif isinstance(op, tl.MVN):
+        config = {"normalize_variance": op.normalize_variance, "across_channels": op.across, "eps": op.eps}
+    elif isinstance(op, tl.Reduction):
+        config = {"operation": op.op, "axis": op.axis, "coeff": op.coeff}
+    elif isinstance(op, tl.Tile):
+        config = {"axis": op.axis, "tiles": op.tiles}
+    elif isinstance(op, tl.Embed):
+        params = {"weight": op.weight, "bias": op.bias}
+    elif isinstance(op, tl.Im2col):
+        config = {"kernel": op.kernel, "stride": op.stride, "pad": op.pad, "dilation": op.dilation}
+    elif t == "Threshold":
+        config = {"threshold": float(layer.param.threshold_param.threshold)}
+    elif t == "Clip":
+        config = {"min": float(layer.param.clip_param.min), "max": float(layer.param.clip_param.max)}
+    elif t == "Swish":
+        config = {"beta": float(layer.param.swish_param.beta)}
     elif t == "Split":
         config = {"ntops": len(layer.tops)}
     elif t == "Dropout":
@@ -758,7 +776,8 @@ def load(weights=None, map_location="cpu"):
 _GENERATED_NAMES = frozenset({"CaffeLayer", "Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "ReLU",
                               "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Dropout",
                               "Split", "Silence", "Softmax", "Concat", "Slice", "Eltwise", "BatchNorm", "Scale",
-                              "Bias", "Flatten", "Reshape", "Crop", "ArgMax", "METADATA", "Tensor", "List", "Optional",
+                              "Bias", "Flatten", "Reshape", "Crop", "ArgMax", "Threshold", "Clip", "Swish", "SPP",
+                              "MVN", "Reduction", "Tile", "Embed", "Im2col", "METADATA", "Tensor", "List", "Optional",
                               "Sequence", "Tuple"})
 
 

@@ -52,6 +52,16 @@ def caffe_pool(x: Tensor, method: str, kernel: Tuple[int, int], stride: Tuple[in
         kernel, stride, pad = (h, w), (1, 1), (0, 0)
     out_h = _pooled_size(h, kernel[0], stride[0], pad[0], ceil)
     out_w = _pooled_size(w, kernel[1], stride[1], pad[1], ceil)
+    if method == "STOCHASTIC":  # Caffe's test-time rule: sum(x^2) / sum(x) per window, 0 where sum(x) <= 0
+        extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h)
+        extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w)
+        both = torch.cat([x, x.square()], dim=1)
+        both = F.pad(both, (0, extra_w, 0, extra_h)) if extra_h or extra_w else both
+        sums = F.avg_pool2d(both, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
+        total, squares = sums[:, : x.shape[1]], sums[:, x.shape[1]:]
+        positive = total > 0
+        return torch.where(positive, squares / torch.where(positive, total, torch.ones_like(total)),
+                           torch.zeros_like(total))
     extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
     extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
     padding = (pad[1], extra_w, pad[0], extra_h)
@@ -200,7 +210,66 @@ def caffe_argmax(x: Tensor, top_k: int, out_max_val: bool, axis: Optional[int]) 
     return y.reshape(x.shape[0], len(parts), top_k, *([1] * (x.dim() - 3)))
 
 
-for _fn in ("caffe_pool", "caffe_lrn", "caffe_inner_product", "caffe_prelu", "caffe_batch_norm", "caffe_scale",
+def caffe_spp(x: Tensor, method: str, pyramid_height: int) -> Tensor:
+    """Caffe's SPP: level l pools into 2^l x 2^l bins (kernel = stride = the bin size rounded up, pad half the
+    overhang rounded up); the levels flattened and concatenated (a single level is returned as it is)."""
+    h, w = x.shape[2], x.shape[3]
+    pooled = []
+    for level in range(pyramid_height):
+        bins = 2 ** level
+        kernel = (-(-h // bins), -(-w // bins))
+        pad = ((kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2)
+        pooled.append(caffe_pool(x, method, kernel, kernel, pad, True, False))
+    if pyramid_height == 1:
+        return pooled[0]
+    return torch.cat([y.reshape(y.shape[0], -1) for y in pooled], dim=1)
+
+
+def caffe_mvn(x: Tensor, normalize_variance: bool, across_channels: bool, eps: float) -> Tensor:
+    """Caffe's MVN on the (num, channels, height, width) view (a missing axis counts as 1); divides by the
+    standard deviation plus eps."""
+    shape = tuple(x.shape) + (1,) * (4 - x.dim())
+    flat = x.reshape(shape[0] if across_channels else shape[0] * shape[1], -1)
+    y = flat - flat.mean(dim=1, keepdim=True)
+    if normalize_variance:
+        y = y / (y.square().mean(dim=1, keepdim=True).sqrt() + eps)
+    return y.reshape(shape)
+
+
+def caffe_reduction(x: Tensor, operation: str, axis: int, coeff: float) -> Tensor:
+    a = _canonical_axis(axis, x.dim())
+    flat = x.reshape(*x.shape[:a], -1)
+    if operation == "ASUM":
+        flat = flat.abs()
+    elif operation == "SUMSQ":
+        flat = flat.square()
+    y = flat.mean(dim=-1) if operation == "MEAN" else flat.sum(dim=-1)
+    return y * coeff if coeff != 1 else y
+
+
+def caffe_tile(x: Tensor, axis: int, tiles: int) -> Tensor:
+    reps = [1] * x.dim()
+    reps[_canonical_axis(axis, x.dim())] = tiles
+    return x.repeat(*reps)
+
+
+def caffe_embed(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """Each value of the bottom, an integer index (truncated toward zero, as Caffe's cast), becomes a row."""
+    index = x.to(torch.int64)
+    if bool(((index < 0) | (index >= weight.shape[0])).any()):
+        raise ValueError(f"Embed: the bottom holds values outside [0, {weight.shape[0]}), which are not indices")
+    y = weight[index]
+    return y + bias if bias is not None else y
+
+
+def caffe_im2col(x: Tensor, kernel: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int],
+                 dilation: Tuple[int, int]) -> Tensor:
+    cols = F.unfold(x, kernel, dilation, pad, stride)
+    out = [(x.shape[2 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1 for i in range(2)]
+    return cols.reshape(x.shape[0], cols.shape[1], *out)
+
+
+for _fn in ("caffe_pool", "caffe_spp", "caffe_mvn", "caffe_reduction", "caffe_tile", "caffe_embed", "caffe_im2col", "caffe_lrn", "caffe_inner_product", "caffe_prelu", "caffe_batch_norm", "caffe_scale",
             "caffe_bias", "caffe_softmax", "caffe_concat", "caffe_slice", "caffe_flatten", "caffe_reshape",
             "caffe_crop", "caffe_argmax"):
     torch.fx.wrap(_fn)
@@ -366,6 +435,75 @@ class BNLL(CaffeLayer):
 
     def compute(self, x: Tensor) -> Tensor:
         return torch.clamp(x, min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+class Threshold(CaffeLayer):
+    caffe_type = "Threshold"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return (x > self.config["threshold"]).to(x.dtype)
+
+
+class Clip(CaffeLayer):
+    """Caffe's max(min, min(x, max)): min wins where min > max."""
+
+    caffe_type = "Clip"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return x.clamp(max=self.config["max"]).clamp(min=self.config["min"])
+
+
+class Swish(CaffeLayer):
+    caffe_type = "Swish"
+
+    def compute(self, x: Tensor) -> Tensor:
+        beta = self.config["beta"]
+        return x * torch.sigmoid(x * beta) if beta != 1 else x * torch.sigmoid(x)
+
+
+class SPP(CaffeLayer):
+    caffe_type = "SPP"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return caffe_spp(x, self.config["method"], self.config["pyramid_height"])
+
+
+class MVN(CaffeLayer):
+    caffe_type = "MVN"
+
+    def compute(self, x: Tensor) -> Tensor:
+        c = self.config
+        return caffe_mvn(x, c["normalize_variance"], c["across_channels"], c["eps"])
+
+
+class Reduction(CaffeLayer):
+    caffe_type = "Reduction"
+
+    def compute(self, x: Tensor) -> Tensor:
+        c = self.config
+        return caffe_reduction(x, c["operation"], c["axis"], c["coeff"])
+
+
+class Tile(CaffeLayer):
+    caffe_type = "Tile"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return caffe_tile(x, self.config["axis"], self.config["tiles"])
+
+
+class Embed(CaffeLayer):
+    caffe_type = "Embed"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return caffe_embed(x, self.weight, self.bias)
+
+
+class Im2col(CaffeLayer):
+    caffe_type = "Im2col"
+
+    def compute(self, x: Tensor) -> Tensor:
+        c = self.config
+        return caffe_im2col(x, c["kernel"], c["stride"], c["pad"], c["dilation"])
 
 
 class Dropout(CaffeLayer):
