@@ -112,5 +112,12 @@ def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> T
         raise ModelError(f"{source}: its metadata records no image preprocessing (the net's input is not a "
                          f"(3, H, W) image, or an older savedeep wrote it); use transform(MODEL_DIRECTORY)")
     spec = PreprocessSpec(**pre["options"])
-    mean = np.array(meta["mean_bgr"], dtype=np.float32) if meta.get("mean_bgr") is not None else None
+    recorded = pre["spec"]["mean"]  # Preprocessor.describe()'s: per-channel values (BGR, or the luminance's)
+    mean = None
+    if recorded.get("mode", "none") != "none":
+        values = recorded.get("values_bgr", recorded.get("values_gray"))
+        if values is None:
+            raise ModelError(f"{source}: its metadata records a {recorded.get('mode')!r} mean without its values; "
+                             f"use transform(MODEL_DIRECTORY)")
+        mean = np.array(values, dtype=np.float32)
     return Transform(Preprocessor(spec, mean, tuple(pre["spec"]["input_shape"])), source)

@@ -132,3 +132,26 @@ def test_peer_recipe_runs_as_written(demo_root, peers_python, index):  # noqa: F
         r = run_peer(peers_python, PEER_BLOCKS[i], demo_root)
         assert r.returncode == 0, f"README python peers block {i}:\n{PEER_BLOCKS[i]}\n{r.stderr[-4000:]}"
         (demo_root / f".peer_recipe_{i}.ok").touch()
+
+
+def test_transform_of_a_grayscale_net(photos, tmp_path):
+    """A (1, H, W) net: the converted file's transform subtracts the luminance's mean (values_gray, not
+    values_bgr) and equals the producer's input, as the model directory's does."""
+    import savedeep
+    from savedeep.model import load_model, load_net
+    from savedeep.preprocess import Preprocessor, PreprocessSpec, load_mean
+    from savedeep.synthetic import random_weights, write_caffemodel
+    from tests.nets import layer, write_net
+
+    d = tmp_path / "gray"
+    net = load_net(write_net(d, "gray", layer("c", "Convolution", "data", "c", "convolution_param", num_output=2,
+                                               kernel_size=3), (1, 1, 9, 11)))
+    write_caffemodel(d / "weights.caffemodel", net, random_weights(net, seed=0))
+    np.save(d / "mean.npy", np.array([0.3], np.float32))
+    py = savedeep.convert(d, "torch", tmp_path / "gray.py")
+    model = load_model(d)
+    producer = Preprocessor(PreprocessSpec(), load_mean(model.mean_path), (1, 9, 11))
+    for photo in photos[:3]:
+        expected = producer.load(photo)
+        assert np.array_equal(savedeep.transform(py)(photo).numpy(), expected), photo.name
+        assert np.array_equal(savedeep.transform(d)(photo).numpy(), expected), photo.name
