@@ -267,7 +267,7 @@ def metadata(model: "Model", names: Sequence[str], batch: int | None, to: str) -
         "savedeep_version": __version__,
         "format": to,
         "input": {"name": net.input_name, "shape": ["N" if batch is None else batch, *shape], "dtype": "float32",
-                  "layout": "NCHW", "channel_order": "BGR"},
+                  "layout": "NCHW", "channel_order": {3: "BGR", 1: "luminance"}.get(shape[0])},
         "outputs": list(names),
         "blob_semantics": _blob_semantics_note(),
         "preprocessing": ({"steps": steps, "spec": pre, "options": spec.to_dict()} if pre else None),
@@ -736,7 +736,7 @@ Needs only PyTorch. ``load()`` builds it and reads the weights from the file bes
 Each Caffe layer is a submodule named after it (characters outside [A-Za-z0-9_] as ``_``); a layer working
 in place on the top of the layer before it (ReLU, Dropout, BatchNorm, Scale) is a child of that layer's
 module, so a layer's module returns its blob as pycaffe's ``net.blobs`` holds it (e.g. post-ReLU).
-The input is the preprocessed blob {net.input_name!r}: float32 (N, {", ".join(str(d) for d in net.input_shape[1:])}), BGR, mean subtracted.
+The input is the preprocessed blob {net.input_name!r}: float32 (N, {", ".join(str(d) for d in net.input_shape[1:])}), {meta["input"]["channel_order"]}, mean subtracted.
 """
 
 import json
