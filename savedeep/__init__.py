@@ -12,7 +12,8 @@ Python API::
     m, keys = savedeep.rdm("out/acts.pk", "fc7")      # 1 - Pearson r between images (rsatoolbox's correlation)
     sim = savedeep.blob_similarity("out/acts.pk", ["fc6", "fc7"])   # correlation between the blobs' RDMs
     savedeep.report("out/acts.pk")                    # out/acts.report.html, one self-contained page
-    savedeep.convert("demo/model", "onnx", "nsfw.onnx")  # the net as ONNX (or "torch": a .pt2 program)
+    savedeep.convert("demo/model", "onnx", "nsfw.onnx")  # the net as ONNX (or "torch": nsfw.py, a module)
+    t = savedeep.transform("demo/model")              # path or PIL image -> the exact input tensor (3, H, W)
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import sa
     from savedeep.pipeline import RunResult
 
 __all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
-           "rdm", "blob_similarity", "blob_stats", "report", "convert", "merge", "__version__"]
+           "rdm", "blob_similarity", "blob_stats", "report", "convert", "transform", "merge",
+           "__version__"]
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
@@ -156,8 +158,18 @@ def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | 
     return write_report(Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed)
 def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | None = None,
             batch: int | str = "dynamic", overwrite: bool = False) -> Path:
-    """Write a model directory's net as ONNX (``to="onnx"``) or a torch.export program (``"torch"``, a .pt2)
+    """Write a model directory's net as ONNX (``to="onnx"``) or for PyTorch (``"torch"``: ``dest`` NAME.py, a
+    module with one submodule per layer and its weights in NAME.pt, or NAME.pt2, a torch.export program)
     whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.conversion`."""
     from savedeep.conversion import convert as _convert
 
     return _convert(model, to, dest, blobs, batch=batch, overwrite=overwrite)
+
+
+def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> Any:
+    """savedeep's preprocessing of a model directory or a converted model, as a callable from a path or a
+    PIL image to the exact float32 (3, H, W) input tensor (a torchvision ``transform=``); see
+    :mod:`savedeep.transforms`."""
+    from savedeep.transforms import transform as _transform
+
+    return _transform(source, preprocess)

@@ -152,11 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--dir", type=Path, help="where the scripts and logs go (default: out/acts.slurm/)")
     sl.add_argument("--submit", action="store_true", help="submit the array job and the merge job with sbatch")
 
-    c = sub.add_parser("convert", help="write a Caffe model as ONNX or as a PyTorch program (.pt2) that "
-                       "returns the requested blobs", epilog="--to onnx needs the convert extra: "
+    c = sub.add_parser("convert", help="write a Caffe model as ONNX, as a PyTorch module (NAME.py "
+                       "+ NAME.pt: one submodule per layer) or as a torch.export program (.pt2)", epilog="--to onnx needs the convert extra: "
                        "pip install 'savedeep[convert]'\n" + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("model", type=Path, help="model directory: deploy.prototxt, weights.caffemodel, mean.npy")
-    c.add_argument("--to", required=True, choices=["onnx", "torch"], help="onnx (.onnx) or torch (torch.export .pt2)")
+    c.add_argument("--to", required=True, choices=["onnx", "torch"], help="onnx (.onnx) or torch (-o NAME.py: a module "
+                   "and its weights NAME.pt; -o NAME.pt2: a torch.export program)")
     c.add_argument("-o", "--out", dest="dest", type=Path, required=True, help="the file to write, e.g. model.onnx")
     c.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names (default: the net's outputs)")
     c.add_argument("--batch", default="dynamic", help="'dynamic' (default: any batch size) or a fixed batch size")

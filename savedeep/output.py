@@ -522,11 +522,20 @@ def load(path: Path | str, blobs: Sequence[str] | None = None):
     directory, pk = _resolve(Path(path))
     manifest = read_manifest(directory)
     if pk is not None and (manifest is None or manifest.get("complete")):
-        df = pd.read_pickle(pk)
-        if blobs is not None:
-            keep = [c for c in df.columns if c not in _blob_names(manifest, df)] + list(blobs)
-            df = df[keep]
-        return df
+        try:
+            df = pd.read_pickle(pk)
+        except ModuleNotFoundError as exc:
+            # numpy 2 pickles its arrays as numpy._core, which numpy 1 does not have (Brain-Score and
+            # thingsvision pin numpy<2): the Parquet shards hold the same rows and read anywhere.
+            if not str(exc.name or "").startswith("numpy._core") or manifest is None:
+                raise
+            log.info("%s was pickled with numpy 2 (this is numpy %s): reading the Parquet dataset", pk,
+                     np.__version__)
+        else:
+            if blobs is not None:
+                keep = [c for c in df.columns if c not in _blob_names(manifest, df)] + list(blobs)
+                df = df[keep]
+            return df
     if manifest is None:
         raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output (pass the .pk or .parquet path)")
     _partial_note(directory, manifest)

@@ -311,10 +311,28 @@ class Preprocessor:
 
     def load(self, path: Path, out: np.ndarray | None = None) -> np.ndarray:
         """Decode and preprocess one image file into (C, H, W) float32; ImageError(reason) if unusable."""
-        _, h, w = self.input_shape
         if out is not None and (out.shape != self.input_shape or out.dtype != np.float32):
             raise ValueError(f"out must be float32 {self.input_shape}, got {out.dtype} {out.shape}")
-        rgb = self.decode(Path(path))
+        return self.from_rgb(self.decode(Path(path)), out)
+
+    def from_pil(self, im: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """Preprocess an image already opened by Pillow (a torchvision data set's item): its pixels as the
+        decoder of :meth:`decode` gives them for the image's mode (alpha dropped, 16-bit gray scaled, EXIF
+        orientation applied only with ``exif_transpose``), then :meth:`from_rgb`."""
+        w, h = im.size
+        self._check_size(w, h)
+        orientation = im.getexif().get(_ORIENTATION_TAG, 1) if self.spec.exif_transpose else 1
+        rgb = _pillow_to_rgb(im, im.format or "image")
+        if orientation != 1:
+            rgb = _apply_orientation(rgb, orientation)
+        return self.from_rgb(rgb, out)
+
+    def from_rgb(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The steps after decoding (resize, to float, CHW, BGR, raw_scale, mean, input_scale) on a uint8
+        RGB (H, W, 3) array; the producer's :meth:`load` is :meth:`decode` then this."""
+        _, h, w = self.input_shape
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"expected uint8 RGB (H, W, 3), got {rgb.dtype} {rgb.shape}")
         if self.input_shape[0] == 1:
             out = self._luminance(rgb, out)
         elif self.spec.resize == "caffe-io":

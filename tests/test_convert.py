@@ -1,5 +1,5 @@
-"""`savedeep convert`: the ONNX graph (run by onnxruntime) and the torch.export program (loaded in a plain
-PyTorch interpreter where savedeep does not import) agree with pycaffe on real nets and on the layer cases
+"""`savedeep convert`: the ONNX graph (run by onnxruntime), the torch.export program and the generated module
+(each loaded in a plain PyTorch interpreter where savedeep does not import) agree with pycaffe on real nets and on the layer cases
 whose Caffe rules ONNX's defaults would break; layers ONNX cannot express exactly are refused by name.
 """
 
@@ -95,6 +95,7 @@ def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path,
     blobs = [b for b in model.net.blobs if b != model.net.input_name]  # every blob the net computes
     onnx_path = convert(directory, "onnx", tmp_path / f"{name}.onnx", blobs)
     pt2 = convert(directory, "torch", tmp_path / f"{name}.pt2", blobs)
+    py = convert(directory, "torch", tmp_path / f"{name}.py", blobs)
 
     # 3 images: not the batch of 2 that the dynamic-batch export traced
     x = photo_batch(photos, tuple(model.net.input_shape[1:]), mean_bgr, n=3)
@@ -106,6 +107,8 @@ def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path,
     lines = [_compare(f"{name} onnxruntime", run_onnx(onnx_path, x), expected, blobs, NET_TOLERANCE,
                       NET_CHANNEL_TOLERANCE),
              _compare(f"{name} plain torch .pt2", run_plain_torch(pt2, x, tmp_path), expected, blobs, NET_TOLERANCE,
+                      NET_CHANNEL_TOLERANCE),
+             _compare(f"{name} plain torch module", run_plain_module(py, x, tmp_path), expected, blobs, NET_TOLERANCE,
                       NET_CHANNEL_TOLERANCE)]
     print("\n" + "\n".join(lines))
 
@@ -246,7 +249,9 @@ def test_pt2_metadata_and_dict_of_blobs(small_model, tmp_path):
     pt2 = convert(small_model, "torch", tmp_path / "m.pt2", ["p", "c"])
     extra = {"savedeep.json": ""}
     program = torch.export.load(str(pt2), extra_files=extra)
-    assert json.loads(json.loads(extra["savedeep.json"])["savedeep.mean_bgr"]) == [1.5, 2.5, 3.5]
+    meta = json.loads(extra["savedeep.json"])  # one plain JSON object: no JSON strings inside it
+    assert meta["mean_bgr"] == [1.5, 2.5, 3.5] and meta["outputs"] == ["p", "c"]
+    assert meta["preprocessing"]["options"]["raw_scale"] == 255 and meta["input"]["shape"] == ["N", 3, 9, 11]
     x = np.random.default_rng(0).normal(size=(3, 3, 9, 11)).astype(np.float32)
     out = program.module()(torch.from_numpy(x))
     assert list(out) == ["p", "c"]
@@ -350,3 +355,180 @@ def test_api_convert_stays_a_function(small_model, tmp_path):
 
     assert callable(savedeep.convert)
     assert savedeep.convert(small_model, "torch", tmp_path / "m.pt2") == tmp_path / "m.pt2"
+
+
+# --- --to torch -o NAME.py: the module peers take -------------------------------------------------
+
+
+def import_module_file(path: Path):
+    """Import a converted NAME.py as a fresh module (its own name, so tests never share one)."""
+    import importlib.util
+    import uuid
+
+    spec = importlib.util.spec_from_file_location(f"converted_{uuid.uuid4().hex}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def hook_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
+    """Every named module's output for input ``x`` (copied when the hook runs: later in-place ops leave it)."""
+    seen: dict[str, object] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if name:
+            def hook(m, args, out, name=name):
+                seen[name] = out.detach().clone() if torch.is_tensor(out) else tuple(o.detach().clone() for o in out)
+            handles.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+# layer types the engine runs that tests/nets.py's cases leave out (tests/test_zoo.py checks them with pycaffe)
+MODULE_CASES = {
+    **LAYER_CASES,
+    "clip": ((2, 3, 5, 6), layer("c", "Clip", "data", "c", "clip_param", min=-0.5, max=0.7)),
+    "swish_beta": ((2, 3, 5, 6), layer("s", "Swish", "data", "s", "swish_param", beta=1.5)),
+    "pool_stochastic": ((2, 3, 8, 11), layer("a", "AbsVal", "data", "a")
+                        + layer("p", "Pooling", "a", "p", "pooling_param", pool="STOCHASTIC", kernel_size=3, stride=2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODULE_CASES))
+def test_module_layer_case_matches_the_engine_blob_by_blob(case, tmp_path):
+    """Every layer case as a module: the outputs and, for every blob, the forward hook of the module
+    that METADATA names for it equal the torch engine's blob (the engine is compared with pycaffe
+    in tests/test_layers.py); the module traces with torch.fx and switches train/eval."""
+    from savedeep.engines.torch_engine import TorchEngine
+    from savedeep.model import load_model
+
+    shape, body = MODULE_CASES[case]
+    d = _model(tmp_path, body, shape)
+    model_files = load_model(d)
+    blobs = [b for b in model_files.net.blobs if b != model_files.net.input_name]
+    path = convert(d, "torch", tmp_path / "m.py", blobs)
+    assert path == tmp_path / "m.py" and (tmp_path / "m.pt").is_file()
+    module = import_module_file(path)
+    model = module.load()
+    assert not model.training
+    x = np.random.default_rng(5).normal(size=shape).astype(np.float32)
+    expected = TorchEngine(model_files.net, "cpu", shape[0]).forward(x, blobs)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    out = out if isinstance(out, dict) else {blobs[0]: out}
+    assert list(out) == blobs
+    for b in blobs:
+        np.testing.assert_allclose(out[b].numpy(), expected[b], rtol=1e-6, atol=1e-6, err_msg=f"{case}: output {b}")
+    seen = hook_outputs(model, torch.from_numpy(x))
+    for b, (mod, index) in module.METADATA["modules"].items():
+        value = seen[mod] if index is None else seen[mod][index]
+        np.testing.assert_allclose(value.numpy(), expected[b], rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{case}: hook on {mod!r} for blob {b!r}")
+    torch.fx.symbolic_trace(model)  # what torchvision's create_feature_extractor builds on
+    model.train()
+    model.eval()
+
+
+def test_module_of_caffenet_is_named_after_its_layers(caffenet_dir, tmp_path):
+    """CaffeNet as a module: one submodule per layer named after it, the in-place ReLU and Dropout as
+    children of the layer whose top they change, and a hook on ``fc6`` gets Caffe's blob fc6 (post-ReLU;
+    the torch.export program's ops.15 gave fc6 before relu6)."""
+    from savedeep.engines.torch_engine import TorchEngine
+    from savedeep.model import load_model
+
+    path = convert(caffenet_dir, "torch", tmp_path / "caffenet.py")
+    module = import_module_file(path)
+    model = module.load()
+    names = dict(model.named_modules())
+    net = load_model(caffenet_dir).net
+    for layer in net.layers:
+        if layer.type == "Input":
+            continue
+        in_place = layer.tops == layer.bottoms
+        expected = f"{layer.bottoms[0]}.{layer.name}" if in_place else layer.name
+        assert expected in names, (layer.name, sorted(names)[:20])
+    assert [n for n in names if n.startswith("fc6")] == ["fc6", "fc6.relu6", "fc6.drop6"]
+    assert module.METADATA["modules"]["fc6"] == ["fc6", None]
+    x = np.random.default_rng(0).normal(size=(2, 3, 227, 227)).astype(np.float32) * 40
+    seen = hook_outputs(model, torch.from_numpy(x))
+    ref = TorchEngine(net, "cpu", 2).forward(x, ["conv1", "pool5", "fc6", "fc7", "prob"])
+    for blob in ref:
+        np.testing.assert_array_equal(seen[blob].numpy(), ref[blob], err_msg=blob)
+    assert (seen["fc6"].numpy() >= 0).all() and (seen["fc6"].numpy() == 0).any()
+    meta = module.METADATA
+    assert meta["format"] == "torch-module" and meta["input"]["shape"] == ["N", 3, 227, 227]
+    assert isinstance(meta["preprocessing"]["options"], dict)  # one JSON object, no JSON strings inside
+    assert len(list(model.parameters())) == 16 and all(p.requires_grad for p in model.parameters())
+
+
+_PLAIN_MODULE = r"""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if not getattr(h, "__module__", "").startswith("__editable__")]
+sys.path_importer_cache.clear()
+try:
+    import savedeep
+except ImportError:
+    pass
+else:
+    raise SystemExit(f"savedeep is importable here: {savedeep.__file__}")
+import os
+import numpy as np, torch
+torch.set_num_threads(1)
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+module = __import__(os.path.splitext(os.path.basename(sys.argv[1]))[0])
+model = module.load()
+x = np.load(sys.argv[2])
+with torch.no_grad():
+    out = model(torch.from_numpy(x))
+out = out if isinstance(out, dict) else {model.outputs[0]: out}
+np.savez(sys.argv[3], **{f"b{i}": v.numpy() for i, v in enumerate(out.values())}, names=np.array(list(out)))
+"""
+
+
+def run_plain_module(py: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
+    """The converted module's outputs for `x`, computed by a Python process that cannot import savedeep."""
+    np.save(tmp / "x.npy", x)
+    r = subprocess.run([sys.executable, "-I", "-c", _PLAIN_MODULE, str(py), str(tmp / "x.npy"), str(tmp / "y.npz")],
+                       cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with np.load(tmp / "y.npz") as z:
+        return {str(n): z[f"b{i}"] for i, n in enumerate(z["names"])}
+
+
+def test_module_runs_where_savedeep_is_not_installed(small_model, tmp_path):
+    py = convert(small_model, "torch", tmp_path / "small.py", ["p", "c", "f"])
+    x = np.random.default_rng(2).normal(size=(3, 3, 9, 11)).astype(np.float32)
+    got = run_plain_module(py, x, tmp_path)
+    ref = _engine_out(small_model, x, ["p", "c", "f"])
+    assert list(got) == ["p", "c", "f"]
+    for b in ref:
+        np.testing.assert_allclose(got[b], ref[b], rtol=1e-6, atol=1e-6)
+
+
+def test_module_file_names_and_overwrite(small_model, tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"m\.pt exists; .*--overwrite"):
+        convert(small_model, "torch", tmp_path / "m.py")
+    assert not (tmp_path / "m.py").exists()
+    with pytest.raises(ConfigError, match="not a Python identifier"):
+        convert(small_model, "torch", tmp_path / "my-net.py")
+    convert(small_model, "torch", tmp_path / "m.py", overwrite=True)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+    assert main(["convert", str(small_model), "--to", "torch", "-o", str(tmp_path / "m.pth")]) == 2
+
+
+def test_module_names_of_caffe_layer_names():
+    """One documented rule (README, "As a PyTorch module"); add_module refuses nn.Module's own names."""
+    from savedeep.conversion import module_name
+
+    taken: set[str] = set()
+    names = ["inception_3a/1x1", "1x1", "class", "half", "training", "fc6", "fc6", "conv1.x", "", "forward"]
+    assert [module_name(n, taken) for n in names] == [
+        "inception_3a_1x1", "x1x1", "class_", "half_", "training_", "fc6", "fc6_2", "conv1_x", "x", "forward_"]
+    model = torch.nn.Module()
+    for n in taken:
+        model.add_module(n, torch.nn.Identity())  # every name is one add_module takes
