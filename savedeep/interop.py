@@ -69,7 +69,7 @@ import numpy as np
 from savedeep.errors import ConfigError, OutputError
 from savedeep.output import READ_BATCH_BYTES  # noqa: F401 - rows decoded at a time, re-exported
 from savedeep.output import (MANIFEST, _column_to_numpy, _complete_shards, _partial_note, _resolve, blob_order,
-                             read_manifest)
+                             read_manifest, select_blobs)
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +176,7 @@ class SavedOutput:
 
     def select(self, blobs: Sequence[str] | str | None) -> list[str]:
         """The requested blobs (all by default), checked against the output's."""
-        if blobs is None:
-            return self.blobs
-        if isinstance(blobs, str):
-            blobs = [b.strip() for b in blobs.split(",") if b.strip()]
-        unknown = [b for b in blobs if b not in self.manifest["blobs"]]
-        if unknown:
-            raise OutputError(f"{self.directory} has no blob {unknown}; it holds {self.blobs}")
-        return list(dict.fromkeys(blobs))
+        return select_blobs(blobs, self.blobs, self.directory)
 
     def index(self) -> tuple[list[str], dict[str, list[str]]]:
         """The image keys and the metadata columns, in row order (the only per-image data held whole)."""

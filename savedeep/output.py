@@ -514,8 +514,24 @@ def _writable(values: np.ndarray) -> np.ndarray:
     return values.view(native) if values.dtype == native else values
 
 
-def load(path: Path | str, blobs: Sequence[str] | None = None):
-    """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob."""
+def select_blobs(blobs: Sequence[str] | str | None, available: Sequence[str], where: Path) -> list[str]:
+    """The requested blobs (all by default), as the readers take them: a list, or one comma-separated string
+    as on the command line ("fc6,fc7"). An unknown name is one OutputError naming the output's blobs."""
+    if blobs is None:
+        return list(available)
+    if isinstance(blobs, str):
+        blobs = [b.strip() for b in blobs.split(",") if b.strip()]
+    unknown = [b for b in blobs if b not in available]
+    if unknown:
+        raise OutputError(f"{where} has no blob {unknown}; it holds {list(available)}")
+    return list(dict.fromkeys(blobs))
+
+
+def load(path: Path | str, blobs: Sequence[str] | str | None = None):
+    """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob.
+
+    ``blobs``: some of the blobs only, as a list or a comma-separated string.
+    """
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -533,16 +549,14 @@ def load(path: Path | str, blobs: Sequence[str] | None = None):
                      np.__version__)
         else:
             if blobs is not None:
-                keep = [c for c in df.columns if c not in _blob_names(manifest, df)] + list(blobs)
-                df = df[keep]
+                held = _blob_names(manifest, df)
+                wanted = select_blobs(blobs, held, directory if manifest is not None else pk)
+                df = df[[c for c in df.columns if c not in held] + wanted]
             return df
     if manifest is None:
         raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output (pass the .pk or .parquet path)")
     _partial_note(directory, manifest)
-    names = blob_order(manifest) if blobs is None else list(blobs)
-    unknown = [b for b in names if b not in manifest["blobs"]]
-    if unknown:
-        raise OutputError(f"{directory} has no blob {unknown}; it holds {list(manifest['blobs'])}")
+    names = select_blobs(blobs, blob_order(manifest), directory)
     meta_cols = manifest.get("metadata_columns", [])
     parts: dict[str, list] = {"image": [], **{m: [] for m in meta_cols}, **{b: [] for b in names}}
     for f in _complete_shards(directory, manifest):

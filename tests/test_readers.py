@@ -175,3 +175,25 @@ def test_loaders_name_what_is_wrong(output, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(OutputError, match="has no _manifest.json: not a savedeep output"):
         savedeep.load_array(tmp_path / "empty", "fc7")
+
+
+def test_load_takes_blobs_the_same_way_from_the_pickle_and_the_parquet_path(output):
+    """A list or a comma-separated string, and an unknown name is one OutputError naming the output's blobs.
+
+    Before: from the pickle, blobs="prob" selected the columns 'p', 'r', 'o', 'b' (pandas' KeyError), and
+    blobs=["nope"] raised pandas' KeyError "['nope'] not in index"; the Parquet path had the clear error.
+    """
+    from savedeep.errors import OutputError
+
+    directory, reference = output
+    pickle = directory.parent / "acts.pk"
+    for path in (pickle, directory):
+        for blobs in ("prob", ["prob"], " fc7 , prob", ["fc7", "prob"]):
+            df = savedeep.load(path, blobs=blobs)
+            wanted = ["fc7", "prob"] if "fc7" in blobs else ["prob"]
+            assert list(df.columns) == ["image", *wanted], (path, blobs)
+            for blob in wanted:
+                assert np.array_equal(np.stack(df[blob]), np.stack(reference[blob]))
+        for blobs in ("nope", ["fc7", "nope"]):
+            with pytest.raises(OutputError, match=r"has no blob \['nope'\]; it holds \['fc7', 'conv1', 'prob'\]"):
+                savedeep.load(path, blobs=blobs)
