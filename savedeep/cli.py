@@ -252,11 +252,11 @@ def _task(args: argparse.Namespace):
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from savedeep.inspect import format_table, inspect_model
+    from savedeep.inspect import format_table, inspect_model, to_json
 
     rows = inspect_model(args.model, images=args.images)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(to_json(rows, args.images), indent=1))
     else:
         print(format_table(rows, args.images))
     return 0

@@ -73,9 +73,12 @@ def test_validate_and_inspect(caffenet_dir, images, tmp_path, capsys):
     assert "images: 5" in text and "blob conv1: (96, 55, 55)" in text and "5 of the first 5 images decode" in text
     assert not (tmp_path / "a.parquet").exists()
     assert main(["inspect", str(caffenet_dir), "--json", "--images", "10"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    fc7 = next(r for r in rows if r["blob"] == "fc7")
+    # the same object as savedeep.inspect.to_json: the rows and the totals (before: the rows alone)
+    listing = json.loads(capsys.readouterr().out)
+    fc7 = next(r for r in listing["blobs"] if r["blob"] == "fc7")
     assert fc7["shape"] == [4096] and fc7["total_float32"] == 10 * 4096 * 4
+    assert listing["images"] == 10
+    assert listing["total"]["total_float32"] == sum(r["total_float32"] for r in listing["blobs"]) > 10 * 4096 * 4
 
 
 def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
