@@ -18,6 +18,8 @@ Python API::
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,12 +119,13 @@ def load_assembly(path: str | Path, blobs: list[str] | None = None, lazy: bool =
     return _load_assembly(Path(path), blobs, lazy=lazy, model=model)
 
 
-def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: list[str] | None = None,
-           overwrite: bool = False, model: str | Path | None = None) -> Path:
-    """Write an output as netCDF4 (``to="netcdf"``), .npy files (``"npy"``) or a MATLAB file (``"mat"``)."""
+def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: list[str] | str | None = None,
+           overwrite: bool = False, model: str | Path | None = None, compression_level: int = 1) -> Path:
+    """Write an output as netCDF4 (``to="netcdf"``), .npy files (``"npy"``) or a MATLAB file (``"mat"``);
+    ``compression_level``: netCDF's gzip level, 0-9 (0: none)."""
     from savedeep.interop import export as _export
 
-    return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model)
+    return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model, compression_level=compression_level)
 
 
 def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: int | None = None,
@@ -150,12 +153,16 @@ def blob_stats(path: str | Path, blob: str) -> Any:
     return _stats(Path(path), blob)
 
 
-def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | None = None,
-           group_by: str | None = None, max_images: int = 500, seed: int = 0) -> Path:
-    """Write the HTML report of an output (default ``out/acts.report.html``); see :mod:`savedeep.report`."""
+def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | str | None = None,
+           group_by: str | None = None, max_images: int = 500, seed: int = 0, thumbnails: bool = True) -> Path:
+    """Write the HTML report of an output (default ``out/acts.report.html``); see :mod:`savedeep.report`.
+    ``thumbnails=False``: do not read the images for the top-image thumbnails."""
     from savedeep.report import write_report
 
-    return write_report(Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed)
+    return write_report(Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed,
+                        thumbnails=thumbnails)
+
+
 def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | None = None,
             batch: int | str = "dynamic", overwrite: bool = False) -> Path:
     """Write a model directory's net as ONNX (``to="onnx"``) or for PyTorch (``"torch"``: ``dest`` NAME.py, a
@@ -173,3 +180,22 @@ def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> A
     from savedeep.transforms import transform as _transform
 
     return _transform(source, preprocess)
+
+
+class _Package(types.ModuleType):
+    """The savedeep package, whose public functions stay functions.
+
+    Importing a submodule binds it as an attribute of its package, so ``import savedeep.report`` (which
+    ``savedeep.run`` does to write the report) replaced the function ``savedeep.report`` by the module,
+    and a later ``savedeep.report(path)`` raised "'module' object is not callable". A submodule named
+    like a public function is still imported and used through ``sys.modules`` (``from savedeep.report
+    import ...``); only the package attribute keeps the function.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in __all__ and callable(self.__dict__.get(name)):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

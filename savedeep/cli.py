@@ -263,7 +263,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from savedeep.interop import export
+    from savedeep import export
 
     _setup_console(args.quiet)
     dest = export(args.output, args.to, args.dest, args.blobs, overwrite=args.overwrite, model=args.model,
@@ -273,17 +273,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from savedeep.report import write_report
+    from savedeep import report
 
     _setup_console(args.quiet)
-    page = write_report(args.output, args.dest, args.blobs, group_by=args.group_by, max_images=args.max_images,
+    page = report(args.output, args.dest, args.blobs, group_by=args.group_by, max_images=args.max_images,
                         seed=args.seed, thumbnails=args.thumbnails)
     print(page)
     return 0
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from savedeep.tasks import merge
+    from savedeep import merge
 
     _setup_console(args.quiet)
     print(merge(args.output, pickle=args.pickle, break_lock=args.break_lock).summary(), file=sys.stderr)
@@ -313,7 +313,7 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from savedeep.conversion import convert
+    from savedeep import convert
 
     _setup_console(args.quiet)
     print(convert(args.model, args.to, args.dest, args.blobs, batch=args.batch, overwrite=args.overwrite))

@@ -191,3 +191,48 @@ def test_break_lock_takes_the_lock_of_a_run_on_another_host(caffenet_dir, images
     assert sorted(p.name for p in tmp_path.iterdir()) == [".acts.lock"]  # refused: nothing else was written
     assert main(args + ["--break-lock"]) == 0
     assert len(savedeep.load(out)) == 5 and not lock.exists()
+
+
+# The subcommands that are one public function each: every option of the subcommand is a parameter of
+# the function, so nothing is reachable from the command line and not from Python. The positional
+# OUTPUT/MODEL is the function's first parameter; -q only sets the console's log level.
+_SUBCOMMAND_FUNCTIONS = {"export": "export", "report": "report", "merge": "merge", "convert": "convert"}
+_FIRST_PARAMETER = {"output", "model"}
+
+
+@pytest.mark.parametrize("command", sorted(_SUBCOMMAND_FUNCTIONS))
+def test_each_subcommands_options_are_parameters_of_its_public_function(command):
+    """Before: savedeep.export had no compression_level and savedeep.report no thumbnails."""
+    import argparse
+    import inspect
+
+    from savedeep.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    dests = {a.dest for a in sub._actions if a.dest not in ("help", "quiet")}
+    params = list(inspect.signature(getattr(savedeep, _SUBCOMMAND_FUNCTIONS[command])).parameters)
+    missing = {d for d in dests - set(params) if not (d in _FIRST_PARAMETER)}
+    assert not missing, f"savedeep {command}: options {sorted(missing)} are not parameters of savedeep.{command}"
+    assert dests & _FIRST_PARAMETER, command  # the positional argument is there, as the first parameter
+
+
+def test_the_public_functions_stay_functions_after_every_submodule_is_imported():
+    """``savedeep.report(path)`` after a run: the run imports the module savedeep.report, which replaced the
+    function of the same name on the package ("'module' object is not callable")."""
+    import importlib
+    import pkgutil
+    import types
+
+    for info in pkgutil.walk_packages(savedeep.__path__, "savedeep."):
+        if info.name.endswith("__main__"):
+            continue
+        importlib.import_module(info.name)
+    importlib.import_module("savedeep.report")  # the import a run makes
+
+    for name in savedeep.__all__:
+        value = getattr(savedeep, name)
+        assert not isinstance(value, types.ModuleType), f"savedeep.{name} is the module {value.__name__}"
+    from savedeep.report import write_report  # the submodule itself is still imported and used
+
+    assert callable(write_report) and callable(savedeep.report)
