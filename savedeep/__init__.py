@@ -60,16 +60,17 @@ def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool 
         config = load_config(config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
-    if config.report:
-        require_matplotlib()
     if isinstance(task, str):
         from savedeep.tasks import parse_task
 
         task = parse_task(task)
+    if config.report and task is None:
+        require_matplotlib()  # before the run, not after it
     result = _run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock, task=task)
     if task is not None:
-        return result  # the report and the run's figures belong to the merged output
-    after_run(config, result)  # the run's figures into its log (for savedeep report); the report if asked
+        return result  # the report and the run's figures belong to the merged output: see merge
+    # the run's figures into its log (for savedeep report); the report if asked
+    result.report = after_run(config, result)
     return result
 
 

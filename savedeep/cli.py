@@ -207,26 +207,16 @@ def _setup_console(quiet: bool) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from savedeep import run
     from savedeep.config import load_config
-    from savedeep.pipeline import run
 
     _setup_console(args.quiet)
-    task = _task(args)
     config = load_config(args.config, _overrides(args))
-    if config.report and task is None:
-        from savedeep.report import require_matplotlib
-
-        require_matplotlib()  # before the run, not after it
     result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet,
-                 break_lock=args.break_lock, task=task)
+                 break_lock=args.break_lock, task=_task(args))  # the one run sequence: savedeep.run
     print(result.summary(), file=sys.stderr)
-    if task is not None:
-        return 0  # the report, if asked, is for the merged output: savedeep report after savedeep merge
-    from savedeep.report import after_run
-
-    page = after_run(config, result)
-    if page is not None:
-        print(f"report: {page}", file=sys.stderr)
+    if result.report is not None:
+        print(f"report: {result.report}", file=sys.stderr)
     return 0
 
 

@@ -86,6 +86,7 @@ class RunResult:
     # and the batches in flight at most: what a steady rate is measured from (benchmarks).
     written: list[tuple[float, int]] = field(default_factory=list)
     window: int = 0
+    report: Path | None = None  # the HTML report savedeep.run wrote after the run (report: true), if any
 
     def steady_images_per_s(self) -> float | None:
         """Images per second between the writing of batch ``window`` and of the last batch.

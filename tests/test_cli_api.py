@@ -236,3 +236,15 @@ def test_the_public_functions_stay_functions_after_every_submodule_is_imported()
     from savedeep.report import write_report  # the submodule itself is still imported and used
 
     assert callable(write_report) and callable(savedeep.report)
+
+
+def test_run_returns_the_report_it_wrote_and_a_task_writes_none(caffenet_dir, images, tmp_path):
+    """One run sequence (savedeep.run), which the CLI calls: the report's path is on the result, and a task
+    (a share of the rows) writes no report. Before, the CLI had its own copy of the sequence and the API's
+    result did not say where the report went."""
+    out = tmp_path / "whole" / "acts.pk"
+    result = savedeep.run(None, model=caffenet_dir, images=images, output=out, blobs=["fc7"], report=True)
+    assert result.report is not None and result.report.is_file() and result.report.suffix == ".html"
+    part = savedeep.run(None, model=caffenet_dir, images=images, output=tmp_path / "tasks" / "acts.pk",
+                        blobs=["fc7"], report=True, task="0/2")
+    assert part.report is None and not list((tmp_path / "tasks").glob("*.html"))
