@@ -55,7 +55,7 @@ def conv1_activations() -> np.ndarray:
         return np.load(cache)
     from bench_stages import preprocessed
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     d = common.caffenet_dir()
     x = preprocessed(d, common.image_paths(64))
@@ -69,7 +69,7 @@ def write(path: Path, acts: np.ndarray, storage: str, options: dict, per_write: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from savedeep.output import ColumnSpec, column_field, string_array, tensor_array
+    from savedeep.data.output import ColumnSpec, column_field, string_array, tensor_array
 
     col = ColumnSpec("conv1", tuple(acts.shape[1:]), str(acts.dtype), storage)
     schema = pa.schema([pa.field("image", pa.string(), nullable=False), column_field(col)])
@@ -90,7 +90,7 @@ def readers(path: Path, acts: np.ndarray, storage: str) -> str:
     """Which readers give the values back: pyarrow always; DuckDB and Polars for the tensor storage."""
     import pyarrow.parquet as pq
 
-    from savedeep.output import _column_to_numpy
+    from savedeep.data.output import _column_to_numpy
 
     got = _column_to_numpy(pq.read_table(path).column("conv1"), {"shape": list(acts.shape[1:]), "dtype": str(acts.dtype)})
     ok = ["pyarrow" if np.array_equal(got, acts) else "pyarrow WRONG"]

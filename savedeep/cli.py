@@ -208,13 +208,13 @@ def _setup_console(quiet: bool) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from savedeep.config import load_config
-    from savedeep.pipeline import run
+    from savedeep.runner.pipeline import run
 
     _setup_console(args.quiet)
     task = _task(args)
     config = load_config(args.config, _overrides(args))
     if config.report and task is None:
-        from savedeep.report import require_matplotlib
+        from savedeep.analysis.report import require_matplotlib
 
         require_matplotlib()  # before the run, not after it
     result = run(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress and not args.quiet,
@@ -222,7 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(result.summary(), file=sys.stderr)
     if task is not None:
         return 0  # the report, if asked, is for the merged output: savedeep report after savedeep merge
-    from savedeep.report import after_run
+    from savedeep.analysis.report import after_run
 
     page = after_run(config, result)
     if page is not None:
@@ -231,7 +231,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from savedeep.validate import validate
+    from savedeep.runner.validate import validate
 
     _setup_console(False)
     from savedeep.config import load_config
@@ -243,16 +243,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _task(args: argparse.Namespace):
-    """The savedeep.tasks.TaskSpec of --task K/N or --tasks N, or None."""
+    """The savedeep.runner.tasks.TaskSpec of --task K/N or --tasks N, or None."""
     if args.task is None and args.tasks is None:
         return None
-    from savedeep.tasks import parse_task, task_from_env
+    from savedeep.runner.tasks import parse_task, task_from_env
 
     return parse_task(args.task) if args.task is not None else task_from_env(args.tasks)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from savedeep.inspect import format_table, inspect_model
+    from savedeep.caffe.inspect import format_table, inspect_model
 
     rows = inspect_model(args.model, images=args.images)
     if args.json:
@@ -263,7 +263,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from savedeep.interop import export
+    from savedeep.analysis.interop import export
 
     _setup_console(args.quiet)
     dest = export(args.output, args.to, args.dest, args.blobs, overwrite=args.overwrite, model=args.model,
@@ -273,7 +273,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from savedeep.report import write_report
+    from savedeep.analysis.report import write_report
 
     _setup_console(args.quiet)
     page = write_report(args.output, args.dest, args.blobs, group_by=args.group_by, max_images=args.max_images,
@@ -283,7 +283,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from savedeep.tasks import merge
+    from savedeep.runner.tasks import merge
 
     _setup_console(args.quiet)
     print(merge(args.output, pickle=args.pickle, break_lock=args.break_lock).summary(), file=sys.stderr)
@@ -292,7 +292,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_slurm(args: argparse.Namespace) -> int:
     from savedeep.config import load_config
-    from savedeep.slurm import SlurmOptions, run_args_from, submit, write_scripts
+    from savedeep.runner.slurm import SlurmOptions, run_args_from, submit, write_scripts
 
     _setup_console(False)
     overrides = _overrides(args)
@@ -313,7 +313,7 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from savedeep.conversion import convert
+    from savedeep.engines.conversion import convert
 
     _setup_console(args.quiet)
     print(convert(args.model, args.to, args.dest, args.blobs, batch=args.batch, overwrite=args.overwrite))

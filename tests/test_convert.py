@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from savedeep.synthetic import random_weights, write_caffemodel
+from savedeep.caffe.synthetic import random_weights, write_caffemodel
 from savedeep.cli import main
-from savedeep.conversion import ONNX_OPSET, convert
+from savedeep.engines.conversion import ONNX_OPSET, convert
 from savedeep.errors import ConfigError, UnsupportedLayerError
 from tests.nets import LAYER_CASES, channel_err, layer, make_caffemodel, photo_batch, rel_err, write_net
 from tests.test_engines import IMAGENET, NET_CHANNEL_TOLERANCE, NET_TOLERANCE, real_net_dir
@@ -88,7 +88,7 @@ def _compare(name: str, got: dict, expected: dict, blobs: list[str], tol: float,
 @pytest.mark.parametrize("name", IMAGENET + ["open_nsfw"])
 def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path, request):
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     directory, mean_bgr = real_net_dir(name, pycaffe, testdata, tmp_path, request)
     model = load_model(directory)
@@ -133,7 +133,7 @@ BATCH_SPECIFIC = {"scale_two_bottoms", "bias_two_bottoms"}
 @pytest.mark.parametrize("case", ONNX_CASES)
 def test_onnx_layer_case_matches_pycaffe(case, pycaffe, tmp_path):
     from savedeep.engines.caffe_engine import CaffeEngine
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     shape, body = LAYER_CASES[case]
     prototxt = write_net(tmp_path, case, body, shape)
@@ -203,7 +203,7 @@ BODY = (layer("c", "Convolution", "data", "c", "convolution_param", num_output=4
 @pytest.fixture
 def small_model(tmp_path):
     """A model directory: conv -> ReLU in place -> AVE pooling (padded, border windows clipped) -> fc."""
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     d = tmp_path / "small"
     prototxt = write_net(d, "small", BODY, (1, 3, 9, 11))
@@ -215,7 +215,7 @@ def small_model(tmp_path):
 
 def _engine_out(directory: Path, x: np.ndarray, blobs: list[str]) -> dict[str, np.ndarray]:
     from savedeep.engines.torch_engine import TorchEngine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     return TorchEngine(load_model(directory).net, "cpu", len(x), channels_last=False).forward(x, blobs)
 
@@ -273,7 +273,7 @@ ARGMAX = (layer("t", "TanH", "data", "t") + layer("a", "ArgMax", "t", "a", "argm
 
 
 def _model(tmp_path: Path, body: str, shape=(1, 3, 5, 6)) -> Path:
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     d = tmp_path / "model"
     net = load_net(write_net(d, "m", body, shape))
@@ -351,7 +351,7 @@ def test_api_convert_stays_a_function(small_model, tmp_path):
     """savedeep.convert is the function even after its module was imported (a module named
     savedeep/convert.py would replace the package attribute on import)."""
     import savedeep
-    import savedeep.conversion  # noqa: F401
+    import savedeep.engines.conversion  # noqa: F401
 
     assert callable(savedeep.convert)
     assert savedeep.convert(small_model, "torch", tmp_path / "m.pt2") == tmp_path / "m.pt2"
@@ -403,7 +403,7 @@ def test_module_layer_case_matches_the_engine_blob_by_blob(case, tmp_path):
     that METADATA names for it equal the torch engine's blob (the engine is compared with pycaffe
     in tests/test_layers.py); the module traces with torch.fx and switches train/eval."""
     from savedeep.engines.torch_engine import TorchEngine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     shape, body = MODULE_CASES[case]
     d = _model(tmp_path, body, shape)
@@ -437,7 +437,7 @@ def test_module_of_caffenet_is_named_after_its_layers(caffenet_dir, tmp_path):
     children of the layer whose top they change, and a hook on ``fc6`` gets Caffe's blob fc6 (post-ReLU;
     the torch.export program's ops.15 gave fc6 before relu6)."""
     from savedeep.engines.torch_engine import TorchEngine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     path = convert(caffenet_dir, "torch", tmp_path / "caffenet.py")
     module = import_module_file(path)
@@ -523,7 +523,7 @@ def test_module_file_names_and_overwrite(small_model, tmp_path):
 
 def test_module_names_of_caffe_layer_names():
     """One documented rule (README, "As a PyTorch module"); add_module refuses nn.Module's own names."""
-    from savedeep.conversion import module_name
+    from savedeep.engines.conversion import module_name
 
     taken: set[str] = set()
     names = ["inception_3a/1x1", "1x1", "class", "half", "training", "fc6", "fc6", "conv1.x", "", "forward"]

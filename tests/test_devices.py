@@ -1,4 +1,5 @@
-"""Device isolation, GPU counting, usable CPUs, worker counts and the window (savedeep/devices.py), on the CPU.
+"""Device isolation, GPU counting (savedeep/engines/gpus.py), usable CPUs, worker counts and the window
+(savedeep/runner/devices.py), on the CPU.
 
 No GPU exists here: the CUDA driver probe runs for real in its subprocess, against
 libraries that are missing or are not the driver; the GPU counts of big nodes are
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from savedeep import devices as dv
+from savedeep.engines import gpus
+from savedeep.runner import devices as dv
 from savedeep.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +74,7 @@ def test_each_consumer_is_spawned_seeing_only_its_own_gpu(parent, expected, monk
     assert seen == expected
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == parent  # the parent's environment is restored
     # inside, the consumer's GPU is device 0
-    assert [dv.local_device(f"cuda:{i}") for i in range(3)] == ["cuda:0"] * 3 and dv.local_device("cpu") == "cpu"
+    assert [gpus.local_device(f"cuda:{i}") for i in range(3)] == ["cuda:0"] * 3 and gpus.local_device("cpu") == "cpu"
 
 
 def test_producers_writers_and_cpu_consumers_see_no_gpu_and_one_thread(monkeypatch):
@@ -89,11 +91,11 @@ def test_a_gpu_id_beyond_cuda_visible_devices_is_refused():
 
 
 def test_visible_entries_follow_cuda_parsing():
-    assert dv.visible_entries({}) is None
-    assert dv.visible_entries({"CUDA_VISIBLE_DEVICES": ""}) == []
-    assert dv.visible_entries({"CUDA_VISIBLE_DEVICES": "-1"}) == []
-    assert dv.visible_entries({"CUDA_VISIBLE_DEVICES": "2,-1,3"}) == ["2"]  # CUDA stops at the first invalid
-    assert dv.visible_entries({"CUDA_VISIBLE_DEVICES": " GPU-a , MIG-b "}) == ["GPU-a", "MIG-b"]
+    assert gpus.visible_entries({}) is None
+    assert gpus.visible_entries({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert gpus.visible_entries({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    assert gpus.visible_entries({"CUDA_VISIBLE_DEVICES": "2,-1,3"}) == ["2"]  # CUDA stops at the first invalid
+    assert gpus.visible_entries({"CUDA_VISIBLE_DEVICES": " GPU-a , MIG-b "}) == ["GPU-a", "MIG-b"]
 
 
 def test_caffe_engine_selects_the_device_before_gpu_mode():
@@ -121,21 +123,21 @@ def test_caffe_engine_selects_the_device_before_gpu_mode():
 
 
 def test_driver_probe_runs_in_a_subprocess_and_reports_a_missing_library(tmp_path):
-    probe = dv.probe_driver([str(tmp_path / "libcuda.so.1")])
+    probe = gpus.probe_driver([str(tmp_path / "libcuda.so.1")])
     assert probe.count is None and probe.driver is None
     assert "cannot load" in probe.error and "libcuda.so.1" in probe.error
 
 
 def test_driver_probe_reports_a_library_without_the_driver_api():
     libc = ctypes.util.find_library("c")
-    probe = dv.probe_driver([libc])
+    probe = gpus.probe_driver([libc])
     assert probe.count is None and probe.lib == libc and "is not the CUDA driver" in probe.error
 
 
 def test_driver_probe_output_that_is_not_json_is_an_error():
-    assert "killed by signal 11" in dv.parse_probe(-11, "", "Segmentation fault").error
-    assert dv.parse_probe(0, '{"count": 3, "driver": 12040, "lib": "libcuda.so.1", "error": null}\n', "") == \
-        dv.DriverProbe(3, 12040, "libcuda.so.1", None)
+    assert "killed by signal 11" in gpus.parse_probe(-11, "", "Segmentation fault").error
+    assert gpus.parse_probe(0, '{"count": 3, "driver": 12040, "lib": "libcuda.so.1", "error": null}\n', "") == \
+        gpus.DriverProbe(3, 12040, "libcuda.so.1", None)
 
 
 def test_count_falls_back_to_proc_and_honours_visible_devices(tmp_path, monkeypatch):
@@ -144,19 +146,19 @@ def test_count_falls_back_to_proc_and_honours_visible_devices(tmp_path, monkeypa
         (proc / bus).mkdir(parents=True)
     missing = [str(tmp_path / "nolib.so")]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    got = dv.count_gpus(missing, proc)
+    got = gpus.count_gpus(missing, proc)
     assert (got.count, got.source) == (3, "/proc") and "cannot load" in got.note
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-x")
-    assert dv.count_gpus(missing, proc).count == 1
+    assert gpus.count_gpus(missing, proc).count == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert dv.count_gpus(missing, proc).count == 0
+    assert gpus.count_gpus(missing, proc).count == 0
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    none = dv.count_gpus(missing, tmp_path / "absent")
+    none = gpus.count_gpus(missing, tmp_path / "absent")
     assert (none.count, none.source) == (0, "none")
 
 
 def test_counting_never_imports_torch_or_caffe_in_the_parent():
-    code = ("import sys, savedeep.devices as d; d.count_gpus(); d.runtime_for('torch'); d.runtime_for('caffe'); "
+    code = ("import sys, savedeep.runner.devices as d; d.count_gpus(); d.runtime_for('torch'); d.runtime_for('caffe'); "
             "print(sorted(m for m in ('torch', 'caffe') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -165,34 +167,34 @@ def test_counting_never_imports_torch_or_caffe_in_the_parent():
 
 def test_no_gpu_when_gpus_were_asked_for_is_a_warning(caplog):
     caplog.set_level(logging.INFO, "savedeep")
-    none = dv.GpuCount(0, "none", note="no /proc/driver/nvidia")
-    assert dv.resolve_devices("all", False, 1, none, has_gpu_files=True) == ["cpu"]
+    none = gpus.GpuCount(0, "none", note="no /proc/driver/nvidia")
+    assert gpus.resolve_devices("all", False, 1, none, has_gpu_files=True) == ["cpu"]
     assert [r.levelno for r in caplog.records] == [logging.WARNING] and "no /proc/driver/nvidia" in caplog.text
     caplog.clear()
-    assert dv.resolve_devices("all", False, 2, none, has_gpu_files=False) == ["cpu", "cpu"]
+    assert gpus.resolve_devices("all", False, 2, none, has_gpu_files=False) == ["cpu", "cpu"]
     assert [r.levelno for r in caplog.records] == [logging.INFO]  # a laptop: the CPU is what 'all' means
     caplog.clear()
-    dv.resolve_devices((0,), False, 1, none, has_gpu_files=False)
+    gpus.resolve_devices((0,), False, 1, none, has_gpu_files=False)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
     with pytest.raises(ConfigError, match="drop --require-gpu"):
-        dv.resolve_devices("all", True, 1, none, has_gpu_files=True)
+        gpus.resolve_devices("all", True, 1, none, has_gpu_files=True)
 
 
 def test_a_missing_gpu_id_is_explained_as_a_position_in_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-b")
     with pytest.raises(ConfigError, match=r"GPU \[2\] does not exist.*positions within CUDA_VISIBLE_DEVICES.*GPU-a,GPU-b"):
-        dv.resolve_devices((0, 2), False, 1, dv.GpuCount(2, "driver"))
+        gpus.resolve_devices((0, 2), False, 1, gpus.GpuCount(2, "driver"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ConfigError, match="PCI bus order as nvidia-smi"):
-        dv.resolve_devices((5,), False, 1, dv.GpuCount(2, "driver"))
+        gpus.resolve_devices((5,), False, 1, gpus.GpuCount(2, "driver"))
 
 
 def test_device_order_is_pci_bus_unless_set():
     env: dict[str, str] = {}
-    dv.set_device_order(env)
+    gpus.set_device_order(env)
     assert env == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     env = {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
-    dv.set_device_order(env)
+    gpus.set_device_order(env)
     assert env == {"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
 
 
@@ -200,7 +202,7 @@ def test_device_order_is_pci_bus_unless_set():
 
 
 def test_usable_cpus_follow_the_affinity_mask():
-    code = "from savedeep.devices import usable_cpus; print(usable_cpus())"
+    code = "from savedeep.runner.devices import usable_cpus; print(usable_cpus())"
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
@@ -359,7 +361,7 @@ def test_settings_given_are_kept_and_capped_by_the_work():
 
 
 def test_forward_macs_count_the_layers_up_to_the_last_blob(caffenet_dir):
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     net = load_model(caffenet_dir, weights=False).net
     conv1 = 96 * 55 * 55 * 3 * 11 * 11
@@ -388,8 +390,8 @@ def test_available_memory_is_the_smaller_of_meminfo_and_the_cgroup_limit(tmp_pat
 
 def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caffenet_dir, tmp_path):
     import savedeep
-    from savedeep.model import load_model
-    from savedeep.output import ColumnSpec
+    from savedeep.caffe.model import load_model
+    from savedeep.data.output import ColumnSpec
 
     net = load_model(caffenet_dir, weights=False).net
     cols = [ColumnSpec("fc6", (4096,), "float32"), ColumnSpec("fc7", (4096,), "float32")]
@@ -413,22 +415,22 @@ def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caf
 
 def test_a_driver_too_old_for_the_runtime_stops_the_run_naming_both():
     with pytest.raises(ConfigError) as exc:
-        dv.check_driver(12040, "13.0", "torch 2.13.0", "550.54.15")
+        gpus.check_driver(12040, "13.0", "torch 2.13.0", "550.54.15")
     msg = str(exc.value)
     assert "550.54.15" in msg and "CUDA up to 12.4" in msg and "CUDA 13.0" in msg and ">= 580" in msg
     assert "update the NVIDIA driver" in msg and "cu124" in msg
     with pytest.raises(ConfigError, match=r"CUDA up to 12\.8, but this pycaffe is built for CUDA 13\.0.*rebuild pycaffe"):
-        dv.check_driver(12080, "13.0", "this pycaffe", None)
-    dv.check_driver(13000, "13.0", "torch", None)
-    dv.check_driver(12080, "12.1", "torch", None)  # minor-version compatibility
-    dv.check_driver(None, "13.0", "torch", None)
-    dv.check_driver(12040, None, "torch (CPU build)", None)
+        gpus.check_driver(12080, "13.0", "this pycaffe", None)
+    gpus.check_driver(13000, "13.0", "torch", None)
+    gpus.check_driver(12080, "12.1", "torch", None)  # minor-version compatibility
+    gpus.check_driver(None, "13.0", "torch", None)
+    gpus.check_driver(12040, None, "torch (CPU build)", None)
 
 
 def test_torch_cuda_version_is_read_without_importing_torch():
     import torch
 
-    assert dv.torch_cuda_version() == torch.version.cuda
+    assert gpus.torch_cuda_version() == torch.version.cuda
 
 
 # ------------------------------------------------------------------------------ 7. TF32 off
@@ -486,7 +488,7 @@ def _chatter(events, seconds: float) -> None:
     """A live worker that keeps the parent busy: an event every 20 ms."""
     import time
 
-    from savedeep.messages import WorkerStats
+    from savedeep.runner.messages import WorkerStats
 
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -500,7 +502,7 @@ def _die() -> None:
 
 def test_a_dead_worker_is_noticed_while_events_keep_coming():
     from savedeep.errors import WorkerError
-    from savedeep.pipeline import Run
+    from savedeep.runner.pipeline import Run
     from workers._loop import Channels
 
     ctx = mp.get_context("spawn")
@@ -533,10 +535,10 @@ def test_a_dead_worker_is_noticed_while_events_keep_coming():
 
 
 def test_gpu_identity_without_the_driver_says_why(tmp_path):
-    assert "cannot be loaded" in dv.gpu_identity(0, [str(tmp_path / "libcuda.so.1")])["error"]
-    assert "cuInit" in dv.gpu_identity(0, [ctypes.util.find_library("c")])["error"]
-    assert dv._uuid_str(bytes(range(16))) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
-    cpu = dv.consumer_provenance("torch", "cpu", "cpu", 2)
+    assert "cannot be loaded" in gpus.gpu_identity(0, [str(tmp_path / "libcuda.so.1")])["error"]
+    assert "cuInit" in gpus.gpu_identity(0, [ctypes.util.find_library("c")])["error"]
+    assert gpus._uuid_str(bytes(range(16))) == "GPU-00010203-0405-0607-0809-0a0b0c0d0e0f"
+    cpu = gpus.consumer_provenance("torch", "cpu", "cpu", 2)
     assert cpu["device"] == "cpu" and cpu["threads"] == 2 and "name" not in cpu
 
 

@@ -26,8 +26,8 @@ BUDGET = 100 * 2**20            # what the export may add to the process, a thir
 
 CHILD = """
 import json, sys
-import h5netcdf, h5py, numpy, pyarrow.dataset, pyarrow.parquet, savedeep.receptive_field  # libraries: not the export's data
-from savedeep.interop import export
+import h5netcdf, h5py, numpy, pyarrow.dataset, pyarrow.parquet, savedeep.caffe.receptive_field  # libraries: not the export's data
+from savedeep.analysis.interop import export
 def status(key):  # KiB
     return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
 # VmHWM, not ru_maxrss: ru_maxrss keeps the peak of the process that forked this one (pytest's)
@@ -76,11 +76,11 @@ def test_export_memory_is_bounded(big_output, tmp_path, to) -> None:
 
 LOAD_ARRAY_CHILD = """
 import json, sys
-import numpy, pyarrow.parquet, savedeep.output
+import numpy, pyarrow.parquet, savedeep.data.output
 def status(key):  # KiB
     return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
 before = status("VmRSS:")
-a = savedeep.output.load_array(sys.argv[1], "conv")
+a = savedeep.data.output.load_array(sys.argv[1], "conv")
 rows = [0, 15, 16, 399, 400, 777, a.shape[0] - 1]
 numpy.save(sys.argv[2], a[rows])
 print(json.dumps({"before": before * 1024, "peak": status("VmHWM:") * 1024, "shape": list(a.shape)}))

@@ -105,7 +105,7 @@ def _finish(p: subprocess.Popen) -> tuple[int, str]:
     try:
         _, err = p.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.kill(p.pid, signal.SIGUSR1)  # every process of the run prints its stacks (savedeep.ui)
+        os.kill(p.pid, signal.SIGUSR1)  # every process of the run prints its stacks (savedeep.runner.ui)
         time.sleep(2.0)
         os.killpg(p.pid, signal.SIGKILL)
         _, err = p.communicate()

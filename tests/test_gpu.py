@@ -24,8 +24,8 @@ GPU_CASES = [c for c in LAYER_CASES if c.startswith(("conv", "deconv", "pool", "
 
 
 def _model_dir(tmp_path: Path, name: str, body: str, shape: tuple[int, ...], seed: int = 7) -> Path:
-    from savedeep.synthetic import random_weights, write_caffemodel
-    from savedeep.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
 
     d = tmp_path / name
     prototxt = write_net(d, name, body, shape)
@@ -37,7 +37,7 @@ def _model_dir(tmp_path: Path, name: str, body: str, shape: tuple[int, ...], see
 
 def _both(model_dir: Path, x: np.ndarray, blobs=None) -> tuple[dict, dict]:
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     model = load_model(model_dir)
     blobs = list(blobs or model.net.blobs)

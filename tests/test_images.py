@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from savedeep.errors import InputError
-from savedeep.images import ImageEntry, list_images
+from savedeep.data.images import ImageEntry, list_images
 
 
 def _tree(root: Path, photos: list[Path]) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from savedeep.errors import ModelError
-from savedeep.inspect import format_table, human_bytes, inspect_model, to_json
-from savedeep.model import load_net
+from savedeep.caffe.inspect import format_table, human_bytes, inspect_model, to_json
+from savedeep.caffe.model import load_net
 
 MODELS = ("caffenet", "alexnet", "googlenet")
 

@@ -16,8 +16,8 @@ import torch
 from savedeep.engines.torch_engine import TorchEngine
 from savedeep.engines.torch_layers import build_layer, caffe_pool_size
 from savedeep.errors import ModelError, UnsupportedLayerError
-from savedeep.prototxt import parse_text
-from savedeep.model import REFUSED_TYPES
+from savedeep.caffe.prototxt import parse_text
+from savedeep.caffe.model import REFUSED_TYPES
 from tests.nets import GENERATED_CASES, LAYER_CASES, S, channel_err, layer, make_caffemodel, rel_err, write_net
 
 # What the torch engine achieves against pycaffe on one layer, with margin: worst measured 2.9e-7
@@ -37,7 +37,7 @@ def _compare_with_pycaffe(pycaffe, tmp_path, case: str, shape: tuple[int, ...], 
                           channels_last: bool = False) -> None:
     """Run the one-layer net in both engines on the same seeded weights and input; every blob must agree."""
     from savedeep.engines.caffe_engine import CaffeEngine
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     prototxt = write_net(tmp_path, case, body, shape)
     overrides = {("bn", 2): np.zeros(1, np.float32)} if case == "batchnorm_zero_factor" else None
@@ -143,7 +143,7 @@ def test_unknown_layer_type_names_type_and_layer():
 
 def _torch_forward(tmp_path, body: str, shape: tuple[int, ...], x: np.ndarray) -> dict[str, np.ndarray]:
     """Every blob of a weightless net in the torch engine, after checking its shapes against the model reader's."""
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     net = load_net(write_net(tmp_path, "net", body, shape))
     engine = TorchEngine(net, "cpu", batch_size=shape[0], threads=1)
@@ -216,7 +216,7 @@ def test_clip_follows_caffe_formula(lo, hi, tmp_path):
 
 
 def test_clip_without_min_or_max_is_refused(tmp_path):
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     with pytest.raises(ModelError, match="clip_param needs both min and max"):
         load_net(write_net(tmp_path, "net", layer("c", "Clip", "data", "c", "clip_param", max=1), S))
@@ -234,8 +234,8 @@ def test_swish_follows_caffe_formula(beta, tmp_path):
 
 
 def test_embed_refuses_indices_outside_its_rows(tmp_path):
-    from savedeep.model import load_net
-    from savedeep.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
 
     prototxt = write_net(tmp_path, "net", layer("e", "Embed", "data", "e", "embed_param", num_output=2, input_dim=3), S)
     net = load_net(prototxt)
@@ -252,7 +252,7 @@ def test_embed_refuses_indices_outside_its_rows(tmp_path):
 
 @pytest.mark.parametrize("type_", sorted(REFUSED_TYPES))
 def test_refused_caffe_layer_types_say_why(type_, tmp_path):
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     body = layer("x", type_, "data", "x")
     with pytest.raises(UnsupportedLayerError) as info:
@@ -268,14 +268,14 @@ def test_refused_caffe_layer_types_say_why(type_, tmp_path):
     layer("t", "Tile", "data", "t", "tile_param", axis=0, tiles=2),
 ], ids=["reduction_axis0", "reduction_axis_m4", "tile_axis0"])
 def test_layers_over_the_batch_axis_are_refused(body, tmp_path):
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     with pytest.raises(ModelError, match="batch axis.*one row per image"):
         load_net(write_net(tmp_path, "net", body, S))
 
 
 def test_spp_too_deep_for_its_input_is_refused(tmp_path):
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     # 5 rows in 4 bins: kernel 2 needs pad 2, which Caffe's pooling refuses (pad < kernel)
     with pytest.raises(ModelError, match="pyramid level 2"):
@@ -293,7 +293,7 @@ def test_spp_too_deep_for_its_input_is_refused(tmp_path):
 def test_caffe_engine_refuses_what_pycaffe_would_abort_on(body, match, pycaffe, tmp_path):
     """pycaffe aborts the process (glog FATAL) on these; the caffe engine refuses them in one line first."""
     from savedeep.engines.caffe_engine import CaffeEngine
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     prototxt = write_net(tmp_path, "net", body, S)
     with pytest.raises(UnsupportedLayerError, match=match):
@@ -309,8 +309,8 @@ def test_layer_with_weights_but_no_weights_file_is_a_model_error():
 
 def test_every_case_runs_in_torch_with_model_shapes(tmp_path):
     """Without pycaffe: every layer case runs and gives the shapes the model reader infers."""
-    from savedeep.synthetic import random_weights, write_caffemodel
-    from savedeep.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
 
     for case, (shape, body) in sorted(LAYER_CASES.items()):
         prototxt = write_net(tmp_path / case, case, body, shape)

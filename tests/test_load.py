@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import savedeep
-from savedeep.synthetic import random_weights, write_caffemodel
-from savedeep.model import load_net
+from savedeep.caffe.synthetic import random_weights, write_caffemodel
+from savedeep.caffe.model import load_net
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The output lock (savedeep/lock.py) held by real processes on real files: who holds it, when it is stale."""
+"""The output lock (savedeep/runner/lock.py) held by real processes on real files: who holds it, when it is stale."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from savedeep.lock import LockedError, OutputLock, held_locks, lock_path, process_start, read_holder
+from savedeep.runner.lock import LockedError, OutputLock, held_locks, lock_path, process_start, read_holder
 
 # A process that takes the lock of argv[1] (task argv[2] if given), says so, and holds it
 # until its stdin closes.
 _HOLDER = """
 import os, sys, time
-from savedeep.lock import LockedError, OutputLock
+from savedeep.runner.lock import LockedError, OutputLock
 task = int(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None
 if len(sys.argv) > 3:  # start together: wait for the file argv[3]
     print("ready", flush=True)
@@ -109,7 +109,7 @@ def test_the_lock_of_a_killed_process_is_stale_and_taken(tmp_path, caplog):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     try:
-        with caplog.at_level(logging.WARNING, logger="savedeep.lock"), OutputLock(out) as lock:
+        with caplog.at_level(logging.WARNING, logger="savedeep.runner.lock"), OutputLock(out) as lock:
             assert lock.owned()
         assert f"breaking a stale lock: pid {p.pid} on host {socket.gethostname()}" in caplog.text
     finally:
@@ -140,7 +140,7 @@ def test_a_lock_from_another_host_needs_break_lock(tmp_path, caplog):
     msg = str(exc.value)
     assert "pid 4242 on host node-17.cluster, since 2026-01-01 00:00:00 UTC" in msg and "--break-lock" in msg
     assert lock_path(out).read_bytes() == raw
-    with caplog.at_level(logging.WARNING, logger="savedeep.lock"), OutputLock(out, break_lock=True) as lock:
+    with caplog.at_level(logging.WARNING, logger="savedeep.runner.lock"), OutputLock(out, break_lock=True) as lock:
         assert lock.owned()
     assert "breaking the lock of pid 4242 on host node-17.cluster" in caplog.text
     assert not lock_path(out).exists()
@@ -212,7 +212,7 @@ def test_two_processes_for_the_same_task_one_is_refused(tmp_path):
 def test_breaking_deletes_only_the_lock_that_was_judged_stale(tmp_path):
     # Two runs find the same stale lock; the first breaks it and takes the output. The
     # second, which read the stale record before that, must not delete the new lock.
-    from savedeep.lock import _remove_if_same
+    from savedeep.runner.lock import _remove_if_same
 
     out = tmp_path / "acts.pk"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -9,8 +9,8 @@ import pytest
 
 import savedeep
 from savedeep.errors import WorkerError
-from savedeep.manifest import Manifest
-from savedeep.output import ColumnSpec, ShardWriter, shard_name
+from savedeep.runner.manifest import Manifest
+from savedeep.data.output import ColumnSpec, ShardWriter, shard_name
 
 COLS = (ColumnSpec("fc", (3,), "float32"),)
 SHARDS = [(0, 0, 2), (1, 2, 4), (2, 4, 5)]

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from savedeep.caffe_schema import Message
-from savedeep.caffemodel import decode_message, encode_message, make_blob, read_caffemodel
+from savedeep.caffe.schema import Message
+from savedeep.caffe.caffemodel import decode_message, encode_message, make_blob, read_caffemodel
 from savedeep.errors import ModelError, UnsupportedLayerError
-from savedeep.model import load_model, load_net, pooled_size, supported_layer_types
-from savedeep.prototxt import format_text, parse_text
-from savedeep.synthetic import random_weights, write_caffemodel
+from savedeep.caffe.model import load_model, load_net, pooled_size, supported_layer_types
+from savedeep.caffe.prototxt import format_text, parse_text
+from savedeep.caffe.synthetic import random_weights, write_caffemodel
 
 MODELS = ("caffenet", "alexnet", "googlenet")
 

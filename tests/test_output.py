@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from savedeep.output import ColumnSpec, ShardWriter, string_array
+from savedeep.data.output import ColumnSpec, ShardWriter, string_array
 
 
 @pytest.mark.parametrize("values", [[], ["a"], ["x", None, "héllo ✓", ""], [None, None], ["a"] * 9 + [None],
@@ -50,7 +50,7 @@ _NO_PANDAS = """
 import sys
 from pathlib import Path
 import numpy as np
-from savedeep.output import ColumnSpec, ShardWriter, write_failures
+from savedeep.data.output import ColumnSpec, ShardWriter, write_failures
 d = Path(sys.argv[1])
 d.mkdir()
 w = ShardWriter(d, 0, [ColumnSpec("fc7", (8,), "float16", "tensor"), ColumnSpec("p", (2, 2), "float32", "binary")],
@@ -78,7 +78,7 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
 
     import pandas as pd
 
-    from savedeep.output import write_failures, write_manifest
+    from savedeep.data.output import write_failures, write_manifest
 
     pk, d, log_file = parent / "acts.pk", parent / "acts.parquet", parent / "acts.log"
     d.mkdir(parents=True)
@@ -93,11 +93,11 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
     df.attrs["savedeep"] = {"manifest": str(d / "_manifest.json"), "partial": False}
     pk.write_bytes(pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL))
     (parent / ".acts.pk.tmp77").write_bytes(b"\x80\x05half a pickle")
-    handler = logging.FileHandler(log_file)  # the run log's format (savedeep/ui.py, run_log)
+    handler = logging.FileHandler(log_file)  # the run log's format (savedeep/runner/ui.py, run_log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"))
-    handler.emit(logging.LogRecord("savedeep.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
+    handler.emit(logging.LogRecord("savedeep.runner.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
     handler.close()
-    report = parent / "acts.report.html"  # the head savedeep/report.py writes
+    report = parent / "acts.report.html"  # the head savedeep/analysis/report.py writes
     report.write_text('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>savedeep report</title>\n'
                       '<meta name="generator" content="savedeep report">\n</head><body></body></html>\n')
     files = sorted([*d.iterdir(), pk, log_file, parent / "acts.failures.parquet", parent / ".acts.pk.tmp77", report])
@@ -106,7 +106,7 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
 
 
 def test_overwrite_deletes_what_savedeep_wrote_and_nothing_beside_it(tmp_path):
-    from savedeep.output import remove_output
+    from savedeep.data.output import remove_output
 
     data = tmp_path / "data"  # `-o ~/data/acts.pk`: ~/data holds other things
     pk, d, log_file, files = _savedeep_output(data)
@@ -122,7 +122,7 @@ def test_overwrite_deletes_what_savedeep_wrote_and_nothing_beside_it(tmp_path):
                                      "own log", "own failures", "own report page", "directory without manifest"])
 def test_overwrite_refuses_next_to_a_file_savedeep_did_not_write(tmp_path, foreign):
     from savedeep.errors import OutputError
-    from savedeep.output import remove_output
+    from savedeep.data.output import remove_output
 
     pk, d, log_file, files = _savedeep_output(tmp_path)
     if foreign == "file in the directory":

@@ -138,9 +138,9 @@ def test_transform_of_a_grayscale_net(photos, tmp_path):
     """A (1, H, W) net: the converted file's transform subtracts the luminance's mean (values_gray, not
     values_bgr) and equals the producer's input, as the model directory's does."""
     import savedeep
-    from savedeep.model import load_model, load_net
-    from savedeep.preprocess import Preprocessor, PreprocessSpec, load_mean
-    from savedeep.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_model, load_net
+    from savedeep.data.preprocess import Preprocessor, PreprocessSpec, load_mean
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
     from tests.nets import layer, write_net
 
     d = tmp_path / "gray"

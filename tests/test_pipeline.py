@@ -14,7 +14,7 @@ import pytest
 import savedeep
 from savedeep.config import load_config
 from savedeep.errors import OutputError
-from savedeep.pipeline import make_plan, resolve_devices
+from savedeep.runner.pipeline import make_plan, resolve_devices
 
 from conftest import make_bad_images
 
@@ -42,8 +42,8 @@ def _run(model: Path, images: Path, out: Path, blobs, **kw):
 def _direct(engine: str, model_dir: Path, cfg, keys: list[str], blobs: list[str]) -> dict[str, np.ndarray]:
     """The same activations computed in this process, one image at a time, without the pipeline."""
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
-    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.caffe.model import load_model
+    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     model = load_model(model_dir)
     eng = create_engine(engine, model, "cpu", 1)
@@ -231,8 +231,8 @@ def test_pickle_above_limit_is_refused_before_any_work(nsfw_dir, image_dir, tmp_
 def test_finished_but_unreported_shards_are_adopted(nsfw_dir, image_dir, tmp_path):
     # A writer that dies right after renaming a shard may never report it; the shard
     # carries its own record, so the manifest can take it without recomputing it.
-    from savedeep.output import read_manifest, write_manifest
-    from savedeep.manifest import adopt_finished_shards
+    from savedeep.data.output import read_manifest, write_manifest
+    from savedeep.runner.manifest import adopt_finished_shards
 
     out = tmp_path / "acts.pk"
     _run(nsfw_dir, image_dir, out, ["prob"], batch_size=4, shard_size=4)
@@ -251,7 +251,7 @@ def test_finished_but_unreported_shards_are_adopted(nsfw_dir, image_dir, tmp_pat
 
 def test_size_rings_fits_the_shared_memory_there_is(caplog):
     from savedeep.errors import ConfigError
-    from savedeep.pipeline import MAX_SLOTS, RING_BUDGET, SHM_RESERVE, size_rings
+    from savedeep.runner.pipeline import MAX_SLOTS, RING_BUDGET, SHM_RESERVE, size_rings
 
     M = 2**20
     inb, outb = 19 * M, M // 2  # CaffeNet input and fc7 at batch 32
@@ -293,8 +293,8 @@ def test_float16_is_the_float32_run_rounded(caffenet_dir, image_dir, tmp_path):
 
 def test_float16_overflow_is_reported(image_dir, tmp_path):
     """Values beyond float16's range become inf; the log names the blob and counts them."""
-    from savedeep.synthetic import write_caffemodel
-    from savedeep.model import load_net
+    from savedeep.caffe.synthetic import write_caffemodel
+    from savedeep.caffe.model import load_net
     from tests.nets import layer, write_net
 
     body = layer("big", "Power", "data", "big", "power_param", scale=1000) + layer("small", "TanH", "data", "small")
@@ -315,8 +315,8 @@ def test_float16_overflow_is_reported(image_dir, tmp_path):
 
 
 def test_feeder_keeps_a_window_of_tasks_ahead():
-    from savedeep.messages import EndOfStream
-    from savedeep.pipeline import Feeder
+    from savedeep.runner.messages import EndOfStream
+    from savedeep.runner.pipeline import Feeder
 
     queued = []
     batches = [(b, b // 3, 4 * b, 4 * b + 4) for b in range(7)]
@@ -360,7 +360,7 @@ def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
 
 
 def test_steady_rate_leaves_out_the_first_window_of_batches():
-    from savedeep.pipeline import RunResult
+    from savedeep.runner.pipeline import RunResult
 
     def result(written, window):
         return RunResult(pickle=None, parquet_dir=Path("x"), images=0, rows=0, failures=0, skipped_files={},

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from savedeep.errors import ConfigError, ImageError, ModelError
-from savedeep.images import list_images
-from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+from savedeep.data.images import list_images
+from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
 
 skimage_io = pytest.importorskip("skimage.io")
 import skimage  # noqa: E402  (after the importorskip above)
@@ -147,7 +147,7 @@ def test_caffe_io_mode_equals_resize_image(caffe_io_with_resize, by_name, ilsvrc
     assert np.abs(pre.load(by_name[name]) - ref).max() <= 1e-5
     # and resize_image itself on the decoded float image
     img = caffe_load_image(by_name[name])
-    from savedeep.preprocess import _caffe_resize_image
+    from savedeep.data.preprocess import _caffe_resize_image
 
     assert np.array_equal(_caffe_resize_image(img, (227, 227)), caffe.io.resize_image(img, (227, 227)))
 
@@ -413,7 +413,7 @@ def test_output_is_identical_in_another_process(by_name, testdata, ilsvrc_mean):
     pre = Preprocessor(PreprocessSpec(), ilsvrc_mean, (3, 227, 227))
     here = hashlib.sha256(pre.load(by_name["fish-bike.jpg"]).tobytes()).hexdigest()
     code = (
-        "import hashlib,sys; from pathlib import Path; from savedeep.preprocess import *; "
+        "import hashlib,sys; from pathlib import Path; from savedeep.data.preprocess import *; "
         "m=load_mean(Path(sys.argv[1])); p=Preprocessor(PreprocessSpec(), m, (3,227,227)); "
         "print(hashlib.sha256(p.load(Path(sys.argv[2])).tobytes()).hexdigest())"
     )

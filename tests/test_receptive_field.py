@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from savedeep.synthetic import random_weights, write_caffemodel
-from savedeep.model import load_net
-from savedeep.receptive_field import blob_axes_bounds, model_receptive_fields, receptive_fields
+from savedeep.caffe.synthetic import random_weights, write_caffemodel
+from savedeep.caffe.model import load_net
+from savedeep.caffe.receptive_field import blob_axes_bounds, model_receptive_fields, receptive_fields
 
 torch = pytest.importorskip("torch")
 

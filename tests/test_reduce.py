@@ -1,4 +1,4 @@
-"""Tests for savedeep.reduce: pooling against PyTorch, projection reproducibility and geometry."""
+"""Tests for savedeep.data.reduce: pooling against PyTorch, projection reproducibility and geometry."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from savedeep.config import BlobSpec, load_config
 from savedeep.errors import ConfigError, ModelError
-from savedeep.reduce import (
+from savedeep.data.reduce import (
     PROJECTION_BLOCK_ROWS,
     PoolReducer,
     ProjectionReducer,
@@ -199,7 +199,7 @@ def test_projection_too_large_is_refused() -> None:
 _DIGEST_SCRIPT = """
 import hashlib, sys
 from savedeep.config import BlobSpec
-from savedeep.reduce import make_reducer
+from savedeep.data.reduce import make_reducer
 r = make_reducer(BlobSpec("conv3", "float32", {"project": 32, "seed": 7}), (3, 40, 40))
 r.prepare()
 sys.stdout.write(hashlib.sha256(r.matrix.tobytes()).hexdigest())

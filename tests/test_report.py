@@ -24,9 +24,9 @@ import pytest
 import rsatoolbox
 
 import savedeep
-from savedeep import stats
-from savedeep.output import ColumnSpec, ShardWriter, write_manifest
-from savedeep.report import build_report, write_report
+from savedeep.analysis import stats
+from savedeep.data.output import ColumnSpec, ShardWriter, write_manifest
+from savedeep.analysis.report import build_report, write_report
 
 from report_fixtures import BLOB_NAMES, CATEGORIES, run_categories, run_partial
 
@@ -188,8 +188,8 @@ def test_cli_writes_the_page_beside_the_output(output):
     assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:40] for r in refs if not
                                                                         r.startswith("data:")]
     assert "http://" not in text and "https://" not in text
-    # --overwrite of this output deletes the page as savedeep's own (savedeep.output.output_files)
-    from savedeep.output import output_files, parquet_dir
+    # --overwrite of this output deletes the page as savedeep's own (savedeep.data.output.output_files)
+    from savedeep.data.output import output_files, parquet_dir
 
     ours, foreign = output_files(output.with_name("acts.pk"), parquet_dir(output), output.with_name("acts.log"))
     assert page in ours and not foreign
@@ -256,8 +256,8 @@ def _synthetic_output(directory: Path, n: int, units: int = 4096, per_shard: int
 
 CHILD = """
 import json, sys
-import numpy, pandas, pyarrow.parquet, savedeep.interop  # libraries: not the statistics' data
-from savedeep import stats
+import numpy, pandas, pyarrow.parquet, savedeep.analysis.interop  # libraries: not the statistics' data
+from savedeep.analysis import stats
 def status(key):  # KiB
     return int(next(line for line in open("/proc/self/status") if line.startswith(key)).split()[1])
 # VmHWM, not ru_maxrss: ru_maxrss keeps the peak of the process that forked this one (pytest's)

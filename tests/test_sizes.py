@@ -1,6 +1,6 @@
 """Every size limit known before the first image (issue 30): the output's predicted sizes, the pickle's
 limit and the disk's free space checked in the preflight, validate's predictions against a real run, and
-the end steps' work growing in proportion to the images (NOTE [savedeep output sizes] in savedeep/sizes.py).
+the end steps' work growing in proportion to the images (NOTE [savedeep output sizes] in savedeep/runner/sizes.py).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 import savedeep
 from savedeep.cli import main
 from savedeep.errors import OutputError
-from savedeep.model import load_net
-from savedeep.sizes import human_bytes
-from savedeep.synthetic import random_weights, write_caffemodel
+from savedeep.caffe.model import load_net
+from savedeep.runner.sizes import human_bytes
+from savedeep.caffe.synthetic import random_weights, write_caffemodel
 
 TINY = """name: "tiny"
 input: "data"
@@ -85,7 +85,7 @@ def test_sizes_print_in_units_that_never_show_zero():
 def test_the_pickle_refused_at_the_end_says_its_size_in_units_that_fit(tiny_model, crops, tmp_path):
     # A merge (or a config changed between tasks) can still meet the limit at the end; its message said
     # "0.00 GiB of activations, above max_pickle_bytes (0.00 GiB)" for a small output.
-    from savedeep.output import write_pickle
+    from savedeep.data.output import write_pickle
 
     out = tmp_path / "acts.pk"
     savedeep.run(savedeep.load_config(None, model=tiny_model, images=crops, output=out, blobs=["fc"], gpus="cpu",
@@ -153,7 +153,7 @@ def test_a_disk_too_small_is_refused_before_any_worker_then_no_space_check_runs(
 
 
 def savedeep_validate(cfg) -> str:
-    from savedeep.validate import validate
+    from savedeep.runner.validate import validate
 
     return validate(cfg)
 
@@ -205,11 +205,11 @@ def test_validate_predicts_the_pickle_of_the_run_exactly(storage, tiny_model, cr
 # --------------------------------------------------------------------------- the end steps at scale
 
 
-def _output(directory: Path, n: int, shard_size: int = 100, every_failure: int = 97) -> "savedeep.manifest.Manifest":
+def _output(directory: Path, n: int, shard_size: int = 100, every_failure: int = 97) -> "savedeep.runner.manifest.Manifest":
     """A Parquet output of ``n`` images written as the writers write it (one image in ``every_failure`` failed),
     recorded shard by shard in its manifest, not yet finished."""
-    from savedeep.manifest import Manifest
-    from savedeep.output import ColumnSpec, ShardWriter, shard_ranges
+    from savedeep.runner.manifest import Manifest
+    from savedeep.data.output import ColumnSpec, ShardWriter, shard_ranges
 
     columns = [ColumnSpec("fc", (10,), "float32")]
     header = {"blobs": {"fc": {"shape": [10], "dtype": "float32", "storage": "tensor"}}, "blob_order": ["fc"],
@@ -254,7 +254,7 @@ def _python_work(fn) -> int:
 
 
 def test_the_end_steps_work_in_proportion_to_the_images(tmp_path):
-    # The end of a run (savedeep.manifest.Manifest.finish: the failures table, the manifest marked
+    # The end of a run (savedeep.runner.manifest.Manifest.finish: the failures table, the manifest marked
     # complete, the pickle read back from the shards) at 1,000 and at 5,000 images, shards of 100.
     # Work per image (and per shard) keeps the ratio near 5 or below; a step that loops over the images
     # or the shards once per image or shard (a lookup by scanning a list, a list rebuilt per row) makes
@@ -273,8 +273,8 @@ def test_the_end_steps_work_in_proportion_to_the_images(tmp_path):
 def test_a_big_pickle_is_extrapolated_from_two_exact_samples(monkeypatch, tmp_path):
     # Simulating every row costs memory (1 M rows of 2 blobs: 1.6 GiB); above EXACT_PICKLE_OBJECTS the
     # size comes from two exact samples. Here the threshold is lowered so that 12,000 rows extrapolate.
-    import savedeep.sizes as sizes
-    from savedeep.output import ColumnSpec, pickle_file_bytes
+    import savedeep.runner.sizes as sizes
+    from savedeep.data.output import ColumnSpec, pickle_file_bytes
 
     keys = [f"train/n{i % 37:08d}/img_{i}.JPEG" for i in range(12_000)]
     meta = {"condition": [None if i % 11 == 0 else f"c{i % 5}" for i in range(12_000)]}

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from savedeep.config import BlobSpec
-from savedeep.output import ColumnSpec, InOrder, ShardSet, ShardWriter, shard_name, shard_record
-from savedeep.reduce import BlobOutputs
+from savedeep.data.output import ColumnSpec, InOrder, ShardSet, ShardWriter, shard_name, shard_record
+from savedeep.data.reduce import BlobOutputs
 
 COLS = (ColumnSpec("fc", (2,), "float32"),)
 

@@ -25,9 +25,9 @@ import pytest
 import savedeep
 from savedeep.cli import main
 from savedeep.errors import ConfigError, OutputError
-from savedeep.lock import LockedError, OutputLock
-from savedeep.tasks import TaskSpec, owner, parse_task, task_from_env
-from savedeep.validate import validate
+from savedeep.runner.lock import LockedError, OutputLock
+from savedeep.runner.tasks import TaskSpec, owner, parse_task, task_from_env
+from savedeep.runner.validate import validate
 
 from conftest import copy_photos, make_bad_images
 

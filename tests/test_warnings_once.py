@@ -27,8 +27,8 @@ BODY = (conv("c", "data", "c", num_output=4, kernel_size=3, stride=2)
 @pytest.fixture(scope="module")
 def silence_model(tmp_path_factory) -> Path:
     """A small model directory whose prototxt has a Silence layer, with seeded weights and a mean."""
-    from savedeep.model import load_net
-    from savedeep.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
 
     d = tmp_path_factory.mktemp("silence") / "model"
     prototxt = write_net(d, "silence", BODY, (1, 3, 32, 32))

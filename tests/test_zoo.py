@@ -1,6 +1,6 @@
 """The public model zoo on both engines: real deploy definitions that no one here wrote (tests/data/zoo).
 
-Each model gets seeded random weights written by savedeep.synthetic into a real .caffemodel, once per
+Each model gets seeded random weights written by savedeep.caffe.synthetic into a real .caffemodel, once per
 test session. The bugs these tests are for: a layer or parameter that savedeep's shape rules or the torch
 engine read differently from Caffe in a real net (a wrong shape, a wrong number), a caffemodel that
 pycaffe cannot load (the fork's 512 MiB protobuf limit: VGG16/VGG19/FCN-size weights), and a net that
@@ -97,8 +97,8 @@ class ZooCache:
     def model_dir(self, name: str) -> Path:
         if name in self.made:
             return self.made[name]
-        from savedeep.model import load_net
-        from savedeep.synthetic import random_weights, write_caffemodel
+        from savedeep.caffe.model import load_net
+        from savedeep.caffe.synthetic import random_weights, write_caffemodel
 
         entry = BY_NAME[name]
         directory = self.root / name
@@ -168,8 +168,8 @@ RUNNABLE = [m.name for m in MODELS if m.refused is None]
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_zoo_model_on_both_engines(name, zoo, pycaffe, photos):
     """savedeep's shapes (inspect) equal pycaffe's; the torch engine equals pycaffe on every blob."""
-    from savedeep.inspect import inspect_model
-    from savedeep.model import load_model
+    from savedeep.caffe.inspect import inspect_model
+    from savedeep.caffe.model import load_model
 
     directory = zoo.model_dir(name)
     model = load_model(directory)
@@ -262,7 +262,7 @@ def test_a_caffemodel_over_2_gib_is_refused_before_any_worker_starts(engine, tes
     Without the size check the torch engine's preflight read 2 GiB into memory and failed to decode it,
     and pycaffe would have aborted in the consumer. The file is sparse: it costs no disk.
     """
-    from savedeep.caffemodel import MAX_CAFFEMODEL_BYTES
+    from savedeep.caffe.caffemodel import MAX_CAFFEMODEL_BYTES
 
     directory = tmp_path / "model"
     directory.mkdir()

@@ -6,7 +6,7 @@ tensor, for the output ring one array per requested blob). The parent creates
 and unlinks every segment (names start with ``savedeep_``, which the tests'
 leak check looks for); workers attach by name and only close. Slot numbers
 travel through queues; see NOTE [savedeep pipeline data flow] in
-savedeep/messages.py.
+savedeep/runner/messages.py.
 """
 
 from __future__ import annotations

@@ -35,9 +35,7 @@ element (with levels): 1.1-2.5x faster with zstd, 2-6x uncompressed
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -52,13 +50,14 @@ from typing import Any
 import numpy as np
 
 from savedeep.errors import OutputError
+from savedeep.files import atomic_file, atomic_write_bytes, parquet_dir, sha256_file  # noqa: F401 - also used from here
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
-REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/report.py
+REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/analysis/report.py
 
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -85,12 +84,6 @@ class _DiskErrors:
         return False
 
 
-def parquet_dir(output: Path) -> Path:
-    """The Parquet directory that goes with the pickle path ``output``."""
-    output = Path(output)
-    return output.with_name(output.stem + ".parquet") if output.suffix != ".parquet" else output
-
-
 def failures_path(directory: Path) -> Path:
     """The failures table that goes with the Parquet directory ``directory`` (beside it, not in it)."""
     directory = Path(directory)
@@ -107,36 +100,6 @@ def shard_name(k: int) -> str:
     return f"part-{k:05d}.parquet"
 
 
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path):
-    """Open a hidden temporary file that replaces ``path`` only once written whole and fsynced."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    with atomic_file(path) as f:
-        f.write(data)
-
-
 def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any] | None:
     """The manifest of a Parquet output directory (or, with ``name``, a task's record), or None if there is none."""
     path = Path(directory) / name
@@ -149,7 +112,7 @@ def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any] | Non
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
-    """Replace the manifest (or, with ``name``, a task's record: savedeep/tasks.py) atomically."""
+    """Replace the manifest (or, with ``name``, a task's record: savedeep/runner/tasks.py) atomically."""
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_bytes(Path(directory) / name, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
@@ -715,7 +678,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
                           r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+")
-_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.ui.run_log
+_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.runner.ui.run_log
 _LIST_AT_MOST = 10
 
 

@@ -24,10 +24,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from savedeep.caffe_schema import LAYER_PARAMS, V1_LAYER_TYPES, Message
-from savedeep.caffemodel import blob_array, blob_shape, read_caffemodel
+from savedeep.caffe.schema import LAYER_PARAMS, V1_LAYER_TYPES, Message
+from savedeep.caffe.caffemodel import blob_array, blob_shape, read_caffemodel
 from savedeep.errors import ModelError, UnsupportedLayerError
-from savedeep.prototxt import parse_prototxt
+from savedeep.caffe.prototxt import parse_prototxt
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def load_net(prototxt: Path, weights: Path | None = None) -> Net:
 
 
 # The loggers that report what reading a model's files finds (dropped layers, skipped fields).
-_READER_LOGGERS = ("savedeep.model", "savedeep.prototxt", "savedeep.caffemodel")
+_READER_LOGGERS = ("savedeep.caffe.model", "savedeep.caffe.prototxt", "savedeep.caffe.caffemodel")
 
 
 @contextmanager
@@ -447,7 +447,7 @@ def _input_shapes(layer: Layer, source: Path) -> list[Shape]:
 def read_weights(path: Path, mapped: bool = False) -> dict[str, list[Message]]:
     """Layer name -> BlobProto list of a .caffemodel (V1 or current format); later duplicates win, as in Caffe.
 
-    ``mapped``: see savedeep.caffemodel.read_caffemodel (for checks that keep no array).
+    ``mapped``: see savedeep.caffe.caffemodel.read_caffemodel (for checks that keep no array).
     """
     net_param = read_caffemodel(path, mapped=mapped)
     out: dict[str, list[Message]] = {}

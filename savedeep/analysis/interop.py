@@ -4,7 +4,7 @@ and in Python as an ``xarray.Dataset`` or a Brain-Score-style flat ``DataArray``
 Everything is read from the Parquet shards (a finished output, or the complete
 shards of a partial one, with a warning), one blob column at a time and at most
 :data:`READ_BATCH_BYTES` of rows at a time, through the readers of
-:mod:`savedeep.output`. Only the image keys and the metadata columns are held
+:mod:`savedeep.data.output`. Only the image keys and the metadata columns are held
 for every image, so the netCDF and NumPy exports use bounded memory whatever
 the number of images. Every file is written under a hidden temporary name and
 renamed when complete.
@@ -30,7 +30,7 @@ plain names ``(image, channel, y, x)`` / ``(image, unit)``. By stored shape:
 
 Coordinates: ``image`` (the keys) and each metadata column of a CSV image list
 along ``image``; integer indices along ``channel``, ``y``, ``x``, ``unit``; and,
-where the blob has a receptive field (:mod:`savedeep.receptive_field`; needs the
+where the blob has a receptive field (:mod:`savedeep.caffe.receptive_field`; needs the
 model's prototxt, found through the manifest or given as ``model=``), ``rf_y``
 and ``rf_x`` (centre, input pixels) along ``y`` and ``x`` and ``rf_size`` along
 ``(y, x)``: the side of the square holding the field (``max`` of its height and
@@ -67,8 +67,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from savedeep.errors import ConfigError, OutputError
-from savedeep.output import READ_BATCH_BYTES  # noqa: F401 - rows decoded at a time, re-exported
-from savedeep.output import (MANIFEST, _column_to_numpy, _complete_shards, _partial_note, _resolve, blob_order,
+from savedeep.data.output import READ_BATCH_BYTES  # noqa: F401 - rows decoded at a time, re-exported
+from savedeep.data.output import (MANIFEST, _column_to_numpy, _complete_shards, _partial_note, _resolve, blob_order,
                              read_manifest)
 
 log = logging.getLogger(__name__)
@@ -204,8 +204,8 @@ class SavedOutput:
 
     def iter_blob(self, blob: str, max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
         """One blob's rows in order, as (n, *shape) arrays: shard by shard, one Parquet row group at a
-        time (savedeep.output.iter_rows)."""
-        from savedeep.output import iter_rows
+        time (savedeep.data.output.iter_rows)."""
+        from savedeep.data.output import iter_rows
 
         info = self.info(blob)
         for f in self.shards:
@@ -232,9 +232,9 @@ class SavedOutput:
 
         Empty (with a warning) when the prototxt is not there or differs from the run's (sha256).
         """
-        from savedeep.model import PROTOTXT_NAME, load_net
-        from savedeep.output import sha256_file
-        from savedeep.receptive_field import receptive_fields
+        from savedeep.caffe.model import PROTOTXT_NAME, load_net
+        from savedeep.data.output import sha256_file
+        from savedeep.caffe.receptive_field import receptive_fields
 
         recorded = self.manifest.get("model", {})
         where = Path(model) if model is not None else Path(recorded.get("directory", ""))
@@ -311,7 +311,7 @@ class BlobLayout:
 
 def blob_layout(blob: str, var: str, info: dict[str, Any], rf: Any | None) -> BlobLayout:
     """The dims, coordinates and attributes of ``blob`` (manifest entry ``info``; ``rf`` its BlobRF or None)."""
-    from savedeep.receptive_field import blob_axes_bounds
+    from savedeep.caffe.receptive_field import blob_axes_bounds
 
     shape = tuple(int(d) for d in info["shape"])
     reduce = info.get("reduce") or {}

@@ -6,7 +6,7 @@ which are compared with pycaffe layer by layer and on whole nets, so the convert
 model computes the same arithmetic as the torch engine:
 
 - ``--to torch -o NAME.py``: :func:`module_source`, a generated ``nn.Module`` with one submodule
-  per Caffe layer (the code of :mod:`savedeep.converted_ops` copied in, so it needs only torch)
+  per Caffe layer (the code of :mod:`savedeep.engines.converted_ops` copied in, so it needs only torch)
   and its state dict in ``NAME.pt``: what torchvision, thingsvision, torchlens and Brain-Score
   take (hooks by layer name, ``train()``/``eval()``, torch.fx). Its weights are the engine
   modules'; its arithmetic is theirs, operation for operation, in code that imports only torch
@@ -49,7 +49,7 @@ from savedeep.errors import ConfigError, ModelError, UnsupportedLayerError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from savedeep.model import Model, Net
+    from savedeep.caffe.model import Model, Net
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _program_class() -> type:
 
     from savedeep.engines.torch_engine import TorchNet
     from savedeep.engines.torch_layers import SPP, Pooling, caffe_pool_size
-    from savedeep.model import spp_levels
+    from savedeep.caffe.model import spp_levels
 
     def onnx_ave_pool(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
                       ceil: bool) -> torch.Tensor:
@@ -242,7 +242,7 @@ def metadata(model: "Model", names: Sequence[str], batch: int | None, to: str) -
     (its steps in words, savedeep's full spec and the options that rebuild it: :func:`savedeep.transform`),
     the mean, the outputs."""
     from savedeep.version import __version__
-    from savedeep.preprocess import Preprocessor, PreprocessSpec, load_mean
+    from savedeep.data.preprocess import Preprocessor, PreprocessSpec, load_mean
 
     net = model.net
     shape = [int(d) for d in net.input_shape[1:]]
@@ -375,7 +375,7 @@ def convert(model_dir: str | Path, to: str, dest: str | Path, blobs: Sequence[st
     for path in ([dest, dest.with_suffix(".pt")] if module else [dest]):
         if path.exists() and not overwrite:
             raise ConfigError(f"-o {dest}: {path} exists; choose another file or pass --overwrite to replace it")
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     model = load_model(Path(model_dir))
     net = model.net
@@ -497,7 +497,7 @@ _NN_ATTRIBUTES: frozenset[str] | None = None
 
 
 def _layer_spec(op: Any, layer: Any) -> tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(class name in savedeep/converted_ops.py, parameters, buffers, config) of one engine layer module.
+    """(class name in savedeep/engines/converted_ops.py, parameters, buffers, config) of one engine layer module.
 
     Parameters and buffers are the engine's tensors (the weights as the engine reshaped them), by the
     engine's names; the config holds the plain values the layer's arithmetic needs."""

@@ -9,8 +9,8 @@ data, not code; NaN written as null). It reads the same from a cluster's scratch
   recomputed. Duration, images/s and each stage's busy fraction are the run's
   own figures, written to the run log as one ``summary:`` line by
   :func:`record_summary` when ``savedeep run`` (or ``savedeep.run``) finishes.
-- **Per blob**: :func:`savedeep.stats.blob_stats` (streamed, bounded memory).
-- **Geometry**: :func:`savedeep.stats.rdm_of` on a seeded subsample of at most
+- **Per blob**: :func:`savedeep.analysis.stats.blob_stats` (streamed, bounded memory).
+- **Geometry**: :func:`savedeep.analysis.stats.rdm_of` on a seeded subsample of at most
   ``max_images`` rows, the same rows for every blob, and the blob-by-blob
   similarity of those RDMs.
 - **Top images**: thumbnails from the image source, if it is still readable.
@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-import savedeep.stats as st
+import savedeep.analysis.stats as st
 from savedeep.errors import ConfigError, OutputError
-from savedeep.output import REPORT_SUFFIX
+from savedeep.data.output import REPORT_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def require_matplotlib() -> None:
 
 def default_destination(path: Path | str) -> Path:
     """``out/acts.pk`` or ``out/acts.parquet`` -> ``out/acts.report.html``."""
-    from savedeep.output import _resolve
+    from savedeep.data.output import _resolve
 
     directory, _ = _resolve(Path(path))
     return directory.with_name(directory.stem + REPORT_SUFFIX)
@@ -349,7 +349,7 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
                  max_images: int = st.DEFAULT_MAX_IMAGES, seed: int = st.DEFAULT_SEED,
                  thumbnails: bool = True) -> tuple[str, dict[str, Any]]:
     """(the page's HTML, the numbers it shows) for an output."""
-    from savedeep.interop import SavedOutput
+    from savedeep.analysis.interop import SavedOutput
 
     require_matplotlib()
     src = SavedOutput.open(Path(path))
@@ -520,7 +520,7 @@ def write_report(path: Path | str, dest: Path | str | None = None, blobs: Sequen
                  group_by: str | None = None, max_images: int = st.DEFAULT_MAX_IMAGES,
                  seed: int = st.DEFAULT_SEED, thumbnails: bool = True) -> Path:
     """Write the report of an output to ``dest`` (default ``out/acts.report.html``); returns its path."""
-    from savedeep.output import atomic_write_bytes
+    from savedeep.data.output import atomic_write_bytes
 
     dest = Path(dest) if dest is not None else default_destination(path)
     if dest.is_dir():

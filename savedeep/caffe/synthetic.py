@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from savedeep.caffe_schema import Message
-from savedeep.caffemodel import encode_message, make_blob
+from savedeep.caffe.schema import Message
+from savedeep.caffe.caffemodel import encode_message, make_blob
 from savedeep.errors import ModelError
-from savedeep.model import Net, conv_geometry
-from savedeep.output import atomic_write_bytes
+from savedeep.caffe.model import Net, conv_geometry
+from savedeep.files import atomic_write_bytes
 
 
 def write_caffemodel(path: Path, net: Net, blobs: dict[str, list[np.ndarray]]) -> None:

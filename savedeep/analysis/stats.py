@@ -106,7 +106,7 @@ class BlobStats:
 
 
 def _open(path):
-    from savedeep.interop import SavedOutput
+    from savedeep.analysis.interop import SavedOutput
 
     return path if isinstance(path, SavedOutput) else SavedOutput.open(Path(path))
 

@@ -2,8 +2,8 @@
 
 Field numbers, types and proto2 defaults are those of BVLC Caffe 1.0 (the
 format CaffeNet, AlexNet, GoogLeNet and open_nsfw were saved in). Both the
-text parser (:mod:`savedeep.prototxt`) and the wire codec
-(:mod:`savedeep.caffemodel`) are driven by these tables, so a message or field
+text parser (:mod:`savedeep.caffe.prototxt`) and the wire codec
+(:mod:`savedeep.caffe.caffemodel`) are driven by these tables, so a message or field
 that is not listed here is skipped by the binary decoder and reported by the
 text parser.
 

@@ -1,10 +1,10 @@
 """The supervisor: starts the workers of a run, watches them, and shuts down in order.
 
 What it does not do has its own home: every check and the plan before a worker
-starts (NOTE [savedeep preflight] in savedeep/preflight.py), the manifest (NOTE
-[savedeep manifest] in savedeep/manifest.py), what the user sees (progress bar,
-run log, signals, busy statistics: savedeep/ui.py). See NOTE [savedeep pipeline
-data flow] in savedeep/messages.py for what flows between the processes.
+starts (NOTE [savedeep preflight] in savedeep/runner/preflight.py), the manifest (NOTE
+[savedeep manifest] in savedeep/runner/manifest.py), what the user sees (progress bar,
+run log, signals, busy statistics: savedeep/runner/ui.py). See NOTE [savedeep pipeline
+data flow] in savedeep/runner/messages.py for what flows between the processes.
 
 NOTE [savedeep shutdown]
 ========================
@@ -24,7 +24,7 @@ One method, :meth:`Run._shutdown`, ends every run, whatever happened:
    NOTE [savedeep manifest]), which ``--resume`` keeps.
 
 The parent owns SIGINT and SIGTERM (workers ignore SIGINT; the parent's handlers
-are savedeep.ui.parent_owns_signals); both end the run with exit code 130 and a
+are savedeep.runner.ui.parent_owns_signals); both end the run with exit code 130 and a
 resumable output. Workers are started with the
 ``spawn`` method: a consumer must select its GPU before anything touches CUDA,
 and forking a parent that has threads (the log listener, the progress bar) or
@@ -45,18 +45,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from savedeep.config import Config
-from savedeep.devices import (  # noqa: F401 - count_gpus, resolve_devices, size_rings ... are re-exported
+from savedeep.runner.devices import (  # noqa: F401 - count_gpus, resolve_devices, size_rings ... are re-exported
     MAX_SLOTS, RING_BUDGET, SHM_DIR, SHM_RESERVE, count_gpus, plan_devices, resolve_devices, shm_free_bytes,
     size_rings,
 )
 from savedeep.errors import USER_MISTAKE_CODES, ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
-from savedeep.manifest import Manifest, run_header
-from savedeep.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
-from savedeep.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
-from savedeep.ui import LogListener, Progress, busy_fractions, parent_owns_signals, run_log
+from savedeep.runner.manifest import Manifest, run_header
+from savedeep.runner.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
+from savedeep.runner.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
+from savedeep.runner.ui import LogListener, Progress, busy_fractions, parent_owns_signals, run_log
 
 if TYPE_CHECKING:
-    from savedeep.shm import RingSpec
+    from savedeep.runner.shm import RingSpec
     from workers._loop import Channels
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,9 @@ def run(config: Config, *, resume: bool = False, overwrite: bool = False, progre
         break_lock: bool = False, task: Any = None) -> RunResult:
     """Run the whole pipeline for ``config``; returns when the output is complete.
 
-    ``break_lock``: take the output's lock even if a run on another host holds it (see savedeep/lock.py).
-    ``task`` (savedeep.tasks.TaskSpec): compute only that task's shards into the shared output; the
-    output is complete once ``savedeep.tasks.merge`` ran (NOTE [savedeep tasks] in savedeep/tasks.py).
+    ``break_lock``: take the output's lock even if a run on another host holds it (see savedeep/runner/lock.py).
+    ``task`` (savedeep.runner.tasks.TaskSpec): compute only that task's shards into the shared output; the
+    output is complete once ``savedeep.runner.tasks.merge`` ran (NOTE [savedeep tasks] in savedeep/runner/tasks.py).
     """
     if getattr(mp.current_process(), "_inheriting", False):
         # We are inside a worker that is importing the user's script: the script
@@ -193,8 +193,8 @@ def run(config: Config, *, resume: bool = False, overwrite: bool = False, progre
 class Run:
     """One run of the pipeline, the parent's side: start the workers, watch them, shut down in order.
 
-    What it calls: savedeep/preflight.py plans (every check, the shards, the workers, the
-    rings), savedeep/manifest.py records (NOTE [savedeep manifest]), savedeep/ui.py shows.
+    What it calls: savedeep/runner/preflight.py plans (every check, the shards, the workers, the
+    rings), savedeep/runner/manifest.py records (NOTE [savedeep manifest]), savedeep/runner/ui.py shows.
     """
 
     def __init__(self, config: Config, *, resume: bool, overwrite: bool, progress: bool,
@@ -203,7 +203,7 @@ class Run:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
         self.break_lock = break_lock
-        self.task = task                                # savedeep.tasks.TaskSpec, or None for a whole run
+        self.task = task                                # savedeep.runner.tasks.TaskSpec, or None for a whole run
         self.previous_record: dict | None = None        # this task's record from an earlier attempt
         self.pq_dir = config.parquet_dir
         self.pf: Preflight | None = None                # set first thing in execute
@@ -233,18 +233,18 @@ class Run:
     # -- the run ----------------------------------------------------------------------------
     def execute(self) -> RunResult:
         """Preflight, take the output's lock, run, finish; always shut down cleanly, then release the lock."""
-        from savedeep.lock import OutputLock
-        from savedeep.preflight import preflight
+        from savedeep.runner.lock import OutputLock
+        from savedeep.runner.preflight import preflight
 
         self.t0 = time.perf_counter()
-        # Every check before a worker starts: NOTE [savedeep preflight] in savedeep/preflight.py.
+        # Every check before a worker starts: NOTE [savedeep preflight] in savedeep/runner/preflight.py.
         task = self.task
         self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock,
                             task=task)
-        # Nothing of the output is touched before this (NOTE [savedeep output lock] in savedeep/lock.py).
+        # Nothing of the output is touched before this (NOTE [savedeep output lock] in savedeep/runner/lock.py).
         log_file = self.config.log_file
         if task is not None and log_file is not None:
-            from savedeep.tasks import task_log
+            from savedeep.runner.tasks import task_log
 
             log_file = task_log(log_file, task.index)  # no two tasks write one file
         with OutputLock(self.config.output, fingerprint=self.config.fingerprint(), break_lock=self.break_lock,
@@ -269,10 +269,10 @@ class Run:
 
     def _take_output(self) -> None:
         """Act on the preflight's verdict on the existing output: delete it (--overwrite) or tidy it for --resume."""
-        from savedeep.output import remove_output
+        from savedeep.data.output import remove_output
 
         if self.task is not None:
-            from savedeep.tasks import tidy_task
+            from savedeep.runner.tasks import tidy_task
 
             self.previous_record = Manifest.read(self.pq_dir, self.task.record_name) if self.pq_dir.is_dir() else None
             self.previous_record = self.previous_record.data if self.previous_record else None
@@ -311,7 +311,7 @@ class Run:
                 self._create_manifest()
             devices = [self.device_info[i] for i in sorted(self.device_info)]
             if self.task is not None:
-                from savedeep.tasks import finish_task
+                from savedeep.runner.tasks import finish_task
 
                 finish_task(self.manifest, devices=devices, wall_s=time.perf_counter() - self.t0)
             else:
@@ -332,7 +332,7 @@ class Run:
 
     def _create_manifest(self) -> None:
         if self.task is not None:
-            from savedeep.tasks import check_records, task_header
+            from savedeep.runner.tasks import check_records, task_header
 
             task = self.task
             header = task_header(run_header(self.config, self.pf), task, self.previous_record)
@@ -382,8 +382,8 @@ class Run:
         self._spawn_workers(in_spec, out_spec)
 
     def _create_rings(self) -> tuple[RingSpec, RingSpec]:
-        """The input and output rings, sized by the preflight (see savedeep.devices.size_rings)."""
-        from savedeep.shm import Field, Ring, new_ring_spec
+        """The input and output rings, sized by the preflight (see savedeep.runner.devices.size_rings)."""
+        from savedeep.runner.shm import Field, Ring, new_ring_spec
 
         pf, B = self.pf, self.config.batch_size
         # More input slots than window credits (out_slots) would never be filled,
@@ -418,7 +418,7 @@ class Run:
         self.listener.start()
 
     def _spawn_workers(self, in_spec: RingSpec, out_spec: RingSpec) -> None:
-        from savedeep.devices import worker_env
+        from savedeep.runner.devices import worker_env
         from workers.consumer import ConsumerArgs, consumer_main
         from workers.producer import ProducerArgs, producer_main
         from workers.writer import WriterArgs, writer_main
@@ -443,12 +443,12 @@ class Run:
         """Start ``target(index, row, channels, *payload)`` in a new process with ``env`` in its environment.
 
         ``row`` is the worker's row in ``channels.current``. ``payload`` travels through
-        shared memory (see savedeep/shm.py, start-up payloads), so that a worker dying at
-        start-up cannot block this call. ``env`` (savedeep.devices.worker_env: the GPU it
+        shared memory (see savedeep/runner/shm.py, start-up payloads), so that a worker dying at
+        start-up cannot block this call. ``env`` (savedeep.runner.devices.worker_env: the GPU it
         may see, its thread pools) is in force before the child imports anything.
         """
-        from savedeep.devices import start_process
-        from savedeep.shm import put_payload
+        from savedeep.runner.devices import start_process
+        from savedeep.runner.shm import put_payload
         from workers._loop import spawned
 
         ref, segment = put_payload(f"{role}{index}", payload)
@@ -610,14 +610,14 @@ class Run:
             except OSError as exc:  # e.g. the disk is full: --resume adopts them later
                 log.warning("could not record finished shards in the manifest: %s", exc)
         if self.pq_dir.exists():
-            from savedeep.output import shard_name
+            from savedeep.data.output import shard_name
 
             mine = {f".{shard_name(k)}.inprogress" for k in self.pf.plan.todo} if self.pf is not None else set()
             for f in self.pq_dir.glob(".part-*.inprogress"):
                 if f.name in mine:  # never another task's file in progress
                     f.unlink(missing_ok=True)
         if self.task is not None and self.manifest is not None and not self.manifest.data.get("complete"):
-            from savedeep.tasks import mark_stopped
+            from savedeep.runner.tasks import mark_stopped
 
             mark_stopped(self.manifest)
 

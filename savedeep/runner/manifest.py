@@ -5,7 +5,7 @@ NOTE [savedeep manifest]
 
 The manifest is the one file that says what an output holds. Only the parent
 process changes it, always through :class:`Manifest`, and every change is
-written atomically (savedeep/output.py, ``write_manifest``):
+written atomically (savedeep/data/output.py, ``write_manifest``):
 
 1. ``Manifest.new`` before any work is given out: the run's header
    (:func:`run_header`: config, fingerprints, model hashes, preprocessing, blobs,
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from savedeep.errors import OutputError, WorkerError
-from savedeep.output import (
+from savedeep.data.output import (
     MANIFEST, disk_errors, failures_path, read_manifest, shard_name, shard_record, write_failures, write_manifest,
     write_pickle,
 )
@@ -54,7 +54,7 @@ class Manifest:
     def __init__(self, directory: Path, data: dict[str, Any], name: str = MANIFEST) -> None:
         self.directory = Path(directory)
         self.data = data
-        self.name = name  # the file: the manifest, or a task's record (savedeep/tasks.py)
+        self.name = name  # the file: the manifest, or a task's record (savedeep/runner/tasks.py)
 
     # -- making and reading ---------------------------------------------------------------
     @classmethod
@@ -224,7 +224,7 @@ def versions(engine: str) -> dict[str, str]:
 
 
 def run_header(config: Any, pf: Any) -> dict[str, Any]:
-    """What a run records about itself: ``config`` and what its preflight ``pf`` read (savedeep.preflight)."""
+    """What a run records about itself: ``config`` and what its preflight ``pf`` read (savedeep.runner.preflight)."""
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config.canonical(),

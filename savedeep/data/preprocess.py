@@ -715,10 +715,10 @@ def _caffe_resize_image(im: np.ndarray, new_dims: tuple[int, int]) -> np.ndarray
 
 
 def _read_binaryproto(data: bytes, path: Path) -> np.ndarray:
-    """Decode a Caffe BlobProto (with savedeep/caffemodel.py's decoder): shape, or num/channels/height/width."""
+    """Decode a Caffe BlobProto (with savedeep/caffe/caffemodel.py's decoder): shape, or num/channels/height/width."""
     import struct
 
-    from savedeep.caffemodel import DecodeError, decode_message
+    from savedeep.caffe.caffemodel import DecodeError, decode_message
 
     try:
         blob = decode_message(data, "BlobProto")

@@ -1,5 +1,5 @@
 """What a model's blobs cost to save: per-image shape and bytes of every blob, for ``savedeep inspect``,
-with each blob's receptive field (size and jump in input pixels, see :mod:`savedeep.receptive_field`).
+with each blob's receptive field (size and jump in input pixels, see :mod:`savedeep.caffe.receptive_field`).
 
 Works from the prototxt alone (no weights are read), so it answers instantly
 even for large models.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from savedeep.model import PROTOTXT_NAME, Net, load_net
+from savedeep.caffe.model import PROTOTXT_NAME, Net, load_net
 from savedeep.errors import ModelError
 
 _FLOAT32, _FLOAT16 = 4, 2
@@ -32,7 +32,7 @@ def inspect_model(directory_or_prototxt: Path, images: int = 1) -> list[dict[str
     """One row per user-visible blob in net order: shape, values and bytes per image and for ``images`` images."""
     if images < 1:
         raise ValueError("images must be at least 1")
-    from savedeep.receptive_field import receptive_fields
+    from savedeep.caffe.receptive_field import receptive_fields
 
     net = _net_for(directory_or_prototxt)
     shapes = net.blob_shapes(1)

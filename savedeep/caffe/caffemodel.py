@@ -1,12 +1,12 @@
-"""Read and write Caffe ``.caffemodel`` files: the protobuf wire format, driven by :mod:`savedeep.caffe_schema`.
+"""Read and write Caffe ``.caffemodel`` files: the protobuf wire format, driven by :mod:`savedeep.caffe.schema`.
 
-The decoder turns bytes into :class:`~savedeep.caffe_schema.Message` objects;
+The decoder turns bytes into :class:`~savedeep.caffe.schema.Message` objects;
 fields the schema does not know are skipped, whatever their wire type. Blob
 data (packed floats or doubles) becomes a numpy array through
 ``numpy.frombuffer`` in one step, so a 100 MB model decodes in well under a
 second. The encoder writes Messages back, which lets tests and benchmarks make
-real caffemodel files without pycaffe (savedeep/synthetic.py). This module
-knows nothing of nets (savedeep/model.py imports it, never the reverse).
+real caffemodel files without pycaffe (savedeep/caffe/synthetic.py). This module
+knows nothing of nets (savedeep/caffe/model.py imports it, never the reverse).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from savedeep.caffe_schema import BY_NUMBER, ENUMS, VARINT_TYPES, Field, Message, enum_name
+from savedeep.caffe.schema import BY_NUMBER, ENUMS, VARINT_TYPES, Field, Message, enum_name
 from savedeep.errors import ModelError
 
 log = logging.getLogger(__name__)

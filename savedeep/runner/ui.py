@@ -1,4 +1,4 @@
-"""What a person sees of a run while it runs, kept out of the supervisor (savedeep/pipeline.py).
+"""What a person sees of a run while it runs, kept out of the supervisor (savedeep/runner/pipeline.py).
 
 The progress bar, the run log, the parent's signal handlers, the workers' log
 records re-dispatched in the parent, and the busy fraction of each stage.

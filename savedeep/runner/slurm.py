@@ -5,7 +5,7 @@ line, the site's set-up (modules, conda, containers) in one marked block, and th
 savedeep executable by absolute path so that a task finds the same environment on
 any node that sees this file system. Task K is ``SLURM_ARRAY_TASK_ID``; N is written
 into the script, so ``sbatch --array=1,4 array.sh`` resubmits tasks 1 and 4 of the
-same split (NOTE [savedeep tasks] in savedeep/tasks.py).
+same split (NOTE [savedeep tasks] in savedeep/runner/tasks.py).
 """
 
 from __future__ import annotations

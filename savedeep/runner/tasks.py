@@ -4,7 +4,7 @@ NOTE [savedeep tasks]
 =====================
 
 The split. A run's shards are fixed by the image list and ``shard_size``
-(savedeep/preflight.py, ``make_plan``). Task K of N owns the shards k with
+(savedeep/runner/preflight.py, ``make_plan``). Task K of N owns the shards k with
 ``k % N == K``: a function of (shard plan, K, N) only, so every task computes
 its share without talking to the others, any N gives the same rows, and the
 owner of a missing shard is known from its index. N is always given (``--task
@@ -36,7 +36,7 @@ Merge. ``merge`` takes the whole output's lock (refused while any task holds
 its own), reads every task record, checks that they agree (result fingerprint,
 model sha256s, image list, N) and that every shard of the plan is in place, and
 only then writes the failures table, ``_manifest.json`` marked complete and the
-pickle, in that order (savedeep/manifest.py, ``Manifest.finish``). Anything
+pickle, in that order (savedeep/runner/manifest.py, ``Manifest.finish``). Anything
 missing is one error naming the shards and the array indices to resubmit; it
 writes nothing.
 """
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from savedeep.errors import ConfigError, OutputError
-from savedeep.lock import scheduler_job_id as job_id
+from savedeep.runner.lock import scheduler_job_id as job_id
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def task_from_env(count: int, env: Mapping[str, str] | None = None) -> TaskSpec:
 
 def read_records(directory: Path) -> dict[int, dict[str, Any]]:
     """Every task record in the Parquet directory ``directory``: {task index: record}."""
-    from savedeep.output import read_manifest
+    from savedeep.data.output import read_manifest
 
     out: dict[int, dict[str, Any]] = {}
     if not Path(directory).is_dir():
@@ -196,8 +196,8 @@ def check_task_output(config: Any, task: TaskSpec, header: Mapping[str, Any]) ->
     """
     import copy
 
-    from savedeep.manifest import FORMAT, Manifest
-    from savedeep.output import MANIFEST
+    from savedeep.runner.manifest import FORMAT, Manifest
+    from savedeep.data.output import MANIFEST
 
     pq_dir = config.parquet_dir
     if Path(config.output).exists():
@@ -237,7 +237,7 @@ def task_header(header: Mapping[str, Any], task: TaskSpec, previous: Mapping[str
 
 def tidy_task(directory: Path, task: TaskSpec, keep: set[int]) -> dict[int, dict[str, Any]]:
     """Before task ``task`` starts again: adopt its unreported shards; delete its other shard files (and only its)."""
-    from savedeep.manifest import Manifest
+    from savedeep.runner.manifest import Manifest
 
     mine = Manifest.read(directory, task.record_name)
     if mine is not None:
@@ -304,7 +304,7 @@ class MergeResult:
 
 
 def _pickle_for(directory: Path, header: Mapping[str, Any]) -> Path:
-    from savedeep.output import parquet_dir
+    from savedeep.data.output import parquet_dir
 
     configured = Path(header.get("config", {}).get("output", directory.with_suffix(".pk")))
     if parquet_dir(configured).resolve() == directory.resolve():
@@ -334,9 +334,9 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
     See NOTE [savedeep tasks]. Raises OutputError, writing nothing, if a task still
     runs, if the tasks disagree, or if any shard is missing.
     """
-    from savedeep.lock import OutputLock
-    from savedeep.manifest import Manifest
-    from savedeep.output import MANIFEST, parquet_dir, shard_name, shard_ranges, shard_record
+    from savedeep.runner.lock import OutputLock
+    from savedeep.runner.manifest import Manifest
+    from savedeep.data.output import MANIFEST, parquet_dir, shard_name, shard_ranges, shard_record
 
     t0 = time.perf_counter()
     output = Path(output)
@@ -408,7 +408,7 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
 
 def _report_after_merge(directory: Path) -> Path | None:
     """The report the tasks' config asked for; the merged output stands without it (a warning says how to add it)."""
-    from savedeep.report import require_matplotlib, write_report
+    from savedeep.analysis.report import require_matplotlib, write_report
 
     try:
         require_matplotlib()

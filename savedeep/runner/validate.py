@@ -1,14 +1,14 @@
 """``savedeep validate``: every check of a run, with the run's messages, and what the run will do.
 
 It runs the same preflight as ``savedeep run`` (NOTE [savedeep preflight] in
-savedeep/preflight.py) with the same flags, so a mistake gives the same message
+savedeep/runner/preflight.py) with the same flags, so a mistake gives the same message
 and exit code in both; it writes and deletes nothing, and starts no worker.
 Then it decodes a sample of the images: under ``on_error: fail`` a sampled image
 that cannot be used is the error a run would stop with (exit 4).
 
 It also predicts the run (issue 30): the images, shards and worker plan, the
 output's sizes per blob and in all (NOTE [savedeep output sizes] in
-savedeep/sizes.py; the pickle file's size exactly), and with ``time=True``
+savedeep/runner/sizes.py; the pickle file's size exactly), and with ``time=True``
 (``--time``) forwards one batch in this process and estimates the run's
 duration on this machine from what that batch cost:
 
@@ -47,8 +47,8 @@ def validate(config: Config, *, resume: bool = False, overwrite: bool = False, t
              time_it: bool = False, as_json: bool = False) -> str:
     """Check everything a run needs; return a report (text, or JSON), or raise the error a run would raise.
 
-    ``task`` (savedeep.tasks.TaskSpec, or "K/N"): the checks of that task of an array
-    (NOTE [savedeep tasks] in savedeep/tasks.py), e.g. another config's records in the output.
+    ``task`` (savedeep.runner.tasks.TaskSpec, or "K/N"): the checks of that task of an array
+    (NOTE [savedeep tasks] in savedeep/runner/tasks.py), e.g. another config's records in the output.
     ``time_it``: forward one batch and estimate the run's duration (see the module's docstring).
     """
     report = validate_report(config, resume=resume, overwrite=overwrite, task=task, time_it=time_it)
@@ -63,13 +63,13 @@ def validate_report(config: Config, *, resume: bool = False, overwrite: bool = F
     import numpy as np
 
     from savedeep.errors import ImageError, bad_image_stops_run
-    from savedeep.preflight import preflight
-    from savedeep.preprocess import Preprocessor
-    from savedeep.sizes import predict
+    from savedeep.runner.preflight import preflight
+    from savedeep.data.preprocess import Preprocessor
+    from savedeep.runner.sizes import predict
     from savedeep.units import human_bytes
 
     if isinstance(task, str):
-        from savedeep.tasks import parse_task
+        from savedeep.runner.tasks import parse_task
 
         task = parse_task(task)
     pf = preflight(config, resume=resume, overwrite=overwrite, task=task)
@@ -164,9 +164,9 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     import pyarrow.parquet as pq
 
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
-    from savedeep.output import ShardWriter, _column_to_numpy
-    from savedeep.reduce import BlobOutputs
+    from savedeep.caffe.model import load_model
+    from savedeep.data.output import ShardWriter, _column_to_numpy
+    from savedeep.data.reduce import BlobOutputs
 
     n = len(decoded)
     x = np.stack([a for _, a in decoded]).astype(np.float32, copy=False)

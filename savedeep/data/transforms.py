@@ -3,7 +3,7 @@
 A torchvision data set's ``transform=``, thingsvision's ``transforms`` or any loop that turns images
 into a batch gets, for each image, the exact float32 ``(3, H, W)`` tensor that savedeep's producers
 write into the input slot: the callable runs the producers' own code
-(:class:`savedeep.preprocess.Preprocessor`), so the two are bit-equal by construction, not by a
+(:class:`savedeep.data.preprocess.Preprocessor`), so the two are bit-equal by construction, not by a
 re-implementation kept in step. Given a path it decodes the file as a producer does; given a Pillow
 image (what ``torchvision.datasets.ImageFolder`` hands its transform) it starts from the image's
 pixels (:meth:`Preprocessor.from_pil`).
@@ -93,11 +93,11 @@ def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> T
     ``preprocess``: for a model directory, the ``preprocess:`` options of a savedeep config (default:
     savedeep's defaults, as ``savedeep convert`` records them); a converted file carries its own.
     """
-    from savedeep.preprocess import Preprocessor, PreprocessSpec, load_mean
+    from savedeep.data.preprocess import Preprocessor, PreprocessSpec, load_mean
 
     source = Path(source)
     if source.is_dir():
-        from savedeep.model import load_model
+        from savedeep.caffe.model import load_model
 
         model = load_model(source)
         spec = PreprocessSpec(**(preprocess or {}))

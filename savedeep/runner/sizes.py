@@ -4,7 +4,7 @@ NOTE [savedeep output sizes]
 ============================
 
 Every size limit of a run is known before the first image (issue 30), so the
-preflight (savedeep/preflight.py) predicts the output and refuses what cannot
+preflight (savedeep/runner/preflight.py) predicts the output and refuses what cannot
 end well, before any worker starts:
 
 - **the pickle's activations, exact**: images x the bytes of each blob as stored
@@ -13,7 +13,7 @@ end well, before any worker starts:
   whole run (it used to be refused at the end, with exit 5);
 - **the pickle file**: for ``savedeep validate``, its exact size, by pickling a
   stand-in DataFrame with the real keys and metadata and views of one zero row
-  in place of the activations (:func:`savedeep.output.pickle_file_bytes`; the
+  in place of the activations (:func:`savedeep.data.output.pickle_file_bytes`; the
   size depends on the arrays' lengths, not their values), extrapolated from two
   such samples above :data:`EXACT_PICKLE_OBJECTS` (:func:`pickle_file_size`);
   in a run, a bound (activations + keys + :data:`PICKLE_ROW_BOUND` per array),
@@ -33,7 +33,7 @@ are compared with the free space of each file system they go to;
 ``space_check: false`` (``--no-space-check``) turns that refusal off, for an
 estimate that is too high (a blob that compresses well) or a file system whose
 free space says nothing (some network file systems). The rings' shared memory
-is checked against ``/dev/shm`` by savedeep.devices.size_rings as before.
+is checked against ``/dev/shm`` by savedeep.runner.devices.size_rings as before.
 """
 
 from __future__ import annotations
@@ -159,11 +159,11 @@ def _text_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], n: int)
 def pickle_file_size(keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[Any],
                      directory: Path) -> tuple[int, bool]:
     """(the pickle file's bytes, whether exact): exact up to EXACT_PICKLE_OBJECTS arrays and strings
-    (savedeep.output.pickle_file_bytes; 1 M rows of 2 blobs took 12 s and 1.6 GiB), beyond that
+    (savedeep.data.output.pickle_file_bytes; 1 M rows of 2 blobs took 12 s and 1.6 GiB), beyond that
     extrapolated from two exact samples: the bytes beyond the strings' own grow by the same amount
     per row once the pickler's memo is past its first 256 entries, and the strings' bytes are counted
     whole (within a few bytes per frame of 64 KiB)."""
-    from savedeep.output import pickle_file_bytes
+    from savedeep.data.output import pickle_file_bytes
 
     n = len(keys)
     per_row = 1 + len(metadata) + len(columns)
@@ -182,7 +182,7 @@ def pickle_file_size(keys: Sequence[str], metadata: dict[str, Sequence[Any]], co
 
 def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = False,
             parquet_ratio: float | None = None, ratio_basis: str = "") -> Prediction:
-    """The output of a run of ``config`` whose preflight is ``pf`` (savedeep.preflight.Preflight).
+    """The output of a run of ``config`` whose preflight is ``pf`` (savedeep.runner.preflight.Preflight).
 
     ``exact_pickle``: the pickle file's size from a stand-in pickled (:func:`pickle_file_size`: exact
     up to 300,000 arrays and strings, then extrapolated); else a bound. ``parquet_ratio``: Parquet bytes per raw activation
@@ -272,7 +272,7 @@ def reclaimable(config: Any, *, resume: bool, overwrite: bool, exists: bool) -> 
     --resume: the pickle and the failures table, rewritten whole)."""
     if not exists:
         return 0
-    from savedeep.output import failures_path, output_files
+    from savedeep.data.output import failures_path, output_files
 
     pk, pq_dir = Path(config.output), config.parquet_dir
     if overwrite:

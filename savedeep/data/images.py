@@ -20,7 +20,7 @@ and the list's order is kept.
   becomes a per-image failure when it is loaded, never a silent omission.
 
 Listing never opens an image; decoding problems surface later, per image, as
-:class:`~savedeep.errors.ImageError` from :mod:`savedeep.preprocess`.
+:class:`~savedeep.errors.ImageError` from :mod:`savedeep.data.preprocess`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A protobuf text-format parser for Caffe prototxt files, driven by :mod:`savedeep.caffe_schema`.
+"""A protobuf text-format parser for Caffe prototxt files, driven by :mod:`savedeep.caffe.schema`.
 
 Accepts what Caffe's own parser accepts for the messages in the schema:
 ``# comments``, ``field: value``, ``field { ... }``, ``field: { ... }``,
@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from savedeep.caffe_schema import ENUMS, LENIENT_MESSAGES, MESSAGES, TEXT_ALIASES, Field, Message
+from savedeep.caffe.schema import ENUMS, LENIENT_MESSAGES, MESSAGES, TEXT_ALIASES, Field, Message
 from savedeep.errors import ModelError
 
 log = logging.getLogger(__name__)

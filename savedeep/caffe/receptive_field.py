@@ -1,6 +1,6 @@
 """Receptive fields: which input pixels each spatial position of a blob can see.
 
-Computed from the Caffe geometry that :mod:`savedeep.model` parses (kernel,
+Computed from the Caffe geometry that :mod:`savedeep.caffe.model` parses (kernel,
 stride, pad, dilation of convolutions and poolings), layer by layer along the
 net from its input, with the standard arithmetic. Along each spatial axis a blob
 has a **jump** ``j`` (the distance in input pixels between neighbouring units),
@@ -53,7 +53,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from savedeep.model import Layer, Net, conv_geometry, pooling_geometry
+from savedeep.caffe.model import Layer, Net, conv_geometry, pooling_geometry
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def model_receptive_fields(model_dir_or_prototxt) -> dict[str, BlobRF | None]:
     """Receptive fields of the blobs of a model directory or prototxt (no weights read)."""
     from pathlib import Path
 
-    from savedeep.model import PROTOTXT_NAME, load_net
+    from savedeep.caffe.model import PROTOTXT_NAME, load_net
 
     path = Path(model_dir_or_prototxt)
     return receptive_fields(load_net(path / PROTOTXT_NAME if path.is_dir() else path))

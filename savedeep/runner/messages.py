@@ -5,8 +5,8 @@ NOTE [savedeep pipeline data flow]
 
 ::
 
-    parent (preflight: plan, devices, rings, savedeep/preflight.py; supervisor: start, watch, shutdown,
-            savedeep/pipeline.py)
+    parent (preflight: plan, devices, rings, savedeep/runner/preflight.py; supervisor: start, watch, shutdown,
+            savedeep/runner/pipeline.py)
       |  tasks: Task ... EndOfStream x P   (kept out_slots + P ahead of the batches written)
       v
     producers x P  --(decode + preprocess into a free input slot)-->
@@ -19,9 +19,9 @@ NOTE [savedeep pipeline data flow]
                     shards; free the output slot; release one window credit)
       |  events: BatchWritten, ShardWritten, DeviceInfo, WorkerStats, WorkerFailed (every role sends the last two)
       v
-    parent (manifest: savedeep/manifest.py; progress bar: savedeep/ui.py; summary, errors)
+    parent (manifest: savedeep/runner/manifest.py; progress bar: savedeep/runner/ui.py; summary, errors)
 
-Tensors travel only through shared memory (savedeep/shm.py). Free slots are
+Tensors travel only through shared memory (savedeep/runner/shm.py). Free slots are
 numbers on the ``free_in``/``free_out`` queues. A producer takes a *window
 credit* (a semaphore of ``out_slots`` permits) before taking a task, and the
 writer gives one back after writing a batch: so at most ``out_slots`` batches
@@ -31,7 +31,7 @@ memory bounded by the rings whatever the number of images).
 
 The parent does not queue a task per batch of the run at the start: it keeps
 ``out_slots + P`` tasks ahead of the batches written, one more per BatchWritten
-(``Feeder`` in savedeep/pipeline.py), so its memory does not grow with the
+(``Feeder`` in savedeep/runner/pipeline.py), so its memory does not grow with the
 number of images either.
 
 End of stream: after the last task the parent puts one EndOfStream per producer on ``tasks``; once
@@ -41,7 +41,7 @@ each consumer puts one on every ``done[w]``; each writer ends after G of them.
 Writers own whole shards (shard k goes to writer k % W), so Parquet encoding,
 the costliest CPU work for big blobs, runs in parallel across shards; the
 parent alone updates the manifest, when a writer reports a shard written
-(NOTE [savedeep manifest] in savedeep/manifest.py).
+(NOTE [savedeep manifest] in savedeep/runner/manifest.py).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ changes nothing on disk:
 6. the plan (:func:`make_plan`: fixed shards of ``shard_size`` images, cut into
    batches), the devices, the number of workers and the shared-memory rings
    (``/dev/shm``);
-7. the output's size (NOTE [savedeep output sizes] in savedeep/sizes.py): a
+7. the output's size (NOTE [savedeep output sizes] in savedeep/runner/sizes.py): a
    pickle above ``max_pickle_bytes``, or more bytes than the output's file
    system has free (unless ``space_check: false``), is refused here.
 
@@ -83,7 +83,7 @@ class Plan:
 
 def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = frozenset()) -> Plan:
     """Cut the sorted image list into shards of ``shard_size`` and each shard into batches."""
-    from savedeep.output import shard_ranges
+    from savedeep.data.output import shard_ranges
 
     shards = shard_ranges(n_images, shard_size)
     todo = [k for k, _, _ in shards if k not in done]
@@ -130,12 +130,12 @@ class Background:
 class Preflight:
     """What the parent knows once every check passed: the inputs read, the plan, the workers, the rings."""
 
-    model: Any                       # savedeep.model.Model (weights checked, not kept)
+    model: Any                       # savedeep.caffe.model.Model (weights checked, not kept)
     blob_specs: tuple[Any, ...]      # BlobSpec, in the order the user gave
-    columns: list[Any]               # savedeep.output.ColumnSpec
+    columns: list[Any]               # savedeep.data.output.ColumnSpec
     blob_info: dict[str, Any]
     input_shape: tuple[int, ...]
-    images: Any                      # savedeep.images.ImageList
+    images: Any                      # savedeep.data.images.ImageList
     mean: Any
     pre_spec: Any
     preprocess_desc: dict[str, Any]
@@ -147,11 +147,11 @@ class Preflight:
     devices: list[str]
     producers: int
     writers: int
-    workers: Any = None              # savedeep.devices.Workers (consumer threads, usable CPUs)
+    workers: Any = None              # savedeep.runner.devices.Workers (consumer threads, usable CPUs)
     in_slots: int = 0
     out_slots: int = 0
     warnings: list[str] = field(default_factory=list)
-    prediction: Any = None           # savedeep.sizes.Prediction: what the run will write
+    prediction: Any = None           # savedeep.runner.sizes.Prediction: what the run will write
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -256,8 +256,8 @@ def check_listed_files(images: Any, on_error: str) -> None:
 def check_existing_output(config: Config, *, resume: bool, overwrite: bool, hashes: Callable[[], dict[str, str]],
                           keys_digest: str, n_images: int) -> tuple[bool, set[int]]:
     """Check what is on disk against --resume/--overwrite; return (exists, shards to keep). Changes nothing."""
-    from savedeep.manifest import FORMAT, Manifest
-    from savedeep.output import MANIFEST, check_removable
+    from savedeep.runner.manifest import FORMAT, Manifest
+    from savedeep.data.output import MANIFEST, check_removable
 
     pk = Path(config.output)
     pq_dir = config.parquet_dir
@@ -295,18 +295,18 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
               task: Any = None) -> Preflight:
     """Every check before a worker starts (see NOTE [savedeep preflight]); raises the error a run would raise.
 
-    ``task`` (savedeep.tasks.TaskSpec): plan only that task's shards, and judge the output as a
-    task does (NOTE [savedeep tasks] in savedeep/tasks.py).
+    ``task`` (savedeep.runner.tasks.TaskSpec): plan only that task's shards, and judge the output as a
+    task does (NOTE [savedeep tasks] in savedeep/runner/tasks.py).
     """
-    from savedeep.faults import maybe_fail
-    from savedeep.images import list_images
-    from savedeep.model import check_weights, load_model
-    from savedeep.output import ColumnSpec, sha256_file
-    from savedeep.devices import cpu_load, plan_devices, shm_free_bytes, size_rings
-    from savedeep.lock import OutputLock
-    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
-    from savedeep.reduce import make_reducer
-    from savedeep.shm import Field, new_ring_spec
+    from savedeep.runner.faults import maybe_fail
+    from savedeep.data.images import list_images
+    from savedeep.caffe.model import check_weights, load_model
+    from savedeep.data.output import ColumnSpec, sha256_file
+    from savedeep.runner.devices import cpu_load, plan_devices, shm_free_bytes, size_rings
+    from savedeep.runner.lock import OutputLock
+    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.data.reduce import make_reducer
+    from savedeep.runner.shm import Field, new_ring_spec
 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
@@ -320,7 +320,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     model = load_model(cfg.model, weights=False)
     if not Path(model.weights).is_file():
         from savedeep.errors import ModelError
-        from savedeep.model import MODEL_DIR_CONTENTS
+        from savedeep.caffe.model import MODEL_DIR_CONTENTS
 
         raise ModelError(f"{model.weights}: missing from the model directory; {MODEL_DIR_CONTENTS}")
     check_weights(model.net, model.weights)  # the consumers read them again; here only the check
@@ -359,7 +359,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
                                              keys_digest=digest, n_images=len(images))
         plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
     else:
-        from savedeep.tasks import check_task_output
+        from savedeep.runner.tasks import check_task_output
 
         OutputLock(cfg.output, task=task.index, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
         header = {"result_fingerprint": cfg.result_fingerprint(), "config": cfg.canonical(),
@@ -394,14 +394,14 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
 
 
 def check_sizes(cfg: Config, pf: Preflight, *, resume: bool, overwrite: bool, task: Any = None) -> Any:
-    """Predict the output (savedeep.sizes.predict) and refuse a pickle above the limit or a disk too small.
+    """Predict the output (savedeep.runner.sizes.predict) and refuse a pickle above the limit or a disk too small.
 
     The pickle file is bounded, not simulated (no pandas in the parent before the workers start):
     ``savedeep validate`` checks with the same bound, so both refuse the same runs with the same line.
     """
-    from savedeep.devices import shm_free_bytes
-    from savedeep.shm import Field, new_ring_spec
-    from savedeep.sizes import check_pickle, check_space, predict, reclaimable
+    from savedeep.runner.devices import shm_free_bytes
+    from savedeep.runner.shm import Field, new_ring_spec
+    from savedeep.runner.sizes import check_pickle, check_space, predict, reclaimable
 
     pred = predict(cfg, pf, task=task)
     if pf.plan.batches:
