@@ -17,6 +17,10 @@ NOTE [config path resolution]
 The schema lives in one table (``_TOP_KEYS`` and ``_PREPROCESS_KEYS``): it drives
 validation, the "did you mean" suggestions and :func:`schema_markdown`, which
 the README embeds.
+
+Size: the whole config schema in one place (one ``_Key`` per YAML key with its checker, the
+loader and the frozen :class:`Config`); README's configuration table is generated from it
+(:func:`schema_markdown`), and a key's default, check and documentation must not drift apart.
 """
 
 from __future__ import annotations

@@ -193,3 +193,38 @@ def test_the_project_imports_only_the_new_paths():
                          [a.name for a in node.names] if isinstance(node, ast.Import) else [])
                 found += [f"{p.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n in old]
     assert not found, found
+
+
+# --- sizes -----------------------------------------------------------------------------------------------------
+
+MODULE_LINES, CLASS_LINES = 600, 400
+
+
+def _too_big(modules: dict[str, Path]) -> list[str]:
+    """Modules over MODULE_LINES lines and classes over CLASS_LINES (from ``class`` to its last line) whose
+    docstring gives no reason (a paragraph starting "Size:")."""
+    out = []
+    for path in modules.values():
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+        text = path.read_text()
+        tree = ast.parse(text)
+        n = len(text.splitlines())
+        if n > MODULE_LINES and "Size:" not in (ast.get_docstring(tree) or ""):
+            out.append(f"{name}: {n} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and (k := node.end_lineno - node.lineno + 1) > CLASS_LINES \
+                    and "Size:" not in (ast.get_docstring(node) or ""):
+                out.append(f"{name}: class {node.name}, {k} lines")
+    return out
+
+
+def test_big_modules_and_classes_say_why():
+    assert not _too_big(_modules()), _too_big(_modules())
+
+
+def test_the_size_check_finds_a_big_module_and_a_big_class(tmp_path):
+    (tmp_path / "big.py").write_text('"""A module."""\n' + "x = 1\n" * MODULE_LINES)
+    (tmp_path / "said.py").write_text('"""A module.\n\nSize: a reason."""\n' + "x = 1\n" * MODULE_LINES)
+    (tmp_path / "cls.py").write_text('class C:\n    """A class."""\n' + "    x = 1\n" * CLASS_LINES)
+    found = _too_big({p.stem: p for p in tmp_path.glob("*.py")})
+    assert sorted(f.split(": ", 1)[1] for f in found) == [f"{MODULE_LINES + 1} lines", f"class C, {CLASS_LINES + 2} lines"]

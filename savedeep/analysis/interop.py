@@ -47,6 +47,10 @@ read the file back with the netCDF-C library (netCDF4-python), as MATLAB's
 precision: a blob stored as float16 is written as float32. Every float16 value
 is exactly a float32 value, so nothing changes; the variable's ``stored_dtype``
 attribute says ``float16``. The ``.npy`` files and :func:`load_xarray` keep float16.
+
+Size: every export and the xarray views share the reader (:class:`SavedOutput`), the names and the
+layout of dimensions and coordinates; one module keeps a blob's name, dims and receptive-field
+coordinates identical in the netCDF file, the ``.npy`` folder, the ``.mat`` file and xarray.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ text parser.
 Where forks disagree with BVLC we follow BVLC: ``PoolingParameter`` field 13 is
 the ``round_mode`` enum (``CEIL``/``FLOOR``); a fork's ``ceil_mode: false`` in
 text is accepted as an alias of ``round_mode: FLOOR`` (see ``TEXT_ALIASES``).
+
+Size: tables transcribed from ``caffe.proto`` (a message's fields with numbers, types and defaults);
+they are data, read top to bottom against the proto file.
 """
 
 from __future__ import annotations

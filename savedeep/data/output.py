@@ -31,6 +31,9 @@ the manifest. Parquet writes it as one value per image rather than one per
 element (with levels): 1.1-2.5x faster with zstd, 2-6x uncompressed
 (benchmarks/RESULTS.md); other readers get bytes and need
 ``np.frombuffer(b, dtype).reshape(shape)``.
+
+Size: the on-disk format in one module: the shard writer and every reader of the shards, the
+manifest file, the failures table and the pickle must agree on names, types and metadata keys.
 """
 
 from __future__ import annotations
@@ -623,7 +626,7 @@ def load_array(path: Path | str, blob: str) -> np.ndarray:
     info = manifest["blobs"][blob]
     # One array of every row, filled a row group (a batch) at a time: the peak is the result and a
     # row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
-    # 157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_export_memory.py).
+    # 157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_analysis_export_memory.py).
     shards = sorted((s for s in manifest.get("shards", []) if s.get("complete")), key=lambda s: s["index"])
     total = sum(int(s["rows"]) for s in shards)
     out: np.ndarray | None = None

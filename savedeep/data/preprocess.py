@@ -94,6 +94,9 @@ image; the tests check this to 1e-5 (in practice bit for bit).
 
 The result is a float32 ``(3, H, W)`` BGR array (``(1, H, W)`` luminance for a 1-channel net). ``Preprocessor.describe()``
 records all of the above for the manifest.
+
+Size: about 100 lines are the exact preprocessing specification above (the README points here); the
+one implementation every engine, the producers and ``savedeep.transform`` run follows it step by step.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ model computes the same arithmetic as the torch engine:
   and its state dict in ``NAME.pt``: what torchvision, thingsvision, torchlens and Brain-Score
   take (hooks by layer name, ``train()``/``eval()``, torch.fx). Its weights are the engine
   modules'; its arithmetic is theirs, operation for operation, in code that imports only torch
-  (tests/test_convert.py compares every layer case blob by blob with the engine).
+  (tests/test_engines_convert.py compares every layer case blob by blob with the engine).
 - ``--to torch -o NAME.pt2``: :func:`torch.export.export` of :class:`BlobProgram`, saved with
   :func:`torch.export.save` as a ``.pt2`` file. ``torch.export.load`` reads it in any
   PyTorch 2.x environment without savedeep (the graph holds only aten operators and
@@ -32,6 +32,10 @@ The input is the preprocessed blob: float32 ``(N, 3, H, W)``, BGR, mean subtract
 (savedeep's preprocessing, README "Preprocessing"); the spec and the mean travel in
 the file as one JSON object (:func:`metadata`: the module's ``METADATA``, the ``.pt2``'s extra
 file ``savedeep.json``, ONNX ``metadata_props``), from which :func:`savedeep.transform` rebuilds it.
+
+Size: three targets (ONNX, a torch module's generated source, torch.export) share the graph walk,
+the metadata and the checks of one conversion; the second half (``--to torch -o NAME.py``) writes
+the generated module's source.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ This file's source is copied, as it is, into every generated ``NAME.py``, so it 
 import nothing but the standard library and torch: the converted module runs where
 savedeep is not installed. Its arithmetic is the torch engine's
 (:mod:`savedeep.engines.torch_layers`), operation for operation, so that the converted
-module gives the engine's numbers; tests/test_convert.py compares the two blob by blob.
+module gives the engine's numbers; tests/test_engines_convert.py compares the two blob by blob.
 
 Two things differ from the engine's modules:
 
@@ -14,6 +14,9 @@ Two things differ from the engine's modules:
   module-level functions registered with :func:`torch.fx.wrap`: torch.fx, and so
   torchvision's ``create_feature_extractor``, records them as single calls instead of
   tracing Python arithmetic on symbolic shapes, which it cannot do.
+
+Size: copied whole into every converted ``NAME.py``, so it must stay one self-contained module: one
+small class per Caffe layer type and the shape functions they share.
 """
 
 import math

@@ -14,6 +14,10 @@ the padding; MVN divides by the standard deviation plus eps; Clip lets min win
 over max;
 LRN across channels divides ``alpha`` by ``local_size``; LRN within a channel is
 ``(1 + alpha * mean of squares)^-beta`` with zero padding (``k`` unused).
+
+Size: one small module per Caffe layer type (27 classes, plus builder functions) and the helpers
+they share, found by type in one table (``BUILDERS``); split by layer family, Caffe's arithmetic that
+the tests compare as one set would be scattered.
 """
 
 from __future__ import annotations

@@ -50,9 +50,10 @@ from savedeep.runner.devices import (  # noqa: F401 - count_gpus, resolve_device
     size_rings,
 )
 from savedeep.errors import USER_MISTAKE_CODES, ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
-from savedeep.runner.manifest import Manifest, run_header
+from savedeep.runner.manifest import Manifest
 from savedeep.runner.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 from savedeep.runner.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
+from savedeep.runner.shares import TaskShare, WholeOutput
 from savedeep.runner.ui import LogListener, Progress, busy_fractions, parent_owns_signals, run_log
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ class Run:
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
         self.break_lock = break_lock
         self.task = task                                # savedeep.runner.tasks.TaskSpec, or None for a whole run
-        self.previous_record: dict | None = None        # this task's record from an earlier attempt
+        self.share = WholeOutput() if task is None else TaskShare(task)  # what differs for a task (shares.py)
         self.pq_dir = config.parquet_dir
         self.pf: Preflight | None = None                # set first thing in execute
         self.manifest: Manifest | None = None           # exists before any work is given out
@@ -238,23 +239,15 @@ class Run:
 
         self.t0 = time.perf_counter()
         # Every check before a worker starts: NOTE [savedeep preflight] in savedeep/runner/preflight.py.
-        task = self.task
         self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock,
-                            task=task)
+                            task=self.task)
         # Nothing of the output is touched before this (NOTE [savedeep output lock] in savedeep/runner/lock.py).
-        log_file = self.config.log_file
-        if task is not None and log_file is not None:
-            from savedeep.runner.tasks import task_log
-
-            log_file = task_log(log_file, task.index)  # no two tasks write one file
         with OutputLock(self.config.output, fingerprint=self.config.fingerprint(), break_lock=self.break_lock,
-                        task=None if task is None else task.index):
+                        task=self.share.lock_index):
             self._take_output()
             self.pq_dir.mkdir(parents=True, exist_ok=True)
-            with run_log(log_file), parent_owns_signals(self._stack_dump_pids):
-                if task is not None:
-                    log.info("%s (the index from %s); its shards: those k with k %% %d == %d", task.describe(),
-                             task.source, task.count, task.index)
+            with run_log(self.share.log_file(self.config.log_file)), parent_owns_signals(self._stack_dump_pids):
+                self.share.announce()
                 self._run()
         return self._result()
 
@@ -269,24 +262,8 @@ class Run:
 
     def _take_output(self) -> None:
         """Act on the preflight's verdict on the existing output: delete it (--overwrite) or tidy it for --resume."""
-        from savedeep.data.output import remove_output
-
-        if self.task is not None:
-            from savedeep.runner.tasks import tidy_task
-
-            self.previous_record = Manifest.read(self.pq_dir, self.task.record_name) if self.pq_dir.is_dir() else None
-            self.previous_record = self.previous_record.data if self.previous_record else None
-            self.resumed = tidy_task(self.pq_dir, self.task, set(self.pf.keep)) if self.pq_dir.is_dir() else {}
-            keep = set(self.resumed)
-        elif not self.pf.output_exists:
-            keep: set[int] = set()
-        elif self.overwrite:
-            remove_output(Path(self.config.output), self.pq_dir, self.config.log_file)
-            keep = set()
-        else:
-            self.resumed = Manifest.read(self.pq_dir).tidy_for_resume(set(self.pf.keep), Path(self.config.output))
-            keep = set(self.resumed)
-        if keep != set(self.pf.keep):  # the preflight looked before the lock was taken
+        self.resumed = self.share.take(self.config, self.pf, self.pq_dir, self.overwrite)
+        if set(self.resumed) != set(self.pf.keep):  # the preflight looked before the lock was taken
             raise OutputError(f"{self.pq_dir} changed while this run was starting (another run finished or "
                               "removed it); nothing was written: rerun the same command")
         self.rows = sum(s["rows"] for s in self.resumed.values())
@@ -298,9 +275,7 @@ class Run:
         try:
             if pf.plan.batches:
                 self._log_plan()
-                total = (len(pf.images) if self.task is None
-                         else sum(z - a for k, a, z in pf.plan.shards if self.task.owns(k)))
-                self.bar = Progress(self.progress, total, self.rows + self.failures)
+                self.bar = Progress(self.progress, self.share.images(pf), self.rows + self.failures)
                 t_start = time.perf_counter()
                 self._start()
                 self._create_manifest()  # before any work is given out, so before any shard
@@ -310,14 +285,7 @@ class Run:
             else:
                 self._create_manifest()
             devices = [self.device_info[i] for i in sorted(self.device_info)]
-            if self.task is not None:
-                from savedeep.runner.tasks import finish_task
-
-                finish_task(self.manifest, devices=devices, wall_s=time.perf_counter() - self.t0)
-            else:
-                self.manifest.finish(devices=devices, wall_s=time.perf_counter() - self.t0,
-                                     pickle_path=Path(self.config.output), pickle=self.config.pickle,
-                                     max_pickle_bytes=self.config.max_pickle_bytes)
+            self.share.finish(self.manifest, self.config, devices, time.perf_counter() - self.t0)
         except KeyboardInterrupt as exc:
             raise Interrupted(
                 f"interrupted; {self.shards_done} shard(s) finished in this run are kept in {self.pq_dir}: "
@@ -331,25 +299,7 @@ class Run:
             self._shutdown()
 
     def _create_manifest(self) -> None:
-        if self.task is not None:
-            from savedeep.runner.tasks import check_records, task_header
-
-            task = self.task
-            header = task_header(run_header(self.config, self.pf), task, self.previous_record)
-            mine = [s for s in self.pf.plan.shards if task.owns(s[0])]
-            manifest = Manifest.new(self.pq_dir, header, mine, self.resumed, name=task.record_name)
-            manifest.write()
-            try:  # a task of another run that started at the same time: at least one of the two sees the other
-                check_records(self.pq_dir, header, task)
-            except OutputError:
-                if self.previous_record is None:
-                    (self.pq_dir / task.record_name).unlink(missing_ok=True)
-                raise
-            self.manifest = manifest
-            return
-        manifest = Manifest.new(self.pq_dir, run_header(self.config, self.pf), self.pf.plan.shards, self.resumed)
-        manifest.write()
-        self.manifest = manifest
+        self.manifest = self.share.create_manifest(self.config, self.pf, self.pq_dir, self.resumed)
 
     def _log_plan(self) -> None:
         pf, cfg = self.pf, self.config
@@ -364,9 +314,7 @@ class Run:
     def _result(self) -> RunResult:
         pf, cfg = self.pf, self.config
         return RunResult(
-            pickle=Path(cfg.output) if cfg.pickle and self.task is None else None, parquet_dir=self.pq_dir,
-            images=len(pf.images) if self.task is None else sum(z - a for k, a, z in pf.plan.shards
-                                                                 if self.task.owns(k)),
+            pickle=self.share.pickle(cfg), parquet_dir=self.pq_dir, images=self.share.images(pf),
             rows=self.rows, failures=self.failures, skipped_files=dict(pf.images.skipped),
             shards_done=self.shards_done, shards_kept=len(self.resumed), wall_s=time.perf_counter() - self.t0,
             devices=pf.devices if pf.plan.batches else [], producers=pf.producers, writers=pf.writers,
@@ -616,10 +564,8 @@ class Run:
             for f in self.pq_dir.glob(".part-*.inprogress"):
                 if f.name in mine:  # never another task's file in progress
                     f.unlink(missing_ok=True)
-        if self.task is not None and self.manifest is not None and not self.manifest.data.get("complete"):
-            from savedeep.runner.tasks import mark_stopped
-
-            mark_stopped(self.manifest)
+        if self.manifest is not None:
+            self.share.stopped(self.manifest)
 
     def _drain_while_joining(self) -> None:
         """Wait up to JOIN_TIMEOUT_S for the workers to leave, reading events so none blocks on a full pipe."""
