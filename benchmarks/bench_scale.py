@@ -1,7 +1,7 @@
 """A run at scale (issue 30): 100,000 small images through a tiny net, the end steps at 10k and 100k, a merge of
 64 tasks over 1,000+ shards, and the loaders on the 100k output, with their peak memory.
 
-The net is the tiny one of tests/test_load.py (conv 8x3x3 stride 2, ReLU, max pool, fc 10 on a 32x32 input)
+The net is the tiny one of tests/test_runner_load.py (conv 8x3x3 stride 2, ReLU, max pool, fc 10 on a 32x32 input)
 with seeded random weights (``savedeep.caffe.synthetic.random_weights(seed=0)``), so the pipeline's own costs show,
 not a forward pass. The images are 40x40 JPEG crops of the real photos (tests/data's and scikit-image's),
 seeded, in 100 folders. Blobs ``pool1`` (8x7x7) and ``fc`` (10), float32: 1.57 KiB per image. Everything

@@ -7,7 +7,7 @@ no dictionary or statistics on the blob column) with one pyarrow option changed;
 interleaved, ``--repeats`` times, and the median is reported with the ratio to the default and
 the bytes on disk as a fraction of raw float32 (the issue's limit: 30% for float16). Each
 variant's file is read back by pyarrow (values compared), DuckDB and Polars (the readers
-tests/test_readers.py covers), so that a faster encoding that a reader cannot read shows.
+tests/test_data_readers.py covers), so that a faster encoding that a reader cannot read shows.
 
 Writes benchmarks/out/write_levers.json.
 

@@ -7,7 +7,7 @@ says what it could not check (``NOT CHECKED``); a GPU machine must give ``PASS``
 Steps:
   probe     /proc GPU entries, the driver's CUDA device count, torch.cuda.device_count();
             compute mode, driver, the CPUs this process may use, /dev/shm
-  pytest    ``pytest -m gpu`` (tests/test_gpu.py and the GPU test of tests/test_engines.py)
+  pytest    ``pytest -m gpu`` (tests/test_engines_gpu.py and the GPU test of tests/test_engines.py)
   engine    the torch engine on the device against the CPU on every blob of CaffeNet (random
             weights) and open_nsfw (real weights), <= 1e-4 relative; a negative control with
             TF32 forced on must exceed it; float16 ``out=`` equal to numpy's rounding
@@ -103,7 +103,7 @@ def step_probe(gpu: bool) -> None:
 
 
 def step_pytest(gpu: bool) -> None:
-    r = sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
+    r = sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_engines_gpu.py",
             "tests/test_engines.py"], timeout=420)
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
     print("\n".join(r.stdout.splitlines()[-15:]), flush=True)

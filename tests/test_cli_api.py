@@ -37,6 +37,7 @@ def test_help_imports_nothing_heavy():
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_original_four_flags_alone(caffenet_dir, images, tmp_path, capsys):
     out = tmp_path / "acts.pk"
     rc = main(["run", "-m", str(caffenet_dir), "-b", "fc7,fc7,fc6", "-i", str(images), "-o", str(out),
@@ -78,6 +79,7 @@ def test_validate_and_inspect(caffenet_dir, images, tmp_path, capsys):
     assert fc7["shape"] == [4096] and fc7["total_float32"] == 10 * 4096 * 4
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
     import duckdb
     import rsatoolbox
@@ -128,6 +130,7 @@ def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
     assert rdm.n_cond == len(df)
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_load_partial_output(caffenet_dir, images, tmp_path, monkeypatch, caplog):
     out = tmp_path / "acts.pk"
     cmd = [sys.executable, "-m", "savedeep", "run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images),
@@ -153,6 +156,7 @@ def test_on_error_fail_stops_naming_the_file(caffenet_dir, images, tmp_path, cap
     assert "broken.jpg" in err and "on_error: skip" in err
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_overwrite_next_to_a_foreign_file_refuses_and_the_file_survives(caffenet_dir, images, tmp_path, capsys):
     data = tmp_path / "data"  # `-o ~/data/acts.pk`: ~/data must survive an --overwrite
     data.mkdir()
@@ -176,6 +180,7 @@ def test_overwrite_next_to_a_foreign_file_refuses_and_the_file_survives(caffenet
                                                       "stimuli.csv"]  # and no lock left behind
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_break_lock_takes_the_lock_of_a_run_on_another_host(caffenet_dir, images, tmp_path, capsys):
     out = tmp_path / "acts.pk"
     lock = tmp_path / ".acts.lock"  # left by a run whose node crashed

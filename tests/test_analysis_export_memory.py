@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_export import make_output
+from test_analysis_export import make_output
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("h5netcdf")

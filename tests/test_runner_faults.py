@@ -321,7 +321,7 @@ def test_disk_full_then_resume(caffenet_dir, images, reference, tmp_path):
     mounted = _mount_tmpfs(disk, "3m")
     try:
         out, tag = disk / "acts.pk", uuid.uuid4().hex
-        # --no-space-check: the preflight would refuse the 3 MiB disk before any work (tests/test_sizes.py);
+        # --no-space-check: the preflight would refuse the 3 MiB disk before any work (tests/test_runner_sizes.py);
         # this test is about a disk that fills up while the run writes.
         cmd = _cmd(caffenet_dir, images, out, "--no-space-check")
         if mounted:

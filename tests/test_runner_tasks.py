@@ -1,4 +1,4 @@
-"""Tasks of one output (``run --task K/N``) and ``merge``, without a scheduler (tests/test_slurm.py has a real one).
+"""Tasks of one output (``run --task K/N``) and ``merge``, without a scheduler (tests/test_runner_slurm.py has a real one).
 
 Bugs these are for:
 - a split that depends on anything but (shard plan, K, N), or that loses or doubles a

@@ -23,7 +23,7 @@ import pytest
 from savedeep.engines import create_engine
 from tests.conftest import TESTDATA
 from tests.nets import rel_err
-from tests.test_preprocess import caffe_io_with_resize  # noqa: F401 - a fixture: pycaffe's caffe.io with resize
+from tests.test_data_preprocess import caffe_io_with_resize  # noqa: F401 - a fixture: pycaffe's caffe.io with resize
 
 ZOO = TESTDATA / "zoo"
 # The issue's bar: every blob of the torch engine within 1e-5 of that blob's largest value in pycaffe's.
@@ -293,7 +293,7 @@ def test_a_grayscale_net_runs_end_to_end_and_equals_pycaffe(engine, zoo, caffe_i
     (caffe.io.resize_image, raw_scale, mean) and net.forward. Before: "3-channel BGR images only", exit 3.
     """
     import savedeep
-    from tests.test_preprocess import caffe_load_gray, gray_transformer
+    from tests.test_data_preprocess import caffe_load_gray, gray_transformer
 
     caffe = caffe_io_with_resize
     directory = zoo.model_dir("lenet")

@@ -20,7 +20,7 @@ from savedeep.engines.conversion import ONNX_OPSET, convert
 from savedeep.errors import ConfigError, UnsupportedLayerError
 from tests.nets import LAYER_CASES, channel_err, layer, make_caffemodel, photo_batch, rel_err, write_net
 from tests.test_engines import IMAGENET, NET_CHANNEL_TOLERANCE, NET_TOLERANCE, real_net_dir
-from tests.test_layers import TOLERANCE as LAYER_TOLERANCE
+from tests.test_engines_layers import TOLERANCE as LAYER_TOLERANCE
 
 torch.set_num_threads(1)
 
@@ -387,7 +387,7 @@ def hook_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
     return seen
 
 
-# layer types the engine runs that tests/nets.py's cases leave out (tests/test_zoo.py checks them with pycaffe)
+# layer types the engine runs that tests/nets.py's cases leave out (tests/test_caffe_zoo.py checks them with pycaffe)
 MODULE_CASES = {
     **LAYER_CASES,
     "clip": ((2, 3, 5, 6), layer("c", "Clip", "data", "c", "clip_param", min=-0.5, max=0.7)),
@@ -401,7 +401,7 @@ MODULE_CASES = {
 def test_module_layer_case_matches_the_engine_blob_by_blob(case, tmp_path):
     """Every layer case as a module: the outputs and, for every blob, the forward hook of the module
     that METADATA names for it equal the torch engine's blob (the engine is compared with pycaffe
-    in tests/test_layers.py); the module traces with torch.fx and switches train/eval."""
+    in tests/test_engines_layers.py); the module traces with torch.fx and switches train/eval."""
     from savedeep.engines.torch_engine import TorchEngine
     from savedeep.caffe.model import load_model
 

@@ -61,6 +61,7 @@ def caffenet_run(caffenet_dir, photos, tmp_path_factory):
     return d, images, savedeep.load(d / "out" / "acts.pk")
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_transform_is_the_input_a_run_fed(caffenet_run, caffenet_dir):
     """transform(model dir) and transform(converted file), from a path and from a PIL image, equal the
     ``data`` blob of the run bit for bit (CaffeNet's mean is a (3, 256, 256) image: its channel means

@@ -233,6 +233,7 @@ def test_usable_cpus_follow_the_cgroup_quota(tmp_path):
     assert dv.cgroup_cpu_quota(proc, root) is None
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_a_run_uses_the_cpus_of_its_affinity(caffenet_dir, photos, tmp_path):
     """`taskset -c 0`: one usable CPU, so one thread for the one CPU consumer (os.cpu_count() would say 2)."""
     images = tmp_path / "imgs"
@@ -500,6 +501,7 @@ def _die() -> None:
     os._exit(3)
 
 
+@pytest.mark.slow  # a real run: seconds
 def test_a_dead_worker_is_noticed_while_events_keep_coming():
     from savedeep.errors import WorkerError
     from savedeep.runner.pipeline import Run

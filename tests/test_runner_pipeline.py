@@ -220,7 +220,7 @@ def test_existing_output_refused_then_overwritten(nsfw_dir, image_dir, tmp_path)
 
 def test_pickle_above_limit_is_refused_before_any_work(nsfw_dir, image_dir, tmp_path):
     # Refused by the preflight since issue 30 (the pickle's size is known from the shapes); it used to be
-    # refused after the whole run. The refusal at the end, for a merge, is in tests/test_sizes.py.
+    # refused after the whole run. The refusal at the end, for a merge, is in tests/test_runner_sizes.py.
     out = tmp_path / "acts.pk"
     with pytest.raises(OutputError, match=r"max_pickle_bytes.*above max_pickle_bytes \(977 KiB\); nothing was "
                                           r"started.*pickle: false"):
