@@ -6,7 +6,7 @@ For each case, ``savedeep.run`` runs three configurations, interleaved, ``--roun
 - ``1 x all``: ``cpu_consumers: 1`` (every usable core as threads of one forward; the default
   until round 6), producers and writers ``auto``;
 - ``per core``: ``cpu_consumers: <cores>`` (``consumer_threads: auto`` gives each one core);
-- ``auto``: ``cpu_consumers: auto``, the rule of savedeep/devices.py (NOTE [cpu_consumers: auto]),
+- ``auto``: ``cpu_consumers: auto``, the rule of savedeep/runner/devices.py (NOTE [cpu_consumers: auto]),
   which also picks the threads, producers and writers (printed for each case).
 
 Before each case the stage bound of each configuration is measured with
@@ -40,10 +40,10 @@ CASES = {"caffenet-fc": ("caffenet-fc", 1000, "float32"),
 
 
 def auto_plan(case: str, dtype: str, n_images: int):
-    """What ``cpu_consumers: auto`` chooses for a case on this machine (savedeep.devices.plan_cpu)."""
-    from savedeep.devices import available_memory_bytes, cpu_load, plan_cpu, usable_cpus
-    from savedeep.model import load_model
-    from savedeep.output import ColumnSpec
+    """What ``cpu_consumers: auto`` chooses for a case on this machine (savedeep.runner.devices.plan_cpu)."""
+    from savedeep.runner.devices import available_memory_bytes, cpu_load, plan_cpu, usable_cpus
+    from savedeep.caffe.model import load_model
+    from savedeep.data.output import ColumnSpec
 
     model_name, blobs = common.CASES[case]
     m = load_model(common.MODELS[model_name](), weights=False)
@@ -56,9 +56,9 @@ def auto_plan(case: str, dtype: str, n_images: int):
 
 def rule_table(cores_list=(2, 16, 64), memory_gib=(23.5, 64, 256)) -> list[dict]:
     """What the rule picks for each case and engine on nodes of these cores and memory (no run)."""
-    from savedeep.devices import cpu_load, plan_cpu
-    from savedeep.model import load_model
-    from savedeep.output import ColumnSpec
+    from savedeep.runner.devices import cpu_load, plan_cpu
+    from savedeep.caffe.model import load_model
+    from savedeep.data.output import ColumnSpec
 
     rows = []
     for label, (case, n, dtype) in CASES.items():
@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument("--rule-only", action="store_true",
                    help="print what cpu_consumers: auto picks on 2, 16 and 64 cores for each case, and stop")
     args = p.parse_args()
-    from savedeep.devices import usable_cpus
+    from savedeep.runner.devices import usable_cpus
 
     if args.rule_only:
         common.print_table(rule_table(), title="cpu_consumers: auto (consumers x threads, producers, writers; "

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import simplejpeg  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from savedeep.preprocess import PreprocessSpec, Preprocessor, _caffe_resize_image  # noqa: E402
+from savedeep.data.preprocess import PreprocessSpec, Preprocessor, _caffe_resize_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 227, 227)
@@ -138,7 +138,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "what": "decode + preprocess JPEG to a (3, 227, 227) float32 blob, one process, one thread",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": __import__("savedeep.devices").devices.usable_cpus(), "python": platform.python_version()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": __import__("savedeep.runner.devices").devices.usable_cpus(), "python": platform.python_version()},
         "versions": {"simplejpeg": simplejpeg.__version__, "pillow": Image.__version__, "opencv": cv2.__version__},
         "results": results,
     }

@@ -63,7 +63,7 @@ def forward_ceiling(case: str, device: str, batches: list[int], seconds: float, 
 
     from bench_stages import preprocessed
     from savedeep.engines import create_engine, keep_freed_memory
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     keep_freed_memory()
 
@@ -123,7 +123,7 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench_gpu.py: torch sees no CUDA GPU here; use --device cpu --quick to check the script")
     batches = [32, 64, 128, 256]
-    from savedeep.devices import usable_cpus
+    from savedeep.runner.devices import usable_cpus
 
     producers = [k for k in PRODUCERS if k <= max(1, usable_cpus() - 2)]
     e2e_batch = 64

@@ -176,7 +176,7 @@ def measure_bound(seconds: float) -> dict:
     # each image still costs T/F core-seconds, and the forward's own cap is N x F.
     plan = auto_plan("caffenet-fc", "float32", 1000)
     bound = bound_now("caffenet-fc", "torch", 32, plan.producers, threads=plan.threads, seconds=seconds)
-    from savedeep.devices import usable_cpus
+    from savedeep.runner.devices import usable_cpus
 
     bound.update(stage_bound(usable_cpus(), plan.threads, plan.producers,
                              plan.consumers * bound["forward_images_per_s"], bound["decode_images_per_s_per_core"],

@@ -29,9 +29,9 @@ def bench_case(case: str, threads: int, reps: int) -> dict:
     import onnxruntime as ort
     import torch
 
-    from savedeep.conversion import convert
+    from savedeep.engines.conversion import convert
     from savedeep.engines.torch_engine import TorchEngine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     model_name, blobs = CASES[case]
     directory = MODELS[model_name]()

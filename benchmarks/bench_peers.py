@@ -76,9 +76,9 @@ def forward_side_by_side(directory: Path, threads: int, reps: int) -> list[dict]
     """Images/s of the engine, the module and the .pt2 program on one batch, alternating."""
     import torch
 
-    from savedeep.conversion import convert
+    from savedeep.engines.conversion import convert
     from savedeep.engines.torch_engine import TorchEngine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     torch.set_num_threads(threads)
     net = load_model(directory).net
@@ -139,7 +139,7 @@ def peers_python() -> str:
 
 def end_to_end(directory: Path, n: int, rounds: int) -> tuple[list[dict], dict]:
     """thingsvision's extraction and `savedeep run`, alternating, on the same n images."""
-    from savedeep.conversion import convert
+    from savedeep.engines.conversion import convert
 
     python = peers_python()
     d = OUT / "peers"

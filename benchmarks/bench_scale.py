@@ -1,8 +1,8 @@
 """A run at scale (issue 30): 100,000 small images through a tiny net, the end steps at 10k and 100k, a merge of
 64 tasks over 1,000+ shards, and the loaders on the 100k output, with their peak memory.
 
-The net is the tiny one of tests/test_load.py (conv 8x3x3 stride 2, ReLU, max pool, fc 10 on a 32x32 input)
-with seeded random weights (``savedeep.synthetic.random_weights(seed=0)``), so the pipeline's own costs show,
+The net is the tiny one of tests/test_runner_load.py (conv 8x3x3 stride 2, ReLU, max pool, fc 10 on a 32x32 input)
+with seeded random weights (``savedeep.caffe.synthetic.random_weights(seed=0)``), so the pipeline's own costs show,
 not a forward pass. The images are 40x40 JPEG crops of the real photos (tests/data's and scikit-image's),
 seeded, in 100 folders. Blobs ``pool1`` (8x7x7) and ``fc`` (10), float32: 1.57 KiB per image. Everything
 else is savedeep's default (batch 32, shards of 1,024, ``cpu_consumers: auto``, the pickle written).
@@ -65,8 +65,8 @@ TASK_SHARD = 96
 def tiny_model() -> Path:
     import numpy as np
 
-    from savedeep.model import load_net
-    from savedeep.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
 
     d = OUT / "models" / "tiny"
     if (d / "weights.caffemodel").exists():
@@ -148,7 +148,7 @@ class Peaks:
 
 def timed_end_steps() -> dict[str, Any]:
     """Wrap the end steps (inside Manifest.finish) and the manifest's rewrites; returns the dict they fill."""
-    import savedeep.manifest as man
+    import savedeep.runner.manifest as man
 
     times: dict[str, Any] = {"failures_table_s": 0.0, "manifest_s": 0.0, "pickle_s": 0.0,
                              "manifest_rewrites": 0, "manifest_rewrites_s": 0.0}
@@ -210,7 +210,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def child_tasks(args: argparse.Namespace) -> dict[str, Any]:
     import savedeep
-    from savedeep.tasks import parse_task
+    from savedeep.runner.tasks import parse_task
 
     cfg = config(Path(args.list), Path(args.out), shard_size=TASK_SHARD)
     walls = []

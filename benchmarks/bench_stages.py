@@ -2,7 +2,7 @@
 
 Stages, each measured on its own:
 
-- **decode + preprocess**: ``savedeep.preprocess.Preprocessor.load`` (simplejpeg + OpenCV, the
+- **decode + preprocess**: ``savedeep.data.preprocess.Preprocessor.load`` (simplejpeg + OpenCV, the
   producers' code) on the benchmark JPEGs (500x375), one process, one thread: images/s per core.
   ``--decode-script`` also runs benchmarks/bench_decode.py (other decoders, 3000x2000 photos)
   and folds its table in.
@@ -14,7 +14,7 @@ Stages, each measured on its own:
   consumer calls it, ``engine.forward(x, blobs, out=...)`` into float32 buffers, so the copy
   of each blob out of the engine (channels_last reordered to NCHW) is part of the stage.
   Cases: CaffeNet fc6+fc7, CaffeNet conv1 (random weights), open_nsfw pool+prob (real weights).
-- **write**: ``savedeep.output.ShardWriter`` on real activations of those blobs (conv1 and
+- **write**: ``savedeep.data.output.ShardWriter`` on real activations of those blobs (conv1 and
   fc6+fc7 of the benchmark images), float32 and float16, zstd and none: MB/s of stored bytes and
   images/s, for both blob storages: ``tensor`` (Arrow fixed-shape tensor, the default) and
   ``binary`` (one ``fixed_size_binary`` value per image), same writer settings otherwise. The
@@ -72,8 +72,8 @@ def engine_label(kind: str, channels_last: bool | None) -> str:
 
 def preprocessed(model_dir: Path, paths: list[Path]) -> np.ndarray:
     """The input blobs of `paths` for `model_dir`, as the producers make them."""
-    from savedeep.model import load_model
-    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.caffe.model import load_model
+    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     m = load_model(model_dir, weights=False)
     shape = tuple(m.net.input_shape[1:])
@@ -93,8 +93,8 @@ def decode_rate(model_dir: Path, paths: list[Path], seconds: float) -> dict[str,
     """Preprocessor.load images/s on one core for one model's input."""
     import cv2
 
-    from savedeep.model import load_model
-    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.caffe.model import load_model
+    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     cv2.setNumThreads(1)
     m = load_model(model_dir, weights=False)
@@ -122,7 +122,7 @@ def forward_worker(spec: dict[str, Any]) -> None:
 
     cv2.setNumThreads(1)
     from savedeep.engines import create_engine, keep_freed_memory
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     keep_freed_memory()  # as the consumer does
 
@@ -208,7 +208,7 @@ def _tile(acts: np.ndarray, rows: int) -> np.ndarray:
 
 def write_shardwriter(directory: Path, keys: list[str], blobs: dict[str, np.ndarray], compression: str,
                       batch: int, storage: str = "tensor") -> Path:
-    from savedeep.output import ColumnSpec, ShardWriter
+    from savedeep.data.output import ColumnSpec, ShardWriter
 
     cols = [ColumnSpec(k, tuple(v.shape[1:]), str(v.dtype), storage) for k, v in blobs.items()]
     sw = ShardWriter(directory, 0, cols, (), compression)
@@ -339,7 +339,7 @@ def bound_now(case: str, engine: str, batch: int, producers: int, *, dtype: str 
     ``seconds / 2``; write: ShardWriter over the activations that forward produced, tiled to
     WRITE_ROWS[case] rows, best of 2.
     """
-    from savedeep.devices import usable_cpus
+    from savedeep.runner.devices import usable_cpus
 
     cores = usable_cpus()
     threads = threads or cores
@@ -434,7 +434,7 @@ def main() -> None:
         decode_script = json.loads((OUT / "decode.json").read_text())
 
     if args.threads is None:
-        from savedeep.devices import usable_cpus
+        from savedeep.runner.devices import usable_cpus
 
         args.threads = usable_cpus()
     print(f"forward, {args.threads} threads:", flush=True)

@@ -123,7 +123,7 @@ def add_bound(row: dict, stages: dict | None, now: dict | None = None) -> dict |
     if now is not None:
         from bench_stages import stage_bound
 
-        b = stage_bound(__import__("savedeep.devices").devices.usable_cpus(), now["threads"], row["producers"], now["forward_images_per_s"],
+        b = stage_bound(__import__("savedeep.runner.devices").devices.usable_cpus(), now["threads"], row["producers"], now["forward_images_per_s"],
                         now["decode_images_per_s_per_core"], now["write_images_per_s"])
         row["bound_from"] = "side by side"
         row["stages_now"] = {k: now[k] for k in ("forward_images_per_s", "decode_images_per_s_per_core",

@@ -7,7 +7,7 @@ no dictionary or statistics on the blob column) with one pyarrow option changed;
 interleaved, ``--repeats`` times, and the median is reported with the ratio to the default and
 the bytes on disk as a fraction of raw float32 (the issue's limit: 30% for float16). Each
 variant's file is read back by pyarrow (values compared), DuckDB and Polars (the readers
-tests/test_readers.py covers), so that a faster encoding that a reader cannot read shows.
+tests/test_data_readers.py covers), so that a faster encoding that a reader cannot read shows.
 
 Writes benchmarks/out/write_levers.json.
 
@@ -55,7 +55,7 @@ def conv1_activations() -> np.ndarray:
         return np.load(cache)
     from bench_stages import preprocessed
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     d = common.caffenet_dir()
     x = preprocessed(d, common.image_paths(64))
@@ -69,7 +69,7 @@ def write(path: Path, acts: np.ndarray, storage: str, options: dict, per_write: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from savedeep.output import ColumnSpec, column_field, string_array, tensor_array
+    from savedeep.data.output import ColumnSpec, column_field, string_array, tensor_array
 
     col = ColumnSpec("conv1", tuple(acts.shape[1:]), str(acts.dtype), storage)
     schema = pa.schema([pa.field("image", pa.string(), nullable=False), column_field(col)])
@@ -90,7 +90,7 @@ def readers(path: Path, acts: np.ndarray, storage: str) -> str:
     """Which readers give the values back: pyarrow always; DuckDB and Polars for the tensor storage."""
     import pyarrow.parquet as pq
 
-    from savedeep.output import _column_to_numpy
+    from savedeep.data.output import _column_to_numpy
 
     got = _column_to_numpy(pq.read_table(path).column("conv1"), {"shape": list(acts.shape[1:]), "dtype": str(acts.dtype)})
     ok = ["pyarrow" if np.array_equal(got, acts) else "pyarrow WRONG"]

@@ -3,7 +3,7 @@
 Everything the benchmarks make goes under ``benchmarks/out/`` (gitignored):
 
 - ``out/models/caffenet``: CaffeNet (tests/data's deploy.prototxt) with seeded random weights
-  (``savedeep.synthetic.random_weights(seed=1)``, as tests/conftest.py builds it) and the
+  (``savedeep.caffe.synthetic.random_weights(seed=1)``, as tests/conftest.py builds it) and the
   ILSVRC-2012 mean image;
 - ``out/models/nsfw``: the real open_nsfw model (``savedeep.demo.prepare_model``);
 - ``out/images/all/img_NNNNN.jpg``: up to 4,000 JPEGs of about 500x375, made by cropping and
@@ -48,7 +48,7 @@ IMAGE_SEED = 2024
 
 
 def _usable_cpus() -> int:
-    from savedeep.devices import usable_cpus
+    from savedeep.runner.devices import usable_cpus
 
     return usable_cpus()
 
@@ -127,8 +127,8 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def caffenet_dir() -> Path:
     """CaffeNet with seeded random weights (seed 1) and the ILSVRC-2012 mean, built once."""
-    from savedeep.synthetic import random_weights, write_caffemodel
-    from savedeep.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
 
     d = OUT / "models" / "caffenet"
     if (d / "weights.caffemodel").exists() and (d / "mean.npy").exists():

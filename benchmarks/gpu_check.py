@@ -7,7 +7,7 @@ says what it could not check (``NOT CHECKED``); a GPU machine must give ``PASS``
 Steps:
   probe     /proc GPU entries, the driver's CUDA device count, torch.cuda.device_count();
             compute mode, driver, the CPUs this process may use, /dev/shm
-  pytest    ``pytest -m gpu`` (tests/test_gpu.py and the GPU test of tests/test_engines.py)
+  pytest    ``pytest -m gpu`` (tests/test_engines_gpu.py and the GPU test of tests/test_engines.py)
   engine    the torch engine on the device against the CPU on every blob of CaffeNet (random
             weights) and open_nsfw (real weights), <= 1e-4 relative; a negative control with
             TF32 forced on must exceed it; float16 ``out=`` equal to numpy's rounding
@@ -65,23 +65,24 @@ def nvidia_smi(*args: str) -> str | None:
 
 
 def step_probe(gpu: bool) -> None:
-    from savedeep import devices as dv
+    from savedeep.engines import gpus
+    from savedeep.runner import devices as dv
 
-    proc = dv.proc_gpu_count()
-    probe = dv.probe_driver()
+    proc = gpus.proc_gpu_count()
+    probe = gpus.probe_driver()
     r = sh([sys.executable, "-c", "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"])
     torch_n = int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip().isdigit() else None
     mode = nvidia_smi("--query-gpu=index,name,compute_mode,driver_version,uuid", "--format=csv,noheader")
     shm = dv.shm_free_bytes()
     facts = {
         "/proc/driver/nvidia/gpus": proc, "driver count": probe.count,
-        "driver CUDA": None if probe.driver is None else dv.cuda_version_str(probe.driver),
+        "driver CUDA": None if probe.driver is None else gpus.cuda_version_str(probe.driver),
         "driver probe error": probe.error, "torch.cuda.device_count()": torch_n,
-        "driver release": dv.driver_release(), "nvidia-smi": mode,
+        "driver release": gpus.driver_release(), "nvidia-smi": mode,
         "usable CPUs": dv.usable_cpus(), "os.cpu_count()": os.cpu_count(),
         "cgroup CPU quota": dv.cgroup_cpu_quota(), "/dev/shm free GiB": None if shm is None else round(shm / 2**30, 1),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "torch CUDA runtime": dv.torch_cuda_version(),
+        "torch CUDA runtime": gpus.torch_cuda_version(),
     }
     for k, v in facts.items():
         print(f"  {k}: {v}", flush=True)
@@ -93,7 +94,7 @@ def step_probe(gpu: bool) -> None:
         return
     ok = probe.count is not None and probe.count >= 1 and probe.count == torch_n
     try:
-        dv.check_driver(probe.driver, dv.torch_cuda_version(), "torch", dv.driver_release())
+        gpus.check_driver(probe.driver, gpus.torch_cuda_version(), "torch", gpus.driver_release())
         driver_ok = "driver new enough for torch's CUDA"
     except Exception as exc:  # noqa: BLE001
         ok, driver_ok = False, str(exc)
@@ -102,7 +103,7 @@ def step_probe(gpu: bool) -> None:
 
 
 def step_pytest(gpu: bool) -> None:
-    r = sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
+    r = sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_engines_gpu.py",
             "tests/test_engines.py"], timeout=420)
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
     print("\n".join(r.stdout.splitlines()[-15:]), flush=True)
@@ -120,7 +121,7 @@ def _compare(model_dir: Path, device: str, x: np.ndarray, control: bool) -> tupl
     import torch
 
     from savedeep.engines import create_engine
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
     from tests.nets import rel_err
 
     model = load_model(model_dir)

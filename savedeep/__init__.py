@@ -18,19 +18,20 @@ Python API::
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from savedeep import _moved
 from savedeep.version import __version__
+
+_moved.install()  # the old flat paths (savedeep.model, savedeep.output, ...): see savedeep/_moved.py
 
 if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import savedeep` cheap
     import numpy as np
     import pandas as pd
 
     from savedeep.config import Config
-    from savedeep.pipeline import RunResult
+    from savedeep.runner.pipeline import RunResult
 
 __all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
            "rdm", "blob_similarity", "blob_stats", "report", "convert", "transform", "merge",
@@ -49,19 +50,19 @@ def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool 
     """Extract the activations described by ``config`` (a Config or a YAML path, plus overrides).
 
     ``break_lock``: take the output's lock from a run that is gone (crashed on another host).
-    ``task``: "K/N" (or a savedeep.tasks.TaskSpec): only task K's share of the shards; see ``merge``.
+    ``task``: "K/N" (or a savedeep.runner.tasks.TaskSpec): only task K's share of the shards; see ``merge``.
     """
     from savedeep.config import Config
-    from savedeep.pipeline import run as _run
+    from savedeep.runner.pipeline import run as _run
 
-    from savedeep.report import after_run, require_matplotlib
+    from savedeep.analysis.report import after_run, require_matplotlib
 
     if not isinstance(config, Config):
         config = load_config(config, **overrides)
     elif overrides:
         config = config.replace(**overrides)
     if isinstance(task, str):
-        from savedeep.tasks import parse_task
+        from savedeep.runner.tasks import parse_task
 
         task = parse_task(task)
     if config.report and task is None:
@@ -76,21 +77,21 @@ def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool 
 
 def merge(output: str | Path, *, pickle: bool | None = None, break_lock: bool = False) -> Any:
     """Make the shards of an array of tasks (``run(..., task=TaskSpec)``, ``savedeep run --task``) one output."""
-    from savedeep.tasks import merge as _merge
+    from savedeep.runner.tasks import merge as _merge
 
     return _merge(output, pickle=pickle, break_lock=break_lock)
 
 
 def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":
     """The output as a DataFrame, from the pickle or the Parquet shards (partial outputs too)."""
-    from savedeep.output import load as _load
+    from savedeep.data.output import load as _load
 
     return _load(Path(path), blobs)
 
 
 def load_array(path: str | Path, blob: str) -> "np.ndarray":
     """One blob of an output as an (N, *shape) array, reading no other blob."""
-    from savedeep.output import load_array as _load_array
+    from savedeep.data.output import load_array as _load_array
 
     return _load_array(Path(path), blob)
 
@@ -98,24 +99,24 @@ def load_array(path: str | Path, blob: str) -> "np.ndarray":
 def load_xarray(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
                 model: str | Path | None = None) -> Any:
     """The output as an ``xarray.Dataset`` (one variable per blob, coordinates, receptive fields); see
-    :mod:`savedeep.interop`. ``lazy=True``: dask arrays read shard by shard. ``model``: the model directory,
+    :mod:`savedeep.analysis.interop`. ``lazy=True``: dask arrays read shard by shard. ``model``: the model directory,
     for receptive fields, if it moved since the run."""
-    from savedeep.interop import load_xarray as _load_xarray
+    from savedeep.analysis.interop import load_xarray as _load_xarray
 
     return _load_xarray(Path(path), blobs, lazy=lazy, model=model)
 
 
 def load_dataarray(path: str | Path, blob: str, lazy: bool = False, model: str | Path | None = None) -> Any:
     """One blob as an ``xarray.DataArray`` with dims ``(image, channel, y, x)`` or ``(image, unit)``."""
-    from savedeep.interop import load_dataarray as _load_dataarray
+    from savedeep.analysis.interop import load_dataarray as _load_dataarray
 
     return _load_dataarray(Path(path), blob, lazy=lazy, model=model)
 
 
 def load_assembly(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
                   model: str | Path | None = None) -> Any:
-    """A Brain-Score-style ``presentation`` x ``neuroid`` DataArray of the blobs (see savedeep.interop)."""
-    from savedeep.interop import load_assembly as _load_assembly
+    """A Brain-Score-style ``presentation`` x ``neuroid`` DataArray of the blobs (see savedeep.analysis.interop)."""
+    from savedeep.analysis.interop import load_assembly as _load_assembly
 
     return _load_assembly(Path(path), blobs, lazy=lazy, model=model)
 
@@ -124,7 +125,7 @@ def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: lis
            overwrite: bool = False, model: str | Path | None = None, compression_level: int = 1) -> Path:
     """Write an output as netCDF4 (``to="netcdf"``), .npy files (``"npy"``) or a MATLAB file (``"mat"``);
     ``compression_level``: netCDF's gzip level, 0-9 (0: none)."""
-    from savedeep.interop import export as _export
+    from savedeep.analysis.interop import export as _export
 
     return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model, compression_level=compression_level)
 
@@ -133,8 +134,8 @@ def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: in
         seed: int = 0) -> "tuple[np.ndarray, list[str]]":
     """(RDM, image keys) of one blob: ``1 - Pearson r`` between images (``metric="correlation"``, equal to
     rsatoolbox's ``calc_rdm(..., method="correlation")``) or ``"euclidean"``; above ``max_images`` images a
-    subsample drawn by ``numpy.random.default_rng(seed)``. See :mod:`savedeep.stats`."""
-    from savedeep.stats import rdm as _rdm
+    subsample drawn by ``numpy.random.default_rng(seed)``. See :mod:`savedeep.analysis.stats`."""
+    from savedeep.analysis.stats import rdm as _rdm
 
     return _rdm(Path(path), blob, metric=metric, max_images=max_images, seed=seed)
 
@@ -142,23 +143,23 @@ def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: in
 def blob_similarity(path: str | Path, blobs: list[str] | None = None, metric: str = "correlation",
                     max_images: int | None = None, seed: int = 0) -> "pd.DataFrame":
     """Blobs x blobs: the Pearson correlation between the blobs' RDMs on the same images."""
-    from savedeep.stats import blob_similarity as _sim
+    from savedeep.analysis.stats import blob_similarity as _sim
 
     return _sim(Path(path), blobs, metric=metric, max_images=max_images, seed=seed)
 
 
 def blob_stats(path: str | Path, blob: str) -> Any:
     """One blob's statistics over every image (histogram, zeros, dead units, per-unit means), streamed."""
-    from savedeep.stats import blob_stats as _stats
+    from savedeep.analysis.stats import blob_stats as _stats
 
     return _stats(Path(path), blob)
 
 
 def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | str | None = None,
            group_by: str | None = None, max_images: int = 500, seed: int = 0, thumbnails: bool = True) -> Path:
-    """Write the HTML report of an output (default ``out/acts.report.html``); see :mod:`savedeep.report`.
+    """Write the HTML report of an output (default ``out/acts.report.html``); see :mod:`savedeep.analysis.report`.
     ``thumbnails=False``: do not read the images for the top-image thumbnails."""
-    from savedeep.report import write_report
+    from savedeep.analysis.report import write_report
 
     return write_report(Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed,
                         thumbnails=thumbnails)
@@ -168,8 +169,8 @@ def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | Non
             batch: int | str = "dynamic", overwrite: bool = False) -> Path:
     """Write a model directory's net as ONNX (``to="onnx"``) or for PyTorch (``"torch"``: ``dest`` NAME.py, a
     module with one submodule per layer and its weights in NAME.pt, or NAME.pt2, a torch.export program)
-    whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.conversion`."""
-    from savedeep.conversion import convert as _convert
+    whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.engines.conversion`."""
+    from savedeep.engines.conversion import convert as _convert
 
     return _convert(model, to, dest, blobs, batch=batch, overwrite=overwrite)
 
@@ -177,26 +178,7 @@ def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | Non
 def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> Any:
     """savedeep's preprocessing of a model directory or a converted model, as a callable from a path or a
     PIL image to the exact float32 (3, H, W) input tensor (a torchvision ``transform=``); see
-    :mod:`savedeep.transforms`."""
-    from savedeep.transforms import transform as _transform
+    :mod:`savedeep.data.transforms`."""
+    from savedeep.data.transforms import transform as _transform
 
     return _transform(source, preprocess)
-
-
-class _Package(types.ModuleType):
-    """The savedeep package, whose public functions stay functions.
-
-    Importing a submodule binds it as an attribute of its package, so ``import savedeep.report`` (which
-    ``savedeep.run`` does to write the report) replaced the function ``savedeep.report`` by the module,
-    and a later ``savedeep.report(path)`` raised "'module' object is not callable". A submodule named
-    like a public function is still imported and used through ``sys.modules`` (``from savedeep.report
-    import ...``); only the package attribute keeps the function.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and name in __all__ and callable(self.__dict__.get(name)):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -221,7 +221,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from savedeep.validate import validate
+    from savedeep.runner.validate import validate
 
     _setup_console(False)
     from savedeep.config import load_config
@@ -233,16 +233,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _task(args: argparse.Namespace):
-    """The savedeep.tasks.TaskSpec of --task K/N or --tasks N, or None."""
+    """The savedeep.runner.tasks.TaskSpec of --task K/N or --tasks N, or None."""
     if args.task is None and args.tasks is None:
         return None
-    from savedeep.tasks import parse_task, task_from_env
+    from savedeep.runner.tasks import parse_task, task_from_env
 
     return parse_task(args.task) if args.task is not None else task_from_env(args.tasks)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from savedeep.inspect import format_table, inspect_model, to_json
+    from savedeep.caffe.inspect import format_table, inspect_model, to_json
 
     rows = inspect_model(args.model, images=args.images)
     if args.json:
@@ -282,7 +282,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_slurm(args: argparse.Namespace) -> int:
     from savedeep.config import load_config
-    from savedeep.slurm import SlurmOptions, run_args_from, submit, write_scripts
+    from savedeep.runner.slurm import SlurmOptions, run_args_from, submit, write_scripts
 
     _setup_console(False)
     overrides = _overrides(args)

@@ -17,6 +17,10 @@ NOTE [config path resolution]
 The schema lives in one table (``_TOP_KEYS`` and ``_PREPROCESS_KEYS``): it drives
 validation, the "did you mean" suggestions and :func:`schema_markdown`, which
 the README embeds.
+
+Size: the whole config schema in one place (one ``_Key`` per YAML key with its checker, the
+loader and the frozen :class:`Config`); README's configuration table is generated from it
+(:func:`schema_markdown`), and a key's default, check and documentation must not drift apart.
 """
 
 from __future__ import annotations
@@ -42,9 +46,9 @@ log = logging.getLogger(__name__)
 ENGINES = ("caffe", "torch")
 DTYPES = ("float32", "float16")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
-STORAGES = ("tensor", "binary")  # how blob columns are stored, see savedeep/output.py
+STORAGES = ("tensor", "binary")  # how blob columns are stored, see savedeep/data/output.py
 ON_ERROR = ("skip", "fail")
-# The preprocessing's modes, here (a light module) for the config's checks; savedeep/preprocess.py uses them.
+# The preprocessing's modes, here (a light module) for the config's checks; savedeep/data/preprocess.py uses them.
 RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
 MEAN_MODES = ("channel", "image-crop", "image-resize")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -81,7 +85,7 @@ class _Invalid(Exception):
 
 @dataclass(frozen=True)
 class BlobSpec:
-    """One requested blob: its name, its storage dtype and an optional reduction (see savedeep.reduce)."""
+    """One requested blob: its name, its storage dtype and an optional reduction (see savedeep.data.reduce)."""
 
     name: str
     dtype: str = "float32"
@@ -100,7 +104,7 @@ class BlobSpec:
 
 @dataclass(frozen=True)
 class PreprocessOptions:
-    """The ``preprocess:`` section: savedeep.preprocess.PreprocessSpec.from_options turns it into the spec.
+    """The ``preprocess:`` section: savedeep.data.preprocess.PreprocessSpec.from_options turns it into the spec.
 
     The spec's ``exif_transpose`` is not a config key, on purpose: Caffe's own loaders
     ignore EXIF orientation, and a new key would change every config's canonical form,
@@ -162,7 +166,7 @@ class Config:
     @property
     def parquet_dir(self) -> Path:
         """The directory of Parquet shards and the manifest: ``out/acts.pk`` -> ``out/acts.parquet``."""
-        from savedeep.output import parquet_dir
+        from savedeep.files import parquet_dir
 
         return parquet_dir(self.output)
 

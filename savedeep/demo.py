@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from savedeep.errors import SavedeepError
-from savedeep.output import sha256_file
+from savedeep.files import sha256_file
 
 log = logging.getLogger(__name__)
 

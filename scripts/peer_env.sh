@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The peers' virtual environment: the tools researchers feed a converted model to, installed from PyPI
-# as their users install them, for tests/test_peers.py and benchmarks/bench_peers.py. Prints the path of
+# as their users install them, for tests/test_engines_peers.py and benchmarks/bench_peers.py. Prints the path of
 # its python on the last line.
 #
 # Why not the project's .venv: none of them can be installed beside its pins.

@@ -22,7 +22,7 @@ import sys
 # What savedeep's parent and its workers import: the CLI and library, the workers, both engines and
 # the optional parts (report, export, convert). Each one that is missing is skipped (its set-up
 # option was off), named on stderr.
-MODULES = ["savedeep", "savedeep.cli", "savedeep.pipeline", "savedeep.report", "savedeep.validate",
+MODULES = ["savedeep", "savedeep.cli", "savedeep.runner.pipeline", "savedeep.analysis.report", "savedeep.runner.validate",
            "workers.producer", "workers.consumer", "workers.writer",
            "savedeep.engines.torch_engine", "savedeep.engines.caffe_engine", "caffe", "torch",
            "cv2", "simplejpeg", "PIL.Image", "pyarrow.parquet", "pandas", "matplotlib.pyplot",

@@ -58,9 +58,9 @@ APT_PKGS=(build-essential pkg-config python3-dev python3-venv
   libboost-regex-dev libboost-python-dev libprotobuf-dev protobuf-compiler
   libgoogle-glog-dev libgflags-dev libhdf5-dev libopenblas-dev)
 [ "$CAFFE" = 1 ] || APT_PKGS=(python3-venv)
-# The browser tests of `savedeep report` (tests/test_report_browser.py) drive Debian's headless Chromium
+# The browser tests of `savedeep report` (tests/test_analysis_report_browser.py) drive Debian's headless Chromium
 # through its chromedriver: installed as root; without root only named (the rest of savedeep runs without).
-# The job-array tests (tests/test_slurm.py) run a one-node Slurm of their own (own munge key, ports and
+# The job-array tests (tests/test_runner_slurm.py) run a one-node Slurm of their own (own munge key, ports and
 # state in a temporary directory; the system's munge and Slurm, if any, are left alone).
 # git: tests/test_containers.py makes small repos to check that the fresh-machine check reads the
 # committed README (a pristine Debian 12 has no git).

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTDATA = ROOT / "tests" / "data"  # carried in the repo: see tests/data/README.md
-SHM_PREFIX = "savedeep_"  # see savedeep/shm.py: every segment we create starts with it
+SHM_PREFIX = "savedeep_"  # see savedeep/runner/shm.py: every segment we create starts with it
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
@@ -181,8 +181,8 @@ def caffenet_dir(testdata, tmp_path_factory) -> Path:
     """CaffeNet (tests/data's deploy.prototxt) with seeded random weights in a real .caffemodel,
     and the ILSVRC-2012 mean image (3, 256, 256) as its mean.npy."""
 
-    from savedeep.synthetic import random_weights, write_caffemodel
-    from savedeep.model import load_net
+    from savedeep.caffe.synthetic import random_weights, write_caffemodel
+    from savedeep.caffe.model import load_net
 
     d = tmp_path_factory.mktemp("caffenet") / "model"
     d.mkdir()

@@ -1,4 +1,4 @@
-"""A one-node Slurm cluster in a temporary directory, for the tests of job arrays (tests/test_slurm.py).
+"""A one-node Slurm cluster in a temporary directory, for the tests of job arrays (tests/test_runner_slurm.py).
 
 It starts its own munged (own key, socket, pid, log and seed files), then slurmctld
 and slurmd in the foreground with their own slurm.conf (free ports, state, spool,

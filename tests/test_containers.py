@@ -135,8 +135,8 @@ def test_registry_config_takes_no_arguments():
 
 def test_container_docs_give_savedeeps_own_shm_figure():
     """Bug: the README's container run lines and savedeep's own /dev/shm advice disagree."""
-    advice = re.findall(r"--shm-size=(\w+)", (ROOT / "savedeep" / "devices.py").read_text())
-    assert advice, "savedeep/devices.py no longer advises a --shm-size"
+    advice = re.findall(r"--shm-size=(\w+)", (ROOT / "savedeep" / "runner" / "devices.py").read_text())
+    assert advice, "savedeep/runner/devices.py no longer advises a --shm-size"
     section = (ROOT / "README.md").read_text().split("## Containers", 1)[1].split("\n## ", 1)[0]
     figures = set(re.findall(r"--shm-size[= ](\w+)", section))
     assert figures == set(advice), (figures, advice)

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pycaffe_runs_open_nsfw_on_a_real_photo(pycaffe, nsfw_dir, testdata):
-    from savedeep.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
 
     net = pycaffe.Net(str(nsfw_dir / "deploy.prototxt"), pycaffe.TEST, weights=str(nsfw_dir / "weights.caffemodel"))
     assert net.blobs["data"].data.shape == (1, 3, 224, 224)

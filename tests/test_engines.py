@@ -78,8 +78,8 @@ SHAPE = (4, 3, 5, 6)
 @pytest.fixture
 def tiny_model(tmp_path):
     """A savedeep model directory (prototxt, caffemodel written by our writer, mean) of the SEMANTICS net."""
-    from savedeep.synthetic import write_caffemodel
-    from savedeep.model import load_model, load_net
+    from savedeep.caffe.synthetic import write_caffemodel
+    from savedeep.caffe.model import load_model, load_net
 
     prototxt = write_net(tmp_path / "tiny", "tiny", SEMANTICS, SHAPE)
     write_caffemodel(tmp_path / "tiny" / "weights.caffemodel", load_net(prototxt), {})
@@ -228,7 +228,7 @@ def test_plan_runs_only_what_the_requested_blobs_need(tiny_model):
 
 def test_plan_follows_writes_through_shared_buffers(tmp_path):
     """In Caffe, Flatten's top shares memory with its bottom: the in-place ReLU on `f` changes `data`."""
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     body = layer("f", "Flatten", "data", "f") + layer("r", "ReLU", "f", "f") + layer("t", "TanH", "data", "t")
     net = load_net(write_net(tmp_path, "alias", body, (2, 3, 4, 5)))
@@ -246,7 +246,7 @@ def test_inplace_layers_write_in_place_only_into_memory_no_one_else_holds(wanted
     Dropout gives its bottom back in torch (Caffe copies it), so `d` and `p` share memory
     and the ReLU on `d` must not change `p`; nor may anything write into the input.
     """
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     body = (layer("p", "Power", "data", "p", "power_param", scale=3) + layer("drop", "Dropout", "p", "d")
             + layer("r", "ReLU", "d", "d", "relu_param", negative_slope=0.25)
@@ -274,7 +274,7 @@ def test_inplace_layers_write_in_place_only_into_memory_no_one_else_holds(wanted
 
 def test_inplace_on_a_blob_with_other_readers_is_refused(tmp_path):
     """Caffe aborts on such a net ("produced by multiple sources"); we say why instead."""
-    from savedeep.model import load_net
+    from savedeep.caffe.model import load_net
 
     body = layer("t", "TanH", "data", "t") + layer("r", "ReLU", "data", "data")
     with pytest.raises(ModelError, match=r"in.place.*'data'.*Caffe re(fuses|jects)"):
@@ -328,7 +328,7 @@ def real_net_dir(name: str, pycaffe, testdata: Path, tmp_path: Path, request) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("name", IMAGENET + ["open_nsfw"])
 def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, testdata, photos, tmp_path, request):
-    from savedeep.model import load_model
+    from savedeep.caffe.model import load_model
 
     directory, mean_bgr = real_net_dir(name, pycaffe, testdata, tmp_path, request)
     model = load_model(directory)

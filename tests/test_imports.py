@@ -1,12 +1,24 @@
-"""Every module imports on its own, and the modules import each other in one direction (pip-tools' habit)."""
+"""Every module imports on its own; the layers of [tool.importlinter] in pyproject.toml hold (and would catch
+a break); no module cycle; the old flat paths stay importable as the same modules; the project itself
+imports only the new paths.
+
+import-linter checks the layers, who may start workers, what workers may import, and cycles between
+sibling modules and packages. The hand-written cycle check below stays: it also sees cycles through a
+package's ``__init__`` and between ``savedeep`` and ``workers`` (two root packages), which
+import-linter's ``acyclic_siblings`` does not.
+"""
 
 from __future__ import annotations
 
 import ast
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("savedeep", "workers")
@@ -79,3 +91,140 @@ def test_no_import_cycle():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# --- import-linter's contracts -------------------------------------------------------------------------------
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(root)}  # ahead of the editable install's finder
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _contract_names() -> list[str]:
+    import tomllib
+
+    return [c["name"] for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]]
+
+
+def _status(output: str, name: str) -> str:
+    """KEPT or BROKEN of one contract in lint-imports' report (which wraps long names at 80 columns)."""
+    flat = " ".join(output.split())
+    found = re.search(re.escape(name) + r" (KEPT|BROKEN)", flat)
+    assert found, f"{name!r} not in the report:\n{output}"
+    return found.group(1)
+
+
+def test_the_import_contracts_hold():
+    assert LINT_IMPORTS.exists(), "lint-imports is missing: pip install -e '.[test]' (import-linter)"
+    r = _lint_imports(ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {n: _status(r.stdout, n) for n in _contract_names()} == {n: "KEPT" for n in _contract_names()}
+
+
+# One forbidden import per contract, each in its own copy of the tree: each must break its contract
+# (a contract that nothing can break, a typo in a module name for instance, would pass forever).
+_BREAKS = {
+    "Layers:": ("savedeep/caffe/model.py", "from savedeep.runner import manifest"),
+    "Only the supervisor": ("savedeep/data/output.py", "import workers.writer"),
+    "Workers run one role": ("workers/writer.py", "from savedeep.runner import tasks"),
+    "No cycle between": ("savedeep/runner/messages.py", "from savedeep.runner import pipeline"),
+}
+
+
+@pytest.mark.parametrize("contract", sorted(_BREAKS))
+def test_each_contract_catches_a_forbidden_import(contract, tmp_path):
+    for part in ("savedeep", "workers"):
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    path, line = _BREAKS[contract]
+    with open(tmp_path / path, "a") as f:
+        f.write(f"\n{line}  # noqa\n")
+    r = _lint_imports(tmp_path)
+    name = next(n for n in _contract_names() if n.startswith(contract))
+    assert r.returncode != 0 and _status(r.stdout, name) == "BROKEN", r.stdout + r.stderr
+
+
+# --- the old flat paths (savedeep/_moved.py) -------------------------------------------------------------------
+
+
+def test_old_paths_are_the_moved_modules_in_a_fresh_interpreter():
+    # Fresh: the alias must work as the first import of the module (a user's script, a spawned worker),
+    # and a class pickled under the old path (protocol 0: text, so the path can be edited) loads as the same class.
+    code = ("import importlib, pickle, sys\n"
+            "from savedeep._moved import MOVED\n"
+            "bad = [o for o, n in MOVED.items() if importlib.import_module(o) is not importlib.import_module(n)]\n"
+            "bad += [n for n in MOVED.values() if sys.modules[n].__spec__.name != n]\n"
+            "from savedeep.output import ShardSet\n"
+            "import savedeep.caffe.model as m, savedeep.model\n"
+            "assert savedeep.model is m and savedeep.model.Model is m.Model\n"
+            "old = pickle.dumps(m.Model, protocol=0).replace(b'savedeep.caffe.model', b'savedeep.model')\n"
+            "assert b'savedeep.model' in old and pickle.loads(old) is m.Model\n"
+            "import savedeep; assert callable(savedeep.report)\n"
+            "print(bad)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_old_paths_cover_every_moved_module_and_no_file_remains_there():
+    from savedeep._moved import MOVED
+
+    for old, new in MOVED.items():
+        assert (ROOT / (new.replace(".", "/") + ".py")).is_file(), new
+        assert not (ROOT / (old.replace(".", "/") + ".py")).exists(), f"{old}: a file would shadow the alias"
+
+
+def test_the_project_imports_only_the_new_paths():
+    # The package, workers, benchmarks and scripts use the new paths (grimp cannot see an alias, so
+    # import-linter would not notice one); tests/ and the README may use the old ones.
+    from savedeep._moved import MOVED
+
+    old = set(MOVED)
+    found = []
+    for part in ("savedeep", "workers", "benchmarks", "scripts"):
+        for p in (ROOT / part).rglob("*.py"):
+            for node in ast.walk(ast.parse(p.read_text())):
+                names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else
+                         [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                found += [f"{p.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n in old]
+    assert not found, found
+
+
+# --- sizes -----------------------------------------------------------------------------------------------------
+
+MODULE_LINES, CLASS_LINES = 600, 400
+
+
+def _too_big(modules: dict[str, Path]) -> list[str]:
+    """Modules over MODULE_LINES lines and classes over CLASS_LINES (from ``class`` to its last line) whose
+    docstring gives no reason (a paragraph starting "Size:")."""
+    out = []
+    for path in modules.values():
+        name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+        text = path.read_text()
+        tree = ast.parse(text)
+        n = len(text.splitlines())
+        if n > MODULE_LINES and "Size:" not in (ast.get_docstring(tree) or ""):
+            out.append(f"{name}: {n} lines")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and (k := node.end_lineno - node.lineno + 1) > CLASS_LINES \
+                    and "Size:" not in (ast.get_docstring(node) or ""):
+                out.append(f"{name}: class {node.name}, {k} lines")
+    return out
+
+
+def test_big_modules_and_classes_say_why():
+    assert not _too_big(_modules()), _too_big(_modules())
+
+
+def test_the_size_check_finds_a_big_module_and_a_big_class(tmp_path):
+    (tmp_path / "big.py").write_text('"""A module."""\n' + "x = 1\n" * MODULE_LINES)
+    (tmp_path / "said.py").write_text('"""A module.\n\nSize: a reason."""\n' + "x = 1\n" * MODULE_LINES)
+    (tmp_path / "cls.py").write_text('class C:\n    """A class."""\n' + "    x = 1\n" * CLASS_LINES)
+    found = _too_big({p.stem: p for p in tmp_path.glob("*.py")})
+    assert sorted(f.split(": ", 1)[1] for f in found) == [f"{MODULE_LINES + 1} lines", f"class C, {CLASS_LINES + 2} lines"]

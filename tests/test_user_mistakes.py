@@ -9,7 +9,7 @@ what is on disk, the environment), runs the real CLI on it and checks that
 - stderr holds exactly one error line, which names the file or key and the fix;
 - there is no traceback and no "internal error";
 - no worker process started (each worker leaves a file in
-  ``$SAVEDEEP_RECORD_STARTS`` as the first thing it does, see savedeep/faults.py),
+  ``$SAVEDEEP_RECORD_STARTS`` as the first thing it does, see savedeep/runner/faults.py),
   except for the one mistake only decoding can find;
 - the folder holds exactly what it held before: nothing that looks like output,
   nothing of the user's deleted;

@@ -1,7 +1,7 @@
 """What every worker process shares: start-up, liveness-checked waits, error reporting.
 
-See NOTE [savedeep pipeline data flow] in savedeep/messages.py for the protocol
-and NOTE [savedeep shutdown] in savedeep/pipeline.py for how runs end.
+See NOTE [savedeep pipeline data flow] in savedeep/runner/messages.py for the protocol
+and NOTE [savedeep shutdown] in savedeep/runner/pipeline.py for how runs end.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from savedeep.errors import WorkerError
-from savedeep.messages import WorkerFailed, WorkerStats
+from savedeep.runner.messages import WorkerFailed, WorkerStats
 
 POLL_S = 0.2  # how often a blocked worker checks the stop flag and its parent
 STARTING = -2  # a worker's entry in Channels.current until it is set up (then -1: between batches)
@@ -58,7 +58,7 @@ class Channels:
     free_in: Any     # int: free input-slot numbers
     free_out: Any    # int: free output-slot numbers
     logs: Any        # logging.LogRecord from every worker -> parent's listener
-    window: Any      # Semaphore(out_slots): see the NOTE in savedeep/messages.py
+    window: Any      # Semaphore(out_slots): see the NOTE in savedeep/runner/messages.py
     stop: Any        # StopFlag: set by the parent to stop everything
     current: Any     # Array('q'): the batch each worker is on, -1 if none, STARTING (for death reports)
     parent_pid: int
@@ -124,7 +124,7 @@ def _setup_process(ch: Channels, row: int) -> None:
     # The parent owns SIGINT/SIGTERM: a Ctrl-C reaches the whole process group,
     # and the parent decides the order of shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from savedeep.ui import dump_stacks_on_signal
+    from savedeep.runner.ui import dump_stacks_on_signal
 
     dump_stacks_on_signal()  # SIGUSR1 (passed on by the parent): this worker's stacks on stderr
     ch.current[row] = -1  # set up: from now on the parent may pass SIGUSR1 on to this process
@@ -136,8 +136,8 @@ def _setup_process(ch: Channels, row: int) -> None:
 
 def spawned(target: Callable[..., None], index: int, row: int, ch: Channels, ref: Any) -> None:
     """The function every worker process starts in: fetch the arguments, then run ``target``."""
-    from savedeep.faults import record_start
-    from savedeep.shm import take_payload
+    from savedeep.runner.faults import record_start
+    from savedeep.runner.shm import take_payload
 
     record_start(target.__module__.rpartition(".")[2], index)
     target(index, row, ch, *take_payload(ref))

@@ -1,11 +1,11 @@
 """Consumer process: one per device; runs the forward pass on decoded batches.
 
 Loop + protocol only (NOTE [savedeep pipeline data flow] in
-savedeep/messages.py). The device is selected inside this process, before the
+savedeep/runner/messages.py). The device is selected inside this process, before the
 engine is created (pycaffe: set_device + set_mode_gpu; torch: cuda:0), which is
 why workers are spawned, never forked from a parent that may hold CUDA state. The
 parent starts a GPU consumer with CUDA_VISIBLE_DEVICES naming only its own GPU
-(savedeep/devices.py, worker_env), so inside it that GPU is device 0 and no
+(savedeep/runner/devices.py, worker_env), so inside it that GPU is device 0 and no
 context is ever opened on another GPU.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from savedeep.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
-from savedeep.shm import Ring, RingSpec
+from savedeep.runner.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
+from savedeep.runner.shm import Ring, RingSpec
 from workers._loop import Channels, Worker, run_worker
 
 
@@ -43,11 +43,11 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     import os
     import time
 
-    from savedeep.devices import consumer_provenance, local_device
+    from savedeep.engines.gpus import consumer_provenance, local_device
     from savedeep.engines import create_engine, keep_freed_memory
-    from savedeep.faults import maybe_fail
-    from savedeep.model import load_model
-    from savedeep.reduce import FLOAT16_MAX, BlobOutputs
+    from savedeep.runner.faults import maybe_fail
+    from savedeep.caffe.model import load_model
+    from savedeep.data.reduce import FLOAT16_MAX, BlobOutputs
 
     marks = [("process start and imports", time.time())]
 
@@ -56,7 +56,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     # The parent's preflight read these files and printed their warnings: reread, not reported again.
     model = load_model(args.model_dir, weights=args.engine != "caffe", reread=True)
     marks.append(("model files read", time.time()))
-    # The parent gave this process only its own GPU (CUDA_VISIBLE_DEVICES, savedeep/devices.py):
+    # The parent gave this process only its own GPU (CUDA_VISIBLE_DEVICES, savedeep/runner/devices.py):
     # inside, it is device 0. Refuse to run if that isolation is missing.
     local = local_device(w.device)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -1,8 +1,8 @@
 """Producer process: decode and preprocess images into free input slots.
 
 Loop + protocol only (NOTE [savedeep pipeline data flow] in
-savedeep/messages.py); decoding and Caffe preprocessing live in
-savedeep/preprocess.py.
+savedeep/runner/messages.py); decoding and Caffe preprocessing live in
+savedeep/data/preprocess.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from savedeep.errors import ImageError, bad_image_stops_run
-from savedeep.messages import BatchReady, EndOfStream, Failure, Task
-from savedeep.shm import Ring, RingSpec
+from savedeep.runner.messages import BatchReady, EndOfStream, Failure, Task
+from savedeep.runner.shm import Ring, RingSpec
 from workers._loop import Channels, Worker, run_worker
 
 
@@ -23,7 +23,7 @@ from workers._loop import Channels, Worker, run_worker
 class ProducerArgs:
     """Everything a producer needs, picklable."""
 
-    preprocess: Any          # savedeep.preprocess.PreprocessSpec
+    preprocess: Any          # savedeep.data.preprocess.PreprocessSpec
     mean: np.ndarray
     input_shape: tuple[int, int, int]
     ring: RingSpec
@@ -38,8 +38,8 @@ def producer_main(index: int, row: int, ch: Channels, args: ProducerArgs) -> Non
 def _loop(w: Worker, args: ProducerArgs) -> None:
     import cv2
 
-    from savedeep.faults import maybe_fail
-    from savedeep.preprocess import Preprocessor
+    from savedeep.runner.faults import maybe_fail
+    from savedeep.data.preprocess import Preprocessor
 
     cv2.setNumThreads(1)  # one process per core: threads inside would fight each other
     pre = Preprocessor(args.preprocess, args.mean, args.input_shape)

@@ -1,8 +1,8 @@
 """Writer process: reorders its finished batches and streams them into Parquet shards.
 
 Loop + protocol only (NOTE [savedeep pipeline data flow] in
-savedeep/messages.py); the reordering (``InOrder``), the per-shard counts and
-records (``ShardSet``) and the shard format live in savedeep/output.py. Writer w
+savedeep/runner/messages.py); the reordering (``InOrder``), the per-shard counts and
+records (``ShardSet``) and the shard format live in savedeep/data/output.py. Writer w
 owns the shards k with k % W == w; it reports each finished shard to the
 parent, which alone updates the manifest.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from savedeep.messages import BatchDone, BatchWritten, EndOfStream, ShardWritten
-from savedeep.output import ShardSet, shard_name
-from savedeep.shm import Ring, RingSpec
+from savedeep.runner.messages import BatchDone, BatchWritten, EndOfStream, ShardWritten
+from savedeep.data.output import ShardSet, shard_name
+from savedeep.runner.shm import Ring, RingSpec
 from workers._loop import Channels, Worker, run_worker
 
 
@@ -24,7 +24,7 @@ class WriterArgs:
     """Everything a writer needs, picklable."""
 
     directory: Path
-    columns: tuple[Any, ...]               # savedeep.output.ColumnSpec
+    columns: tuple[Any, ...]               # savedeep.data.output.ColumnSpec
     metadata: dict[str, list[Any]]         # extra columns of a CSV image list, by image position
     compression: str
     compression_level: int | None
@@ -41,7 +41,7 @@ def writer_main(index: int, row: int, ch: Channels, args: WriterArgs) -> None:
 
 
 def _loop(w: Worker, args: WriterArgs) -> None:
-    from savedeep.output import InOrder
+    from savedeep.data.output import InOrder
 
     ring = Ring.attach(args.out_ring)
     inbox = w.ch.done[w.index]
@@ -65,7 +65,7 @@ def _loop(w: Worker, args: WriterArgs) -> None:
 
 def _write(w: Worker, ring: Ring, shards: ShardSet, done: BatchDone) -> None:
     """Write one batch (the next in order), give its slot and window credit back, report it."""
-    from savedeep.faults import maybe_fail
+    from savedeep.runner.faults import maybe_fail
 
     w.on_batch(done.batch)
     maybe_fail("writer", w.index, done.batch, w.check, w.ch)

@@ -11,6 +11,13 @@ happens there, before the net is built)::
     engine = create_engine("torch", model, "cuda:0", batch_size=32)
     acts = engine.forward(batch, ["conv1", "fc7"])   # {name: (n, *shape) float32 copies}
     engine.close()
+
+This package also owns what is needed to run a net on a device: which GPUs exist and which CUDA each
+engine needs (:mod:`.gpus`), and taking a net out of Caffe (:mod:`.conversion`: ONNX, a PyTorch module,
+torch.export; the PyTorch layers it copies in are :mod:`.converted_ops`).
+
+May import: :mod:`savedeep.caffe`, :mod:`savedeep.data` (the preprocessing a converted model
+records), the config and the leaf modules. Never the runner, analysis, the CLI or ``workers``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from savedeep.engines.base import (  # noqa: F401 - the engines' shared interfac
 from savedeep.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from savedeep.model import Model
+    from savedeep.caffe.model import Model
 
 
 def create_engine(

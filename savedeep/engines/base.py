@@ -134,7 +134,7 @@ def validate_batch(batch: np.ndarray, input_shape: tuple[int, ...], batch_size: 
 
 def validate_blob_names(names: Sequence[str], known: Sequence[str]) -> list[str]:
     """The requested names in order without duplicates; ModelError naming the valid ones for an unknown name."""
-    from savedeep.model import check_blob_names
+    from savedeep.caffe.model import check_blob_names
 
     if not names:
         raise ModelError(f"no blob requested; the model's blobs are: {', '.join(known)}")

@@ -32,11 +32,11 @@ from savedeep.engines.base import (
     validate_batch,
     validate_blob_names,
 )
-from savedeep.devices import caffe_has_cuda, probe_driver  # noqa: F401 - caffe_has_cuda is re-exported
+from savedeep.engines.gpus import caffe_has_cuda, probe_driver  # noqa: F401 - caffe_has_cuda is re-exported
 from savedeep.errors import ModelError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from savedeep.model import Net
+    from savedeep.caffe.model import Net
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def import_caffe(threads: int | None = None) -> ModuleType:
 def cuda_device_count() -> int:
     """The number of CUDA GPUs the driver shows this process (0 without a driver), without torch.
 
-    Counted as the parent counts them (savedeep.devices.probe_driver: the driver, in a subprocess
+    Counted as the parent counts them (savedeep.engines.gpus.probe_driver: the driver, in a subprocess
     that inherits this process's CUDA_VISIBLE_DEVICES), so the two cannot disagree.
     """
     return probe_driver().count or 0

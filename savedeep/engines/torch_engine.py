@@ -45,7 +45,7 @@ from savedeep.engines.torch_layers import INPUT_TYPES, CaffeOp, build_layer, sha
 from savedeep.errors import ModelError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from savedeep.model import Layer, Net
+    from savedeep.caffe.model import Layer, Net
 
 log = logging.getLogger(__name__)
 

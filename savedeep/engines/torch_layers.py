@@ -1,6 +1,6 @@
 """Caffe layer types as torch modules that reproduce Caffe's arithmetic exactly.
 
-Each builder turns one :class:`savedeep.model.Layer` (its ``param`` Message and
+Each builder turns one :class:`savedeep.caffe.model.Layer` (its ``param`` Message and
 its weight ``blobs``) into a module whose ``forward(*bottoms)`` returns the list
 of top tensors. Modules never modify their inputs in place: the engine shares
 one tensor between several blob names (Split, Dropout, in-place layers), so an
@@ -14,6 +14,10 @@ the padding; MVN divides by the standard deviation plus eps; Clip lets min win
 over max;
 LRN across channels divides ``alpha`` by ``local_size``; LRN within a channel is
 ``(1 + alpha * mean of squares)^-beta`` with zero padding (``k`` unused).
+
+Size: one small module per Caffe layer type (27 classes, plus builder functions) and the helpers
+they share, found by type in one table (``BUILDERS``); split by layer family, Caffe's arithmetic that
+the tests compare as one set would be scattered.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from savedeep.errors import ModelError, UnsupportedLayerError
-from savedeep.model import (
+from savedeep.caffe.model import (
     ShapeError,
     canonical_axis,
     conv_geometry,
@@ -38,7 +42,7 @@ from savedeep.model import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from savedeep.model import Layer
+    from savedeep.caffe.model import Layer
 
 # Layer types that produce the net's input; the engine feeds the input blob itself.
 INPUT_TYPES = frozenset({"Input"})
@@ -92,7 +96,7 @@ def _weights(layer: "Layer", count: int) -> list[Tensor]:
 
 
 def _geometry(layer: "Layer", rule: Callable[..., Any], *args: Any) -> Any:
-    """One of savedeep/model.py's geometry rules (shape inference uses the same), as a ModelError naming the layer."""
+    """One of savedeep/caffe/model.py's geometry rules (shape inference uses the same), as a ModelError naming the layer."""
     try:
         return rule(*args)
     except ShapeError as exc:
@@ -100,7 +104,7 @@ def _geometry(layer: "Layer", rule: Callable[..., Any], *args: Any) -> Any:
 
 
 def _axis(axis: int, ndim: int, op: CaffeOp) -> int:
-    """savedeep.model.canonical_axis, as a ModelError naming the layer."""
+    """savedeep.caffe.model.canonical_axis, as a ModelError naming the layer."""
     try:
         return canonical_axis(axis, ndim)
     except ShapeError as exc:
@@ -326,7 +330,7 @@ class Bias(CaffeOp):
 # pooling and normalisation
 
 
-caffe_pool_size = pooled_size  # Caffe's pooled output length; one rule, in savedeep/model.py
+caffe_pool_size = pooled_size  # Caffe's pooled output length; one rule, in savedeep/caffe/model.py
 
 
 def _pool2d(x: Tensor, method: str, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
