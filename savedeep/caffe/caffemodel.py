@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # Wire types of the protobuf encoding.
 VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
-_SCALAR_WIRE = {"float": FIXED32, "double": FIXED64, "string": LENGTH, "bytes": LENGTH, "message": LENGTH}
 _NP_DTYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
 
 

@@ -24,8 +24,6 @@ from typing import Any
 VARINT_TYPES = frozenset({"int32", "uint32", "int64", "uint64", "bool", "enum"})
 FIXED32_TYPES = frozenset({"float"})
 FIXED64_TYPES = frozenset({"double"})
-LENGTH_TYPES = frozenset({"string", "bytes", "message"})
-SCALAR_TYPES = VARINT_TYPES | FIXED32_TYPES | FIXED64_TYPES | {"string", "bytes"}
 
 
 @dataclass(frozen=True)
