@@ -370,3 +370,16 @@ def channel_err(a: np.ndarray, b: np.ndarray, floor: float = 0.1) -> float:
     if float(scale.max()) == 0.0:
         return float(diff.max())
     return float((diff / scale).max())
+
+
+# A tiny net for runs of thousands of images, where only the pipeline's own costs should show
+# (tests/test_runner_load.py, tests/test_runner_sizes.py; benchmarks/bench_scale.py has its own copy).
+TINY = """name: "tiny"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 32 dim: 32 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 10 } }
+"""

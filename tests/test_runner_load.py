@@ -9,20 +9,11 @@ import numpy as np
 import pytest
 
 import savedeep
+from tests.nets import TINY
 from savedeep.caffe.synthetic import random_weights, write_caffemodel
 from savedeep.caffe.model import load_net
 
 pytestmark = pytest.mark.slow
-
-TINY = """name: "tiny"
-input: "data"
-input_shape { dim: 1 dim: 3 dim: 32 dim: 32 }
-layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
-        convolution_param { num_output: 8 kernel_size: 3 stride: 2 } }
-layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc" inner_product_param { num_output: 10 } }
-"""
 
 
 def test_5000_images_all_accounted_for(photos, tmp_path):
