@@ -441,8 +441,11 @@ def test_exact_fp32_is_the_global_precision():
     code = textwrap.dedent("""
         import torch
         from savedeep.engines.torch_engine import use_exact_fp32_on_cuda
-        use_exact_fp32_on_cuda()
         b = torch.backends
+        # torch 2.11's defaults, or a user's own code: a backend's own TF32 is not undone by the global
+        b.cudnn.conv.fp32_precision = b.cudnn.rnn.fp32_precision = b.cuda.matmul.fp32_precision = "tf32"
+        b.mkldnn.matmul.fp32_precision = "tf32"
+        use_exact_fp32_on_cuda()
         print([b.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision,
                b.cuda.matmul.fp32_precision, b.mkldnn.matmul.fp32_precision, torch.get_float32_matmul_precision()])
     """)

@@ -259,13 +259,20 @@ def use_exact_fp32_on_cuda() -> None:
 
     cuDNN convolutions default to TF32 on Ampere and newer GPUs, a 10-bit mantissa
     that moves activations by ~1e-3 relative: far from pycaffe's float32 numbers.
-    The global setting (``torch.backends.fp32_precision``) covers cuDNN convolutions and
-    RNNs, cuBLAS matmul and oneDNN, where setting two of them left the others at TF32;
-    only the new API is used, so torch's legacy ``allow_tf32`` flags are never mixed in
-    (torch 2.13 raises when they are read after a mix).
+    The global setting (``torch.backends.fp32_precision``) does not reach a backend whose own
+    setting is not "none": torch 2.11 ships cuDNN's convolutions and RNNs at "tf32" (measured
+    on an H100: CaffeNet 6.4e-4 from the CPU with only the global set), and any code in the
+    process may have set one. So every backend's own setting is set too. Only the new API is
+    used, so torch's legacy ``allow_tf32`` flags are never mixed in (torch 2.13 raises when
+    they are read after a mix).
     """
     if hasattr(torch.backends, "fp32_precision"):
         torch.backends.fp32_precision = "ieee"
+        for backend, ops in (("cuda", ("matmul",)), ("cudnn", ("conv", "rnn")), ("mkldnn", ("matmul", "conv", "rnn"))):
+            for op in ops:
+                setting = getattr(getattr(torch.backends, backend, None), op, None)
+                if setting is not None and hasattr(setting, "fp32_precision"):
+                    setting.fp32_precision = "ieee"
     else:  # torch before the fp32_precision API
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
