@@ -249,11 +249,13 @@ def step_pipeline(gpu: bool, n_images: int, work: Path) -> None:
         return
     names_cuda = "devices: cuda:0" in texts["dev"]
     consumer = {d.get("pid") for d in devs}
-    only_consumer = watcher is not None and watcher.pids <= consumer and bool(watcher.pids)
+    # this checker's own context (its engine step ran torch on cuda:0 in this process) is not the run's
+    others = watcher.pids - {os.getpid()} if watcher is not None else set()
+    only_consumer = bool(others) and others <= consumer
     ok = agree and names_cuda and only_consumer
     verdict("pipeline", "PASS" if ok else "FAIL",
             f"{n_images} images, cuda:0 against cpu: {detail}; summary names cuda:0: {names_cuda}; contexts seen in "
-            f"pids {sorted(watcher.pids)}, consumer pid {sorted(consumer)}; device {devs[0] if devs else None}")
+            f"pids {sorted(watcher.pids)} (this checker: {os.getpid()}), consumer pid {sorted(consumer)}; device {devs[0] if devs else None}")
 
 
 def step_visible(gpu: bool, work: Path) -> None:
