@@ -137,12 +137,17 @@ def _compare(model_dir: Path, device: str, x: np.ndarray, control: bool) -> tupl
     half_ok = all(np.array_equal(out[b], got[b].astype(np.float16), equal_nan=True) for b in blobs)
     tf32_err = None
     if control:
-        torch.backends.fp32_precision = "tf32"  # the negative control: what the engine must prevent
+        from savedeep.engines.torch_engine import use_exact_fp32_on_cuda
+
+        # the negative control, what the engine must prevent: TF32 in each backend's own setting too
+        # (the global alone no longer reaches cuDNN once the engine has set its convolutions to IEEE)
+        torch.backends.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
         try:
             tf = dev.forward(x, blobs)
             tf32_err = max(rel_err(tf[b], ref[b]) for b in blobs)
         finally:
-            torch.backends.fp32_precision = "ieee"
+            use_exact_fp32_on_cuda()
     dev.close()
     return err, tf32_err, half_ok
 
@@ -291,9 +296,9 @@ def step_visible(gpu: bool, work: Path) -> None:
     verdict("visible", "PASS" if ok else "FAIL", "; ".join(results))
 
 
-def step_bench(gpu: bool, device: str, copy_to: Path | None) -> None:
+def step_bench(gpu: bool, device: str, copy_to: Path | None, bench_images: int = 1000) -> None:
     cmd = [sys.executable, str(HERE / "bench_gpu.py"), "--device", device]
-    cmd += ["--images", "1000", "--seconds", "1.5"] if gpu else ["--quick"]
+    cmd += ["--images", str(bench_images), "--seconds", "1.5"] if gpu else ["--quick"]
     if copy_to:
         cmd += ["--copy-to", str(copy_to)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=480, cwd=ROOT)
@@ -314,6 +319,8 @@ def main() -> int:
     p.add_argument("--device", default="cuda:0", help="cuda:0, or cpu for the dry run")
     p.add_argument("--images", type=int, default=None, help="images of the pipeline step (1000 on a GPU, 40 on the CPU)")
     p.add_argument("--steps", default="probe,pytest,engine,pipeline,visible,bench")
+    p.add_argument("--bench-images", type=int, default=1000, help="images of bench_gpu.py's end-to-end runs "
+                   "(at an H100's speed 1,000 are too few batches for a steady rate)")
     p.add_argument("--copy-to", type=Path, default=None, help="copy gpu_check.json and gpu.json here (the device's $OUT)")
     args = p.parse_args()
     gpu = args.device != "cpu"
@@ -331,7 +338,7 @@ def main() -> int:
              "engine": lambda: step_engine(gpu, args.device),
              "pipeline": lambda: step_pipeline(gpu, n_images, work),
              "visible": lambda: step_visible(gpu, work),
-             "bench": lambda: step_bench(gpu, args.device, args.copy_to)}[step]()
+             "bench": lambda: step_bench(gpu, args.device, args.copy_to, args.bench_images)}[step]()
         except Exception:  # noqa: BLE001 - a step that crashes is a FAIL, and the others still run
             verdict(step, "FAIL", traceback.format_exc(limit=3).strip().replace("\n", " | ")[-800:])
         print(f"    ({time.perf_counter() - t:.1f} s)", flush=True)
