@@ -24,8 +24,8 @@ first run ``bash benchmarks/gpu_pack.sh`` here, then carry ``.gpu`` and run ther
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \\
         python3 benchmarks/bench_gpu.py --copy-to "$OUT"
 
-It has not run on a GPU yet; an estimate is 4 minutes on one GPU with 16 cores (most of it
-building 3,000 images and starting processes). ``--device cpu --quick`` runs every step on the
+On an H100 with 16 cores it took 106 s with ``--images 6000`` (RESULTS.md round 10); at that
+speed 1,000 images are too few batches for a steady rate. ``--device cpu --quick`` runs every step on the
 CPU with tiny sizes (20 s here): a check of the script, not a measurement.
 
 Writes benchmarks/out/gpu.json (and a copy in ``--copy-to``).

@@ -15,7 +15,7 @@ if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$PY" = python3 ] && [ -d .gpu/whl ]; then
   SITE=${TMPDIR:-/tmp}/savedeep-gpu-site
-  "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --target "$SITE" .gpu/whl/*.whl \
+  "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --upgrade --target "$SITE" .gpu/whl/*.whl \
     || { echo "gpu_check.sh: installing .gpu/whl failed" >&2; exit 2; }
   export PYTHONPATH="$SITE:$PYTHONPATH"
 fi
