@@ -33,11 +33,11 @@ MAX_TUTORIAL_BYTES = 20_000  # code and prose only: see test_committed_tutorial_
 
 @pytest.fixture(scope="module")
 def kernel_spec_dir(tmp_path_factory) -> Path:
-    """A kernelspec that starts ipykernel with this interpreter (the project's .venv)."""
+    """A kernelspec that starts ipykernel with this interpreter (the project's .venv), its IPython profile in here."""
     d = tmp_path_factory.mktemp("kernels")
     (d / KERNEL).mkdir()
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "savedeep tests", "language": "python"}
+            "display_name": "savedeep tests", "language": "python", "env": {"IPYTHONDIR": str(d / "ipython")}}
     (d / KERNEL / "kernel.json").write_text(json.dumps(spec))
     return d
 
@@ -47,7 +47,8 @@ def execute(nb, cwd: Path, kernel_spec_dir: Path):
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
-    km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]))
+    km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]),
+                       connection_file=str(cwd / "kernel.json"))  # not in the user's Jupyter runtime folder
     client = nbclient.NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(cwd)}})
     client.execute(cleanup_kc=True)  # shut the kernel down after the last cell (nbclient keeps a km it was given)
     return nb
