@@ -54,7 +54,7 @@ from savedeep.runner.manifest import Manifest
 from savedeep.runner.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
 from savedeep.runner.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
 from savedeep.runner.shares import TaskShare, WholeOutput
-from savedeep.runner.ui import LogListener, Progress, busy_fractions, parent_owns_signals, run_log
+from savedeep.runner.ui import LogListener, Progress, busy_fractions, console_log, parent_owns_signals, run_log
 
 if TYPE_CHECKING:
     from savedeep.runner.shm import RingSpec
@@ -188,8 +188,9 @@ def run(config: Config, *, resume: bool = False, overwrite: bool = False, progre
             f"savedeep.run() was called while a savedeep worker process was importing {main}. Workers are "
             "started with the 'spawn' method, which imports the main script again: put the code that calls "
             "savedeep.run() under `if __name__ == \"__main__\":`")
-    return Run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock,
-               task=task).execute()
+    with console_log():  # the warnings on stderr also where the run log is their only handler (an API call)
+        return Run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock,
+                   task=task).execute()
 
 
 class Run:

@@ -1,7 +1,12 @@
 """What a person sees of a run while it runs, kept out of the supervisor (savedeep/runner/pipeline.py).
 
-The progress bar, the run log, the parent's signal handlers, the workers' log
-records re-dispatched in the parent, and the busy fraction of each stage.
+The progress bar, the run log, the console lines, the parent's signal handlers,
+the workers' log records re-dispatched in the parent, and the busy fraction of
+each stage.
+
+In a Jupyter notebook the bar is tqdm's widget (where ipywidgets is installed)
+or one text bar in the cell, and savedeep's warnings (the workers' included)
+are lines of their own in the cell: see :func:`in_notebook` and :func:`console_log`.
 """
 
 from __future__ import annotations
@@ -20,16 +25,56 @@ from savedeep.errors import Interrupted
 RUN_LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"  # output._LOG_LINE matches it
 
 
+CONSOLE_FORMAT = "savedeep: %(levelname)s: %(message)s"  # as the CLI's console lines (cli._TqdmHandler)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, VS Code, nbclient), where stderr is a cell's output.
+
+    Looks only at modules already imported: a plain ``python`` or the CLI never imports IPython here.
+    """
+    if "ipykernel" not in sys.modules:
+        return False
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _widgets_available() -> bool:
+    """ipywidgets imports: tqdm's notebook bar needs it (tqdm.auto would warn and draw the text bar instead)."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class Progress:
-    """A tqdm bar over a run's images, or nothing when ``enabled`` is false."""
+    """A tqdm bar over a run's images, or nothing when ``enabled`` is false.
+
+    In a notebook with ipywidgets: tqdm's widget bar, one per run. In a notebook without it: the
+    text bar, redrawn at most once a second (a cell keeps every redraw in the saved notebook)
+    and as wide as the cell's text, not the kernel's terminal.
+    """
 
     def __init__(self, enabled: bool, total: int, initial: int) -> None:
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
+        self._bar: Any = None
+        if not enabled:
+            return
+        options: dict[str, Any] = {"total": total, "initial": initial, "unit": "img", "desc": "savedeep",
+                                   "smoothing": 0.1}
+        notebook = in_notebook()
+        if notebook and _widgets_available():
+            from tqdm.notebook import tqdm as notebook_tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit="img", desc="savedeep", dynamic_ncols=True,
-                             smoothing=0.1)
+            self._bar = notebook_tqdm(**options)
+            return
+        from tqdm import tqdm
+
+        if notebook:
+            self._bar = tqdm(**options, file=sys.stderr, mininterval=1.0, ncols=80)
+        else:
+            self._bar = tqdm(**options, dynamic_ncols=True)
 
     def update(self, images: int, failures_so_far: int, new_failures: int) -> None:
         """``images`` more are done; the bar shows the failures once there are any."""
@@ -42,6 +87,53 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as lines on stderr that leave a progress bar whole: tqdm.write clears the bar, prints, redraws."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def _has_console(lg: logging.Logger) -> bool:
+    """Whether a handler that is not a file's (a console, pytest's capture, the user's) would see lg's records."""
+    current: logging.Logger | None = lg
+    while current is not None:
+        if any(not isinstance(h, (logging.FileHandler, logging.NullHandler)) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+@contextlib.contextmanager
+def console_log() -> Iterator[logging.Handler | None]:
+    """Show savedeep's warnings (the workers' included) on stderr while inside, where nothing else would.
+
+    Python prints a library's warnings when no logging is configured (``logging.lastResort``),
+    but not once any handler takes them, and the run log's file handler (:func:`run_log`) is one:
+    without this, ``savedeep.run`` in a script or a notebook would never show a worker's
+    "skipping X" line. Where the program set up a console of its own (the CLI's lines,
+    ``logging.basicConfig``), that one shows them and nothing is added.
+    """
+    lg = logging.getLogger("savedeep")
+    if _has_console(lg):
+        yield None
+        return
+    handler = ConsoleHandler(logging.WARNING)
+    handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
+    lg.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        lg.removeHandler(handler)
 
 
 @contextlib.contextmanager
