@@ -48,7 +48,7 @@ DTYPES = ("float32", "float16")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 STORAGES = ("tensor", "binary")  # how blob columns are stored, see savedeep/data/output.py
 ON_ERROR = ("skip", "fail")
-# The preprocessing's modes, here (a light module) for the config's checks; savedeep/data/preprocess.py uses them.
+# The preprocessing's modes, checked here with the rest of PreprocessSpec (savedeep/data/preprocess.py runs them).
 RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
 MEAN_MODES = ("channel", "image-crop", "image-resize")
 DEFAULT_MAX_PIXELS = 100_000_000
