@@ -2,7 +2,18 @@
 
 Parsing happens before any heavy import (numpy, pyarrow, torch, caffe), so
 ``--help`` is instant. One root exception type, :class:`SavedeepError`, is
-turned into a message and its documented exit code (see savedeep/errors.py).
+turned into a message and its exit code, from the one table of exit codes
+(savedeep.errors.EXIT_CODES), which also gives ``--help`` its epilog.
+
+An option's name means one thing in every subcommand (tests/test_cli_api.py
+holds the table): ``-o/--out`` is what the command writes (run: the output's
+pickle, its Parquet shards beside it; export, report, convert: the file or
+folder they write), ``-i/--images`` an image directory or list, ``-b/--blobs``
+blob names, ``--model`` a model directory, ``--overwrite`` "replace what this
+command writes", ``--time`` (slurm) a time limit. A spelling that meant
+something else before stays one release as a deprecated alias (one warning
+line): ``inspect --images N`` is now ``--n-images N``, ``validate --time`` is
+now ``--estimate-time``.
 """
 
 from __future__ import annotations
@@ -13,11 +24,28 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Any, Sequence
 
-EPILOG = """exit codes: 0 ok, 1 internal error, 2 bad config or flags, 3 bad model or blob names,
-4 bad images (or an image failed under on_error: fail), 5 output exists / is in use by
-another run / cannot be resumed / cannot be written, 6 a worker process failed,
-130 interrupted (resumable)"""
+from savedeep.errors import exit_code, exit_codes_epilog
+
+EPILOG = exit_codes_epilog()
+
+
+class _OldSpelling(argparse.Action):
+    """A deprecated option spelling: it still works for one release and says, in one line on stderr,
+    which spelling replaces it. ``nargs=0`` with ``const`` for a flag, else the value as the new option takes it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        kwargs.setdefault("default", argparse.SUPPRESS)  # the new spelling's default stands
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"savedeep: warning: {parser.prog} {option_string} is deprecated and goes in the next release; "
+              f"use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def _blobs(text: str) -> list[str]:
@@ -38,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-m", "--model", type=Path, help="model directory: deploy.prototxt, weights.caffemodel, mean.npy")
         sp.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names, e.g. fc6,fc7")
         sp.add_argument("-i", "--imgs", "--images", dest="images", type=Path, help="image directory or list file (.txt/.csv)")
-        sp.add_argument("-o", "--out", "--output", dest="output", type=Path, help="output pickle, e.g. out/acts.pk")
+        sp.add_argument("-o", "--out", "--output", dest="output", type=Path,
+                        help="what the run writes: its pickle, e.g. out/acts.pk (the Parquet shards: out/acts.parquet/)")
         sp.add_argument("--gpus", help="0,1 | all | cpu")
         sp.add_argument("--require-gpu", dest="require_gpu", action="store_const", const=True,
                         help="stop instead of falling back to the CPU when no GPU is visible")
@@ -86,13 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     vmode.add_argument("--resume", action="store_true", help="check as for a run with --resume")
     vmode.add_argument("--overwrite", action="store_true", help="check as for a run with --overwrite (deletes nothing)")
     task_flags(v, "check as for a run of")
-    v.add_argument("--time", dest="time_it", action="store_true",
+    v.add_argument("--estimate-time", dest="time_it", action="store_true",
                    help="forward one batch here and estimate the run's duration on this machine")
+    v.add_argument("--time", dest="time_it", action=_OldSpelling, nargs=0, const=True, new="--estimate-time")
     v.add_argument("--json", action="store_true", help="the checks' figures and predictions as JSON, for scripts")
 
     i = sub.add_parser("inspect", help="list a model's blobs with their shapes and sizes")
     i.add_argument("model", type=Path, help="model directory or deploy.prototxt")
-    i.add_argument("--images", type=int, default=1, help="show totals for this many images")
+    i.add_argument("--n-images", dest="n_images", type=int, default=1, metavar="N",
+                   help="show totals for this many images")
+    i.add_argument("--images", dest="n_images", type=int, action=_OldSpelling, new="--n-images")
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
     x = sub.add_parser("export", help="write an output as netCDF4, NumPy .npy files or a MATLAB .mat file",
@@ -101,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--to", required=True, choices=["netcdf", "npy", "mat"], help="the format")
     x.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names (default: all)")
     x.add_argument("-o", "--out", dest="dest", type=Path,
-                   help="destination (default: out/acts.nc, out/acts_npy/ or out/acts.mat)")
+                   help="what export writes (default: out/acts.nc, out/acts_npy/ or out/acts.mat)")
     x.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     x.add_argument("--model", type=Path, help="model directory, for receptive fields, if it moved since the run")
     x.add_argument("--compression-level", dest="compression_level", type=int, default=1,
@@ -112,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "activations, RDMs and blob similarity, top images",
                         epilog="needs the report extra: pip install 'savedeep[report]'")
     rp.add_argument("output", type=Path, help="the run's output: out/acts.pk or out/acts.parquet")
-    rp.add_argument("-o", "--out", dest="dest", type=Path, help="the page (default: out/acts.report.html)")
+    rp.add_argument("-o", "--out", dest="dest", type=Path,
+                    help="what report writes: the page (default: out/acts.report.html)")
     rp.add_argument("-b", "--blobs", type=_blobs, help="comma-separated blob names (default: all)")
     rp.add_argument("--group-by", dest="group_by", metavar="COLUMN",
                     help="order the RDMs by this metadata column of a CSV image list, groups marked")
@@ -232,23 +265,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _task(args: argparse.Namespace):
-    """The savedeep.runner.tasks.TaskSpec of --task K/N or --tasks N, or None."""
-    if args.task is None and args.tasks is None:
-        return None
-    from savedeep.runner.tasks import parse_task, task_from_env
+def _task(args: argparse.Namespace) -> Any:
+    """--task K/N as given (savedeep.run and validate parse it), or the TaskSpec of --tasks N, whose K only
+    the job array's environment knows; None for a whole run."""
+    if args.tasks is None:
+        return args.task
+    from savedeep.runner.tasks import task_from_env
 
-    return parse_task(args.task) if args.task is not None else task_from_env(args.tasks)
+    return task_from_env(args.tasks)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from savedeep.caffe.inspect import format_table, inspect_model, to_json
 
-    rows = inspect_model(args.model, images=args.images)
+    rows = inspect_model(args.model, images=args.n_images)
     if args.json:
-        print(json.dumps(to_json(rows, args.images), indent=1))
+        print(json.dumps(to_json(rows, args.n_images), indent=1))
     else:
-        print(format_table(rows, args.images))
+        print(format_table(rows, args.n_images))
     return 0
 
 
@@ -321,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.print_help()
-        return 2
+        return exit_code("config")  # as argparse's own usage errors
     from savedeep.errors import SavedeepError
 
     try:
@@ -333,17 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("savedeep: interrupted", file=sys.stderr)
-        return 130
+        return exit_code("interrupted")
     except BrokenPipeError:
         # `savedeep inspect MODEL | head`: the reader left; not an error.
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return exit_code("ok")
     except Exception:  # noqa: BLE001 - a bug: show everything
         traceback.print_exc()
         print("savedeep: internal error (a bug); please report it with the traceback above", file=sys.stderr)
-        return 1
+        return exit_code("internal")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ DTYPES = ("float32", "float16")
 COMPRESSIONS = ("zstd", "lz4", "snappy", "none")
 STORAGES = ("tensor", "binary")  # how blob columns are stored, see savedeep/data/output.py
 ON_ERROR = ("skip", "fail")
-# The preprocessing's modes, here (a light module) for the config's checks; savedeep/data/preprocess.py uses them.
+# The preprocessing's modes, checked here with the rest of PreprocessSpec (savedeep/data/preprocess.py runs them).
 RESIZE_MODES = ("warp", "short-side-crop", "resize-crop", "caffe-io")
 MEAN_MODES = ("channel", "image-crop", "image-resize")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -103,24 +103,50 @@ class BlobSpec:
 
 
 @dataclass(frozen=True)
-class PreprocessOptions:
-    """The ``preprocess:`` section: savedeep.data.preprocess.PreprocessSpec.from_options turns it into the spec.
+class PreprocessSpec:
+    """How images become input blobs: the config's ``preprocess:`` section and the Python API's spec, one class.
 
-    The spec's ``exif_transpose`` is not a config key, on purpose: Caffe's own loaders
-    ignore EXIF orientation, and a new key would change every config's canonical form,
-    so its result fingerprint, and no earlier output could be resumed.
+    The steps these options select are specified once, in :mod:`savedeep.data.preprocess`'s docstring.
+    Each field's default is the one default (the config table :func:`schema_markdown` reads it from
+    here), and construction runs the config file's own checks (``_PREPROCESS_KEYS``): ``PreprocessSpec(
+    resize="Warp")``, ``transform(model, {"resize": "Warp"})`` and ``preprocess: {resize: Warp}`` give the
+    same spec, and the same mistake gives the same message. ``None`` for a field whose default is not
+    ``None`` means that default, as ``null`` does in a config file. The class lives here, not beside the
+    preprocessor, because the config (a lower layer, see pyproject's import-linter contracts) holds one.
     """
 
     resize: str = "warp"
-    resize_to: int | None = None
+    resize_to: int = 256
     mean_mode: str = "channel"
     input_scale: float | None = None
     raw_scale: float = 255.0
     jpeg_draft: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = False
+
+    def __post_init__(self) -> None:
+        values, problems = _check_preprocess({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if problems:
+            _raise_problems("PreprocessSpec", problems)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)  # the normalised value ("Warp" -> "warp", 255 -> 255.0)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None, source: str = "preprocess") -> PreprocessSpec:
+        """The spec of a ``preprocess:`` mapping (a config section, ``savedeep.transform``'s ``preprocess=``):
+        unknown keys are errors with a suggestion, every problem is reported at once."""
+        if mapping is None:
+            return cls()
+        if not isinstance(mapping, Mapping):
+            _raise_problems(source, [("preprocess", f"expected a mapping such as {{resize: warp}}, got "
+                                                    f"{_show(mapping)}")])
+        values, problems = _check_preprocess(mapping)
+        if problems:
+            _raise_problems(source, problems)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, e.g. for ``PreprocessSpec(**options.to_dict())``."""
+        """The spec as plain values (the canonical config, the manifest, a converted model's metadata)."""
         return dataclasses.asdict(self)
 
 
@@ -149,7 +175,7 @@ class Config:
     max_pickle_bytes: int = 4 * 2**30
     space_check: bool = True
     on_error: str = "skip"
-    preprocess: PreprocessOptions = field(default_factory=PreprocessOptions)
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     ring_slots: int | None = None
     log_file: Path | None = None
     report: bool = False
@@ -179,7 +205,7 @@ class Config:
             value = getattr(self, f.name)
             if f.name == "blob_specs":
                 out["blobs"] = [spec.to_dict() for spec in value]
-            elif isinstance(value, PreprocessOptions):
+            elif isinstance(value, PreprocessSpec):
                 out[f.name] = dict(sorted(value.to_dict().items()))
             elif isinstance(value, Path):
                 out[f.name] = str(value)
@@ -195,8 +221,7 @@ class Config:
 
     def result_fingerprint(self) -> str:
         """sha256 of only the RESULT_KEYS: what must match for a run to resume into existing output."""
-        canonical = self.canonical()
-        return _sha256_json({key: canonical[key] for key in RESULT_KEYS})
+        return result_fingerprint_of(self.canonical())
 
     def replace(self, **changes: Any) -> Config:
         """A new Config with ``changes`` (schema keys, values as in YAML) applied and validated again.
@@ -212,6 +237,32 @@ class Config:
         raw = self.canonical()
         raw.pop("log_file")
         return raw
+
+
+def result_fingerprint_of(canonical: Mapping[str, Any]) -> str:
+    """The result fingerprint of a canonical config, as ``Config.canonical()`` gives it today or as an earlier
+    savedeep recorded it in a manifest or a task's record (``record["config"]``).
+
+    A recorded config is first brought to today's form, so that an output written before a key was added
+    can still be resumed: savedeep 0.1.0's ``preprocess`` had ``resize_to: null`` where it meant 256 (the
+    crop modes' size then and now) and no ``exif_transpose`` (false: it was not a config key).
+    """
+    current = dict(canonical)
+    pre = current.get("preprocess")
+    if isinstance(pre, Mapping):
+        pre = dict(pre)
+        if "resize_to" in pre and pre["resize_to"] is None:
+            pre["resize_to"] = 256
+        pre.setdefault("exif_transpose", False)
+        current["preprocess"] = pre
+    return _sha256_json({key: current.get(key) for key in RESULT_KEYS})
+
+
+def recorded_result_fingerprint(record: Mapping[str, Any]) -> Any:
+    """The result fingerprint of a manifest or task record in today's form (see result_fingerprint_of);
+    the stored one where the record holds no config."""
+    config = record.get("config")
+    return result_fingerprint_of(config) if isinstance(config, Mapping) else record.get("result_fingerprint")
 
 
 def _sha256_json(value: Any) -> str:
@@ -379,23 +430,30 @@ class _Key:
 
 _REQUIRED = object()
 
+# The one default of each preprocess key is PreprocessSpec's; the table adds its check and its documentation.
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PreprocessSpec)}
+
 _PREPROCESS_KEYS: tuple[_Key, ...] = (
-    _Key("resize", " \\| ".join(RESIZE_MODES), "warp",
+    _Key("resize", " \\| ".join(RESIZE_MODES), _SPEC_DEFAULTS["resize"],
          "How an image becomes the net's input size: warp (squash to H x W), short-side-crop "
          "(short side to resize_to, centre crop), resize-crop (resize to resize_to square, centre crop), "
          "caffe-io (as caffe.io / caffe.Classifier)", _choice(RESIZE_MODES)),
-    _Key("resize_to", "int \\| null", None, "Intermediate size for the crop modes (null: the preprocessor's choice)",
-         _optional(_positive_int)),
-    _Key("mean_mode", " \\| ".join(MEAN_MODES), "channel",
+    _Key("resize_to", "int", _SPEC_DEFAULTS["resize_to"],
+         "Intermediate size for the crop modes (at least the net's input size; unused by warp and caffe-io)",
+         _positive_int),
+    _Key("mean_mode", " \\| ".join(MEAN_MODES), _SPEC_DEFAULTS["mean_mode"],
          "How mean.npy is subtracted: per-channel mean, or the mean image cropped or resized to the input",
          _choice(MEAN_MODES)),
-    _Key("input_scale", "float \\| null", None, "Multiply the mean-subtracted input by this (null: no scaling)",
-         _optional(_positive_float)),
-    _Key("raw_scale", "float", 255.0, "Pixel range of the input before mean subtraction (Caffe's raw_scale)",
-         _positive_float),
-    _Key("jpeg_draft", "bool", False,
+    _Key("input_scale", "float \\| null", _SPEC_DEFAULTS["input_scale"],
+         "Multiply the mean-subtracted input by this (null: no scaling)", _optional(_positive_float)),
+    _Key("raw_scale", "float", _SPEC_DEFAULTS["raw_scale"],
+         "Pixel range of the input before mean subtraction (Caffe's raw_scale)", _positive_float),
+    _Key("jpeg_draft", "bool", _SPEC_DEFAULTS["jpeg_draft"],
          "Let the JPEG decoder downscale while decoding (faster, slightly different pixels)", _as_bool),
-    _Key("max_pixels", "int", DEFAULT_MAX_PIXELS, "Refuse images with more pixels (decompression bombs)", _positive_int),
+    _Key("max_pixels", "int", _SPEC_DEFAULTS["max_pixels"], "Refuse images with more pixels (decompression bombs)",
+         _positive_int),
+    _Key("exif_transpose", "bool", _SPEC_DEFAULTS["exif_transpose"],
+         "Turn photos upright by their EXIF orientation tag (false: ignore it, as Caffe's loaders do)", _as_bool),
 )
 
 _TOP_KEYS: tuple[_Key, ...] = (
@@ -451,6 +509,43 @@ _TOP_KEYS: tuple[_Key, ...] = (
 _TOP_NAMES = tuple(key.name for key in _TOP_KEYS)
 _PREPROCESS_NAMES = tuple(key.name for key in _PREPROCESS_KEYS)
 _PATH_KEYS = tuple(key.name for key in _TOP_KEYS if key.is_path)
+
+
+def _check_preprocess(mapping: Mapping[Any, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The one validation of preprocess options, for a config file and for PreprocessSpec alike.
+
+    Returns the normalised value of every key given (``null`` for a key whose default is not null: that
+    default) and the problems as (dotted key, message), unknown keys included.
+    """
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for key in mapping:
+        if key not in _PREPROCESS_NAMES:
+            problems.append((f"preprocess.{key}", _unknown(key, _PREPROCESS_NAMES)))
+    for spec in _PREPROCESS_KEYS:
+        if spec.name not in mapping:
+            continue
+        value = mapping[spec.name]
+        if value is None and spec.default is not None:
+            values[spec.name] = spec.default
+            continue
+        try:
+            values[spec.name] = value if spec.check is None else spec.check(value)
+        except _Invalid as exc:
+            problems.append((f"preprocess.{spec.name}", str(exc)))
+    return values, problems
+
+
+def _raise_problems(source: str, problems: list[tuple[str, str]]) -> None:
+    """One ConfigError for every problem found (``.problems``: the (key, message) pairs)."""
+    lines = [f"{key}: {message}" for key, message in problems]
+    if len(lines) == 1:
+        text = f"invalid config ({source}): {lines[0]}"
+    else:
+        text = "\n  ".join([f"invalid config ({source}), {len(lines)} problems:", *lines])
+    error = ConfigError(text)
+    error.problems = list(problems)  # type: ignore[attr-defined]
+    raise error
 
 
 def schema_markdown() -> str:
@@ -666,14 +761,7 @@ class _Validator:
         return Config(**values, _raw=raw)
 
     def raise_problems(self) -> None:
-        lines = [f"{key}: {message}" for key, message in self.problems]
-        if len(lines) == 1:
-            text = f"invalid config ({self.source}): {lines[0]}"
-        else:
-            text = "\n  ".join([f"invalid config ({self.source}), {len(lines)} problems:", *lines])
-        error = ConfigError(text)
-        error.problems = list(self.problems)  # type: ignore[attr-defined]
-        raise error
+        _raise_problems(self.source, self.problems)
 
     def existing_path(self, key: str, value: Any, want_dir: bool | None) -> Path | None:
         if value is None:
@@ -723,20 +811,15 @@ class _Validator:
             self.fail("compression_level", f"{name} levels are {low}..{high}, got {number}")
         return name, number
 
-    def preprocess(self, value: Any) -> PreprocessOptions:
+    def preprocess(self, value: Any) -> PreprocessSpec:
         if value is None:
-            return PreprocessOptions()
+            return PreprocessSpec()
         if not isinstance(value, dict):
             self.fail("preprocess", f"expected a mapping such as {{resize: warp}}, got {_show(value)}")
-            return PreprocessOptions()
-        fields: dict[str, Any] = {}
-        for key in value:
-            if key not in _PREPROCESS_NAMES:
-                self.fail(f"preprocess.{key}", _unknown(key, _PREPROCESS_NAMES))
-        for spec in _PREPROCESS_KEYS:
-            if spec.name in value and (value[spec.name] is not None or spec.default is None):
-                fields[spec.name] = self.check(f"preprocess.{spec.name}", value[spec.name], spec.check, spec.default)
-        return PreprocessOptions(**fields)
+            return PreprocessSpec()
+        values, problems = _check_preprocess(value)
+        self.problems.extend(problems)
+        return PreprocessSpec() if problems else PreprocessSpec(**values)
 
     def blobs(self, value: Any, default_dtype: str) -> tuple[BlobSpec, ...]:
         items: list[tuple[str, Any]] = []  # (dotted key for errors, item)

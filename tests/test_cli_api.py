@@ -73,7 +73,7 @@ def test_validate_and_inspect(caffenet_dir, images, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "images: 5" in text and "blob conv1: (96, 55, 55)" in text and "5 of the first 5 images decode" in text
     assert not (tmp_path / "a.parquet").exists()
-    assert main(["inspect", str(caffenet_dir), "--json", "--images", "10"]) == 0
+    assert main(["inspect", str(caffenet_dir), "--json", "--n-images", "10"]) == 0
     # the same object as savedeep.inspect.to_json: the rows and the totals (before: the rows alone)
     listing = json.loads(capsys.readouterr().out)
     fc7 = next(r for r in listing["blobs"] if r["blob"] == "fc7")
@@ -249,3 +249,193 @@ def test_run_returns_the_report_it_wrote_and_a_task_writes_none(caffenet_dir, im
     part = savedeep.run(None, model=caffenet_dir, images=images, output=tmp_path / "tasks" / "acts.pk",
                         blobs=["fc7"], report=True, task="0/2")
     assert part.report is None and not list((tmp_path / "tasks").glob("*.html"))
+
+
+# --------------------------------------------------------------------------- option names and exit codes
+
+_WRITES = "what this command writes (run: the output's pickle, its Parquet shards beside it; export, report, " \
+          "convert: the file or folder they write)"
+_IMAGES = "the image directory or list file (.txt/.csv)"
+# What each option name means, in every subcommand that has it; kind is what its value is. Issue 34: `--images`
+# was a path in run and a count in inspect, and `--time` a flag in validate and a time limit in slurm.
+OPTIONS = {
+    "-o": ("path", _WRITES), "--out": ("path", _WRITES), "--output": ("path", "run's -o, named as the config key"),
+    "-i": ("path", _IMAGES), "--images": ("path", _IMAGES), "--imgs": ("path", _IMAGES),
+    "-m": ("path", "the model directory"), "--model": ("path", "the model directory"),
+    "MODEL": ("path", "the model directory (inspect: or its deploy.prototxt)"),
+    "OUTPUT": ("path", "a run's output, out/acts.pk or out/acts.parquet (what run -o wrote)"),
+    "CONFIG": ("path", "a YAML config file"),
+    "-b": ("names", "blob names, comma-separated"), "--blobs": ("names", "blob names, comma-separated"),
+    "--overwrite": ("flag", "replace what this command writes"),
+    "--resume": ("flag", "complete an interrupted run"), "--break-lock": ("flag", "take a lock whose run is gone"),
+    "--no-pickle": ("flag", "write no DataFrame pickle"), "-q": ("flag", "warnings and errors only"),
+    "--quiet": ("flag", "warnings and errors only"), "--json": ("flag", "print JSON for scripts"),
+    "--to": ("choice", "the format to write"), "--task": ("text", "K/N: this task's share"),
+    "--tasks": ("int", "the number of tasks of the array"), "--n-images": ("int", "a number of images"),
+    "--max-images": ("int", "at most this many images"), "--estimate-time": ("flag", "forward a batch, estimate"),
+    "--time": ("text", "a time limit (Slurm's --time)"), "--batch-size": ("int", "images per forward pass"),
+    "--batch": ("text", "a converted model's batch size or 'dynamic'"),
+    "--gpus": ("text", "0,1 | all | cpu"), "--require-gpu": ("flag", "no CPU fallback"),
+    "--engine": ("choice", "caffe or torch"), "--producers": ("text", "decoding processes"),
+    "--cpu-consumers": ("text", "forward processes on the CPU"), "--writers": ("text", "Parquet-writing processes"),
+    "--dtype": ("choice", "storage dtype"), "--storage": ("choice", "tensor or binary columns"),
+    "--shard-size": ("int", "images per shard"), "--on-error": ("choice", "what a bad image does"),
+    "--no-space-check": ("flag", "skip the free-space check"), "--report": ("flag", "write the report after"),
+    "--no-progress": ("flag", "no progress bar"), "--compression-level": ("int", "netCDF gzip level"),
+    "--group-by": ("text", "a metadata column"), "--seed": ("int", "a random seed"),
+    "--no-thumbnails": ("flag", "read no images for thumbnails"), "--gpus-per-task": ("int", "Slurm"),
+    "--partition": ("text", "Slurm"), "--mem": ("text", "Slurm"), "--cpus-per-task": ("int", "Slurm"),
+    "--array-limit": ("int", "Slurm"), "--sbatch-arg": ("text", "Slurm"), "--setup": ("text", "Slurm"),
+    "--savedeep": ("text", "the savedeep executable"), "--dir": ("path", "where the scripts go"),
+    "--submit": ("flag", "submit with sbatch"),
+}
+# Old spellings kept one release (they work, with one warning line): (subcommand, old) -> new.
+DEPRECATED = {("inspect", "--images"): "--n-images", ("validate", "--time"): "--estimate-time"}
+
+
+def _subcommands() -> dict:
+    import argparse
+
+    from savedeep.cli import build_parser
+
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _kind(action) -> str:
+    from savedeep.cli import _blobs
+
+    if action.nargs == 0:
+        return "flag"
+    if action.choices:
+        return "choice"
+    return {Path: "path", int: "int", _blobs: "names", None: "text"}[action.type]
+
+
+def test_an_option_name_means_one_thing_in_every_subcommand():
+    import argparse
+
+    for command, sub in _subcommands().items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            for option in action.option_strings or [action.dest.upper()]:
+                if action.help == argparse.SUPPRESS:
+                    assert (command, option) in DEPRECATED, f"savedeep {command} {option}: a hidden option"
+                    continue
+                assert option in OPTIONS, f"savedeep {command} {option}: new name, add it to OPTIONS"
+                kind, meaning = OPTIONS[option]
+                assert _kind(action) == kind, f"savedeep {command} {option} takes a {_kind(action)}; " \
+                                              f"elsewhere {option} is {kind}: {meaning}"
+
+
+@pytest.mark.parametrize("command, old", sorted(DEPRECATED))
+def test_an_old_spelling_still_works_and_says_once_what_replaces_it(command, old, capsys):
+    from savedeep.cli import build_parser
+
+    new = DEPRECATED[(command, old)]
+    sub = _subcommands()[command]
+    action = next(a for a in sub._actions if new in a.option_strings)
+    value = [] if action.nargs == 0 else ["7"]
+    first = "MODEL" if command == "inspect" else "c.yaml"
+    by_new = build_parser().parse_args([command, first, new, *value])
+    assert capsys.readouterr().err == ""
+    by_old = build_parser().parse_args([command, first, old, *value])
+    err = capsys.readouterr().err
+    assert vars(by_old) == vars(by_new)
+    assert err.count("\n") == 1 and "deprecated" in err and f"use {new}" in err and old in err
+
+
+def test_inspect_by_the_old_spelling_prints_what_the_new_one_prints(caffenet_dir, capsys):
+    assert main(["inspect", str(caffenet_dir), "--json", "--n-images", "3"]) == 0
+    new = capsys.readouterr()
+    assert main(["inspect", str(caffenet_dir), "--json", "--images", "3"]) == 0
+    old = capsys.readouterr()
+    assert old.out == new.out and json.loads(old.out)["images"] == 3
+    assert "--images is deprecated" in old.err and new.err == ""
+
+
+def test_every_exit_code_the_cli_can_return_is_in_the_table():
+    """One table of exit codes (savedeep.errors.EXIT_CODES) that the error classes, the CLI and its --help use;
+    before, the codes were prose in errors.py, the CLI's epilog and the README, tied by nothing."""
+    import ast
+    import importlib
+    import pkgutil
+
+    from savedeep.cli import EPILOG, build_parser
+    from savedeep.errors import EXIT_CODES, SavedeepError, exit_code
+
+    table = {entry.code for entry in EXIT_CODES}
+    for info in pkgutil.walk_packages(savedeep.__path__, "savedeep."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)  # every module that may define an error class
+    classes, todo = set(), [SavedeepError]
+    while todo:
+        cls = todo.pop()
+        classes.add(cls)
+        todo += cls.__subclasses__()
+    raised = {cls.exit_code for cls in classes}  # main returns exc.exit_code
+    tree = ast.parse((ROOT / "savedeep" / "cli.py").read_text())
+    literal = {node.value.value for node in ast.walk(tree)
+               if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant)
+               and isinstance(node.value.value, int)}
+    named = {exit_code(node.args[0].value) for node in ast.walk(tree)  # KeyError: a name not in the table
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "exit_code"}
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(["run", "--no-such-flag"])
+    returned = raised | literal | named | {usage.value.code}
+    assert returned - table == set(), "codes the CLI returns that the table does not list"
+    assert table - returned == set(), "table entries nothing returns"
+    for entry in EXIT_CODES:
+        assert f"{entry.code} {entry.short}" in " ".join(EPILOG.split())
+    assert main([]) in table
+
+
+def test_the_run_sequence_is_savedeep_run_alone():
+    """The report pre-check, the task handling and the after-run steps live in savedeep.run; the CLI's run only
+    builds the config and calls it (before 41b04b9 the CLI had its own copy of the sequence, and the --task
+    string was parsed by both)."""
+    import ast
+
+    tree = ast.parse((ROOT / "savedeep" / "cli.py").read_text())
+    imported = {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    sequence = {"savedeep.runner.pipeline.run", "savedeep.analysis.report.after_run",
+                "savedeep.analysis.report.require_matplotlib", "savedeep.runner.tasks.parse_task"}
+    assert imported & sequence == set()
+    assert "savedeep.run" in imported
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "slurm"])
+def test_each_run_flag_is_a_config_key_or_a_parameter_of_savedeep_run(command):
+    """savedeep run's flags reach savedeep.run: a config key (forwarded by cli._RUN_KEYS: a flag missing there
+    would be parsed and dropped) or one of run's own parameters."""
+    import inspect
+
+    from savedeep.cli import _RUN_KEYS
+    from savedeep.config import _TOP_NAMES
+
+    dests = {a.dest for a in _subcommands()[command]._actions if a.dest != "help"}
+    keys = dests & set(_TOP_NAMES)
+    assert set(_RUN_KEYS) == keys
+    own = {"run": set(inspect.signature(savedeep.run).parameters) | {"tasks", "quiet"},  # --tasks N: task K/N
+           "validate": {"config", "resume", "overwrite", "task", "tasks", "time_it", "json"},
+           "slurm": {"config", "tasks", "gpus_per_task", "partition", "time", "mem", "cpus_per_task", "array_limit",
+                     "sbatch_args", "setup", "savedeep", "dir", "submit"}}[command]
+    assert dests - keys - own == set()
+
+
+def test_the_documented_exit_code_tables_are_the_code_table():
+    """Each exit-code table of the README and docs/ (a Markdown table headed | code | meaning |) is
+    savedeep.errors.exit_codes_markdown() verbatim: the docs cannot drift from the codes the CLI returns."""
+    import re
+
+    from savedeep.errors import exit_codes_markdown
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    tables = [(page, match.group(0)) for page in pages if page.is_file()
+              for match in re.finditer(r"^\| code \| meaning \|\n(?:\|.*\|\n)+", page.read_text(), re.M)]
+    assert tables, "no exit-code table in README.md or docs/"
+    for page, table in tables:
+        assert table == exit_codes_markdown(), f"{page.relative_to(ROOT)}: the exit-code table differs from " \
+                                               "savedeep.errors.exit_codes_markdown()"

@@ -15,7 +15,7 @@ import pytest
 from savedeep.config import (
     BlobSpec,
     Config,
-    PreprocessOptions,
+    PreprocessSpec,
     RESULT_KEYS,
     load_config,
     parse_size,
@@ -67,9 +67,9 @@ def test_flags_alone_are_enough_and_defaults_are_filled(project: Path) -> None:
     assert config.dtype == "float32" and config.compression == "zstd" and config.compression_level is None
     assert config.shard_size == 1024 and config.pickle is True and config.max_pickle_bytes == 4 * 2**30
     assert config.on_error == "skip" and config.ring_slots is None
-    assert config.preprocess == PreprocessOptions(resize="warp", resize_to=None, mean_mode="channel",
-                                                  input_scale=None, raw_scale=255.0, jpeg_draft=False,
-                                                  max_pixels=100_000_000)
+    assert config.preprocess == PreprocessSpec(resize="warp", resize_to=256, mean_mode="channel",
+                                               input_scale=None, raw_scale=255.0, jpeg_draft=False,
+                                               max_pixels=100_000_000, exif_transpose=False)
     # The log goes next to the output, named after it; the shards beside it.
     assert config.log_file == project / "out" / "acts.log"
     assert config.parquet_dir == project / "out" / "acts.parquet"
@@ -121,7 +121,7 @@ log_file: logs/run.log
     assert (config.cpu_consumers, config.producers, config.batch_size) == (2, 3, 8)
     assert (config.compression, config.compression_level, config.shard_size) == ("lz4", 9, 100)
     assert (config.pickle, config.max_pickle_bytes, config.on_error) == (False, 500_000_000, "fail")
-    assert config.preprocess == PreprocessOptions("short-side-crop", 256, "image-crop", 0.5, 1.0, True, 1000)
+    assert config.preprocess == PreprocessSpec("short-side-crop", 256, "image-crop", 0.5, 1.0, True, 1000)
     assert isinstance(config.preprocess.raw_scale, float)
     assert config.ring_slots == 6
     assert config.log_file == project / "logs" / "run.log"
@@ -204,7 +204,7 @@ preprocess: {resize: resize-crop, resize_to: 256}
     assert config.engine == "torch"
     assert config.output == project / "out" / "a.pk"
     # A mapping override merges too.
-    assert load_config(path, {"preprocess": {"jpeg_draft": "yes"}}).preprocess == PreprocessOptions(
+    assert load_config(path, {"preprocess": {"jpeg_draft": "yes"}}).preprocess == PreprocessSpec(
         resize="resize-crop", resize_to=256, jpeg_draft=True)
 
 
@@ -535,7 +535,7 @@ def test_schema_markdown_lists_every_key() -> None:
             continue
         name = "blobs" if f.name == "blob_specs" else f.name
         assert f"| `{name}` |" in table
-    for f in dataclasses.fields(PreprocessOptions):
+    for f in dataclasses.fields(PreprocessSpec):
         assert f"| `preprocess.{f.name}` |" in table
     assert "current directory" in table and "directory of that file" in table
 
@@ -595,3 +595,26 @@ def test_shipped_config_contents(project: Path) -> None:
     assert conv.blob_specs[2].reduce == {"project": 512, "seed": 0}
     two = load_config(CONFIGS / "two_gpus.yaml", over)
     assert (two.gpus, two.require_gpu) == ((0, 1), True)
+
+
+def test_an_output_of_savedeep_0_1_0_can_still_be_resumed(project: Path, tmp_path: Path) -> None:
+    """One preprocessing spec changed the canonical form: resize_to's default is 256 (0.1.0 wrote null for the
+    same 256) and exif_transpose became a key. A manifest written by 0.1.0 must still match the same config,
+    and only the same config."""
+    from savedeep.config import _sha256_json, recorded_result_fingerprint
+    from savedeep.runner.manifest import Manifest
+
+    config = load_config(None, flags(project))
+    old = config.canonical()
+    old["preprocess"] = {k: v for k, v in old["preprocess"].items() if k != "exif_transpose"} | {"resize_to": None}
+    old_record = {"result_fingerprint": _sha256_json({k: old[k] for k in RESULT_KEYS}), "config": old}
+    assert old_record["result_fingerprint"] != config.result_fingerprint()  # the bytes did change
+    assert recorded_result_fingerprint(old_record) == config.result_fingerprint()
+    manifest = Manifest(tmp_path, json.loads(json.dumps(
+        {**old_record, "model": {"sha256": {}}, "images": {"keys_sha256": "k", "count": 0}})))
+    assert manifest.changes(config, lambda: {}, "k", 0) == []  # resumable
+    # a real difference is still one
+    other = config.replace(preprocess={"resize": "resize-crop", "resize_to": 300})
+    assert manifest.changes(other, lambda: {}, "k", 0) == ["config keys preprocess"]
+    assert recorded_result_fingerprint(old_record) != config.replace(preprocess={"exif_transpose": True}) \
+        .result_fingerprint()

@@ -486,7 +486,7 @@ def test_mean_modes(ilsvrc_mean):
 
 
 def test_spec_validation_and_describe(ilsvrc_mean):
-    with pytest.raises(ConfigError, match="preprocess.resize: 'stretch' is not one of"):
+    with pytest.raises(ConfigError, match="preprocess.resize: must be one of warp, .*; got 'stretch'"):
         PreprocessSpec(resize="stretch")
     with pytest.raises(ConfigError, match="preprocess.mean_mode"):
         PreprocessSpec(mean_mode="pixel")
@@ -510,3 +510,59 @@ def test_spec_validation_and_describe(ilsvrc_mean):
     assert d["raw_scale"] == 255.0 and d["input_scale"] == 0.017
     assert d["decoder"]["exif_orientation"].startswith("ignored") and d["decoder"]["alpha"].startswith("dropped")
     assert d["order"] == ["decode", "resize", "to_float", "transpose", "channel_swap", "raw_scale", "mean", "input_scale"]
+
+
+# One preprocessing spec (issue 34): the config's ``preprocess:`` section and the Python API's spec were two
+# classes with their own checks, and resize_to defaulted to null in one and 256 in the other.
+_ONE_VALUE_PER_KEY = {"resize": "short-side-crop", "resize_to": 300, "mean_mode": "image-crop", "input_scale": 0.5,
+                      "raw_scale": 1.0, "jpeg_draft": True, "max_pixels": 1000, "exif_transpose": True}
+
+
+def _config_with(tmp_path: Path, model: Path, preprocess: str) -> "object":
+    from savedeep.config import load_config
+
+    (tmp_path / "images").mkdir(exist_ok=True)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"model: {model}\nimages: images\noutput: out/acts.pk\nblobs: [fc7]\n{preprocess}")
+    return load_config(path)
+
+
+@pytest.mark.parametrize("key", sorted(_ONE_VALUE_PER_KEY))
+def test_a_config_key_gives_the_spec_the_python_api_gives(key, caffenet_dir, tmp_path):
+    import savedeep
+
+    value = _ONE_VALUE_PER_KEY[key]
+    yaml_value = {True: "true"}.get(value, value) if isinstance(value, bool) else value
+    config = _config_with(tmp_path, caffenet_dir, f"preprocess: {{{key}: {yaml_value}}}\n")
+    api = PreprocessSpec(**{key: value})
+    assert config.preprocess == api and getattr(config.preprocess, key) == value
+    transform = savedeep.transform(caffenet_dir, {key: value})
+    assert transform.preprocessor.spec == config.preprocess
+
+
+def test_the_spec_has_one_default_and_one_validation(caffenet_dir, tmp_path):
+    import dataclasses
+
+    import savedeep
+    from savedeep.config import _PREPROCESS_KEYS
+
+    config = _config_with(tmp_path, caffenet_dir, "")
+    assert config.preprocess == PreprocessSpec() == savedeep.transform(caffenet_dir).preprocessor.spec
+    assert config.preprocess.resize_to == 256  # was null in the config, 256 in the spec
+    # the config table documents the class's own defaults, for every field
+    assert {k.name: k.default for k in _PREPROCESS_KEYS} == {f.name: f.default for f in
+                                                             dataclasses.fields(PreprocessSpec)}
+    # null means the default, and the same spelling is accepted by both (the spec refused "Warp" and None)
+    assert _config_with(tmp_path, caffenet_dir, "preprocess: {resize: Warp, resize_to: null}\n").preprocess \
+        == PreprocessSpec(resize="Warp", resize_to=None) == PreprocessSpec()
+    # one mistake, one message, from a config file, the spec or savedeep.transform
+    messages = set()
+    for make in (lambda: _config_with(tmp_path, caffenet_dir, "preprocess: {input_scale: -1}\n"),
+                 lambda: PreprocessSpec(input_scale=-1),
+                 lambda: savedeep.transform(caffenet_dir, {"input_scale": -1})):
+        with pytest.raises(ConfigError) as excinfo:
+            make()
+        messages.add(str(excinfo.value).split(": ", 1)[1])
+    assert messages == {"preprocess.input_scale: expected a finite number > 0, got -1 (int)"}
+    with pytest.raises(ConfigError, match="preprocess.resze: unknown key; did you mean 'resize'"):
+        savedeep.transform(caffenet_dir, {"resze": "warp"})

@@ -43,11 +43,11 @@ def _direct(engine: str, model_dir: Path, cfg, keys: list[str], blobs: list[str]
     """The same activations computed in this process, one image at a time, without the pipeline."""
     from savedeep.engines import create_engine
     from savedeep.caffe.model import load_model
-    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.data.preprocess import Preprocessor, load_mean
 
     model = load_model(model_dir)
     eng = create_engine(engine, model, "cpu", 1)
-    pre = Preprocessor(PreprocessSpec.from_options(cfg.preprocess), load_mean(model.mean_path),
+    pre = Preprocessor(cfg.preprocess, load_mean(model.mean_path),
                        tuple(model.net.input_shape[1:]))
     out = {b: [] for b in blobs}
     for k in keys:

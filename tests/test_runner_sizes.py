@@ -166,7 +166,7 @@ def test_validate_predicts_the_pickle_of_the_run_exactly(storage, tiny_model, cr
                                "blobs": [{"name": "pool1", "dtype": "float16"}, "fc"], "storage": storage,
                                "shard_size": 7, "batch_size": 4}))
     capsys.readouterr()
-    assert main(["validate", str(cfg), "--json", "--time"]) == 0
+    assert main(["validate", str(cfg), "--json", "--estimate-time"]) == 0
     report = json.loads(capsys.readouterr().out)
     pred = report["prediction"]
     assert report["plan"]["shards"] == 4 and report["workers"]["consumers"] == ["cpu"]

@@ -50,7 +50,7 @@ image; the tests check this to 1e-5 (in practice bit for bit).
    - ``warp`` (default): resize to ``H x W`` ignoring the aspect ratio, the
      classic Caffe way.
    - ``short-side-crop``: resize so the shorter side is ``resize_to``
-     (the longer side ``round(long * resize_to / short)``), then center crop.
+     (default 256; the longer side ``round(long * resize_to / short)``), then center crop.
    - ``resize-crop``: resize to ``resize_to x resize_to``, then center crop
      (the classic 256 -> 227).
    - The center crop starts at ``((h - H) // 2, (w - W) // 2)``, as Caffe's
@@ -95,6 +95,11 @@ image; the tests check this to 1e-5 (in practice bit for bit).
 The result is a float32 ``(3, H, W)`` BGR array (``(1, H, W)`` luminance for a 1-channel net). ``Preprocessor.describe()``
 records all of the above for the manifest.
 
+The options named above (``resize``, ``resize_to``, ``mean_mode``, ``input_scale``, ``raw_scale``,
+``jpeg_draft``, ``max_pixels``, ``exif_transpose``) are the fields of :class:`PreprocessSpec`, which is
+at once the config's ``preprocess:`` section and the Python API's spec (``savedeep.transform(model,
+preprocess={...})``): one class, one validation, one default each (the config table lists them).
+
 Size: about 100 lines are the exact preprocessing specification above (the README points here); the
 one implementation every engine, the producers and ``savedeep.transform`` run follows it step by step.
 """
@@ -107,7 +112,6 @@ import os
 import stat
 import struct
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +120,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from savedeep.config import DEFAULT_MAX_PIXELS, MEAN_MODES, RESIZE_MODES, PreprocessOptions
+# The spec's one class, validation and defaults live with the config (a lower layer); re-exported here.
+from savedeep.config import PreprocessSpec
 from savedeep.errors import ConfigError, ImageError, ModelError
 
 log = logging.getLogger(__name__)
@@ -159,45 +164,6 @@ _UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\x0a", 0, "JPEG XL"),
 )
 _ORIENTATION_TAG = 0x0112
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How images become input blobs; validated on construction, recorded in the manifest."""
-
-    resize: str = "warp"
-    resize_to: int = 256
-    mean_mode: str = "channel"
-    input_scale: float | None = None
-    raw_scale: float = 255.0
-    jpeg_draft: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    exif_transpose: bool = False
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"preprocess.resize: {self.resize!r} is not one of {', '.join(RESIZE_MODES)}")
-        if self.mean_mode not in MEAN_MODES:
-            raise ConfigError(f"preprocess.mean_mode: {self.mean_mode!r} is not one of {', '.join(MEAN_MODES)}")
-        if isinstance(self.resize_to, bool) or not isinstance(self.resize_to, int) or self.resize_to < 1:
-            raise ConfigError(f"preprocess.resize_to: {self.resize_to!r} must be a positive integer (e.g. 256)")
-        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1:
-            raise ConfigError(f"preprocess.max_pixels: {self.max_pixels!r} must be a positive integer")
-        for name in ("raw_scale", "input_scale"):
-            value = getattr(self, name)
-            if value is None and name == "input_scale":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value == 0:
-                raise ConfigError(f"preprocess.{name}: {value!r} must be a finite non-zero number")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as plain values (for config dumps and fingerprints)."""
-        return asdict(self)
-
-    @classmethod
-    def from_options(cls, options: PreprocessOptions) -> PreprocessSpec:
-        """The spec of a config's ``preprocess:`` section (its unset keys take the spec's defaults)."""
-        return cls(**{k: v for k, v in options.to_dict().items() if v is not None or k == "input_scale"})
 
 
 def load_mean(path: Path) -> np.ndarray:

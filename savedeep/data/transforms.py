@@ -100,7 +100,7 @@ def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> T
         from savedeep.caffe.model import load_model
 
         model = load_model(source)
-        spec = PreprocessSpec(**(preprocess or {}))
+        spec = PreprocessSpec.from_mapping(preprocess, source="savedeep.transform's preprocess=")
         shape = tuple(int(d) for d in model.net.input_shape[1:])
         return Transform(Preprocessor(spec, load_mean(model.mean_path), shape), source)
     if preprocess:
@@ -111,7 +111,7 @@ def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> T
     if not pre or "options" not in pre:
         raise ModelError(f"{source}: its metadata records no image preprocessing (the net's input is not a "
                          f"(3, H, W) image, or an older savedeep wrote it); use transform(MODEL_DIRECTORY)")
-    spec = PreprocessSpec(**pre["options"])
+    spec = PreprocessSpec.from_mapping(pre["options"], source=f"{source}'s recorded preprocessing")
     recorded = pre["spec"]["mean"]  # Preprocessor.describe()'s: per-channel values (BGR, or the luminance's)
     mean = None
     if recorded.get("mode", "none") != "none":

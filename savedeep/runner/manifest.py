@@ -141,10 +141,11 @@ class Manifest:
     # -- resuming -------------------------------------------------------------------------
     def changes(self, config: Any, hashes: Callable[[], dict[str, str]], keys_digest: str, n_images: int) -> list[str]:
         """What differs between the run that wrote this manifest and ``config`` (empty: it can be resumed)."""
-        from savedeep.config import RESULT_KEYS
+        from savedeep.config import RESULT_KEYS, recorded_result_fingerprint
 
         changed = []
-        if self.data.get("result_fingerprint") != config.result_fingerprint():
+        # Recomputed from the recorded config: an output of an earlier savedeep compares in today's form.
+        if recorded_result_fingerprint(self.data) != config.result_fingerprint():
             old, new = self.data.get("config", {}), config.canonical()
             diff = [k for k in RESULT_KEYS if old.get(k) != new.get(k)]
             changed.append("config keys " + ", ".join(diff or ["(fingerprint)"]))

@@ -304,7 +304,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     from savedeep.data.output import ColumnSpec, sha256_file
     from savedeep.runner.devices import cpu_load, plan_devices, shm_free_bytes, size_rings
     from savedeep.runner.lock import OutputLock
-    from savedeep.data.preprocess import PreprocessSpec, Preprocessor, load_mean
+    from savedeep.data.preprocess import Preprocessor, load_mean
     from savedeep.data.reduce import make_reducer
     from savedeep.runner.shm import Field, new_ring_spec
 
@@ -340,7 +340,7 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
         blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
                              "blob_shape": list(shape), "reduce": red.describe()}
     mean = load_mean(model.mean_path)
-    pre_spec = PreprocessSpec.from_options(cfg.preprocess)
+    pre_spec = cfg.preprocess  # the spec itself (savedeep.config.PreprocessSpec)
     preprocess_desc = Preprocessor(pre_spec, mean, input_shape).describe()
     check_engine_importable(cfg.engine)
 

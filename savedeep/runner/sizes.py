@@ -21,7 +21,7 @@ end well, before any worker starts:
 - **the Parquet shards**: an estimate. Without a forward pass the basis is the
   raw activation bytes plus the keys and a footer per shard (compression not
   counted: it saves 0-75% depending on the blob and dtype, benchmarks/RESULTS.md);
-  ``savedeep validate --time`` measures the ratio on one forwarded batch written
+  ``savedeep validate --estimate-time`` measures the ratio on one forwarded batch written
   with the run's compression, and says so;
 - **the failures table, the manifest and the log**: small, from their per-shard
   and fixed sizes.

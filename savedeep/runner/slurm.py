@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from savedeep.errors import ConfigError, SavedeepError
+from savedeep.errors import ConfigError, SavedeepError, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ SITE_SETUP_DEFAULT = "# module load cuda    # e.g.: your site's modules, `conda 
 class SubmitError(SavedeepError):
     """sbatch refused or could not be run (exit code 6, as a failed worker: something outside savedeep)."""
 
-    exit_code = 6
+    exit_code = WorkerError.exit_code
 
 
 @dataclass

@@ -158,10 +158,10 @@ def read_records(directory: Path) -> dict[int, dict[str, Any]]:
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     """What differs between two runs' headers in what decides the rows (empty: they can share an output)."""
-    from savedeep.config import RESULT_KEYS
+    from savedeep.config import RESULT_KEYS, recorded_result_fingerprint
 
     out = []
-    if a.get("result_fingerprint") != b.get("result_fingerprint"):
+    if recorded_result_fingerprint(a) != recorded_result_fingerprint(b):
         old, new = a.get("config", {}), b.get("config", {})
         out.append("config keys " + ", ".join([k for k in RESULT_KEYS if old.get(k) != new.get(k)] or ["(fingerprint)"]))
     ha, hb = a.get("model", {}).get("sha256", {}), b.get("model", {}).get("sha256", {})
