@@ -17,7 +17,7 @@ from typing import Any
 
 from savedeep.runner.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
 from savedeep.runner.shm import Ring, RingSpec
-from workers._loop import Channels, Worker, run_worker
+from savedeep._workers._loop import Channels, Worker, run_worker
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 from savedeep.runner.messages import BatchDone, BatchWritten, EndOfStream, ShardWritten
 from savedeep.data.output import ShardSet, shard_name
 from savedeep.runner.shm import Ring, RingSpec
-from workers._loop import Channels, Worker, run_worker
+from savedeep._workers._loop import Channels, Worker, run_worker
 
 
 @dataclass(frozen=True)
