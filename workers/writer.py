@@ -9,6 +9,7 @@ parent, which alone updates the manifest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ class WriterArgs:
 
     directory: Path
     columns: tuple[Any, ...]               # savedeep.data.output.ColumnSpec
-    metadata: dict[str, list[Any]]         # extra columns of a CSV image list, by image position
+    metadata: dict[str, Sequence[Any]]     # extra columns of a CSV image list, by image position
     compression: str
     compression_level: int | None
     batches: tuple[tuple[int, int], ...]   # (batch, shard) of this writer's shards, in writing order

@@ -15,6 +15,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def put_payload(role: str, obj: object) -> tuple[PayloadRef, "Segment"]:
     return PayloadRef(name, len(data)), Segment(shm)
 
 
-def take_payload(ref: PayloadRef) -> object:
+def take_payload(ref: PayloadRef) -> tuple[Any, ...]:
     """Read and unpickle the arguments ``ref`` points to (workers; the parent unlinks)."""
     import pickle
 
