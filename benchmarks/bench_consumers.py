@@ -61,7 +61,7 @@ def rule_table(cores_list=(2, 16, 64), memory_gib=(23.5, 64, 256)) -> list[dict]
     from savedeep.data.output import ColumnSpec
 
     rows = []
-    for label, (case, n, dtype) in CASES.items():
+    for label, (case, _n, dtype) in CASES.items():
         model_name, blobs = common.CASES[case]
         m = load_model(common.MODELS[model_name](), weights=False)
         shapes = m.net.blob_shapes(1)
@@ -136,7 +136,7 @@ def main() -> None:
                       f"steady {steady} images/s = {row['steady_of_bound']} of its bound", flush=True)
         for name in configs:
             mine = [x for x in rows if x["case"] == label and x["config"] == name]
-            def med(k: str) -> float | None:
+            def med(k: str, mine: list[dict] = mine) -> float | None:
                 vals = [x[k] for x in mine if x[k] is not None]
                 return round(statistics.median(vals), 3) if vals else None
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -263,7 +262,7 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
             # numpy's float16 cast (the caffe engine's copy out; the torch engine casts in its own copy)
             f32 = {k: _tile(v, n_rows) for k, v in acts.items()}
             t0 = time.perf_counter()
-            for k, v in f32.items():
+            for v in f32.values():
                 for a in range(0, n_rows, batch):
                     v[a:a + batch].astype(np.float16)
             el = time.perf_counter() - t0

@@ -105,9 +105,9 @@ def main() -> None:
                   f"first batch written {res['first_written_s']:.2f} s, after the last {res['after_last_s']:.2f} s, steady {res['steady']:.1f} images/s, "
                   f"wall rate / steady {res['wall_of_steady']}; consumer: {res['consumer_startup']}", flush=True)
     table = []
-    for name, code, consumers in variants:
+    for name, _code, consumers in variants:
         mine = [x for x in rows if x["code"] == name and x["cpu_consumers"] == consumers]
-        med = lambda k: round(statistics.median(x[k] for x in mine), 3)  # noqa: E731
+        med = lambda k, mine=mine: round(statistics.median(x[k] for x in mine), 3)  # noqa: E731
         table.append({"code": name, "cpu_consumers": consumers, "consumers": mine[0]["consumers"],
                       "wall s": med("wall_s"), "import savedeep s": med("import_s"),
                       "first batch written s": med("first_written_s"), "after the last batch s": med("after_last_s"),

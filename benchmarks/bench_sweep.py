@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -151,7 +150,6 @@ def report(rows: list, m: dict, info: dict, cases: list, engines: list, producer
                        ["case", "engine", "producers", "batch", "images", "wall_s", "images_per_s",
                         "steady_images_per_s", "busy", "bound", "steady_of_bound"],
                        f"sweep (one CPU consumer, {m['cores']} threads; no pickle)")
-    stages = load_stages()
     common.write_json(OUT / f"{name}.json", {"machine": m, "images": info["images"], "nsfw_images": info["nsfw_images"],
                                            "total_s": info["total_s"], "rows": rows,
                                            "bounds_from": "each row's bound_from"})

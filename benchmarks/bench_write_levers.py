@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_write_levers.py [--dtype float16] [--rows 384] [-
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile

@@ -343,7 +343,7 @@ def main() -> int:
             verdict(step, "FAIL", traceback.format_exc(limit=3).strip().replace("\n", " | ")[-800:])
         print(f"    ({time.perf_counter() - t:.1f} s)", flush=True)
     print(f"\n=== gpu_check on {args.device}, {time.perf_counter() - t0:.0f} s", flush=True)
-    for step, status, detail in VERDICTS:
+    for step, status, _detail in VERDICTS:
         print(f"VERDICT {step}: {status}", flush=True)
     result = {"device": args.device, "verdicts": [{"step": s, "status": st, "detail": d} for s, st, d in VERDICTS],
               "total_s": round(time.perf_counter() - t0, 1)}

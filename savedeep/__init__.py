@@ -18,15 +18,20 @@ Python API::
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import typing as _typing
+from pathlib import Path as _Path
 
 from savedeep import _moved
 from savedeep.version import __version__
 
 _moved.install()  # the old flat paths (savedeep.model, savedeep.output, ...): see savedeep/_moved.py
 
-if TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import savedeep` cheap
+# The names below are for annotations only; at run time the package's namespace holds __all__ (and the
+# submodules) and nothing else: tests/test_public_api.py.
+if _typing.TYPE_CHECKING:  # heavy modules are imported on first use, keeping `import savedeep` cheap
+    from pathlib import Path
+    from typing import Any
+
     import numpy as np
     import pandas as pd
 
@@ -42,7 +47,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
     """Load and validate a config file, with keyword overrides (same keys as the YAML)."""
     from savedeep.config import load_config as _load
 
-    return _load(Path(path) if path is not None else None, overrides)
+    return _load(_Path(path) if path is not None else None, overrides)
 
 
 def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool = False,
@@ -86,14 +91,14 @@ def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":
     """The output as a DataFrame, from the pickle or the Parquet shards (partial outputs too)."""
     from savedeep.data.output import load as _load
 
-    return _load(Path(path), blobs)
+    return _load(_Path(path), blobs)
 
 
 def load_array(path: str | Path, blob: str) -> "np.ndarray":
     """One blob of an output as an (N, *shape) array, reading no other blob."""
     from savedeep.data.output import load_array as _load_array
 
-    return _load_array(Path(path), blob)
+    return _load_array(_Path(path), blob)
 
 
 def load_xarray(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
@@ -103,14 +108,14 @@ def load_xarray(path: str | Path, blobs: list[str] | None = None, lazy: bool = F
     for receptive fields, if it moved since the run."""
     from savedeep.analysis.interop import load_xarray as _load_xarray
 
-    return _load_xarray(Path(path), blobs, lazy=lazy, model=model)
+    return _load_xarray(_Path(path), blobs, lazy=lazy, model=model)
 
 
 def load_dataarray(path: str | Path, blob: str, lazy: bool = False, model: str | Path | None = None) -> Any:
     """One blob as an ``xarray.DataArray`` with dims ``(image, channel, y, x)`` or ``(image, unit)``."""
     from savedeep.analysis.interop import load_dataarray as _load_dataarray
 
-    return _load_dataarray(Path(path), blob, lazy=lazy, model=model)
+    return _load_dataarray(_Path(path), blob, lazy=lazy, model=model)
 
 
 def load_assembly(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
@@ -118,7 +123,7 @@ def load_assembly(path: str | Path, blobs: list[str] | None = None, lazy: bool =
     """A Brain-Score-style ``presentation`` x ``neuroid`` DataArray of the blobs (see savedeep.analysis.interop)."""
     from savedeep.analysis.interop import load_assembly as _load_assembly
 
-    return _load_assembly(Path(path), blobs, lazy=lazy, model=model)
+    return _load_assembly(_Path(path), blobs, lazy=lazy, model=model)
 
 
 def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: list[str] | str | None = None,
@@ -127,7 +132,7 @@ def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: lis
     ``compression_level``: netCDF's gzip level, 0-9 (0: none)."""
     from savedeep.analysis.interop import export as _export
 
-    return _export(Path(path), to, dest, blobs, overwrite=overwrite, model=model, compression_level=compression_level)
+    return _export(_Path(path), to, dest, blobs, overwrite=overwrite, model=model, compression_level=compression_level)
 
 
 def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: int | None = None,
@@ -137,7 +142,7 @@ def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: in
     subsample drawn by ``numpy.random.default_rng(seed)``. See :mod:`savedeep.analysis.stats`."""
     from savedeep.analysis.stats import rdm as _rdm
 
-    return _rdm(Path(path), blob, metric=metric, max_images=max_images, seed=seed)
+    return _rdm(_Path(path), blob, metric=metric, max_images=max_images, seed=seed)
 
 
 def blob_similarity(path: str | Path, blobs: list[str] | None = None, metric: str = "correlation",
@@ -145,14 +150,14 @@ def blob_similarity(path: str | Path, blobs: list[str] | None = None, metric: st
     """Blobs x blobs: the Pearson correlation between the blobs' RDMs on the same images."""
     from savedeep.analysis.stats import blob_similarity as _sim
 
-    return _sim(Path(path), blobs, metric=metric, max_images=max_images, seed=seed)
+    return _sim(_Path(path), blobs, metric=metric, max_images=max_images, seed=seed)
 
 
 def blob_stats(path: str | Path, blob: str) -> Any:
     """One blob's statistics over every image (histogram, zeros, dead units, per-unit means), streamed."""
     from savedeep.analysis.stats import blob_stats as _stats
 
-    return _stats(Path(path), blob)
+    return _stats(_Path(path), blob)
 
 
 def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | str | None = None,
@@ -161,7 +166,7 @@ def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | 
     ``thumbnails=False``: do not read the images for the top-image thumbnails."""
     from savedeep.analysis.report import write_report
 
-    return write_report(Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed,
+    return write_report(_Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed,
                         thumbnails=thumbnails)
 
 

@@ -71,6 +71,7 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         # The import system keeps the module's own __name__ (tracebacks and pickles name the new path)
         # but sets __spec__ to the alias's spec: exec_module puts the module's own back.
         module = importlib.import_module(MOVED[spec.name])
+        assert module.__spec__ is not None  # only __main__ may lack one
         self.own_spec[module.__name__] = module.__spec__
         return module
 

@@ -892,7 +892,7 @@ class _Validator:
             return None
         if pooling:
             if "pool" not in value:
-                self.fail(f"{key}.pool", f"required with grid; set pool: mean or pool: max")
+                self.fail(f"{key}.pool", "required with grid; set pool: mean or pool: max")
                 return None
             pool = self.check(f"{key}.pool", value["pool"], _choice(POOL_MODES))
             grid = self.check(f"{key}.grid", value.get("grid"), _optional(_positive_int))

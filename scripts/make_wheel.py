@@ -24,7 +24,7 @@ def make_wheel(stage: Path, wheel: Path, name: str, version: str, requires: list
     """Write ``wheel`` from every file under ``stage``."""
     tag = wheel.name[:-4].split("-", 2)[2]  # python-abi-platform
     dist_info = f"{name}-{version}.dist-info"
-    metadata = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
     metadata += [f"Requires-Dist: {r}" for r in requires]
     extra = {
         f"{dist_info}/METADATA": "\n".join(metadata) + "\n",

@@ -23,7 +23,7 @@ import sys
 # the optional parts (report, export, convert). Each one that is missing is skipped (its set-up
 # option was off), named on stderr.
 MODULES = ["savedeep", "savedeep.cli", "savedeep.runner.pipeline", "savedeep.analysis.report", "savedeep.runner.validate",
-           "workers.producer", "workers.consumer", "workers.writer",
+           "savedeep._workers.producer", "savedeep._workers.consumer", "savedeep._workers.writer",
            "savedeep.engines.torch_engine", "savedeep.engines.caffe_engine", "caffe", "torch",
            "cv2", "simplejpeg", "PIL.Image", "pyarrow.parquet", "pandas", "matplotlib.pyplot",
            "h5py", "netCDF4", "scipy.io", "xarray", "onnx", "onnxruntime", "ssl", "sqlite3", "lzma", "bz2",

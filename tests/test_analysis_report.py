@@ -24,7 +24,6 @@ import pytest
 import rsatoolbox
 
 import savedeep
-from savedeep.analysis import stats
 from savedeep.data.output import ColumnSpec, ShardWriter, write_manifest
 from savedeep.analysis.report import build_report, write_report
 
@@ -129,7 +128,7 @@ def test_page_geometry_is_ordered_by_group_and_agrees_with_the_api(output, page)
     got = np.asarray([[np.nan if v is None else v for v in row] for row in g["blob_similarity"]])
     assert np.array_equal(np.isnan(got), np.isnan(sim.values))
     assert np.nanmax(np.abs(got - sim.values)) < 1e-12
-    for i, a in enumerate(BLOB_NAMES):
+    for i in range(len(BLOB_NAMES)):
         for j in range(len(BLOB_NAMES)):
             if np.isfinite(sim.values[i, j]):
                 assert f'<span class="num">{sim.values[i, j]:.3f}</span>' in html

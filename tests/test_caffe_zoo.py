@@ -286,7 +286,7 @@ def test_a_caffemodel_over_2_gib_is_refused_before_any_worker_starts(engine, tes
 @pytest.mark.caffe
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["torch", "caffe"])
-def test_a_grayscale_net_runs_end_to_end_and_equals_pycaffe(engine, zoo, caffe_io_with_resize, photos, tmp_path):
+def test_a_grayscale_net_runs_end_to_end_and_equals_pycaffe(engine, zoo, caffe_io_with_resize, photos, tmp_path):  # noqa: F811
     """LeNet's (1, 28, 28) input through the whole pipeline (producers, shared memory, consumers, writer).
 
     The reference is pycaffe alone: caffe.io.load_image(color=False)'s luminance, Transformer.preprocess

@@ -217,7 +217,7 @@ def test_each_subcommands_options_are_parameters_of_its_public_function(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     dests = {a.dest for a in sub._actions if a.dest not in ("help", "quiet")}
     params = list(inspect.signature(getattr(savedeep, _SUBCOMMAND_FUNCTIONS[command])).parameters)
-    missing = {d for d in dests - set(params) if not (d in _FIRST_PARAMETER)}
+    missing = {d for d in dests - set(params) if d not in _FIRST_PARAMETER}
     assert not missing, f"savedeep {command}: options {sorted(missing)} are not parameters of savedeep.{command}"
     assert dests & _FIRST_PARAMETER, command  # the positional argument is there, as the first parameter
 

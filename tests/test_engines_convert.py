@@ -444,12 +444,12 @@ def test_module_of_caffenet_is_named_after_its_layers(caffenet_dir, tmp_path):
     model = module.load()
     names = dict(model.named_modules())
     net = load_model(caffenet_dir).net
-    for layer in net.layers:
-        if layer.type == "Input":
+    for net_layer in net.layers:
+        if net_layer.type == "Input":
             continue
-        in_place = layer.tops == layer.bottoms
-        expected = f"{layer.bottoms[0]}.{layer.name}" if in_place else layer.name
-        assert expected in names, (layer.name, sorted(names)[:20])
+        in_place = net_layer.tops == net_layer.bottoms
+        expected = f"{net_layer.bottoms[0]}.{net_layer.name}" if in_place else net_layer.name
+        assert expected in names, (net_layer.name, sorted(names)[:20])
     assert [n for n in names if n.startswith("fc6")] == ["fc6", "fc6.relu6", "fc6.drop6"]
     assert module.METADATA["modules"]["fc6"] == ["fc6", None]
     x = np.random.default_rng(0).normal(size=(2, 3, 227, 227)).astype(np.float32) * 40

@@ -4,8 +4,11 @@ imports only the new paths.
 
 import-linter checks the layers, who may start workers, what workers may import, and cycles between
 sibling modules and packages. The hand-written cycle check below stays: it also sees cycles through a
-package's ``__init__`` and between ``savedeep`` and ``workers`` (two root packages), which
-import-linter's ``acyclic_siblings`` does not.
+package's ``__init__`` and through the one edge ``acyclic_siblings`` is told to ignore (the supervisor,
+savedeep.runner.pipeline, starting ``savedeep._workers``).
+
+The top-level ``workers/`` folder is the package ``savedeep._workers`` (``savedeep/_workers`` is a link to it;
+see workers/__init__.py): its modules are checked under that name, and nothing may import it as ``workers``.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("savedeep", "workers")
+PACKAGES = {"savedeep": ROOT / "savedeep", "savedeep._workers": ROOT / "workers"}  # import name: folder
 
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for pkg in PACKAGES:
-        for p in (ROOT / pkg).rglob("*.py"):
-            name = p.relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+    for pkg, folder in PACKAGES.items():
+        for p in folder.rglob("*.py"):
+            name = f"{pkg}.{p.relative_to(folder).with_suffix('').as_posix().replace('/', '.')}"
             out[name.removesuffix(".__init__")] = p
     return out
 
@@ -129,7 +132,7 @@ def test_the_import_contracts_hold():
 # (a contract that nothing can break, a typo in a module name for instance, would pass forever).
 _BREAKS = {
     "Layers:": ("savedeep/caffe/model.py", "from savedeep.runner import manifest"),
-    "Only the supervisor": ("savedeep/data/output.py", "import workers.writer"),
+    "Only the supervisor": ("savedeep/data/output.py", "import savedeep._workers.writer"),
     "Workers run one role": ("workers/writer.py", "from savedeep.runner import tasks"),
     "No cycle between": ("savedeep/runner/messages.py", "from savedeep.runner import pipeline"),
 }
@@ -137,8 +140,8 @@ _BREAKS = {
 
 @pytest.mark.parametrize("contract", sorted(_BREAKS))
 def test_each_contract_catches_a_forbidden_import(contract, tmp_path):
-    for part in ("savedeep", "workers"):
-        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("savedeep", "workers"):  # savedeep/_workers stays a link, to the copy of workers/
+        shutil.copytree(ROOT / part, tmp_path / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     path, line = _BREAKS[contract]
     with open(tmp_path / path, "a") as f:
@@ -179,20 +182,34 @@ def test_old_paths_cover_every_moved_module_and_no_file_remains_there():
 
 
 def test_the_project_imports_only_the_new_paths():
-    # The package, workers, benchmarks and scripts use the new paths (grimp cannot see an alias, so
-    # import-linter would not notice one); tests/ and the README may use the old ones.
+    # The package, workers, benchmarks, scripts and tests use the new paths (grimp cannot see an alias, so
+    # import-linter would not notice one); tests/ and the README may use the old flat ones. Nothing imports
+    # the top-level name ``workers``: an installed savedeep has no such package (and import-linter, whose
+    # root is savedeep, would take it for an outside package).
     from savedeep._moved import MOVED
 
     old = set(MOVED)
     found = []
-    for part in ("savedeep", "workers", "benchmarks", "scripts"):
+    for part in ("savedeep", "workers", "benchmarks", "scripts", "tests"):
         for p in (ROOT / part).rglob("*.py"):
             for node in ast.walk(ast.parse(p.read_text())):
                 names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names]
                          if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else
                          [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-                found += [f"{p.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n in old]
+                found += [f"{p.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                          if (n in old and part != "tests") or n.split(".")[0] == "workers"]
     assert not found, found
+
+
+def test_the_workers_folder_does_not_import_as_workers():
+    # From a checkout the folder is importable as ``workers`` (the current directory is on sys.path): a module
+    # imported under that name would be a second copy of savedeep._workers' (its own Channels, STARTING, ...).
+    r = subprocess.run([sys.executable, "-c", "import workers"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode != 0 and "import savedeep._workers, not workers" in r.stderr, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-c", "import savedeep._workers.writer as w; print(w.__name__)"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip() == "savedeep._workers.writer", r.stdout + r.stderr
 
 
 # --- sizes -----------------------------------------------------------------------------------------------------

@@ -508,7 +508,7 @@ def _die() -> None:
 def test_a_dead_worker_is_noticed_while_events_keep_coming():
     from savedeep.errors import WorkerError
     from savedeep.runner.pipeline import Run
-    from workers._loop import Channels
+    from savedeep._workers._loop import Channels
 
     ctx = mp.get_context("spawn")
     ch = Channels(tasks=None, ready=ctx.Queue(), done=[], events=ctx.Queue(), free_in=None, free_out=None,

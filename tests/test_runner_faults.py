@@ -109,7 +109,7 @@ def _finish(p: subprocess.Popen) -> tuple[int, str]:
         time.sleep(2.0)
         os.killpg(p.pid, signal.SIGKILL)
         _, err = p.communicate()
-        raise AssertionError(f"run hung for {TIMEOUT_S} s; its stderr (with the stacks) ended with:\n{err[-12000:]}")
+        raise AssertionError(f"run hung for {TIMEOUT_S} s; its stderr (with the stacks) ended with:\n{err[-12000:]}") from None
     # The parent unlinks every segment it made, on every path out. Where it did not, the
     # resource tracker unlinks them when the parent exits and says so: the segments are then
     # gone by the time the test looks, so this line is the only trace of the leak.

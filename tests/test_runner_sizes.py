@@ -254,7 +254,7 @@ def test_the_end_steps_work_in_proportion_to_the_images(tmp_path):
     for n in (200, 1000, 5000):  # the first warms up: imports and first-call caches are not per-image work
         m = _output(tmp_path / str(n) / "acts.parquet", n)
         pk = tmp_path / str(n) / "acts.pk"
-        work[n] = _python_work(lambda: m.finish(devices=[], wall_s=1.0, pickle_path=pk, pickle=True,
+        work[n] = _python_work(lambda m=m, pk=pk: m.finish(devices=[], wall_s=1.0, pickle_path=pk, pickle=True,
                                                 max_pickle_bytes=2**30))
         assert len(savedeep.load(pk)) == n - len(range(0, n, 97))
     ratio = work[5000] / work[1000]

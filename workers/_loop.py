@@ -92,7 +92,7 @@ class Worker:
     def check(self) -> None:
         """Raise Stopped if the run is stopping or the parent is gone."""
         if self.ch.stop.is_set() or os.getppid() != self.ch.parent_pid:
-            raise Stopped()
+            raise Stopped
 
     def get(self, q) -> Any:
         """A blocking get that keeps checking the stop flag and the parent."""

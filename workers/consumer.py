@@ -17,7 +17,7 @@ from typing import Any
 
 from savedeep.runner.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
 from savedeep.runner.shm import Ring, RingSpec
-from workers._loop import Channels, Worker, run_worker
+from savedeep._workers._loop import Channels, Worker, run_worker
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     marks.append(("model files read", time.time()))
     # The parent gave this process only its own GPU (CUDA_VISIBLE_DEVICES, savedeep/runner/devices.py):
     # inside, it is device 0. Refuse to run if that isolation is missing.
+    assert w.device is not None  # the parent starts each consumer on its device (devices.worker_env)
     local = local_device(w.device)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if local != "cpu" and (visible is None or "," in visible or not visible.strip()):

@@ -16,7 +16,7 @@ import numpy as np
 from savedeep.errors import ImageError, bad_image_stops_run
 from savedeep.runner.messages import BatchReady, EndOfStream, Failure, Task
 from savedeep.runner.shm import Ring, RingSpec
-from workers._loop import Channels, Worker, run_worker
+from savedeep._workers._loop import Channels, Worker, run_worker
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ parent, which alone updates the manifest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from savedeep.runner.messages import BatchDone, BatchWritten, EndOfStream, ShardWritten
 from savedeep.data.output import ShardSet, shard_name
 from savedeep.runner.shm import Ring, RingSpec
-from workers._loop import Channels, Worker, run_worker
+from savedeep._workers._loop import Channels, Worker, run_worker
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class WriterArgs:
 
     directory: Path
     columns: tuple[Any, ...]               # savedeep.data.output.ColumnSpec
-    metadata: dict[str, list[Any]]         # extra columns of a CSV image list, by image position
+    metadata: dict[str, Sequence[Any]]     # extra columns of a CSV image list, by image position
     compression: str
     compression_level: int | None
     batches: tuple[tuple[int, int], ...]   # (batch, shard) of this writer's shards, in writing order

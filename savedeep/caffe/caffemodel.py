@@ -16,6 +16,7 @@ import mmap
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 # Wire types of the protobuf encoding.
 VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
-_NP_DTYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
+_NP_DTYPES: dict[str, np.dtype[Any]] = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
+_Buffer = bytes | mmap.mmap  # a caffemodel read whole, or mapped
 
 
 class DecodeError(ValueError):
@@ -36,7 +38,7 @@ class DecodeError(ValueError):
 
 # -- decoding ---------------------------------------------------------------
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: _Buffer, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
@@ -74,11 +76,11 @@ def _convert_varint(field: Field, raw: int) -> object:
     if t == "uint32":
         return raw & 0xFFFFFFFF
     if t == "enum":
-        return enum_name(field.type_name, _signed(raw, 32))
+        return enum_name(field.named_type, _signed(raw, 32))
     return raw
 
 
-def _skip_group(buf: bytes, pos: int, end: int, number: int) -> int:
+def _skip_group(buf: _Buffer, pos: int, end: int, number: int) -> int:
     while pos < end:
         key, pos = _varint(buf, pos)
         wire, num = key & 7, key >> 3
@@ -90,7 +92,7 @@ def _skip_group(buf: bytes, pos: int, end: int, number: int) -> int:
     raise DecodeError("unterminated group")
 
 
-def _skip(buf: bytes, pos: int, end: int, wire: int, number: int) -> int:
+def _skip(buf: _Buffer, pos: int, end: int, wire: int, number: int) -> int:
     if wire == VARINT:
         _, pos = _varint(buf, pos)
     elif wire == FIXED64:
@@ -109,7 +111,7 @@ def _skip(buf: bytes, pos: int, end: int, wire: int, number: int) -> int:
     return pos
 
 
-def _decode_packed(field: Field, buf: bytes, start: int, end: int) -> list | np.ndarray:
+def _decode_packed(field: Field, buf: _Buffer, start: int, end: int) -> list | np.ndarray:
     if field.type in _NP_DTYPES:
         dtype = _NP_DTYPES[field.type]
         if (end - start) % dtype.itemsize:
@@ -126,7 +128,7 @@ def _decode_packed(field: Field, buf: bytes, start: int, end: int) -> list | np.
     return values
 
 
-def _decode(buf: bytes, start: int, end: int, type_name: str) -> Message:
+def _decode(buf: _Buffer, start: int, end: int, type_name: str) -> Message:
     msg = Message(type_name)
     values = msg._values
     by_number = BY_NUMBER[type_name]
@@ -146,7 +148,7 @@ def _decode(buf: bytes, start: int, end: int, type_name: str) -> Message:
             if stop > end:
                 raise DecodeError(f"{type_name}.{field.name} runs past the end of its message")
             if t == "message":
-                child = _decode(buf, pos, stop, field.type_name)
+                child = _decode(buf, pos, stop, field.named_type)
                 if field.repeated:
                     values.setdefault(field.name, []).append(child)
                 else:
@@ -170,7 +172,7 @@ def _decode(buf: bytes, start: int, end: int, type_name: str) -> Message:
                 if old is None:
                     values[field.name] = decoded
                 elif field.array:
-                    values[field.name] = np.concatenate([np.asarray(old, decoded.dtype), decoded])
+                    values[field.name] = np.concatenate([np.asarray(old, _NP_DTYPES[field.type]), decoded])
                 else:
                     old.extend(decoded)
             else:
@@ -315,9 +317,9 @@ def _put_varint(out: bytearray, value: int) -> None:
     out.append(value)
 
 
-def _scalar_varint(field: Field, value: object) -> int:
+def _scalar_varint(field: Field, value: Any) -> int:
     if field.type == "enum":
-        return value if isinstance(value, int) else ENUMS[field.type_name][value]
+        return value if isinstance(value, int) else ENUMS[field.named_type][value]
     return int(value)
 
 
@@ -327,11 +329,11 @@ def _encode(msg: Message, out: bytearray) -> None:
         number = field.number
         if t == "message":
             for child in (value if field.repeated else [value]):
-                body = bytearray()
-                _encode(child, body)
+                encoded = bytearray()
+                _encode(child, encoded)
                 _put_varint(out, number << 3 | LENGTH)
-                _put_varint(out, len(body))
-                out += body
+                _put_varint(out, len(encoded))
+                out += encoded
             continue
         items = value if field.repeated else [value]
         if field.repeated and field.packed:

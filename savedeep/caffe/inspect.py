@@ -45,6 +45,7 @@ def inspect_model(directory_or_prototxt: Path, images: int = 1) -> list[dict[str
         for d in shape:
             values *= d
         layers = writers.get(blob, [])
+        rf = fields.get(blob)
         rows.append({
             "blob": blob,
             "shape": list(shape),
@@ -56,8 +57,8 @@ def inspect_model(directory_or_prototxt: Path, images: int = 1) -> list[dict[str
             # the layer that creates the blob, then the in-place layers that overwrite it
             "layers": layers,
             # receptive field in input pixels (y, x); None for blobs without spatial axes
-            "rf_size": list(fields[blob].size) if fields.get(blob) else None,
-            "rf_jump": list(fields[blob].jump) if fields.get(blob) else None,
+            "rf_size": list(rf.size) if rf else None,
+            "rf_jump": list(rf.jump) if rf else None,
         })
     return rows
 

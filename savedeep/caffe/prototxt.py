@@ -62,6 +62,7 @@ def _tokenize(text: str, source: str) -> list[_Token]:
             raise ModelError(f"{source}:{line}:{col}: unexpected character {text[pos]!r}; "
                              "fix the prototxt syntax (protobuf text format)")
         kind = m.lastgroup
+        assert kind is not None  # every alternative of the token pattern is a named group
         if kind == "nl":
             line += 1
             line_start = m.end()
@@ -94,6 +95,7 @@ def _unescape(quoted: str) -> bytes:
             i += 2 + len(m.group())
         elif nxt in "01234567":
             m = re.match(r"[0-7]{1,3}", body[i + 1:])
+            assert m is not None  # nxt, its first character, is an octal digit
             out.append(int(m.group(), 8) & 0xFF)
             i += 1 + len(m.group())
         else:
@@ -257,7 +259,7 @@ class _Parser:
                 return False
             raise self.error(tok, f"true or false for {field.name!r}")
         if t == "enum":
-            values = ENUMS[field.type_name]
+            values = ENUMS[field.named_type]
             if tok.kind == "ident" and tok.text in values:
                 return tok.text
             if tok.kind == "number":

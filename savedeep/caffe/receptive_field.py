@@ -177,7 +177,7 @@ def _layer_rf(layer: Layer, ins: list[BlobRF | None], in_shapes: list[tuple[int,
     if t in ("Eltwise", "Scale", "Bias"):
         # Eltwise: every bottom is a path. Scale/Bias: a second bottom with the same spatial size is a
         # path too; one without spatial axes (per-channel factors) adds nothing.
-        parts = [src]
+        parts: list[BlobRF | None] = [src]
         for r, s in zip(ins[1:], in_shapes[1:]):
             if _spatial(s) == _spatial(in_shapes[0]):
                 parts.append(r)
@@ -230,8 +230,8 @@ def receptive_fields(net: Net) -> dict[str, BlobRF | None]:
 
 def reduced_bounds(lo: np.ndarray, hi: np.ndarray, edges: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Fields of the cells of a pooled grid: each cell's bin [a, b) of positions -> (lo[a], hi[b-1])."""
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-    return lo[edges[:, 0]], hi[edges[:, 1] - 1]
+    pairs = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    return lo[pairs[:, 0]], hi[pairs[:, 1] - 1]
 
 
 def blob_axes_bounds(rf: BlobRF, reduce: dict[str, Any] | None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
@@ -241,11 +241,12 @@ def blob_axes_bounds(rf: BlobRF, reduce: dict[str, Any] | None) -> dict[str, tup
     """
     y = rf.y.bounds(rf.shape[0])
     x = rf.x.bounds(rf.shape[1])
-    kind = (reduce or {}).get("kind", "none")
+    spec = reduce or {}
+    kind = spec.get("kind", "none")
     if kind == "none":
         return {"y": y, "x": x}
-    if kind == "pool" and reduce.get("grid") is not None:
-        return {"y": reduced_bounds(*y, reduce["row_edges"]), "x": reduced_bounds(*x, reduce["col_edges"])}
+    if kind == "pool" and spec.get("grid") is not None:
+        return {"y": reduced_bounds(*y, spec["row_edges"]), "x": reduced_bounds(*x, spec["col_edges"])}
     return None
 
 

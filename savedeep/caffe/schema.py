@@ -40,6 +40,12 @@ class Field:
     array: bool = False  # decode a repeated float/double into one numpy array (blob data)
 
     @property
+    def named_type(self) -> str:
+        """The message or enum type of a "message" or "enum" field (every such field of the schema names one)."""
+        assert self.type_name is not None, f"field {self.name} ({self.type}) names no message or enum type"
+        return self.type_name
+
+    @property
     def label(self) -> str:
         """The proto2 label: 'repeated' or 'optional'."""
         return "repeated" if self.repeated else "optional"
@@ -554,7 +560,7 @@ class Message:
             values[name] = []
             return values[name]
         if field.type == "message":
-            return Message(field.type_name)
+            return Message(field.named_type)
         return field.default
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -581,7 +587,7 @@ class Message:
         field = self._field(name)
         if field.type != "message" or not field.repeated:
             raise TypeError(f"{self._type}.{name} is not a repeated message field")
-        child = Message(field.type_name)
+        child = Message(field.named_type)
         self._values.setdefault(name, []).append(child)
         return child
 
@@ -591,7 +597,7 @@ class Message:
         if field.type != "message" or field.repeated:
             raise TypeError(f"{self._type}.{name} is not an optional message field")
         if name not in self._values:
-            self._values[name] = Message(field.type_name)
+            self._values[name] = Message(field.named_type)
         return self._values[name]
 
     def items(self) -> list[tuple[Field, Any]]:

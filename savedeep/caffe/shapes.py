@@ -179,7 +179,7 @@ def _inner_product(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], lis
     k = int(np.prod(shape[axis:], dtype=np.int64))
     n = p.num_output
     weights = (k, n) if p.transpose else (n, k)
-    params = [weights] + ([(n,)] if p.bias_term else [])
+    params: list[Shape] = [weights] + ([(n,)] if p.bias_term else [])
     return [tuple(shape[:axis]) + (n,)], params
 
 
@@ -440,7 +440,7 @@ def _embed(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
     p = layer.param.embed_param
     if p.num_output <= 0 or p.input_dim <= 0:
         raise _ShapeError("embed_param.num_output and input_dim must be positive")
-    params = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
+    params: list[Shape] = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
     return [bottoms[0] + (p.num_output,)], params
 
 

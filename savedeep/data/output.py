@@ -628,7 +628,6 @@ def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ
 
 def load_array(path: Path | str, blob: str) -> np.ndarray:
     """One blob of an output as an (N, *shape) array, reading no other blob."""
-    import pyarrow.parquet as pq
 
     directory, _ = _resolve(Path(path))
     manifest = read_manifest(directory)

@@ -200,7 +200,7 @@ def load_mean(path: Path) -> np.ndarray:
 class Preprocessor:
     """Turns one image file into a float32 (C, H, W) input blob for a given net and mean."""
 
-    def __init__(self, spec: PreprocessSpec, mean: np.ndarray | None, input_shape: tuple[int, int, int]) -> None:
+    def __init__(self, spec: PreprocessSpec, mean: np.ndarray | None, input_shape: tuple[int, ...]) -> None:
         if len(input_shape) != 3:
             raise ModelError(f"input shape {tuple(input_shape)}: expected (C, H, W) without the batch dimension")
         c, h, w = (int(v) for v in input_shape)

@@ -70,7 +70,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
         for node in tree.body:  # METADATA = json.loads(r'''{...}''')
             if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["METADATA"]
                     and isinstance(node.value, ast.Call) and node.value.args
-                    and isinstance(node.value.args[0], ast.Constant)):
+                    and isinstance(node.value.args[0], ast.Constant) and isinstance(node.value.args[0].value, str)):
                 return json.loads(node.value.args[0].value)
     elif path.suffix == ".pt2":
         with zipfile.ZipFile(path) as z:

@@ -143,7 +143,7 @@ class CaffeEngine(EngineBase):
         self._blob_shapes = {b: tuple(int(d) for d in self.net.blobs[b].data.shape[1:]) for b in self._visible}
         # The last layer that writes each blob: a forward can stop there.
         self._last_writer: dict[str, int] = {}
-        for i, (layer, tops) in enumerate(self.net.top_names.items()):
+        for i, tops in enumerate(self.net.top_names.values()):
             for t in tops:
                 self._last_writer[t] = i
         self._layer_names = list(self.net._layer_names)

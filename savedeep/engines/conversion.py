@@ -685,8 +685,9 @@ def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source
             for pname, tensor in group.items():
                 if tensor is not None:
                     state[f"{path}.{pname}"] = tensor.detach().clone().contiguous()
-        shapes = lambda g: "{" + ", ".join(f"{n!r}: {_literal(tuple(v.shape)) if v is not None else 'None'}"
-                                           for n, v in g.items()) + "}"
+        def shapes(g: dict[str, Any]) -> str:
+            return "{" + ", ".join(f"{n!r}: {_literal(tuple(v.shape)) if v is not None else 'None'}"
+                                   for n, v in g.items()) + "}"
         args = []
         if params:
             args.append(f"params={shapes(params)}")

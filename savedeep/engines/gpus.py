@@ -217,7 +217,8 @@ def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumer
         else:
             log.info("no GPU visible: %d CPU consumer(s)", cpu_consumers)
         return ["cpu"] * cpu_consumers
-    ids = list(range(n)) if gpus == "all" else list(gpus)
+    # the config's only strings are "cpu" (returned above) and "all"; anything else is a tuple of ids
+    ids = list(range(n)) if isinstance(gpus, str) else list(gpus)
     bad = [i for i in ids if i >= n or i < 0]
     if bad:
         vis = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -58,7 +58,7 @@ from savedeep.runner.ui import LogListener, Progress, busy_fractions, console_lo
 
 if TYPE_CHECKING:
     from savedeep.runner.shm import RingSpec
-    from workers._loop import Channels
+    from savedeep._workers._loop import Channels
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Run:
 
     def _stack_dump_pids(self) -> list[int]:
         """The workers that SIGUSR1 is passed on to: those set up (before that, it would end the process)."""
-        from workers._loop import STARTING
+        from savedeep._workers._loop import STARTING
 
         if self.ch is None:
             return []
@@ -350,7 +350,7 @@ class Run:
 
     def _create_channels(self) -> None:
         """The queues and shared flags (workers/_loop.py, Channels), and the listener of the workers' logs."""
-        from workers._loop import STARTING, Channels, StopFlag
+        from savedeep._workers._loop import STARTING, Channels, StopFlag
 
         ctx, pf = mp.get_context("spawn"), self.pf
         n_workers = pf.producers + len(pf.devices) + pf.writers
@@ -369,9 +369,9 @@ class Run:
 
     def _spawn_workers(self, in_spec: RingSpec, out_spec: RingSpec) -> None:
         from savedeep.runner.devices import worker_env
-        from workers.consumer import ConsumerArgs, consumer_main
-        from workers.producer import ProducerArgs, producer_main
-        from workers.writer import WriterArgs, writer_main
+        from savedeep._workers.consumer import ConsumerArgs, consumer_main
+        from savedeep._workers.producer import ProducerArgs, producer_main
+        from savedeep._workers.writer import WriterArgs, writer_main
 
         cfg, pf = self.config, self.pf
         threads, G = pf.workers.consumer_threads, len(pf.devices)
@@ -399,7 +399,7 @@ class Run:
         """
         from savedeep.runner.devices import start_process
         from savedeep.runner.shm import put_payload
-        from workers._loop import spawned
+        from savedeep._workers._loop import spawned
 
         ref, segment = put_payload(f"{role}{index}", payload)
         self.rings.append(segment)  # unlinked with the rings at shutdown

@@ -44,6 +44,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -81,13 +82,13 @@ class Plan:
         return mine, ranges, shard_batches
 
 
-def make_plan(n_images: int, shard_size: int, batch_size: int, done: set[int] = frozenset()) -> Plan:
+def make_plan(n_images: int, shard_size: int, batch_size: int, done: AbstractSet[int] = frozenset()) -> Plan:
     """Cut the sorted image list into shards of ``shard_size`` and each shard into batches."""
     from savedeep.data.output import shard_ranges
 
     shards = shard_ranges(n_images, shard_size)
     todo = [k for k, _, _ in shards if k not in done]
-    batches = []
+    batches: list[tuple[int, int, int, int]] = []  # (batch, shard, start, stop)
     for k in todo:
         _, start, stop = shards[k]
         for b0 in range(start, stop, batch_size):

@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 class WholeOutput:
     """A run that owns the whole output (no ``--task``)."""
 
-    task = None
-    lock_index = None
+    task: Any = None  # TaskShare: its savedeep.runner.tasks.TaskSpec
+    lock_index: int | None = None
 
     def log_file(self, log_file: Path | None) -> Path | None:
         return log_file
@@ -41,7 +41,9 @@ class WholeOutput:
         if overwrite:
             remove_output(Path(config.output), pq_dir, config.log_file)
             return {}
-        return Manifest.read(pq_dir).tidy_for_resume(set(pf.keep), Path(config.output))
+        manifest = Manifest.read(pq_dir)
+        assert manifest is not None  # preflight refuses to resume an output without one
+        return manifest.tidy_for_resume(set(pf.keep), Path(config.output))
 
     def images(self, pf: Any) -> int:
         return len(pf.images)

@@ -15,6 +15,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from multiprocessing import shared_memory
+from typing import Any
 
 import numpy as np
 
@@ -67,16 +68,14 @@ class Ring:
     def __init__(self, spec: RingSpec, create: bool) -> None:
         self.spec = spec
         self.owner = create
-        if create:
-            self._shm = shared_memory.SharedMemory(name=spec.name, create=True, size=spec.nbytes)
-        else:
-            self._shm = shared_memory.SharedMemory(name=spec.name, create=False)
+        shm = shared_memory.SharedMemory(name=spec.name, create=create, size=spec.nbytes if create else 0)
+        self._shm: shared_memory.SharedMemory | None = shm  # None once closed
         self._views: list[dict[str, np.ndarray]] = []
         for i in range(spec.slots):
             offset = i * spec.slot_bytes
             views = {}
             for f in spec.fields:
-                views[f.name] = np.ndarray(f.shape, dtype=f.dtype, buffer=self._shm.buf, offset=offset)
+                views[f.name] = np.ndarray(f.shape, dtype=f.dtype, buffer=shm.buf, offset=offset)
                 offset += -(-f.nbytes // _ALIGN) * _ALIGN
             self._views.append(views)
 
@@ -145,16 +144,18 @@ def put_payload(role: str, obj: object) -> tuple[PayloadRef, "Segment"]:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     name = f"{SHM_PREFIX}{os.getpid()}_args_{role}_{secrets.token_hex(4)}"
     shm = shared_memory.SharedMemory(name=name, create=True, size=max(len(data), 1))
+    assert shm.buf is not None  # open: None only after close()
     shm.buf[:len(data)] = data
     return PayloadRef(name, len(data)), Segment(shm)
 
 
-def take_payload(ref: PayloadRef) -> object:
+def take_payload(ref: PayloadRef) -> tuple[Any, ...]:
     """Read and unpickle the arguments ``ref`` points to (workers; the parent unlinks)."""
     import pickle
 
     shm = shared_memory.SharedMemory(name=ref.name, create=False)
     try:
+        assert shm.buf is not None  # open: None only after close()
         data = bytes(shm.buf[:ref.size])
     finally:
         shm.close()
@@ -165,7 +166,7 @@ class Segment:
     """An owned segment that is not a ring; ``close`` unmaps and unlinks it."""
 
     def __init__(self, shm: shared_memory.SharedMemory) -> None:
-        self._shm = shm
+        self._shm: shared_memory.SharedMemory | None = shm  # None once closed
 
     def close(self) -> None:
         if self._shm is None:

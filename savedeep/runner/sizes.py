@@ -171,7 +171,7 @@ def pickle_file_size(keys: Sequence[str], metadata: dict[str, Sequence[Any]], co
         return pickle_file_bytes(keys, metadata, columns, directory), True
 
     def beyond_text(m: int) -> int:
-        sample = {k: list(v[:m]) for k, v in metadata.items()}
+        sample: dict[str, Sequence[Any]] = {k: list(v[:m]) for k, v in metadata.items()}
         return pickle_file_bytes(keys[:m], sample, columns, directory) - _text_bytes(keys, metadata, m)
 
     m1 = max(1000, EXACT_PICKLE_OBJECTS // (4 * per_row))

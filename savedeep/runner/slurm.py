@@ -11,7 +11,6 @@ same split (NOTE [savedeep tasks] in savedeep/runner/tasks.py).
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import shutil
 import subprocess

@@ -373,16 +373,17 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
         missing = [s for s in final.shards if not s.get("complete")]
         for s in final.shards:
             if s.get("complete"):
-                rec = shard_record(directory / s["file"])
-                if not rec or (rec.get("index"), rec.get("start"), rec.get("stop"), rec.get("rows")) != (
+                on_disk = shard_record(directory / s["file"])
+                if not on_disk or (on_disk.get("index"), on_disk.get("start"), on_disk.get("stop"),
+                                   on_disk.get("rows")) != (
                         s["index"], s["start"], s["stop"], s["rows"]):
                     s["complete"] = False
                     missing.append(s)
         if missing:
             missing.sort(key=lambda s: s["index"])
             tasks = sorted({owner(s["index"], count) for s in missing})
-            script = directory.with_name(directory.stem + ".slurm") / "array.sh"
-            script = script if script.exists() else "JOB_SCRIPT"
+            array_sh = directory.with_name(directory.stem + ".slurm") / "array.sh"
+            script = str(array_sh) if array_sh.exists() else "JOB_SCRIPT"
             at_most = 20
             names = _ranges(missing[:at_most]) + (f" and {len(missing) - at_most} more" if len(missing) > at_most else "")
             raise OutputError(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from savedeep.config import Config
@@ -188,7 +189,7 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     finally:
         engine.close()
     keys = [k for k, _ in decoded]
-    meta = {m: [None] * n for m in pf.images.metadata}
+    meta: dict[str, Sequence[Any]] = {m: [None] * n for m in pf.images.metadata}
     sink = pa.BufferOutputStream()
     empty = pa.BufferOutputStream()
     writer = ShardWriter(pf.model.directory, 0, pf.columns, list(pf.images.metadata), config.compression,
@@ -217,7 +218,7 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     T = pf.workers.consumer_threads
     core_s = (T * forward if cpu_consumers else 0.0) + decode + write + PER_BATCH_CORE_S / config.batch_size
     bounds = {"forward": G / forward, "decode": P / decode, "write": W / write, "cores": pf.workers.cores / core_s}
-    bound_by = min(bounds, key=bounds.get)
+    bound_by = min(bounds, key=bounds.__getitem__)
     rate = bounds[bound_by]
     todo = sum(z - a for _, _, a, z in pf.plan.batches)
     pickle_s = end * pf.prediction.images if pf.prediction.pickle and not pf.prediction.pickle_refused else 0.0
