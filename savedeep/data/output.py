@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from savedeep.errors import OutputError
-from savedeep.files import atomic_file, atomic_write_bytes, parquet_dir, sha256_file  # noqa: F401 - also used from here
+from savedeep.files import (atomic_file, atomic_write_bytes, beside, glob_escape, parquet_dir,  # noqa: F401
+                            sha256_file)  # sha256_file: also used from here
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,7 @@ class _DiskErrors:
 
 def failures_path(directory: Path) -> Path:
     """The failures table that goes with the Parquet directory ``directory`` (beside it, not in it)."""
-    directory = Path(directory)
-    return directory.with_name(directory.stem + FAILURES_SUFFIX)
+    return beside(directory, FAILURES_SUFFIX)
 
 
 def shard_ranges(n_images: int, shard_size: int) -> list[tuple[int, int, int]]:
@@ -419,8 +419,9 @@ def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
-def _resolve(path: Path) -> tuple[Path, Path | None]:
-    """(parquet directory, pickle path or None) for any of the output's paths."""
+def resolve(path: Path | str) -> tuple[Path, Path | None]:
+    """(the Parquet directory, the pickle or None) of an output, given any of its paths: out/acts.pk,
+    out/acts.parquet, or the pickle's path of a run without a pickle."""
     path = Path(path)
     if path.is_dir() and (path / MANIFEST).exists():
         pk = path.with_suffix(".pk")
@@ -431,19 +432,11 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
     return pq_dir, path if path.exists() else None
 
 
-def _complete_shards(directory: Path, manifest: dict[str, Any]) -> list[Path]:
-    shards = [s for s in manifest.get("shards", []) if s.get("complete")]
-    return [directory / s["file"] for s in sorted(shards, key=lambda s: s["index"])]
-
-
-def _partial_note(directory: Path, manifest: dict[str, Any]) -> None:
-    if not manifest.get("complete"):
-        total = len(manifest.get("shards", []))
-        done = sum(1 for s in manifest.get("shards", []) if s.get("complete"))
-        log.warning(
-            "%s is a partial output (the run did not complete): reading %d of %d shards; "
-            "finish it with `savedeep run --resume`", directory, done, total,
-        )
+def default_destination(path: Path | str, suffix: str) -> Path:
+    """What is written beside an output by default: out/acts.pk (or out/acts.parquet) -> out/acts{suffix}
+    (the report ``.report.html``, the exports ``.nc``, ``_npy``, ``.mat``)."""
+    directory, _ = resolve(path)
+    return beside(directory, suffix)
 
 
 def _chunk_to_numpy(chunk, info: dict[str, Any]) -> np.ndarray:
@@ -457,7 +450,7 @@ def _chunk_to_numpy(chunk, info: dict[str, Any]) -> np.ndarray:
     return chunk.to_numpy_ndarray()
 
 
-def _column_to_numpy(column, info: dict[str, Any]) -> np.ndarray:
+def column_to_numpy(column, info: dict[str, Any]) -> np.ndarray:
     """A blob column (tensor or binary storage) as an (n, *shape) array; ``info`` is its manifest entry."""
     chunks = column.chunks
     if not chunks:
@@ -481,7 +474,7 @@ def _writable(values: np.ndarray) -> np.ndarray:
 
 
 def select_blobs(blobs: Sequence[str] | str | None, available: Sequence[str], where: Path) -> list[str]:
-    """The requested blobs (all by default), as the readers take them: a list, or one comma-separated string
+    """The requested blobs (all by default), as every reader takes them: a list, or one comma-separated string
     as on the command line ("fc6,fc7"). An unknown name is one OutputError naming the output's blobs."""
     if blobs is None:
         return list(available)
@@ -493,15 +486,211 @@ def select_blobs(blobs: Sequence[str] | str | None, available: Sequence[str], wh
     return list(dict.fromkeys(blobs))
 
 
+def blob_order(manifest: dict[str, Any]) -> list[str]:
+    """The blob columns in the order the run asked for them (the manifest's JSON keys are sorted)."""
+    return list(manifest.get("blob_order") or manifest["blobs"])
+
+
+READ_BATCH_BYTES = 32 * 2**20  # rows of one blob decoded at a time by iter_rows
+
+
+def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
+    """One blob's rows of one shard in order, as (n, *shape) arrays: one Parquet row group at a time (a run
+    writes one per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
+
+    Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
+    (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = max(1, int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize)
+    pf = pq.ParquetFile(path)
+    for g in range(pf.num_row_groups):
+        if pf.metadata.row_group(g).num_rows * row <= max_bytes:
+            yield column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
+            continue
+        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
+                                  use_threads=False):
+            yield column_to_numpy(pa.chunked_array([rb.column(0)]), info)
+
+
+@dataclass
+class SavedOutput:
+    """An output opened for reading: the one reader behind :func:`load`, :func:`load_array`, the exports and
+    xarray views (savedeep/analysis/interop.py), the statistics and the report.
+
+    It reads the complete shards the manifest lists, in order (a partial output's with a warning), one
+    blob column and one Parquet row group at a time, so memory stays bounded whatever the number of
+    images; it checks each shard holds the rows its manifest entry says. Blobs are chosen the same way
+    everywhere (:meth:`select`: a list or "a,b"; an unknown name is one OutputError naming the blobs).
+    """
+
+    directory: Path
+    manifest: dict[str, Any]
+    pickle: Path | None = None
+
+    @classmethod
+    def open(cls, path: Path | str) -> SavedOutput:
+        """The output at ``path`` (out/acts.pk or out/acts.parquet); OutputError if it is not one."""
+        directory, pk = resolve(path)
+        manifest = read_manifest(directory)
+        if manifest is None:
+            alone = (f"; {pk} without its Parquet directory reads whole with savedeep.load" if pk is not None
+                     else "")
+            raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output; give the run's output "
+                              f"(out/acts.pk or out/acts.parquet){alone}")
+        src = cls(directory, manifest, pk)
+        if src.partial:
+            log.warning("%s is a partial output (the run did not complete): reading %d of %d shards; finish it "
+                        "with `savedeep run --resume`", directory, len(src.shards), len(manifest.get("shards", [])))
+        return src
+
+    @property
+    def partial(self) -> bool:
+        return not self.manifest.get("complete")
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        """The manifest's entries of the complete shards, in order."""
+        done = [s for s in self.manifest.get("shards", []) if s.get("complete")]
+        return sorted(done, key=lambda s: s["index"])
+
+    @property
+    def files(self) -> list[Path]:
+        """The complete shards' files, in order."""
+        return [self.directory / s["file"] for s in self.shards]
+
+    @property
+    def rows(self) -> list[int]:
+        """Rows per complete shard, in order."""
+        return [int(s["rows"]) for s in self.shards]
+
+    @property
+    def n(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def blobs(self) -> list[str]:
+        return blob_order(self.manifest)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return list(self.manifest.get("metadata_columns", []))
+
+    def info(self, blob: str) -> dict[str, Any]:
+        """The blob's manifest entry: stored shape, dtype, storage, reduction."""
+        return self.manifest["blobs"][blob]
+
+    def select(self, blobs: Sequence[str] | str | None) -> list[str]:
+        """The requested blobs (all by default), checked against the output's (:func:`select_blobs`)."""
+        return select_blobs(blobs, self.blobs, self.directory)
+
+    def row_bytes(self, blob: str) -> int:
+        info = self.info(blob)
+        return int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize
+
+    def _changed(self, k: int) -> OutputError:
+        s = self.shards[k]
+        return OutputError(f"{self.directory / s['file']} does not hold the {s['rows']} rows its manifest entry "
+                           "says: the output was changed after its run; run it again (--overwrite)")
+
+    def index(self, rows: Sequence[int] | None = None, columns: Sequence[str] | None = None
+              ) -> tuple[list[str], dict[str, list[str]]]:
+        """The image keys and metadata columns (all by default; a missing value is "") of ``rows`` (sorted
+        row numbers; all by default), in row order: the only per-image data the exports hold whole."""
+        import pyarrow.parquet as pq
+
+        columns = self.metadata_columns if columns is None else list(columns)
+        wanted = None if rows is None else np.asarray(rows, np.int64)
+        keys: list[str] = []
+        meta: dict[str, list[str]] = {c: [] for c in columns}
+        start = 0
+        for k, (f, count) in enumerate(zip(self.files, self.rows)):
+            lo, hi = (0, count) if wanted is None else (int(i) for i in np.searchsorted(wanted, [start, start + count]))
+            if hi > lo:
+                t = pq.read_table(f, columns=["image", *columns])
+                if t.num_rows != count:
+                    raise self._changed(k)
+                pick = range(count) if wanted is None else (wanted[lo:hi] - start).tolist()
+                col = t.column("image").to_pylist()
+                keys += [col[i] for i in pick]
+                for c in columns:
+                    values = t.column(c).to_pylist()
+                    meta[c] += ["" if values[i] is None else values[i] for i in pick]
+            start += count
+        return keys, meta
+
+    def iter_blob(self, blob: str, max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
+        """One blob's rows in order, as (n, *shape) arrays: shard by shard, one Parquet row group at a
+        time (:func:`iter_rows`)."""
+        info = self.info(blob)
+        for k, (f, count) in enumerate(zip(self.files, self.rows)):
+            seen = 0
+            for values in iter_rows(f, blob, info, max_bytes):
+                seen += len(values)
+                if seen > count:
+                    raise self._changed(k)
+                yield values
+            if seen != count:
+                raise self._changed(k)
+
+    def read_shard(self, k: int, blob: str) -> np.ndarray:
+        """The ``k``-th complete shard's rows of one blob (a lazy xarray's chunk)."""
+        import pyarrow.parquet as pq
+
+        values = column_to_numpy(pq.read_table(self.files[k], columns=[blob]).column(blob), self.info(blob))
+        if len(values) != self.rows[k]:
+            raise self._changed(k)
+        return values
+
+    def read_blob(self, blob: str) -> np.ndarray:
+        """One blob whole, (N, *shape), in its stored dtype.
+
+        One array of every row, filled a row group (a batch) at a time: the peak is the result and a
+        row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
+        157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_analysis_export_memory.py).
+        """
+        info = self.info(blob)
+        out = np.empty((self.n, *info["shape"]), dtype=np.dtype(info["dtype"]))
+        start = 0
+        for part in self.iter_blob(blob):
+            out[start:start + len(part)] = part
+            start += len(part)
+        return out
+
+    def frame(self, blobs: Sequence[str] | str | None = None):
+        """The pandas DataFrame of the shards: ``image``, the metadata columns (None where missing), one
+        column of per-image arrays per blob; ``attrs["savedeep"]`` says whether it is partial."""
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        names = self.select(blobs)
+        meta_cols = self.metadata_columns
+        parts: dict[str, list] = {"image": [], **{m: [] for m in meta_cols}, **{b: [] for b in names}}
+        for k, f in enumerate(self.files):
+            table = pq.read_table(f, columns=["image", *meta_cols, *names])
+            if table.num_rows != self.rows[k]:
+                raise self._changed(k)
+            parts["image"].extend(table.column("image").to_pylist())
+            for m in meta_cols:
+                parts[m].extend(table.column(m).to_pylist())
+            for b in names:
+                parts[b].extend(list(_writable(column_to_numpy(table.column(b), self.info(b)))))
+        df = pd.DataFrame(parts)
+        df.attrs["savedeep"] = {"partial": self.partial, "path": str(self.directory)}
+        return df
+
+
 def load(path: Path | str, blobs: Sequence[str] | str | None = None):
     """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob.
 
-    ``blobs``: some of the blobs only, as a list or a comma-separated string.
+    ``blobs``: some of the blobs only, as a list or a comma-separated string. The pickle of a complete
+    output is read when there is one (it is that DataFrame); otherwise the shards, through :class:`SavedOutput`.
     """
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    directory, pk = _resolve(Path(path))
+    directory, pk = resolve(path)
     manifest = read_manifest(directory)
     if pk is not None and (manifest is None or manifest.get("complete")):
         try:
@@ -515,26 +704,18 @@ def load(path: Path | str, blobs: Sequence[str] | str | None = None):
                      np.__version__)
         else:
             if blobs is not None:
-                held = _blob_names(manifest, df)
+                held = blob_order(manifest) if manifest is not None else [c for c in df.columns if c != "image"]
                 wanted = select_blobs(blobs, held, directory if manifest is not None else pk)
                 df = df[[c for c in df.columns if c not in held] + wanted]
             return df
-    if manifest is None:
-        raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output (pass the .pk or .parquet path)")
-    _partial_note(directory, manifest)
-    names = select_blobs(blobs, blob_order(manifest), directory)
-    meta_cols = manifest.get("metadata_columns", [])
-    parts: dict[str, list] = {"image": [], **{m: [] for m in meta_cols}, **{b: [] for b in names}}
-    for f in _complete_shards(directory, manifest):
-        table = pq.read_table(f, columns=["image", *meta_cols, *names])
-        parts["image"].extend(table.column("image").to_pylist())
-        for m in meta_cols:
-            parts[m].extend(table.column(m).to_pylist())
-        for b in names:
-            parts[b].extend(list(_writable(_column_to_numpy(table.column(b), manifest["blobs"][b]))))
-    df = pd.DataFrame(parts)
-    df.attrs["savedeep"] = {"partial": not manifest.get("complete"), "path": str(directory)}
-    return df
+    return SavedOutput.open(directory).frame(blobs)
+
+
+def load_array(path: Path | str, blob: str) -> np.ndarray:
+    """One blob of an output as an (N, *shape) array, reading no other blob."""
+    src = SavedOutput.open(path)
+    (name,) = src.select([blob])
+    return src.read_blob(name)
 
 
 def _pickled_attrs(directory: Path) -> dict[str, Any]:
@@ -582,85 +763,13 @@ def pickle_file_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], c
         sink, ["x"], {}, {c.name: np.zeros((1, *c.shape), c.dtype) for c in columns})
     row = pq.read_table(pa.BufferReader(sink.getvalue()))
     for c in columns:
-        one = _writable(_column_to_numpy(row.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
+        one = _writable(column_to_numpy(row.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
         parts[c.name] = [one[0] for _ in range(n)]
     df = pd.DataFrame(parts)
     df.attrs["savedeep"] = _pickled_attrs(directory)
     sink = _ByteCounter()
     pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(df)
     return sink.n
-
-
-def blob_order(manifest: dict[str, Any]) -> list[str]:
-    """The blob columns in the order the run asked for them (the manifest's JSON keys are sorted)."""
-    return list(manifest.get("blob_order") or manifest["blobs"])
-
-
-def _blob_names(manifest: dict[str, Any] | None, df) -> list[str]:
-    if manifest is not None:
-        return blob_order(manifest)
-    return [c for c in df.columns if c != "image"]
-
-
-READ_BATCH_BYTES = 32 * 2**20  # rows of one blob decoded at a time by iter_rows
-
-
-def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
-    """One blob's rows of one shard in order, as (n, *shape) arrays: one Parquet row group at a time (a run
-    writes one per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
-
-    Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
-    (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    row = max(1, int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize)
-    pf = pq.ParquetFile(path)
-    for g in range(pf.num_row_groups):
-        if pf.metadata.row_group(g).num_rows * row <= max_bytes:
-            yield _column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
-            continue
-        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
-                                  use_threads=False):
-            yield _column_to_numpy(pa.chunked_array([rb.column(0)]), info)
-
-
-def load_array(path: Path | str, blob: str) -> np.ndarray:
-    """One blob of an output as an (N, *shape) array, reading no other blob."""
-    import pyarrow.parquet as pq
-
-    directory, _ = _resolve(Path(path))
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output")
-    if blob not in manifest["blobs"]:
-        raise OutputError(f"{directory} has no blob {blob!r}; it holds {list(manifest['blobs'])}")
-    _partial_note(directory, manifest)
-    info = manifest["blobs"][blob]
-    # One array of every row, filled a row group (a batch) at a time: the peak is the result and a
-    # row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
-    # 157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_analysis_export_memory.py).
-    shards = sorted((s for s in manifest.get("shards", []) if s.get("complete")), key=lambda s: s["index"])
-    total = sum(int(s["rows"]) for s in shards)
-    out: np.ndarray | None = None
-    pos = 0
-    for s in shards:
-        path = directory / s["file"]
-        start = pos
-        for values in iter_rows(path, blob, info):
-            if out is None:
-                out = np.empty((total, *values.shape[1:]), np.dtype(values.dtype.name))
-            if pos + len(values) > total:
-                break
-            out[pos:pos + len(values)] = values
-            pos += len(values)
-        if pos - start != s["rows"]:
-            raise OutputError(f"{path} does not hold the {s['rows']} rows its manifest entry says: the output was "
-                              "changed after its run; run it again (--overwrite)")
-    if out is None:
-        return np.empty((0, *info["shape"]), dtype=info["dtype"])
-    return out
 
 
 def estimate_pickle_bytes(manifest: dict[str, Any]) -> int:
@@ -767,7 +876,7 @@ def output_files(pickle_path: Path, directory: Path, log_file: Path | None = Non
             (ours if mine and f.is_file() and not f.is_symlink() else foreign).append(f)
     parent = directory.parent
     checks = [(pickle_path, _is_our_pickle), (failures_path(directory), _is_our_failures),
-              (directory.with_name(directory.stem + REPORT_SUFFIX), _is_our_report)]
+              (beside(directory, REPORT_SUFFIX), _is_our_report)]
     if log_file is not None:
         checks.append((Path(log_file), _is_our_log))
     for path, is_ours in checks:
@@ -775,12 +884,8 @@ def output_files(pickle_path: Path, directory: Path, log_file: Path | None = Non
             (ours if path.is_file() and not path.is_symlink() and is_ours(path) else foreign).append(path)
     for name in (pickle_path.name, failures_path(directory).name):
         tmp = re.compile(re.escape(f".{name}.tmp") + r"\d+")
-        ours += [f for f in parent.glob(f".{_glob_escape(name)}.tmp*") if tmp.fullmatch(f.name) and f.is_file()]
+        ours += [f for f in parent.glob(f".{glob_escape(name)}.tmp*") if tmp.fullmatch(f.name) and f.is_file()]
     return ours, foreign
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def check_removable(pickle_path: Path, directory: Path, log_file: Path | None = None) -> list[Path]:

@@ -1,0 +1,111 @@
+"""One reader behind every entry point: blobs chosen the same way, one error for an unknown blob.
+
+Every public function that reads an output takes its blobs as a list or as one comma-separated string,
+given the pickle's path or the Parquet directory, and an unknown name is the same one-line OutputError
+naming the output's blobs, before anything is written. Before savedeep.data.output.SavedOutput was the
+one reader, ``load_array`` had its own check and said ``has no blob 'nope'`` where the others said
+``has no blob ['nope']``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import savedeep
+from savedeep.data.output import SavedOutput, write_pickle
+from savedeep.errors import OutputError
+
+from test_analysis_export import make_output
+
+BLOBS = {"a": ((2, 3, 3), "float32"), "b": ((4,), "float32"), "c": ((5,), "float16")}
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """A finished output of 6 images in 2 shards, with its pickle."""
+    directory = tmp_path_factory.mktemp("reader") / "acts.parquet"
+    data = make_output(directory, BLOBS, 6, shard_size=4)
+    write_pickle(directory, directory.with_suffix(".pk"), 2**30)
+    return directory, data
+
+
+def _report_blobs(page: Path) -> list[str]:
+    text = page.read_text()
+    doc = re.search(r'<script type="application/json" id="savedeep-data">(.*?)</script>', text, re.S).group(1)
+    return list(json.loads(doc)["blobs"])
+
+
+# entry point -> (call(path, blobs, dest), the blobs its result holds)
+MANY = {
+    "load": (lambda p, b, d: savedeep.load(p, blobs=b), lambda r: [c for c in r.columns if c != "image"]),
+    "load_xarray": (lambda p, b, d: savedeep.load_xarray(p, b), lambda r: list(r.data_vars)),
+    "load_assembly": (lambda p, b, d: savedeep.load_assembly(p, b),
+                      lambda r: list(dict.fromkeys(r["layer"].values.tolist()))),
+    "export": (lambda p, b, d: savedeep.export(p, "npy", d / "acts_npy", blobs=b),
+               lambda r: json.loads((r / "savedeep_export.json").read_text())["blob_order"]),
+    "report": (lambda p, b, d: savedeep.report(p, d / "acts.report.html", blobs=b, thumbnails=False), _report_blobs),
+    "blob_similarity": (lambda p, b, d: savedeep.blob_similarity(p, b), lambda r: list(r.index)),
+}
+ONE = {
+    "load_array": lambda p, b: savedeep.load_array(p, b).shape[1:],
+    "load_dataarray": lambda p, b: savedeep.load_dataarray(p, b).shape[1:],
+    "rdm": lambda p, b: savedeep.rdm(p, b)[0].shape,
+    "blob_stats": lambda p, b: savedeep.blob_stats(p, b).shape,
+}
+
+
+def _path(output, which: str) -> Path:
+    directory, _ = output
+    return directory.with_suffix(".pk") if which == "pickle" else directory
+
+
+@pytest.mark.parametrize("blobs", [["c", "a"], "c,a", " c , a ", ["c", "nope"], "c,nope"])
+@pytest.mark.parametrize("which", ["pickle", "parquet"])
+@pytest.mark.parametrize("entry", list(MANY))
+def test_every_reader_takes_blobs_the_same_way(output, which, entry, blobs, tmp_path) -> None:
+    call, held = MANY[entry]
+    path = _path(output, which)
+    if "nope" in blobs:
+        with pytest.raises(OutputError) as err:
+            call(path, blobs, tmp_path)
+        assert str(err.value) == f"{output[0]} has no blob ['nope']; it holds ['a', 'b', 'c']"
+        assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    else:
+        assert held(call(path, blobs, tmp_path)) == ["c", "a"]
+
+
+@pytest.mark.parametrize("blob", ["b", "nope", "a,b"])
+@pytest.mark.parametrize("which", ["pickle", "parquet"])
+@pytest.mark.parametrize("entry", list(ONE))
+def test_every_one_blob_reader_names_the_blobs_the_same_way(output, which, entry, blob) -> None:
+    path = _path(output, which)
+    if blob == "b":
+        assert ONE[entry](path, blob) in {(4,), (6, 6)}  # the blob's per-image shape, or the 6 x 6 RDM
+        return
+    with pytest.raises(OutputError) as err:
+        ONE[entry](path, blob)
+    assert str(err.value) == f"{output[0]} has no blob [{blob!r}]; it holds ['a', 'b', 'c']"
+
+
+def test_the_reader_refuses_a_shard_that_changed_after_the_run(output, tmp_path) -> None:
+    """The manifest says how many rows each shard holds; every way of reading checks it (load_array did,
+    the exports and the statistics trusted the file)."""
+    import shutil
+
+    directory, data = output
+    copy = tmp_path / "acts.parquet"
+    shutil.copytree(directory, copy)
+    manifest = json.loads((copy / "_manifest.json").read_text())
+    manifest["shards"][0]["rows"] = 3  # the file holds 4
+    (copy / "_manifest.json").write_text(json.dumps(manifest))
+    src = SavedOutput.open(copy)
+    for read in (lambda: src.read_blob("a"), lambda: list(src.iter_blob("b")), lambda: src.index(),
+                 lambda: src.read_shard(0, "c"), lambda: src.frame("a")):
+        with pytest.raises(OutputError, match="does not hold the 3 rows its manifest entry says"):
+            read()
+    assert np.array_equal(SavedOutput.open(directory).read_blob("a"), data["a"])
