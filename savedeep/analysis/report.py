@@ -35,7 +35,8 @@ import numpy as np
 
 import savedeep.analysis.stats as st
 from savedeep.errors import ConfigError, OutputError
-from savedeep.data.output import REPORT_SUFFIX, SavedOutput, default_destination
+from savedeep.data.output import (REPORT_SUFFIX, RUN_LOG_LINE, RUN_LOG_SUFFIX, SavedOutput, beside, default_destination,
+                                  run_log_line)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ SUMMARY_TAG = "summary: "
 THUMB_PX = 72
 FAILURES_SHOWN = 200
 LOG_LINES_SHOWN = 50
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) (\S+) ([A-Z]+): (.*)$")
 _OVERFLOW = re.compile(r"float16 blobs with values stored as inf or NaN .*?: (.*?); store these blobs")
 
 
@@ -70,9 +70,9 @@ def record_summary(log_file: Path | None, result: Any) -> None:
                                        else round(result.steady_images_per_s(), 3)),
                "busy": {k: round(v, 4) for k, v in result.busy.items()}, "devices": list(result.devices),
                "producers": result.producers, "writers": result.writers, "shards_kept": result.shards_kept}
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
+    line = run_log_line("savedeep.run", logging.INFO, SUMMARY_TAG + json.dumps(summary, sort_keys=True))
     with open(log_file, "a") as f:
-        f.write(f"{stamp} MainProcess savedeep.run INFO: {SUMMARY_TAG}{json.dumps(summary, sort_keys=True)}\n")
+        f.write(line + "\n")
 
 
 def read_log(path: Path) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def read_log(path: Path) -> dict[str, Any]:
     records: list[list[str]] = []
     with open(path, errors="replace") as f:
         for line in f:
-            m = _LOG_LINE.match(line.rstrip("\n"))
+            m = RUN_LOG_LINE.fullmatch(line.rstrip("\n"))
             if m:
                 records.append(list(m.groups()))
             elif records:  # a traceback or a message over several lines
@@ -111,7 +111,7 @@ def _log_path(directory: Path, manifest: dict[str, Any]) -> Path:
     recorded = manifest.get("config", {}).get("log_file")
     if recorded and Path(recorded).exists():
         return Path(recorded)
-    return directory.with_name(directory.stem + ".log")
+    return beside(directory, RUN_LOG_SUFFIX)
 
 
 # --------------------------------------------------------------------------- plots

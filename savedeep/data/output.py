@@ -62,6 +62,21 @@ MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
 REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/analysis/report.py
+RUN_LOG_SUFFIX = ".log"  # out/acts.log, the run log by default (savedeep/config.py's log_file)
+
+# The run log's lines: savedeep/runner/ui.py's run_log writes them in this format, the report reads them back
+# (savedeep/analysis/report.py; its summary line through run_log_line), and --overwrite knows a log for
+# savedeep's by its first line. The groups: time, process, logger, level, message.
+RUN_LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"
+RUN_LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) (\S+) ([A-Z]+): (.*)")
+
+
+def run_log_line(logger: str, level: int, message: str) -> str:
+    """One line of the run log (no newline), as the run log's handler writes a record of ``logger`` from this
+    process now."""
+    record = logging.makeLogRecord({"name": logger, "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message})
+    return logging.Formatter(RUN_LOG_FORMAT).format(record)
 
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -804,7 +819,6 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
                           r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+")
-_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.runner.ui.run_log
 _LIST_AT_MOST = 10
 
 
@@ -853,7 +867,7 @@ def _is_our_log(path: Path) -> bool:
             first = f.readline(4096)
     except OSError:
         return False
-    return not first or bool(_LOG_LINE.match(first))
+    return not first or bool(RUN_LOG_LINE.match(first.decode("utf-8", "replace")))
 
 
 def output_files(pickle_path: Path, directory: Path, log_file: Path | None = None) -> tuple[list[Path], list[Path]]:
