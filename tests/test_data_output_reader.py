@@ -109,3 +109,17 @@ def test_the_reader_refuses_a_shard_that_changed_after_the_run(output, tmp_path)
         with pytest.raises(OutputError, match="does not hold the 3 rows its manifest entry says"):
             read()
     assert np.array_equal(SavedOutput.open(directory).read_blob("a"), data["a"])
+
+
+def test_one_default_destination_beside_the_output(output) -> None:
+    """The report and every export name their default file by one table (report.py and interop.py had one
+    function each)."""
+    from savedeep.data.output import BESIDE, default_destination
+
+    directory, _ = output
+    want = {"report": "acts.report.html", "netcdf": "acts.nc", "npy": "acts_npy", "mat": "acts.mat"}
+    assert set(BESIDE) == set(want)
+    for path in (directory, directory.with_suffix(".pk")):
+        assert {k: default_destination(path, k) for k in want} == {k: directory.with_name(v) for k, v in want.items()}
+    with pytest.raises(ValueError, match="'nc' is not one of report, netcdf, npy, mat"):
+        default_destination(directory, "nc")

@@ -77,7 +77,6 @@ from savedeep.files import sha256_file
 log = logging.getLogger(__name__)
 
 FORMATS = ("netcdf", "npy", "mat")
-SUFFIXES = {"netcdf": ".nc", "npy": "_npy", "mat": ".mat"}
 EXPORT_FORMAT = "savedeep-export/1"
 NETCDF_CHUNK_BYTES = 2**20          # about 1 MiB per HDF5 chunk (one image of a conv blob, or a few rows)
 MAT_MAX_VARIABLE_BYTES = 2**31      # MATLAB's v5 format: a variable must stay below 2 GiB
@@ -319,7 +318,7 @@ def export(path: Path | str, to: str, dest: Path | str | None = None, blobs: Seq
         raise ConfigError(f"export format {to!r} is unknown: use one of {', '.join(FORMATS)}")
     needs = {"netcdf": ("h5netcdf", "h5py"), "npy": (), "mat": ("scipy",)}[to]
     require(*needs, what=f"savedeep export --to {to}")
-    dest = Path(dest) if dest is not None else default_destination(path, SUFFIXES[to])
+    dest = Path(dest) if dest is not None else default_destination(path, to)
     src = SavedOutput.open(path)
     if to == "mat":  # refuse before writing anything
         check_mat_sizes(src, src.select(blobs))

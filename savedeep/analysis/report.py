@@ -35,7 +35,7 @@ import numpy as np
 
 import savedeep.analysis.stats as st
 from savedeep.errors import ConfigError, OutputError
-from savedeep.data.output import (REPORT_SUFFIX, RUN_LOG_LINE, RUN_LOG_SUFFIX, SavedOutput, beside, default_destination,
+from savedeep.data.output import (RUN_LOG_LINE, RUN_LOG_SUFFIX, SavedOutput, beside, default_destination,
                                   run_log_line)
 
 log = logging.getLogger(__name__)
@@ -512,7 +512,7 @@ def write_report(path: Path | str, dest: Path | str | None = None, blobs: Sequen
     """Write the report of an output to ``dest`` (default ``out/acts.report.html``); returns its path."""
     from savedeep.data.output import atomic_write_bytes
 
-    dest = Path(dest) if dest is not None else default_destination(path, REPORT_SUFFIX)
+    dest = Path(dest) if dest is not None else default_destination(path, "report")
     if dest.is_dir():
         raise OutputError(f"{dest} is a folder; give the report's file name with -o, e.g. {dest / 'report.html'}")
     page, _ = build_report(path, blobs, group_by, max_images, seed, thumbnails)

@@ -286,7 +286,7 @@ def similarity_of(rdms: dict[str, np.ndarray], metric: str = "correlation") -> n
     return out
 
 
-def blob_similarity(path, blobs: Sequence[str] | None = None, metric: str = "correlation",
+def blob_similarity(path, blobs: Sequence[str] | str | None = None, metric: str = "correlation",
                     max_images: int | None = None, seed: int = DEFAULT_SEED):
     """The blob-by-blob similarity of an output: Pearson correlation between the blobs' RDMs on the same images.
 

@@ -63,6 +63,8 @@ SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet me
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
 REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/analysis/report.py
 RUN_LOG_SUFFIX = ".log"  # out/acts.log, the run log by default (savedeep/config.py's log_file)
+# What `savedeep report` and `savedeep export --to ...` write beside an output by default (default_destination).
+BESIDE = {"report": REPORT_SUFFIX, "netcdf": ".nc", "npy": "_npy", "mat": ".mat"}
 
 # The run log's lines: savedeep/runner/ui.py's run_log writes them in this format, the report reads them back
 # (savedeep/analysis/report.py; its summary line through run_log_line), and --overwrite knows a log for
@@ -447,11 +449,13 @@ def resolve(path: Path | str) -> tuple[Path, Path | None]:
     return pq_dir, path if path.exists() else None
 
 
-def default_destination(path: Path | str, suffix: str) -> Path:
-    """What is written beside an output by default: out/acts.pk (or out/acts.parquet) -> out/acts{suffix}
-    (the report ``.report.html``, the exports ``.nc``, ``_npy``, ``.mat``)."""
+def default_destination(path: Path | str, kind: str) -> Path:
+    """Where ``kind`` (a key of :data:`BESIDE`: the report or an export format) is written by default, beside
+    the output ``path``: out/acts.pk (or out/acts.parquet) -> out/acts.report.html, out/acts.nc, ..."""
+    if kind not in BESIDE:
+        raise ValueError(f"default_destination: {kind!r} is not one of {', '.join(BESIDE)}")
     directory, _ = resolve(path)
-    return beside(directory, suffix)
+    return beside(directory, BESIDE[kind])
 
 
 def _chunk_to_numpy(chunk, info: dict[str, Any]) -> np.ndarray:
