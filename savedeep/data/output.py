@@ -39,6 +39,7 @@ manifest file, the failures table and the pickle must agree on names, types and 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -569,7 +570,7 @@ class SavedOutput:
     def partial(self) -> bool:
         return not self.manifest.get("complete")
 
-    @property
+    @functools.cached_property
     def shards(self) -> list[dict[str, Any]]:
         """The manifest's entries of the complete shards, in order."""
         done = [s for s in self.manifest.get("shards", []) if s.get("complete")]
@@ -621,17 +622,17 @@ class SavedOutput:
         import pyarrow.parquet as pq
 
         columns = self.metadata_columns if columns is None else list(columns)
-        wanted = None if rows is None else np.asarray(rows, np.int64)
+        wanted = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
         keys: list[str] = []
         meta: dict[str, list[str]] = {c: [] for c in columns}
         start = 0
         for k, (f, count) in enumerate(zip(self.files, self.rows)):
-            lo, hi = (0, count) if wanted is None else (int(i) for i in np.searchsorted(wanted, [start, start + count]))
+            lo, hi = np.searchsorted(wanted, [start, start + count])
             if hi > lo:
                 t = pq.read_table(f, columns=["image", *columns])
                 if t.num_rows != count:
                     raise self._changed(k)
-                pick = range(count) if wanted is None else (wanted[lo:hi] - start).tolist()
+                pick = (wanted[lo:hi] - start).tolist()
                 col = t.column("image").to_pylist()
                 keys += [col[i] for i in pick]
                 for c in columns:
