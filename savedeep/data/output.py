@@ -447,7 +447,7 @@ def resolve(path: Path | str) -> tuple[Path, Path | None]:
     if path.suffix == ".parquet":
         return path, None
     pq_dir = parquet_dir(path)
-    return pq_dir, path if path.exists() else None
+    return pq_dir, path if path.is_file() else None
 
 
 def default_destination(path: Path | str, kind: str) -> Path:
@@ -544,22 +544,26 @@ class SavedOutput:
     blob column and one Parquet row group at a time, so memory stays bounded whatever the number of
     images; it checks each shard holds the rows its manifest entry says. Blobs are chosen the same way
     everywhere (:meth:`select`: a list or "a,b"; an unknown name is one OutputError naming the blobs).
+
+    A pickle whose Parquet directory is not beside it (copied alone) is read whole, once, into one Parquet
+    file in memory that stands for the shards (:meth:`of_pickle`): every reader works on it the same way.
     """
 
-    directory: Path
+    directory: Path  # the Parquet directory; for a pickle alone, the pickle
     manifest: dict[str, Any]
     pickle: Path | None = None
+    memory: Any = field(default=None, repr=False)  # a pickle alone: its rows as one Parquet file in memory
 
     @classmethod
     def open(cls, path: Path | str) -> SavedOutput:
         """The output at ``path`` (out/acts.pk or out/acts.parquet); OutputError if it is not one."""
         directory, pk = resolve(path)
         manifest = read_manifest(directory)
+        if manifest is None and pk is not None:
+            return cls.of_pickle(pk)
         if manifest is None:
-            alone = (f"; {pk} without its Parquet directory reads whole with savedeep.load" if pk is not None
-                     else "")
             raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output; give the run's output "
-                              f"(out/acts.pk or out/acts.parquet){alone}")
+                              "(out/acts.pk or out/acts.parquet)")
         src = cls(directory, manifest, pk)
         if src.partial:
             log.warning("%s is a partial output (the run did not complete): reading %d of %d shards; finish it "
@@ -576,9 +580,35 @@ class SavedOutput:
         done = [s for s in self.manifest.get("shards", []) if s.get("complete")]
         return sorted(done, key=lambda s: s["index"])
 
+    @classmethod
+    def of_pickle(cls, pk: Path) -> SavedOutput:
+        """A pickle without its Parquet directory, as an output of one shard held in memory.
+
+        Its blobs are the columns of arrays (:func:`_pickled_blobs`), its metadata the other columns.
+        """
+        import pyarrow as pa
+
+        df = _read_pickle(pk, shards=False)
+        columns = _pickled_blobs(df)
+        names = [c.name for c in columns]
+        meta = [c for c in df.columns if c != "image" and c not in names]
+        sink = pa.BufferOutputStream()
+        ShardWriter(pk.parent, 0, columns, meta, compression="none").write_to(
+            sink, [str(k) for k in df["image"]], {m: list(df[m]) for m in meta},
+            {c.name: np.stack(df[c.name].to_numpy()) for c in columns})
+        manifest = {"format": "savedeep/1", "complete": True, "blob_order": names, "metadata_columns": meta,
+                    "blobs": {c.name: {"shape": list(c.shape), "dtype": c.dtype, "storage": c.storage}
+                              for c in columns},
+                    "shards": [{"index": 0, "file": pk.name, "rows": len(df), "complete": True}]}
+        return cls(pk, manifest, pk, sink.getvalue())
+
     @property
-    def files(self) -> list[Path]:
-        """The complete shards' files, in order."""
+    def files(self) -> list[Any]:
+        """The complete shards' files, in order (a pickle alone: its one Parquet file in memory)."""
+        if self.memory is not None:
+            import pyarrow as pa
+
+            return [pa.BufferReader(self.memory)]
         return [self.directory / s["file"] for s in self.shards]
 
     @property
@@ -702,29 +732,55 @@ class SavedOutput:
         return df
 
 
+def _read_pickle(pk: Path, shards: bool):
+    """The DataFrame pickled at ``pk``; OutputError if it is not one of savedeep's. None for a pickle of
+    numpy 2 under numpy 1 when the Parquet shards (``shards``) hold the same rows."""
+    import pandas as pd
+
+    try:
+        df = pd.read_pickle(pk)
+    except ModuleNotFoundError as exc:
+        # numpy 2 pickles its arrays as numpy._core, which numpy 1 does not have (Brain-Score and
+        # thingsvision pin numpy<2): the Parquet shards hold the same rows and read anywhere.
+        if not str(exc.name or "").startswith("numpy._core"):
+            raise
+        if not shards:
+            raise OutputError(f"{pk} was pickled with numpy 2 and this is numpy {np.__version__}: read it with "
+                              f"numpy 2, or keep its Parquet directory {parquet_dir(pk)} beside it (any numpy "
+                              "reads that)") from exc
+        log.info("%s was pickled with numpy 2 (this is numpy %s): reading the Parquet dataset", pk, np.__version__)
+        return None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the file holds, it is not an output savedeep can read
+        raise OutputError(f"{pk} cannot be read as a pickle ({type(exc).__name__}: {exc}): not a savedeep "
+                          "output") from exc
+    if not isinstance(df, pd.DataFrame) or "image" not in df.columns:
+        raise OutputError(f"{pk} is not a savedeep output (a pandas DataFrame with an image column)")
+    return df
+
+
+def _pickled_blobs(df) -> list[ColumnSpec]:
+    """The blob columns of a pickled output without its manifest: those of float32 or float16 arrays (shape
+    and dtype from the first row); the other columns but ``image`` are metadata. With no row, none."""
+    first = df.iloc[0] if len(df) else {}
+    return [ColumnSpec(c, tuple(first[c].shape), first[c].dtype.name) for c in df.columns
+            if c != "image" and isinstance(first.get(c), np.ndarray) and first[c].dtype.name in ("float32", "float16")]
+
+
 def load(path: Path | str, blobs: Sequence[str] | str | None = None):
     """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob.
 
     ``blobs``: some of the blobs only, as a list or a comma-separated string. The pickle of a complete
     output is read when there is one (it is that DataFrame); otherwise the shards, through :class:`SavedOutput`.
     """
-    import pandas as pd
-
     directory, pk = resolve(path)
     manifest = read_manifest(directory)
     if pk is not None and (manifest is None or manifest.get("complete")):
-        try:
-            df = pd.read_pickle(pk)
-        except ModuleNotFoundError as exc:
-            # numpy 2 pickles its arrays as numpy._core, which numpy 1 does not have (Brain-Score and
-            # thingsvision pin numpy<2): the Parquet shards hold the same rows and read anywhere.
-            if not str(exc.name or "").startswith("numpy._core") or manifest is None:
-                raise
-            log.info("%s was pickled with numpy 2 (this is numpy %s): reading the Parquet dataset", pk,
-                     np.__version__)
-        else:
+        df = _read_pickle(pk, shards=manifest is not None)
+        if df is not None:
             if blobs is not None:
-                held = blob_order(manifest) if manifest is not None else [c for c in df.columns if c != "image"]
+                held = blob_order(manifest) if manifest is not None else [c.name for c in _pickled_blobs(df)]
                 wanted = select_blobs(blobs, held, directory if manifest is not None else pk)
                 df = df[[c for c in df.columns if c not in held] + wanted]
             return df
