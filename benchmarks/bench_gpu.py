@@ -103,7 +103,7 @@ def pycaffe_gpu() -> str:
         import caffe
     except ImportError as exc:
         return f"pycaffe not importable here ({exc})"
-    from savedeep.engines.caffe_engine import caffe_has_cuda
+    from savedeep.engines.gpus import caffe_has_cuda
 
     return "pycaffe is a CUDA build" if caffe_has_cuda(caffe) else "pycaffe is a CPU-only build"
 

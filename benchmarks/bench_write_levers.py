@@ -89,9 +89,9 @@ def readers(path: Path, acts: np.ndarray, storage: str) -> str:
     """Which readers give the values back: pyarrow always; DuckDB and Polars for the tensor storage."""
     import pyarrow.parquet as pq
 
-    from savedeep.data.output import _column_to_numpy
+    from savedeep.data.output import column_to_numpy
 
-    got = _column_to_numpy(pq.read_table(path).column("conv1"), {"shape": list(acts.shape[1:]), "dtype": str(acts.dtype)})
+    got = column_to_numpy(pq.read_table(path).column("conv1"), {"shape": list(acts.shape[1:]), "dtype": str(acts.dtype)})
     ok = ["pyarrow" if np.array_equal(got, acts) else "pyarrow WRONG"]
     if storage != "tensor":
         return ", ".join(ok) + " (others: bytes)"

@@ -87,7 +87,7 @@ def merge(output: str | Path, *, pickle: bool | None = None, break_lock: bool = 
     return _merge(output, pickle=pickle, break_lock=break_lock)
 
 
-def load(path: str | Path, blobs: list[str] | None = None) -> "pd.DataFrame":
+def load(path: str | Path, blobs: list[str] | str | None = None) -> "pd.DataFrame":
     """The output as a DataFrame, from the pickle or the Parquet shards (partial outputs too)."""
     from savedeep.data.output import load as _load
 
@@ -101,7 +101,7 @@ def load_array(path: str | Path, blob: str) -> "np.ndarray":
     return _load_array(_Path(path), blob)
 
 
-def load_xarray(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
+def load_xarray(path: str | Path, blobs: list[str] | str | None = None, lazy: bool = False,
                 model: str | Path | None = None) -> Any:
     """The output as an ``xarray.Dataset`` (one variable per blob, coordinates, receptive fields); see
     :mod:`savedeep.analysis.interop`. ``lazy=True``: dask arrays read shard by shard. ``model``: the model directory,
@@ -118,7 +118,7 @@ def load_dataarray(path: str | Path, blob: str, lazy: bool = False, model: str |
     return _load_dataarray(_Path(path), blob, lazy=lazy, model=model)
 
 
-def load_assembly(path: str | Path, blobs: list[str] | None = None, lazy: bool = False,
+def load_assembly(path: str | Path, blobs: list[str] | str | None = None, lazy: bool = False,
                   model: str | Path | None = None) -> Any:
     """A Brain-Score-style ``presentation`` x ``neuroid`` DataArray of the blobs (see savedeep.analysis.interop)."""
     from savedeep.analysis.interop import load_assembly as _load_assembly
@@ -145,7 +145,7 @@ def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: in
     return _rdm(_Path(path), blob, metric=metric, max_images=max_images, seed=seed)
 
 
-def blob_similarity(path: str | Path, blobs: list[str] | None = None, metric: str = "correlation",
+def blob_similarity(path: str | Path, blobs: list[str] | str | None = None, metric: str = "correlation",
                     max_images: int | None = None, seed: int = 0) -> "pd.DataFrame":
     """Blobs x blobs: the Pearson correlation between the blobs' RDMs on the same images."""
     from savedeep.analysis.stats import blob_similarity as _sim

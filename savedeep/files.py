@@ -12,10 +12,21 @@ import os
 from pathlib import Path
 
 
+def beside(output: Path, suffix: str) -> Path:
+    """The file named after an output with ``suffix``, in the same folder: out/acts.pk -> out/acts{suffix}."""
+    output = Path(output)
+    return output.with_name(output.stem + suffix)
+
+
 def parquet_dir(output: Path) -> Path:
     """The Parquet directory that goes with the pickle path ``output``."""
     output = Path(output)
-    return output.with_name(output.stem + ".parquet") if output.suffix != ".parquet" else output
+    return beside(output, ".parquet") if output.suffix != ".parquet" else output
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally inside a glob pattern (``*``, ``?`` and ``[`` each in brackets)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def sha256_file(path: Path) -> str:

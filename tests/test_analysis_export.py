@@ -22,8 +22,8 @@ import pytest
 
 import savedeep
 from savedeep.cli import main
-from savedeep.analysis.interop import SavedOutput, load_assembly, load_dataarray, load_xarray, valid_names
-from savedeep.data.output import ColumnSpec, ShardWriter, shard_name, write_manifest
+from savedeep.analysis.interop import load_assembly, load_dataarray, load_xarray, valid_names
+from savedeep.data.output import ColumnSpec, SavedOutput, ShardWriter, shard_name, write_manifest
 from savedeep.caffe.receptive_field import model_receptive_fields
 
 from conftest import copy_photos

@@ -290,3 +290,30 @@ def test_statistics_memory_does_not_grow_with_the_number_of_images(tmp_path):
         a, b = _added(small, what), _added(big, what)
         assert b - a < 16 * 2**20, (f"{what}: {a / 2**20:.0f} MiB added for 1,500 rows, {b / 2**20:.0f} MiB for 9,000 "
                                     f"(the data grew by {grown / 2**20:.0f} MiB)")
+
+
+def test_the_run_log_is_written_and_read_back_with_one_pattern(tmp_path):
+    """The run log's lines (savedeep.runner.ui.run_log), the summary line the report appends and the report's
+    reader share savedeep.data.output's RUN_LOG_FORMAT and RUN_LOG_LINE (three copies before), and --overwrite
+    takes the log for savedeep's."""
+    import logging
+    from types import SimpleNamespace
+
+    from savedeep.analysis.report import read_log, record_summary
+    from savedeep.data.output import RUN_LOG_LINE, output_files
+    from savedeep.runner.ui import run_log
+
+    log_file = tmp_path / "acts.log"
+    with run_log(log_file):
+        logging.getLogger("savedeep.runner.pipeline").warning("rings: %d%% of /dev/shm", 50)
+    result = SimpleNamespace(images=3, rows=2, failures=1, wall_s=1.5, images_per_s=2.0, busy={"consumer": 0.5},
+                             devices=["cpu"], producers=1, writers=1, shards_kept=0,
+                             steady_images_per_s=lambda: None)
+    record_summary(log_file, result)
+    lines = log_file.read_text().splitlines()
+    assert len(lines) == 2 and all(RUN_LOG_LINE.fullmatch(line) for line in lines)
+    got = read_log(log_file)
+    assert got["summary"]["rows"] == 2 and got["summary"]["busy"] == {"consumer": 0.5}
+    assert [(p["level"], p["message"]) for p in got["problems"]] == [("WARNING", "rings: 50% of /dev/shm")]
+    ours, foreign = output_files(tmp_path / "acts.pk", tmp_path / "acts.parquet", log_file)
+    assert ours == [log_file] and foreign == []

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from savedeep.data.output import ColumnSpec, ShardWriter, string_array
+from savedeep.data.output import RUN_LOG_FORMAT, ColumnSpec, ShardWriter, string_array
 
 
 @pytest.mark.parametrize("values", [[], ["a"], ["x", None, "héllo ✓", ""], [None, None], ["a"] * 9 + [None],
@@ -94,7 +94,7 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
     pk.write_bytes(pickle.dumps(df, protocol=pickle.HIGHEST_PROTOCOL))
     (parent / ".acts.pk.tmp77").write_bytes(b"\x80\x05half a pickle")
     handler = logging.FileHandler(log_file)  # the run log's format (savedeep/runner/ui.py, run_log)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT))
     handler.emit(logging.LogRecord("savedeep.runner.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
     handler.close()
     report = parent / "acts.report.html"  # the head savedeep/analysis/report.py writes

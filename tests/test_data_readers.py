@@ -169,8 +169,7 @@ def test_loaders_name_what_is_wrong(output, tmp_path):
     from savedeep.errors import OutputError
 
     directory, _ = output
-    with pytest.raises(OutputError, match=r"has no blob 'fc8'; it holds \['fc7', 'conv1', 'prob'\]|"
-                                          r"has no blob 'fc8'; it holds \[.*'fc7'.*\]"):
+    with pytest.raises(OutputError, match=r"has no blob \['fc8'\]; it holds \['fc7', 'conv1', 'prob'\]$"):
         savedeep.load_array(directory, "fc8")
     (tmp_path / "empty").mkdir()
     with pytest.raises(OutputError, match="has no _manifest.json: not a savedeep output"):

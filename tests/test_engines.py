@@ -208,7 +208,8 @@ def test_torch_cuda_without_gpu_is_a_clear_error(tiny_model):
 
 @pytest.mark.caffe
 def test_caffe_cuda_on_cpu_only_build_is_a_clear_error(tiny_model, pycaffe):
-    from savedeep.engines.caffe_engine import caffe_has_cuda, cuda_device_count
+    from savedeep.engines.caffe_engine import cuda_device_count
+    from savedeep.engines.gpus import caffe_has_cuda
 
     if caffe_has_cuda(pycaffe) and cuda_device_count() > 0:
         pytest.skip("this pycaffe has CUDA and a GPU is present")

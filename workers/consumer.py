@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from savedeep.runner.messages import BatchDone, BatchReady, DeviceInfo, EndOfStream
+from savedeep.runner.messages import BatchReady, DeviceInfo, EndOfStream
 from savedeep.runner.shm import Ring, RingSpec
 from savedeep._workers._loop import Channels, Worker, run_worker
 
@@ -86,7 +86,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
             n = len(msg.indices)
             if n == 0:
                 w.ch.free_in.put(msg.slot)
-                w.ch.done[msg.shard % len(w.ch.done)].put(BatchDone(msg.batch, msg.shard, None, (), (), msg.failures))
+                w.ch.done[msg.shard % len(w.ch.done)].put(msg.done(None))
                 continue
             t_got = time.time()
             maybe_fail("consumer", w.index, msg.batch, w.check, w.ch)
@@ -106,8 +106,7 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
                                      for i, (what, t) in enumerate(marks) if i or args.spawned_at))
                 marks = []
             w.items += n
-            w.ch.done[msg.shard % len(w.ch.done)].put(
-                BatchDone(msg.batch, msg.shard, oslot, msg.indices, msg.keys, msg.failures))
+            w.ch.done[msg.shard % len(w.ch.done)].put(msg.done(oslot))
             w.on_batch(None)
     finally:
         engine.close()

@@ -3,8 +3,8 @@ and in Python as an ``xarray.Dataset`` or a Brain-Score-style flat ``DataArray``
 
 Everything is read from the Parquet shards (a finished output, or the complete
 shards of a partial one, with a warning), one blob column at a time and at most
-:data:`READ_BATCH_BYTES` of rows at a time, through the readers of
-:mod:`savedeep.data.output`. Only the image keys and the metadata columns are held
+``READ_BATCH_BYTES`` of rows at a time, through the one reader of outputs,
+:class:`savedeep.data.output.SavedOutput`. Only the image keys and the metadata columns are held
 for every image, so the netCDF and NumPy exports use bounded memory whatever
 the number of images. Every file is written under a hidden temporary name and
 renamed when complete.
@@ -48,7 +48,7 @@ precision: a blob stored as float16 is written as float32. Every float16 value
 is exactly a float32 value, so nothing changes; the variable's ``stored_dtype``
 attribute says ``float16``. The ``.npy`` files and :func:`load_xarray` keep float16.
 
-Size: every export and the xarray views share the reader (:class:`SavedOutput`), the names and the
+Size: every export and the xarray views share the names and the
 layout of dimensions and coordinates; one module keeps a blob's name, dims and receptive-field
 coordinates identical in the netCDF file, the ``.npy`` folder, the ``.mat`` file and xarray.
 """
@@ -66,19 +66,17 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from savedeep.errors import ConfigError, OutputError
-from savedeep.data.output import READ_BATCH_BYTES  # noqa: F401 - rows decoded at a time, re-exported
-from savedeep.data.output import (MANIFEST, _column_to_numpy, _complete_shards, _partial_note, _resolve, blob_order,
-                                  read_manifest, select_blobs)
+from savedeep.data.output import SavedOutput, default_destination
+from savedeep.files import sha256_file
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("netcdf", "npy", "mat")
-SUFFIXES = {"netcdf": ".nc", "npy": "_npy", "mat": ".mat"}
 EXPORT_FORMAT = "savedeep-export/1"
 NETCDF_CHUNK_BYTES = 2**20          # about 1 MiB per HDF5 chunk (one image of a conv blob, or a few rows)
 MAT_MAX_VARIABLE_BYTES = 2**31      # MATLAB's v5 format: a variable must stay below 2 GiB
@@ -133,153 +131,65 @@ def valid_names(names: Sequence[str], reserved: Sequence[str] = RESERVED) -> dic
     return out
 
 
-# --------------------------------------------------------------------------- reading
+# --------------------------------------------------------------------------- what the files record
 
 
-@dataclass
-class SavedOutput:
-    """A savedeep output opened for reading: its manifest and complete shards."""
+def receptive_fields_of(src: SavedOutput, model: Path | str | None = None) -> dict[str, Any]:
+    """Each blob's receptive field, from ``model`` or the model directory the manifest names.
 
-    directory: Path
-    manifest: dict[str, Any]
-    shards: list[Path]
-    rows: list[int]
+    Empty (with a warning) when the prototxt is not there or differs from the run's (sha256).
+    """
+    from savedeep.caffe.model import PROTOTXT_NAME, load_net
+    from savedeep.caffe.receptive_field import receptive_fields
 
-    @classmethod
-    def open(cls, path: Path | str) -> "SavedOutput":
-        import pyarrow.parquet as pq
+    recorded = src.manifest.get("model", {})
+    where = Path(model) if model is not None else Path(recorded.get("directory", ""))
+    prototxt = where / PROTOTXT_NAME if where.is_dir() else where
+    if not recorded.get("directory") and model is None:
+        return {}
+    if not prototxt.is_file():
+        log.warning("%s: not found, so no receptive-field coordinates; pass the model directory "
+                    "(model=... or --model)", prototxt)
+        return {}
+    want = recorded.get("sha256", {}).get(PROTOTXT_NAME)
+    if want and sha256_file(prototxt) != want:
+        log.warning("%s differs from the prototxt of the run (sha256), so no receptive-field coordinates; "
+                    "pass the run's model directory (model=... or --model)", prototxt)
+        return {}
+    return receptive_fields(load_net(prototxt))
 
-        directory, _ = _resolve(Path(path))
-        manifest = read_manifest(directory)
-        if manifest is None:
-            raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output; give the run's output "
-                              "(out/acts.pk or out/acts.parquet)")
-        _partial_note(directory, manifest)
-        shards = _complete_shards(directory, manifest)
-        rows = [pq.ParquetFile(f).metadata.num_rows for f in shards]
-        return cls(directory, manifest, shards, rows)
 
-    @property
-    def partial(self) -> bool:
-        return not self.manifest.get("complete")
+def provenance(src: SavedOutput) -> dict[str, Any]:
+    """Attributes for the exported files: model hashes, preprocessing, config fingerprints, versions."""
+    from savedeep.version import __version__
 
-    @property
-    def n(self) -> int:
-        return sum(self.rows)
-
-    @property
-    def blobs(self) -> list[str]:
-        return blob_order(self.manifest)
-
-    @property
-    def metadata_columns(self) -> list[str]:
-        return list(self.manifest.get("metadata_columns", []))
-
-    def info(self, blob: str) -> dict[str, Any]:
-        return self.manifest["blobs"][blob]
-
-    def select(self, blobs: Sequence[str] | str | None) -> list[str]:
-        """The requested blobs (all by default), checked against the output's."""
-        return select_blobs(blobs, self.blobs, self.directory)
-
-    def index(self) -> tuple[list[str], dict[str, list[str]]]:
-        """The image keys and the metadata columns, in row order (the only per-image data held whole)."""
-        import pyarrow.parquet as pq
-
-        keys: list[str] = []
-        meta: dict[str, list[str]] = {m: [] for m in self.metadata_columns}
-        for f in self.shards:
-            t = pq.read_table(f, columns=["image", *self.metadata_columns])
-            keys.extend(t.column("image").to_pylist())
-            for m in self.metadata_columns:
-                meta[m].extend("" if v is None else v for v in t.column(m).to_pylist())
-        return keys, meta
-
-    def row_bytes(self, blob: str) -> int:
-        info = self.info(blob)
-        return int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize
-
-    def iter_blob(self, blob: str, max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
-        """One blob's rows in order, as (n, *shape) arrays: shard by shard, one Parquet row group at a
-        time (savedeep.data.output.iter_rows)."""
-        from savedeep.data.output import iter_rows
-
-        info = self.info(blob)
-        for f in self.shards:
-            yield from iter_rows(f, blob, info, max_bytes)
-
-    def read_shard(self, k: int, blob: str) -> np.ndarray:
-        """One shard's rows of one blob."""
-        import pyarrow.parquet as pq
-
-        return _column_to_numpy(pq.read_table(self.shards[k], columns=[blob]).column(blob), self.info(blob))
-
-    def read_blob(self, blob: str) -> np.ndarray:
-        """One blob whole, (N, *shape), in its stored dtype."""
-        info = self.info(blob)
-        out = np.empty((self.n, *info["shape"]), dtype=info["dtype"])
-        start = 0
-        for part in self.iter_blob(blob):
-            out[start:start + len(part)] = part
-            start += len(part)
-        return out
-
-    def receptive_fields(self, model: Path | str | None = None) -> dict[str, Any]:
-        """Each blob's receptive field, from ``model`` or the model directory the manifest names.
-
-        Empty (with a warning) when the prototxt is not there or differs from the run's (sha256).
-        """
-        from savedeep.caffe.model import PROTOTXT_NAME, load_net
-        from savedeep.data.output import sha256_file
-        from savedeep.caffe.receptive_field import receptive_fields
-
-        recorded = self.manifest.get("model", {})
-        where = Path(model) if model is not None else Path(recorded.get("directory", ""))
-        prototxt = where / PROTOTXT_NAME if where.is_dir() else where
-        if not recorded.get("directory") and model is None:
-            return {}
-        if not prototxt.is_file():
-            log.warning("%s: not found, so no receptive-field coordinates; pass the model directory "
-                        "(model=... or --model)", prototxt)
-            return {}
-        want = recorded.get("sha256", {}).get(PROTOTXT_NAME)
-        if want and sha256_file(prototxt) != want:
-            log.warning("%s differs from the prototxt of the run (sha256), so no receptive-field coordinates; "
-                        "pass the run's model directory (model=... or --model)", prototxt)
-            return {}
-        return receptive_fields(load_net(prototxt))
-
-    def provenance(self) -> dict[str, Any]:
-        """Attributes for the exported files: model hashes, preprocessing, config fingerprints, versions."""
-        from savedeep.version import __version__
-
-        m = self.manifest
-        model = m.get("model", {})
-        attrs: dict[str, Any] = {
-            "title": "savedeep activations",
-            "savedeep_format": EXPORT_FORMAT,
-            "savedeep_version": __version__,
-            "source": str(self.directory),
-            "partial": int(self.partial),
-            "shards": f"{len(self.shards)} of {len(m.get('shards', []))} complete",
-            "images": self.n,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "run_created": str(m.get("created", "")),
-            "run_versions": json.dumps(m.get("versions", {}), sort_keys=True),
-            "model_directory": str(model.get("directory", "")),
-            "model_sha256": json.dumps(model.get("sha256", {}), sort_keys=True),
-            "model_input_shape": json.dumps(model.get("input_shape", [])),
-            "engine": str(m.get("engine", "")),
-            "preprocess": json.dumps(m.get("preprocess", {}), sort_keys=True),
-            "config": json.dumps(m.get("config", {}), sort_keys=True),
-            "config_fingerprint": str(m.get("config_fingerprint", "")),
-            "result_fingerprint": str(m.get("result_fingerprint", "")),
-            "float16_rule": FLOAT16_RULE,
-            "receptive_field_rule": RF_RULE,
-        }
-        for name, digest in model.get("sha256", {}).items():
-            attrs["model_sha256_" + re.sub(r"[^A-Za-z0-9_]", "_", name)] = digest
-        return attrs
+    m = src.manifest
+    model = m.get("model", {})
+    attrs: dict[str, Any] = {
+        "title": "savedeep activations",
+        "savedeep_format": EXPORT_FORMAT,
+        "savedeep_version": __version__,
+        "source": str(src.directory),
+        "partial": int(src.partial),
+        "shards": f"{len(src.shards)} of {len(m.get('shards', []))} complete",
+        "images": src.n,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_created": str(m.get("created", "")),
+        "run_versions": json.dumps(m.get("versions", {}), sort_keys=True),
+        "model_directory": str(model.get("directory", "")),
+        "model_sha256": json.dumps(model.get("sha256", {}), sort_keys=True),
+        "model_input_shape": json.dumps(model.get("input_shape", [])),
+        "engine": str(m.get("engine", "")),
+        "preprocess": json.dumps(m.get("preprocess", {}), sort_keys=True),
+        "config": json.dumps(m.get("config", {}), sort_keys=True),
+        "config_fingerprint": str(m.get("config_fingerprint", "")),
+        "result_fingerprint": str(m.get("result_fingerprint", "")),
+        "float16_rule": FLOAT16_RULE,
+        "receptive_field_rule": RF_RULE,
+    }
+    for name, digest in model.get("sha256", {}).items():
+        attrs["model_sha256_" + re.sub(r"[^A-Za-z0-9_]", "_", name)] = digest
+    return attrs
 
 
 # --------------------------------------------------------------------------- layout: dims and coordinates
@@ -361,7 +271,7 @@ def plan(path: Path | str, blobs: Sequence[str] | str | None = None, model: Path
     src = src or SavedOutput.open(path)
     names = src.select(blobs)
     mapping = valid_names([*src.metadata_columns, *names])
-    fields = src.receptive_fields(model) if any(len(src.info(b)["shape"]) == 3 for b in names) else {}
+    fields = receptive_fields_of(src, model) if any(len(src.info(b)["shape"]) == 3 for b in names) else {}
     layouts = [blob_layout(b, mapping[b], src.info(b), fields.get(b)) for b in names]
     all_names = [*mapping.values(), *(lay.prefixed(c) for lay in layouts for c in lay.coords)]
     clash = sorted({n for n in all_names if all_names.count(n) > 1})
@@ -399,12 +309,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def default_destination(path: Path | str, to: str) -> Path:
-    """out/acts.nc, out/acts_npy/ or out/acts.mat beside the output ``path``."""
-    directory, _ = _resolve(Path(path))
-    return directory.with_name(directory.stem + SUFFIXES[to])
 
 
 def export(path: Path | str, to: str, dest: Path | str | None = None, blobs: Sequence[str] | str | None = None,
@@ -482,7 +386,7 @@ def write_netcdf(p: Plan, dest: Path, overwrite: bool = False, compression_level
                 for part in p.src.iter_blob(lay.blob):
                     var[start:start + len(part)] = part.astype(np.float32, copy=False)
                     start += len(part)
-            f.attrs.update(p.src.provenance())
+            f.attrs.update(provenance(p.src))
             f.attrs["blob_names"] = json.dumps(p.blob_names)
             f.attrs["metadata_names"] = json.dumps({v: k for k, v in p.meta_names.items()})
         with open(tmp, "rb") as fh:
@@ -529,7 +433,7 @@ def write_npy(p: Plan, dest: Path, overwrite: bool = False) -> Path:
             w.writerow(["image", *p.meta_names])
             w.writerows(zip(p.keys, *(p.meta[c] for c in p.meta_names)))
             (tmp / "images.csv").write_text(buf.getvalue(), encoding="utf-8")
-        doc = {**p.src.provenance(), "images_file": "images.txt",
+        doc = {**provenance(p.src), "images_file": "images.txt",
                "metadata_file": "images.csv" if p.meta_names else None,
                "metadata_columns": list(p.meta_names), "blobs": files, "blob_order": [lay.blob for lay in p.layouts]}
         (tmp / "savedeep_export.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
@@ -563,7 +467,7 @@ def write_mat(p: Plan, dest: Path, overwrite: bool = False) -> Path:
     from scipy.io import savemat
 
     check_mat_sizes(p.src, [lay.blob for lay in p.layouts])
-    info = {**p.src.provenance(), "blob_names": p.blob_names,
+    info = {**provenance(p.src), "blob_names": p.blob_names,
             "metadata_names": {v: k for k, v in p.meta_names.items()},
             "blobs": {lay.var: {"blob": lay.blob, "dims": ["image", *lay.dims], "shape": [len(p.keys), *lay.shape],
                                 "stored_dtype": lay.dtype,
@@ -633,7 +537,7 @@ def load_xarray(path: Path | str, blobs: Sequence[str] | str | None = None, lazy
             coords[lay.prefixed(c)] = (tuple(lay.prefixed(d) for d in cdims), values)
         data = _blob_data(p.src, lay.blob, _lazy(lazy))
         data_vars[lay.var] = (("image", *(lay.prefixed(d) for d in lay.dims)), data, dict(lay.attrs))
-    attrs = {**p.src.provenance(), "blob_names": json.dumps(p.blob_names),
+    attrs = {**provenance(p.src), "blob_names": json.dumps(p.blob_names),
              "metadata_names": json.dumps({v: k for k, v in p.meta_names.items()})}
     return xr.Dataset(data_vars, coords, attrs)
 
@@ -653,7 +557,7 @@ def load_dataarray(path: Path | str, blob: str, lazy: bool = False, model: Path 
     for col, var in p.meta_names.items():
         coords[var] = ("image", np.array(p.meta[col], dtype=object))
     coords.update({c: (d, v) for c, (d, v) in lay.coords.items()})
-    attrs = {**p.src.provenance(), **lay.attrs}
+    attrs = {**provenance(p.src), **lay.attrs}
     return xr.DataArray(_blob_data(p.src, blob, _lazy(lazy)), coords=coords, dims=("image", *lay.dims),
                         name=lay.var, attrs=attrs)
 
@@ -720,4 +624,4 @@ def load_assembly(path: Path | str, blobs: Sequence[str] | str | None = None, la
     for col, var in p.meta_names.items():
         pcoords[var] = ("presentation", np.array(p.meta[col], dtype=object))
     return xr.DataArray(values, dims=("presentation", "neuroid"), coords={**pcoords, **ncoords},
-                        name="activations", attrs={**p.src.provenance(), "blob_names": json.dumps(p.blob_names)})
+                        name="activations", attrs={**provenance(p.src), "blob_names": json.dumps(p.blob_names)})

@@ -35,7 +35,8 @@ import numpy as np
 
 import savedeep.analysis.stats as st
 from savedeep.errors import ConfigError, OutputError
-from savedeep.data.output import REPORT_SUFFIX
+from savedeep.data.output import (RUN_LOG_LINE, RUN_LOG_SUFFIX, SavedOutput, beside, default_destination,
+                                  run_log_line)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ SUMMARY_TAG = "summary: "
 THUMB_PX = 72
 FAILURES_SHOWN = 200
 LOG_LINES_SHOWN = 50
-_LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) (\S+) ([A-Z]+): (.*)$")
 _OVERFLOW = re.compile(r"float16 blobs with values stored as inf or NaN .*?: (.*?); store these blobs")
 
 
@@ -55,14 +55,6 @@ def require_matplotlib() -> None:
     except ImportError:
         raise ConfigError("savedeep report needs matplotlib, which is not installed: "
                           "pip install 'savedeep[report]'") from None
-
-
-def default_destination(path: Path | str) -> Path:
-    """``out/acts.pk`` or ``out/acts.parquet`` -> ``out/acts.report.html``."""
-    from savedeep.data.output import _resolve
-
-    directory, _ = _resolve(Path(path))
-    return directory.with_name(directory.stem + REPORT_SUFFIX)
 
 
 # --------------------------------------------------------------------------- the run log
@@ -78,9 +70,9 @@ def record_summary(log_file: Path | None, result: Any) -> None:
                                        else round(result.steady_images_per_s(), 3)),
                "busy": {k: round(v, 4) for k, v in result.busy.items()}, "devices": list(result.devices),
                "producers": result.producers, "writers": result.writers, "shards_kept": result.shards_kept}
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S") + f",{int(time.time() * 1000) % 1000:03d}"
+    line = run_log_line("savedeep.run", logging.INFO, SUMMARY_TAG + json.dumps(summary, sort_keys=True))
     with open(log_file, "a") as f:
-        f.write(f"{stamp} MainProcess savedeep.run INFO: {SUMMARY_TAG}{json.dumps(summary, sort_keys=True)}\n")
+        f.write(line + "\n")
 
 
 def read_log(path: Path) -> dict[str, Any]:
@@ -92,7 +84,7 @@ def read_log(path: Path) -> dict[str, Any]:
     records: list[list[str]] = []
     with open(path, errors="replace") as f:
         for line in f:
-            m = _LOG_LINE.match(line.rstrip("\n"))
+            m = RUN_LOG_LINE.fullmatch(line.rstrip("\n"))
             if m:
                 records.append(list(m.groups()))
             elif records:  # a traceback or a message over several lines
@@ -119,7 +111,7 @@ def _log_path(directory: Path, manifest: dict[str, Any]) -> Path:
     recorded = manifest.get("config", {}).get("log_file")
     if recorded and Path(recorded).exists():
         return Path(recorded)
-    return directory.with_name(directory.stem + ".log")
+    return beside(directory, RUN_LOG_SUFFIX)
 
 
 # --------------------------------------------------------------------------- plots
@@ -349,8 +341,6 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
                  max_images: int = st.DEFAULT_MAX_IMAGES, seed: int = st.DEFAULT_SEED,
                  thumbnails: bool = True) -> tuple[str, dict[str, Any]]:
     """(the page's HTML, the numbers it shows) for an output."""
-    from savedeep.analysis.interop import SavedOutput
-
     require_matplotlib()
     src = SavedOutput.open(Path(path))
     names = src.select(blobs)
@@ -363,7 +353,7 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
     run_html, run_data = _run_section(src.directory, manifest, logd, src.n)
 
     rows = st.subsample(src.n, max_images, seed)
-    keys, meta = st.read_index(src, rows, [group_by] if group_by else [])
+    keys, meta = src.index(rows, [group_by] if group_by else [])
     if group_by:
         order = sorted(range(len(rows)), key=lambda i: (meta[group_by][i], keys[i]))
     else:
@@ -387,7 +377,7 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
         m = st.rdm_of(st.read_rows(src, b, rows))
         rdms[b] = m[np.ix_(order_a, order_a)] if len(order_a) else m
     top_list = sorted(top_needed)
-    top_keys = dict(zip(top_list, st.read_index(src, top_list)[0]))
+    top_keys = dict(zip(top_list, src.index(top_list, [])[0]))
     thumbs: dict[int, str | None] = {}
     source_ok = thumbnails and source.exists()
     for r in top_list:
@@ -522,7 +512,7 @@ def write_report(path: Path | str, dest: Path | str | None = None, blobs: Sequen
     """Write the report of an output to ``dest`` (default ``out/acts.report.html``); returns its path."""
     from savedeep.data.output import atomic_write_bytes
 
-    dest = Path(dest) if dest is not None else default_destination(path)
+    dest = Path(dest) if dest is not None else default_destination(path, "report")
     if dest.is_dir():
         raise OutputError(f"{dest} is a folder; give the report's file name with -o, e.g. {dest / 'report.html'}")
     page, _ = build_report(path, blobs, group_by, max_images, seed, thumbnails)

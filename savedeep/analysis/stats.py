@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from savedeep.data.output import SavedOutput
 from savedeep.errors import ConfigError
 
 CHUNK_BYTES = 8 * 2**20   # rows of one blob decoded at a time
@@ -105,9 +106,7 @@ class BlobStats:
         }
 
 
-def _open(path):
-    from savedeep.analysis.interop import SavedOutput
-
+def _open(path: SavedOutput | Path | str) -> SavedOutput:
     return path if isinstance(path, SavedOutput) else SavedOutput.open(Path(path))
 
 
@@ -220,28 +219,6 @@ def read_rows(src, blob: str, rows: np.ndarray, max_bytes: int = CHUNK_BYTES) ->
     return out
 
 
-def read_index(src, rows: Sequence[int], columns: Sequence[str] = ()) -> tuple[list[str], dict[str, list[str]]]:
-    """The image keys (and the given metadata columns) of the given rows (sorted), shard by shard."""
-    import pyarrow.parquet as pq
-
-    rows = np.asarray(rows, np.int64)
-    keys: list[str] = []
-    meta: dict[str, list[str]] = {c: [] for c in columns}
-    start = 0
-    for f, count in zip(src.shards, src.rows):
-        lo, hi = np.searchsorted(rows, [start, start + count])
-        if hi > lo:
-            t = pq.read_table(f, columns=["image", *columns])
-            pick = (rows[lo:hi] - start).tolist()
-            col = t.column("image").to_pylist()
-            keys += [col[i] for i in pick]
-            for c in columns:
-                vals = t.column(c).to_pylist()
-                meta[c] += ["" if vals[i] is None else vals[i] for i in pick]
-        start += count
-    return keys, meta
-
-
 def rdm_of(x: np.ndarray, metric: str = "correlation", block: int = 4096) -> np.ndarray:
     """The RDM of the rows of ``x`` (n, units), in float64, computed over blocks of ``block`` units."""
     if metric not in METRICS:
@@ -272,7 +249,7 @@ def rdm(path, blob: str, metric: str = "correlation", max_images: int | None = N
     src = _open(path)
     (blob,) = src.select([blob])
     rows = subsample(src.n, max_images, seed)
-    keys, _ = read_index(src, rows)
+    keys, _ = src.index(rows, [])
     return rdm_of(read_rows(src, blob, rows), metric), keys
 
 
@@ -309,7 +286,7 @@ def similarity_of(rdms: dict[str, np.ndarray], metric: str = "correlation") -> n
     return out
 
 
-def blob_similarity(path, blobs: Sequence[str] | None = None, metric: str = "correlation",
+def blob_similarity(path, blobs: Sequence[str] | str | None = None, metric: str = "correlation",
                     max_images: int | None = None, seed: int = DEFAULT_SEED):
     """The blob-by-blob similarity of an output: Pearson correlation between the blobs' RDMs on the same images.
 

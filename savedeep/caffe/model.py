@@ -27,7 +27,7 @@ from savedeep.caffe.caffemodel import blob_array, blob_shape, read_caffemodel
 from savedeep.errors import ModelError, UnsupportedLayerError
 from savedeep.caffe.prototxt import parse_prototxt
 from savedeep.caffe.shapes import (  # noqa: F401 - the layer, its shape rules and Caffe's geometry, also from here
-    SHAPE_RULES, Layer, Shape, ShapeError, _ShapeError, canonical_axis, conv_geometry, legacy_shape, pooled_size,
+    SHAPE_RULES, Layer, Shape, ShapeError, canonical_axis, conv_geometry, legacy_shape, pooled_size,
     pooling_geometry, spp_levels, supported_layer_types,
 )
 
@@ -158,7 +158,7 @@ class Net:
                     blob_params: list[Shape] = []
                 else:
                     tops, blob_params = SHAPE_RULES[layer.type](layer, bottoms)
-            except _ShapeError as exc:
+            except ShapeError as exc:
                 raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) with input shape(s) "
                                  f"{', '.join(map(str, bottoms))}: {exc}; fix the layer's parameters") from None
             if len(tops) != len(layer.tops):

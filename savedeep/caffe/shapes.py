@@ -40,13 +40,10 @@ class ShapeError(Exception):
     """A layer's parameters do not fit its input shapes (turned into a ModelError naming the layer)."""
 
 
-_ShapeError = ShapeError  # the name used by the shape rules below
-
-
 def canonical_axis(axis: int, ndim: int) -> int:
     """Caffe's CanonicalAxisIndex: negative axes count from the end (ShapeError if out of range)."""
     if not -ndim <= axis < ndim:
-        raise _ShapeError(f"axis {axis} is out of range for a {ndim}-D blob")
+        raise ShapeError(f"axis {axis} is out of range for a {ndim}-D blob")
     return axis % ndim
 
 
@@ -58,20 +55,20 @@ def _spatial_values(name: str, repeated: list[int], h: int | None, w: int | None
                     default: int | None) -> list[int]:
     if h is not None or w is not None:
         if n != 2:
-            raise _ShapeError(f"{name}_h/{name}_w only work for 2-D spatial input; use {name}")
+            raise ShapeError(f"{name}_h/{name}_w only work for 2-D spatial input; use {name}")
         if h is None or w is None:
-            raise _ShapeError(f"give both {name}_h and {name}_w")
+            raise ShapeError(f"give both {name}_h and {name}_w")
         if repeated:
-            raise _ShapeError(f"give either {name} or {name}_h/{name}_w, not both")
+            raise ShapeError(f"give either {name} or {name}_h/{name}_w, not both")
         return [h, w]
     if not repeated:
         if default is None:
-            raise _ShapeError(f"{name} is required")
+            raise ShapeError(f"{name} is required")
         return [default] * n
     if len(repeated) == 1:
         return list(repeated) * n
     if len(repeated) != n:
-        raise _ShapeError(f"{name} has {len(repeated)} values for {n} spatial axes")
+        raise ShapeError(f"{name} has {len(repeated)} values for {n} spatial axes")
     return list(repeated)
 
 
@@ -85,7 +82,7 @@ def conv_geometry(p: Message, n_spatial: int) -> tuple[list[int], list[int], lis
                           p.pad_w if p.has("pad_w") else None, n_spatial, 0)
     dilation = _spatial_values("dilation", list(p.dilation), None, None, n_spatial, 1)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
-        raise _ShapeError("kernel, stride and dilation must be positive")
+        raise ShapeError("kernel, stride and dilation must be positive")
     return kernel, stride, pad, dilation
 
 
@@ -96,17 +93,17 @@ def _convolution(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[
     axis = canonical_axis(p.axis, len(shape))
     n_spatial = len(shape) - axis - 1
     if n_spatial < 1:
-        raise _ShapeError("convolution needs at least one spatial axis after the channel axis")
+        raise ShapeError("convolution needs at least one spatial axis after the channel axis")
     kernel, stride, pad, dilation = conv_geometry(p, n_spatial)
     channels = shape[axis]
     num_output, group = p.num_output, p.group
     if num_output <= 0:
-        raise _ShapeError("num_output must be positive")
+        raise ShapeError("num_output must be positive")
     if group <= 0 or channels % group or num_output % group:
-        raise _ShapeError(f"group {group} must divide both the input channels {channels} and num_output {num_output}")
+        raise ShapeError(f"group {group} must divide both the input channels {channels} and num_output {num_output}")
     for other in bottoms[1:]:
         if other != shape:
-            raise _ShapeError("all bottoms of a convolution must have the same shape")
+            raise ShapeError("all bottoms of a convolution must have the same shape")
     out_spatial = []
     for i in range(n_spatial):
         extent = dilation[i] * (kernel[i] - 1) + 1
@@ -128,22 +125,22 @@ def pooling_geometry(p: Message, height: int, width: int) -> tuple[list[int], li
     """Kernel, stride and pad (h, w) of a PoolingParameter for an input of the given size."""
     if p.global_pooling:
         if p.has("kernel_size") or p.has("kernel_h") or p.has("kernel_w"):
-            raise _ShapeError("global_pooling takes no kernel size")
+            raise ShapeError("global_pooling takes no kernel size")
         kernel = [height, width]
     elif p.has("kernel_size"):
         kernel = [p.kernel_size, p.kernel_size]
     elif p.has("kernel_h") and p.has("kernel_w"):
         kernel = [p.kernel_h, p.kernel_w]
     else:
-        raise _ShapeError("give kernel_size or kernel_h and kernel_w (or global_pooling: true)")
+        raise ShapeError("give kernel_size or kernel_h and kernel_w (or global_pooling: true)")
     pad = [p.pad_h, p.pad_w] if p.has("pad_h") or p.has("pad_w") else [p.pad, p.pad]
     stride = [p.stride_h, p.stride_w] if p.has("stride_h") or p.has("stride_w") else [p.stride, p.stride]
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride):
-        raise _ShapeError("kernel and stride must be positive")
+        raise ShapeError("kernel and stride must be positive")
     if p.global_pooling and (any(pad) or any(s != 1 for s in stride)):
-        raise _ShapeError("global_pooling needs pad 0 and stride 1")
+        raise ShapeError("global_pooling needs pad 0 and stride 1")
     if any(pd >= k for pd, k in zip(pad, kernel)):
-        raise _ShapeError(f"pad {pad} must be smaller than the kernel {kernel}")
+        raise ShapeError(f"pad {pad} must be smaller than the kernel {kernel}")
     return kernel, stride, pad
 
 
@@ -160,13 +157,13 @@ def _pooling(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
     p = layer.param.pooling_param
     shape = bottoms[0]
     if len(shape) != 4:
-        raise _ShapeError("pooling needs a 4-D (N, C, H, W) input")
+        raise ShapeError("pooling needs a 4-D (N, C, H, W) input")
     n, c, h, w = shape
     kernel, stride, pad = pooling_geometry(p, h, w)
     ceil = p.round_mode == "CEIL"
     top = (n, c, pooled_size(h, kernel[0], stride[0], pad[0], ceil), pooled_size(w, kernel[1], stride[1], pad[1], ceil))
     if len(layer.tops) > 1 and p.pool != "MAX":
-        raise _ShapeError("only MAX pooling has a second (mask) top")
+        raise ShapeError("only MAX pooling has a second (mask) top")
     return [top] * len(layer.tops), []
 
 
@@ -175,7 +172,7 @@ def _inner_product(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], lis
     shape = bottoms[0]
     axis = canonical_axis(p.axis, len(shape))
     if p.num_output <= 0:
-        raise _ShapeError("num_output must be positive")
+        raise ShapeError("num_output must be positive")
     k = int(np.prod(shape[axis:], dtype=np.int64))
     n = p.num_output
     weights = (k, n) if p.transpose else (n, k)
@@ -191,7 +188,7 @@ def _concat(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
     total = 0
     for s in bottoms:
         if len(s) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(s, ref)) if i != axis):
-            raise _ShapeError(f"bottoms must match except on axis {axis}")
+            raise ShapeError(f"bottoms must match except on axis {axis}")
         total += s[axis]
     return [ref[:axis] + (total,) + ref[axis + 1:]], []
 
@@ -205,14 +202,14 @@ def _slice(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
     points = list(p.slice_point)
     if points:
         if len(points) != ntops - 1:
-            raise _ShapeError(f"{len(points)} slice_point(s) for {ntops} tops (need {ntops - 1})")
+            raise ShapeError(f"{len(points)} slice_point(s) for {ntops} tops (need {ntops - 1})")
         edges = [0] + points + [dim]
         sizes = [b - a for a, b in zip(edges, edges[1:])]
         if any(s <= 0 for s in sizes):
-            raise _ShapeError(f"slice_point {points} must increase strictly inside (0, {dim})")
+            raise ShapeError(f"slice_point {points} must increase strictly inside (0, {dim})")
     else:
         if dim % ntops:
-            raise _ShapeError(f"axis {axis} of size {dim} cannot be split evenly into {ntops} tops")
+            raise ShapeError(f"axis {axis} of size {dim} cannot be split evenly into {ntops} tops")
         sizes = [dim // ntops] * ntops
     return [shape[:axis] + (s,) + shape[axis + 1:] for s in sizes], []
 
@@ -220,11 +217,11 @@ def _slice(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
 def _eltwise(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.eltwise_param
     if any(s != bottoms[0] for s in bottoms):
-        raise _ShapeError("all bottoms of an Eltwise layer must have the same shape")
+        raise ShapeError("all bottoms of an Eltwise layer must have the same shape")
     if p.has("coeff") and len(p.coeff) != len(bottoms):
-        raise _ShapeError(f"{len(p.coeff)} coeff values for {len(bottoms)} bottoms")
+        raise ShapeError(f"{len(p.coeff)} coeff values for {len(bottoms)} bottoms")
     if p.has("coeff") and p.operation != "SUM":
-        raise _ShapeError("coeff works only with operation SUM")
+        raise ShapeError("coeff works only with operation SUM")
     return [bottoms[0]], []
 
 
@@ -240,10 +237,10 @@ def _batch_norm(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[S
 def _param_span(shape: Shape, axis: int, num_axes: int) -> Shape:
     axis = canonical_axis(axis, len(shape)) if shape else 0
     if num_axes < -1:
-        raise _ShapeError("num_axes must be -1 or more")
+        raise ShapeError("num_axes must be -1 or more")
     end = len(shape) if num_axes == -1 else axis + num_axes
     if end > len(shape):
-        raise _ShapeError(f"axis {axis} + num_axes {num_axes} goes past the {len(shape)}-D input")
+        raise ShapeError(f"axis {axis} + num_axes {num_axes} goes past the {len(shape)}-D input")
     return tuple(shape[axis:end])
 
 
@@ -255,7 +252,7 @@ def _scale_or_bias(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], lis
         other = bottoms[1]
         axis = canonical_axis(p.axis, len(shape)) if other else 0
         if tuple(shape[axis:axis + len(other)]) != other:
-            raise _ShapeError(f"second bottom {other} must match the first bottom's axes from {axis}")
+            raise ShapeError(f"second bottom {other} must match the first bottom's axes from {axis}")
         params = [other] if is_scale and p.bias_term else []
         return [shape], params
     span = _param_span(shape, p.axis, p.num_axes)
@@ -265,7 +262,7 @@ def _scale_or_bias(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], lis
 
 def _prelu(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     if len(bottoms[0]) < 2:
-        raise _ShapeError("PReLU needs an input with a channel axis")
+        raise ShapeError("PReLU needs an input with a channel axis")
     shared = layer.param.prelu_param.channel_shared
     return [bottoms[0]], [() if shared else (bottoms[0][1],)]
 
@@ -275,7 +272,7 @@ def _flatten(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
     shape = bottoms[0]
     start, end = canonical_axis(p.axis, len(shape)), canonical_axis(p.end_axis, len(shape))
     if end < start:
-        raise _ShapeError(f"end_axis {p.end_axis} comes before axis {p.axis}")
+        raise ShapeError(f"end_axis {p.end_axis} comes before axis {p.axis}")
     inner = int(np.prod(shape[start:end + 1], dtype=np.int64))
     return [shape[:start] + (inner,) + shape[end + 1:]], []
 
@@ -286,23 +283,23 @@ def _reshape(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
     ndim = len(shape)
     start = p.axis if p.axis >= 0 else ndim + p.axis + 1
     if not 0 <= start <= ndim:
-        raise _ShapeError(f"axis {p.axis} is out of range")
+        raise ShapeError(f"axis {p.axis} is out of range")
     if p.num_axes < -1:
-        raise _ShapeError("num_axes must be -1 or more")
+        raise ShapeError("num_axes must be -1 or more")
     end = ndim if p.num_axes == -1 else start + p.num_axes
     if end > ndim:
-        raise _ShapeError(f"axis {p.axis} + num_axes {p.num_axes} goes past the {ndim}-D input")
+        raise ShapeError(f"axis {p.axis} + num_axes {p.num_axes} goes past the {ndim}-D input")
     dims = [int(d) for d in p.shape.dim]
     if dims.count(-1) > 1:
-        raise _ShapeError("at most one dim may be -1")
+        raise ShapeError("at most one dim may be -1")
     new = []
     for i, d in enumerate(dims):
         if d == 0:
             if start + i >= ndim:
-                raise _ShapeError(f"dim {i} is 0 (copy) but the input has no axis {start + i}")
+                raise ShapeError(f"dim {i} is 0 (copy) but the input has no axis {start + i}")
             new.append(shape[start + i])
         elif d < -1:
-            raise _ShapeError(f"dim {d} is invalid (use -1 to infer, 0 to copy)")
+            raise ShapeError(f"dim {d} is invalid (use -1 to infer, 0 to copy)")
         else:
             new.append(d)
     top = list(shape[:start]) + new + list(shape[end:])
@@ -311,29 +308,29 @@ def _reshape(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
         i = top.index(-1)
         known = int(np.prod([d for j, d in enumerate(top) if j != i], dtype=np.int64))
         if known == 0 or count % known:
-            raise _ShapeError(f"cannot infer the -1 dim: {count} values do not divide into {top}")
+            raise ShapeError(f"cannot infer the -1 dim: {count} values do not divide into {top}")
         top[i] = count // known
     if int(np.prod(top, dtype=np.int64)) != count:
-        raise _ShapeError(f"new shape {tuple(top)} does not hold the input's {count} values")
+        raise ShapeError(f"new shape {tuple(top)} does not hold the input's {count} values")
     return [tuple(top)], []
 
 
 def _crop(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.crop_param
     if len(bottoms) != 2:
-        raise _ShapeError("Crop takes two bottoms: the blob to crop and one of the target size")
+        raise ShapeError("Crop takes two bottoms: the blob to crop and one of the target size")
     shape, ref = bottoms
     if len(shape) != len(ref):
-        raise _ShapeError("both bottoms must have the same number of axes")
+        raise ShapeError("both bottoms must have the same number of axes")
     start = canonical_axis(p.axis, len(shape))
     offsets = list(p.offset)
     if len(offsets) > 1 and len(offsets) != len(shape) - start:
-        raise _ShapeError(f"{len(offsets)} offsets for {len(shape) - start} cropped axes")
+        raise ShapeError(f"{len(offsets)} offsets for {len(shape) - start} cropped axes")
     top = list(shape)
     for i in range(start, len(shape)):
         off = 0 if not offsets else offsets[0] if len(offsets) == 1 else offsets[i - start]
         if shape[i] - off < ref[i]:
-            raise _ShapeError(f"axis {i}: offset {off} + size {ref[i]} exceeds {shape[i]}")
+            raise ShapeError(f"axis {i}: offset {off} + size {ref[i]} exceeds {shape[i]}")
         top[i] = ref[i]
     return [tuple(top)], []
 
@@ -342,16 +339,16 @@ def _argmax(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
     p = layer.param.argmax_param
     shape = bottoms[0]
     if p.top_k < 1:
-        raise _ShapeError("top_k must be at least 1")
+        raise ShapeError("top_k must be at least 1")
     if p.has("axis"):
         axis = canonical_axis(p.axis, len(shape))
         if p.top_k > shape[axis]:
-            raise _ShapeError(f"top_k {p.top_k} exceeds the size {shape[axis]} of axis {axis}")
+            raise ShapeError(f"top_k {p.top_k} exceeds the size {shape[axis]} of axis {axis}")
         top = list(shape)
         top[axis] = p.top_k
         return [tuple(top)], []
     if p.top_k > int(np.prod(shape[1:], dtype=np.int64)):
-        raise _ShapeError(f"top_k {p.top_k} exceeds the number of values per image")
+        raise ShapeError(f"top_k {p.top_k} exceeds the number of values per image")
     top = [1] * max(3, len(shape))
     top[0] = shape[0]
     top[2] = p.top_k
@@ -368,9 +365,9 @@ def _softmax(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
 def _lrn(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.lrn_param
     if p.local_size % 2 == 0:
-        raise _ShapeError("LRN local_size must be odd")
+        raise ShapeError("LRN local_size must be odd")
     if len(bottoms[0]) != 4:
-        raise _ShapeError("LRN needs a 4-D (N, C, H, W) input")
+        raise ShapeError("LRN needs a 4-D (N, C, H, W) input")
     return [bottoms[0]], []
 
 
@@ -381,7 +378,7 @@ def _split(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
 def _keeps_batch(axis: int, what: str) -> None:
     """Refuse a layer that would mix (or multiply) the images of a batch: savedeep saves one row per image."""
     if axis == 0:
-        raise _ShapeError(f"{what} axis 0, the batch axis, mixes the images of a batch, and savedeep saves one row "
+        raise ShapeError(f"{what} axis 0, the batch axis, mixes the images of a batch, and savedeep saves one row "
                           "per image; use axis 1 or later")
 
 
@@ -398,7 +395,7 @@ def _tile(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]
     axis = canonical_axis(p.axis, len(shape))
     _keeps_batch(axis, "Tile along")
     if not p.has("tiles") or p.tiles <= 0:
-        raise _ShapeError("tile_param.tiles must be given and positive")
+        raise ShapeError("tile_param.tiles must be given and positive")
     return [shape[:axis] + (shape[axis] * p.tiles,) + shape[axis + 1:]], []
 
 
@@ -414,7 +411,7 @@ def spp_levels(height: int, width: int, pyramid_height: int) -> list[tuple[list[
         kernel = [-(-height // bins), -(-width // bins)]
         pad = [(kernel[0] * bins - height + 1) // 2, (kernel[1] * bins - width + 1) // 2]
         if any(pd >= k for pd, k in zip(pad, kernel)):
-            raise _ShapeError(f"pyramid level {level} ({bins}x{bins} bins) needs pad {pad} for kernel {kernel}, which "
+            raise ShapeError(f"pyramid level {level} ({bins}x{bins} bins) needs pad {pad} for kernel {kernel}, which "
                               f"Caffe's pooling refuses: the {height}x{width} input is too small for "
                               f"pyramid_height {pyramid_height}")
         levels.append((kernel, list(kernel), pad))
@@ -425,9 +422,9 @@ def _spp(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.spp_param
     shape = bottoms[0]
     if len(shape) != 4:
-        raise _ShapeError("SPP needs a 4-D (N, C, H, W) input")
+        raise ShapeError("SPP needs a 4-D (N, C, H, W) input")
     if p.pyramid_height < 1:
-        raise _ShapeError("spp_param.pyramid_height must be at least 1")
+        raise ShapeError("spp_param.pyramid_height must be at least 1")
     n, c, h, w = shape
     sizes = [(pooled_size(h, k[0], s[0], pd[0]), pooled_size(w, k[1], s[1], pd[1]))
              for k, s, pd in spp_levels(h, w, p.pyramid_height)]
@@ -439,7 +436,7 @@ def _spp(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
 def _embed(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.embed_param
     if p.num_output <= 0 or p.input_dim <= 0:
-        raise _ShapeError("embed_param.num_output and input_dim must be positive")
+        raise ShapeError("embed_param.num_output and input_dim must be positive")
     params: list[Shape] = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
     return [bottoms[0] + (p.num_output,)], params
 
@@ -450,7 +447,7 @@ def _im2col(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
     axis = canonical_axis(p.axis, len(shape))
     n_spatial = len(shape) - axis - 1
     if n_spatial < 1:
-        raise _ShapeError("Im2col needs at least one spatial axis after the channel axis")
+        raise ShapeError("Im2col needs at least one spatial axis after the channel axis")
     kernel, stride, pad, dilation = conv_geometry(p, n_spatial)
     out = [(shape[axis + 1 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1
            for i in range(n_spatial)]
@@ -460,7 +457,7 @@ def _im2col(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
 def legacy_shape(shape: Shape) -> Shape:
     """Caffe's (num, channels, height, width) of a blob of at most 4 axes, a missing axis counting as 1."""
     if len(shape) > 4:
-        raise _ShapeError(f"this layer takes blobs of at most 4 axes (num, channels, height, width), got {len(shape)}")
+        raise ShapeError(f"this layer takes blobs of at most 4 axes (num, channels, height, width), got {len(shape)}")
     return tuple(shape) + (1,) * (4 - len(shape))
 
 
@@ -471,7 +468,7 @@ def _mvn(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
 def _clip(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     p = layer.param.clip_param
     if not (p.has("min") and p.has("max")):
-        raise _ShapeError("clip_param needs both min and max (Caffe requires them)")
+        raise ShapeError("clip_param needs both min and max (Caffe requires them)")
     return [bottoms[0]], []
 
 

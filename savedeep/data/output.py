@@ -39,6 +39,7 @@ manifest file, the failures table and the pickle must agree on names, types and 
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,8 @@ from typing import Any
 import numpy as np
 
 from savedeep.errors import OutputError
-from savedeep.files import atomic_file, atomic_write_bytes, parquet_dir, sha256_file  # noqa: F401 - also used from here
+from savedeep.files import (atomic_file, atomic_write_bytes, beside, glob_escape, parquet_dir,  # noqa: F401
+                            sha256_file)  # sha256_file: also used from here
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,23 @@ MANIFEST = "_manifest.json"
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
 REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/analysis/report.py
+RUN_LOG_SUFFIX = ".log"  # out/acts.log, the run log by default (savedeep/config.py's log_file)
+# What `savedeep report` and `savedeep export --to ...` write beside an output by default (default_destination).
+BESIDE = {"report": REPORT_SUFFIX, "netcdf": ".nc", "npy": "_npy", "mat": ".mat"}
+
+# The run log's lines: savedeep/runner/ui.py's run_log writes them in this format, the report reads them back
+# (savedeep/analysis/report.py; its summary line through run_log_line), and --overwrite knows a log for
+# savedeep's by its first line. The groups: time, process, logger, level, message.
+RUN_LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"
+RUN_LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) (\S+) ([A-Z]+): (.*)")
+
+
+def run_log_line(logger: str, level: int, message: str) -> str:
+    """One line of the run log (no newline), as the run log's handler writes a record of ``logger`` from this
+    process now."""
+    record = logging.makeLogRecord({"name": logger, "levelno": level, "levelname": logging.getLevelName(level),
+                                    "msg": message})
+    return logging.Formatter(RUN_LOG_FORMAT).format(record)
 
 
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -89,8 +108,7 @@ class _DiskErrors:
 
 def failures_path(directory: Path) -> Path:
     """The failures table that goes with the Parquet directory ``directory`` (beside it, not in it)."""
-    directory = Path(directory)
-    return directory.with_name(directory.stem + FAILURES_SUFFIX)
+    return beside(directory, FAILURES_SUFFIX)
 
 
 def shard_ranges(n_images: int, shard_size: int) -> list[tuple[int, int, int]]:
@@ -419,8 +437,9 @@ def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
-def _resolve(path: Path) -> tuple[Path, Path | None]:
-    """(parquet directory, pickle path or None) for any of the output's paths."""
+def resolve(path: Path | str) -> tuple[Path, Path | None]:
+    """(the Parquet directory, the pickle or None) of an output, given any of its paths: out/acts.pk,
+    out/acts.parquet, or the pickle's path of a run without a pickle."""
     path = Path(path)
     if path.is_dir() and (path / MANIFEST).exists():
         pk = path.with_suffix(".pk")
@@ -428,22 +447,16 @@ def _resolve(path: Path) -> tuple[Path, Path | None]:
     if path.suffix == ".parquet":
         return path, None
     pq_dir = parquet_dir(path)
-    return pq_dir, path if path.exists() else None
+    return pq_dir, path if path.is_file() else None
 
 
-def _complete_shards(directory: Path, manifest: dict[str, Any]) -> list[Path]:
-    shards = [s for s in manifest.get("shards", []) if s.get("complete")]
-    return [directory / s["file"] for s in sorted(shards, key=lambda s: s["index"])]
-
-
-def _partial_note(directory: Path, manifest: dict[str, Any]) -> None:
-    if not manifest.get("complete"):
-        total = len(manifest.get("shards", []))
-        done = sum(1 for s in manifest.get("shards", []) if s.get("complete"))
-        log.warning(
-            "%s is a partial output (the run did not complete): reading %d of %d shards; "
-            "finish it with `savedeep run --resume`", directory, done, total,
-        )
+def default_destination(path: Path | str, kind: str) -> Path:
+    """Where ``kind`` (a key of :data:`BESIDE`: the report or an export format) is written by default, beside
+    the output ``path``: out/acts.pk (or out/acts.parquet) -> out/acts.report.html, out/acts.nc, ..."""
+    if kind not in BESIDE:
+        raise ValueError(f"default_destination: {kind!r} is not one of {', '.join(BESIDE)}")
+    directory, _ = resolve(path)
+    return beside(directory, BESIDE[kind])
 
 
 def _chunk_to_numpy(chunk, info: dict[str, Any]) -> np.ndarray:
@@ -457,7 +470,7 @@ def _chunk_to_numpy(chunk, info: dict[str, Any]) -> np.ndarray:
     return chunk.to_numpy_ndarray()
 
 
-def _column_to_numpy(column, info: dict[str, Any]) -> np.ndarray:
+def column_to_numpy(column, info: dict[str, Any]) -> np.ndarray:
     """A blob column (tensor or binary storage) as an (n, *shape) array; ``info`` is its manifest entry."""
     chunks = column.chunks
     if not chunks:
@@ -481,7 +494,7 @@ def _writable(values: np.ndarray) -> np.ndarray:
 
 
 def select_blobs(blobs: Sequence[str] | str | None, available: Sequence[str], where: Path) -> list[str]:
-    """The requested blobs (all by default), as the readers take them: a list, or one comma-separated string
+    """The requested blobs (all by default), as every reader takes them: a list, or one comma-separated string
     as on the command line ("fc6,fc7"). An unknown name is one OutputError naming the output's blobs."""
     if blobs is None:
         return list(available)
@@ -493,48 +506,292 @@ def select_blobs(blobs: Sequence[str] | str | None, available: Sequence[str], wh
     return list(dict.fromkeys(blobs))
 
 
+def blob_order(manifest: dict[str, Any]) -> list[str]:
+    """The blob columns in the order the run asked for them (the manifest's JSON keys are sorted)."""
+    return list(manifest.get("blob_order") or manifest["blobs"])
+
+
+READ_BATCH_BYTES = 32 * 2**20  # rows of one blob decoded at a time by iter_rows
+
+
+def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
+    """One blob's rows of one shard in order, as (n, *shape) arrays: one Parquet row group at a time (a run
+    writes one per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
+
+    Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
+    (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = max(1, int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize)
+    pf = pq.ParquetFile(path)
+    for g in range(pf.num_row_groups):
+        if pf.metadata.row_group(g).num_rows * row <= max_bytes:
+            yield column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
+            continue
+        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
+                                  use_threads=False):
+            yield column_to_numpy(pa.chunked_array([rb.column(0)]), info)
+
+
+@dataclass
+class SavedOutput:
+    """An output opened for reading: the one reader behind :func:`load`, :func:`load_array`, the exports and
+    xarray views (savedeep/analysis/interop.py), the statistics and the report.
+
+    It reads the complete shards the manifest lists, in order (a partial output's with a warning), one
+    blob column and one Parquet row group at a time, so memory stays bounded whatever the number of
+    images; it checks each shard holds the rows its manifest entry says. Blobs are chosen the same way
+    everywhere (:meth:`select`: a list or "a,b"; an unknown name is one OutputError naming the blobs).
+
+    A pickle whose Parquet directory is not beside it (copied alone) is read whole, once, into one Parquet
+    file in memory that stands for the shards (:meth:`of_pickle`): every reader works on it the same way.
+    """
+
+    directory: Path  # the Parquet directory; for a pickle alone, the pickle
+    manifest: dict[str, Any]
+    pickle: Path | None = None
+    memory: Any = field(default=None, repr=False)  # a pickle alone: its rows as one Parquet file in memory
+
+    @classmethod
+    def open(cls, path: Path | str) -> SavedOutput:
+        """The output at ``path`` (out/acts.pk or out/acts.parquet); OutputError if it is not one."""
+        directory, pk = resolve(path)
+        manifest = read_manifest(directory)
+        if manifest is None and pk is not None:
+            return cls.of_pickle(pk)
+        if manifest is None:
+            raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output; give the run's output "
+                              "(out/acts.pk or out/acts.parquet)")
+        src = cls(directory, manifest, pk)
+        if src.partial:
+            log.warning("%s is a partial output (the run did not complete): reading %d of %d shards; finish it "
+                        "with `savedeep run --resume`", directory, len(src.shards), len(manifest.get("shards", [])))
+        return src
+
+    @property
+    def partial(self) -> bool:
+        return not self.manifest.get("complete")
+
+    @functools.cached_property
+    def shards(self) -> list[dict[str, Any]]:
+        """The manifest's entries of the complete shards, in order."""
+        done = [s for s in self.manifest.get("shards", []) if s.get("complete")]
+        return sorted(done, key=lambda s: s["index"])
+
+    @classmethod
+    def of_pickle(cls, pk: Path) -> SavedOutput:
+        """A pickle without its Parquet directory, as an output of one shard held in memory.
+
+        Its blobs are the columns of arrays (:func:`_pickled_blobs`), its metadata the other columns.
+        """
+        import pyarrow as pa
+
+        df = _read_pickle(pk, shards=False)
+        columns = _pickled_blobs(df)
+        names = [c.name for c in columns]
+        meta = [c for c in df.columns if c != "image" and c not in names]
+        sink = pa.BufferOutputStream()
+        ShardWriter(pk.parent, 0, columns, meta, compression="none").write_to(
+            sink, [str(k) for k in df["image"]], {m: list(df[m]) for m in meta},
+            {c.name: np.stack(df[c.name].to_numpy()) for c in columns})
+        manifest = {"format": "savedeep/1", "complete": True, "blob_order": names, "metadata_columns": meta,
+                    "blobs": {c.name: {"shape": list(c.shape), "dtype": c.dtype, "storage": c.storage}
+                              for c in columns},
+                    "shards": [{"index": 0, "file": pk.name, "rows": len(df), "complete": True}]}
+        return cls(pk, manifest, pk, sink.getvalue())
+
+    @property
+    def files(self) -> list[Any]:
+        """The complete shards' files, in order (a pickle alone: its one Parquet file in memory)."""
+        if self.memory is not None:
+            import pyarrow as pa
+
+            return [pa.BufferReader(self.memory)]
+        return [self.directory / s["file"] for s in self.shards]
+
+    @property
+    def rows(self) -> list[int]:
+        """Rows per complete shard, in order."""
+        return [int(s["rows"]) for s in self.shards]
+
+    @property
+    def n(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def blobs(self) -> list[str]:
+        return blob_order(self.manifest)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        return list(self.manifest.get("metadata_columns", []))
+
+    def info(self, blob: str) -> dict[str, Any]:
+        """The blob's manifest entry: stored shape, dtype, storage, reduction."""
+        return self.manifest["blobs"][blob]
+
+    def select(self, blobs: Sequence[str] | str | None) -> list[str]:
+        """The requested blobs (all by default), checked against the output's (:func:`select_blobs`)."""
+        return select_blobs(blobs, self.blobs, self.directory)
+
+    def row_bytes(self, blob: str) -> int:
+        info = self.info(blob)
+        return int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize
+
+    def _changed(self, k: int) -> OutputError:
+        s = self.shards[k]
+        return OutputError(f"{self.directory / s['file']} does not hold the {s['rows']} rows its manifest entry "
+                           "says: the output was changed after its run; run it again (--overwrite)")
+
+    def index(self, rows: Sequence[int] | None = None, columns: Sequence[str] | None = None
+              ) -> tuple[list[str], dict[str, list[str]]]:
+        """The image keys and metadata columns (all by default; a missing value is "") of ``rows`` (sorted
+        row numbers; all by default), in row order: the only per-image data the exports hold whole."""
+        import pyarrow.parquet as pq
+
+        columns = self.metadata_columns if columns is None else list(columns)
+        wanted = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
+        keys: list[str] = []
+        meta: dict[str, list[str]] = {c: [] for c in columns}
+        start = 0
+        for k, (f, count) in enumerate(zip(self.files, self.rows)):
+            lo, hi = np.searchsorted(wanted, [start, start + count])
+            if hi > lo:
+                t = pq.read_table(f, columns=["image", *columns])
+                if t.num_rows != count:
+                    raise self._changed(k)
+                pick = (wanted[lo:hi] - start).tolist()
+                col = t.column("image").to_pylist()
+                keys += [col[i] for i in pick]
+                for c in columns:
+                    values = t.column(c).to_pylist()
+                    meta[c] += ["" if values[i] is None else values[i] for i in pick]
+            start += count
+        return keys, meta
+
+    def iter_blob(self, blob: str, max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
+        """One blob's rows in order, as (n, *shape) arrays: shard by shard, one Parquet row group at a
+        time (:func:`iter_rows`)."""
+        info = self.info(blob)
+        for k, (f, count) in enumerate(zip(self.files, self.rows)):
+            seen = 0
+            for values in iter_rows(f, blob, info, max_bytes):
+                seen += len(values)
+                if seen > count:
+                    raise self._changed(k)
+                yield values
+            if seen != count:
+                raise self._changed(k)
+
+    def read_shard(self, k: int, blob: str) -> np.ndarray:
+        """The ``k``-th complete shard's rows of one blob (a lazy xarray's chunk)."""
+        import pyarrow.parquet as pq
+
+        values = column_to_numpy(pq.read_table(self.files[k], columns=[blob]).column(blob), self.info(blob))
+        if len(values) != self.rows[k]:
+            raise self._changed(k)
+        return values
+
+    def read_blob(self, blob: str) -> np.ndarray:
+        """One blob whole, (N, *shape), in its stored dtype.
+
+        One array of every row, filled a row group (a batch) at a time: the peak is the result and a
+        row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
+        157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_analysis_export_memory.py).
+        """
+        info = self.info(blob)
+        out = np.empty((self.n, *info["shape"]), dtype=np.dtype(info["dtype"]))
+        start = 0
+        for part in self.iter_blob(blob):
+            out[start:start + len(part)] = part
+            start += len(part)
+        return out
+
+    def frame(self, blobs: Sequence[str] | str | None = None):
+        """The pandas DataFrame of the shards: ``image``, the metadata columns (None where missing), one
+        column of per-image arrays per blob; ``attrs["savedeep"]`` says whether it is partial."""
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        names = self.select(blobs)
+        meta_cols = self.metadata_columns
+        parts: dict[str, list] = {"image": [], **{m: [] for m in meta_cols}, **{b: [] for b in names}}
+        for k, f in enumerate(self.files):
+            table = pq.read_table(f, columns=["image", *meta_cols, *names])
+            if table.num_rows != self.rows[k]:
+                raise self._changed(k)
+            parts["image"].extend(table.column("image").to_pylist())
+            for m in meta_cols:
+                parts[m].extend(table.column(m).to_pylist())
+            for b in names:
+                parts[b].extend(list(_writable(column_to_numpy(table.column(b), self.info(b)))))
+        df = pd.DataFrame(parts)
+        df.attrs["savedeep"] = {"partial": self.partial, "path": str(self.directory)}
+        return df
+
+
+def _read_pickle(pk: Path, shards: bool):
+    """The DataFrame pickled at ``pk``; OutputError if it is not one of savedeep's. None for a pickle of
+    numpy 2 under numpy 1 when the Parquet shards (``shards``) hold the same rows."""
+    import pandas as pd
+
+    try:
+        df = pd.read_pickle(pk)
+    except ModuleNotFoundError as exc:
+        # numpy 2 pickles its arrays as numpy._core, which numpy 1 does not have (Brain-Score and
+        # thingsvision pin numpy<2): the Parquet shards hold the same rows and read anywhere.
+        if not str(exc.name or "").startswith("numpy._core"):
+            raise
+        if not shards:
+            raise OutputError(f"{pk} was pickled with numpy 2 and this is numpy {np.__version__}: read it with "
+                              f"numpy 2, or keep its Parquet directory {parquet_dir(pk)} beside it (any numpy "
+                              "reads that)") from exc
+        log.info("%s was pickled with numpy 2 (this is numpy %s): reading the Parquet dataset", pk, np.__version__)
+        return None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the file holds, it is not an output savedeep can read
+        raise OutputError(f"{pk} cannot be read as a pickle ({type(exc).__name__}: {exc}): not a savedeep "
+                          "output") from exc
+    if not isinstance(df, pd.DataFrame) or "image" not in df.columns:
+        raise OutputError(f"{pk} is not a savedeep output (a pandas DataFrame with an image column)")
+    return df
+
+
+def _pickled_blobs(df) -> list[ColumnSpec]:
+    """The blob columns of a pickled output without its manifest: those of float32 or float16 arrays (shape
+    and dtype from the first row); the other columns but ``image`` are metadata. With no row, none."""
+    first = df.iloc[0] if len(df) else {}
+    return [ColumnSpec(c, tuple(first[c].shape), first[c].dtype.name) for c in df.columns
+            if c != "image" and isinstance(first.get(c), np.ndarray) and first[c].dtype.name in ("float32", "float16")]
+
+
 def load(path: Path | str, blobs: Sequence[str] | str | None = None):
     """The DataFrame of an output (pickle or Parquet; complete or partial): ``image``, metadata, one column per blob.
 
-    ``blobs``: some of the blobs only, as a list or a comma-separated string.
+    ``blobs``: some of the blobs only, as a list or a comma-separated string. The pickle of a complete
+    output is read when there is one (it is that DataFrame); otherwise the shards, through :class:`SavedOutput`.
     """
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    directory, pk = _resolve(Path(path))
+    directory, pk = resolve(path)
     manifest = read_manifest(directory)
     if pk is not None and (manifest is None or manifest.get("complete")):
-        try:
-            df = pd.read_pickle(pk)
-        except ModuleNotFoundError as exc:
-            # numpy 2 pickles its arrays as numpy._core, which numpy 1 does not have (Brain-Score and
-            # thingsvision pin numpy<2): the Parquet shards hold the same rows and read anywhere.
-            if not str(exc.name or "").startswith("numpy._core") or manifest is None:
-                raise
-            log.info("%s was pickled with numpy 2 (this is numpy %s): reading the Parquet dataset", pk,
-                     np.__version__)
-        else:
+        df = _read_pickle(pk, shards=manifest is not None)
+        if df is not None:
             if blobs is not None:
-                held = _blob_names(manifest, df)
+                held = blob_order(manifest) if manifest is not None else [c.name for c in _pickled_blobs(df)]
                 wanted = select_blobs(blobs, held, directory if manifest is not None else pk)
                 df = df[[c for c in df.columns if c not in held] + wanted]
             return df
-    if manifest is None:
-        raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output (pass the .pk or .parquet path)")
-    _partial_note(directory, manifest)
-    names = select_blobs(blobs, blob_order(manifest), directory)
-    meta_cols = manifest.get("metadata_columns", [])
-    parts: dict[str, list] = {"image": [], **{m: [] for m in meta_cols}, **{b: [] for b in names}}
-    for f in _complete_shards(directory, manifest):
-        table = pq.read_table(f, columns=["image", *meta_cols, *names])
-        parts["image"].extend(table.column("image").to_pylist())
-        for m in meta_cols:
-            parts[m].extend(table.column(m).to_pylist())
-        for b in names:
-            parts[b].extend(list(_writable(_column_to_numpy(table.column(b), manifest["blobs"][b]))))
-    df = pd.DataFrame(parts)
-    df.attrs["savedeep"] = {"partial": not manifest.get("complete"), "path": str(directory)}
-    return df
+    return SavedOutput.open(directory).frame(blobs)
+
+
+def load_array(path: Path | str, blob: str) -> np.ndarray:
+    """One blob of an output as an (N, *shape) array, reading no other blob."""
+    src = SavedOutput.open(path)
+    (name,) = src.select([blob])
+    return src.read_blob(name)
 
 
 def _pickled_attrs(directory: Path) -> dict[str, Any]:
@@ -582,84 +839,13 @@ def pickle_file_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], c
         sink, ["x"], {}, {c.name: np.zeros((1, *c.shape), c.dtype) for c in columns})
     row = pq.read_table(pa.BufferReader(sink.getvalue()))
     for c in columns:
-        one = _writable(_column_to_numpy(row.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
+        one = _writable(column_to_numpy(row.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
         parts[c.name] = [one[0] for _ in range(n)]
     df = pd.DataFrame(parts)
     df.attrs["savedeep"] = _pickled_attrs(directory)
     sink = _ByteCounter()
     pickle.Pickler(sink, protocol=pickle.HIGHEST_PROTOCOL).dump(df)
     return sink.n
-
-
-def blob_order(manifest: dict[str, Any]) -> list[str]:
-    """The blob columns in the order the run asked for them (the manifest's JSON keys are sorted)."""
-    return list(manifest.get("blob_order") or manifest["blobs"])
-
-
-def _blob_names(manifest: dict[str, Any] | None, df) -> list[str]:
-    if manifest is not None:
-        return blob_order(manifest)
-    return [c for c in df.columns if c != "image"]
-
-
-READ_BATCH_BYTES = 32 * 2**20  # rows of one blob decoded at a time by iter_rows
-
-
-def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ_BATCH_BYTES) -> Iterator[np.ndarray]:
-    """One blob's rows of one shard in order, as (n, *shape) arrays: one Parquet row group at a time (a run
-    writes one per batch), a row group above ``max_bytes`` in slices of that size (at least one row).
-
-    Row group by row group: pyarrow's ``iter_batches`` over a whole file buffered several row groups
-    (benchmarks/RESULTS.md, "Figures moved out of the code"), ``read_row_group`` holds one.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    row = max(1, int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize)
-    pf = pq.ParquetFile(path)
-    for g in range(pf.num_row_groups):
-        if pf.metadata.row_group(g).num_rows * row <= max_bytes:
-            yield _column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
-            continue
-        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
-                                  use_threads=False):
-            yield _column_to_numpy(pa.chunked_array([rb.column(0)]), info)
-
-
-def load_array(path: Path | str, blob: str) -> np.ndarray:
-    """One blob of an output as an (N, *shape) array, reading no other blob."""
-
-    directory, _ = _resolve(Path(path))
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output")
-    if blob not in manifest["blobs"]:
-        raise OutputError(f"{directory} has no blob {blob!r}; it holds {list(manifest['blobs'])}")
-    _partial_note(directory, manifest)
-    info = manifest["blobs"][blob]
-    # One array of every row, filled a row group (a batch) at a time: the peak is the result and a
-    # row group. Reading every shard whole and concatenating held the blob twice or more (328 MiB for
-    # 157 MB in benchmarks/bench_scale.py; 896 MiB for 300 MiB in tests/test_analysis_export_memory.py).
-    shards = sorted((s for s in manifest.get("shards", []) if s.get("complete")), key=lambda s: s["index"])
-    total = sum(int(s["rows"]) for s in shards)
-    out: np.ndarray | None = None
-    pos = 0
-    for s in shards:
-        path = directory / s["file"]
-        start = pos
-        for values in iter_rows(path, blob, info):
-            if out is None:
-                out = np.empty((total, *values.shape[1:]), np.dtype(values.dtype.name))
-            if pos + len(values) > total:
-                break
-            out[pos:pos + len(values)] = values
-            pos += len(values)
-        if pos - start != s["rows"]:
-            raise OutputError(f"{path} does not hold the {s['rows']} rows its manifest entry says: the output was "
-                              "changed after its run; run it again (--overwrite)")
-    if out is None:
-        return np.empty((0, *info["shape"]), dtype=info["dtype"])
-    return out
 
 
 def estimate_pickle_bytes(manifest: dict[str, Any]) -> int:
@@ -694,7 +880,6 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
 _OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
                           r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+")
-_LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ \S+ [A-Z]+: ")  # see savedeep.runner.ui.run_log
 _LIST_AT_MOST = 10
 
 
@@ -743,7 +928,7 @@ def _is_our_log(path: Path) -> bool:
             first = f.readline(4096)
     except OSError:
         return False
-    return not first or bool(_LOG_LINE.match(first))
+    return not first or bool(RUN_LOG_LINE.match(first.decode("utf-8", "replace")))
 
 
 def output_files(pickle_path: Path, directory: Path, log_file: Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -766,7 +951,7 @@ def output_files(pickle_path: Path, directory: Path, log_file: Path | None = Non
             (ours if mine and f.is_file() and not f.is_symlink() else foreign).append(f)
     parent = directory.parent
     checks = [(pickle_path, _is_our_pickle), (failures_path(directory), _is_our_failures),
-              (directory.with_name(directory.stem + REPORT_SUFFIX), _is_our_report)]
+              (beside(directory, REPORT_SUFFIX), _is_our_report)]
     if log_file is not None:
         checks.append((Path(log_file), _is_our_log))
     for path, is_ours in checks:
@@ -774,12 +959,8 @@ def output_files(pickle_path: Path, directory: Path, log_file: Path | None = Non
             (ours if path.is_file() and not path.is_symlink() and is_ours(path) else foreign).append(path)
     for name in (pickle_path.name, failures_path(directory).name):
         tmp = re.compile(re.escape(f".{name}.tmp") + r"\d+")
-        ours += [f for f in parent.glob(f".{_glob_escape(name)}.tmp*") if tmp.fullmatch(f.name) and f.is_file()]
+        ours += [f for f in parent.glob(f".{glob_escape(name)}.tmp*") if tmp.fullmatch(f.name) and f.is_file()]
     return ours, foreign
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 def check_removable(pickle_path: Path, directory: Path, log_file: Path | None = None) -> list[Path]:

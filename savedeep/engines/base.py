@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -65,11 +65,43 @@ def check_device(device: Device, available: int, engine: str) -> None:
         )
 
 
-class EngineBase:
-    """What both engines share: the shapes they report (set by their constructors)."""
+_E = TypeVar("_E", bound="EngineBase")
 
+
+class EngineBase:
+    """What both engines share: their device and batch size, the shapes they report (set by their
+    constructors), the checks of a forward's arguments, and use as a context manager."""
+
+    kind: str
+    device: str
+    batch_size: int
     _input_shape: tuple[int, ...]
     _blob_shapes: dict[str, tuple[int, ...]]
+
+    def _use_device(self, device: Device | str, batch_size: int, gpus: Callable[[], int]) -> Device:
+        """Parse ``device``; for a GPU, check it against the ``gpus()`` this engine sees (DeviceUnavailableError);
+        record it and the batch size. The parsed device."""
+        dev = parse_device(device) if isinstance(device, str) else device
+        if dev.is_cuda:
+            check_device(dev, gpus(), self.kind)
+        self.device, self.batch_size = str(dev), batch_size
+        return dev
+
+    def _checked(self, batch: np.ndarray, blobs: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """A forward's batch as C-contiguous float32 and its blobs in order without duplicates, checked
+        (:func:`validate_batch`, :func:`validate_blob_names`)."""
+        return (validate_batch(batch, self._input_shape, self.batch_size),
+                validate_blob_names(blobs, list(self._blob_shapes)))
+
+    def close(self) -> None:
+        """Release the net and device memory."""
+        raise NotImplementedError
+
+    def __enter__(self: _E) -> _E:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

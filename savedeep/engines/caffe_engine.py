@@ -23,16 +23,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from savedeep.engines.base import (
-    EngineBase,
-    Device,
-    check_device,
-    output_buffer,
-    parse_device,
-    validate_batch,
-    validate_blob_names,
-)
-from savedeep.engines.gpus import caffe_has_cuda, probe_driver  # noqa: F401 - caffe_has_cuda is re-exported
+from savedeep.engines.base import Device, EngineBase, output_buffer
+from savedeep.engines.gpus import caffe_has_cuda, probe_driver
 from savedeep.errors import ModelError, UnsupportedLayerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,14 +112,9 @@ class CaffeEngine(EngineBase):
         batch_size: int = 1,
         threads: int | None = None,
     ) -> None:
-        dev = parse_device(device) if isinstance(device, str) else device
         caffe = import_caffe(threads)
-        if dev.is_cuda:
-            available = cuda_device_count() if caffe_has_cuda(caffe) else 0
-            check_device(dev, available, "caffe")
+        dev = self._use_device(device, batch_size, lambda: cuda_device_count() if caffe_has_cuda(caffe) else 0)
         select_device(caffe, dev)
-        self.device = str(dev)
-        self.batch_size = batch_size
         self._visible = list(net.blobs)
         self._input = net.input_name
         check_runnable(caffe, net, dev, prototxt)
@@ -159,8 +146,7 @@ class CaffeEngine(EngineBase):
         self, batch: np.ndarray, blobs: Sequence[str], out: dict[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
         """Run `batch` (n, C, H, W); float32 copies of the requested blobs, those in `out` written there."""
-        x = validate_batch(batch, self._input_shape, self.batch_size)
-        names = validate_blob_names(blobs, self._visible)
+        x, names = self._checked(batch, blobs)
         n = x.shape[0]
         self._reshape(n)
         self.net.blobs[self._input].data[...] = x
@@ -180,9 +166,3 @@ class CaffeEngine(EngineBase):
     def close(self) -> None:
         """Drop the pycaffe net (frees its CPU or GPU memory)."""
         self.net = None
-
-    def __enter__(self) -> "CaffeEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -32,15 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from savedeep.engines.base import (
-    EngineBase,
-    Device,
-    check_device,
-    output_buffer,
-    parse_device,
-    validate_batch,
-    validate_blob_names,
-)
+from savedeep.engines.base import Device, EngineBase, output_buffer
 from savedeep.engines.torch_layers import INPUT_TYPES, CaffeOp, build_layer, shares_data
 from savedeep.errors import ModelError, UnsupportedLayerError
 
@@ -292,14 +284,12 @@ class TorchEngine(EngineBase):
         source: Path | str | None = None,
         channels_last: bool | None = None,
     ) -> None:
-        dev = parse_device(device) if isinstance(device, str) else device
         if threads is not None:
             torch.set_num_threads(threads)
+        dev = self._use_device(device, batch_size,
+                               lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if dev.is_cuda:
-            check_device(dev, torch.cuda.device_count() if torch.cuda.is_available() else 0, "torch")
             use_exact_fp32_on_cuda()
-        self.device = str(dev)
-        self.batch_size = batch_size
         self._torch_device = torch.device(self.device)
         # channels_last lets oneDNN skip layout conversions on the CPU (benchmarks/RESULTS.md) and
         # stays within 1e-4 of pycaffe; untested on CUDA, so off there.
@@ -327,8 +317,7 @@ class TorchEngine(EngineBase):
         (benchmarks/RESULTS.md). On a GPU the cast and the
         reorder happen there, so only the stored bytes cross to the host.
         """
-        x = validate_batch(batch, self._input_shape, self.batch_size)
-        names = validate_blob_names(blobs, list(self._blob_shapes))
+        x, names = self._checked(batch, blobs)
         n = x.shape[0]
         # torch.from_numpy warns on read-only memory (e.g. a shared-memory slot mapped read-only)
         t = torch.from_numpy(x if x.flags.writeable else x.copy())
@@ -365,9 +354,3 @@ class TorchEngine(EngineBase):
         self.module = None  # type: ignore[assignment]
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def __enter__(self) -> "TorchEngine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

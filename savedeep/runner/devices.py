@@ -226,9 +226,6 @@ class Rings:
     def window(self) -> int:
         return self.out_slots
 
-    def __iter__(self):  # (in_slots, out_slots), as size_rings returned before the producers were added
-        return iter((self.in_slots, self.out_slots))
-
 
 def ring_minimums(producers: int, consumers: int, writers: int) -> tuple[int, int]:
     """(input, output) slots for every stage to have work in hand.

@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from savedeep.errors import OutputError
+from savedeep.files import glob_escape
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +99,10 @@ def lock_paths(output: Path | str) -> list[Path]:
     whole = lock_path(output)
     found = [whole] if whole.exists() else []
     try:
-        found += sorted(output.parent.glob(f".{_glob_escape(output.stem)}.task-*{LOCK_SUFFIX}"))
+        found += sorted(output.parent.glob(f".{glob_escape(output.stem)}.task-*{LOCK_SUFFIX}"))
     except OSError:
         pass
     return found
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
 # --------------------------------------------------------------------------- this process

@@ -72,7 +72,7 @@ class Task:
 
 @dataclass(frozen=True)
 class Failure:
-    """One image that could not be used, with its reason (inside BatchReady)."""
+    """One image that could not be used, with its reason (inside a Batch)."""
 
     index: int
     key: str
@@ -80,31 +80,33 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class BatchReady:
-    """producer -> consumers: batch ``batch`` is decoded in input slot ``slot``.
+class Batch:
+    """Batch ``batch`` of shard ``shard`` between two stages, in slot ``slot`` of the ring between them.
 
     ``indices`` are the positions (in the sorted image list) of the ``len(indices)``
-    rows packed at the start of the slot; images that failed are in ``failures``.
+    rows packed at the start of the slot, ``keys`` their keys; images that failed are in ``failures``.
     """
 
     batch: int
     shard: int
-    slot: int
+    slot: int | None  # None only in a BatchDone whose every image failed (nothing to forward)
     indices: tuple[int, ...]
     keys: tuple[str, ...]
     failures: tuple[Failure, ...]
 
 
 @dataclass(frozen=True)
-class BatchDone:
-    """consumer -> writer: the activations of batch ``batch`` are in output slot ``slot``."""
+class BatchReady(Batch):
+    """producer -> consumers: the batch is decoded in input slot ``slot``."""
 
-    batch: int
-    shard: int
-    slot: int | None  # None when every image of the batch failed (nothing to forward)
-    indices: tuple[int, ...]
-    keys: tuple[str, ...]
-    failures: tuple[Failure, ...]
+    def done(self, slot: int | None) -> BatchDone:
+        """The same batch forwarded, its activations in output slot ``slot`` (None: every image failed)."""
+        return BatchDone(self.batch, self.shard, slot, self.indices, self.keys, self.failures)
+
+
+@dataclass(frozen=True)
+class BatchDone(Batch):
+    """consumer -> writer: the batch's activations are in output slot ``slot``."""
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from savedeep.data.output import RUN_LOG_FORMAT
 from savedeep.errors import Interrupted
-
-RUN_LOG_FORMAT = "%(asctime)s %(processName)s %(name)s %(levelname)s: %(message)s"  # output._LOG_LINE matches it
 
 
 CONSOLE_FORMAT = "savedeep: %(levelname)s: %(message)s"  # as the CLI's console lines (cli._TqdmHandler)

@@ -166,7 +166,7 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
 
     from savedeep.engines import create_engine
     from savedeep.caffe.model import load_model
-    from savedeep.data.output import ShardWriter, _column_to_numpy
+    from savedeep.data.output import ShardWriter, column_to_numpy
     from savedeep.data.reduce import BlobOutputs
 
     n = len(decoded)
@@ -204,7 +204,7 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     ratio = max(0.0, (sink.getvalue().size - empty.getvalue().size) / raw) if raw else 1.0
     def read_and_pickle() -> None:
         table = pq.read_table(pa.BufferReader(sink.getvalue()))
-        rows = [list(_column_to_numpy(table.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
+        rows = [list(column_to_numpy(table.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
                 for c in pf.columns]
         pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
 
