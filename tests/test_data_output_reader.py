@@ -47,7 +47,7 @@ def _report_blobs(page: Path) -> list[str]:
 
 # entry point -> (call(path, blobs, dest), the blobs its result holds)
 MANY = {
-    "load": (lambda p, b, d: savedeep.load(p, blobs=b), 
+    "load": (lambda p, b, d: savedeep.load(p, blobs=b),
              lambda r: [c for c in r.columns if c not in ("image", "label")]),
     "load_xarray": (lambda p, b, d: savedeep.load_xarray(p, b), lambda r: list(r.data_vars)),
     "load_assembly": (lambda p, b, d: savedeep.load_assembly(p, b),

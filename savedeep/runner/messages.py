@@ -99,6 +99,8 @@ class Batch:
 class BatchReady(Batch):
     """producer -> consumers: the batch is decoded in input slot ``slot``."""
 
+    slot: int  # always a slot: the producer takes one before decoding (the consumer frees it)
+
     def done(self, slot: int | None) -> BatchDone:
         """The same batch forwarded, its activations in output slot ``slot`` (None: every image failed)."""
         return BatchDone(self.batch, self.shard, slot, self.indices, self.keys, self.failures)
