@@ -14,7 +14,7 @@ import argparse
 import inspect
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^<!-- savedeep:([a-z-]+) -->$", re.MULTILINE)
@@ -94,8 +94,12 @@ def exit_codes() -> str:
         if inspect.isclass(obj) and issubclass(obj, errors.SavedeepError):
             classes.setdefault(obj.exit_code, []).append(obj)
     table = getattr(errors, "EXIT_CODES", None)
-    if table is not None:
-        meanings = {int(code): str(text) for code, text in dict(table).items()}
+    if table is not None:  # a mapping {code: text} or rows (code, text...); a text may be a tuple of parts
+        rows = table.items() if isinstance(table, Mapping) else table
+        meanings = {}
+        for code, *rest in rows:
+            parts = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            meanings[int(code)] = "; ".join(str(p) for p in parts)
     else:
         # The docstring's reStructuredText table: "===  ===" rules around "CODE  meaning" rows.
         meanings = {int(m[1]): m[2] for m in re.finditer(r"^(\d+)\s+(.+)$", errors.__doc__ or "", re.MULTILINE)}

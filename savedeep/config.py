@@ -415,7 +415,7 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", 'int >= 1 \\| "auto"', "auto",
          "Consumer processes when running on the CPU (auto: from the cores, the engine, the net and the blobs' "
-         "sizes, capped by the memory available; see the README's performance section)", _auto_or_positive),
+         "sizes, capped by the memory available; see the docs' performance page)", _auto_or_positive),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _auto_or_positive),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
          "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "

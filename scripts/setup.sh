@@ -85,7 +85,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   elif command -v dpkg-query >/dev/null; then
     say "missing Debian packages: ${missing[*]}"
-    say "run as root: apt-get install ${missing[*]}  (or use --no-caffe with an existing pycaffe, see README)"
+    say "run as root: apt-get install ${missing[*]}  (or use --no-caffe with an existing pycaffe, see docs/getting-started/install.md)"
     exit 1
   fi
 fi
