@@ -43,13 +43,14 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def _usage(parser: argparse.ArgumentParser) -> str:
     """The usage line argparse prints, wrapped at a fixed width (not the terminal's)."""
-    formatter = argparse.HelpFormatter(parser.prog, width=100)
+    formatter = argparse.HelpFormatter(parser.prog, width=80)
     formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups)
     return formatter.format_help().strip()
 
 
 def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
-    rows = ["| argument | value | default | what it does |", "|---|---|---|---|"]
+    """A table of the parser's arguments; the default column only where some argument has a default."""
+    rows = []
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
@@ -61,9 +62,12 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
         else:
             value = action.metavar or action.dest.upper()
         default = action.default
-        shown = "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else f"`{default}`"
-        rows.append(f"| {names} | {_cell(value)} | {shown} | {_cell(action.help or '')} |")
-    return rows
+        shown = "" if default is None or default is False or default is argparse.SUPPRESS or action.nargs == 0 else f"`{default}`"
+        rows.append((names, _cell(value), shown, _cell(action.help or "")))
+    if any(shown for _, _, shown, _ in rows):
+        return ["| argument | value | default | what it does |", "|---|---|---|---|",
+                *(f"| {n} | {v} | {d} | {h} |" for n, v, d, h in rows)]
+    return ["| argument | value | what it does |", "|---|---|---|", *(f"| {n} | {v} | {h} |" for n, v, _, h in rows)]
 
 
 def cli() -> str:

@@ -229,6 +229,15 @@ def test_every_yaml_block_is_a_valid_config(tmp_path):
     assert checked >= 4
 
 
+def test_pages_tell_no_history():
+    """Issue 33: the docs say what is, in the present; rounds, issues and what savedeep "used to" do belong
+    in benchmarks/RESULTS.md and the commit messages."""
+    history = re.compile(r"\bround \d|\bissue #?\d|\bused to\b|\bold default\b|\bno longer\b|\bformerly\b", re.I)
+    for path in PAGES:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not history.search(line), f"{path.relative_to(ROOT)}:{number}: history in the docs: {line.strip()}"
+
+
 # --------------------------------------------------------------------------- running the blocks (slow)
 
 
