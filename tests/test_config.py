@@ -540,12 +540,6 @@ def test_schema_markdown_lists_every_key() -> None:
     assert "current directory" in table and "directory of that file" in table
 
 
-def test_readme_config_table_is_the_schema() -> None:
-    """The README's table of keys is schema_markdown() verbatim: docs and validation cannot drift apart."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert schema_markdown() in readme, "README.md's config table differs from savedeep.config.schema_markdown()"
-
-
 def test_fingerprint_is_canonical_json_sha256() -> None:
     """The fingerprint's exact definition: a resume compares it with one written by an earlier run, so its
     bytes must not change (sorted keys at every depth, no spaces, ASCII escapes)."""

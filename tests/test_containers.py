@@ -1,7 +1,7 @@
 """The container and fresh-machine scripts' own logic, without building anything.
 
 scripts/fresh_machine_check.sh itself (mmdebstrap, a root filesystem, the whole set-up and suite:
-20-30 minutes) is not run here; see README "The fresh-machine check". These tests cover what it
+20-30 minutes) is not run here; see docs/how-to/containers.md, "The fresh-machine check". These tests cover what it
 decides: which commands it runs (the README's, read from the commit), and which configuration it
 makes visible (scripts/registry_config.sh).
 """
@@ -134,10 +134,10 @@ def test_registry_config_takes_no_arguments():
 
 
 def test_container_docs_give_savedeeps_own_shm_figure():
-    """Bug: the README's container run lines and savedeep's own /dev/shm advice disagree."""
+    """Bug: the container page's run lines and savedeep's own /dev/shm advice disagree."""
     advice = re.findall(r"--shm-size=(\w+)", (ROOT / "savedeep" / "runner" / "devices.py").read_text())
     assert advice, "savedeep/runner/devices.py no longer advises a --shm-size"
-    section = (ROOT / "README.md").read_text().split("## Containers", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "how-to" / "containers.md").read_text()
     figures = set(re.findall(r"--shm-size[= ](\w+)", section))
     assert figures == set(advice), (figures, advice)
     check = CHECK.read_text()

@@ -522,7 +522,7 @@ def test_module_file_names_and_overwrite(small_model, tmp_path):
 
 
 def test_module_names_of_caffe_layer_names():
-    """One documented rule (README, "As a PyTorch module"); add_module refuses nn.Module's own names."""
+    """One documented rule (docs/how-to/convert.md, "As a PyTorch module"); add_module refuses nn.Module's own names."""
     from savedeep.engines.conversion import module_name
 
     taken: set[str] = set()

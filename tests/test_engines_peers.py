@@ -3,8 +3,8 @@
 - savedeep.transform gives, bit for bit, the input blob a savedeep run fed (the run saves its
   ``data`` blob), from a path and from a PIL image, for a model directory and for a converted
   file; torchvision's ImageFolder takes it as ``transform=``.
-- Each README block fenced ``python peers`` (torchvision's feature extractor, thingsvision,
-  torchlens, Brain-Score) runs as written, after the README's first command, in the peers' venv
+- Each docs block fenced ``python peers`` (docs/how-to/convert.md: torchvision's feature extractor,
+  thingsvision, torchlens, Brain-Score) runs as written, after the README's first command, in the peers' venv
   (scripts/peer_env.sh: none of these packages installs beside the project's pins); each block
   asserts its numbers against savedeep's own output.
 
@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import copy_photos
-from tests.test_readme import ROOT, _all_blocks, demo_root  # noqa: F401 (demo_root: the fixture)
+from tests.test_docs import ROOT, all_blocks
 
-PEER_BLOCKS = [text for lang, text in _all_blocks() if lang == "python peers"]
+# demo_root (the folder the README's first command leaves) is the fixture of tests/conftest.py.
+PEER_BLOCKS = [b.text for b in all_blocks() if b.info == "python peers"]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_image_folder_takes_the_transform(caffenet_run, peers_python):
         assert np.array_equal(got[key], expected), key
 
 
-def test_readme_has_the_peer_recipes():
+def test_docs_have_the_peer_recipes():
     text = "\n".join(PEER_BLOCKS)
     assert len(PEER_BLOCKS) == 4
     for call in ("create_feature_extractor", "get_extractor_from_model", "extract_features", "torchlens.trace",
@@ -123,14 +124,14 @@ def test_readme_has_the_peer_recipes():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(PEER_BLOCKS)))
-def test_peer_recipe_runs_as_written(demo_root, peers_python, index):  # noqa: F811 (demo_root is the fixture)
-    """The README's recipe, in the peers' venv, from the folder the README's first command ran in; the
+def test_peer_recipe_runs_as_written(demo_root, peers_python, index):
+    """The docs' recipe, in the peers' venv, from the folder the README's first command ran in; the
     recipes run in order (the first writes nsfw.py)."""
     for i in range(index + 1):  # a recipe may rely on the files of those before it, as a reader's session does
         if i < index and (demo_root / f".peer_recipe_{i}.ok").exists():
             continue
         r = run_peer(peers_python, PEER_BLOCKS[i], demo_root)
-        assert r.returncode == 0, f"README python peers block {i}:\n{PEER_BLOCKS[i]}\n{r.stderr[-4000:]}"
+        assert r.returncode == 0, f"docs python peers block {i}:\n{PEER_BLOCKS[i]}\n{r.stderr[-4000:]}"
         (demo_root / f".peer_recipe_{i}.ok").touch()
 
 

@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-API_DOC, API_HEADING = ROOT / "README.md", "## Python API"
+API_DOC, API_HEADING = ROOT / "docs" / "reference" / "api.md", "## Public names"
 
 
 def _public_names(module: types.ModuleType) -> set[str]:
@@ -75,5 +75,5 @@ def test_the_checks_find_a_leak_and_an_undocumented_name():
          "def load(): pass\n", fake.__dict__)
     fake.sub = types.ModuleType("fake.sub")
     assert _public_names(fake) == {"Path", "load"}
-    text = "# x\n\n## Python API\n\n| `savedeep.load(path)` | ... |\n\n## Next\n\n`savedeep.hidden`\n"
+    text = f"# x\n\n{API_HEADING}\n\n| `savedeep.load(path)` | ... |\n\n## Next\n\n`savedeep.hidden`\n"
     assert _documented(text) == {"load"}

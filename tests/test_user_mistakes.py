@@ -18,7 +18,7 @@ what is on disk, the environment), runs the real CLI on it and checks that
 Most rows call ``savedeep.cli.main`` in this process (fast); the rows marked
 ``subprocess`` (those of the issue, and those that need a private mount
 namespace) run ``python -m savedeep`` so that exit codes and stderr are those of
-a real command. The README's troubleshooting section shows these messages.
+a real command. docs/how-to/troubleshooting.md shows these messages.
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ def test_a_user_mistake_is_one_clear_error(mistake: Mistake, caffenet_dir, image
     assert rc == mistake.code, err
     assert "Traceback" not in err and "internal error" not in err, err
     line = _error_line(err)
-    if os.environ.get("SAVEDEEP_SHOW_MISTAKES"):  # to write the README's table
+    if os.environ.get("SAVEDEEP_SHOW_MISTAKES"):  # to write the table of docs/how-to/troubleshooting.md
         print(f"\n@@ {mistake.id} | {mistake.code} | {line}")
     for needle in mistake.needles:
         assert needle in line, f"{needle!r} not in the error line: {line}"

@@ -49,8 +49,8 @@ _RECURRENT = ("a recurrent layer: its blobs are (time, stream, ...) and it needs
               "input, while savedeep feeds one image per row")
 # Layer types of standard Caffe (BVLC master's layer catalogue) that can run at deploy time but that
 # savedeep refuses, with the reason: each breaks "one row per image, blobs computed from that image".
-# Data layers, losses and Accuracy are handled apart (DATA_LAYER_TYPES, _DROPPED_TYPES). The README's
-# "Layer types" section lists these with the same reasons.
+# Data layers, losses and Accuracy are handled apart (DATA_LAYER_TYPES, _DROPPED_TYPES). The docs'
+# layer types page (docs/reference/layers.md) is built from this table.
 REFUSED_TYPES: dict[str, str] = {
     "LSTM": _RECURRENT,
     "RNN": _RECURRENT,

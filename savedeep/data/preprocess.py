@@ -100,8 +100,8 @@ The options named above (``resize``, ``resize_to``, ``mean_mode``, ``input_scale
 at once the config's ``preprocess:`` section and the Python API's spec (``savedeep.transform(model,
 preprocess={...})``): one class, one validation, one default each (the config table lists them).
 
-Size: about 100 lines are the exact preprocessing specification above (the README points here); the
-one implementation every engine, the producers and ``savedeep.transform`` run follows it step by step.
+Size: about 100 lines are the exact preprocessing specification above (the docs site renders it, in
+docs/explanation/preprocessing.md); the one implementation every engine, the producers and ``savedeep.transform`` run follows it step by step.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Layers that ONNX cannot express exactly are refused by name (:data:`ONNX_REFUSED
 as are the layer types the torch engine does not run.
 
 The input is the preprocessed blob: float32 ``(N, 3, H, W)``, BGR, mean subtracted
-(savedeep's preprocessing, README "Preprocessing"); the spec and the mean travel in
+(savedeep's preprocessing, docs/explanation/preprocessing.md); the spec and the mean travel in
 the file as one JSON object (:func:`metadata`: the module's ``METADATA``, the ``.pt2``'s extra
 file ``savedeep.json``, ONNX ``metadata_props``), from which :func:`savedeep.transform` rebuilds it.
 
