@@ -50,8 +50,17 @@ def source_photos() -> list[Path]:
         import skimage
 
         data = Path(skimage.__file__).parent / "data"
-        extra = [data / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
-                                    "rocket.jpg", "hubble_deep_field.jpg")]
+        extra = [
+            data / n
+            for n in (
+                "astronaut.png",
+                "chelsea.png",
+                "coffee.png",
+                "motorcycle_left.png",
+                "rocket.jpg",
+                "hubble_deep_field.jpg",
+            )
+        ]
     except ImportError:
         extra = []
     return carried + [p for p in extra if p.exists()]
@@ -138,7 +147,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "what": "decode + preprocess JPEG to a (3, 227, 227) float32 blob, one process, one thread",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": __import__("savedeep.runner.devices").devices.usable_cpus(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": __import__("savedeep.runner.devices").devices.usable_cpus(),
+            "python": platform.python_version(),
+        },
         "versions": {"simplejpeg": simplejpeg.__version__, "pillow": Image.__version__, "opencv": cv2.__version__},
         "results": results,
     }

@@ -88,11 +88,21 @@ def forward_ceiling(case: str, device: str, batches: list[int], seconds: float, 
                     break
             rates.append(n * b / el)
         mem = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-        rows.append({"case": case, "batch": b, "images_per_s": round(max(rates), 1),
-                     "median_images_per_s": round(float(np.median(rates)), 1), "build_s": round(build_s, 2),
-                     "max_gpu_mib": None if mem is None else round(mem)})
-        print(f"  forward {case:15s} b{b:<4d} {max(rates):9.1f} images/s (median {np.median(rates):.1f})"
-              + (f", peak GPU memory {mem:.0f} MiB" if mem is not None else ""), flush=True)
+        rows.append(
+            {
+                "case": case,
+                "batch": b,
+                "images_per_s": round(max(rates), 1),
+                "median_images_per_s": round(float(np.median(rates)), 1),
+                "build_s": round(build_s, 2),
+                "max_gpu_mib": None if mem is None else round(mem),
+            }
+        )
+        print(
+            f"  forward {case:15s} b{b:<4d} {max(rates):9.1f} images/s (median {np.median(rates):.1f})"
+            + (f", peak GPU memory {mem:.0f} MiB" if mem is not None else ""),
+            flush=True,
+        )
     engine.close()
     return rows
 
@@ -148,9 +158,18 @@ def main() -> None:
         images = common.make_images(n)
         try:
             # require_gpu: a run that fell back to the CPU must fail, not pass for a GPU figure
-            r = common.run_savedeep(OUT / "gpu_run", common.MODELS[model_name](), images, blobs, gpus=gpus,
-                                    batch_size=e2e_batch, producers=k, pickle=False,
-                                    require_gpu=gpus != "cpu", **extra)
+            r = common.run_savedeep(
+                OUT / "gpu_run",
+                common.MODELS[model_name](),
+                images,
+                blobs,
+                gpus=gpus,
+                batch_size=e2e_batch,
+                producers=k,
+                pickle=False,
+                require_gpu=gpus != "cpu",
+                **extra,
+            )
             if gpus != "cpu" and not all(d.startswith("cuda") for d in r["devices"]):
                 raise RuntimeError(f"the run used {r['devices']}, not the GPU")
         except Exception as exc:  # noqa: BLE001 - record it and go on with the other runs
@@ -158,13 +177,22 @@ def main() -> None:
             e2e.append({"case": case, "producers": k, "error": str(exc)[-500:]})
             continue
         ceil = next((c["images_per_s"] for c in ceiling if c["case"] == case and c["batch"] == e2e_batch), None)
-        row = {"case": case, "producers_asked": k, **extra, **r,
-               "forward_only_images_per_s": ceil,
-               "steady_of_forward_only": round(r["steady_images_per_s"] / ceil, 3)
-               if ceil and r["steady_images_per_s"] else None}
+        row = {
+            "case": case,
+            "producers_asked": k,
+            **extra,
+            **r,
+            "forward_only_images_per_s": ceil,
+            "steady_of_forward_only": round(r["steady_images_per_s"] / ceil, 3)
+            if ceil and r["steady_images_per_s"]
+            else None,
+        }
         e2e.append(row)
-        print(f"  {case:15s} producers {r['producers']:>2} {r['wall_s']:6.1f} s, steady {r['steady_images_per_s']} "
-              f"images/s = {row['steady_of_forward_only']} of the forward alone; busy {r['busy']}", flush=True)
+        print(
+            f"  {case:15s} producers {r['producers']:>2} {r['wall_s']:6.1f} s, steady {r['steady_images_per_s']} "
+            f"images/s = {row['steady_of_forward_only']} of the forward alone; busy {r['busy']}",
+            flush=True,
+        )
     shutil.rmtree(OUT / "gpu_run", ignore_errors=True)
 
     fc = [r for r in e2e if r["case"] == "caffenet-fc" and "error" not in r]
@@ -173,26 +201,51 @@ def main() -> None:
         needed = {"producers": min(r["producers"] for r in enough), "criterion": "steady >= 90% of forward only"}
     elif fc:
         best = max(fc, key=lambda r: r["steady_images_per_s"] or 0)
-        needed = {"producers": None, "best_steady_of_forward_only": best["steady_of_forward_only"],
-                  "at_producers": best["producers"], "busiest_role": max(best["busy"], key=best["busy"].get)}
+        needed = {
+            "producers": None,
+            "best_steady_of_forward_only": best["steady_of_forward_only"],
+            "at_producers": best["producers"],
+            "busiest_role": max(best["busy"], key=best["busy"].get),
+        }
     else:
         needed = {"producers": None}
     print(f"producers needed to keep the GPU busy (CaffeNet fc6+fc7, batch {e2e_batch}): {needed}", flush=True)
 
     print()
-    common.print_table(ceiling, ["case", "batch", "images_per_s", "median_images_per_s", "max_gpu_mib"],
-                       f"forward only, torch engine on {args.device} ({m['gpu']})")
+    common.print_table(
+        ceiling,
+        ["case", "batch", "images_per_s", "median_images_per_s", "max_gpu_mib"],
+        f"forward only, torch engine on {args.device} ({m['gpu']})",
+    )
     print()
-    common.print_table([r for r in e2e if "error" not in r],
-                       ["case", "producers", "writers", "images", "wall_s", "steady_images_per_s",
-                        "forward_only_images_per_s", "steady_of_forward_only", "busy"],
-                       f"end to end with gpus {gpus}, batch {e2e_batch}")
+    common.print_table(
+        [r for r in e2e if "error" not in r],
+        [
+            "case",
+            "producers",
+            "writers",
+            "images",
+            "wall_s",
+            "steady_images_per_s",
+            "forward_only_images_per_s",
+            "steady_of_forward_only",
+            "busy",
+        ],
+        f"end to end with gpus {gpus}, batch {e2e_batch}",
+    )
     ran_on = sorted({d for r in e2e for d in r.get("devices", [])})
-    data = {"machine": m, "device": args.device, "quick": args.quick, "pycaffe": pycaffe_gpu(),
-            "end_to_end_devices": ran_on,
-            "gpus": [i for r in e2e for i in r.get("device_info", []) if str(i.get("device", "")).startswith("cuda")][:1],
-            "forward_only": ceiling, "end_to_end": e2e, "producers_needed": needed,
-            "total_s": round(time.perf_counter() - t_all, 1)}
+    data = {
+        "machine": m,
+        "device": args.device,
+        "quick": args.quick,
+        "pycaffe": pycaffe_gpu(),
+        "end_to_end_devices": ran_on,
+        "gpus": [i for r in e2e for i in r.get("device_info", []) if str(i.get("device", "")).startswith("cuda")][:1],
+        "forward_only": ceiling,
+        "end_to_end": e2e,
+        "producers_needed": needed,
+        "total_s": round(time.perf_counter() - t_all, 1),
+    }
     path = common.write_json(OUT / "gpu.json", data)
     if args.copy_to:
         args.copy_to.mkdir(parents=True, exist_ok=True)

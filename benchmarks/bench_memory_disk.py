@@ -46,8 +46,26 @@ def memory_run(model: Path, images: Path, out_dir: Path, dtype: str, interval: f
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    cmd = [PYTHON, "-m", "savedeep", "run", "-m", str(model), "-b", "conv1", "-i", str(images),
-           "-o", str(out_dir / "acts.pk"), "--gpus", "cpu", "--dtype", dtype, "--no-pickle", "--no-progress"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "savedeep",
+        "run",
+        "-m",
+        str(model),
+        "-b",
+        "conv1",
+        "-i",
+        str(images),
+        "-o",
+        str(out_dir / "acts.pk"),
+        "--gpus",
+        "cpu",
+        "--dtype",
+        dtype,
+        "--no-pickle",
+        "--no-progress",
+    ]
     env = dict(os.environ, GLOG_minloglevel="2")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -57,9 +75,15 @@ def memory_run(model: Path, images: Path, out_dir: Path, dtype: str, interval: f
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     pq_dir = out_dir / "acts.parquet"
-    return {"wall_s": round(wall, 2), "peak_pss_mib": round(s.peak_pss / 2**20, 1),
-            "peak_rss_sum_mib": round(s.peak_rss / 2**20, 1), "processes": s.peak_procs, "samples": s.samples,
-            "disk_bytes": common.dir_bytes(pq_dir), "timeline": s.timeline[::4]}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_pss_mib": round(s.peak_pss / 2**20, 1),
+        "peak_rss_sum_mib": round(s.peak_rss / 2**20, 1),
+        "processes": s.peak_procs,
+        "samples": s.samples,
+        "disk_bytes": common.dir_bytes(pq_dir),
+        "timeline": s.timeline[::4],
+    }
 
 
 def main() -> None:
@@ -82,41 +106,86 @@ def main() -> None:
             images = common.make_images(n)
             r = memory_run(model, images, OUT / "memory_run", dtype, args.interval)
             rows.append({"kind": "memory", "dtype": dtype, "compression": "zstd", "images": n, **r})
-            print(f"memory conv1 {dtype} {n} images: peak PSS {r['peak_pss_mib']} MiB (RSS sum "
-                  f"{r['peak_rss_sum_mib']} MiB, {r['processes']} processes, {r['samples']} samples), "
-                  f"{r['wall_s']} s", flush=True)
+            print(
+                f"memory conv1 {dtype} {n} images: peak PSS {r['peak_pss_mib']} MiB (RSS sum "
+                f"{r['peak_rss_sum_mib']} MiB, {r['processes']} processes, {r['samples']} samples), "
+                f"{r['wall_s']} s",
+                flush=True,
+            )
     shutil.rmtree(OUT / "memory_run", ignore_errors=True)
 
     from bench_stages import bound_now
 
     images = common.make_images(args.disk_images)
-    for dtype, comp, storage in (("float32", "zstd", "tensor"), ("float32", "none", "tensor"),
-                                 ("float16", "zstd", "tensor"), ("float16", "none", "tensor"),
-                                 ("float16", "zstd", "binary")):
+    for dtype, comp, storage in (
+        ("float32", "zstd", "tensor"),
+        ("float32", "none", "tensor"),
+        ("float16", "zstd", "tensor"),
+        ("float16", "none", "tensor"),
+        ("float16", "zstd", "binary"),
+    ):
         # One consumer of every core: the configuration bound_now measures the stages of.
-        r = common.run_savedeep(OUT / "disk_run", model, images, ["conv1"], dtype=dtype, compression=comp,
-                                batch_size=32, pickle=False, storage=storage, cpu_consumers=1)
+        r = common.run_savedeep(
+            OUT / "disk_run",
+            model,
+            images,
+            ["conv1"],
+            dtype=dtype,
+            compression=comp,
+            batch_size=32,
+            pickle=False,
+            storage=storage,
+            cpu_consumers=1,
+        )
         per = r["disk_bytes"] / r["rows"]
-        b = bound_now("caffenet-conv1", "torch", 32, r["producers"], dtype=dtype, compression=comp, storage=storage,
-                      seconds=1.0 if args.quick else 3.0)
+        b = bound_now(
+            "caffenet-conv1",
+            "torch",
+            32,
+            r["producers"],
+            dtype=dtype,
+            compression=comp,
+            storage=storage,
+            seconds=1.0 if args.quick else 3.0,
+        )
         steady = r["steady_images_per_s"]
-        rows.append({"kind": "disk", "dtype": dtype, "compression": comp, "storage": storage, "images": r["rows"],
-                     "wall_s": r["wall_s"], "disk_bytes_per_image": round(per), "of_raw_f32": round(per / RAW_F32, 4),
-                     "steady_images_per_s": steady, "busy": r["busy"],
-                     "forward_alone": b["forward_images_per_s"], "write_alone": b["write_images_per_s"],
-                     "writer_keeps_up": b["write_images_per_s"] >= b["forward_images_per_s"],
-                     "bound": b["bound"], "limiting": b["limiting"],
-                     "of_bound": round(steady / b["bound"], 3) if steady else None, "stages_now": b})
-        print(f"disk conv1 {dtype} {comp} {storage}: {per:,.0f} B/image = {per / RAW_F32:.1%} of raw float32; "
-              f"steady {steady} images/s, busy {r['busy']}; alone: forward {b['forward_images_per_s']}, write "
-              f"{b['write_images_per_s']}, bound {b['bound']} ({b['limiting']})", flush=True)
+        rows.append(
+            {
+                "kind": "disk",
+                "dtype": dtype,
+                "compression": comp,
+                "storage": storage,
+                "images": r["rows"],
+                "wall_s": r["wall_s"],
+                "disk_bytes_per_image": round(per),
+                "of_raw_f32": round(per / RAW_F32, 4),
+                "steady_images_per_s": steady,
+                "busy": r["busy"],
+                "forward_alone": b["forward_images_per_s"],
+                "write_alone": b["write_images_per_s"],
+                "writer_keeps_up": b["write_images_per_s"] >= b["forward_images_per_s"],
+                "bound": b["bound"],
+                "limiting": b["limiting"],
+                "of_bound": round(steady / b["bound"], 3) if steady else None,
+                "stages_now": b,
+            }
+        )
+        print(
+            f"disk conv1 {dtype} {comp} {storage}: {per:,.0f} B/image = {per / RAW_F32:.1%} of raw float32; "
+            f"steady {steady} images/s, busy {r['busy']}; alone: forward {b['forward_images_per_s']}, write "
+            f"{b['write_images_per_s']}, bound {b['bound']} ({b['limiting']})",
+            flush=True,
+        )
     shutil.rmtree(OUT / "disk_run", ignore_errors=True)
 
     mem = [r for r in rows if r["kind"] == "memory"]
     disk = [r for r in rows if r["kind"] == "disk"]
     print()
-    common.print_table(mem, ["dtype", "images", "peak_pss_mib", "peak_rss_sum_mib", "processes", "wall_s"],
-                       "peak memory of the whole run (sum over processes), conv1, --no-pickle")
+    common.print_table(
+        mem,
+        ["dtype", "images", "peak_pss_mib", "peak_rss_sum_mib", "processes", "wall_s"],
+        "peak memory of the whole run (sum over processes), conv1, --no-pickle",
+    )
     flat = {}
     for dtype in {r["dtype"] for r in mem}:
         d = sorted((r for r in mem if r["dtype"] == dtype), key=lambda r: r["images"])
@@ -124,13 +193,34 @@ def main() -> None:
             flat[dtype] = round(d[-1]["peak_pss_mib"] / d[0]["peak_pss_mib"], 3)
             print(f"  {dtype}: peak PSS at {d[-1]['images']} / at {d[0]['images']} images = {flat[dtype]}")
     print()
-    common.print_table(disk, ["dtype", "compression", "storage", "images", "disk_bytes_per_image", "of_raw_f32",
-                              "steady_images_per_s", "forward_alone", "write_alone", "writer_keeps_up", "bound",
-                              "of_bound", "busy"],
-                       f"bytes on disk per image, conv1 (raw float32: {RAW_F32:,} B)")
-    common.write_json(OUT / "memory_disk.json", {"machine": m, "memory_measure": "sum of psutil PSS (and RSS) "
-                                                 f"over the run's process tree every {args.interval} s",
-                                                 "flatness_peak_ratio": flat, "rows": rows})
+    common.print_table(
+        disk,
+        [
+            "dtype",
+            "compression",
+            "storage",
+            "images",
+            "disk_bytes_per_image",
+            "of_raw_f32",
+            "steady_images_per_s",
+            "forward_alone",
+            "write_alone",
+            "writer_keeps_up",
+            "bound",
+            "of_bound",
+            "busy",
+        ],
+        f"bytes on disk per image, conv1 (raw float32: {RAW_F32:,} B)",
+    )
+    common.write_json(
+        OUT / "memory_disk.json",
+        {
+            "machine": m,
+            "memory_measure": f"sum of psutil PSS (and RSS) over the run's process tree every {args.interval} s",
+            "flatness_peak_ratio": flat,
+            "rows": rows,
+        },
+    )
     common.write_csv(OUT / "memory_disk.csv", [{k: v for k, v in r.items() if k != "timeline"} for r in rows])
     plt = common.plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -142,7 +232,9 @@ def main() -> None:
     a.set_title("memory during a conv1 run (--no-pickle)")
     a.legend()
     a.grid(alpha=0.3)
-    b.bar([f"{r['dtype'][5:]}\n{r['compression']}\n{r['storage']}" for r in disk], [r["of_raw_f32"] * 100 for r in disk])
+    b.bar(
+        [f"{r['dtype'][5:]}\n{r['compression']}\n{r['storage']}" for r in disk], [r["of_raw_f32"] * 100 for r in disk]
+    )
     b.axhline(30, color="k", ls="--", alpha=0.5)
     b.set_ylabel("% of raw float32 bytes")
     b.set_title("conv1 bytes on disk per image")

@@ -97,10 +97,19 @@ def naive_worker(model: Path, image_list: Path, output: Path, limit: int) -> Non
     df = pd.DataFrame(rows)
     df.to_pickle(output)
     t_end = time.perf_counter()
-    print(json.dumps({"images": len(rows), "imports_s": round(t_imports - t_start, 3),
-                      "net_s": round(t_net - t_imports, 3), "loop_s": round(t_loop - t_net, 3),
-                      "pickle_s": round(t_end - t_loop, 3), "total_in_process_s": round(t_end - t_start, 3),
-                      "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default")}))
+    print(
+        json.dumps(
+            {
+                "images": len(rows),
+                "imports_s": round(t_imports - t_start, 3),
+                "net_s": round(t_net - t_imports, 3),
+                "loop_s": round(t_loop - t_net, 3),
+                "pickle_s": round(t_end - t_loop, 3),
+                "total_in_process_s": round(t_end - t_start, 3),
+                "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+            }
+        )
+    )
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -117,8 +126,25 @@ def run_savedeep_cli(model: Path, images: Path, out_dir: Path, engine: str) -> d
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    cmd = [PYTHON, "-m", "savedeep", "run", "-m", str(model), "-b", ",".join(BLOBS), "-i", str(images),
-           "-o", str(out_dir / "acts.pk"), "--gpus", "cpu", "--engine", engine, "--no-progress"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "savedeep",
+        "run",
+        "-m",
+        str(model),
+        "-b",
+        ",".join(BLOBS),
+        "-i",
+        str(images),
+        "-o",
+        str(out_dir / "acts.pk"),
+        "--gpus",
+        "cpu",
+        "--engine",
+        engine,
+        "--no-progress",
+    ]
     wall, proc = timed(cmd)
     busy = {}
     m = re.search(r"busy: (.*?) \(", proc.stderr)
@@ -133,9 +159,16 @@ def run_savedeep_cli(model: Path, images: Path, out_dir: Path, engine: str) -> d
     # window of batches left out (RunResult.steady_images_per_s).
     m = re.search(r"steady ([\d.]+) images/s after the first \d+ batches", proc.stderr)
     steady = float(m.group(1)) if m else None
-    return {"command": " ".join(cmd[1:]), "wall_s": round(wall, 2), "rows": len(df),
-            "images_per_s": round(len(df) / wall, 2), "steady_images_per_s": round(steady, 2) if steady else None,
-            "busy": busy, "columns": list(df.columns), "pickle_bytes": (out_dir / "acts.pk").stat().st_size}
+    return {
+        "command": " ".join(cmd[1:]),
+        "wall_s": round(wall, 2),
+        "rows": len(df),
+        "images_per_s": round(len(df) / wall, 2),
+        "steady_images_per_s": round(steady, 2) if steady else None,
+        "busy": busy,
+        "columns": list(df.columns),
+        "pickle_bytes": (out_dir / "acts.pk").stat().st_size,
+    }
 
 
 def check_values(model: Path, naive, work: Path, n: int) -> dict:
@@ -154,15 +187,18 @@ def check_values(model: Path, naive, work: Path, n: int) -> dict:
     listing = common.make_images(n)
     out = {}
     for engine in ("caffe", "torch"):
-        cfg = common.savedeep_config(model, listing, work / engine / "acts.pk", BLOBS, engine=engine,
-                                     preprocess={"resize": "caffe-io"})
+        cfg = common.savedeep_config(
+            model, listing, work / engine / "acts.pk", BLOBS, engine=engine, preprocess={"resize": "caffe-io"}
+        )
         savedeep.run(cfg, overwrite=True)
         got = savedeep.load(work / engine / "acts.pk")
         want = naive.iloc[:n]
         if list(got["image"]) != list(want["image"]):
             raise RuntimeError(f"savedeep ({engine}) and the naive loop list different images")
-        out[engine] = {b: float(f"{np.abs(np.stack(got[b]) - np.stack(want[b])).max() / np.abs(np.stack(want[b])).max():.2e}")
-                       for b in BLOBS}
+        out[engine] = {
+            b: float(f"{np.abs(np.stack(got[b]) - np.stack(want[b])).max() / np.abs(np.stack(want[b])).max():.2e}")
+            for b in BLOBS
+        }
     out["images"] = n
     return out
 
@@ -178,16 +214,27 @@ def measure_bound(seconds: float) -> dict:
     bound = bound_now("caffenet-fc", "torch", 32, plan.producers, threads=plan.threads, seconds=seconds)
     from savedeep.runner.devices import usable_cpus
 
-    bound.update(stage_bound(usable_cpus(), plan.threads, plan.producers,
-                             plan.consumers * bound["forward_images_per_s"], bound["decode_images_per_s_per_core"],
-                             bound["write_images_per_s"]))
+    bound.update(
+        stage_bound(
+            usable_cpus(),
+            plan.threads,
+            plan.producers,
+            plan.consumers * bound["forward_images_per_s"],
+            bound["decode_images_per_s_per_core"],
+            bound["write_images_per_s"],
+        )
+    )
     bound["consumers"] = plan.consumers
-    print(f"  default plan: {plan.consumers} consumer(s) x {plan.threads} thread(s), {plan.producers} producer(s)",
-          flush=True)
-    print(f"  stages now: forward {bound['forward_images_per_s']} images/s (median "
-          f"{bound['forward_median_images_per_s']}), decode {bound['decode_images_per_s_per_core']} images/s per "
-          f"core, write {bound['write_images_per_s']} images/s -> bound {bound['bound']} ({bound['limiting']})",
-          flush=True)
+    print(
+        f"  default plan: {plan.consumers} consumer(s) x {plan.threads} thread(s), {plan.producers} producer(s)",
+        flush=True,
+    )
+    print(
+        f"  stages now: forward {bound['forward_images_per_s']} images/s (median "
+        f"{bound['forward_median_images_per_s']}), decode {bound['decode_images_per_s_per_core']} images/s per "
+        f"core, write {bound['write_images_per_s']} images/s -> bound {bound['bound']} ({bound['limiting']})",
+        flush=True,
+    )
     return bound
 
 
@@ -199,11 +246,17 @@ def bound_fraction(r: dict) -> dict | None:
     bound = bound_for(stages, "caffenet-fc", "torch", 32, 1) if stages else None  # producers auto = 1 on 2 cores
     if not bound:
         return None
-    frac = {"bound": bound, "steady_of_bound": round(r["steady_images_per_s"] / bound["bound"], 3),
-            "wall_of_bound": round(r["images_per_s"] / bound["bound"], 3), "bounds_from": stages["machine"]["date_utc"]}
-    print(f"\nstage bound (torch, batch 32, 1 producer): {bound['bound']} images/s ({bound['limiting']}); "
-          f"savedeep steady {r['steady_images_per_s']} = {frac['steady_of_bound']:.0%} of it, "
-          f"over the whole wall time {frac['wall_of_bound']:.0%}")
+    frac = {
+        "bound": bound,
+        "steady_of_bound": round(r["steady_images_per_s"] / bound["bound"], 3),
+        "wall_of_bound": round(r["images_per_s"] / bound["bound"], 3),
+        "bounds_from": stages["machine"]["date_utc"],
+    }
+    print(
+        f"\nstage bound (torch, batch 32, 1 producer): {bound['bound']} images/s ({bound['limiting']}); "
+        f"savedeep steady {r['steady_images_per_s']} = {frac['steady_of_bound']:.0%} of it, "
+        f"over the whole wall time {frac['wall_of_bound']:.0%}"
+    )
     return frac
 
 
@@ -212,10 +265,17 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--naive-images", type=int, default=None, help="run the naive loop on fewer and extrapolate")
     p.add_argument("--quick", action="store_true", help="40 images, for a smoke test")
-    p.add_argument("--rebound", action="store_true",
-                   help="only recompute the stage-bound fraction of the last naive.json from the current stages.json")
-    p.add_argument("--bound-seconds", type=float, default=10.0,
-                   help="seconds of forward-only timing for the side-by-side stage bound")
+    p.add_argument(
+        "--rebound",
+        action="store_true",
+        help="only recompute the stage-bound fraction of the last naive.json from the current stages.json",
+    )
+    p.add_argument(
+        "--bound-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of forward-only timing for the side-by-side stage bound",
+    )
     p.add_argument("--naive-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.naive_worker:
@@ -261,11 +321,15 @@ def main() -> None:
 
     dn = pd.read_pickle(work / "naive.pk")
     ds = pd.read_pickle(work / "savedeep_torch" / "acts.pk")
-    df_naive_cols = {"naive_rows": len(dn), "naive_columns": list(dn.columns),
-                     "same_first_keys": list(dn["image"][:k]) == list(ds["image"][:k]),
-                     "fc7_shape": [list(dn["fc7"][0].shape), list(ds["fc7"][0].shape)]}
-    print("values: savedeep with the naive loop's preprocessing (resize: caffe-io) against the naive rows ...",
-          flush=True)
+    df_naive_cols = {
+        "naive_rows": len(dn),
+        "naive_columns": list(dn.columns),
+        "same_first_keys": list(dn["image"][:k]) == list(ds["image"][:k]),
+        "fc7_shape": [list(dn["fc7"][0].shape), list(ds["fc7"][0].shape)],
+    }
+    print(
+        "values: savedeep with the naive loop's preprocessing (resize: caffe-io) against the naive rows ...", flush=True
+    )
     df_naive_cols["values"] = check_values(model, dn, work / "values", min(k, 64))
     print(f"  {df_naive_cols['values']}", flush=True)
 
@@ -273,34 +337,64 @@ def main() -> None:
     naive_wall = naive["wall_s_for_all"]
     for name, r in results.items():
         wall_all = r.get("wall_s_for_all", r["wall_s"])
-        table.append({"method": name, "images": args.images, "wall_s": wall_all,
-                      "images_per_s": round(args.images / wall_all, 1),
-                      "steady_images_per_s": (round(1000 / r["per_image_ms"], 1) if "per_image_ms" in r
-                                              else r.get("steady_images_per_s")),
-                      "speedup_vs_naive": round(naive_wall / wall_all, 2),
-                      "note": "extrapolated from %d images" % k if r.get("extrapolated") else ""})
+        table.append(
+            {
+                "method": name,
+                "images": args.images,
+                "wall_s": wall_all,
+                "images_per_s": round(args.images / wall_all, 1),
+                "steady_images_per_s": (
+                    round(1000 / r["per_image_ms"], 1) if "per_image_ms" in r else r.get("steady_images_per_s")
+                ),
+                "speedup_vs_naive": round(naive_wall / wall_all, 2),
+                "note": "extrapolated from %d images" % k if r.get("extrapolated") else "",
+            }
+        )
     print()
-    common.print_table(table, title=f"CaffeNet fc6+fc7 (random weights), {args.images} images of 500x375, "
-                                     "wall time of the whole command (start-up and pickle included)")
+    common.print_table(
+        table,
+        title=f"CaffeNet fc6+fc7 (random weights), {args.images} images of 500x375, "
+        "wall time of the whole command (start-up and pickle included)",
+    )
     st = results["savedeep (torch)"]
     if st["steady_images_per_s"] is None:
         print("too few batches for a steady rate (it leaves out the first window of batches): no bound fraction")
         frac, side = None, None
     else:
         frac = bound_fraction(st)
-        side = {"bound": now, "steady_of_bound": round(st["steady_images_per_s"] / now["bound"], 3),
-                "wall_of_bound": round(st["images_per_s"] / now["bound"], 3)}
-        print(f"stage bound measured in this run: {now['bound']} images/s ({now['limiting']}); savedeep steady "
-              f"{st['steady_images_per_s']} = {side['steady_of_bound']:.0%} of it, over the whole wall time "
-              f"{side['wall_of_bound']:.0%}; steady / forward alone = "
-              f"{st['steady_images_per_s'] / now['forward_images_per_s']:.0%}")
-    like = {"torch": round(naive["wall_s_for_all"] / results["savedeep (torch)"]["wall_s"], 2),
-            "caffe": round(naive["wall_s_for_all"] / results["savedeep (caffe)"]["wall_s"], 2)}
-    print(f"speed-up over the naive pycaffe loop, start-up included: like for like (--engine caffe, pycaffe "
-          f"in both) {like['caffe']}x; torch engine {like['torch']}x")
-    common.write_json(OUT / "naive.json", {"machine": m, "images": args.images, "naive_images": k,
-                                           "results": results, "table": table, "check": df_naive_cols,
-                                           "bound": frac, "bound_side_by_side": side, "speedup": like})
+        side = {
+            "bound": now,
+            "steady_of_bound": round(st["steady_images_per_s"] / now["bound"], 3),
+            "wall_of_bound": round(st["images_per_s"] / now["bound"], 3),
+        }
+        print(
+            f"stage bound measured in this run: {now['bound']} images/s ({now['limiting']}); savedeep steady "
+            f"{st['steady_images_per_s']} = {side['steady_of_bound']:.0%} of it, over the whole wall time "
+            f"{side['wall_of_bound']:.0%}; steady / forward alone = "
+            f"{st['steady_images_per_s'] / now['forward_images_per_s']:.0%}"
+        )
+    like = {
+        "torch": round(naive["wall_s_for_all"] / results["savedeep (torch)"]["wall_s"], 2),
+        "caffe": round(naive["wall_s_for_all"] / results["savedeep (caffe)"]["wall_s"], 2),
+    }
+    print(
+        f"speed-up over the naive pycaffe loop, start-up included: like for like (--engine caffe, pycaffe "
+        f"in both) {like['caffe']}x; torch engine {like['torch']}x"
+    )
+    common.write_json(
+        OUT / "naive.json",
+        {
+            "machine": m,
+            "images": args.images,
+            "naive_images": k,
+            "results": results,
+            "table": table,
+            "check": df_naive_cols,
+            "bound": frac,
+            "bound_side_by_side": side,
+            "speedup": like,
+        },
+    )
     plt = common.plt()
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.barh([t["method"] for t in table], [t["wall_s"] for t in table], color=["C3", "C0", "C2"])

@@ -64,9 +64,15 @@ def bench_case(case: str, threads: int, reps: int) -> dict:
     err = max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)) for a, b in zip(run_torch(), run_ort()))
     engine.close()
     rate = {k: n / statistics.median(v) for k, v in times.items()}
-    return {"case": case, "batch": n, "threads": threads, "torch_img_s": round(rate["torch"], 1),
-            "onnxruntime_img_s": round(rate["onnxruntime"], 1),
-            "ort_over_torch": round(rate["onnxruntime"] / rate["torch"], 3), "max_rel_diff": f"{err:.1e}"}
+    return {
+        "case": case,
+        "batch": n,
+        "threads": threads,
+        "torch_img_s": round(rate["torch"], 1),
+        "onnxruntime_img_s": round(rate["onnxruntime"], 1),
+        "ort_over_torch": round(rate["onnxruntime"] / rate["torch"], 3),
+        "max_rel_diff": f"{err:.1e}",
+    }
 
 
 def main() -> None:

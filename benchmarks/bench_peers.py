@@ -36,8 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
-from common import OUT, PYTHON, ROOT, caffenet_dir, image_paths, machine, machine_line, print_table, \
-    wait_for_quiet, write_json
+from common import (
+    OUT,
+    PYTHON,
+    ROOT,
+    caffenet_dir,
+    image_paths,
+    machine,
+    machine_line,
+    print_table,
+    wait_for_quiet,
+    write_json,
+)
 
 BLOBS = ["fc6", "fc7"]
 BATCH = 32
@@ -105,9 +115,12 @@ def forward_side_by_side(directory: Path, threads: int, reps: int) -> list[dict]
                 torch.from_numpy(copies[b]).copy_(values[b])
         return copies
 
-    runs = {"torch engine": run_engine, "module (.py)": lambda: run_torch(module),
-            "program (.pt2), NCHW input": lambda: run_torch(program),
-            "program (.pt2), channels_last input": lambda: run_torch(program, torch.channels_last)}
+    runs = {
+        "torch engine": run_engine,
+        "module (.py)": lambda: run_torch(module),
+        "program (.pt2), NCHW input": lambda: run_torch(program),
+        "program (.pt2), channels_last input": lambda: run_torch(program, torch.channels_last),
+    }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for rep in range(reps + 1):  # the first round warms every path up and is not counted
         for name, fn in runs.items():
@@ -122,10 +135,18 @@ def forward_side_by_side(directory: Path, threads: int, reps: int) -> list[dict]
         got = fn()
         diff = max(float(np.abs(got[b] - reference[b]).max() / np.abs(reference[b]).max()) for b in BLOBS)
         rate = BATCH / statistics.median(times[name])
-        rows.append({"forward": name, "batch": BATCH, "threads": threads, "img_s": round(rate, 1),
-                     "ms_per_img": round(1000 / rate, 2), "vs_engine": round(rate / base, 3),
-                     "spread_ms_per_img": f"{1000 * min(times[name]) / BATCH:.2f}-{1000 * max(times[name]) / BATCH:.2f}",
-                     "max_rel_diff": f"{diff:.1e}"})
+        rows.append(
+            {
+                "forward": name,
+                "batch": BATCH,
+                "threads": threads,
+                "img_s": round(rate, 1),
+                "ms_per_img": round(1000 / rate, 2),
+                "vs_engine": round(rate / base, 3),
+                "spread_ms_per_img": f"{1000 * min(times[name]) / BATCH:.2f}-{1000 * max(times[name]) / BATCH:.2f}",
+                "max_rel_diff": f"{diff:.1e}",
+            }
+        )
     engine.close()
     return rows
 
@@ -159,20 +180,54 @@ def end_to_end(directory: Path, n: int, rounds: int) -> tuple[list[dict], dict]:
             out = d / f"run_{tool.split()[0]}"
             t0 = time.perf_counter()
             if tool == "thingsvision":
-                proc = subprocess.run([python, "-c", THINGSVISION, str(d), "caffenet", str(folder), str(out),
-                                       str(BATCH), ",".join(BLOBS)], capture_output=True, text=True, env=env)
+                proc = subprocess.run(
+                    [
+                        python,
+                        "-c",
+                        THINGSVISION,
+                        str(d),
+                        "caffenet",
+                        str(folder),
+                        str(out),
+                        str(BATCH),
+                        ",".join(BLOBS),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                )
             else:
-                proc = subprocess.run([str(Path(PYTHON).parent / "savedeep"), "run", "--model", str(directory),
-                                       "--images", str(lst), "-o", str(out / "acts.pk"), "--blobs", ",".join(BLOBS),
-                                       "--overwrite", "--no-progress", "-q"], capture_output=True, text=True)
+                proc = subprocess.run(
+                    [
+                        str(Path(PYTHON).parent / "savedeep"),
+                        "run",
+                        "--model",
+                        str(directory),
+                        "--images",
+                        str(lst),
+                        "-o",
+                        str(out / "acts.pk"),
+                        "--blobs",
+                        ",".join(BLOBS),
+                        "--overwrite",
+                        "--no-progress",
+                        "-q",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 raise SystemExit(f"{tool} failed:\n{proc.stderr[-3000:]}")
             row = {"round": r + 1, "tool": tool, "images": n, "wall_s": round(wall, 2), "img_s": round(n / wall, 1)}
             if tool == "thingsvision":
                 inside = json.loads(proc.stdout.strip().splitlines()[-1])
-                row.update(extract_s=round(inside["extract_s"], 2), imports_s=round(inside["imports_s"], 2),
-                           torch=inside["torch"], threads=inside["threads"])
+                row.update(
+                    extract_s=round(inside["extract_s"], 2),
+                    imports_s=round(inside["imports_s"], 2),
+                    torch=inside["torch"],
+                    threads=inside["threads"],
+                )
             rows.append(row)
     import savedeep
 
@@ -182,8 +237,10 @@ def end_to_end(directory: Path, n: int, rounds: int) -> tuple[list[dict], dict]:
         for b in BLOBS:
             ours = np.stack([df.loc[f"all/{name}", b] for name in order])
             theirs = z[b].reshape(ours.shape)
-            agreement[b] = {"max_abs_diff": float(np.abs(theirs - ours).max()),
-                            "max_rel_diff": float(np.abs(theirs - ours).max() / np.abs(ours).max())}
+            agreement[b] = {
+                "max_abs_diff": float(np.abs(theirs - ours).max()),
+                "max_rel_diff": float(np.abs(theirs - ours).max() / np.abs(ours).max()),
+            }
     return rows, agreement
 
 
@@ -214,8 +271,10 @@ def main() -> None:
         tv = statistics.median(r["wall_s"] for r in rows if r["tool"] == "thingsvision")
         sd = statistics.median(r["wall_s"] for r in rows if r["tool"] == "savedeep run")
         print(f"savedeep run is {tv / sd:.2f}x as fast as thingsvision (median walls)")
-        print("agreement (thingsvision's features against savedeep's rows):",
-              json.dumps({b: {k: f"{v:.1e}" for k, v in a.items()} for b, a in agreement.items()}))
+        print(
+            "agreement (thingsvision's features against savedeep's rows):",
+            json.dumps({b: {k: f"{v:.1e}" for k, v in a.items()} for b, a in agreement.items()}),
+        )
         result.update(end_to_end=rows, agreement=agreement, speedup=round(tv / sd, 3))
     write_json(OUT / "peers.json", result)
 

@@ -97,7 +97,7 @@ def image_list(n: int) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             s = sources[int(params[i, 0] * len(sources))]
             y, x = int(params[i, 1] * (s.shape[0] - 40)), int(params[i, 2] * (s.shape[1] - 40))
-            cv2.imwrite(str(path), s[y:y + 40, x:x + 40], [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(str(path), s[y : y + 40, x : x + 40], [cv2.IMWRITE_JPEG_QUALITY, 90])
         marker.write_text("")
     lst = SCALE / f"list_{n}.txt"
     if not lst.exists():
@@ -149,8 +149,13 @@ def timed_end_steps() -> dict[str, Any]:
     """Wrap the end steps (inside Manifest.finish) and the manifest's rewrites; returns the dict they fill."""
     import savedeep.runner.manifest as man
 
-    times: dict[str, Any] = {"failures_table_s": 0.0, "manifest_s": 0.0, "pickle_s": 0.0,
-                             "manifest_rewrites": 0, "manifest_rewrites_s": 0.0}
+    times: dict[str, Any] = {
+        "failures_table_s": 0.0,
+        "manifest_s": 0.0,
+        "pickle_s": 0.0,
+        "manifest_rewrites": 0,
+        "manifest_rewrites_s": 0.0,
+    }
     inside = [False]
 
     def wrap(name: str, key: str):
@@ -201,10 +206,20 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         res = savedeep.run(cfg, overwrite=True)
         wall = time.perf_counter() - t
-    return {"images": res.images, "rows": res.rows, "wall_s": wall, "steady_images_per_s": res.steady_images_per_s(),
-            "shards": res.shards_done, "producers": res.producers, "writers": res.writers, "devices": res.devices,
-            "parent_peak_rss": peaks.parent, "worker_peak_rss": peaks.worker, **times,
-            "pickle_bytes": Path(args.out).stat().st_size}
+    return {
+        "images": res.images,
+        "rows": res.rows,
+        "wall_s": wall,
+        "steady_images_per_s": res.steady_images_per_s(),
+        "shards": res.shards_done,
+        "producers": res.producers,
+        "writers": res.writers,
+        "devices": res.devices,
+        "parent_peak_rss": peaks.parent,
+        "worker_peak_rss": peaks.worker,
+        **times,
+        "pickle_bytes": Path(args.out).stat().st_size,
+    }
 
 
 def child_tasks(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,8 +243,14 @@ def child_merge(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         res = savedeep.merge(args.out)
         wall = time.perf_counter() - t
-    return {"wall_s": wall, "shards": res.shards, "tasks": res.tasks, "rows": res.rows,
-            "parent_peak_rss": peaks.parent, **times}
+    return {
+        "wall_s": wall,
+        "shards": res.shards,
+        "tasks": res.tasks,
+        "rows": res.rows,
+        "parent_peak_rss": peaks.parent,
+        **times,
+    }
 
 
 def vm_hwm() -> int:
@@ -269,8 +290,15 @@ def child_load(args: argparse.Namespace) -> dict[str, Any]:
         shape = [int(s) for s in ds["pool1"].shape]
     wall = time.perf_counter() - t
     peak = vm_hwm()
-    out_d = {"what": args.what, "wall_s": wall, "shape": shape, "rss_after_imports": base, "peak_rss": peak,
-             "peak_before_the_call": hwm_before, "peak_above_imports": peak - base}
+    out_d = {
+        "what": args.what,
+        "wall_s": wall,
+        "shape": shape,
+        "rss_after_imports": base,
+        "peak_rss": peak,
+        "peak_before_the_call": hwm_before,
+        "peak_above_imports": peak - base,
+    }
     if args.what == "load_xarray":
         out_d.update(opened_s=opened, mean=mean)
     return out_d
@@ -320,10 +348,13 @@ def main() -> None:
         out = SCALE / f"run_{n}" / "acts.pk"
         runs[n] = child(["run", "--list", str(lists[n]), "--out", str(out)])
         r = runs[n]
-        print(f"run {n}: wall {r['wall_s']:.1f} s, steady {r['steady_images_per_s'] or 0:.0f} images/s, parent peak "
-              f"{mib(r['parent_peak_rss'])} MiB, largest worker {mib(r['worker_peak_rss'])} MiB; end: failures "
-              f"{r['failures_table_s']:.3f} s, manifest {r['manifest_s']:.3f} s, pickle {r['pickle_s']:.2f} s; "
-              f"{r['manifest_rewrites']} manifest rewrites {r['manifest_rewrites_s']:.2f} s", flush=True)
+        print(
+            f"run {n}: wall {r['wall_s']:.1f} s, steady {r['steady_images_per_s'] or 0:.0f} images/s, parent peak "
+            f"{mib(r['parent_peak_rss'])} MiB, largest worker {mib(r['worker_peak_rss'])} MiB; end: failures "
+            f"{r['failures_table_s']:.3f} s, manifest {r['manifest_s']:.3f} s, pickle {r['pickle_s']:.2f} s; "
+            f"{r['manifest_rewrites']} manifest rewrites {r['manifest_rewrites_s']:.2f} s",
+            flush=True,
+        )
     for n in sizes:
         out = SCALE / f"tasks_{n}" / "acts.pk"
         if out.parent.exists():
@@ -336,29 +367,58 @@ def main() -> None:
         total = sum(tasks["task_walls_s"])
         merges[n]["task_startup_s"] = (total - runs[n]["wall_s"]) / (args.tasks - 1)
         g = merges[n]
-        print(f"{args.tasks} tasks over {n} images: {total:.1f} s in all (one run: {runs[n]['wall_s']:.1f} s), so "
-              f"{g['task_startup_s']:.2f} s per task beyond the first; merge of {g['shards']} shards: "
-              f"{g['wall_s']:.2f} s (failures {g['failures_table_s']:.3f} s, manifest {g['manifest_s']:.3f} s, "
-              f"pickle {g['pickle_s']:.2f} s), peak {mib(g['parent_peak_rss'])} MiB", flush=True)
+        print(
+            f"{args.tasks} tasks over {n} images: {total:.1f} s in all (one run: {runs[n]['wall_s']:.1f} s), so "
+            f"{g['task_startup_s']:.2f} s per task beyond the first; merge of {g['shards']} shards: "
+            f"{g['wall_s']:.2f} s (failures {g['failures_table_s']:.3f} s, manifest {g['manifest_s']:.3f} s, "
+            f"pickle {g['pickle_s']:.2f} s), peak {mib(g['parent_peak_rss'])} MiB",
+            flush=True,
+        )
     big = SCALE / f"run_{args.images}" / "acts.pk"
     loads = [child(["load", "--out", str(big), "--what", w]) for w in ("load", "load_array", "load_xarray")]
     for lo in loads:
-        print(f"{lo['what']}: {lo['wall_s']:.2f} s, shape {lo['shape']}, peak RSS {mib(lo['peak_rss'])} MiB "
-              f"({mib(lo['peak_above_imports'])} MiB above the imports)", flush=True)
+        print(
+            f"{lo['what']}: {lo['wall_s']:.2f} s, shape {lo['shape']}, peak RSS {mib(lo['peak_rss'])} MiB "
+            f"({mib(lo['peak_above_imports'])} MiB above the imports)",
+            flush=True,
+        )
 
     a, b = sizes
     rows = []
-    for key in ("wall_s", "failures_table_s", "manifest_s", "pickle_s", "manifest_rewrites_s", "parent_peak_rss",
-                "worker_peak_rss"):
-        rows.append({"figure": f"run {key}", str(a): runs[a][key], str(b): runs[b][key],
-                     "ratio": runs[b][key] / runs[a][key] if runs[a][key] else None})
+    for key in (
+        "wall_s",
+        "failures_table_s",
+        "manifest_s",
+        "pickle_s",
+        "manifest_rewrites_s",
+        "parent_peak_rss",
+        "worker_peak_rss",
+    ):
+        rows.append(
+            {
+                "figure": f"run {key}",
+                str(a): runs[a][key],
+                str(b): runs[b][key],
+                "ratio": runs[b][key] / runs[a][key] if runs[a][key] else None,
+            }
+        )
     for key in ("wall_s", "failures_table_s", "manifest_s", "pickle_s", "parent_peak_rss"):
-        rows.append({"figure": f"merge {key}", str(a): merges[a][key], str(b): merges[b][key],
-                     "ratio": merges[b][key] / merges[a][key] if merges[a][key] else None})
-    common.print_table(rows, title=f"\n{b} against {a} images ({b / a:.0f}x): a ratio near {b / a:.0f} is in "
-                                   "proportion; more grows faster")
-    common.write_json(OUT / "scale.json", {"machine": m, "images": sizes, "tasks": args.tasks, "runs": runs,
-                                           "merges": merges, "loads": loads})
+        rows.append(
+            {
+                "figure": f"merge {key}",
+                str(a): merges[a][key],
+                str(b): merges[b][key],
+                "ratio": merges[b][key] / merges[a][key] if merges[a][key] else None,
+            }
+        )
+    common.print_table(
+        rows,
+        title=f"\n{b} against {a} images ({b / a:.0f}x): a ratio near {b / a:.0f} is in proportion; more grows faster",
+    )
+    common.write_json(
+        OUT / "scale.json",
+        {"machine": m, "images": sizes, "tasks": args.tasks, "runs": runs, "merges": merges, "loads": loads},
+    )
 
 
 if __name__ == "__main__":

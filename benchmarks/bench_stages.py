@@ -108,8 +108,13 @@ def decode_rate(model_dir: Path, paths: list[Path], seconds: float) -> dict[str,
         el = time.perf_counter() - t0
         if el >= seconds and n >= 20:
             break
-    return {"images": n, "seconds": round(el, 3), "images_per_s_per_core": round(n / el, 1),
-            "ms_per_image": round(1000 * el / n, 3), "input": list(shape)}
+    return {
+        "images": n,
+        "seconds": round(el, 3),
+        "images_per_s_per_core": round(n / el, 1),
+        "ms_per_image": round(1000 * el / n, 3),
+        "input": list(shape),
+    }
 
 
 # --------------------------------------------------------------------------- forward (in a worker process)
@@ -133,8 +138,9 @@ def forward_worker(spec: dict[str, Any]) -> None:
     if spec["engine"] == "torch" and spec["channels_last"] is not None:
         from savedeep.engines.torch_engine import TorchEngine
 
-        eng = TorchEngine(m.net, "cpu", max(batches), spec["threads"], source=m.prototxt,
-                          channels_last=spec["channels_last"])
+        eng = TorchEngine(
+            m.net, "cpu", max(batches), spec["threads"], source=m.prototxt, channels_last=spec["channels_last"]
+        )
     else:
         eng = create_engine(spec["engine"], m, "cpu", max(batches), threads=spec["threads"])
     build_s = time.perf_counter() - t0
@@ -160,28 +166,51 @@ def forward_worker(spec: dict[str, Any]) -> None:
                     break
             rates.append(n * b / el)
             total_n, total_s = total_n + n, total_s + el
-        results.append({"batch": b, "forwards": total_n, "seconds": round(total_s, 3),
-                        "images_per_s": round(max(rates), 2), "median_images_per_s": round(float(np.median(rates)), 2),
-                        "mean_images_per_s": round(total_n * b / total_s, 2)})
+        results.append(
+            {
+                "batch": b,
+                "forwards": total_n,
+                "seconds": round(total_s, 3),
+                "images_per_s": round(max(rates), 2),
+                "median_images_per_s": round(float(np.median(rates)), 2),
+                "mean_images_per_s": round(total_n * b / total_s, 2),
+            }
+        )
     if spec.get("dump"):  # real activations of up to 64 images, for the write stage
         n, step = min(len(x_all), 64), max(batches)
-        parts = [eng.forward(np.ascontiguousarray(x_all[a:min(a + step, n)]), blobs) for a in range(0, n, step)]
+        parts = [eng.forward(np.ascontiguousarray(x_all[a : min(a + step, n)]), blobs) for a in range(0, n, step)]
         np.savez(spec["dump"], **{k: np.concatenate([p[k] for p in parts]) for k in blobs})
     eng.close()
     print(json.dumps({"build_s": round(build_s, 3), "results": results}))
 
 
-def bench_forward(cases: list[str], batches: list[int], threads: int, seconds: float, paths: list[Path],
-                  dump_dir: Path, windows: int = 5) -> list[dict[str, Any]]:
+def bench_forward(
+    cases: list[str],
+    batches: list[int],
+    threads: int,
+    seconds: float,
+    paths: list[Path],
+    dump_dir: Path,
+    windows: int = 5,
+) -> list[dict[str, Any]]:
     rows = []
     for case in cases:
         model_name, blobs = common.CASES[case]
         model = common.MODELS[model_name]()
         for kind, cl in ENGINES:
             dump = dump_dir / f"acts_{case}.npz" if (kind, cl) == ("torch", True) else None
-            spec = {"model": str(model), "blobs": blobs, "batches": batches, "engine": kind, "channels_last": cl,
-                    "threads": threads, "seconds": seconds, "windows": windows, "images": [str(p) for p in paths[:64]],
-                    "dump": str(dump) if dump else None}
+            spec = {
+                "model": str(model),
+                "blobs": blobs,
+                "batches": batches,
+                "engine": kind,
+                "channels_last": cl,
+                "threads": threads,
+                "seconds": seconds,
+                "windows": windows,
+                "images": [str(p) for p in paths[:64]],
+                "dump": str(dump) if dump else None,
+            }
             env = {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
             try:
                 res = common.run_json_subprocess([__file__, "--forward-worker", json.dumps(spec)], env=env)
@@ -190,11 +219,17 @@ def bench_forward(cases: list[str], batches: list[int], threads: int, seconds: f
                 rows.append({"case": case, "engine": engine_label(kind, cl), "error": str(exc)[-500:]})
                 continue
             for r in res["results"]:
-                rows.append({"case": case, "engine": engine_label(kind, cl), "threads": threads, **r,
-                             "build_s": res["build_s"]})
-            print(f"  forward {case:15s} {engine_label(kind, cl):10s} "
-                  + "  ".join(f"b{r['batch']}={r['images_per_s']:.1f} (median {r['median_images_per_s']:.1f})"
-                              for r in res["results"]), flush=True)
+                rows.append(
+                    {"case": case, "engine": engine_label(kind, cl), "threads": threads, **r, "build_s": res["build_s"]}
+                )
+            print(
+                f"  forward {case:15s} {engine_label(kind, cl):10s} "
+                + "  ".join(
+                    f"b{r['batch']}={r['images_per_s']:.1f} (median {r['median_images_per_s']:.1f})"
+                    for r in res["results"]
+                ),
+                flush=True,
+            )
     return rows
 
 
@@ -205,8 +240,14 @@ def _tile(acts: np.ndarray, rows: int) -> np.ndarray:
     return np.ascontiguousarray(acts[np.resize(np.arange(len(acts)), rows)])
 
 
-def write_shardwriter(directory: Path, keys: list[str], blobs: dict[str, np.ndarray], compression: str,
-                      batch: int, storage: str = "tensor") -> Path:
+def write_shardwriter(
+    directory: Path,
+    keys: list[str],
+    blobs: dict[str, np.ndarray],
+    compression: str,
+    batch: int,
+    storage: str = "tensor",
+) -> Path:
     from savedeep.data.output import ColumnSpec, ShardWriter
 
     cols = [ColumnSpec(k, tuple(v.shape[1:]), str(v.dtype), storage) for k, v in blobs.items()]
@@ -217,8 +258,9 @@ def write_shardwriter(directory: Path, keys: list[str], blobs: dict[str, np.ndar
     return sw.finish()
 
 
-def time_write(keys: list[str], blobs: dict[str, np.ndarray], compression: str, batch: int, storage: str,
-               repeats: int) -> tuple[float, int]:
+def time_write(
+    keys: list[str], blobs: dict[str, np.ndarray], compression: str, batch: int, storage: str, repeats: int
+) -> tuple[float, int]:
     """Best seconds of ``repeats`` ShardWriter runs over `blobs`, and the shard's bytes."""
     best, size = None, 0
     for _ in range(repeats):
@@ -247,16 +289,28 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
             for comp in ("zstd", "none"):
                 for method in ("ShardWriter (tensor)", "ShardWriter (binary)"):
                     best, size = time_write(keys, blobs, comp, batch, method[13:-1], repeats)
-                    out.append({"case": case, "dtype": dtype, "compression": comp, "method": method, "rows": n_rows,
-                                "seconds": round(best, 3), "MB_per_s": round(stored / best / 1e6, 1),
-                                "images_per_s": round(n_rows / best, 1),
-                                "disk_bytes_per_image": round(size / n_rows),
-                                "disk_vs_f32": round(size / f32_bytes, 4)})
+                    out.append(
+                        {
+                            "case": case,
+                            "dtype": dtype,
+                            "compression": comp,
+                            "method": method,
+                            "rows": n_rows,
+                            "seconds": round(best, 3),
+                            "MB_per_s": round(stored / best / 1e6, 1),
+                            "images_per_s": round(n_rows / best, 1),
+                            "disk_bytes_per_image": round(size / n_rows),
+                            "disk_vs_f32": round(size / f32_bytes, 4),
+                        }
+                    )
                 tensor = out[-2]["seconds"]
                 out[-1]["tensor_over_binary_time"] = round(tensor / out[-1]["seconds"], 2)
-                print(f"  write {case:15s} {dtype} {comp:4s}: tensor {out[-2]['MB_per_s']:.0f} MB/s, "
-                      f"binary {out[-1]['MB_per_s']:.0f} MB/s, ratio {out[-1]['tensor_over_binary_time']:.2f}; "
-                      f"{out[-2]['disk_bytes_per_image']} B/image on disk", flush=True)
+                print(
+                    f"  write {case:15s} {dtype} {comp:4s}: tensor {out[-2]['MB_per_s']:.0f} MB/s, "
+                    f"binary {out[-1]['MB_per_s']:.0f} MB/s, ratio {out[-1]['tensor_over_binary_time']:.2f}; "
+                    f"{out[-2]['disk_bytes_per_image']} B/image on disk",
+                    flush=True,
+                )
             if dtype == "float32":
                 continue
             # numpy's float16 cast (the caffe engine's copy out; the torch engine casts in its own copy)
@@ -264,26 +318,50 @@ def bench_write(dump_dir: Path, rows_by_case: dict[str, int], batch: int, repeat
             t0 = time.perf_counter()
             for v in f32.values():
                 for a in range(0, n_rows, batch):
-                    v[a:a + batch].astype(np.float16)
+                    v[a : a + batch].astype(np.float16)
             el = time.perf_counter() - t0
-            out.append({"case": case, "dtype": "float16", "compression": "-", "method": "cast float32->float16",
-                        "rows": n_rows, "seconds": round(el, 3), "images_per_s": round(n_rows / el, 1),
-                        "MB_per_s": round(sum(v.nbytes for v in f32.values()) / el / 1e6, 1)})
+            out.append(
+                {
+                    "case": case,
+                    "dtype": "float16",
+                    "compression": "-",
+                    "method": "cast float32->float16",
+                    "rows": n_rows,
+                    "seconds": round(el, 3),
+                    "images_per_s": round(n_rows / el, 1),
+                    "MB_per_s": round(sum(v.nbytes for v in f32.values()) / el / 1e6, 1),
+                }
+            )
     return out
 
 
 # --------------------------------------------------------------------------- bound
 
 
-def stage_bound(cores: int, threads: int, producers: int, forward_ips: float, decode_ips_core: float,
-                write_ips: float, cast_ips: float | None = None) -> dict[str, float]:
+def stage_bound(
+    cores: int,
+    threads: int,
+    producers: int,
+    forward_ips: float,
+    decode_ips_core: float,
+    write_ips: float,
+    cast_ips: float | None = None,
+) -> dict[str, float]:
     """The bound of the module docstring; each term in images/s."""
     cost = threads / forward_ips + 1 / decode_ips_core + 1 / write_ips + (1 / cast_ips if cast_ips else 0.0)
-    terms = {"forward": forward_ips, "decode": producers * decode_ips_core, "write": write_ips,
-             "shared_cores": cores / cost}
+    terms = {
+        "forward": forward_ips,
+        "decode": producers * decode_ips_core,
+        "write": write_ips,
+        "shared_cores": cores / cost,
+    }
     limiting = min(terms, key=terms.get)
-    return {**{k: round(v, 1) for k, v in terms.items()}, "bound": round(terms[limiting], 1), "limiting": limiting,
-            "core_s_per_image": round(cost, 5)}
+    return {
+        **{k: round(v, 1) for k, v in terms.items()},
+        "bound": round(terms[limiting], 1),
+        "limiting": limiting,
+        "core_s_per_image": round(cost, 5),
+    }
 
 
 def lookup_forward(stages: dict[str, Any], case: str, engine: str, batch: int) -> float | None:
@@ -293,11 +371,16 @@ def lookup_forward(stages: dict[str, Any], case: str, engine: str, batch: int) -
     return None
 
 
-def lookup_write(stages: dict[str, Any], case: str, dtype: str, compression: str,
-                 storage: str = "tensor") -> float | None:
+def lookup_write(
+    stages: dict[str, Any], case: str, dtype: str, compression: str, storage: str = "tensor"
+) -> float | None:
     for r in stages["write"]:
-        if (r["case"], r["dtype"], r["compression"], r["method"]) == (case, dtype, compression,
-                                                                       f"ShardWriter ({storage})"):
+        if (r["case"], r["dtype"], r["compression"], r["method"]) == (
+            case,
+            dtype,
+            compression,
+            f"ShardWriter ({storage})",
+        ):
             return r["images_per_s"]
     return None
 
@@ -309,8 +392,16 @@ def lookup_cast(stages: dict[str, Any], case: str) -> float | None:
     return None
 
 
-def bound_for(stages: dict[str, Any], case: str, engine: str, batch: int, producers: int,
-              dtype: str = "float32", compression: str = "zstd", storage: str = "tensor") -> dict[str, float] | None:
+def bound_for(
+    stages: dict[str, Any],
+    case: str,
+    engine: str,
+    batch: int,
+    producers: int,
+    dtype: str = "float32",
+    compression: str = "zstd",
+    storage: str = "tensor",
+) -> dict[str, float] | None:
     """The stage bound for a pipeline configuration, from a stages.json; None if a stage is missing."""
     fwd_engine = "torch-cl" if engine == "torch" else engine
     fwd = lookup_forward(stages, case, fwd_engine, batch)
@@ -328,9 +419,18 @@ def bound_for(stages: dict[str, Any], case: str, engine: str, batch: int, produc
 WRITE_ROWS = {"caffenet-conv1": 384, "caffenet-fc": 2048, "nsfw-pool": 2048}
 
 
-def bound_now(case: str, engine: str, batch: int, producers: int, *, dtype: str = "float32",
-              compression: str = "zstd", storage: str = "tensor", threads: int | None = None,
-              seconds: float = 3.0) -> dict[str, Any]:
+def bound_now(
+    case: str,
+    engine: str,
+    batch: int,
+    producers: int,
+    *,
+    dtype: str = "float32",
+    compression: str = "zstd",
+    storage: str = "tensor",
+    threads: int | None = None,
+    seconds: float = 3.0,
+) -> dict[str, Any]:
     """The stage bound of one configuration from its three stages measured now (module docstring).
 
     Forward: a fresh process, the configuration's engine (its default layout), batch and
@@ -347,9 +447,19 @@ def bound_now(case: str, engine: str, batch: int, producers: int, *, dtype: str 
     paths = common.image_paths(64)
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         dump = Path(tmp) / "acts.npz"
-        spec = {"model": str(model), "blobs": blobs, "batches": [batch], "engine": engine, "channels_last": None,
-                "threads": threads, "seconds": seconds, "windows": 5, "images": [str(p) for p in paths],
-                "dump": str(dump), "out_dtype": dtype}
+        spec = {
+            "model": str(model),
+            "blobs": blobs,
+            "batches": [batch],
+            "engine": engine,
+            "channels_last": None,
+            "threads": threads,
+            "seconds": seconds,
+            "windows": 5,
+            "images": [str(p) for p in paths],
+            "dump": str(dump),
+            "out_dtype": dtype,
+        }
         env = {"OPENBLAS_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
         fwd = common.run_json_subprocess([__file__, "--forward-worker", json.dumps(spec)], env=env)["results"][0]
         acts = dict(np.load(dump))
@@ -359,9 +469,14 @@ def bound_now(case: str, engine: str, batch: int, producers: int, *, dtype: str 
     write = rows / best
     decode = decode_rate(model, paths, seconds / 2)["images_per_s_per_core"]
     bound = stage_bound(cores, threads, producers, fwd["images_per_s"], decode, write)
-    return {"forward_images_per_s": fwd["images_per_s"], "forward_median_images_per_s": fwd["median_images_per_s"],
-            "decode_images_per_s_per_core": decode, "write_images_per_s": round(write, 1), "threads": threads,
-            **bound}
+    return {
+        "forward_images_per_s": fwd["images_per_s"],
+        "forward_median_images_per_s": fwd["median_images_per_s"],
+        "decode_images_per_s_per_core": decode,
+        "write_images_per_s": round(write, 1),
+        "threads": threads,
+        **bound,
+    }
 
 
 def load_stages() -> dict[str, Any] | None:
@@ -378,8 +493,11 @@ def plot(stages: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(cases) + 1, figsize=(5 * (len(cases) + 1), 4))
     for ax, case in zip(axes, cases):
         for eng in ("caffe", "torch-nchw", "torch-cl"):
-            pts = [(r["batch"], r["images_per_s"]) for r in stages["forward"]
-                   if r.get("case") == case and r.get("engine") == eng and "batch" in r]
+            pts = [
+                (r["batch"], r["images_per_s"])
+                for r in stages["forward"]
+                if r.get("case") == case and r.get("engine") == eng and "batch" in r
+            ]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=eng)
         ax.set_xscale("log", base=2)
@@ -390,9 +508,12 @@ def plot(stages: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     ax = axes[-1]
     w = [r for r in stages["write"] if r["method"] != "cast float32->float16"]
-    labels = [f"{r['case'].replace('caffenet-', '')} {r['dtype'][5:]} {r['compression']}\n{r['method'][12:]}" for r in w]
-    ax.barh(range(len(w)), [r["MB_per_s"] for r in w],
-            color=["C0" if r["method"].endswith("(tensor)") else "C1" for r in w])
+    labels = [
+        f"{r['case'].replace('caffenet-', '')} {r['dtype'][5:]} {r['compression']}\n{r['method'][12:]}" for r in w
+    ]
+    ax.barh(
+        range(len(w)), [r["MB_per_s"] for r in w], color=["C0" if r["method"].endswith("(tensor)") else "C1" for r in w]
+    )
     ax.set_yticks(range(len(w)), labels, fontsize=6)
     ax.set_xlabel("MB/s of stored bytes (blue: tensor storage, orange: binary storage)")
     ax.set_title("write")
@@ -403,7 +524,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--decode-script", action="store_true", help="also run benchmarks/bench_decode.py")
-    p.add_argument("--threads", type=int, default=None, help="consumer threads (default: the usable CPUs, as the pipeline)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="consumer threads (default: the usable CPUs, as the pipeline)"
+    )
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--seconds", type=float, default=5.0, help="forward time per engine and batch size (5 windows)")
     p.add_argument("--forward-worker", help=argparse.SUPPRESS)
@@ -428,8 +551,11 @@ def main() -> None:
     if args.decode_script:
         import subprocess
 
-        subprocess.run([common.PYTHON, str(ROOT / "benchmarks" / "bench_decode.py"), "--seconds",
-                        "0.3" if args.quick else "2.0"], check=True, cwd=ROOT)
+        subprocess.run(
+            [common.PYTHON, str(ROOT / "benchmarks" / "bench_decode.py"), "--seconds", "0.3" if args.quick else "2.0"],
+            check=True,
+            cwd=ROOT,
+        )
         decode_script = json.loads((OUT / "decode.json").read_text())
 
     if args.threads is None:
@@ -443,33 +569,82 @@ def main() -> None:
     rows_by_case = {"caffenet-conv1": 64 if args.quick else 512, "caffenet-fc": 256 if args.quick else 4096}
     write = bench_write(dump_dir, {k: v for k, v in rows_by_case.items() if k in cases}, 32, 1 if args.quick else 3)
 
-    stages = {"machine": m, "threads": args.threads, "quick": args.quick, "decode": decode,
-              "decode_script": decode_script, "forward": forward, "write": write}
+    stages = {
+        "machine": m,
+        "threads": args.threads,
+        "quick": args.quick,
+        "decode": decode,
+        "decode_script": decode_script,
+        "forward": forward,
+        "write": write,
+    }
     bounds = []
     for case in cases:
         for engine in ("caffe", "torch"):
             for producers in (1, 2):
-                for dtype, comp, storage in (("float32", "zstd", "tensor"), ("float16", "zstd", "tensor"),
-                                             ("float16", "zstd", "binary")):
+                for dtype, comp, storage in (
+                    ("float32", "zstd", "tensor"),
+                    ("float16", "zstd", "tensor"),
+                    ("float16", "zstd", "binary"),
+                ):
                     if (dtype == "float16" or storage == "binary") and case != "caffenet-conv1":
                         continue
                     b = bound_for(stages, case, engine, 32, producers, dtype, comp, storage)
                     if b:
-                        bounds.append({"case": case, "engine": engine, "batch": 32, "producers": producers,
-                                       "dtype": dtype, "compression": comp, "storage": storage, **b})
+                        bounds.append(
+                            {
+                                "case": case,
+                                "engine": engine,
+                                "batch": 32,
+                                "producers": producers,
+                                "dtype": dtype,
+                                "compression": comp,
+                                "storage": storage,
+                                **b,
+                            }
+                        )
     stages["bounds_batch32"] = bounds
 
     print()
-    common.print_table([r for r in forward if "batch" in r],
-                       ["case", "engine", "threads", "batch", "images_per_s", "median_images_per_s", "build_s"],
-                       "forward images/s (best of 5 windows; median)")
+    common.print_table(
+        [r for r in forward if "batch" in r],
+        ["case", "engine", "threads", "batch", "images_per_s", "median_images_per_s", "build_s"],
+        "forward images/s (best of 5 windows; median)",
+    )
     print()
-    common.print_table(write, ["case", "dtype", "compression", "method", "MB_per_s", "images_per_s",
-                               "disk_bytes_per_image", "disk_vs_f32", "tensor_over_binary_time"], "write")
+    common.print_table(
+        write,
+        [
+            "case",
+            "dtype",
+            "compression",
+            "method",
+            "MB_per_s",
+            "images_per_s",
+            "disk_bytes_per_image",
+            "disk_vs_f32",
+            "tensor_over_binary_time",
+        ],
+        "write",
+    )
     print()
-    common.print_table(bounds, ["case", "engine", "producers", "dtype", "storage", "forward", "decode", "write",
-                                "shared_cores",
-                                "bound", "limiting"], "stage bound at batch 32 (images/s)")
+    common.print_table(
+        bounds,
+        [
+            "case",
+            "engine",
+            "producers",
+            "dtype",
+            "storage",
+            "forward",
+            "decode",
+            "write",
+            "shared_cores",
+            "bound",
+            "limiting",
+        ],
+        "stage bound at batch 32 (images/s)",
+    )
     common.write_json(OUT / "stages.json", stages)
     common.write_csv(OUT / "stages_forward.csv", forward)
     common.write_csv(OUT / "stages_write.csv", write)

@@ -59,13 +59,22 @@ STARTUP = re.compile(r"start-up: ([\d.]+|nan) s from spawn to the first batch fo
 
 
 def one_run(code: Path, model: Path, images: Path, out: Path, consumers: int | str) -> dict:
-    spec = {"model": str(model), "images": str(images), "output": str(out / "acts.pk"), "blobs": ["fc6", "fc7"],
-            "gpus": "cpu", "engine": "torch", "batch_size": 32, "cpu_consumers": consumers,
-            "log_file": str(out / "run.log")}
+    spec = {
+        "model": str(model),
+        "images": str(images),
+        "output": str(out / "acts.pk"),
+        "blobs": ["fc6", "fc7"],
+        "gpus": "cpu",
+        "engine": "torch",
+        "batch_size": 32,
+        "cpu_consumers": consumers,
+        "log_file": str(out / "run.log"),
+    }
     env = {**os.environ, "PYTHONPATH": str(code)}
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(spec)], capture_output=True, text=True, env=env,
-                       cwd=code, timeout=900)
+    p = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(spec)], capture_output=True, text=True, env=env, cwd=code, timeout=900
+    )
     wall = time.time() - t0
     if p.returncode:
         raise RuntimeError(p.stderr[-3000:])
@@ -101,21 +110,35 @@ def main() -> None:
             res = one_run(code, model, images, OUT / "startup_run", consumers)
             row = {"code": name, "cpu_consumers": consumers, "round": r + 1, **res}
             rows.append(row)
-            print(f"round {r + 1} {name} cpu_consumers={consumers} ({res['consumers']}): wall {res['wall_s']:.2f} s, "
-                  f"first batch written {res['first_written_s']:.2f} s, after the last {res['after_last_s']:.2f} s, steady {res['steady']:.1f} images/s, "
-                  f"wall rate / steady {res['wall_of_steady']}; consumer: {res['consumer_startup']}", flush=True)
+            print(
+                f"round {r + 1} {name} cpu_consumers={consumers} ({res['consumers']}): wall {res['wall_s']:.2f} s, "
+                f"first batch written {res['first_written_s']:.2f} s, after the last {res['after_last_s']:.2f} s, steady {res['steady']:.1f} images/s, "
+                f"wall rate / steady {res['wall_of_steady']}; consumer: {res['consumer_startup']}",
+                flush=True,
+            )
     table = []
     for name, _code, consumers in variants:
         mine = [x for x in rows if x["code"] == name and x["cpu_consumers"] == consumers]
         med = lambda k, mine=mine: round(statistics.median(x[k] for x in mine), 3)  # noqa: E731
-        table.append({"code": name, "cpu_consumers": consumers, "consumers": mine[0]["consumers"],
-                      "wall s": med("wall_s"), "import savedeep s": med("import_s"),
-                      "first batch written s": med("first_written_s"), "after the last batch s": med("after_last_s"),
-                      "steady images/s": med("steady"),
-                      "wall rate / steady": med("wall_of_steady")})
+        table.append(
+            {
+                "code": name,
+                "cpu_consumers": consumers,
+                "consumers": mine[0]["consumers"],
+                "wall s": med("wall_s"),
+                "import savedeep s": med("import_s"),
+                "first batch written s": med("first_written_s"),
+                "after the last batch s": med("after_last_s"),
+                "steady images/s": med("steady"),
+                "wall rate / steady": med("wall_of_steady"),
+            }
+        )
     print()
-    common.print_table(table, title=f"start-up, CaffeNet fc6+fc7, {args.images} images, medians of {args.rounds} "
-                                    "interleaved rounds (torch, batch 32, pickle written)")
+    common.print_table(
+        table,
+        title=f"start-up, CaffeNet fc6+fc7, {args.images} images, medians of {args.rounds} "
+        "interleaved rounds (torch, batch 32, pickle written)",
+    )
     common.write_json(OUT / "startup.json", {"machine": m, "rows": rows, "table": table})
 
 

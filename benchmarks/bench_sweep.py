@@ -46,14 +46,24 @@ def main() -> None:
     p.add_argument("--batches", default=",".join(map(str, BATCHES)))
     p.add_argument("--engines", default="caffe,torch")
     p.add_argument("--producers", default="1,2")
-    p.add_argument("--cpu-consumers", type=int, default=1,
-                   help="CPU consumer processes (each gets cores/N threads); the sweep's setting is 1")
+    p.add_argument(
+        "--cpu-consumers",
+        type=int,
+        default=1,
+        help="CPU consumer processes (each gets cores/N threads); the sweep's setting is 1",
+    )
     p.add_argument("--out-name", default="sweep", help="base name of the files written in benchmarks/out")
-    p.add_argument("--stages-json", action="store_true",
-                   help="bounds from benchmarks/out/stages.json instead of measuring each configuration's stages")
+    p.add_argument(
+        "--stages-json",
+        action="store_true",
+        help="bounds from benchmarks/out/stages.json instead of measuring each configuration's stages",
+    )
     p.add_argument("--bound-seconds", type=float, default=3.0, help="forward-only seconds per side-by-side bound")
-    p.add_argument("--rebound", action="store_true",
-                   help="only recompute the bounds of the last sweep.json from the current stages.json")
+    p.add_argument(
+        "--rebound",
+        action="store_true",
+        help="only recompute the bounds of the last sweep.json from the current stages.json",
+    )
     args = p.parse_args()
     m = common.machine()
     print(common.machine_line(m), flush=True)
@@ -68,9 +78,15 @@ def main() -> None:
         old = json.loads((OUT / f"{args.out_name}.json").read_text())
         for row in old["rows"]:
             add_bound(row, stages)
-        report(old["rows"], old["machine"], old, cases=list(dict.fromkeys(r["case"] for r in old["rows"])),
-               engines=list(dict.fromkeys(r["engine"] for r in old["rows"])),
-               producers_list=sorted({r["producers"] for r in old["rows"]}), name=args.out_name)
+        report(
+            old["rows"],
+            old["machine"],
+            old,
+            cases=list(dict.fromkeys(r["case"] for r in old["rows"])),
+            engines=list(dict.fromkeys(r["engine"] for r in old["rows"])),
+            producers_list=sorted({r["producers"] for r in old["rows"]}),
+            name=args.out_name,
+        )
         return
     rows = []
     t_all = time.perf_counter()
@@ -85,30 +101,64 @@ def main() -> None:
                 if not args.stages_json and args.cpu_consumers == 1:
                     try:
                         now = bound_now(case, engine, batch, 1, seconds=1.0 if args.quick else args.bound_seconds)
-                        print(f"{case:15s} {engine:5s} b{batch:<3d} stages now: forward {now['forward_images_per_s']}"
-                              f", decode {now['decode_images_per_s_per_core']}/core, write "
-                              f"{now['write_images_per_s']} images/s", flush=True)
+                        print(
+                            f"{case:15s} {engine:5s} b{batch:<3d} stages now: forward {now['forward_images_per_s']}"
+                            f", decode {now['decode_images_per_s_per_core']}/core, write "
+                            f"{now['write_images_per_s']} images/s",
+                            flush=True,
+                        )
                     except Exception as exc:  # noqa: BLE001 - a bound that fails leaves the runs unbounded
                         print(f"{case} {engine} b{batch}: bound FAILED {exc}", flush=True)
                 for producers in producers_list:
                     try:
-                        r = common.run_savedeep(OUT / "sweep_run", model, images, blobs, engine=engine,
-                                                batch_size=batch, producers=producers, pickle=False,
-                                                cpu_consumers=args.cpu_consumers)
+                        r = common.run_savedeep(
+                            OUT / "sweep_run",
+                            model,
+                            images,
+                            blobs,
+                            engine=engine,
+                            batch_size=batch,
+                            producers=producers,
+                            pickle=False,
+                            cpu_consumers=args.cpu_consumers,
+                        )
                     except Exception as exc:  # noqa: BLE001 - record the failure, go on
                         print(f"{case} {engine} p{producers} b{batch}: FAILED {exc}", flush=True)
-                        rows.append({"case": case, "engine": engine, "producers": producers, "batch": batch,
-                                     "error": str(exc)[-300:]})
+                        rows.append(
+                            {
+                                "case": case,
+                                "engine": engine,
+                                "producers": producers,
+                                "batch": batch,
+                                "error": str(exc)[-300:],
+                            }
+                        )
                         continue
-                    row = {"case": case, "engine": engine, "producers": producers, "batch": batch,
-                           "cpu_consumers": args.cpu_consumers, **r}
+                    row = {
+                        "case": case,
+                        "engine": engine,
+                        "producers": producers,
+                        "batch": batch,
+                        "cpu_consumers": args.cpu_consumers,
+                        **r,
+                    }
                     b = add_bound(row, stages, now)
                     rows.append(row)
-                    print(f"{case:15s} {engine:5s} p{producers} b{batch:<3d} {r['wall_s']:6.1f} s "
-                          f"{r['images_per_s']:7.1f} img/s (steady {r['steady_images_per_s']}) busy {r['busy']}"
-                          + (f" bound {b['bound']} -> {row.get('steady_of_bound')}" if b else ""), flush=True)
-    report(rows, m, {"images": args.images, "nsfw_images": args.nsfw_images,
-                     "total_s": round(time.perf_counter() - t_all, 1)}, cases, engines, producers_list, args.out_name)
+                    print(
+                        f"{case:15s} {engine:5s} p{producers} b{batch:<3d} {r['wall_s']:6.1f} s "
+                        f"{r['images_per_s']:7.1f} img/s (steady {r['steady_images_per_s']}) busy {r['busy']}"
+                        + (f" bound {b['bound']} -> {row.get('steady_of_bound')}" if b else ""),
+                        flush=True,
+                    )
+    report(
+        rows,
+        m,
+        {"images": args.images, "nsfw_images": args.nsfw_images, "total_s": round(time.perf_counter() - t_all, 1)},
+        cases,
+        engines,
+        producers_list,
+        args.out_name,
+    )
 
 
 def add_bound(row: dict, stages: dict | None, now: dict | None = None) -> dict | None:
@@ -122,11 +172,18 @@ def add_bound(row: dict, stages: dict | None, now: dict | None = None) -> dict |
     if now is not None:
         from bench_stages import stage_bound
 
-        b = stage_bound(__import__("savedeep.runner.devices").devices.usable_cpus(), now["threads"], row["producers"], now["forward_images_per_s"],
-                        now["decode_images_per_s_per_core"], now["write_images_per_s"])
+        b = stage_bound(
+            __import__("savedeep.runner.devices").devices.usable_cpus(),
+            now["threads"],
+            row["producers"],
+            now["forward_images_per_s"],
+            now["decode_images_per_s_per_core"],
+            now["write_images_per_s"],
+        )
         row["bound_from"] = "side by side"
-        row["stages_now"] = {k: now[k] for k in ("forward_images_per_s", "decode_images_per_s_per_core",
-                                                  "write_images_per_s")}
+        row["stages_now"] = {
+            k: now[k] for k in ("forward_images_per_s", "decode_images_per_s_per_core", "write_images_per_s")
+        }
     elif stages:
         b = bound_for(stages, row["case"], row["engine"], row["batch"], row["producers"])
         if b:
@@ -142,30 +199,57 @@ def add_bound(row: dict, stages: dict | None, now: dict | None = None) -> dict |
     return b
 
 
-def report(rows: list, m: dict, info: dict, cases: list, engines: list, producers_list: list,
-           name: str = "sweep") -> None:
+def report(
+    rows: list, m: dict, info: dict, cases: list, engines: list, producers_list: list, name: str = "sweep"
+) -> None:
     """Print the table, write sweep.json, sweep.csv and sweep.png."""
     print()
-    common.print_table([r for r in rows if "error" not in r],
-                       ["case", "engine", "producers", "batch", "images", "wall_s", "images_per_s",
-                        "steady_images_per_s", "busy", "bound", "steady_of_bound"],
-                       f"sweep (one CPU consumer, {m['cores']} threads; no pickle)")
-    common.write_json(OUT / f"{name}.json", {"machine": m, "images": info["images"], "nsfw_images": info["nsfw_images"],
-                                           "total_s": info["total_s"], "rows": rows,
-                                           "bounds_from": "each row's bound_from"})
+    common.print_table(
+        [r for r in rows if "error" not in r],
+        [
+            "case",
+            "engine",
+            "producers",
+            "batch",
+            "images",
+            "wall_s",
+            "images_per_s",
+            "steady_images_per_s",
+            "busy",
+            "bound",
+            "steady_of_bound",
+        ],
+        f"sweep (one CPU consumer, {m['cores']} threads; no pickle)",
+    )
+    common.write_json(
+        OUT / f"{name}.json",
+        {
+            "machine": m,
+            "images": info["images"],
+            "nsfw_images": info["nsfw_images"],
+            "total_s": info["total_s"],
+            "rows": rows,
+            "bounds_from": "each row's bound_from",
+        },
+    )
     common.write_csv(OUT / f"{name}.csv", rows)
     plt = common.plt()
     fig, axes = plt.subplots(1, len(cases), figsize=(5.5 * len(cases), 4), squeeze=False)
     for ax, case in zip(axes[0], cases):
         for engine in engines:
             for producers in producers_list:
-                pts = [(r["batch"], r["steady_images_per_s"] or r["images_per_s"]) for r in rows
-                       if r["case"] == case and r["engine"] == engine and r["producers"] == producers
-                       and "error" not in r]
+                pts = [
+                    (r["batch"], r["steady_images_per_s"] or r["images_per_s"])
+                    for r in rows
+                    if r["case"] == case and r["engine"] == engine and r["producers"] == producers and "error" not in r
+                ]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=f"{engine}, {producers} producer(s)")
-        bpts = [(r["batch"], r["bound"]) for r in rows if r["case"] == case and r.get("bound")
-                and r["engine"] == "torch" and r["producers"] == 1]
+        bpts = [
+            (r["batch"], r["bound"])
+            for r in rows
+            if r["case"] == case and r.get("bound") and r["engine"] == "torch" and r["producers"] == 1
+        ]
         if bpts:
             ax.plot(*zip(*bpts), "k--", alpha=0.5, label="stage bound (torch)")
         ax.set_xscale("log", base=2)

@@ -53,15 +53,33 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tasks", default="2,4,8")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--merge-shards", type=int, default=0,
-                    help="also: merge one task's output of this many one-image shards (merge's cost per shard)")
+    ap.add_argument(
+        "--merge-shards",
+        type=int,
+        default=0,
+        help="also: merge one task's output of this many one-image shards (merge's cost per shard)",
+    )
     args = ap.parse_args()
     counts = [int(n) for n in args.tasks.split(",")]
     m = common.machine()
     model, images = common.nsfw_dir(), common.make_images(args.images)
     root = OUT / "tasks"
-    flags = ["-m", str(model), "-i", str(images), "-b", "pool,prob", "--gpus", "cpu", "--batch-size",
-             str(args.batch_size), "--shard-size", str(args.shard_size), "--no-progress", "-q"]
+    flags = [
+        "-m",
+        str(model),
+        "-i",
+        str(images),
+        "-b",
+        "pool,prob",
+        "--gpus",
+        "cpu",
+        "--batch-size",
+        str(args.batch_size),
+        "--shard-size",
+        str(args.shard_size),
+        "--no-progress",
+        "-q",
+    ]
     walls: dict[str, list[float]] = {}
     cpus: dict[str, list[float]] = {}
 
@@ -88,34 +106,72 @@ def main() -> None:
     table = []
     for name in walls:
         w, c = min(walls[name]), statistics.median(cpus[name])
-        row = {"case": name, "best wall s": round(w, 2), "wall / 1 run": round(w / one_w, 2), "CPU s": round(c, 2),
-               "CPU / 1 run": round(c / one_c, 2), "walls": [round(x, 1) for x in walls[name]]}
+        row = {
+            "case": name,
+            "best wall s": round(w, 2),
+            "wall / 1 run": round(w / one_w, 2),
+            "CPU s": round(c, 2),
+            "CPU / 1 run": round(c / one_c, 2),
+            "walls": [round(x, 1) for x in walls[name]],
+        }
         if name.endswith(" tasks"):
             n = int(name.split()[0])
             row["CPU s per extra task"] = round((c - one_c) / (n - 1), 2)
         table.append(row)
     print(common.machine_line(m))
-    print(f"{args.images} images (500x375 JPEG), open_nsfw pool+prob, torch on the CPU, batch {args.batch_size}, "
-          f"shard_size {args.shard_size} ({-(-args.images // args.shard_size)} shards); one process per command, "
-          "tasks one after another")
-    common.print_table(table, ["case", "best wall s", "wall / 1 run", "CPU s", "CPU / 1 run", "CPU s per extra task",
-                               "walls"])
+    print(
+        f"{args.images} images (500x375 JPEG), open_nsfw pool+prob, torch on the CPU, batch {args.batch_size}, "
+        f"shard_size {args.shard_size} ({-(-args.images // args.shard_size)} shards); one process per command, "
+        "tasks one after another"
+    )
+    common.print_table(
+        table, ["case", "best wall s", "wall / 1 run", "CPU s", "CPU / 1 run", "CPU s per extra task", "walls"]
+    )
     print(f"single run: {args.images / one_w:.1f} images/s (best wall), {args.images / one_c:.1f} images per CPU s")
     if args.merge_shards:
         many = common.make_images(args.merge_shards)
         out = root / "many" / "acts.pk"
-        timed([SAVEDEEP, "run", "-m", str(model), "-i", str(many), "-b", "pool,prob", "--gpus", "cpu", "--batch-size",
-               "1", "--shard-size", "1", "--no-progress", "-q", "-o", str(out), "--task", "0/1"])
+        timed(
+            [
+                SAVEDEEP,
+                "run",
+                "-m",
+                str(model),
+                "-i",
+                str(many),
+                "-b",
+                "pool,prob",
+                "--gpus",
+                "cpu",
+                "--batch-size",
+                "1",
+                "--shard-size",
+                "1",
+                "--no-progress",
+                "-q",
+                "-o",
+                str(out),
+                "--task",
+                "0/1",
+            ]
+        )
         few = root / "n8" / "acts.pk"
         rows = []
-        for name, target, n in (("merge --no-pickle", few, -(-args.images // args.shard_size)),
-                                ("merge --no-pickle", out, args.merge_shards)):
+        for name, target, n in (
+            ("merge --no-pickle", few, -(-args.images // args.shard_size)),
+            ("merge --no-pickle", out, args.merge_shards),
+        ):
             ws = []
             for _ in range(3):
                 (target.with_suffix(".parquet") / "_manifest.json").unlink(missing_ok=True)
                 ws.append(timed([SAVEDEEP, "merge", str(target), "--no-pickle", "-q"]))
-            rows.append({"case": f"{name}, {n} shards", "best wall s": round(min(w for w, _ in ws), 3),
-                         "CPU s": round(statistics.median(c for _, c in ws), 3)})
+            rows.append(
+                {
+                    "case": f"{name}, {n} shards",
+                    "best wall s": round(min(w for w, _ in ws), 3),
+                    "CPU s": round(statistics.median(c for _, c in ws), 3),
+                }
+            )
         few_shards = -(-args.images // args.shard_size)
         per = (rows[1]["best wall s"] - rows[0]["best wall s"]) / (args.merge_shards - few_shards)
         common.print_table(rows, ["case", "best wall s", "CPU s"])

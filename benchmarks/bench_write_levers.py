@@ -59,7 +59,7 @@ def conv1_activations() -> np.ndarray:
     d = common.caffenet_dir()
     x = preprocessed(d, common.image_paths(64))
     eng = create_engine("torch", load_model(d), "cpu", 32)
-    acts = np.concatenate([eng.forward(np.ascontiguousarray(x[a:a + 32]), ["conv1"])["conv1"] for a in (0, 32)])
+    acts = np.concatenate([eng.forward(np.ascontiguousarray(x[a : a + 32]), ["conv1"])["conv1"] for a in (0, 32)])
     np.save(cache, acts)
     return acts
 
@@ -91,7 +91,9 @@ def readers(path: Path, acts: np.ndarray, storage: str) -> str:
 
     from savedeep.data.output import column_to_numpy
 
-    got = column_to_numpy(pq.read_table(path).column("conv1"), {"shape": list(acts.shape[1:]), "dtype": str(acts.dtype)})
+    got = column_to_numpy(
+        pq.read_table(path).column("conv1"), {"shape": list(acts.shape[1:]), "dtype": str(acts.dtype)}
+    )
     ok = ["pyarrow" if np.array_equal(got, acts) else "pyarrow WRONG"]
     if storage != "tensor":
         return ", ".join(ok) + " (others: bytes)"
@@ -145,13 +147,25 @@ def main() -> None:
     rows = []
     for name in VARIANTS:
         med = statistics.median(times[name])
-        rows.append({"variant": name, "images/s": round(args.rows / med, 1), "vs default": round(ref / med, 3),
-                     "of raw float32": f"{100 * sizes[name] / raw_f32:.1f}%", "read back by": read_ok[name]})
+        rows.append(
+            {
+                "variant": name,
+                "images/s": round(args.rows / med, 1),
+                "vs default": round(ref / med, 3),
+                "of raw float32": f"{100 * sizes[name] / raw_f32:.1f}%",
+                "read back by": read_ok[name],
+            }
+        )
     print()
-    common.print_table(rows, title=f"conv1 {args.dtype}, {args.rows} rows, medians of {args.repeats} interleaved "
-                                   "repeats (one process, one thread)")
-    common.write_json(OUT / "write_levers.json", {"machine": m, "dtype": args.dtype, "rows": args.rows,
-                                                  "repeats": args.repeats, "table": rows})
+    common.print_table(
+        rows,
+        title=f"conv1 {args.dtype}, {args.rows} rows, medians of {args.repeats} interleaved "
+        "repeats (one process, one thread)",
+    )
+    common.write_json(
+        OUT / "write_levers.json",
+        {"machine": m, "dtype": args.dtype, "rows": args.rows, "repeats": args.repeats, "table": rows},
+    )
 
 
 if __name__ == "__main__":

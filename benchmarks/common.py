@@ -78,10 +78,16 @@ def machine() -> dict[str, Any]:
             pass
     code = {}
     try:
-        code["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                        cwd=ROOT, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "savedeep", "workers"], capture_output=True,
-                               text=True, cwd=ROOT, timeout=10).stdout.split("\n")
+        code["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "savedeep", "workers"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=10,
+        ).stdout.split("\n")
         code["uncommitted_in_savedeep_or_workers"] = [line[3:] for line in dirty if line.strip()]
     except (OSError, subprocess.SubprocessError):
         pass
@@ -103,8 +109,12 @@ def _gpu_name() -> str:
     """The first CUDA GPU's name as torch reports it (with the driver's memory), or "none"."""
     if "torch" not in sys.modules:  # importing torch just to look costs a second on CPU machines
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
         except (OSError, subprocess.SubprocessError):
             return "none"
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "none"
@@ -118,8 +128,10 @@ def _gpu_name() -> str:
 def machine_line(m: dict[str, Any]) -> str:
     """One line naming the machine and the date."""
     gpu = "no GPU" if m.get("gpu", "none") == "none" else m["gpu"]
-    return (f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpu}; {m['date_utc']}; "
-            f"load before: {m['load_average_before']}")
+    return (
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {gpu}; {m['date_utc']}; "
+        f"load before: {m['load_average_before']}"
+    )
 
 
 # --------------------------------------------------------------------------- models
@@ -189,17 +201,25 @@ def make_images(n: int) -> Path:
         rng = np.random.default_rng(IMAGE_SEED)
         # Draw every image's parameters in order, so image i is the same whatever n was asked for.
         total = max(n, 4000)
-        params = [(int(rng.integers(len(photos))), float(rng.uniform(0.4, 1.0)), float(rng.random()),
-                   float(rng.random()), bool(rng.random() < 0.5)) for _ in range(total)]
+        params = [
+            (
+                int(rng.integers(len(photos))),
+                float(rng.uniform(0.4, 1.0)),
+                float(rng.random()),
+                float(rng.random()),
+                bool(rng.random() < 0.5),
+            )
+            for _ in range(total)
+        ]
         for i in missing:
             k, area, fx, fy, flip = params[i]
             img = photos[k]
             h, w = img.shape[:2]
             bw, bh = (w, int(w * 3 / 4)) if w * 3 / 4 <= h else (int(h * 4 / 3), h)
-            s = area ** 0.5
+            s = area**0.5
             cw, ch = max(8, int(bw * s)), max(6, int(bh * s))
             x0, y0 = int(fx * (w - cw)), int(fy * (h - ch))
-            crop = img[y0:y0 + ch, x0:x0 + cw]
+            crop = img[y0 : y0 + ch, x0 : x0 + cw]
             if flip:
                 crop = crop[:, ::-1]
             out = cv2.resize(np.ascontiguousarray(crop), IMAGE_SIZE, interpolation=cv2.INTER_AREA)
@@ -312,12 +332,19 @@ def run_savedeep(case_dir: Path, model: Path, images: Path, blobs: Sequence[Any]
     n = res.rows + res.failures
     steady = res.steady_images_per_s()
     return {
-        "images": n, "rows": res.rows, "failures": res.failures, "wall_s": round(wall, 3),
-        "images_per_s": round(n / wall, 2), "steady_images_per_s": None if steady is None else round(steady, 2),
-        "busy": {k: round(v, 3) for k, v in res.busy.items()}, "producers": res.producers, "writers": res.writers,
+        "images": n,
+        "rows": res.rows,
+        "failures": res.failures,
+        "wall_s": round(wall, 3),
+        "images_per_s": round(n / wall, 2),
+        "steady_images_per_s": None if steady is None else round(steady, 2),
+        "busy": {k: round(v, 3) for k, v in res.busy.items()},
+        "producers": res.producers,
+        "writers": res.writers,
         "disk_bytes": dir_bytes(res.parquet_dir),
         # what ran it: a CPU figure must never pass for a GPU one
-        "devices": list(res.devices), "device_info": list(res.device_info),
+        "devices": list(res.devices),
+        "device_info": list(res.device_info),
     }
 
 
@@ -344,8 +371,10 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ([title] if title else []) + ["  ".join(c.rjust(w) for c, w in zip(columns, widths)),
-                                          "  ".join("-" * w for w in widths)]
+    lines = ([title] if title else []) + [
+        "  ".join(c.rjust(w) for c, w in zip(columns, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     text = "\n".join(lines)
     print(text, flush=True)

@@ -47,8 +47,14 @@ def verdict(step: str, status: str, detail: str) -> None:
 
 
 def sh(cmd: list[str], timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env=None if env is None else {**os.environ, **env})
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def nvidia_smi(*args: str) -> str | None:
@@ -75,12 +81,17 @@ def step_probe(gpu: bool) -> None:
     mode = nvidia_smi("--query-gpu=index,name,compute_mode,driver_version,uuid", "--format=csv,noheader")
     shm = dv.shm_free_bytes()
     facts = {
-        "/proc/driver/nvidia/gpus": proc, "driver count": probe.count,
+        "/proc/driver/nvidia/gpus": proc,
+        "driver count": probe.count,
         "driver CUDA": None if probe.driver is None else gpus.cuda_version_str(probe.driver),
-        "driver probe error": probe.error, "torch.cuda.device_count()": torch_n,
-        "driver release": gpus.driver_release(), "nvidia-smi": mode,
-        "usable CPUs": dv.usable_cpus(), "os.cpu_count()": os.cpu_count(),
-        "cgroup CPU quota": dv.cgroup_cpu_quota(), "/dev/shm free GiB": None if shm is None else round(shm / 2**30, 1),
+        "driver probe error": probe.error,
+        "torch.cuda.device_count()": torch_n,
+        "driver release": gpus.driver_release(),
+        "nvidia-smi": mode,
+        "usable CPUs": dv.usable_cpus(),
+        "os.cpu_count()": os.cpu_count(),
+        "cgroup CPU quota": dv.cgroup_cpu_quota(),
+        "/dev/shm free GiB": None if shm is None else round(shm / 2**30, 1),
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "torch CUDA runtime": gpus.torch_cuda_version(),
     }
@@ -88,9 +99,12 @@ def step_probe(gpu: bool) -> None:
         print(f"  {k}: {v}", flush=True)
     if not gpu:
         ok = probe.count in (0, None) and torch_n == 0
-        verdict("probe", "PASS" if ok else "FAIL",
-                f"no GPU here, and every count agrees (driver: {probe.error or probe.count}; torch: {torch_n}); "
-                "NOT CHECKED: driver count = torch count on GPUs, compute mode")
+        verdict(
+            "probe",
+            "PASS" if ok else "FAIL",
+            f"no GPU here, and every count agrees (driver: {probe.error or probe.count}; torch: {torch_n}); "
+            "NOT CHECKED: driver count = torch count on GPUs, compute mode",
+        )
         return
     ok = probe.count is not None and probe.count >= 1 and probe.count == torch_n
     try:
@@ -98,13 +112,29 @@ def step_probe(gpu: bool) -> None:
         driver_ok = "driver new enough for torch's CUDA"
     except Exception as exc:  # noqa: BLE001
         ok, driver_ok = False, str(exc)
-    verdict("probe", "PASS" if ok else "FAIL",
-            f"driver counts {probe.count}, torch {torch_n}, /proc {proc}; {driver_ok}; compute mode: {mode}")
+    verdict(
+        "probe",
+        "PASS" if ok else "FAIL",
+        f"driver counts {probe.count}, torch {torch_n}, /proc {proc}; {driver_ok}; compute mode: {mode}",
+    )
 
 
 def step_pytest(gpu: bool) -> None:
-    r = sh([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_engines_gpu.py",
-            "tests/test_engines.py"], timeout=420)
+    r = sh(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_engines_gpu.py",
+            "tests/test_engines.py",
+        ],
+        timeout=420,
+    )
     tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr.strip()[-300:]
     print("\n".join(r.stdout.splitlines()[-15:]), flush=True)
     if gpu:
@@ -112,8 +142,11 @@ def step_pytest(gpu: bool) -> None:
         verdict("pytest", "PASS" if ok else "FAIL", f"pytest -m gpu: {tail}")
     else:
         ok = r.returncode in (0, 5) and "failed" not in tail and "error" not in tail
-        verdict("pytest", "PASS" if ok else "FAIL", f"pytest -m gpu: {tail}; NOT CHECKED: the tests themselves skip "
-                "without a GPU")
+        verdict(
+            "pytest",
+            "PASS" if ok else "FAIL",
+            f"pytest -m gpu: {tail}; NOT CHECKED: the tests themselves skip without a GPU",
+        )
 
 
 def _compare(model_dir: Path, device: str, x: np.ndarray, control: bool) -> tuple[float, float | None, bool]:
@@ -156,18 +189,28 @@ def step_engine(gpu: bool, device: str) -> None:
     import common
 
     rng = np.random.default_rng(5)
-    cases = {"caffenet": (common.caffenet_dir(), rng.normal(scale=50, size=(8, 3, 227, 227)).astype(np.float32)),
-             "open_nsfw": (common.nsfw_dir(), rng.normal(scale=50, size=(8, 3, 224, 224)).astype(np.float32))}
+    cases = {
+        "caffenet": (common.caffenet_dir(), rng.normal(scale=50, size=(8, 3, 227, 227)).astype(np.float32)),
+        "open_nsfw": (common.nsfw_dir(), rng.normal(scale=50, size=(8, 3, 224, 224)).astype(np.float32)),
+    }
     ok, parts = True, []
     for name, (d, x) in cases.items():
         err, tf32_err, half_ok = _compare(d, device, x, control=gpu)
-        parts.append(f"{name} max rel err {err:.2e}" + (f", TF32 forced on {tf32_err:.2e}" if tf32_err is not None else "")
-                     + f", float16 out= {'= numpy' if half_ok else 'DIFFERS'}")
+        parts.append(
+            f"{name} max rel err {err:.2e}"
+            + (f", TF32 forced on {tf32_err:.2e}" if tf32_err is not None else "")
+            + f", float16 out= {'= numpy' if half_ok else 'DIFFERS'}"
+        )
         ok &= err <= TOLERANCE and half_ok
         if gpu:
             ok &= tf32_err is not None and tf32_err > TOLERANCE  # the check can fail
-    verdict("engine", "PASS" if ok else "FAIL", f"{device} against cpu: " + "; ".join(parts)
-            + ("" if gpu else "; NOT CHECKED: a GPU's numbers and the TF32 negative control"))
+    verdict(
+        "engine",
+        "PASS" if ok else "FAIL",
+        f"{device} against cpu: "
+        + "; ".join(parts)
+        + ("" if gpu else "; NOT CHECKED: a GPU's numbers and the TF32 negative control"),
+    )
 
 
 class _Contexts(threading.Thread):
@@ -187,8 +230,15 @@ class _Contexts(threading.Thread):
             self.done.wait(0.5)
 
 
-def _savedeep_run(images: Path, out: Path, gpus: str, extra_env: dict | None = None, require: bool = True,
-                  blobs: str | None = None, config: Path | None = None) -> subprocess.CompletedProcess:
+def _savedeep_run(
+    images: Path,
+    out: Path,
+    gpus: str,
+    extra_env: dict | None = None,
+    require: bool = True,
+    blobs: str | None = None,
+    config: Path | None = None,
+) -> subprocess.CompletedProcess:
     import common
 
     cmd = [sys.executable, "-m", "savedeep", "run"]
@@ -217,10 +267,19 @@ def step_pipeline(gpu: bool, n_images: int, work: Path) -> None:
 
     images = common.make_images(n_images)
     cfg = work / "check.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": str(common.caffenet_dir()), "images": str(images),
-        "blobs": ["fc7", {"name": "conv1", "dtype": "float16"},
-                  {"name": "conv5", "reduce": {"pool": "mean", "grid": 2}}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(common.caffenet_dir()),
+                "images": str(images),
+                "blobs": [
+                    "fc7",
+                    {"name": "conv1", "dtype": "float16"},
+                    {"name": "conv5", "reduce": {"pool": "mean", "grid": 2}},
+                ],
+            }
+        )
+    )
     outs, texts = {}, {}
     watcher = _Contexts() if gpu else None
     for tag, gpus in (("cpu", "cpu"), ("dev", "0" if gpu else "cpu")):
@@ -249,8 +308,12 @@ def step_pipeline(gpu: bool, n_images: int, work: Path) -> None:
     devs = manifest.get("devices", [])
     if not gpu:
         ok = agree and [d["device"] for d in devs] == ["cpu"] and "devices: cpu" in texts["dev"]
-        verdict("pipeline", "PASS" if ok else "FAIL", f"{n_images} images, cpu against cpu: {detail}; NOT CHECKED: "
-                "--gpus 0 --require-gpu, the summary naming cuda:0, contexts in nvidia-smi")
+        verdict(
+            "pipeline",
+            "PASS" if ok else "FAIL",
+            f"{n_images} images, cpu against cpu: {detail}; NOT CHECKED: "
+            "--gpus 0 --require-gpu, the summary naming cuda:0, contexts in nvidia-smi",
+        )
         return
     names_cuda = "devices: cuda:0" in texts["dev"]
     consumer = {d.get("pid") for d in devs}
@@ -258,9 +321,12 @@ def step_pipeline(gpu: bool, n_images: int, work: Path) -> None:
     others = watcher.pids - {os.getpid()} if watcher is not None else set()
     only_consumer = bool(others) and others <= consumer
     ok = agree and names_cuda and only_consumer
-    verdict("pipeline", "PASS" if ok else "FAIL",
-            f"{n_images} images, cuda:0 against cpu: {detail}; summary names cuda:0: {names_cuda}; contexts seen in "
-            f"pids {sorted(watcher.pids)} (this checker: {os.getpid()}), consumer pid {sorted(consumer)}; device {devs[0] if devs else None}")
+    verdict(
+        "pipeline",
+        "PASS" if ok else "FAIL",
+        f"{n_images} images, cuda:0 against cpu: {detail}; summary names cuda:0: {names_cuda}; contexts seen in "
+        f"pids {sorted(watcher.pids)} (this checker: {os.getpid()}), consumer pid {sorted(consumer)}; device {devs[0] if devs else None}",
+    )
 
 
 def step_visible(gpu: bool, work: Path) -> None:
@@ -272,9 +338,11 @@ def step_visible(gpu: bool, work: Path) -> None:
     if gpu:
         out = nvidia_smi("--query-gpu=uuid", "--format=csv,noheader")
         uuid = out.splitlines()[0].strip() if out else None
-    cases = [("index '0'", {"CUDA_VISIBLE_DEVICES": "0"}, "0"),
-             ("uuid", {"CUDA_VISIBLE_DEVICES": uuid}, uuid),
-             ("absent", {"CUDA_VISIBLE_DEVICES": None}, "0")]
+    cases = [
+        ("index '0'", {"CUDA_VISIBLE_DEVICES": "0"}, "0"),
+        ("uuid", {"CUDA_VISIBLE_DEVICES": uuid}, uuid),
+        ("absent", {"CUDA_VISIBLE_DEVICES": None}, "0"),
+    ]
     for name, env, expect in cases:
         if not gpu:
             results.append(f"{name}: NOT CHECKED")
@@ -310,18 +378,31 @@ def step_bench(gpu: bool, device: str, copy_to: Path | None, bench_images: int =
     ran_on = data.get("end_to_end_devices")
     want = ["cuda:0"] if gpu else ["cpu"]
     ok = ran_on == want and not any("error" in r for r in data.get("end_to_end", []))
-    verdict("bench", "PASS" if ok else "FAIL", f"end to end on {ran_on}; producers needed {data.get('producers_needed')}"
-            + ("" if gpu else "; NOT CHECKED: GPU figures (a CPU check of the script only)"))
+    verdict(
+        "bench",
+        "PASS" if ok else "FAIL",
+        f"end to end on {ran_on}; producers needed {data.get('producers_needed')}"
+        + ("" if gpu else "; NOT CHECKED: GPU figures (a CPU check of the script only)"),
+    )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda:0", help="cuda:0, or cpu for the dry run")
-    p.add_argument("--images", type=int, default=None, help="images of the pipeline step (1000 on a GPU, 40 on the CPU)")
+    p.add_argument(
+        "--images", type=int, default=None, help="images of the pipeline step (1000 on a GPU, 40 on the CPU)"
+    )
     p.add_argument("--steps", default="probe,pytest,engine,pipeline,visible,bench")
-    p.add_argument("--bench-images", type=int, default=1000, help="images of bench_gpu.py's end-to-end runs "
-                   "(at an H100's speed 1,000 are too few batches for a steady rate)")
-    p.add_argument("--copy-to", type=Path, default=None, help="copy gpu_check.json and gpu.json here (the device's $OUT)")
+    p.add_argument(
+        "--bench-images",
+        type=int,
+        default=1000,
+        help="images of bench_gpu.py's end-to-end runs "
+        "(at an H100's speed 1,000 are too few batches for a steady rate)",
+    )
+    p.add_argument(
+        "--copy-to", type=Path, default=None, help="copy gpu_check.json and gpu.json here (the device's $OUT)"
+    )
     args = p.parse_args()
     gpu = args.device != "cpu"
     n_images = args.images or (1000 if gpu else 40)
@@ -334,19 +415,25 @@ def main() -> int:
         t = time.perf_counter()
         print(f"--- {step}", flush=True)
         try:
-            {"probe": lambda: step_probe(gpu), "pytest": lambda: step_pytest(gpu),
-             "engine": lambda: step_engine(gpu, args.device),
-             "pipeline": lambda: step_pipeline(gpu, n_images, work),
-             "visible": lambda: step_visible(gpu, work),
-             "bench": lambda: step_bench(gpu, args.device, args.copy_to, args.bench_images)}[step]()
+            {
+                "probe": lambda: step_probe(gpu),
+                "pytest": lambda: step_pytest(gpu),
+                "engine": lambda: step_engine(gpu, args.device),
+                "pipeline": lambda: step_pipeline(gpu, n_images, work),
+                "visible": lambda: step_visible(gpu, work),
+                "bench": lambda: step_bench(gpu, args.device, args.copy_to, args.bench_images),
+            }[step]()
         except Exception:  # noqa: BLE001 - a step that crashes is a FAIL, and the others still run
             verdict(step, "FAIL", traceback.format_exc(limit=3).strip().replace("\n", " | ")[-800:])
         print(f"    ({time.perf_counter() - t:.1f} s)", flush=True)
     print(f"\n=== gpu_check on {args.device}, {time.perf_counter() - t0:.0f} s", flush=True)
     for step, status, _detail in VERDICTS:
         print(f"VERDICT {step}: {status}", flush=True)
-    result = {"device": args.device, "verdicts": [{"step": s, "status": st, "detail": d} for s, st, d in VERDICTS],
-              "total_s": round(time.perf_counter() - t0, 1)}
+    result = {
+        "device": args.device,
+        "verdicts": [{"step": s, "status": st, "detail": d} for s, st, d in VERDICTS],
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
     (HERE / "out" / "gpu_check.json").write_text(json.dumps(result, indent=1))
     if args.copy_to:
         args.copy_to.mkdir(parents=True, exist_ok=True)

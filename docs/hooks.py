@@ -62,11 +62,18 @@ def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
         else:
             value = action.metavar or action.dest.upper()
         default = action.default
-        shown = "" if default is None or default is False or default is argparse.SUPPRESS or action.nargs == 0 else f"`{default}`"
+        shown = (
+            ""
+            if default is None or default is False or default is argparse.SUPPRESS or action.nargs == 0
+            else f"`{default}`"
+        )
         rows.append((names, _cell(value), shown, _cell(action.help or "")))
     if any(shown for _, _, shown, _ in rows):
-        return ["| argument | value | default | what it does |", "|---|---|---|---|",
-                *(f"| {n} | {v} | {d} | {h} |" for n, v, d, h in rows)]
+        return [
+            "| argument | value | default | what it does |",
+            "|---|---|---|---|",
+            *(f"| {n} | {v} | {d} | {h} |" for n, v, d, h in rows),
+        ]
     return ["| argument | value | what it does |", "|---|---|---|", *(f"| {n} | {v} | {h} |" for n, v, _, h in rows)]
 
 
@@ -116,8 +123,10 @@ def preprocessing() -> str:
     doc = inspect.getdoc(preprocess) or ""
     match = re.search(r"^#+ Preprocessing specification\n(.*?)(?=^Size:|\Z)", doc, re.MULTILINE | re.DOTALL)
     if not match:
-        raise ValueError("savedeep/data/preprocess.py's docstring has no '## Preprocessing specification' "
-                         "section; the docs' preprocessing page is built from it")
+        raise ValueError(
+            "savedeep/data/preprocess.py's docstring has no '## Preprocessing specification' "
+            "section; the docs' preprocessing page is built from it"
+        )
     return match.group(1).strip() + "\n"
 
 
@@ -128,16 +137,27 @@ def layers() -> str:
 
     dropped = sorted(getattr(model, "_DROPPED_TYPES", ())) + ["every `*Loss` type"]
     runs = sorted(set(SUPPORTED_TYPES) - set(getattr(model, "_DROPPED_TYPES", ())))
-    out = ["**Run** by the `torch` engine (`savedeep.engines.torch_layers.SUPPORTED_TYPES`):", "",
-           ", ".join(f"`{t}`" for t in runs) + ".", "",
-           "**Dropped** from the net, with one warning per run: " + ", ".join(
-               t if t.startswith("every") else f"`{t}`" for t in dropped) + ".", "",
-           "**Refused**, with the reason savedeep prints (`savedeep.caffe.model.REFUSED_TYPES`):", "",
-           "| layer type | why |", "|---|---|"]
+    out = [
+        "**Run** by the `torch` engine (`savedeep.engines.torch_layers.SUPPORTED_TYPES`):",
+        "",
+        ", ".join(f"`{t}`" for t in runs) + ".",
+        "",
+        "**Dropped** from the net, with one warning per run: "
+        + ", ".join(t if t.startswith("every") else f"`{t}`" for t in dropped)
+        + ".",
+        "",
+        "**Refused**, with the reason savedeep prints (`savedeep.caffe.model.REFUSED_TYPES`):",
+        "",
+        "| layer type | why |",
+        "|---|---|",
+    ]
     out += [f"| `{t}` | {_cell(why)} |" for t, why in sorted(model.REFUSED_TYPES.items())]
     data = sorted(set(model.DATA_LAYER_TYPES) - set(model.REFUSED_TYPES))
-    out += ["", "**Data layers**, refused with the advice to declare an `Input` layer "
-            "(`savedeep.caffe.model.DATA_LAYER_TYPES`): " + ", ".join(f"`{t}`" for t in data) + "."]
+    out += [
+        "",
+        "**Data layers**, refused with the advice to declare an `Input` layer "
+        "(`savedeep.caffe.model.DATA_LAYER_TYPES`): " + ", ".join(f"`{t}`" for t in data) + ".",
+    ]
     return "\n".join(out) + "\n"
 
 

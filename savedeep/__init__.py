@@ -38,9 +38,24 @@ if _typing.TYPE_CHECKING:  # heavy modules are imported on first use, keeping `i
     from savedeep.config import Config
     from savedeep.runner.pipeline import RunResult
 
-__all__ = ["run", "load", "load_array", "load_config", "load_xarray", "load_dataarray", "load_assembly", "export",
-           "rdm", "blob_similarity", "blob_stats", "report", "convert", "transform", "merge",
-           "__version__"]
+__all__ = [
+    "run",
+    "load",
+    "load_array",
+    "load_config",
+    "load_xarray",
+    "load_dataarray",
+    "load_assembly",
+    "export",
+    "rdm",
+    "blob_similarity",
+    "blob_stats",
+    "report",
+    "convert",
+    "transform",
+    "merge",
+    "__version__",
+]
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
@@ -50,8 +65,16 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> "Config":
     return _load(_Path(path) if path is not None else None, overrides)
 
 
-def run(config: "Config | str | Path", *, resume: bool = False, overwrite: bool = False,
-        progress: bool = False, break_lock: bool = False, task: Any = None, **overrides: Any) -> "RunResult":
+def run(
+    config: "Config | str | Path",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    break_lock: bool = False,
+    task: Any = None,
+    **overrides: Any,
+) -> "RunResult":
     """Extract the activations described by ``config`` (a Config or a YAML path, plus overrides).
 
     ``break_lock``: take the output's lock from a run that is gone (crashed on another host).
@@ -101,8 +124,9 @@ def load_array(path: str | Path, blob: str) -> "np.ndarray":
     return _load_array(_Path(path), blob)
 
 
-def load_xarray(path: str | Path, blobs: list[str] | str | None = None, lazy: bool = False,
-                model: str | Path | None = None) -> Any:
+def load_xarray(
+    path: str | Path, blobs: list[str] | str | None = None, lazy: bool = False, model: str | Path | None = None
+) -> Any:
     """The output as an ``xarray.Dataset`` (one variable per blob, coordinates, receptive fields); see
     :mod:`savedeep.analysis.interop`. ``lazy=True``: dask arrays read shard by shard. ``model``: the model directory,
     for receptive fields, if it moved since the run."""
@@ -118,16 +142,24 @@ def load_dataarray(path: str | Path, blob: str, lazy: bool = False, model: str |
     return _load_dataarray(_Path(path), blob, lazy=lazy, model=model)
 
 
-def load_assembly(path: str | Path, blobs: list[str] | str | None = None, lazy: bool = False,
-                  model: str | Path | None = None) -> Any:
+def load_assembly(
+    path: str | Path, blobs: list[str] | str | None = None, lazy: bool = False, model: str | Path | None = None
+) -> Any:
     """A Brain-Score-style ``presentation`` x ``neuroid`` DataArray of the blobs (see savedeep.analysis.interop)."""
     from savedeep.analysis.interop import load_assembly as _load_assembly
 
     return _load_assembly(_Path(path), blobs, lazy=lazy, model=model)
 
 
-def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: list[str] | str | None = None,
-           overwrite: bool = False, model: str | Path | None = None, compression_level: int = 1) -> Path:
+def export(
+    path: str | Path,
+    to: str,
+    dest: str | Path | None = None,
+    blobs: list[str] | str | None = None,
+    overwrite: bool = False,
+    model: str | Path | None = None,
+    compression_level: int = 1,
+) -> Path:
     """Write an output as netCDF4 (``to="netcdf"``), .npy files (``"npy"``) or a MATLAB file (``"mat"``);
     ``compression_level``: netCDF's gzip level, 0-9 (0: none)."""
     from savedeep.analysis.interop import export as _export
@@ -135,8 +167,9 @@ def export(path: str | Path, to: str, dest: str | Path | None = None, blobs: lis
     return _export(_Path(path), to, dest, blobs, overwrite=overwrite, model=model, compression_level=compression_level)
 
 
-def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: int | None = None,
-        seed: int = 0) -> "tuple[np.ndarray, list[str]]":
+def rdm(
+    path: str | Path, blob: str, metric: str = "correlation", max_images: int | None = None, seed: int = 0
+) -> "tuple[np.ndarray, list[str]]":
     """(RDM, image keys) of one blob: ``1 - Pearson r`` between images (``metric="correlation"``, equal to
     rsatoolbox's ``calc_rdm(..., method="correlation")``) or ``"euclidean"``; above ``max_images`` images a
     subsample drawn by ``numpy.random.default_rng(seed)``. See :mod:`savedeep.analysis.stats`."""
@@ -145,8 +178,13 @@ def rdm(path: str | Path, blob: str, metric: str = "correlation", max_images: in
     return _rdm(_Path(path), blob, metric=metric, max_images=max_images, seed=seed)
 
 
-def blob_similarity(path: str | Path, blobs: list[str] | str | None = None, metric: str = "correlation",
-                    max_images: int | None = None, seed: int = 0) -> "pd.DataFrame":
+def blob_similarity(
+    path: str | Path,
+    blobs: list[str] | str | None = None,
+    metric: str = "correlation",
+    max_images: int | None = None,
+    seed: int = 0,
+) -> "pd.DataFrame":
     """Blobs x blobs: the Pearson correlation between the blobs' RDMs on the same images."""
     from savedeep.analysis.stats import blob_similarity as _sim
 
@@ -160,18 +198,32 @@ def blob_stats(path: str | Path, blob: str) -> Any:
     return _stats(_Path(path), blob)
 
 
-def report(path: str | Path, dest: str | Path | None = None, blobs: list[str] | str | None = None,
-           group_by: str | None = None, max_images: int = 500, seed: int = 0, thumbnails: bool = True) -> Path:
+def report(
+    path: str | Path,
+    dest: str | Path | None = None,
+    blobs: list[str] | str | None = None,
+    group_by: str | None = None,
+    max_images: int = 500,
+    seed: int = 0,
+    thumbnails: bool = True,
+) -> Path:
     """Write the HTML report of an output (default ``out/acts.report.html``); see :mod:`savedeep.analysis.report`.
     ``thumbnails=False``: do not read the images for the top-image thumbnails."""
     from savedeep.analysis.report import write_report
 
-    return write_report(_Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed,
-                        thumbnails=thumbnails)
+    return write_report(
+        _Path(path), dest, blobs, group_by=group_by, max_images=max_images, seed=seed, thumbnails=thumbnails
+    )
 
 
-def convert(model: str | Path, to: str, dest: str | Path, blobs: list[str] | None = None,
-            batch: int | str = "dynamic", overwrite: bool = False) -> Path:
+def convert(
+    model: str | Path,
+    to: str,
+    dest: str | Path,
+    blobs: list[str] | None = None,
+    batch: int | str = "dynamic",
+    overwrite: bool = False,
+) -> Path:
     """Write a model directory's net as ONNX (``to="onnx"``) or for PyTorch (``"torch"``: ``dest`` NAME.py, a
     module with one submodule per layer and its weights in NAME.pt, or NAME.pt2, a torch.export program)
     whose outputs are ``blobs`` (default: the net's outputs); see :mod:`savedeep.engines.conversion`."""

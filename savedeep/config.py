@@ -69,9 +69,16 @@ _FLAGS = {"model": "-m/--model", "blobs": "-b/--blobs", "images": "-i/--images",
 RESULT_KEYS = ("model", "images", "blobs", "engine", "preprocess", "shard_size", "storage")
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
 
@@ -138,8 +145,9 @@ class PreprocessSpec:
         if mapping is None:
             return cls()
         if not isinstance(mapping, Mapping):
-            _raise_problems(source, [("preprocess", f"expected a mapping such as {{resize: warp}}, got "
-                                                    f"{_show(mapping)}")])
+            _raise_problems(
+                source, [("preprocess", f"expected a mapping such as {{resize: warp}}, got {_show(mapping)}")]
+            )
         values, problems = _check_preprocess(mapping)
         if problems:
             _raise_problems(source, problems)
@@ -434,76 +442,204 @@ _REQUIRED = object()
 _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(PreprocessSpec)}
 
 _PREPROCESS_KEYS: tuple[_Key, ...] = (
-    _Key("resize", " \\| ".join(RESIZE_MODES), _SPEC_DEFAULTS["resize"],
-         "How an image becomes the net's input size: warp (squash to H x W), short-side-crop "
-         "(short side to resize_to, centre crop), resize-crop (resize to resize_to square, centre crop), "
-         "caffe-io (as caffe.io / caffe.Classifier)", _choice(RESIZE_MODES)),
-    _Key("resize_to", "int", _SPEC_DEFAULTS["resize_to"],
-         "Intermediate size for the crop modes (at least the net's input size; unused by warp and caffe-io)",
-         _positive_int),
-    _Key("mean_mode", " \\| ".join(MEAN_MODES), _SPEC_DEFAULTS["mean_mode"],
-         "How mean.npy is subtracted: per-channel mean, or the mean image cropped or resized to the input",
-         _choice(MEAN_MODES)),
-    _Key("input_scale", "float \\| null", _SPEC_DEFAULTS["input_scale"],
-         "Multiply the mean-subtracted input by this (null: no scaling)", _optional(_positive_float)),
-    _Key("raw_scale", "float", _SPEC_DEFAULTS["raw_scale"],
-         "Pixel range of the input before mean subtraction (Caffe's raw_scale)", _positive_float),
-    _Key("jpeg_draft", "bool", _SPEC_DEFAULTS["jpeg_draft"],
-         "Let the JPEG decoder downscale while decoding (faster, slightly different pixels)", _as_bool),
-    _Key("max_pixels", "int", _SPEC_DEFAULTS["max_pixels"], "Refuse images with more pixels (decompression bombs)",
-         _positive_int),
-    _Key("exif_transpose", "bool", _SPEC_DEFAULTS["exif_transpose"],
-         "Turn photos upright by their EXIF orientation tag (false: ignore it, as Caffe's loaders do)", _as_bool),
+    _Key(
+        "resize",
+        " \\| ".join(RESIZE_MODES),
+        _SPEC_DEFAULTS["resize"],
+        "How an image becomes the net's input size: warp (squash to H x W), short-side-crop "
+        "(short side to resize_to, centre crop), resize-crop (resize to resize_to square, centre crop), "
+        "caffe-io (as caffe.io / caffe.Classifier)",
+        _choice(RESIZE_MODES),
+    ),
+    _Key(
+        "resize_to",
+        "int",
+        _SPEC_DEFAULTS["resize_to"],
+        "Intermediate size for the crop modes (at least the net's input size; unused by warp and caffe-io)",
+        _positive_int,
+    ),
+    _Key(
+        "mean_mode",
+        " \\| ".join(MEAN_MODES),
+        _SPEC_DEFAULTS["mean_mode"],
+        "How mean.npy is subtracted: per-channel mean, or the mean image cropped or resized to the input",
+        _choice(MEAN_MODES),
+    ),
+    _Key(
+        "input_scale",
+        "float \\| null",
+        _SPEC_DEFAULTS["input_scale"],
+        "Multiply the mean-subtracted input by this (null: no scaling)",
+        _optional(_positive_float),
+    ),
+    _Key(
+        "raw_scale",
+        "float",
+        _SPEC_DEFAULTS["raw_scale"],
+        "Pixel range of the input before mean subtraction (Caffe's raw_scale)",
+        _positive_float,
+    ),
+    _Key(
+        "jpeg_draft",
+        "bool",
+        _SPEC_DEFAULTS["jpeg_draft"],
+        "Let the JPEG decoder downscale while decoding (faster, slightly different pixels)",
+        _as_bool,
+    ),
+    _Key(
+        "max_pixels",
+        "int",
+        _SPEC_DEFAULTS["max_pixels"],
+        "Refuse images with more pixels (decompression bombs)",
+        _positive_int,
+    ),
+    _Key(
+        "exif_transpose",
+        "bool",
+        _SPEC_DEFAULTS["exif_transpose"],
+        "Turn photos upright by their EXIF orientation tag (false: ignore it, as Caffe's loaders do)",
+        _as_bool,
+    ),
 )
 
 _TOP_KEYS: tuple[_Key, ...] = (
-    _Key("model", "path", _REQUIRED, "Model directory with deploy.prototxt, weights.caffemodel and mean.npy",
-         required=True, is_path=True),
-    _Key("images", "path", _REQUIRED, "Image directory (searched recursively) or a list file (.txt, or .csv with a "
-         "`path` column)", required=True, is_path=True),
-    _Key("output", "path", _REQUIRED, "Final pickle, e.g. out/acts.pk; the Parquet shards and manifest go to "
-         "out/acts.parquet/", required=True, is_path=True),
-    _Key("blobs", "list", _REQUIRED, 'Blob names ("fc6,fc7", [fc6, fc7]) or items {name, dtype, reduce}; '
-         "reduce is {pool: mean\\|max, grid: k\\|null} or {project: D, seed: S}", required=True),
-    _Key("engine", " \\| ".join(ENGINES), "torch", "Forward pass by pycaffe or by PyTorch from the same files",
-         _choice(ENGINES)),
-    _Key("gpus", '"cpu" \\| "all" \\| list of int', "all",
-         'GPUs to run on, one consumer each: [0, 1] or "0,1" (positions within CUDA_VISIBLE_DEVICES; unset: '
-         'nvidia-smi\'s numbers); "all": every GPU, or the CPU if there is none', _gpus),
+    _Key(
+        "model",
+        "path",
+        _REQUIRED,
+        "Model directory with deploy.prototxt, weights.caffemodel and mean.npy",
+        required=True,
+        is_path=True,
+    ),
+    _Key(
+        "images",
+        "path",
+        _REQUIRED,
+        "Image directory (searched recursively) or a list file (.txt, or .csv with a `path` column)",
+        required=True,
+        is_path=True,
+    ),
+    _Key(
+        "output",
+        "path",
+        _REQUIRED,
+        "Final pickle, e.g. out/acts.pk; the Parquet shards and manifest go to out/acts.parquet/",
+        required=True,
+        is_path=True,
+    ),
+    _Key(
+        "blobs",
+        "list",
+        _REQUIRED,
+        'Blob names ("fc6,fc7", [fc6, fc7]) or items {name, dtype, reduce}; '
+        "reduce is {pool: mean\\|max, grid: k\\|null} or {project: D, seed: S}",
+        required=True,
+    ),
+    _Key(
+        "engine",
+        " \\| ".join(ENGINES),
+        "torch",
+        "Forward pass by pycaffe or by PyTorch from the same files",
+        _choice(ENGINES),
+    ),
+    _Key(
+        "gpus",
+        '"cpu" \\| "all" \\| list of int',
+        "all",
+        'GPUs to run on, one consumer each: [0, 1] or "0,1" (positions within CUDA_VISIBLE_DEVICES; unset: '
+        'nvidia-smi\'s numbers); "all": every GPU, or the CPU if there is none',
+        _gpus,
+    ),
     _Key("require_gpu", "bool", False, "Fail instead of falling back to the CPU when no GPU is usable", _as_bool),
-    _Key("cpu_consumers", 'int >= 1 \\| "auto"', "auto",
-         "Consumer processes when running on the CPU (auto: from the cores, the engine, the net and the blobs' "
-         "sizes, capped by the memory available; see the docs' performance page)", _auto_or_positive),
+    _Key(
+        "cpu_consumers",
+        'int >= 1 \\| "auto"',
+        "auto",
+        "Consumer processes when running on the CPU (auto: from the cores, the engine, the net and the blobs' "
+        "sizes, capped by the memory available; see the docs' performance page)",
+        _auto_or_positive,
+    ),
     _Key("producers", 'int >= 1 \\| "auto"', "auto", "Image-decoding processes", _auto_or_positive),
-    _Key("consumer_threads", 'int >= 1 \\| "auto"', "auto",
-         "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "
-         "what producers and writers leave)", _auto_or_positive),
-    _Key("writers", 'int >= 1 \\| "auto"', "auto",
-         "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
-         _auto_or_positive),
+    _Key(
+        "consumer_threads",
+        'int >= 1 \\| "auto"',
+        "auto",
+        "Threads of each consumer's forward pass (auto: the usable CPUs shared among the CPU consumers; beside GPUs, "
+        "what producers and writers leave)",
+        _auto_or_positive,
+    ),
+    _Key(
+        "writers",
+        'int >= 1 \\| "auto"',
+        "auto",
+        "Parquet-writing processes, each writing whole shards (auto: 1 on the CPU, more beside several GPUs)",
+        _auto_or_positive,
+    ),
     _Key("batch_size", "int >= 1", 32, "Images per forward pass", _positive_int),
-    _Key("dtype", " \\| ".join(DTYPES), "float32", "Storage dtype of every blob that does not set its own",
-         _choice(DTYPES)),
+    _Key(
+        "dtype",
+        " \\| ".join(DTYPES),
+        "float32",
+        "Storage dtype of every blob that does not set its own",
+        _choice(DTYPES),
+    ),
     _Key("compression", " \\| ".join(COMPRESSIONS), "zstd", "Parquet compression codec", None),
-    _Key("compression_level", "int \\| null", None, "Codec level (zstd -131072..22, lz4 1..12; null: codec default)",
-         None),
-    _Key("storage", " \\| ".join(STORAGES), "tensor",
-         "Blob columns as Arrow fixed-shape tensors (pandas, DuckDB, Spark read lists) or fixed-size binary "
-         "(faster to write: 2.2-2.5x for float16 + zstd; savedeep.load reads both)", _choice(STORAGES)),
+    _Key(
+        "compression_level",
+        "int \\| null",
+        None,
+        "Codec level (zstd -131072..22, lz4 1..12; null: codec default)",
+        None,
+    ),
+    _Key(
+        "storage",
+        " \\| ".join(STORAGES),
+        "tensor",
+        "Blob columns as Arrow fixed-shape tensors (pandas, DuckDB, Spark read lists) or fixed-size binary "
+        "(faster to write: 2.2-2.5x for float16 + zstd; savedeep.load reads both)",
+        _choice(STORAGES),
+    ),
     _Key("shard_size", "int >= 1", 1024, "Images per Parquet shard", _positive_int),
     _Key("pickle", "bool", True, "Also write the final pandas DataFrame pickle", _as_bool),
-    _Key("max_pickle_bytes", "int \\| size", "4GiB",
-         'Refuse, before the run starts, a pickle of more activations; "500MB", "4GiB" or bytes', parse_size),
-    _Key("space_check", "bool", True, "Refuse to start when the output's file system lacks the space the run is "
-         "predicted to write (false: --no-space-check, for an estimate that is too high)", _as_bool),
-    _Key("on_error", " \\| ".join(ON_ERROR), "skip", "A bad image: record it as a failure and go on, or stop the run",
-         _choice(ON_ERROR)),
+    _Key(
+        "max_pickle_bytes",
+        "int \\| size",
+        "4GiB",
+        'Refuse, before the run starts, a pickle of more activations; "500MB", "4GiB" or bytes',
+        parse_size,
+    ),
+    _Key(
+        "space_check",
+        "bool",
+        True,
+        "Refuse to start when the output's file system lacks the space the run is "
+        "predicted to write (false: --no-space-check, for an estimate that is too high)",
+        _as_bool,
+    ),
+    _Key(
+        "on_error",
+        " \\| ".join(ON_ERROR),
+        "skip",
+        "A bad image: record it as a failure and go on, or stop the run",
+        _choice(ON_ERROR),
+    ),
     _Key("preprocess", "mapping", "(below)", "Image preprocessing, keys below", None),
-    _Key("ring_slots", "int \\| null", None, "Shared-memory batch slots per ring (null: chosen by the pipeline)",
-         _optional(_positive_int)),
+    _Key(
+        "ring_slots",
+        "int \\| null",
+        None,
+        "Shared-memory batch slots per ring (null: chosen by the pipeline)",
+        _optional(_positive_int),
+    ),
     _Key("log_file", "path \\| null", None, "Log file (null: next to the output, out/acts.log)", is_path=True),
-    _Key("report", "bool", False, "After the run, write the HTML report out/acts.report.html (savedeep report with "
-         "its defaults; needs matplotlib)", _as_bool),
+    _Key(
+        "report",
+        "bool",
+        False,
+        "After the run, write the HTML report out/acts.report.html (savedeep report with "
+        "its defaults; needs matplotlib)",
+        _as_bool,
+    ),
 )
 
 _TOP_NAMES = tuple(key.name for key in _TOP_KEYS)
@@ -622,15 +758,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError(f"config file {path} is not valid YAML: {what}{where}; fix the YAML syntax there "
-                          "(indentation, brackets, quotes, a colon after each key)") from None
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {what}{where}; fix the YAML syntax there "
+            "(indentation, brackets, quotes, a colon after each key)"
+        ) from None
     finally:
         loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: the top level must be a mapping of keys (model: ..., blobs: ...), "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: the top level must be a mapping of keys (model: ..., blobs: ...), "
+            f"got {type(data).__name__}"
+        )
     return data
 
 
@@ -647,8 +787,10 @@ def _resolve(value: Any, base: Path) -> Any:
 
 
 def _absolutise(mapping: Mapping[str, Any], base: Path) -> dict[str, Any]:
-    return {key: (_resolve(value, base) if key in _PATH_KEYS and value is not None else value)
-            for key, value in mapping.items()}
+    return {
+        key: (_resolve(value, base) if key in _PATH_KEYS and value is not None else value)
+        for key, value in mapping.items()
+    }
 
 
 def _split_dotted(overrides: Mapping[str, Any], drop_none: bool) -> dict[str, Any]:
@@ -750,11 +892,13 @@ class _Validator:
             # replace() revalidates from _raw; without the duplicates it warns only once.
             raw = {**raw, "blobs": self.kept_blob_items}
         values["compression"], values["compression_level"] = self.compression(
-            raw.get("compression", "zstd"), raw.get("compression_level"))
+            raw.get("compression", "zstd"), raw.get("compression_level")
+        )
         values["preprocess"] = self.preprocess(raw.get("preprocess"))
         if values.get("require_gpu") and values.get("gpus") == "cpu":
-            self.fail("require_gpu", 'is true but gpus is "cpu"; set gpus to "all" or a list of ids, '
-                                     "or require_gpu to false")
+            self.fail(
+                "require_gpu", 'is true but gpus is "cpu"; set gpus to "all" or a list of ids, or require_gpu to false'
+            )
 
         if self.problems:
             self.raise_problems()
@@ -771,14 +915,23 @@ class _Validator:
             return None
         path = Path(text)
         if not path.exists():
-            self.fail(key, f"{path} does not exist; give an existing "
-                           f"{'model directory' if want_dir else 'image directory or list file'}")
+            self.fail(
+                key,
+                f"{path} does not exist; give an existing "
+                f"{'model directory' if want_dir else 'image directory or list file'}",
+            )
         elif want_dir and not path.is_dir():
-            self.fail(key, f"{path} is not a directory; give the directory that holds deploy.prototxt, "
-                           "weights.caffemodel and mean.npy")
+            self.fail(
+                key,
+                f"{path} is not a directory; give the directory that holds deploy.prototxt, "
+                "weights.caffemodel and mean.npy",
+            )
         elif want_dir is None and path.is_file() and path.suffix.lower() not in IMAGE_LIST_SUFFIXES:
-            self.fail(key, f"{path} is a file but not a list file; give a directory of images, "
-                           f"or a list file ending in {' or '.join(IMAGE_LIST_SUFFIXES)}")
+            self.fail(
+                key,
+                f"{path} is a file but not a list file; give a directory of images, "
+                f"or a list file ending in {' or '.join(IMAGE_LIST_SUFFIXES)}",
+            )
         return path
 
     def output_path(self, value: Any) -> Path | None:
@@ -791,8 +944,11 @@ class _Validator:
         if path.is_dir():
             self.fail("output", f"{path} is a directory; give the path of the final pickle, e.g. {path / 'acts.pk'}")
         elif path.suffix.lower() == ".parquet":
-            self.fail("output", f"{path} ends in .parquet, the name of the shard directory; give the pickle path, "
-                                f"e.g. {path.with_suffix('.pk')}")
+            self.fail(
+                "output",
+                f"{path} ends in .parquet, the name of the shard directory; give the pickle path, "
+                f"e.g. {path.with_suffix('.pk')}",
+            )
         return path
 
     def compression(self, codec: Any, level: Any) -> tuple[str, int | None]:
@@ -856,8 +1012,9 @@ class _Validator:
         if isinstance(item, str):
             return BlobSpec(item, default_dtype, None)
         if not isinstance(item, dict):
-            self.fail(key, f"expected a blob name or a mapping {{name: fc7, dtype: float16, reduce: ...}}, "
-                           f"got {_show(item)}")
+            self.fail(
+                key, f"expected a blob name or a mapping {{name: fc7, dtype: float16, reduce: ...}}, got {_show(item)}"
+            )
             return None
         allowed = ("name", "dtype", "reduce")
         for sub in item:
@@ -902,8 +1059,9 @@ class _Validator:
                 self.fail(f"{key}.project", "required with seed; set project: D, the output dimension")
                 return None
             dim = self.check(f"{key}.project", value["project"], _positive_int)
-            seed = self.check(f"{key}.seed", value.get("seed", 0),
-                              lambda v: _as_int(v, minimum=0, what="a whole number >= 0"))
+            seed = self.check(
+                f"{key}.seed", value.get("seed", 0), lambda v: _as_int(v, minimum=0, what="a whole number >= 0")
+            )
             return {"project": dim, "seed": seed}
         self.fail(key, f"is empty; {usage}, or remove reduce")
         return None

@@ -30,9 +30,20 @@ NSFW_MEAN_BGR = (104.0, 117.0, 123.0)
 
 # Photographs (not synthetic test patterns) shipped in skimage/data.
 DEMO_PHOTOS = (
-    "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg",
-    "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg", "retina.jpg",
-    "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png",
+    "astronaut.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "hubble_deep_field.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "rocket.jpg",
+    "retina.jpg",
+    "coins.png",
+    "moon.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
 )
 
 

@@ -26,19 +26,29 @@ class ExitCode:
 EXIT_CODES: tuple[ExitCode, ...] = (
     ExitCode(0, "ok", "ok", "success (images that failed under `on_error: skip` are listed in the failures table)"),
     ExitCode(1, "internal", "internal error", "internal error (a bug; the traceback is printed)"),
-    ExitCode(2, "config", "bad config or flags",
-             "bad command line or config (the message names the key and the fix)"),
+    ExitCode(2, "config", "bad config or flags", "bad command line or config (the message names the key and the fix)"),
     ExitCode(3, "model", "bad model or blob names", "bad model directory, prototxt, caffemodel, mean or blob name"),
-    ExitCode(4, "input", "bad images (or an image failed under on_error: fail)",
-             "bad image source, or an image failed under `on_error: fail`"),
-    ExitCode(5, "output", "output exists / is in use by another run / cannot be resumed / cannot be written",
-             "output problem: exists already, in use by another run (locked), `--overwrite` next to files savedeep "
-             "did not write, cannot be resumed, disk full (or predicted too small: `--no-space-check`), pickle "
-             "above `max_pickle_bytes`"),
-    ExitCode(6, "worker", "a worker process failed",
-             "a worker process failed (the message names the role, device, batch, and carries its traceback)"),
-    ExitCode(130, "interrupted", "interrupted (resumable)",
-             "interrupted by Ctrl-C or SIGTERM; rerun with `--resume`"),
+    ExitCode(
+        4,
+        "input",
+        "bad images (or an image failed under on_error: fail)",
+        "bad image source, or an image failed under `on_error: fail`",
+    ),
+    ExitCode(
+        5,
+        "output",
+        "output exists / is in use by another run / cannot be resumed / cannot be written",
+        "output problem: exists already, in use by another run (locked), `--overwrite` next to files savedeep "
+        "did not write, cannot be resumed, disk full (or predicted too small: `--no-space-check`), pickle "
+        "above `max_pickle_bytes`",
+    ),
+    ExitCode(
+        6,
+        "worker",
+        "a worker process failed",
+        "a worker process failed (the message names the role, device, batch, and carries its traceback)",
+    ),
+    ExitCode(130, "interrupted", "interrupted (resumable)", "interrupted by Ctrl-C or SIGTERM; rerun with `--resume`"),
 )
 
 _BY_NAME = {entry.name: entry.code for entry in EXIT_CODES}
@@ -103,8 +113,7 @@ class ImageError(SavedeepError):
 
 def bad_image_stops_run(path: object, exc: Exception) -> "InputError":
     """The error of a bad image under ``on_error: fail``: raised by a producer, and by ``validate``'s sample."""
-    return InputError(f"{path}: {exc} (on_error: fail; use on_error: skip to record bad images as failures "
-                      "and go on)")
+    return InputError(f"{path}: {exc} (on_error: fail; use on_error: skip to record bad images as failures and go on)")
 
 
 class OutputError(SavedeepError):

@@ -29,8 +29,7 @@ def make_wheel(stage: Path, wheel: Path, name: str, version: str, requires: list
     extra = {
         f"{dist_info}/METADATA": "\n".join(metadata) + "\n",
         f"{dist_info}/WHEEL": (
-            "Wheel-Version: 1.0\nGenerator: savedeep make_wheel\n"
-            f"Root-Is-Purelib: false\nTag: {tag}\n"
+            f"Wheel-Version: 1.0\nGenerator: savedeep make_wheel\nRoot-Is-Purelib: false\nTag: {tag}\n"
         ),
     }
     records = []

@@ -22,12 +22,43 @@ import sys
 # What savedeep's parent and its workers import: the CLI and library, the workers, both engines and
 # the optional parts (report, export, convert). Each one that is missing is skipped (its set-up
 # option was off), named on stderr.
-MODULES = ["savedeep", "savedeep.cli", "savedeep.runner.pipeline", "savedeep.analysis.report", "savedeep.runner.validate",
-           "savedeep._workers.producer", "savedeep._workers.consumer", "savedeep._workers.writer",
-           "savedeep.engines.torch_engine", "savedeep.engines.caffe_engine", "caffe", "torch",
-           "cv2", "simplejpeg", "PIL.Image", "pyarrow.parquet", "pandas", "matplotlib.pyplot",
-           "h5py", "netCDF4", "scipy.io", "xarray", "onnx", "onnxruntime", "ssl", "sqlite3", "lzma", "bz2",
-           "ctypes", "multiprocessing.shared_memory", "hashlib", "zlib", "readline", "curses", "decimal"]
+MODULES = [
+    "savedeep",
+    "savedeep.cli",
+    "savedeep.runner.pipeline",
+    "savedeep.analysis.report",
+    "savedeep.runner.validate",
+    "savedeep._workers.producer",
+    "savedeep._workers.consumer",
+    "savedeep._workers.writer",
+    "savedeep.engines.torch_engine",
+    "savedeep.engines.caffe_engine",
+    "caffe",
+    "torch",
+    "cv2",
+    "simplejpeg",
+    "PIL.Image",
+    "pyarrow.parquet",
+    "pandas",
+    "matplotlib.pyplot",
+    "h5py",
+    "netCDF4",
+    "scipy.io",
+    "xarray",
+    "onnx",
+    "onnxruntime",
+    "ssl",
+    "sqlite3",
+    "lzma",
+    "bz2",
+    "ctypes",
+    "multiprocessing.shared_memory",
+    "hashlib",
+    "zlib",
+    "readline",
+    "curses",
+    "decimal",
+]
 
 
 def loaded_files() -> set[str]:
@@ -49,7 +80,7 @@ def owners(paths: list[str]) -> set[str]:
     packages: set[str] = set()
     for i in range(0, len(paths), 200):
         # dpkg -S: "pkg[:arch][, pkg2]: /path" per owned path; unowned paths go to stderr.
-        out = subprocess.run(["dpkg", "-S", *paths[i:i + 200]], capture_output=True, text=True).stdout
+        out = subprocess.run(["dpkg", "-S", *paths[i : i + 200]], capture_output=True, text=True).stdout
         for line in out.splitlines():
             if ": " not in line or line.startswith("diversion "):
                 continue
@@ -68,9 +99,11 @@ def main() -> int:
     outside = sorted(p for p in loaded_files() if not p.startswith(venv + os.sep) and os.path.exists(p))
     interpreter = os.path.realpath(sys._base_executable)
     if not owners([interpreter]):
-        print(f"runtime_packages.py: error: no Debian package owns the interpreter {interpreter}; run it with the "
-              "virtualenv of a set-up made with Debian's python3.11 (.venv/bin/python scripts/runtime_packages.py)",
-              file=sys.stderr)
+        print(
+            f"runtime_packages.py: error: no Debian package owns the interpreter {interpreter}; run it with the "
+            "virtualenv of a set-up made with Debian's python3.11 (.venv/bin/python scripts/runtime_packages.py)",
+            file=sys.stderr,
+        )
         return 1
     found = owners(outside)
     print("\n".join(sorted(found)))

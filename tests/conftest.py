@@ -43,8 +43,10 @@ def pycaffe():
         record = setup_record()
         if record is not None and record.get("caffe") is False:
             pytest.skip("pycaffe left out by the set-up (scripts/setup.sh --no-caffe)")
-        pytest.fail(f"pycaffe does not import ({exc}); scripts/setup.sh builds it (or run it with --no-caffe "
-                    "to test without pycaffe)")
+        pytest.fail(
+            f"pycaffe does not import ({exc}); scripts/setup.sh builds it (or run it with --no-caffe "
+            "to test without pycaffe)"
+        )
     caffe.set_mode_cpu()
     return caffe
 
@@ -53,8 +55,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Say in the closing lines when pycaffe's tests were skipped because the set-up left it out."""
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "left out by the set-up" in str(r.longrepr)]
     if skipped:
-        terminalreporter.write_line(f"pycaffe: left out by the set-up (--no-caffe): {len(skipped)} tests skipped",
-                                    yellow=True)
+        terminalreporter.write_line(
+            f"pycaffe: left out by the set-up (--no-caffe): {len(skipped)} tests skipped", yellow=True
+        )
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +123,7 @@ def _leaked_shm(before: set[str]) -> set[str]:
     """
     leaked = set()
     for name in _all_shm() - before:
-        pid = name[len(SHM_PREFIX):].split("_", 1)[0]
+        pid = name[len(SHM_PREFIX) :].split("_", 1)[0]
         if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
             leaked.add(name)
     return leaked
@@ -146,9 +149,14 @@ def _assert_no_leaks(before: set[str], what: str) -> None:
     deadline = time.monotonic() + 5.0
     while True:
         daemons = _fixture_daemons()
-        children = [c for c in me.children(recursive=True)
-                    if c.is_running() and c.status() != psutil.STATUS_ZOMBIE and not _is_resource_tracker(c)
-                    and c.pid not in daemons]
+        children = [
+            c
+            for c in me.children(recursive=True)
+            if c.is_running()
+            and c.status() != psutil.STATUS_ZOMBIE
+            and not _is_resource_tracker(c)
+            and c.pid not in daemons
+        ]
         leaked_shm = _leaked_shm(before)
         if (not children and not leaked_shm) or time.monotonic() > deadline:
             break
@@ -222,8 +230,9 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("readme")
     (root / "configs").mkdir()
     shutil.copyfile(ROOT / "configs" / "demo.yaml", root / "configs" / "demo.yaml")
-    subprocess.run([sys.executable, "-m", "savedeep.demo", str(root / "demo")], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "savedeep.demo", str(root / "demo")], check=True, timeout=300, capture_output=True
+    )
     # The second half of the README's first command, as written (the set-up is what the test session has).
     script = Path(sys.executable).parent / "savedeep"
     savedeep = [str(script)] if script.exists() else [sys.executable, "-m", "savedeep"]

@@ -68,9 +68,19 @@ class SlurmCluster:
         subprocess.run([_which("mungekey"), "--create", f"--keyfile={key}"], check=True, capture_output=True)
         key.chmod(0o600)
         self.socket = r / "munge" / "munge.sock"
-        self._spawn([_which("munged"), "-F", "-f", f"--socket={self.socket}", f"--key-file={key}",
-                     f"--pid-file={r / 'munge' / 'munged.pid'}", f"--log-file={r / 'log' / 'munged.log'}",
-                     f"--seed-file={r / 'munge' / 'munged.seed'}"], "munged")
+        self._spawn(
+            [
+                _which("munged"),
+                "-F",
+                "-f",
+                f"--socket={self.socket}",
+                f"--key-file={key}",
+                f"--pid-file={r / 'munge' / 'munged.pid'}",
+                f"--log-file={r / 'log' / 'munged.log'}",
+                f"--seed-file={r / 'munge' / 'munged.seed'}",
+            ],
+            "munged",
+        )
         self._wait(lambda: self.socket.exists(), "munged's socket", r / "log" / "munged.log")
         ctld_port, d_port = _free_ports(2)
         self.conf.write_text(self._conf(ctld_port, d_port))
@@ -81,30 +91,49 @@ class SlurmCluster:
 
     def _conf(self, ctld_port: int, d_port: int) -> str:
         r = self.root
-        return "\n".join([
-            "ClusterName=savedeeptest",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
-            "SlurmUser=root", "SlurmdUser=root",
-            f"SlurmctldPort={ctld_port}", f"SlurmdPort={d_port}",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={self.socket}",
-            f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / 'spool'}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}", f"SlurmdPidFile={r / 'slurmd.pid'}",
-            f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-            "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
-            "MpiDefault=none", "ReturnToService=2", "SlurmctldTimeout=30", "SlurmdTimeout=30",
-            "SchedulerParameters=sched_interval=1", "MinJobAge=600", "KillWait=5",
-            "JobRequeue=1",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
-            f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ])
+        return "\n".join(
+            [
+                "ClusterName=savedeeptest",
+                f"SlurmctldHost={self.node}(127.0.0.1)",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                f"SlurmctldPort={ctld_port}",
+                f"SlurmdPort={d_port}",
+                "AuthType=auth/munge",
+                "CredType=cred/munge",
+                f"AuthInfo=socket={self.socket}",
+                f"StateSaveLocation={r / 'state'}",
+                f"SlurmdSpoolDir={r / 'spool'}",
+                f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                f"SlurmdPidFile={r / 'slurmd.pid'}",
+                f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
+                f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageType=accounting_storage/none",
+                "SchedulerType=sched/backfill",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_Core",
+                "MpiDefault=none",
+                "ReturnToService=2",
+                "SlurmctldTimeout=30",
+                "SlurmdTimeout=30",
+                "SchedulerParameters=sched_interval=1",
+                "MinJobAge=600",
+                "KillWait=5",
+                "JobRequeue=1",
+                f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
+                f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
 
     def _spawn(self, argv: list[str], name: str) -> None:
         out = open(self.root / "log" / f"{name}.stdout", "wb")
-        self.procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
-                                           start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        )
         RUNNING.add(self.procs[-1].pid)
         out.close()
 
@@ -125,8 +154,14 @@ class SlurmCluster:
     # -- using -----------------------------------------------------------------------------
     def cmd(self, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run a Slurm client command against this cluster."""
-        return subprocess.run([_which(argv[0]) or argv[0], *argv[1:]], capture_output=True, text=True, env=self.env,
-                              check=check, timeout=timeout)
+        return subprocess.run(
+            [_which(argv[0]) or argv[0], *argv[1:]],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=check,
+            timeout=timeout,
+        )
 
     def states(self, job: str) -> dict[str, str]:
         """{job id (ARRAY_TASK): state} of a job's tasks still known to slurmctld."""
@@ -138,8 +173,9 @@ class SlurmCluster:
         deadline = time.monotonic() + timeout
         while True:
             st = self.states(job)
-            if st and not any(s in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED")
-                              for s in st.values()):
+            if st and not any(
+                s in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "SUSPENDED") for s in st.values()
+            ):
                 return st
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job} not done after {timeout} s: {st}")

@@ -33,12 +33,14 @@ h5py = pytest.importorskip("h5py")
 scipy_io = pytest.importorskip("scipy.io")
 
 BLOBS = ["conv5", "conv1", "pool5", "conv3", "fc6", "fc7"]
-SPECS = ["conv5",
-         {"name": "conv1", "dtype": "float16", "reduce": {"pool": "mean", "grid": 2}},
-         {"name": "pool5", "dtype": "float16"},
-         {"name": "conv3", "reduce": {"pool": "max"}},
-         {"name": "fc6", "reduce": {"project": 16, "seed": 0}},
-         "fc7"]
+SPECS = [
+    "conv5",
+    {"name": "conv1", "dtype": "float16", "reduce": {"pool": "mean", "grid": 2}},
+    {"name": "pool5", "dtype": "float16"},
+    {"name": "conv3", "reduce": {"pool": "max"}},
+    {"name": "fc6", "reduce": {"project": 16, "seed": 0}},
+    "fc7",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,16 @@ def run_output(caffenet_dir, photos, tmp_path_factory) -> tuple[Path, pd.DataFra
     rows = [("images/" + n, f"cat {i % 2}", "" if i == 3 else f"s{i}, x") for i, n in enumerate(names)]
     listing = root / "list.csv"
     listing.write_text("path,category,subject id\n" + "".join(f'{p},{c},"{s}"\n' for p, c, s in rows))
-    cfg = savedeep.load_config(None, model=caffenet_dir, images=listing, output=root / "out" / "acts.pk",
-                               gpus="cpu", batch_size=2, shard_size=2, blobs=SPECS)
+    cfg = savedeep.load_config(
+        None,
+        model=caffenet_dir,
+        images=listing,
+        output=root / "out" / "acts.pk",
+        gpus="cpu",
+        batch_size=2,
+        shard_size=2,
+        blobs=SPECS,
+    )
     result = savedeep.run(cfg)
     assert result.rows == 5
     ref = savedeep.load(root / "out" / "acts.pk")
@@ -67,14 +77,27 @@ def _ref(ref: pd.DataFrame, blob: str) -> np.ndarray:
 
 
 def test_valid_names_maps_odd_blob_names() -> None:
-    m = valid_names(["conv1/relu", "inception_3a/1x1", "1x1", "end", "conv1_relu", "image", "a-b.c", "été",
-                     "x" * 70, "x" * 70 + "y", "fc7"])
+    m = valid_names(
+        [
+            "conv1/relu",
+            "inception_3a/1x1",
+            "1x1",
+            "end",
+            "conv1_relu",
+            "image",
+            "a-b.c",
+            "été",
+            "x" * 70,
+            "x" * 70 + "y",
+            "fc7",
+        ]
+    )
     assert m["conv1/relu"] == "conv1_relu"
     assert m["inception_3a/1x1"] == "inception_3a_1x1"
-    assert m["1x1"] == "x1x1"              # must start with a letter
-    assert m["end"] == "xEnd"              # a MATLAB keyword
+    assert m["1x1"] == "x1x1"  # must start with a letter
+    assert m["end"] == "xEnd"  # a MATLAB keyword
     assert m["conv1_relu"] == "conv1_relu_2"  # clashes with the mapped conv1/relu
-    assert m["image"] == "image_2"         # reserved for the keys
+    assert m["image"] == "image_2"  # reserved for the keys
     assert m["a-b.c"] == "a_b_c" and m["été"] == "x_t_"
     assert len(m["x" * 70]) == 63 and m["x" * 70 + "y"] == "x" * 61 + "_2"
     assert m["fc7"] == "fc7"
@@ -237,8 +260,18 @@ def test_assembly_brainscore_names(run_output, caffenet_dir) -> None:
     assert a.dims == ("presentation", "neuroid")
     assert a.shape == (5, 256 * 13 * 13 + 4096 + 96 * 4)
     assert list(a["stimulus_id"].values) == list(ref["image"]) and list(a["category"].values) == list(ref["category"])
-    for name in ("model", "layer", "neuroid_num", "neuroid_id", "channel", "channel_x", "channel_y",
-                 "rf_y", "rf_x", "rf_size"):
+    for name in (
+        "model",
+        "layer",
+        "neuroid_num",
+        "neuroid_id",
+        "channel",
+        "channel_x",
+        "channel_y",
+        "rf_y",
+        "rf_x",
+        "rf_size",
+    ):
         assert a[name].dims == ("neuroid",), name
     assert len(set(a["neuroid_id"].values)) == a.shape[1]
     assert a["neuroid_id"].values[0] == f"{caffenet_dir.name}.conv5.0"
@@ -264,10 +297,19 @@ def test_assembly_brainscore_names(run_output, caffenet_dir) -> None:
 # --------------------------------------------------------------------------- synthetic outputs
 
 
-def make_output(directory: Path, blobs: dict[str, tuple[tuple[int, ...], str]], n: int, shard_size: int,
-                storage: str = "tensor", metadata: dict[str, list[str]] | None = None, write_rows: int = 8,
-                incomplete: set[int] = frozenset(), compression: str = "zstd", seed: int = 0,
-                fill=None) -> dict[str, np.ndarray]:
+def make_output(
+    directory: Path,
+    blobs: dict[str, tuple[tuple[int, ...], str]],
+    n: int,
+    shard_size: int,
+    storage: str = "tensor",
+    metadata: dict[str, list[str]] | None = None,
+    write_rows: int = 8,
+    incomplete: set[int] = frozenset(),
+    compression: str = "zstd",
+    seed: int = 0,
+    fill=None,
+) -> dict[str, np.ndarray]:
     """A savedeep output written with the real ShardWriter and a manifest; returns the arrays written
     (``fill(column, a, b)``: rows a..b of a column, generated as they are written, not returned)."""
     directory.mkdir(parents=True)
@@ -281,8 +323,7 @@ def make_output(directory: Path, blobs: dict[str, tuple[tuple[int, ...], str]], 
     shards = []
     for k, start in enumerate(range(0, n, shard_size)):
         stop = min(n, start + shard_size)
-        entry = {"index": k, "start": start, "stop": stop, "file": None, "rows": 0, "failures": [],
-                 "complete": False}
+        entry = {"index": k, "start": start, "stop": stop, "file": None, "rows": 0, "failures": [], "complete": False}
         if k not in incomplete:
             w = ShardWriter(directory, k, cols, list(metadata), compression=compression)
             for a in range(start, stop, write_rows):
@@ -292,19 +333,38 @@ def make_output(directory: Path, blobs: dict[str, tuple[tuple[int, ...], str]], 
             w.finish({"index": k, "rows": stop - start})
             entry.update(file=shard_name(k), rows=stop - start, complete=True)
         shards.append(entry)
-    write_manifest(directory, {
-        "format": "savedeep/1", "complete": not incomplete, "model": {"directory": "", "sha256": {}},
-        "blobs": {c.name: {"shape": list(c.shape), "dtype": c.dtype, "storage": storage,
-                           "blob_shape": list(c.shape), "reduce": {"kind": "none"}} for c in cols},
-        "blob_order": [c.name for c in cols], "metadata_columns": list(metadata), "shards": shards,
-        "config_fingerprint": "synthetic",
-    })
+    write_manifest(
+        directory,
+        {
+            "format": "savedeep/1",
+            "complete": not incomplete,
+            "model": {"directory": "", "sha256": {}},
+            "blobs": {
+                c.name: {
+                    "shape": list(c.shape),
+                    "dtype": c.dtype,
+                    "storage": storage,
+                    "blob_shape": list(c.shape),
+                    "reduce": {"kind": "none"},
+                }
+                for c in cols
+            },
+            "blob_order": [c.name for c in cols],
+            "metadata_columns": list(metadata),
+            "shards": shards,
+            "config_fingerprint": "synthetic",
+        },
+    )
     data["image"] = np.array(keys, dtype=object)
     return data
 
 
-ODD = {"conv1/relu": ((3, 4, 5), "float16"), "inception_3a/1x1": ((6, 2, 2), "float32"), "1x1": ((7,), "float32"),
-       "end": ((2,), "float16")}
+ODD = {
+    "conv1/relu": ((3, 4, 5), "float16"),
+    "inception_3a/1x1": ((6, 2, 2), "float32"),
+    "1x1": ((7,), "float32"),
+    "end": ((2,), "float16"),
+}
 
 
 @pytest.mark.parametrize("storage", ["binary", "tensor"])
@@ -379,10 +439,13 @@ def test_without_the_extra_export_says_what_to_install(tmp_path) -> None:
     out = tmp_path / "acts.parquet"
     make_output(out, {"fc": ((5,), "float32")}, 4, shard_size=4)
     # a Python where h5netcdf cannot be imported (sys.modules entry None makes every import fail)
-    code = ("import sys; sys.modules['h5netcdf'] = None; sys.modules['xarray'] = None\n"
-            "from savedeep.cli import main; sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "export", str(out), "--to", "netcdf"],
-                       capture_output=True, text=True)
+    code = (
+        "import sys; sys.modules['h5netcdf'] = None; sys.modules['xarray'] = None\n"
+        "from savedeep.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "export", str(out), "--to", "netcdf"], capture_output=True, text=True
+    )
     assert r.returncode == 2, r.stderr
     assert "needs h5netcdf" in r.stderr and "pip install 'savedeep[export]'" in r.stderr
     assert not (tmp_path / "acts.nc").exists()
@@ -395,9 +458,15 @@ def test_mat_refuses_a_blob_of_2_gib(tmp_path) -> None:
     """A float16 blob of 1 GiB is 2 GiB as MATLAB singles: refused before anything is written."""
     out = tmp_path / "acts.parquet"
     zeros = np.zeros((64, 1, 1024, 1024), np.float16)  # zeros compress to almost nothing: a small test file
-    make_output(out, {"big": ((1, 1024, 1024), "float16"), "fc": ((3,), "float32")}, 512, shard_size=256,
-                storage="binary", write_rows=64, fill=lambda c, a, b: zeros[:b - a] if c.name == "big" else
-                np.ones((b - a, 3), np.float32))
+    make_output(
+        out,
+        {"big": ((1, 1024, 1024), "float16"), "fc": ((3,), "float32")},
+        512,
+        shard_size=256,
+        storage="binary",
+        write_rows=64,
+        fill=lambda c, a, b: zeros[: b - a] if c.name == "big" else np.ones((b - a, 3), np.float32),
+    )
     dest = tmp_path / "acts.mat"
     with pytest.raises(savedeep.errors.OutputError, match=r"big \(2.00 GiB\).*--to netcdf"):
         savedeep.export(out, "mat", dest)

@@ -21,8 +21,8 @@ from test_analysis_export import make_output
 pytestmark = pytest.mark.slow
 pytest.importorskip("h5netcdf")
 
-N, SHAPE = 1200, (64, 32, 32)   # 256 KiB per image, 300 MiB in all
-BUDGET = 100 * 2**20            # what the export may add to the process, a third of the output
+N, SHAPE = 1200, (64, 32, 32)  # 256 KiB per image, 300 MiB in all
+BUDGET = 100 * 2**20  # what the export may add to the process, a third of the output
 
 CHILD = """
 import json, sys
@@ -46,8 +46,16 @@ def _rows(a: int, b: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def big_output(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("big") / "acts.parquet"
-    make_output(out, {"conv": (SHAPE, "float32")}, N, shard_size=400, storage="binary", write_rows=16,
-                compression="none", fill=lambda c, a, b: _rows(a, b))
+    make_output(
+        out,
+        {"conv": (SHAPE, "float32")},
+        N,
+        shard_size=400,
+        storage="binary",
+        write_rows=16,
+        compression="none",
+        fill=lambda c, a, b: _rows(a, b),
+    )
     return out
 
 
@@ -59,8 +67,10 @@ def test_export_memory_is_bounded(big_output, tmp_path, to) -> None:
     mem = json.loads(r.stdout.splitlines()[-1])
     size = N * int(np.prod(SHAPE)) * 4
     grew = mem["peak"] - mem["before"]
-    print(f"{to}: output {size / 2**20:.0f} MiB, peak RSS {mem['peak'] / 2**20:.0f} MiB, "
-          f"{grew / 2**20:.0f} MiB above the baseline after imports")
+    print(
+        f"{to}: output {size / 2**20:.0f} MiB, peak RSS {mem['peak'] / 2**20:.0f} MiB, "
+        f"{grew / 2**20:.0f} MiB above the baseline after imports"
+    )
     assert grew < BUDGET < size
     # and the values arrived: spot rows of every shard
     rows = [0, 15, 16, 399, 400, 777, N - 1]
@@ -90,8 +100,11 @@ print(json.dumps({"before": before * 1024, "peak": status("VmHWM:") * 1024, "sha
 def test_load_array_holds_the_blob_once(big_output, tmp_path) -> None:
     # load_array's result is the whole blob, so it needs that much; reading every shard and then
     # concatenating held it twice (issue 30: 328 MiB for 157 MB in benchmarks/bench_scale.py).
-    r = subprocess.run([sys.executable, "-c", LOAD_ARRAY_CHILD, str(big_output), str(tmp_path / "rows.npy")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", LOAD_ARRAY_CHILD, str(big_output), str(tmp_path / "rows.npy")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     mem = json.loads(r.stdout.splitlines()[-1])
     size = N * int(np.prod(SHAPE)) * 4

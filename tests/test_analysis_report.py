@@ -74,9 +74,13 @@ def test_rdm_subsample_is_seeded_and_stated(output):
 
 def test_blob_similarity_is_the_correlation_of_rsatoolbox_rdms(output):
     sim = savedeep.blob_similarity(output, BLOB_NAMES)
-    vecs = [rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(
-        savedeep.load_array(output, b).reshape(len(CATEGORIES), -1).astype(np.float64)),
-        method="correlation").get_vectors()[0] for b in BLOB_NAMES]
+    vecs = [
+        rsatoolbox.rdm.calc_rdm(
+            rsatoolbox.data.Dataset(savedeep.load_array(output, b).reshape(len(CATEGORIES), -1).astype(np.float64)),
+            method="correlation",
+        ).get_vectors()[0]
+        for b in BLOB_NAMES
+    ]
     assert list(sim.index) == BLOB_NAMES == list(sim.columns)
     # prob has 2 units: its 1 - r is 0 or 2 for every pair (0 here: every photo is 'sfw'), a constant RDM
     assert np.ptp(vecs[1]) < 1e-12 and np.isnan(sim.values[1]).all() and np.isnan(sim.values[:, 1]).all()
@@ -158,24 +162,48 @@ def test_page_run_section_quotes_the_manifest_and_the_log(output, page):
 
 
 def test_group_by_an_unknown_column_is_one_line_exit_2(output, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "savedeep", "report", str(output), "--group-by", "categry",
-                        "-o", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "savedeep",
+            "report",
+            str(output),
+            "--group-by",
+            "categry",
+            "-o",
+            str(tmp_path / "r.html"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"savedeep: error: --group-by categry: {output.with_suffix('.parquet')} has no metadata column 'categry'; "
-        "its columns: category"]
+        "its columns: category"
+    ]
     assert not (tmp_path / "r.html").exists()
-    r = subprocess.run([sys.executable, "-m", "savedeep", "report", str(output), "--max-images", "1",
-                        "-o", str(tmp_path / "r.html")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "savedeep", "report", str(output), "--max-images", "1", "-o", str(tmp_path / "r.html")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "at least 2 images" in r.stderr and not (tmp_path / "r.html").exists()
-    r = subprocess.run([sys.executable, "-m", "savedeep", "report", str(tmp_path)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "savedeep", "report", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 5 and "not a savedeep output" in r.stderr
 
 
 def test_cli_writes_the_page_beside_the_output(output):
-    r = subprocess.run([sys.executable, "-m", "savedeep", "report", str(output), "--max-images", "6", "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "savedeep", "report", str(output), "--max-images", "6", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     page = output.with_name("acts.report.html")
     assert r.stdout.strip() == str(page) and page.is_file()
@@ -184,8 +212,7 @@ def test_cli_writes_the_page_beside_the_output(output):
     assert not [f for f in output.parent.iterdir() if f.name.startswith(".acts.report")]  # no temporary left
     # self-contained: every src and href is a data URI or a fragment
     refs = re.findall(r'(?:src|href)="([^"]*)"', text)
-    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:40] for r in refs if not
-                                                                        r.startswith("data:")]
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:40] for r in refs if not r.startswith("data:")]
     assert "http://" not in text and "https://" not in text
     # --overwrite of this output deletes the page as savedeep's own (savedeep.data.output.output_files)
     from savedeep.data.output import output_files, parquet_dir
@@ -219,8 +246,8 @@ def test_report_of_a_partial_output(nsfw_dir, photos, tmp_path):
     rows = sum(s["rows"] for s in done)
     assert not data["run"]["complete"] and data["run"]["rows"] == rows == len(savedeep.load(out))
     assert f"{len(done)} of {len(manifest['shards'])} shard(s) are complete" in html and "--resume" in html
-    assert "not recorded in the run log" in html           # no duration: the run did not finish
-    assert "WorkerError" in html or "consumer" in html      # the log's error is shown
+    assert "not recorded in the run log" in html  # no duration: the run did not finish
+    assert "WorkerError" in html or "consumer" in html  # the log's error is shown
     for blob in BLOB_NAMES:
         x = savedeep.load_array(out, blob).reshape(rows, -1).astype(np.float64)
         assert data["blobs"][blob]["zeros"] == int((x == 0).sum())
@@ -242,14 +269,34 @@ def _synthetic_output(directory: Path, n: int, units: int = 4096, per_shard: int
         w = ShardWriter(directory, k, [col])
         for b in range(start, stop, 100):
             e = min(stop, b + 100)
-            w.write([f"img{i:06d}.jpg" for i in range(b, e)], {},
-                    {"fc": np.maximum(rng.standard_normal((e - b, units), dtype=np.float32), 0)})
+            w.write(
+                [f"img{i:06d}.jpg" for i in range(b, e)],
+                {},
+                {"fc": np.maximum(rng.standard_normal((e - b, units), dtype=np.float32), 0)},
+            )
         w.finish()
-        shards.append({"index": k, "file": f"part-{k:05d}.parquet", "complete": True, "rows": stop - start,
-                       "start": start, "stop": stop, "failures": []})
-    write_manifest(directory, {"format": "savedeep/1", "complete": True, "blob_order": ["fc"],
-                               "blobs": {"fc": {"shape": [units], "dtype": "float32"}}, "shards": shards,
-                               "metadata_columns": []})
+        shards.append(
+            {
+                "index": k,
+                "file": f"part-{k:05d}.parquet",
+                "complete": True,
+                "rows": stop - start,
+                "start": start,
+                "stop": stop,
+                "failures": [],
+            }
+        )
+    write_manifest(
+        directory,
+        {
+            "format": "savedeep/1",
+            "complete": True,
+            "blob_order": ["fc"],
+            "blobs": {"fc": {"shape": [units], "dtype": "float32"}},
+            "shards": shards,
+            "metadata_columns": [],
+        },
+    )
     return directory
 
 
@@ -271,8 +318,7 @@ print(json.dumps({"before": before * 1024, "peak": status("VmHWM:") * 1024}))
 
 def _added(output: Path, what: str) -> int:
     """What computing ``what`` over ``output`` added to a fresh process's peak resident set (bytes)."""
-    r = subprocess.run([sys.executable, "-c", CHILD, str(output), what], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(output), what], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     mem = json.loads(r.stdout.splitlines()[-1])
     return mem["peak"] - mem["before"]
@@ -288,8 +334,10 @@ def test_statistics_memory_does_not_grow_with_the_number_of_images(tmp_path):
     grown = (9000 - 1500) * units * 4
     for what in ("stats", "200"):
         a, b = _added(small, what), _added(big, what)
-        assert b - a < 16 * 2**20, (f"{what}: {a / 2**20:.0f} MiB added for 1,500 rows, {b / 2**20:.0f} MiB for 9,000 "
-                                    f"(the data grew by {grown / 2**20:.0f} MiB)")
+        assert b - a < 16 * 2**20, (
+            f"{what}: {a / 2**20:.0f} MiB added for 1,500 rows, {b / 2**20:.0f} MiB for 9,000 "
+            f"(the data grew by {grown / 2**20:.0f} MiB)"
+        )
 
 
 def test_the_run_log_is_written_and_read_back_with_one_pattern(tmp_path):
@@ -306,9 +354,19 @@ def test_the_run_log_is_written_and_read_back_with_one_pattern(tmp_path):
     log_file = tmp_path / "acts.log"
     with run_log(log_file):
         logging.getLogger("savedeep.runner.pipeline").warning("rings: %d%% of /dev/shm", 50)
-    result = SimpleNamespace(images=3, rows=2, failures=1, wall_s=1.5, images_per_s=2.0, busy={"consumer": 0.5},
-                             devices=["cpu"], producers=1, writers=1, shards_kept=0,
-                             steady_images_per_s=lambda: None)
+    result = SimpleNamespace(
+        images=3,
+        rows=2,
+        failures=1,
+        wall_s=1.5,
+        images_per_s=2.0,
+        busy={"consumer": 0.5},
+        devices=["cpu"],
+        producers=1,
+        writers=1,
+        shards_kept=0,
+        steady_images_per_s=lambda: None,
+    )
     record_summary(log_file, result)
     lines = log_file.read_text().splitlines()
     assert len(lines) == 2 and all(RUN_LOG_LINE.fullmatch(line) for line in lines)

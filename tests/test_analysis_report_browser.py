@@ -44,13 +44,21 @@ def browser():
 
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not found: the browser tests need Debian's chromium and chromium-driver "
-                    "(as root: apt-get install chromium chromium-driver, or bash scripts/setup.sh), or set "
-                    "SAVEDEEP_CHROMIUM / SAVEDEEP_CHROMEDRIVER")
+        pytest.fail(
+            f"{', '.join(missing)} not found: the browser tests need Debian's chromium and chromium-driver "
+            "(as root: apt-get install chromium chromium-driver, or bash scripts/setup.sh), or set "
+            "SAVEDEEP_CHROMIUM / SAVEDEEP_CHROMEDRIVER"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1200,1600", "--hide-scrollbars"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1600",
+        "--hide-scrollbars",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -68,7 +76,8 @@ def _open(driver, page: Path) -> dict:
     assert not errors, errors
     images = driver.execute_script(
         "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight,"
-        " i.src.slice(0, 22)])")
+        " i.src.slice(0, 22)])"
+    )
     assert images
     broken = [i for i in images if not (i[1] and i[2] > 0 and i[3] > 0)]
     assert not broken, broken
@@ -135,8 +144,12 @@ def test_category_report_in_chromium(browser, nsfw_dir, photos, tmp_path):
     from selenium.webdriver.common.by import By
 
     out = run_categories(nsfw_dir, photos, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "savedeep", "report", str(out), "--group-by", "category", "-q"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "savedeep", "report", str(out), "--group-by", "category", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     page = Path(r.stdout.strip())
     shown = _open(browser, page)
@@ -159,8 +172,9 @@ def test_partial_report_in_chromium(browser, nsfw_dir, photos, tmp_path):
     from selenium.webdriver.common.by import By
 
     out = run_partial(nsfw_dir, photos, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "savedeep", "report", str(out), "-q"], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "savedeep", "report", str(out), "-q"], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     shown = _open(browser, Path(r.stdout.strip()))
     _check_blob_sections(browser, BLOB_NAMES)
@@ -174,10 +188,16 @@ def test_demo_report_in_chromium(browser, tmp_path):
     screenshot."""
     (tmp_path / "configs").mkdir()
     shutil.copyfile(ROOT / "configs" / "demo.yaml", tmp_path / "configs" / "demo.yaml")
-    subprocess.run([sys.executable, "-m", "savedeep.demo", str(tmp_path / "demo")], check=True, timeout=300,
-                   capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "savedeep", "run", "configs/demo.yaml", "--overwrite", "--no-progress"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "savedeep.demo", str(tmp_path / "demo")], check=True, timeout=300, capture_output=True
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "savedeep", "run", "configs/demo.yaml", "--overwrite", "--no-progress"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     page = tmp_path / "demo" / "out" / "acts.report.html"
     assert f"report: {page}" in r.stderr

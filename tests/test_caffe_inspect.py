@@ -23,9 +23,18 @@ def test_caffenet_rows(testdata: Path) -> None:
     assert conv1["bytes_float32"] == 4 * 290400 and conv1["bytes_float16"] == 2 * 290400
     assert conv1["total_float32"] == 10 * 4 * 290400
     assert conv1["layers"] == ["conv1", "relu1"]  # created by conv1, rewritten in place by relu1
-    assert rows[-1] == {"blob": "prob", "shape": [1000], "values": 1000, "bytes_float32": 4000,
-                        "bytes_float16": 2000, "total_float32": 40000, "total_float16": 20000,
-                        "layers": ["prob"], "rf_size": None, "rf_jump": None}
+    assert rows[-1] == {
+        "blob": "prob",
+        "shape": [1000],
+        "values": 1000,
+        "bytes_float32": 4000,
+        "bytes_float16": 2000,
+        "total_float32": 40000,
+        "total_float16": 20000,
+        "layers": ["prob"],
+        "rf_size": None,
+        "rf_jump": None,
+    }
     assert conv1["rf_size"] == [11, 11] and conv1["rf_jump"] == [4, 4]
     pool5 = next(r for r in rows if r["blob"] == "pool5")
     assert pool5["rf_size"] == [195, 195] and pool5["rf_jump"] == [32, 32]
@@ -84,8 +93,7 @@ def test_open_nsfw_shapes_equal_pycaffe(pycaffe, nsfw_dir: Path) -> None:
     assert net.blob_shapes(1) == expected
     cnet = pycaffe.Net(str(prototxt), pycaffe.TEST)
     assert {k: [tuple(b.data.shape) for b in v] for k, v in cnet.params.items()} == net.param_shapes()
-    in_place = [name for name in cnet._layer_names
-                if set(cnet.top_names[name]) & set(cnet.bottom_names[name])]
+    in_place = [name for name in cnet._layer_names if set(cnet.top_names[name]) & set(cnet.bottom_names[name])]
     assert in_place == net.inplace_layers
     assert len(net.inplace_layers) == 155
     assert np.prod(net.blob_shapes(16)["prob"]) == 32

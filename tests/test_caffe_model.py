@@ -73,21 +73,58 @@ layer { name: "argmax_axis" type: "ArgMax" bottom: "prob" top: "argmax_axis" arg
 """
 
 COVER_SHAPES = {
-    "data": (2, 3, 17, 17), "conv1": (2, 8, 9, 9), "dil": (2, 4, 5, 5), "pool_ceil": (2, 8, 4, 4),
-    "pool_clip": (2, 8, 5, 5), "pool_global": (2, 8, 1, 1), "deconv": (2, 6, 8, 8), "lrn": (2, 6, 8, 8),
-    "prelu": (2, 6, 8, 8), "prelu_shared": (2, 6, 8, 8), "elu": (2, 6, 8, 8), "sig": (2, 6, 8, 8),
-    "tanh": (2, 6, 8, 8), "abs": (2, 6, 8, 8), "pow": (2, 6, 8, 8), "exp": (2, 6, 8, 8), "log": (2, 6, 8, 8),
-    "bnll": (2, 6, 8, 8), "concat": (2, 12, 8, 8), "s1": (2, 2, 8, 8), "s2": (2, 3, 8, 8), "s3": (2, 7, 8, 8),
-    "sa": (2, 2, 8, 8), "sb": (2, 2, 8, 8), "prod": (2, 2, 8, 8), "diff": (2, 2, 8, 8), "ip_small": (2, 3),
-    "scale2": (2, 3, 8, 8), "bias": (2, 7, 8, 8), "flat": (2, 56, 8), "reshape": (2, 112, 4),
-    "reshape2": (2, 7, 1, 8, 8), "crop": (2, 6, 5, 5), "ip": (2, 10), "ip_axis": (2, 112, 5), "prob": (2, 10),
-    "argmax": (2, 2, 3), "argmax_axis": (2, 2),
+    "data": (2, 3, 17, 17),
+    "conv1": (2, 8, 9, 9),
+    "dil": (2, 4, 5, 5),
+    "pool_ceil": (2, 8, 4, 4),
+    "pool_clip": (2, 8, 5, 5),
+    "pool_global": (2, 8, 1, 1),
+    "deconv": (2, 6, 8, 8),
+    "lrn": (2, 6, 8, 8),
+    "prelu": (2, 6, 8, 8),
+    "prelu_shared": (2, 6, 8, 8),
+    "elu": (2, 6, 8, 8),
+    "sig": (2, 6, 8, 8),
+    "tanh": (2, 6, 8, 8),
+    "abs": (2, 6, 8, 8),
+    "pow": (2, 6, 8, 8),
+    "exp": (2, 6, 8, 8),
+    "log": (2, 6, 8, 8),
+    "bnll": (2, 6, 8, 8),
+    "concat": (2, 12, 8, 8),
+    "s1": (2, 2, 8, 8),
+    "s2": (2, 3, 8, 8),
+    "s3": (2, 7, 8, 8),
+    "sa": (2, 2, 8, 8),
+    "sb": (2, 2, 8, 8),
+    "prod": (2, 2, 8, 8),
+    "diff": (2, 2, 8, 8),
+    "ip_small": (2, 3),
+    "scale2": (2, 3, 8, 8),
+    "bias": (2, 7, 8, 8),
+    "flat": (2, 56, 8),
+    "reshape": (2, 112, 4),
+    "reshape2": (2, 7, 1, 8, 8),
+    "crop": (2, 6, 5, 5),
+    "ip": (2, 10),
+    "ip_axis": (2, 112, 5),
+    "prob": (2, 10),
+    "argmax": (2, 2, 3),
+    "argmax_axis": (2, 2),
 }
 
 COVER_PARAMS = {
-    "conv1": [(8, 3, 3, 3), (8,)], "dil": [(4, 4, 3, 3)], "deconv": [(8, 3, 4, 4), (6,)], "prelu": [(6,)],
-    "prelu_shared": [()], "bn": [(6,), (6,), (1,)], "scale": [(6,), (6,)], "ip_small": [(3, 8), (3,)],
-    "bias": [(7,)], "ip": [(10, 448), (10,)], "ip_axis": [(4, 5), (5,)],
+    "conv1": [(8, 3, 3, 3), (8,)],
+    "dil": [(4, 4, 3, 3)],
+    "deconv": [(8, 3, 4, 4), (6,)],
+    "prelu": [(6,)],
+    "prelu_shared": [()],
+    "bn": [(6,), (6,), (1,)],
+    "scale": [(6,), (6,)],
+    "ip_small": [(3, 8), (3,)],
+    "bias": [(7,)],
+    "ip": [(10, 448), (10,)],
+    "ip_axis": [(4, 5), (5,)],
 }
 
 SMALL_BODY = """
@@ -131,6 +168,7 @@ def small_proto(tmp_path: Path) -> Path:
 
 
 # -- text format ---------------------------------------------------------------
+
 
 def test_message_defaults_and_presence() -> None:
     msg = parse_text('layer { name: "p" type: "Pooling" pooling_param { kernel_size: 3 } }')
@@ -182,11 +220,11 @@ def test_text_format_syntax_variants() -> None:
     [
         ('name: "x"\nlayer {\n  name: "a"\n  type "ReLU"\n}\n', ":4:8:", "':' after 'type'"),
         ('layer {\n  name: "a"\n', ":3:1:", "'}'"),
-        ('layer { convolution_param { num_output: -3 } }', ":1:41:", "an integer in [0,"),
-        ('layer { pooling_param { pool: MAXIMUM } }', ":1:31:", "one of MAX, AVE, STOCHASTIC"),
-        ('layer { convolution_param { kernal_size: 3 } }', ":1:29:", "unknown field 'kernal_size'"),
+        ("layer { convolution_param { num_output: -3 } }", ":1:41:", "an integer in [0,"),
+        ("layer { pooling_param { pool: MAXIMUM } }", ":1:31:", "one of MAX, AVE, STOCHASTIC"),
+        ("layer { convolution_param { kernal_size: 3 } }", ":1:29:", "unknown field 'kernal_size'"),
         ('layer { name: "a\n" }', ":1:15:", "unexpected character"),
-        ('layer { lrn_param { alpha: x1 } }', ":1:28:", "a number for 'alpha'"),
+        ("layer { lrn_param { alpha: x1 } }", ":1:28:", "a number for 'alpha'"),
     ],
 )
 def test_parse_errors_name_file_line_column(tmp_path: Path, text: str, where: str, expected: str) -> None:
@@ -211,6 +249,7 @@ def test_unknown_layer_param_is_skipped_and_type_reported(tmp_path: Path, caplog
 
 
 # -- nets and shapes -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MODELS)
 def test_real_prototxts_parse_with_known_shapes(testdata: Path, name: str) -> None:
@@ -244,8 +283,15 @@ def test_every_layer_type_shape_and_params(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "size, kernel, stride, pad, expected",
-    [(9, 3, 2, 0, 4), (9, 2, 2, 1, 5), (13, 3, 2, 0, 6), (14, 3, 2, 1, 8), (5, 2, 2, 1, 3), (7, 7, 1, 0, 1),
-     (5, 3, 3, 1, 2)],
+    [
+        (9, 3, 2, 0, 4),
+        (9, 2, 2, 1, 5),
+        (13, 3, 2, 0, 6),
+        (14, 3, 2, 1, 8),
+        (5, 2, 2, 1, 3),
+        (7, 7, 1, 0, 1),
+        (5, 3, 3, 1, 2),
+    ],
 )
 def test_pooled_size_ceil_and_clip(size: int, kernel: int, stride: int, pad: int, expected: int) -> None:
     assert pooled_size(size, kernel, stride, pad) == expected
@@ -265,8 +311,13 @@ def test_three_input_styles_and_v1_agree(tmp_path: Path) -> None:
         assert net.layers[0].type == "Input"
     v1 = load_net(write(tmp_path, V1_NET, "v1.prototxt"))
     assert [(ly.name, ly.type) for ly in v1.layers] == [
-        ("input", "Input"), ("conv", "Convolution"), ("relu", "ReLU"), ("pool", "Pooling"),
-        ("fc", "InnerProduct"), ("prob", "Softmax")]  # the TRAIN-only loss is gone
+        ("input", "Input"),
+        ("conv", "Convolution"),
+        ("relu", "ReLU"),
+        ("pool", "Pooling"),
+        ("fc", "InnerProduct"),
+        ("prob", "Softmax"),
+    ]  # the TRAIN-only loss is gone
     assert v1.blob_shapes(1) == SMALL_SHAPES
     conv = v1.layer("conv").param
     assert [(p.lr_mult, p.decay_mult) for p in conv.param] == [(1.0, 1.0), (2.0, 0.0)]
@@ -274,16 +325,21 @@ def test_three_input_styles_and_v1_agree(tmp_path: Path) -> None:
 
 
 def test_phase_rules_keep_only_test_layers(tmp_path: Path, caplog) -> None:
-    text = 'name: "tv"\n' + """
+    text = (
+        'name: "tv"\n'
+        + """
 layer { name: "train_data" type: "Data" top: "data" top: "label" include { phase: TRAIN } data_param { source: "x" } }
 layer { name: "data" type: "Input" top: "data" top: "label" include { phase: TEST }
         input_param { shape { dim: 1 dim: 3 dim: 10 dim: 10 } shape { dim: 1 } } }
-""" + SMALL_BODY + """
+"""
+        + SMALL_BODY
+        + """
 layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" include { phase: TEST } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
 layer { name: "train_only" type: "ReLU" bottom: "fc" top: "train_only" exclude { phase: TEST } }
 layer { name: "staged" type: "ReLU" bottom: "fc" top: "staged" include { stage: "deploy-extra" } }
 """
+    )
     with caplog.at_level(logging.WARNING):
         net = load_net(write(tmp_path, text))
     assert [ly.name for ly in net.layers] == ["data", "conv", "relu", "pool", "fc", "prob"]
@@ -296,15 +352,19 @@ def test_data_layer_in_test_phase_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedLayerError, match="Input layer"):
         load_net(write(tmp_path, text + SMALL_BODY))
     # a MemoryData layer states its shape, so it becomes the input
-    mem = ('layer { name: "d" type: "MemoryData" top: "data" top: "label" '
-           'memory_data_param { batch_size: 1 channels: 3 height: 10 width: 10 } }\n')
+    mem = (
+        'layer { name: "d" type: "MemoryData" top: "data" top: "label" '
+        "memory_data_param { batch_size: 1 channels: 3 height: 10 width: 10 } }\n"
+    )
     net = load_net(write(tmp_path, mem + SMALL_BODY))
     assert net.blob_shapes(1) == SMALL_SHAPES
 
 
 def test_shape_errors_name_the_layer(tmp_path: Path) -> None:
-    body = ('layer { name: "big" type: "Convolution" bottom: "data" top: "big" '
-            'convolution_param { num_output: 2 kernel_size: 9 } }\n')
+    body = (
+        'layer { name: "big" type: "Convolution" bottom: "data" top: "big" '
+        "convolution_param { num_output: 2 kernel_size: 9 } }\n"
+    )
     with pytest.raises(ModelError, match=r"layer 'big' \(Convolution\).*empty shape"):
         load_net(write(tmp_path, input_layer((1, 3, 5, 5)) + body))
     body = 'layer { name: "r" type: "ReLU" bottom: "nope" top: "r" }\n'
@@ -315,6 +375,7 @@ def test_shape_errors_name_the_layer(tmp_path: Path) -> None:
 
 
 # -- caffemodel ----------------------------------------------------------------
+
 
 def test_real_open_nsfw_weights(nsfw_dir: Path) -> None:
     model = load_model(nsfw_dir)
@@ -360,12 +421,16 @@ def test_v1_caffemodel_with_legacy_and_double_blobs(tmp_path: Path) -> None:
     net_param = Message("NetParameter", name="v1net")
     conv = net_param.add("layers")
     conv.name, conv.type = "conv", "CONVOLUTION"
-    conv.blobs = [Message("BlobProto", num=4, channels=3, height=3, width=3, data=w.ravel()),
-                  Message("BlobProto", num=1, channels=1, height=1, width=4, data=b)]
+    conv.blobs = [
+        Message("BlobProto", num=4, channels=3, height=3, width=3, data=w.ravel()),
+        Message("BlobProto", num=1, channels=1, height=1, width=4, data=b),
+    ]
     ip = net_param.add("layers")
     ip.name, ip.type = "fc", "INNER_PRODUCT"
-    ip.blobs = [Message("BlobProto", num=1, channels=1, height=3, width=64, data=fc.ravel()),
-                Message("BlobProto", shape=Message("BlobShape", dim=[3]), double_data=fcb)]
+    ip.blobs = [
+        Message("BlobProto", num=1, channels=1, height=3, width=64, data=fc.ravel()),
+        Message("BlobProto", shape=Message("BlobShape", dim=[3]), double_data=fcb),
+    ]
     path = tmp_path / "v1.caffemodel"
     path.write_bytes(encode_message(net_param))
     net = load_net(write(tmp_path, V1_NET, "v1.prototxt"), path)
@@ -382,9 +447,16 @@ def test_wire_decoder_skips_unknown_fields() -> None:
     net_param = Message("NetParameter", name="n", layer=[layer])
     data = encode_message(net_param)
     # unknown fields of every wire type: varint 900, fixed64 901, bytes 902, group 903, fixed32 904
-    junk = (bytes([0xA0, 0x38, 0x96, 0x01]) + bytes([0xA9, 0x38]) + b"\x00" * 8
-            + bytes([0xB2, 0x38, 0x03]) + b"abc" + bytes([0xBB, 0x38, 0x08, 0x01, 0xBC, 0x38])
-            + bytes([0xC5, 0x38]) + b"\x00" * 4)
+    junk = (
+        bytes([0xA0, 0x38, 0x96, 0x01])
+        + bytes([0xA9, 0x38])
+        + b"\x00" * 8
+        + bytes([0xB2, 0x38, 0x03])
+        + b"abc"
+        + bytes([0xBB, 0x38, 0x08, 0x01, 0xBC, 0x38])
+        + bytes([0xC5, 0x38])
+        + b"\x00" * 4
+    )
     decoded = decode_message(junk + data + junk)
     assert decoded == net_param
     assert decoded.layer[0].convolution_param.axis == -1  # negative int32 survives the 10-byte varint
@@ -444,6 +516,7 @@ def test_validate_blobs(tmp_path: Path, small_proto: Path, caplog) -> None:
 
 # -- against pycaffe -------------------------------------------------------------
 
+
 def test_cover_net_matches_pycaffe(pycaffe, tmp_path: Path) -> None:
     proto = write(tmp_path, COVER_NET)
     net = load_net(proto)
@@ -495,8 +568,10 @@ layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 
 def test_pooling_round_mode_and_fork_ceil_mode(tmp_path: Path) -> None:
     def pool_net(extra: str) -> Path:
-        body = f'layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool" ' \
-               f'pooling_param {{ pool: MAX kernel_size: 3 stride: 2 {extra} }} }}\n'
+        body = (
+            f'layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool" '
+            f"pooling_param {{ pool: MAX kernel_size: 3 stride: 2 {extra} }} }}\n"
+        )
         return write(tmp_path, input_layer((1, 3, 10, 10)) + body, f"pool{len(extra)}.prototxt")
 
     assert load_net(pool_net("")).blob_shapes()["pool"] == (1, 3, 5, 5)  # ceil((10-3)/2)+1

@@ -81,8 +81,12 @@ def test_the_corpus_and_its_readme_list_the_same_models():
 
 def _with_input(text: str, hw: tuple[int, int]) -> str:
     """The deploy text with its input's height and width replaced (the last two input dims)."""
-    new, n = re.subn(r"(dim:\s*\d+\s+dim:\s*\d+\s+)dim:\s*\d+(\s+)dim:\s*\d+",
-                     lambda m: f"{m.group(1)}dim: {hw[0]}{m.group(2)}dim: {hw[1]}", text, count=1)
+    new, n = re.subn(
+        r"(dim:\s*\d+\s+dim:\s*\d+\s+)dim:\s*\d+(\s+)dim:\s*\d+",
+        lambda m: f"{m.group(1)}dim: {hw[0]}{m.group(2)}dim: {hw[1]}",
+        text,
+        count=1,
+    )
     assert n == 1, "no 4-D input shape found in the deploy text"
     return new
 
@@ -197,8 +201,9 @@ def test_zoo_model_on_both_engines(name, zoo, pycaffe, photos):
 
 def _savedeep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "GLOG_minloglevel": "2"}
-    return subprocess.run([sys.executable, "-m", "savedeep", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "savedeep", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 @pytest.mark.parametrize("name", [m.name for m in MODELS if m.refused])
@@ -216,8 +221,20 @@ def test_a_model_needing_a_non_standard_layer_is_refused_in_one_line(name, engin
     images.mkdir()
     shutil.copy(photos[0], images / photos[0].name)
     out = tmp_path / "out" / "acts.pk"
-    proc = _savedeep("run", "--model", str(directory), "--images", str(images), "-o", str(out), "--blobs", "prob",
-                     "--engine", engine, cwd=tmp_path)
+    proc = _savedeep(
+        "run",
+        "--model",
+        str(directory),
+        "--images",
+        str(images),
+        "-o",
+        str(out),
+        "--blobs",
+        "prob",
+        "--engine",
+        engine,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 3, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -245,8 +262,17 @@ def test_weights_over_512_mib_run_on_the_caffe_engine_and_equal_the_torch_engine
     frames = {}
     for engine in ("caffe", "torch"):
         out = tmp_path / engine / "acts.pk"
-        savedeep.run(None, model=directory, images=images, output=out, blobs=["conv5_3", "fc7", "prob"],
-                     engine=engine, batch_size=3, cpu_consumers=1, consumer_threads=2)
+        savedeep.run(
+            None,
+            model=directory,
+            images=images,
+            output=out,
+            blobs=["conv5_3", "fc7", "prob"],
+            engine=engine,
+            batch_size=3,
+            cpu_consumers=1,
+            consumer_threads=2,
+        )
         frames[engine] = savedeep.load(out)
     caffe_df, torch_df = frames["caffe"], frames["torch"]
     assert list(caffe_df["image"]) == list(torch_df["image"]) == sorted(p.name for p in photos[:3])
@@ -274,8 +300,20 @@ def test_a_caffemodel_over_2_gib_is_refused_before_any_worker_starts(engine, tes
     images = tmp_path / "images"
     images.mkdir()
     shutil.copy(photos[0], images / photos[0].name)
-    proc = _savedeep("run", "--model", str(directory), "--images", str(images), "-o", str(tmp_path / "out" / "acts.pk"),
-                     "--blobs", "fc7", "--engine", engine, cwd=tmp_path)
+    proc = _savedeep(
+        "run",
+        "--model",
+        str(directory),
+        "--images",
+        str(images),
+        "-o",
+        str(tmp_path / "out" / "acts.pk"),
+        "--blobs",
+        "fc7",
+        "--engine",
+        engine,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 3, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -304,8 +342,16 @@ def test_a_grayscale_net_runs_end_to_end_and_equals_pycaffe(engine, zoo, caffe_i
     for p in chosen:
         shutil.copy(p, images / p.name)
     out = tmp_path / "out" / "acts.pk"
-    savedeep.run(None, model=directory, images=images, output=out, blobs=["conv1", "ip2"], engine=engine,
-                 batch_size=3, preprocess={"resize": "caffe-io", "input_scale": 0.00390625})
+    savedeep.run(
+        None,
+        model=directory,
+        images=images,
+        output=out,
+        blobs=["conv1", "ip2"],
+        engine=engine,
+        batch_size=3,
+        preprocess={"resize": "caffe-io", "input_scale": 0.00390625},
+    )
     df = savedeep.load(out)
     assert list(df["image"]) == sorted(p.name for p in chosen)
     net = caffe.Net(str(directory / "deploy.prototxt"), caffe.TEST, weights=str(directory / "weights.caffemodel"))

@@ -28,9 +28,11 @@ def images(photos, tmp_path_factory) -> Path:
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys, savedeep.cli as c\n"
-            "try:\n    c.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'caffe', 'cv2') if m in sys.modules))")
+    code = (
+        "import sys, savedeep.cli as c\n"
+        "try:\n    c.main(['run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'caffe', 'cv2') if m in sys.modules))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "--resume" in r.stdout and "--no-pickle" in r.stdout and "exit codes" in r.stdout
@@ -40,8 +42,22 @@ def test_help_imports_nothing_heavy():
 @pytest.mark.slow  # a real run: seconds
 def test_original_four_flags_alone(caffenet_dir, images, tmp_path, capsys):
     out = tmp_path / "acts.pk"
-    rc = main(["run", "-m", str(caffenet_dir), "-b", "fc7,fc7,fc6", "-i", str(images), "-o", str(out),
-               "--gpus", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "run",
+            "-m",
+            str(caffenet_dir),
+            "-b",
+            "fc7,fc7,fc6",
+            "-i",
+            str(images),
+            "-o",
+            str(out),
+            "--gpus",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     df = pd.read_pickle(out)
     assert list(df.columns) == ["image", "fc7", "fc6"]  # the duplicate collapsed
@@ -68,8 +84,10 @@ def test_bad_config_key_exit_2(caffenet_dir, images, tmp_path, capsys):
 
 
 def test_validate_and_inspect(caffenet_dir, images, tmp_path, capsys):
-    assert main(["validate", "-m", str(caffenet_dir), "-b", "conv1,fc7", "-i", str(images), "-o",
-                 str(tmp_path / "a.pk")]) == 0
+    assert (
+        main(["validate", "-m", str(caffenet_dir), "-b", "conv1,fc7", "-i", str(images), "-o", str(tmp_path / "a.pk")])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "images: 5" in text and "blob conv1: (96, 55, 55)" in text and "5 of the first 5 images decode" in text
     assert not (tmp_path / "a.parquet").exists()
@@ -90,9 +108,18 @@ def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
     listing = tmp_path / "list.csv"
     names = sorted(p.name for p in images.iterdir())
     listing.write_text("path,condition\n" + "".join(f"{images / n},c{i % 2}\n" for i, n in enumerate(names)))
-    cfg = savedeep.load_config(None, model=caffenet_dir, images=listing, output=tmp_path / "acts.pk", gpus="cpu",
-                               blobs=[{"name": "conv1", "dtype": "float16", "reduce": {"pool": "max", "grid": 2}},
-                                      {"name": "conv3", "reduce": {"project": 64, "seed": 3}}, "fc7"])
+    cfg = savedeep.load_config(
+        None,
+        model=caffenet_dir,
+        images=listing,
+        output=tmp_path / "acts.pk",
+        gpus="cpu",
+        blobs=[
+            {"name": "conv1", "dtype": "float16", "reduce": {"pool": "max", "grid": 2}},
+            {"name": "conv3", "reduce": {"project": 64, "seed": 3}},
+            "fc7",
+        ],
+    )
     savedeep.run(cfg)
     df = savedeep.load(tmp_path / "acts.pk")
     assert list(df["condition"]) == [f"c{i % 2}" for i in range(len(names))]  # metadata carried, list order kept
@@ -108,13 +135,17 @@ def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
     assert list(whole["image"]) == list(df["image"])
     conv1 = np.stack(whole["conv1"])  # (n, 96, 55, 55): adaptive 2x2 bins are rows/cols [0, 28) and [27, 55)
     bins = [(0, 28), (27, 55)]
-    pooled = np.stack([np.stack([conv1[:, :, a:b, c:d].max(axis=(2, 3)) for c, d in bins], axis=-1)
-                       for a, b in bins], axis=-2)
+    pooled = np.stack(
+        [np.stack([conv1[:, :, a:b, c:d].max(axis=(2, 3)) for c, d in bins], axis=-1) for a, b in bins], axis=-2
+    )
     assert np.array_equal(np.stack(df["conv1"]), pooled.astype(np.float16))
     conv3 = np.stack(whole["conv3"]).reshape(len(whole), -1)  # (n, 384 * 13 * 13)
-    matrix = np.random.default_rng(3).standard_normal((conv3.shape[1], 64), dtype=np.float32) \
-        * np.float32(1 / np.sqrt(64))  # the recipe the README and the manifest state
-    np.testing.assert_allclose(np.stack(df["conv3"]), conv3 @ matrix, rtol=1e-4, atol=1e-4 * np.abs(conv3 @ matrix).max())
+    matrix = np.random.default_rng(3).standard_normal((conv3.shape[1], 64), dtype=np.float32) * np.float32(
+        1 / np.sqrt(64)
+    )  # the recipe the README and the manifest state
+    np.testing.assert_allclose(
+        np.stack(df["conv3"]), conv3 @ matrix, rtol=1e-4, atol=1e-4 * np.abs(conv3 @ matrix).max()
+    )
 
     # pandas and pyarrow read the shards directly
     t = pq.read_table(tmp_path / "acts.parquet" / "part-00000.parquet")
@@ -123,7 +154,9 @@ def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
     pdf = pd.read_parquet(tmp_path / "acts.parquet" / "part-00000.parquet")
     assert list(pdf["image"]) == list(df["image"])
     # DuckDB sees the tensor as a fixed-size array
-    got = duckdb.sql(f"SELECT image, fc7[1] AS v FROM '{tmp_path}/acts.parquet/part-*.parquet' ORDER BY image").fetchall()
+    got = duckdb.sql(
+        f"SELECT image, fc7[1] AS v FROM '{tmp_path}/acts.parquet/part-*.parquet' ORDER BY image"
+    ).fetchall()
     assert [g[0] for g in got] == sorted(df["image"])
     assert np.isclose(got[0][1], df.set_index("image").loc[got[0][0], "fc7"][0])
     # rsatoolbox: the README's few lines
@@ -136,8 +169,27 @@ def test_reductions_csv_metadata_and_interop(caffenet_dir, images, tmp_path):
 @pytest.mark.slow  # a real run: seconds
 def test_load_partial_output(caffenet_dir, images, tmp_path, monkeypatch, caplog):
     out = tmp_path / "acts.pk"
-    cmd = [sys.executable, "-m", "savedeep", "run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images),
-           "-o", str(out), "--gpus", "cpu", "--batch-size", "1", "--shard-size", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "savedeep",
+        "run",
+        "-m",
+        str(caffenet_dir),
+        "-b",
+        "fc7",
+        "-i",
+        str(images),
+        "-o",
+        str(out),
+        "--gpus",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--shard-size",
+        "1",
+        "--no-progress",
+    ]
     env = dict(__import__("os").environ, SAVEDEEP_FAULT="role=consumer,batch=3,action=raise")
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 6, r.stderr
@@ -152,8 +204,24 @@ def test_on_error_fail_stops_naming_the_file(caffenet_dir, images, tmp_path, cap
     bad = tmp_path / "imgs"
     shutil.copytree(images, bad)
     (bad / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    rc = main(["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(bad), "-o", str(tmp_path / "a.pk"),
-               "--gpus", "cpu", "--on-error", "fail", "--no-progress"])
+    rc = main(
+        [
+            "run",
+            "-m",
+            str(caffenet_dir),
+            "-b",
+            "fc7",
+            "-i",
+            str(bad),
+            "-o",
+            str(tmp_path / "a.pk"),
+            "--gpus",
+            "cpu",
+            "--on-error",
+            "fail",
+            "--no-progress",
+        ]
+    )
     assert rc == 4
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "on_error: skip" in err
@@ -165,8 +233,21 @@ def test_overwrite_next_to_a_foreign_file_refuses_and_the_file_survives(caffenet
     data.mkdir()
     (data / "stimuli.csv").write_text("path\n")
     out = data / "acts.pk"
-    args = ["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images), "-o", str(out), "--gpus", "cpu",
-            "--no-progress", "-q"]
+    args = [
+        "run",
+        "-m",
+        str(caffenet_dir),
+        "-b",
+        "fc7",
+        "-i",
+        str(images),
+        "-o",
+        str(out),
+        "--gpus",
+        "cpu",
+        "--no-progress",
+        "-q",
+    ]
     assert main(args) == 0
     first = savedeep.load(out)
     notes = data / "acts.parquet" / "notes.txt"
@@ -179,8 +260,13 @@ def test_overwrite_next_to_a_foreign_file_refuses_and_the_file_survives(caffenet
     assert np.array_equal(np.stack(savedeep.load(out)["fc7"]), np.stack(first["fc7"]))  # the output is intact
     notes.unlink()
     assert main(args + ["--overwrite"]) == 0
-    assert sorted(p.name for p in data.iterdir()) == ["acts.failures.parquet", "acts.log", "acts.parquet", "acts.pk",
-                                                      "stimuli.csv"]  # and no lock left behind
+    assert sorted(p.name for p in data.iterdir()) == [
+        "acts.failures.parquet",
+        "acts.log",
+        "acts.parquet",
+        "acts.pk",
+        "stimuli.csv",
+    ]  # and no lock left behind
 
 
 @pytest.mark.slow  # a real run: seconds
@@ -188,8 +274,21 @@ def test_break_lock_takes_the_lock_of_a_run_on_another_host(caffenet_dir, images
     out = tmp_path / "acts.pk"
     lock = tmp_path / ".acts.lock"  # left by a run whose node crashed
     lock.write_text(json.dumps({"host": "node-9.cluster", "pid": 5150, "since": "2026-01-02 03:04:05 UTC"}))
-    args = ["run", "-m", str(caffenet_dir), "-b", "fc7", "-i", str(images), "-o", str(out), "--gpus", "cpu",
-            "--no-progress", "-q"]
+    args = [
+        "run",
+        "-m",
+        str(caffenet_dir),
+        "-b",
+        "fc7",
+        "-i",
+        str(images),
+        "-o",
+        str(out),
+        "--gpus",
+        "cpu",
+        "--no-progress",
+        "-q",
+    ]
     assert main(args) == 5
     err = capsys.readouterr().err
     assert "pid 5150 on host node-9.cluster, since 2026-01-02 03:04:05 UTC" in err and "--break-lock" in err
@@ -246,47 +345,83 @@ def test_run_returns_the_report_it_wrote_and_a_task_writes_none(caffenet_dir, im
     out = tmp_path / "whole" / "acts.pk"
     result = savedeep.run(None, model=caffenet_dir, images=images, output=out, blobs=["fc7"], report=True)
     assert result.report is not None and result.report.is_file() and result.report.suffix == ".html"
-    part = savedeep.run(None, model=caffenet_dir, images=images, output=tmp_path / "tasks" / "acts.pk",
-                        blobs=["fc7"], report=True, task="0/2")
+    part = savedeep.run(
+        None,
+        model=caffenet_dir,
+        images=images,
+        output=tmp_path / "tasks" / "acts.pk",
+        blobs=["fc7"],
+        report=True,
+        task="0/2",
+    )
     assert part.report is None and not list((tmp_path / "tasks").glob("*.html"))
 
 
 # --------------------------------------------------------------------------- option names and exit codes
 
-_WRITES = "what this command writes (run: the output's pickle, its Parquet shards beside it; export, report, " \
-          "convert: the file or folder they write)"
+_WRITES = (
+    "what this command writes (run: the output's pickle, its Parquet shards beside it; export, report, "
+    "convert: the file or folder they write)"
+)
 _IMAGES = "the image directory or list file (.txt/.csv)"
 # What each option name means, in every subcommand that has it; kind is what its value is. Issue 34: `--images`
 # was a path in run and a count in inspect, and `--time` a flag in validate and a time limit in slurm.
 OPTIONS = {
-    "-o": ("path", _WRITES), "--out": ("path", _WRITES), "--output": ("path", "run's -o, named as the config key"),
-    "-i": ("path", _IMAGES), "--images": ("path", _IMAGES), "--imgs": ("path", _IMAGES),
-    "-m": ("path", "the model directory"), "--model": ("path", "the model directory"),
+    "-o": ("path", _WRITES),
+    "--out": ("path", _WRITES),
+    "--output": ("path", "run's -o, named as the config key"),
+    "-i": ("path", _IMAGES),
+    "--images": ("path", _IMAGES),
+    "--imgs": ("path", _IMAGES),
+    "-m": ("path", "the model directory"),
+    "--model": ("path", "the model directory"),
     "MODEL": ("path", "the model directory (inspect: or its deploy.prototxt)"),
     "OUTPUT": ("path", "a run's output, out/acts.pk or out/acts.parquet (what run -o wrote)"),
     "CONFIG": ("path", "a YAML config file"),
-    "-b": ("names", "blob names, comma-separated"), "--blobs": ("names", "blob names, comma-separated"),
+    "-b": ("names", "blob names, comma-separated"),
+    "--blobs": ("names", "blob names, comma-separated"),
     "--overwrite": ("flag", "replace what this command writes"),
-    "--resume": ("flag", "complete an interrupted run"), "--break-lock": ("flag", "take a lock whose run is gone"),
-    "--no-pickle": ("flag", "write no DataFrame pickle"), "-q": ("flag", "warnings and errors only"),
-    "--quiet": ("flag", "warnings and errors only"), "--json": ("flag", "print JSON for scripts"),
-    "--to": ("choice", "the format to write"), "--task": ("text", "K/N: this task's share"),
-    "--tasks": ("int", "the number of tasks of the array"), "--n-images": ("int", "a number of images"),
-    "--max-images": ("int", "at most this many images"), "--estimate-time": ("flag", "forward a batch, estimate"),
-    "--time": ("text", "a time limit (Slurm's --time)"), "--batch-size": ("int", "images per forward pass"),
+    "--resume": ("flag", "complete an interrupted run"),
+    "--break-lock": ("flag", "take a lock whose run is gone"),
+    "--no-pickle": ("flag", "write no DataFrame pickle"),
+    "-q": ("flag", "warnings and errors only"),
+    "--quiet": ("flag", "warnings and errors only"),
+    "--json": ("flag", "print JSON for scripts"),
+    "--to": ("choice", "the format to write"),
+    "--task": ("text", "K/N: this task's share"),
+    "--tasks": ("int", "the number of tasks of the array"),
+    "--n-images": ("int", "a number of images"),
+    "--max-images": ("int", "at most this many images"),
+    "--estimate-time": ("flag", "forward a batch, estimate"),
+    "--time": ("text", "a time limit (Slurm's --time)"),
+    "--batch-size": ("int", "images per forward pass"),
     "--batch": ("text", "a converted model's batch size or 'dynamic'"),
-    "--gpus": ("text", "0,1 | all | cpu"), "--require-gpu": ("flag", "no CPU fallback"),
-    "--engine": ("choice", "caffe or torch"), "--producers": ("text", "decoding processes"),
-    "--cpu-consumers": ("text", "forward processes on the CPU"), "--writers": ("text", "Parquet-writing processes"),
-    "--dtype": ("choice", "storage dtype"), "--storage": ("choice", "tensor or binary columns"),
-    "--shard-size": ("int", "images per shard"), "--on-error": ("choice", "what a bad image does"),
-    "--no-space-check": ("flag", "skip the free-space check"), "--report": ("flag", "write the report after"),
-    "--no-progress": ("flag", "no progress bar"), "--compression-level": ("int", "netCDF gzip level"),
-    "--group-by": ("text", "a metadata column"), "--seed": ("int", "a random seed"),
-    "--no-thumbnails": ("flag", "read no images for thumbnails"), "--gpus-per-task": ("int", "Slurm"),
-    "--partition": ("text", "Slurm"), "--mem": ("text", "Slurm"), "--cpus-per-task": ("int", "Slurm"),
-    "--array-limit": ("int", "Slurm"), "--sbatch-arg": ("text", "Slurm"), "--setup": ("text", "Slurm"),
-    "--savedeep": ("text", "the savedeep executable"), "--dir": ("path", "where the scripts go"),
+    "--gpus": ("text", "0,1 | all | cpu"),
+    "--require-gpu": ("flag", "no CPU fallback"),
+    "--engine": ("choice", "caffe or torch"),
+    "--producers": ("text", "decoding processes"),
+    "--cpu-consumers": ("text", "forward processes on the CPU"),
+    "--writers": ("text", "Parquet-writing processes"),
+    "--dtype": ("choice", "storage dtype"),
+    "--storage": ("choice", "tensor or binary columns"),
+    "--shard-size": ("int", "images per shard"),
+    "--on-error": ("choice", "what a bad image does"),
+    "--no-space-check": ("flag", "skip the free-space check"),
+    "--report": ("flag", "write the report after"),
+    "--no-progress": ("flag", "no progress bar"),
+    "--compression-level": ("int", "netCDF gzip level"),
+    "--group-by": ("text", "a metadata column"),
+    "--seed": ("int", "a random seed"),
+    "--no-thumbnails": ("flag", "read no images for thumbnails"),
+    "--gpus-per-task": ("int", "Slurm"),
+    "--partition": ("text", "Slurm"),
+    "--mem": ("text", "Slurm"),
+    "--cpus-per-task": ("int", "Slurm"),
+    "--array-limit": ("int", "Slurm"),
+    "--sbatch-arg": ("text", "Slurm"),
+    "--setup": ("text", "Slurm"),
+    "--savedeep": ("text", "the savedeep executable"),
+    "--dir": ("path", "where the scripts go"),
     "--submit": ("flag", "submit with sbatch"),
 }
 # Old spellings kept one release (they work, with one warning line): (subcommand, old) -> new.
@@ -325,8 +460,9 @@ def test_an_option_name_means_one_thing_in_every_subcommand():
                     continue
                 assert option in OPTIONS, f"savedeep {command} {option}: new name, add it to OPTIONS"
                 kind, meaning = OPTIONS[option]
-                assert _kind(action) == kind, f"savedeep {command} {option} takes a {_kind(action)}; " \
-                                              f"elsewhere {option} is {kind}: {meaning}"
+                assert _kind(action) == kind, (
+                    f"savedeep {command} {option} takes a {_kind(action)}; elsewhere {option} is {kind}: {meaning}"
+                )
 
 
 @pytest.mark.parametrize("command, old", sorted(DEPRECATED))
@@ -376,11 +512,16 @@ def test_every_exit_code_the_cli_can_return_is_in_the_table():
         todo += cls.__subclasses__()
     raised = {cls.exit_code for cls in classes}  # main returns exc.exit_code
     tree = ast.parse((ROOT / "savedeep" / "cli.py").read_text())
-    literal = {node.value.value for node in ast.walk(tree)
-               if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant)
-               and isinstance(node.value.value, int)}
-    named = {exit_code(node.args[0].value) for node in ast.walk(tree)  # KeyError: a name not in the table
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "exit_code"}
+    literal = {
+        node.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, int)
+    }
+    named = {
+        exit_code(node.args[0].value)
+        for node in ast.walk(tree)  # KeyError: a name not in the table
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "exit_code"
+    }
     with pytest.raises(SystemExit) as usage:
         build_parser().parse_args(["run", "--no-such-flag"])
     returned = raised | literal | named | {usage.value.code}
@@ -398,10 +539,18 @@ def test_the_run_sequence_is_savedeep_run_alone():
     import ast
 
     tree = ast.parse((ROOT / "savedeep" / "cli.py").read_text())
-    imported = {f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                for alias in node.names}
-    sequence = {"savedeep.runner.pipeline.run", "savedeep.analysis.report.after_run",
-                "savedeep.analysis.report.require_matplotlib", "savedeep.runner.tasks.parse_task"}
+    imported = {
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    sequence = {
+        "savedeep.runner.pipeline.run",
+        "savedeep.analysis.report.after_run",
+        "savedeep.analysis.report.require_matplotlib",
+        "savedeep.runner.tasks.parse_task",
+    }
     assert imported & sequence == set()
     assert "savedeep.run" in imported
 
@@ -418,10 +567,25 @@ def test_each_run_flag_is_a_config_key_or_a_parameter_of_savedeep_run(command):
     dests = {a.dest for a in _subcommands()[command]._actions if a.dest != "help"}
     keys = dests & set(_TOP_NAMES)
     assert set(_RUN_KEYS) == keys
-    own = {"run": set(inspect.signature(savedeep.run).parameters) | {"tasks", "quiet"},  # --tasks N: task K/N
-           "validate": {"config", "resume", "overwrite", "task", "tasks", "time_it", "json"},
-           "slurm": {"config", "tasks", "gpus_per_task", "partition", "time", "mem", "cpus_per_task", "array_limit",
-                     "sbatch_args", "setup", "savedeep", "dir", "submit"}}[command]
+    own = {
+        "run": set(inspect.signature(savedeep.run).parameters) | {"tasks", "quiet"},  # --tasks N: task K/N
+        "validate": {"config", "resume", "overwrite", "task", "tasks", "time_it", "json"},
+        "slurm": {
+            "config",
+            "tasks",
+            "gpus_per_task",
+            "partition",
+            "time",
+            "mem",
+            "cpus_per_task",
+            "array_limit",
+            "sbatch_args",
+            "setup",
+            "savedeep",
+            "dir",
+            "submit",
+        },
+    }[command]
     assert dests - keys - own == set()
 
 
@@ -435,11 +599,16 @@ def test_the_documented_exit_code_tables_are_the_code_table():
     from savedeep.errors import exit_codes_markdown
 
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    tables = [(page, match.group(0)) for page in pages if page.is_file()
-              for match in re.finditer(r"^\| code \| meaning \|\n(?:\|.*\|\n)+", page.read_text(), re.M)]
+    tables = [
+        (page, match.group(0))
+        for page in pages
+        if page.is_file()
+        for match in re.finditer(r"^\| code \| meaning \|\n(?:\|.*\|\n)+", page.read_text(), re.M)
+    ]
     for page, table in tables:
-        assert table == exit_codes_markdown(), f"{page.relative_to(ROOT)}: the exit-code table differs from " \
-                                               "savedeep.errors.exit_codes_markdown()"
+        assert table == exit_codes_markdown(), (
+            f"{page.relative_to(ROOT)}: the exit-code table differs from savedeep.errors.exit_codes_markdown()"
+        )
     assert "<!-- savedeep:exit-codes -->" in (ROOT / "docs" / "reference" / "exit-codes.md").read_text()
     spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
     hooks = importlib.util.module_from_spec(spec)

@@ -44,8 +44,13 @@ def write(path: Path, text: str) -> Path:
 
 def flags(project: Path, **extra: object) -> dict[str, object]:
     """The original script's four flags (-m -b -i -o), as absolute paths."""
-    return {"model": str(project / "model"), "images": str(project / "images"),
-            "output": str(project / "out" / "acts.pk"), "blobs": "fc7", **extra}
+    return {
+        "model": str(project / "model"),
+        "images": str(project / "images"),
+        "output": str(project / "out" / "acts.pk"),
+        "blobs": "fc7",
+        **extra,
+    }
 
 
 def problem_keys(excinfo: pytest.ExceptionInfo[ConfigError]) -> list[str]:
@@ -67,16 +72,25 @@ def test_flags_alone_are_enough_and_defaults_are_filled(project: Path) -> None:
     assert config.dtype == "float32" and config.compression == "zstd" and config.compression_level is None
     assert config.shard_size == 1024 and config.pickle is True and config.max_pickle_bytes == 4 * 2**30
     assert config.on_error == "skip" and config.ring_slots is None
-    assert config.preprocess == PreprocessSpec(resize="warp", resize_to=256, mean_mode="channel",
-                                               input_scale=None, raw_scale=255.0, jpeg_draft=False,
-                                               max_pixels=100_000_000, exif_transpose=False)
+    assert config.preprocess == PreprocessSpec(
+        resize="warp",
+        resize_to=256,
+        mean_mode="channel",
+        input_scale=None,
+        raw_scale=255.0,
+        jpeg_draft=False,
+        max_pixels=100_000_000,
+        exif_transpose=False,
+    )
     # The log goes next to the output, named after it; the shards beside it.
     assert config.log_file == project / "out" / "acts.log"
     assert config.parquet_dir == project / "out" / "acts.parquet"
 
 
 def test_every_setting_from_a_file(project: Path) -> None:
-    path = write(project / "run.yaml", """
+    path = write(
+        project / "run.yaml",
+        """
 model: model
 images: list.csv
 output: out/run.pk
@@ -108,7 +122,8 @@ preprocess:
   max_pixels: 1000
 ring_slots: 6
 log_file: logs/run.log
-""")
+""",
+    )
     config = load_config(path, {})
     assert config.images == project / "list.csv"
     assert config.blob_specs == (
@@ -148,10 +163,13 @@ def test_config_is_frozen_hashable_and_picklable(project: Path) -> None:
 # --------------------------------------------------------------------------- paths and overrides
 
 
-def test_relative_paths_in_a_file_follow_the_file(project: Path, tmp_path_factory: pytest.TempPathFactory,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(project / "configs" / "run.yaml", "model: ../model\nimages: ../images\noutput: ../out/a.pk\n"
-                                                  "blobs: [fc7]\nlog_file: run.log\n")
+def test_relative_paths_in_a_file_follow_the_file(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        project / "configs" / "run.yaml",
+        "model: ../model\nimages: ../images\noutput: ../out/a.pk\nblobs: [fc7]\nlog_file: run.log\n",
+    )
     elsewhere = tmp_path_factory.mktemp("elsewhere")
     monkeypatch.chdir(elsewhere)
     config = load_config(Path(path), {})
@@ -164,8 +182,9 @@ def test_relative_paths_in_a_file_follow_the_file(project: Path, tmp_path_factor
 
 
 def test_relative_paths_in_flags_follow_the_current_directory(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(project / "configs" / "run.yaml", "model: ../model\nimages: ../images\noutput: ../out/a.pk\n"
-                                                  "blobs: [fc7]\n")
+    path = write(
+        project / "configs" / "run.yaml", "model: ../model\nimages: ../images\noutput: ../out/a.pk\nblobs: [fc7]\n"
+    )
     monkeypatch.chdir(project / "images")
     (project / "images" / "sub").mkdir()
     config = load_config(path, {"images": "sub", "output": "here.pk"})
@@ -184,7 +203,9 @@ def test_home_is_expanded(project: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_flags_override_the_file(project: Path) -> None:
-    path = write(project / "run.yaml", """
+    path = write(
+        project / "run.yaml",
+        """
 model: model
 images: images
 output: out/a.pk
@@ -192,9 +213,19 @@ blobs: [fc6, fc7]
 batch_size: 16
 gpus: [0]
 preprocess: {resize: resize-crop, resize_to: 256}
-""")
-    config = load_config(path, {"batch_size": 64, "blobs": "conv5", "gpus": "cpu",
-                                "preprocess.resize": "warp", "engine": None, "output": None})
+""",
+    )
+    config = load_config(
+        path,
+        {
+            "batch_size": 64,
+            "blobs": "conv5",
+            "gpus": "cpu",
+            "preprocess.resize": "warp",
+            "engine": None,
+            "output": None,
+        },
+    )
     assert config.batch_size == 64
     assert config.blobs == ("conv5",)
     assert config.gpus == "cpu"
@@ -205,13 +236,24 @@ preprocess: {resize: resize-crop, resize_to: 256}
     assert config.output == project / "out" / "a.pk"
     # A mapping override merges too.
     assert load_config(path, {"preprocess": {"jpeg_draft": "yes"}}).preprocess == PreprocessSpec(
-        resize="resize-crop", resize_to=256, jpeg_draft=True)
+        resize="resize-crop", resize_to=256, jpeg_draft=True
+    )
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("0,1", (0, 1)), ("0, 1", (0, 1)), ([0, 1], (0, 1)), (["2"], (2,)), (3, (3,)), ("3", (3,)),
-    ("cpu", "cpu"), ("CPU", "cpu"), ("all", "all"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("0,1", (0, 1)),
+        ("0, 1", (0, 1)),
+        ([0, 1], (0, 1)),
+        (["2"], (2,)),
+        (3, (3,)),
+        ("3", (3,)),
+        ("cpu", "cpu"),
+        ("CPU", "cpu"),
+        ("all", "all"),
+    ],
+)
 def test_gpu_forms(project: Path, value: object, expected: object) -> None:
     assert load_config(None, flags(project, gpus=value)).gpus == expected
 
@@ -222,10 +264,19 @@ def test_gpus_from_yaml_string_and_list(project: Path) -> None:
     assert load_config(write(project / "b.yaml", text + "gpus: [0, 1]\n"), {}).gpus == (0, 1)
 
 
-@pytest.mark.parametrize("value, expected", [
-    (1024, 1024), ("1024", 1024), ("4GiB", 4 * 2**30), ("500MB", 500 * 10**6), ("1.5 GB", 1_500_000_000),
-    ("2kib", 2048), ("10 B", 10), ("0.5MiB", 2**19),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (1024, 1024),
+        ("1024", 1024),
+        ("4GiB", 4 * 2**30),
+        ("500MB", 500 * 10**6),
+        ("1.5 GB", 1_500_000_000),
+        ("2kib", 2048),
+        ("10 B", 10),
+        ("0.5MiB", 2**19),
+    ],
+)
 def test_sizes(project: Path, value: object, expected: int) -> None:
     assert parse_size(value) == expected
     assert load_config(None, flags(project, max_pickle_bytes=value)).max_pickle_bytes == expected
@@ -262,8 +313,10 @@ def test_duplicate_blobs_keep_the_first_with_a_warning(project: Path, caplog: py
 
 
 def test_unknown_keys_get_a_suggestion(project: Path) -> None:
-    path = write(project / "run.yaml", "model: model\nimages: images\noutput: o.pk\nblobs: [fc7]\nbatchsize: 3\n"
-                                      "preprocess: {resise: warp}\n")
+    path = write(
+        project / "run.yaml",
+        "model: model\nimages: images\noutput: o.pk\nblobs: [fc7]\nbatchsize: 3\npreprocess: {resise: warp}\n",
+    )
     with pytest.raises(ConfigError) as excinfo:
         load_config(path, {})
     message = str(excinfo.value)
@@ -282,62 +335,79 @@ def test_unknown_flag_key_and_blob_item_key(project: Path) -> None:
         load_config(None, flags(project, blobs=[{"name": "c", "reduce": {"pool": "max", "gird": 2}}]))
 
 
-@pytest.mark.parametrize("key, value, fragment", [
-    ("batch_size", "abc", "batch_size: expected a whole number >= 1, got 'abc' (str)"),
-    ("batch_size", 2.5, "batch_size: expected a whole number >= 1, got 2.5 (float)"),
-    ("batch_size", True, "batch_size: expected a whole number >= 1, got True (bool)"),
-    ("batch_size", -4, "batch_size: must be >= 1, got -4"),
-    ("batch_size", 0, "batch_size: must be >= 1, got 0"),
-    ("shard_size", -1, "shard_size: must be >= 1"),
-    ("cpu_consumers", 0, 'cpu_consumers: expected "auto" or a whole number >= 1, got 0'),
-    ("ring_slots", "many", "ring_slots: expected a whole number >= 1"),
-    ("producers", "lots", 'producers: expected "auto" or a whole number >= 1'),
-    ("producers", 0, 'producers: expected "auto" or a whole number >= 1, got 0'),
-    ("pickle", "maybe", "pickle: expected true or false, got 'maybe' (str)"),
-    ("require_gpu", 2, "require_gpu: expected true or false"),
-    ("engine", "cafe", "engine: must be one of caffe, torch; got 'cafe' (str); did you mean 'caffe'?"),
-    ("dtype", "flaot16", "dtype: must be one of float32, float16; got 'flaot16' (str); did you mean 'float16'?"),
-    ("dtype", 16, "dtype: must be one of float32, float16; got 16 (int)"),
-    ("compression", "gzip", "compression: must be one of zstd, lz4, snappy, none"),
-    ("storage", "tensors", "storage: must be one of tensor, binary; got 'tensors' (str); did you mean 'tensor'?"),
-    ("on_error", "ignore", "on_error: must be one of skip, fail"),
-    ("gpus", "gpu", 'gpus: expected "cpu", "all", a list of GPU ids'),
-    ("gpus", "0,0", "gpus: GPU [0] listed twice"),
-    ("gpus", [0, -1], "gpus: expected \"cpu\", \"all\", a list of GPU ids such as [0, 1], or the string \"0,1\"; "
-                      "item must be >= 0, got -1"),
-    ("gpus", [], 'gpus: expected "cpu", "all"'),
-    ("max_pickle_bytes", "4XB", "max_pickle_bytes: unknown size unit 'XB' in '4XB'; use B, KB, MB, GB, TB"),
-    ("max_pickle_bytes", "lots", "max_pickle_bytes: expected a size such as 4GiB or 500MB, got 'lots' (str)"),
-    ("max_pickle_bytes", "-5MB", "max_pickle_bytes: expected a size such as 4GiB or 500MB"),
-    ("max_pickle_bytes", 0, "max_pickle_bytes: must be at least 1 byte"),
-    ("preprocess", "warp", "preprocess: expected a mapping such as {resize: warp}, got 'warp' (str)"),
-    ("preprocess.resize", "wrap", "preprocess.resize: must be one of warp, short-side-crop, resize-crop, caffe-io; "
-                                  "got 'wrap' (str); did you mean 'warp'?"),
-    ("preprocess.mean_mode", "pixel", "preprocess.mean_mode: must be one of channel, image-crop, image-resize"),
-    ("preprocess.resize_to", 0, "preprocess.resize_to: must be >= 1, got 0"),
-    ("preprocess.input_scale", -1, "preprocess.input_scale: expected a finite number > 0, got -1 (int)"),
-    ("preprocess.raw_scale", "x", "preprocess.raw_scale: expected a number > 0"),
-    ("preprocess.jpeg_draft", 3, "preprocess.jpeg_draft: expected true or false"),
-    ("preprocess.max_pixels", "big", "preprocess.max_pixels: expected a whole number >= 1"),
-    ("log_file", 5, "log_file: expected a path, got 5 (int)"),
-    ("blobs", 7, 'blobs: expected a list of blob names or the string "fc6,fc7", got 7 (int)'),
-    ("blobs", [], "blobs: is empty; list at least one blob name"),
-    ("blobs", ",", "blobs: is empty; list at least one blob name"),
-    ("blobs", [3], "blobs[0]: expected a blob name or a mapping"),
-    ("blobs", [{"dtype": "float16"}], "blobs[0].name: required"),
-    ("blobs", [{"name": "fc7", "dtype": "half"}], "blobs[0].dtype: must be one of float32, float16"),
-    ("blobs", [{"name": "c", "reduce": "mean"}], "blobs[0].reduce: expected a mapping; use {pool: mean|max, grid: "
-                                                 "k|null} or {project: D, seed: S}"),
-    ("blobs", [{"name": "c", "reduce": {"pool": "avg"}}], "blobs[0].reduce.pool: must be one of mean, max"),
-    ("blobs", [{"name": "c", "reduce": {"pool": "max", "grid": 0}}], "blobs[0].reduce.grid: must be >= 1, got 0"),
-    ("blobs", [{"name": "c", "reduce": {"grid": 2}}], "blobs[0].reduce.pool: required with grid"),
-    ("blobs", [{"name": "c", "reduce": {"project": 0}}], "blobs[0].reduce.project: must be >= 1"),
-    ("blobs", [{"name": "c", "reduce": {"seed": 1}}], "blobs[0].reduce.project: required with seed"),
-    ("blobs", [{"name": "c", "reduce": {"project": 8, "seed": -1}}], "blobs[0].reduce.seed: must be >= 0"),
-    ("blobs", [{"name": "c", "reduce": {"pool": "max", "project": 8}}], "blobs[0].reduce: mixes pooling and "
-                                                                        "projection; choose one"),
-    ("blobs", [{"name": "c", "reduce": {}}], "blobs[0].reduce: is empty"),
-])
+@pytest.mark.parametrize(
+    "key, value, fragment",
+    [
+        ("batch_size", "abc", "batch_size: expected a whole number >= 1, got 'abc' (str)"),
+        ("batch_size", 2.5, "batch_size: expected a whole number >= 1, got 2.5 (float)"),
+        ("batch_size", True, "batch_size: expected a whole number >= 1, got True (bool)"),
+        ("batch_size", -4, "batch_size: must be >= 1, got -4"),
+        ("batch_size", 0, "batch_size: must be >= 1, got 0"),
+        ("shard_size", -1, "shard_size: must be >= 1"),
+        ("cpu_consumers", 0, 'cpu_consumers: expected "auto" or a whole number >= 1, got 0'),
+        ("ring_slots", "many", "ring_slots: expected a whole number >= 1"),
+        ("producers", "lots", 'producers: expected "auto" or a whole number >= 1'),
+        ("producers", 0, 'producers: expected "auto" or a whole number >= 1, got 0'),
+        ("pickle", "maybe", "pickle: expected true or false, got 'maybe' (str)"),
+        ("require_gpu", 2, "require_gpu: expected true or false"),
+        ("engine", "cafe", "engine: must be one of caffe, torch; got 'cafe' (str); did you mean 'caffe'?"),
+        ("dtype", "flaot16", "dtype: must be one of float32, float16; got 'flaot16' (str); did you mean 'float16'?"),
+        ("dtype", 16, "dtype: must be one of float32, float16; got 16 (int)"),
+        ("compression", "gzip", "compression: must be one of zstd, lz4, snappy, none"),
+        ("storage", "tensors", "storage: must be one of tensor, binary; got 'tensors' (str); did you mean 'tensor'?"),
+        ("on_error", "ignore", "on_error: must be one of skip, fail"),
+        ("gpus", "gpu", 'gpus: expected "cpu", "all", a list of GPU ids'),
+        ("gpus", "0,0", "gpus: GPU [0] listed twice"),
+        (
+            "gpus",
+            [0, -1],
+            'gpus: expected "cpu", "all", a list of GPU ids such as [0, 1], or the string "0,1"; '
+            "item must be >= 0, got -1",
+        ),
+        ("gpus", [], 'gpus: expected "cpu", "all"'),
+        ("max_pickle_bytes", "4XB", "max_pickle_bytes: unknown size unit 'XB' in '4XB'; use B, KB, MB, GB, TB"),
+        ("max_pickle_bytes", "lots", "max_pickle_bytes: expected a size such as 4GiB or 500MB, got 'lots' (str)"),
+        ("max_pickle_bytes", "-5MB", "max_pickle_bytes: expected a size such as 4GiB or 500MB"),
+        ("max_pickle_bytes", 0, "max_pickle_bytes: must be at least 1 byte"),
+        ("preprocess", "warp", "preprocess: expected a mapping such as {resize: warp}, got 'warp' (str)"),
+        (
+            "preprocess.resize",
+            "wrap",
+            "preprocess.resize: must be one of warp, short-side-crop, resize-crop, caffe-io; "
+            "got 'wrap' (str); did you mean 'warp'?",
+        ),
+        ("preprocess.mean_mode", "pixel", "preprocess.mean_mode: must be one of channel, image-crop, image-resize"),
+        ("preprocess.resize_to", 0, "preprocess.resize_to: must be >= 1, got 0"),
+        ("preprocess.input_scale", -1, "preprocess.input_scale: expected a finite number > 0, got -1 (int)"),
+        ("preprocess.raw_scale", "x", "preprocess.raw_scale: expected a number > 0"),
+        ("preprocess.jpeg_draft", 3, "preprocess.jpeg_draft: expected true or false"),
+        ("preprocess.max_pixels", "big", "preprocess.max_pixels: expected a whole number >= 1"),
+        ("log_file", 5, "log_file: expected a path, got 5 (int)"),
+        ("blobs", 7, 'blobs: expected a list of blob names or the string "fc6,fc7", got 7 (int)'),
+        ("blobs", [], "blobs: is empty; list at least one blob name"),
+        ("blobs", ",", "blobs: is empty; list at least one blob name"),
+        ("blobs", [3], "blobs[0]: expected a blob name or a mapping"),
+        ("blobs", [{"dtype": "float16"}], "blobs[0].name: required"),
+        ("blobs", [{"name": "fc7", "dtype": "half"}], "blobs[0].dtype: must be one of float32, float16"),
+        (
+            "blobs",
+            [{"name": "c", "reduce": "mean"}],
+            "blobs[0].reduce: expected a mapping; use {pool: mean|max, grid: k|null} or {project: D, seed: S}",
+        ),
+        ("blobs", [{"name": "c", "reduce": {"pool": "avg"}}], "blobs[0].reduce.pool: must be one of mean, max"),
+        ("blobs", [{"name": "c", "reduce": {"pool": "max", "grid": 0}}], "blobs[0].reduce.grid: must be >= 1, got 0"),
+        ("blobs", [{"name": "c", "reduce": {"grid": 2}}], "blobs[0].reduce.pool: required with grid"),
+        ("blobs", [{"name": "c", "reduce": {"project": 0}}], "blobs[0].reduce.project: must be >= 1"),
+        ("blobs", [{"name": "c", "reduce": {"seed": 1}}], "blobs[0].reduce.project: required with seed"),
+        ("blobs", [{"name": "c", "reduce": {"project": 8, "seed": -1}}], "blobs[0].reduce.seed: must be >= 0"),
+        (
+            "blobs",
+            [{"name": "c", "reduce": {"pool": "max", "project": 8}}],
+            "blobs[0].reduce: mixes pooling and projection; choose one",
+        ),
+        ("blobs", [{"name": "c", "reduce": {}}], "blobs[0].reduce: is empty"),
+    ],
+)
 def test_each_invalid_value_names_the_key_and_the_fix(project: Path, key: str, value: object, fragment: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load_config(None, flags(project, **{key: value}))
@@ -346,13 +416,16 @@ def test_each_invalid_value_names_the_key_and_the_fix(project: Path, key: str, v
     assert excinfo.value.exit_code == 2
 
 
-@pytest.mark.parametrize("codec, level, fragment", [
-    ("snappy", 3, "compression_level: snappy takes no level; remove compression_level or use zstd or lz4"),
-    ("none", 1, "compression_level: none takes no level"),
-    ("zstd", 23, "compression_level: zstd levels are -131072..22, got 23"),
-    ("lz4", 0, "compression_level: lz4 levels are 1..12, got 0"),
-    ("zstd", "high", "compression_level: expected an integer, got 'high' (str)"),
-])
+@pytest.mark.parametrize(
+    "codec, level, fragment",
+    [
+        ("snappy", 3, "compression_level: snappy takes no level; remove compression_level or use zstd or lz4"),
+        ("none", 1, "compression_level: none takes no level"),
+        ("zstd", 23, "compression_level: zstd levels are -131072..22, got 23"),
+        ("lz4", 0, "compression_level: lz4 levels are 1..12, got 0"),
+        ("zstd", "high", "compression_level: expected an integer, got 'high' (str)"),
+    ],
+)
 def test_compression_levels(project: Path, codec: str, level: object, fragment: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_config(None, flags(project, compression=codec, compression_level=level))
@@ -370,8 +443,12 @@ def test_missing_required_keys_name_the_flags(project: Path) -> None:
         load_config(None, {})
     message = str(excinfo.value)
     assert problem_keys(excinfo) == ["model", "images", "output", "blobs"]
-    for key, flag in [("model", "-m/--model"), ("images", "-i/--images"), ("output", "-o/--output"),
-                      ("blobs", "-b/--blobs")]:
+    for key, flag in [
+        ("model", "-m/--model"),
+        ("images", "-i/--images"),
+        ("output", "-o/--output"),
+        ("blobs", "-b/--blobs"),
+    ]:
         assert f"{key}: required; set `{key}:` in the config file or pass {flag}" in message
     assert "invalid config (command line), 4 problems:" in message
 
@@ -450,10 +527,13 @@ def test_canonical_form(project: Path) -> None:
     canonical = config.canonical()
     assert list(canonical) == sorted(canonical)
     assert set(canonical) == {f.name for f in dataclasses.fields(Config) if not f.name.startswith("_")} - {
-        "blob_specs"} | {"blobs"}
+        "blob_specs"
+    } | {"blobs"}
     assert canonical["model"] == str(project / "model") and Path(canonical["output"]).is_absolute()
-    assert canonical["blobs"] == [{"name": "fc6", "dtype": "float32", "reduce": None},
-                                  {"name": "conv1", "dtype": "float32", "reduce": {"pool": "max", "grid": 2}}]
+    assert canonical["blobs"] == [
+        {"name": "fc6", "dtype": "float32", "reduce": None},
+        {"name": "conv1", "dtype": "float32", "reduce": {"pool": "max", "grid": 2}},
+    ]
     assert canonical["preprocess"]["raw_scale"] == 255.0 and canonical["gpus"] == "all"
     assert canonical["log_file"] == str(project / "out" / "a.log")
     assert json.loads(json.dumps(canonical)) == canonical
@@ -468,9 +548,16 @@ def test_fingerprint_stability(project: Path) -> None:
     assert first.fingerprint() == reordered.fingerprint()
     assert first == reordered
     # The same settings given as flags only.
-    by_flags = load_config(None, {"model": str(project / "model"), "images": str(project / "images"),
-                                  "output": str(project / "out" / "a.pk"), "batch_size": "16",
-                                  "blobs": ["fc6", {"name": "conv1", "reduce": {"pool": "max", "grid": 2}}]})
+    by_flags = load_config(
+        None,
+        {
+            "model": str(project / "model"),
+            "images": str(project / "images"),
+            "output": str(project / "out" / "a.pk"),
+            "batch_size": "16",
+            "blobs": ["fc6", {"name": "conv1", "reduce": {"pool": "max", "grid": 2}}],
+        },
+    )
     assert by_flags.fingerprint() == first.fingerprint()
     # Any changed value changes it.
     changed = {
@@ -518,8 +605,9 @@ def test_replace_revalidates_and_keeps_derived_defaults(project: Path, monkeypat
 
 
 def test_replace_on_a_directly_built_config(project: Path) -> None:
-    config = Config(model=project / "model", images=project / "images", output=project / "o.pk",
-                    blob_specs=(BlobSpec("fc7"),))
+    config = Config(
+        model=project / "model", images=project / "images", output=project / "o.pk", blob_specs=(BlobSpec("fc7"),)
+    )
     assert config.replace(batch_size=2).batch_size == 2
     assert config.replace(batch_size=2).log_file == project / "o.log"
 
@@ -552,18 +640,46 @@ def test_fingerprint_is_canonical_json_sha256() -> None:
 
 def test_result_fingerprint_ignores_the_order_of_nested_keys(project: Path) -> None:
     keys = {"model": str(project / "model"), "images": str(project / "images"), "output": str(project / "o.pk")}
-    a = load_config(None, {**keys, "blobs": [{"name": "fc7", "reduce": {"pool": "mean", "grid": 2}}],
-                           "preprocess": {"resize": "warp", "raw_scale": 255}})
-    b = load_config(None, {**keys, "blobs": [{"reduce": {"grid": 2, "pool": "mean"}, "name": "fc7"}],
-                           "preprocess": {"raw_scale": 255, "resize": "warp"}})
+    a = load_config(
+        None,
+        {
+            **keys,
+            "blobs": [{"name": "fc7", "reduce": {"pool": "mean", "grid": 2}}],
+            "preprocess": {"resize": "warp", "raw_scale": 255},
+        },
+    )
+    b = load_config(
+        None,
+        {
+            **keys,
+            "blobs": [{"reduce": {"grid": 2, "pool": "mean"}, "name": "fc7"}],
+            "preprocess": {"raw_scale": 255, "resize": "warp"},
+        },
+    )
     assert a.result_fingerprint() == b.result_fingerprint() and a.fingerprint() == b.fingerprint()
 
 
-@pytest.mark.parametrize("text, value", [("true", True), ("Yes", True), ("on", True), ("ON", True), ("1", True),
-                                         ("false", False), ("no", False), ("Off", False), ("0", False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        ("Yes", True),
+        ("on", True),
+        ("ON", True),
+        ("1", True),
+        ("false", False),
+        ("no", False),
+        ("Off", False),
+        ("0", False),
+    ],
+)
 def test_boolean_strings(text: str, value: bool, project: Path) -> None:
-    keys = {"model": str(project / "model"), "images": str(project / "images"), "output": str(project / "o.pk"),
-            "blobs": "fc7"}
+    keys = {
+        "model": str(project / "model"),
+        "images": str(project / "images"),
+        "output": str(project / "o.pk"),
+        "blobs": "fc7",
+    }
     assert load_config(None, {**keys, "pickle": text}).pickle is value
 
 
@@ -604,11 +720,15 @@ def test_an_output_of_savedeep_0_1_0_can_still_be_resumed(project: Path, tmp_pat
     old_record = {"result_fingerprint": _sha256_json({k: old[k] for k in RESULT_KEYS}), "config": old}
     assert old_record["result_fingerprint"] != config.result_fingerprint()  # the bytes did change
     assert recorded_result_fingerprint(old_record) == config.result_fingerprint()
-    manifest = Manifest(tmp_path, json.loads(json.dumps(
-        {**old_record, "model": {"sha256": {}}, "images": {"keys_sha256": "k", "count": 0}})))
+    manifest = Manifest(
+        tmp_path,
+        json.loads(json.dumps({**old_record, "model": {"sha256": {}}, "images": {"keys_sha256": "k", "count": 0}})),
+    )
     assert manifest.changes(config, dict, "k", 0) == []  # resumable
     # a real difference is still one
     other = config.replace(preprocess={"resize": "resize-crop", "resize_to": 300})
     assert manifest.changes(other, dict, "k", 0) == ["config keys preprocess"]
-    assert recorded_result_fingerprint(old_record) != config.replace(preprocess={"exif_transpose": True}) \
-        .result_fingerprint()
+    assert (
+        recorded_result_fingerprint(old_record)
+        != config.replace(preprocess={"exif_transpose": True}).result_fingerprint()
+    )

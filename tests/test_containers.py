@@ -39,8 +39,13 @@ def _repo_with_readme(tmp_path: Path, readme: str) -> Path:
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(CHECK, repo / "scripts" / CHECK.name)
     (repo / "README.md").write_text(readme)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "readme"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
     return repo
@@ -48,16 +53,29 @@ def _repo_with_readme(tmp_path: Path, readme: str) -> Path:
 
 def test_check_follows_the_committed_readme(tmp_path):
     """Bug: the commands are written into the script, so a README change is not what the check proves."""
-    repo = _repo_with_readme(tmp_path, "# x\n\n```bash\n# set up\nbash a.sh && run demo\n\n# test\nbash a.sh && test\n```\n"
-                                       "\n```bash\nnot this one\n```\n")
-    r = subprocess.run(["bash", "scripts/fresh_machine_check.sh", "--print-commands"], cwd=repo,
-                       capture_output=True, text=True, timeout=60)
+    repo = _repo_with_readme(
+        tmp_path,
+        "# x\n\n```bash\n# set up\nbash a.sh && run demo\n\n# test\nbash a.sh && test\n```\n"
+        "\n```bash\nnot this one\n```\n",
+    )
+    r = subprocess.run(
+        ["bash", "scripts/fresh_machine_check.sh", "--print-commands"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["bash a.sh && run demo", "bash a.sh && test"]
     # An uncommitted README is not what a clean clone holds: the check reads the commit's.
     (repo / "README.md").write_text("```bash\nother\nthings\n```\n")
-    r = subprocess.run(["bash", "scripts/fresh_machine_check.sh", "--print-commands"], cwd=repo,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", "scripts/fresh_machine_check.sh", "--print-commands"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout.splitlines() == ["bash a.sh && run demo", "bash a.sh && test"]
 
 
@@ -65,16 +83,28 @@ def test_check_follows_the_committed_readme(tmp_path):
 def test_check_refuses_a_readme_without_exactly_two_commands(tmp_path, block):
     """Bug: a README whose first block changed shape is checked half, or with a third line ignored."""
     repo = _repo_with_readme(tmp_path, f"```bash\n{block}```\n")
-    r = subprocess.run(["bash", "scripts/fresh_machine_check.sh", "--print-commands"], cwd=repo,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", "scripts/fresh_machine_check.sh", "--print-commands"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "README.md" in lines[0] and "exactly two commands" in lines[0], r.stderr
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize("args, key", [(["--timeout", "0"], "--timeout"), (["--shm-size", "lots"], "--shm-size"),
-                                       (["--commit", "no-such-rev"], "--commit"), (["--frobnicate"], "--frobnicate")])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--timeout", "0"], "--timeout"),
+        (["--shm-size", "lots"], "--shm-size"),
+        (["--commit", "no-such-rev"], "--commit"),
+        (["--frobnicate"], "--frobnicate"),
+    ],
+)
 def test_check_bad_options_are_one_line(args, key):
     r = subprocess.run(["bash", str(CHECK), *args, "--print-commands"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
@@ -97,22 +127,31 @@ def test_registry_config_finds_the_files_the_configuration_names(tmp_path):
     (tmp_path / "mirror" / "simple").mkdir(parents=True)
     (tmp_path / "mirror" / "files").mkdir()
     (tmp_path / "constraints.txt").write_text("torch<=3\n")
-    (tmp_path / "pip.conf").write_text(f"[global]\nconstraint = {tmp_path}/constraints.txt\n"
-                                       f"extra-index-url = https://example.invalid/simple file://{tmp_path}/mirror/simple\n")
-    found = _registry({
-        "PIP_CERT": f"{tmp_path}/ca.pem",
-        "PIP_FIND_LINKS": f"{tmp_path}/wheels {tmp_path}/missing",
-        "PIP_CONFIG_FILE": f"{tmp_path}/pip.conf",
-        "https_proxy": "http://proxy.invalid:3128",
-        "UNRELATED_PATH": f"{tmp_path}/constraints.txt",
-        "XDG_CONFIG_DIRS": f"{tmp_path}/no-xdg",
-    })
+    (tmp_path / "pip.conf").write_text(
+        f"[global]\nconstraint = {tmp_path}/constraints.txt\n"
+        f"extra-index-url = https://example.invalid/simple file://{tmp_path}/mirror/simple\n"
+    )
+    found = _registry(
+        {
+            "PIP_CERT": f"{tmp_path}/ca.pem",
+            "PIP_FIND_LINKS": f"{tmp_path}/wheels {tmp_path}/missing",
+            "PIP_CONFIG_FILE": f"{tmp_path}/pip.conf",
+            "https_proxy": "http://proxy.invalid:3128",
+            "UNRELATED_PATH": f"{tmp_path}/constraints.txt",
+            "XDG_CONFIG_DIRS": f"{tmp_path}/no-xdg",
+        }
+    )
     assert ("env", "PIP_CERT") in found and ("env", "PIP_FIND_LINKS") in found and ("env", "https_proxy") in found
     assert ("env", "PIP_CONFIG_FILE") in found
     assert ("env", "UNRELATED_PATH") not in found
     binds = {path for kind, path in found if kind == "bind"}
-    assert {f"{tmp_path}/ca.pem", f"{tmp_path}/wheels", f"{tmp_path}/pip.conf", f"{tmp_path}/constraints.txt",
-            f"{tmp_path}/mirror"} <= binds
+    assert {
+        f"{tmp_path}/ca.pem",
+        f"{tmp_path}/wheels",
+        f"{tmp_path}/pip.conf",
+        f"{tmp_path}/constraints.txt",
+        f"{tmp_path}/mirror",
+    } <= binds
     # a file:// index is bound with the folder its pages link into; paths that do not exist are not bound
     assert f"{tmp_path}/mirror/simple" not in binds and f"{tmp_path}/missing" not in binds
     # one line per path

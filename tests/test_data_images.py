@@ -62,7 +62,7 @@ def test_text_list_keeps_order_and_resolves_relative_to_the_list(tmp_path, photo
 def test_csv_list_carries_metadata_columns(tmp_path, photos):
     shutil.copy(photos[0], tmp_path / "p.jpg")
     shutil.copy(photos[1], tmp_path / "q.png")
-    (tmp_path / "l.csv").write_text("\ufefflabel,path,split\ncat,q.png,train\n\"dog, big\",p.jpg,test\n")
+    (tmp_path / "l.csv").write_text('\ufefflabel,path,split\ncat,q.png,train\n"dog, big",p.jpg,test\n')
     listed = list_images(tmp_path / "l.csv")
     assert listed.keys == ["q.png", "p.jpg"]
     assert listed.metadata == {"label": ["cat", "dog, big"], "split": ["train", "test"]}

@@ -14,8 +14,10 @@ import pytest
 from savedeep.data.output import RUN_LOG_FORMAT, ColumnSpec, ShardWriter, string_array
 
 
-@pytest.mark.parametrize("values", [[], ["a"], ["x", None, "héllo ✓", ""], [None, None], ["a"] * 9 + [None],
-                                    ["dir/sub dir/IMG_0001.JPG", "ü" * 300]])
+@pytest.mark.parametrize(
+    "values",
+    [[], ["a"], ["x", None, "héllo ✓", ""], [None, None], ["a"] * 9 + [None], ["dir/sub dir/IMG_0001.JPG", "ü" * 300]],
+)
 def test_string_array_equals_pa_array(values):
     got = string_array(values)
     got.validate(full=True)
@@ -65,10 +67,17 @@ print("pandas" in sys.modules)
 
 def test_writing_shards_and_failures_does_not_import_pandas(tmp_path):
     """pandas costs a writer 0.25 s at its first batch and the parent as much at the end of a run."""
-    out = subprocess.run([sys.executable, "-c", _NO_PANDAS, str(tmp_path / "acts.parquet")], capture_output=True,
-                         text=True, check=True, timeout=120).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_PANDAS, str(tmp_path / "acts.parquet")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.strip()
     assert out == "False"
-    assert pq.read_table(tmp_path / "acts.failures.parquet").to_pylist() == [{"image": "bad.jpg", "reason": "not an image"}]
+    assert pq.read_table(tmp_path / "acts.failures.parquet").to_pylist() == [
+        {"image": "bad.jpg", "reason": "not an image"}
+    ]
 
 
 def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
@@ -98,8 +107,10 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
     handler.emit(logging.LogRecord("savedeep.runner.pipeline", logging.INFO, __file__, 1, "rings: ...", None, None))
     handler.close()
     report = parent / "acts.report.html"  # the head savedeep/analysis/report.py writes
-    report.write_text('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>savedeep report</title>\n'
-                      '<meta name="generator" content="savedeep report">\n</head><body></body></html>\n')
+    report.write_text(
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>savedeep report</title>\n'
+        '<meta name="generator" content="savedeep report">\n</head><body></body></html>\n'
+    )
     files = sorted([*d.iterdir(), pk, log_file, parent / "acts.failures.parquet", parent / ".acts.pk.tmp77", report])
     assert any(f.name.startswith(".part-") for f in files)  # the unfinished shard is there too
     return pk, d, log_file, files
@@ -118,8 +129,18 @@ def test_overwrite_deletes_what_savedeep_wrote_and_nothing_beside_it(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == [".acts.lock", "acts.pk.bak", "stimuli.csv"]
 
 
-@pytest.mark.parametrize("foreign", ["file in the directory", "folder in the directory", "own pickle",
-                                     "own log", "own failures", "own report page", "directory without manifest"])
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        "file in the directory",
+        "folder in the directory",
+        "own pickle",
+        "own log",
+        "own failures",
+        "own report page",
+        "directory without manifest",
+    ],
+)
 def test_overwrite_refuses_next_to_a_file_savedeep_did_not_write(tmp_path, foreign):
     from savedeep.errors import OutputError
     from savedeep.data.output import remove_output

@@ -47,13 +47,19 @@ def _report_blobs(page: Path) -> list[str]:
 
 # entry point -> (call(path, blobs, dest), the blobs its result holds)
 MANY = {
-    "load": (lambda p, b, d: savedeep.load(p, blobs=b),
-             lambda r: [c for c in r.columns if c not in ("image", "label")]),
+    "load": (
+        lambda p, b, d: savedeep.load(p, blobs=b),
+        lambda r: [c for c in r.columns if c not in ("image", "label")],
+    ),
     "load_xarray": (lambda p, b, d: savedeep.load_xarray(p, b), lambda r: list(r.data_vars)),
-    "load_assembly": (lambda p, b, d: savedeep.load_assembly(p, b),
-                      lambda r: list(dict.fromkeys(r["layer"].values.tolist()))),
-    "export": (lambda p, b, d: savedeep.export(p, "npy", d / "acts_npy", blobs=b),
-               lambda r: json.loads((r / "savedeep_export.json").read_text())["blob_order"]),
+    "load_assembly": (
+        lambda p, b, d: savedeep.load_assembly(p, b),
+        lambda r: list(dict.fromkeys(r["layer"].values.tolist())),
+    ),
+    "export": (
+        lambda p, b, d: savedeep.export(p, "npy", d / "acts_npy", blobs=b),
+        lambda r: json.loads((r / "savedeep_export.json").read_text())["blob_order"],
+    ),
     "report": (lambda p, b, d: savedeep.report(p, d / "acts.report.html", blobs=b, thumbnails=False), _report_blobs),
     "blob_similarity": (lambda p, b, d: savedeep.blob_similarity(p, b), lambda r: list(r.index)),
 }
@@ -118,8 +124,13 @@ def test_the_reader_refuses_a_shard_that_changed_after_the_run(output, tmp_path)
     manifest["shards"][0]["rows"] = 3  # the file holds 4
     (copy / "_manifest.json").write_text(json.dumps(manifest))
     src = SavedOutput.open(copy)
-    for read in (lambda: src.read_blob("a"), lambda: list(src.iter_blob("b")), lambda: src.index(),
-                 lambda: src.read_shard(0, "c"), lambda: src.frame("a")):
+    for read in (
+        lambda: src.read_blob("a"),
+        lambda: list(src.iter_blob("b")),
+        lambda: src.index(),
+        lambda: src.read_shard(0, "c"),
+        lambda: src.frame("a"),
+    ):
         with pytest.raises(OutputError, match="does not hold the 3 rows its manifest entry says"):
             read()
     assert np.array_equal(SavedOutput.open(directory).read_blob("a"), data["a"])
@@ -163,11 +174,17 @@ def test_what_is_not_an_output_is_one_clear_error(tmp_path) -> None:
     (tmp_path / "folder").mkdir()
     (tmp_path / "notes.pk").write_text("my notes")
     (tmp_path / "other.pk").write_bytes(__import__("pickle").dumps({"my": "results"}))
-    for path, says in ((tmp_path / "folder", "has no _manifest.json: not a savedeep output"),
-                       (tmp_path / "nothing.pk", "has no _manifest.json: not a savedeep output"),
-                       (tmp_path / "notes.pk", "cannot be read as a pickle"),
-                       (tmp_path / "other.pk", "is not a savedeep output (a pandas DataFrame with an image column)")):
-        for read in (SavedOutput.open, savedeep.load, lambda p: savedeep.load_array(p, "a"),
-                     lambda p: savedeep.export(p, "npy")):
+    for path, says in (
+        (tmp_path / "folder", "has no _manifest.json: not a savedeep output"),
+        (tmp_path / "nothing.pk", "has no _manifest.json: not a savedeep output"),
+        (tmp_path / "notes.pk", "cannot be read as a pickle"),
+        (tmp_path / "other.pk", "is not a savedeep output (a pandas DataFrame with an image column)"),
+    ):
+        for read in (
+            SavedOutput.open,
+            savedeep.load,
+            lambda p: savedeep.load_array(p, "a"),
+            lambda p: savedeep.export(p, "npy"),
+        ):
             with pytest.raises(OutputError, match=re.escape(says)):
                 read(path)

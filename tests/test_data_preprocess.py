@@ -180,7 +180,9 @@ def test_image_resize_mean_equals_set_mean(caffe_io_with_resize, by_name, ilsvrc
 # ---------------------------------------------------------------- decoding
 
 
-@pytest.mark.parametrize("name", ["cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "coins.png", "rocket.jpg"])
+@pytest.mark.parametrize(
+    "name", ["cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "coins.png", "rocket.jpg"]
+)
 def test_decode_equals_caffe_io_reader(by_name, name):
     pre = Preprocessor(PreprocessSpec(), None, (3, 227, 227))
     rgb = pre.decode(by_name[name])
@@ -193,8 +195,14 @@ def test_decode_equals_caffe_io_reader(by_name, name):
 def test_every_format_decodes_to_the_same_pixels(by_name, tmp_path):
     rgb = skimage_io.imread(by_name["chelsea.png"])
     pre = Preprocessor(PreprocessSpec(), None, (3, 227, 227))
-    for ext, kw in [("png", {}), ("bmp", {}), ("tif", {}), ("tiff", {"compression": "tiff_lzw"}),
-                    ("webp", {"lossless": True}), ("gif", {})]:
+    for ext, kw in [
+        ("png", {}),
+        ("bmp", {}),
+        ("tif", {}),
+        ("tiff", {"compression": "tiff_lzw"}),
+        ("webp", {"lossless": True}),
+        ("gif", {}),
+    ]:
         path = tmp_path / f"chelsea.{ext}"
         Image.fromarray(rgb).save(path, **kw)
         expected = np.asarray(Image.open(path).convert("RGB")) if ext == "gif" else rgb  # GIF quantises
@@ -418,8 +426,13 @@ def test_output_is_identical_in_another_process(by_name, testdata, ilsvrc_mean):
         "print(hashlib.sha256(p.load(Path(sys.argv[2])).tobytes()).hexdigest())"
     )
     mean_path = testdata / "models" / "ilsvrc_2012_mean.npy"
-    out = subprocess.run([sys.executable, "-c", code, str(mean_path), str(by_name["fish-bike.jpg"])],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(mean_path), str(by_name["fish-bike.jpg"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert out.stdout.strip() == here
 
 
@@ -438,8 +451,11 @@ def test_load_mean_shapes(testdata, tmp_path):
         assert load_mean(tmp_path / "g.npy").shape == gray.shape[-3:] if gray.ndim > 1 else (1,)
     for bad in [np.zeros(4), np.zeros(2), np.zeros((3, 1)), np.zeros((2, 256, 256)), np.zeros((2, 3, 8, 8))]:
         np.save(tmp_path / "bad.npy", bad)
-        with pytest.raises(ModelError, match=r"bad\.npy: the mean has shape .*expected a \(3,\) BGR vector or a \(3, H, W\)"
-                                             r".*or \(1,\) or \(1, H, W\) for a net with a 1-channel input"):
+        with pytest.raises(
+            ModelError,
+            match=r"bad\.npy: the mean has shape .*expected a \(3,\) BGR vector or a \(3, H, W\)"
+            r".*or \(1,\) or \(1, H, W\) for a net with a 1-channel input",
+        ):
             load_mean(tmp_path / "bad.npy")
     (tmp_path / "junk.npy").write_text("nope")
     with pytest.raises(ModelError, match="junk.npy: cannot read the mean file"):
@@ -463,7 +479,9 @@ def test_load_mean_reads_caffe_binaryproto(testdata, tmp_path):
     assert np.array_equal(load_mean(tmp_path / "legacy.binaryproto"), m)
     dims = b"".join(_varint(d) for d in (1, 3, 256, 256))
     shape = b"\x0a" + _varint(len(dims)) + dims
-    (tmp_path / "shape.binaryproto").write_bytes(b"\x2a" + _varint(len(payload)) + payload + b"\x3a" + _varint(len(shape)) + shape)
+    (tmp_path / "shape.binaryproto").write_bytes(
+        b"\x2a" + _varint(len(payload)) + payload + b"\x3a" + _varint(len(shape)) + shape
+    )
     assert np.array_equal(load_mean(tmp_path / "shape.binaryproto"), m)
     (tmp_path / "cut.binaryproto").write_bytes((legacy + b"\x2a" + _varint(len(payload)) + payload)[:5000])
     with pytest.raises(ModelError, match="cut.binaryproto: truncated binaryproto"):
@@ -509,13 +527,30 @@ def test_spec_validation_and_describe(ilsvrc_mean):
     assert d["channel_order"] == "BGR" and d["layout"] == "CHW" and d["input_shape"] == [3, 224, 224]
     assert d["raw_scale"] == 255.0 and d["input_scale"] == 0.017
     assert d["decoder"]["exif_orientation"].startswith("ignored") and d["decoder"]["alpha"].startswith("dropped")
-    assert d["order"] == ["decode", "resize", "to_float", "transpose", "channel_swap", "raw_scale", "mean", "input_scale"]
+    assert d["order"] == [
+        "decode",
+        "resize",
+        "to_float",
+        "transpose",
+        "channel_swap",
+        "raw_scale",
+        "mean",
+        "input_scale",
+    ]
 
 
 # One preprocessing spec (issue 34): the config's ``preprocess:`` section and the Python API's spec were two
 # classes with their own checks, and resize_to defaulted to null in one and 256 in the other.
-_ONE_VALUE_PER_KEY = {"resize": "short-side-crop", "resize_to": 300, "mean_mode": "image-crop", "input_scale": 0.5,
-                      "raw_scale": 1.0, "jpeg_draft": True, "max_pixels": 1000, "exif_transpose": True}
+_ONE_VALUE_PER_KEY = {
+    "resize": "short-side-crop",
+    "resize_to": 300,
+    "mean_mode": "image-crop",
+    "input_scale": 0.5,
+    "raw_scale": 1.0,
+    "jpeg_draft": True,
+    "max_pixels": 1000,
+    "exif_transpose": True,
+}
 
 
 def _config_with(tmp_path: Path, model: Path, preprocess: str) -> "object":
@@ -550,16 +585,22 @@ def test_the_spec_has_one_default_and_one_validation(caffenet_dir, tmp_path):
     assert config.preprocess == PreprocessSpec() == savedeep.transform(caffenet_dir).preprocessor.spec
     assert config.preprocess.resize_to == 256  # was null in the config, 256 in the spec
     # the config table documents the class's own defaults, for every field
-    assert {k.name: k.default for k in _PREPROCESS_KEYS} == {f.name: f.default for f in
-                                                             dataclasses.fields(PreprocessSpec)}
+    assert {k.name: k.default for k in _PREPROCESS_KEYS} == {
+        f.name: f.default for f in dataclasses.fields(PreprocessSpec)
+    }
     # null means the default, and the same spelling is accepted by both (the spec refused "Warp" and None)
-    assert _config_with(tmp_path, caffenet_dir, "preprocess: {resize: Warp, resize_to: null}\n").preprocess \
-        == PreprocessSpec(resize="Warp", resize_to=None) == PreprocessSpec()
+    assert (
+        _config_with(tmp_path, caffenet_dir, "preprocess: {resize: Warp, resize_to: null}\n").preprocess
+        == PreprocessSpec(resize="Warp", resize_to=None)
+        == PreprocessSpec()
+    )
     # one mistake, one message, from a config file, the spec or savedeep.transform
     messages = set()
-    for make in (lambda: _config_with(tmp_path, caffenet_dir, "preprocess: {input_scale: -1}\n"),
-                 lambda: PreprocessSpec(input_scale=-1),
-                 lambda: savedeep.transform(caffenet_dir, {"input_scale": -1})):
+    for make in (
+        lambda: _config_with(tmp_path, caffenet_dir, "preprocess: {input_scale: -1}\n"),
+        lambda: PreprocessSpec(input_scale=-1),
+        lambda: savedeep.transform(caffenet_dir, {"input_scale": -1}),
+    ):
         with pytest.raises(ConfigError) as excinfo:
             make()
         messages.add(str(excinfo.value).split(": ", 1)[1])

@@ -31,13 +31,20 @@ BLOBS = ["fc7", "conv1", "prob"]  # conv1 is stored float16 and pooled to (96, 2
 def output(caffenet_dir, photos, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """A finished run over five fixed photos and three broken files, in three shards, with failures."""
     root = tmp_path_factory.mktemp("readers")
-    images = copy_photos(photos, root / "images", ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png",
-                                                   "coffee.png"))
+    images = copy_photos(
+        photos, root / "images", ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "coffee.png")
+    )
     make_bad_images(images, images / "cat.jpg")
-    cfg = savedeep.load_config(None, model=caffenet_dir, images=images, output=root / "out" / "acts.pk",
-                               gpus="cpu", batch_size=2, shard_size=3,
-                               blobs=["fc7", {"name": "conv1", "dtype": "float16",
-                                              "reduce": {"pool": "mean", "grid": 2}}, "prob"])
+    cfg = savedeep.load_config(
+        None,
+        model=caffenet_dir,
+        images=images,
+        output=root / "out" / "acts.pk",
+        gpus="cpu",
+        batch_size=2,
+        shard_size=3,
+        blobs=["fc7", {"name": "conv1", "dtype": "float16", "reduce": {"pool": "mean", "grid": 2}}, "prob"],
+    )
     result = savedeep.run(cfg)
     assert result.rows == 5 and result.failures == 3
     reference = savedeep.load(root / "out" / "acts.pk")

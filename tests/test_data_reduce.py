@@ -44,8 +44,9 @@ def pool(name: str, mode: str, grid: int | None, dtype: str = "float32") -> Blob
 # --------------------------------------------------------------------------- pooling
 
 
-@pytest.mark.parametrize("size, k", [(13, 1), (13, 2), (13, 3), (13, 5), (13, 13), (55, 2), (55, 7), (27, 4),
-                                     (6, 4), (7, 6)])
+@pytest.mark.parametrize(
+    "size, k", [(13, 1), (13, 2), (13, 3), (13, 5), (13, 13), (55, 2), (55, 7), (27, 4), (6, 4), (7, 6)]
+)
 def test_bins_are_pytorchs(size: int, k: int) -> None:
     # Pool a ramp: each bin's max is its last index, its min its first.
     ramp = torch.arange(size, dtype=torch.float64).reshape(1, 1, 1, size)
@@ -55,10 +56,19 @@ def test_bins_are_pytorchs(size: int, k: int) -> None:
 
 
 @pytest.mark.parametrize("mode", ["mean", "max"])
-@pytest.mark.parametrize("shape, k", [
-    ((4, 13, 13), 2), ((4, 13, 11), 3), ((3, 55, 55), 2), ((3, 55, 55), 7), ((5, 6, 6), 6), ((2, 9, 7), 4),
-    ((4, 8, 8), 1), ((4, 8, 8), 4),
-])
+@pytest.mark.parametrize(
+    "shape, k",
+    [
+        ((4, 13, 13), 2),
+        ((4, 13, 11), 3),
+        ((3, 55, 55), 2),
+        ((3, 55, 55), 7),
+        ((5, 6, 6), 6),
+        ((2, 9, 7), 4),
+        ((4, 8, 8), 1),
+        ((4, 8, 8), 4),
+    ],
+)
 def test_grid_pooling_matches_torch(mode: str, shape: tuple[int, int, int], k: int) -> None:
     x = batch(shape, seed=k)
     reducer = make_reducer(pool("conv", mode, k), shape)
@@ -133,8 +143,11 @@ def test_identity_and_storage_dtype() -> None:
 
 def test_a_batch_of_the_wrong_shape_is_refused() -> None:
     reducer = make_reducer(pool("conv1", "max", 2), (96, 55, 55))
-    with pytest.raises(ModelError, match=r"blob 'conv1': the engine produced shape \(96, 27, 27\) per image, "
-                                         r"but the model declares \(96, 55, 55\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"blob 'conv1': the engine produced shape \(96, 27, 27\) per image, "
+        r"but the model declares \(96, 55, 55\)",
+    ):
         reducer.apply(np.zeros((1, 96, 27, 27), np.float32))
 
 
@@ -145,8 +158,13 @@ def test_describe_is_json_and_complete() -> None:
         make_reducer(BlobSpec("conv3", "float16", {"project": 64, "seed": 5}), (8, 3, 3)).describe(),
     ]
     assert json.loads(json.dumps(described)) == described
-    assert described[0] == {"blob": "fc7", "kind": "none", "in_shape": [4096], "out_shape": [4096],
-                            "out_dtype": "float32"}
+    assert described[0] == {
+        "blob": "fc7",
+        "kind": "none",
+        "in_shape": [4096],
+        "out_shape": [4096],
+        "out_dtype": "float32",
+    }
     assert described[1]["row_edges"] == [[0, 28], [27, 55]] and described[1]["pool"] == "max"
     assert described[2]["project"] == 64 and described[2]["seed"] == 5 and described[2]["in_features"] == 72
     assert described[2]["out_dtype"] == "float16" and described[2]["numpy"] == np.__version__
@@ -163,8 +181,9 @@ def test_projection_is_the_documented_matrix_product() -> None:
     y = reducer.apply(x)
     expected = np.random.default_rng(3).standard_normal((100, 16), dtype=np.float32) * np.float32(1 / np.sqrt(16))
     np.testing.assert_array_equal(reducer.matrix, expected)
-    np.testing.assert_allclose(y, x.reshape(3, -1).astype(np.float64) @ expected.astype(np.float64), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        y, x.reshape(3, -1).astype(np.float64) @ expected.astype(np.float64), rtol=1e-4, atol=1e-4
+    )
     assert y.shape == (3, 16) and y.dtype == np.float32
 
 
@@ -209,8 +228,15 @@ sys.stdout.write(hashlib.sha256(r.matrix.tobytes()).hexdigest())
 def test_projection_is_reproducible_across_processes() -> None:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "random"}
     digests = [
-        subprocess.run([sys.executable, "-c", _DIGEST_SCRIPT], capture_output=True, text=True, check=True,
-                       env=env, cwd=CONFIGS.parent, timeout=120).stdout
+        subprocess.run(
+            [sys.executable, "-c", _DIGEST_SCRIPT],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            cwd=CONFIGS.parent,
+            timeout=120,
+        ).stdout
         for _ in range(2)
     ]
     here = hashlib.sha256(projection_matrix(7, 3 * 40 * 40, 32).tobytes()).hexdigest()
@@ -242,15 +268,25 @@ def test_projection_roughly_preserves_distances() -> None:
 def test_conv_f16_config_on_caffenet_shapes(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "images").mkdir()
-    config = load_config(CONFIGS / "caffenet_conv_f16.yaml",
-                         {"model": str(tmp_path / "model"), "images": str(tmp_path / "images")})
+    config = load_config(
+        CONFIGS / "caffenet_conv_f16.yaml", {"model": str(tmp_path / "model"), "images": str(tmp_path / "images")}
+    )
     # CaffeNet on a 227 x 227 input: conv1 11/4 -> 55, pool 3/2 -> 27, conv2 pad 2 -> 27, pool -> 13.
-    shapes = {"conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
-              "conv5": (256, 13, 13)}
+    shapes = {
+        "conv1": (96, 55, 55),
+        "conv2": (256, 27, 27),
+        "conv3": (384, 13, 13),
+        "conv4": (384, 13, 13),
+        "conv5": (256, 13, 13),
+    }
     reducers = {spec.name: make_reducer(spec, shapes[spec.name]) for spec in config.blob_specs}
     assert {name: r.out_shape for name, r in reducers.items()} == {
-        "conv1": (96, 2, 2), "conv2": (256, 2, 2), "conv3": (512,), "conv4": (384, 13, 13), "conv5": (256, 13, 13)}
+        "conv1": (96, 2, 2),
+        "conv2": (256, 2, 2),
+        "conv3": (512,),
+        "conv4": (384, 13, 13),
+        "conv5": (256, 13, 13),
+    }
     assert {r.out_dtype for r in reducers.values()} == {np.dtype(np.float16)}
     x = batch(shapes["conv1"], n=2)
-    np.testing.assert_array_equal(reducers["conv1"].apply(x),
-                                  F.adaptive_max_pool2d(torch.from_numpy(x), 2).numpy())
+    np.testing.assert_array_equal(reducers["conv1"].apply(x), F.adaptive_max_pool2d(torch.from_numpy(x), 2).numpy())

@@ -43,35 +43,60 @@ PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 
 # bash blocks that are not run here, by (page, first command line): why not.
 NOT_RUN: dict[tuple[str, str], str] = {
-    ("README.md", "bash scripts/setup.sh && .venv/bin/savedeep run configs/demo.yaml --overwrite"):
-        "the set-up and the tests: CI runs them in a fresh clone; test_readme checks the lines",
-    ("docs/getting-started/demo.md", "bash scripts/setup.sh && .venv/bin/savedeep run configs/demo.yaml --overwrite"):
-        "the README's first command, as above; the demo_root fixture runs its second half",
+    (
+        "README.md",
+        "bash scripts/setup.sh && .venv/bin/savedeep run configs/demo.yaml --overwrite",
+    ): "the set-up and the tests: CI runs them in a fresh clone; test_readme checks the lines",
+    (
+        "docs/getting-started/demo.md",
+        "bash scripts/setup.sh && .venv/bin/savedeep run configs/demo.yaml --overwrite",
+    ): "the README's first command, as above; the demo_root fixture runs its second half",
     ("docs/getting-started/install.md", "bash scripts/setup.sh"): "the set-up itself: CI runs it",
     ("docs/getting-started/install.md", "bash scripts/setup.sh --cuda --arch sm_80"): "needs nvcc 13 (CUDA)",
-    ("docs/getting-started/install.md", 'python3 -m venv .venv && .venv/bin/pip install -e ".[torch]"'):
-        "makes a second virtualenv over .venv; a user's alternative to the set-up",
+    (
+        "docs/getting-started/install.md",
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[torch]"',
+    ): "makes a second virtualenv over .venv; a user's alternative to the set-up",
     ("docs/how-to/gpus.md", "savedeep run --gpus 0,1 config.yaml"): "needs GPUs",
-    ("docs/how-to/cluster.md", 'sbatch --gres=gpu:4 --cpus-per-task=32 --wrap "savedeep run config.yaml"'):
-        "needs a Slurm cluster with GPUs (tests/test_runner_slurm.py runs savedeep slurm on a one-node Slurm)",
-    ("docs/how-to/cluster.md", "savedeep slurm config.yaml --tasks 8 --gpus-per-task 1 --cpus-per-task 8 --mem 32G "
-                               "--partition gpu --time 4:00:00 --submit"): "as above",
-    ("docs/how-to/cluster.md", "jid=$(sbatch --parsable out/acts.slurm/array.sh) && sbatch "
-                               "--dependency=afterok:$jid out/acts.slurm/merge.sh"): "as above",
+    (
+        "docs/how-to/cluster.md",
+        'sbatch --gres=gpu:4 --cpus-per-task=32 --wrap "savedeep run config.yaml"',
+    ): "needs a Slurm cluster with GPUs (tests/test_runner_slurm.py runs savedeep slurm on a one-node Slurm)",
+    (
+        "docs/how-to/cluster.md",
+        "savedeep slurm config.yaml --tasks 8 --gpus-per-task 1 --cpus-per-task 8 --mem 32G "
+        "--partition gpu --time 4:00:00 --submit",
+    ): "as above",
+    (
+        "docs/how-to/cluster.md",
+        "jid=$(sbatch --parsable out/acts.slurm/array.sh) && sbatch --dependency=afterok:$jid out/acts.slurm/merge.sh",
+    ): "as above",
     ("docs/how-to/containers.md", "podman build -t savedeep ."): "needs Podman or Docker and 30 minutes",
-    ("docs/how-to/containers.md", 'podman build -t savedeep:cuda --build-arg BUILD_BASE=IMAGE --build-arg '
-                                  'SETUP_ARGS="--cuda --arch sm_80" .'): "needs a CUDA 13 build image",
+    (
+        "docs/how-to/containers.md",
+        'podman build -t savedeep:cuda --build-arg BUILD_BASE=IMAGE --build-arg SETUP_ARGS="--cuda --arch sm_80" .',
+    ): "needs a CUDA 13 build image",
     ("docs/how-to/containers.md", "apptainer build savedeep.sif savedeep.def"): "needs Apptainer",
-    ("docs/how-to/containers.md", "apptainer exec --nv --bind /data savedeep.sif savedeep run config.yaml --tasks 8"):
-        "needs Apptainer and a Slurm array",
-    ("docs/how-to/containers.md", "bash scripts/fresh_machine_check.sh"):
-        "builds a Debian root file system as root: 11 minutes or more (tests/test_containers.py checks its parts)",
-    ("docs/how-to/resume.md", "savedeep run config.yaml --resume"):
-        "a pattern; tests/test_runner_faults.py interrupts real runs and resumes them",
-    ("docs/development.md", "bash scripts/setup.sh && .venv/bin/python -m pytest"):
-        "the whole suite: running it from a test would run itself",
-    ("docs/development.md", ".venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy"):
-        ".ci/run runs these before the tests; tests/test_lint.py runs ruff check",
+    (
+        "docs/how-to/containers.md",
+        "apptainer exec --nv --bind /data savedeep.sif savedeep run config.yaml --tasks 8",
+    ): "needs Apptainer and a Slurm array",
+    (
+        "docs/how-to/containers.md",
+        "bash scripts/fresh_machine_check.sh",
+    ): "builds a Debian root file system as root: 11 minutes or more (tests/test_containers.py checks its parts)",
+    (
+        "docs/how-to/resume.md",
+        "savedeep run config.yaml --resume",
+    ): "a pattern; tests/test_runner_faults.py interrupts real runs and resumes them",
+    (
+        "docs/development.md",
+        "bash scripts/setup.sh && .venv/bin/python -m pytest",
+    ): "the whole suite: running it from a test would run itself",
+    (
+        "docs/development.md",
+        ".venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy",
+    ): ".ci/run runs these before the tests; tests/test_lint.py runs ruff check",
 }
 NOT_RUN_LANGUAGES = {
     "text": "output or a file tree",
@@ -155,8 +180,7 @@ def _is_pip_block(block: Block) -> bool:
 
 
 def _runs(block: Block) -> bool:
-    return (block.info == "python" or block.title is not None
-            or (block.language == "bash" and _is_savedeep_block(block)))
+    return block.info == "python" or block.title is not None or (block.language == "bash" and _is_savedeep_block(block))
 
 
 # --------------------------------------------------------------------------- classification (fast)
@@ -166,9 +190,15 @@ def test_pages_have_the_runnable_examples():
     """The pages the examples moved to from the README still hold them."""
     by_page = {p.relative_to(ROOT).as_posix(): blocks_of(p) for p in PAGES}
     python = {page: sum(b.info == "python" for b in blocks) for page, blocks in by_page.items()}
-    for page, least in {"README.md": 2, "docs/getting-started/demo.md": 2, "docs/how-to/read-output.md": 3,
-                        "docs/how-to/report.md": 1, "docs/how-to/export.md": 3, "docs/how-to/convert.md": 1,
-                        "docs/how-to/cluster.md": 1}.items():
+    for page, least in {
+        "README.md": 2,
+        "docs/getting-started/demo.md": 2,
+        "docs/how-to/read-output.md": 3,
+        "docs/how-to/report.md": 1,
+        "docs/how-to/export.md": 3,
+        "docs/how-to/convert.md": 1,
+        "docs/how-to/cluster.md": 1,
+    }.items():
         assert python[page] >= least, (page, python[page])
     assert sum(b.info == "python peers" for b in by_page["docs/how-to/convert.md"]) == 4
 
@@ -197,8 +227,15 @@ def test_pip_lines_name_extras_that_setup_installs():
     setup = re.search(r'^extras="([\w,]+)"', (ROOT / "scripts" / "setup.sh").read_text(), re.MULTILINE)
     assert setup, "scripts/setup.sh no longer sets extras=..."
     installed = set(setup.group(1).split(","))
-    named = [(b, x) for b in all_blocks() if b.language == "bash" for c in b.commands()
-             for m in [re.fullmatch(r'\.venv/bin/pip install -e "\.\[([\w,]+)\]"', c)] if m for x in m.group(1).split(",")]
+    named = [
+        (b, x)
+        for b in all_blocks()
+        if b.language == "bash"
+        for c in b.commands()
+        for m in [re.fullmatch(r'\.venv/bin/pip install -e "\.\[([\w,]+)\]"', c)]
+        if m
+        for x in m.group(1).split(",")
+    ]
     assert named
     for block, extra in named:
         assert extra in extras, f"{block}: extra {extra!r} is not in pyproject.toml"
@@ -219,8 +256,13 @@ def test_every_yaml_block_is_a_valid_config(tmp_path):
             continue
         data = yaml.safe_load(block.text)
         assert isinstance(data, dict), f"{block}: not a mapping"
-        data = {"blobs": ["fc6"], **data, "model": str(model), "images": str(images),
-                "output": str(tmp_path / "out" / "acts.pk")}
+        data = {
+            "blobs": ["fc6"],
+            **data,
+            "model": str(model),
+            "images": str(images),
+            "output": str(tmp_path / "out" / "acts.pk"),
+        }
         path = tmp_path / "c.yaml"
         path.write_text(yaml.safe_dump(data))
         try:
@@ -269,22 +311,29 @@ def test_page_examples_run_as_written(demo_root, tmp_path, page):
         elif block.info == "python":
             script = root / f"docs_block_{i}.py"
             script.write_text(block.text)
-            r = subprocess.run([sys.executable, script.name], cwd=root, capture_output=True, text=True,
-                               timeout=600, env=env)
+            r = subprocess.run(
+                [sys.executable, script.name], cwd=root, capture_output=True, text=True, timeout=600, env=env
+            )
             assert r.returncode == 0, f"{block}:\n{block.text}\n{r.stderr[-3000:]}"
         elif block.language == "bash" and _is_savedeep_block(block):
             for command in block.commands():
                 argv = shlex.split(command)
-                r = subprocess.run([*_savedeep(), *argv[1:]], cwd=root, capture_output=True, text=True,
-                                   timeout=600, env=env)
+                r = subprocess.run(
+                    [*_savedeep(), *argv[1:]], cwd=root, capture_output=True, text=True, timeout=600, env=env
+                )
                 assert r.returncode == 0, f"{block}: {command}\n{r.stderr[-3000:]}"
 
 
 @pytest.mark.slow
 def test_shell_examples_with_a_prompt_run_from_the_repo_root():
     """Lines shown as ``$ .venv/bin/savedeep ...`` are commands a user copies: they must work in the clone."""
-    commands = [line[2:] for b in all_blocks() if b.language in ("", "text") for line in b.text.splitlines()
-                if line.startswith("$ .venv/bin/savedeep ")]
+    commands = [
+        line[2:]
+        for b in all_blocks()
+        if b.language in ("", "text")
+        for line in b.text.splitlines()
+        if line.startswith("$ .venv/bin/savedeep ")
+    ]
     assert commands
     for command in commands:
         argv = shlex.split(command)
@@ -300,8 +349,14 @@ def _mkdocs_build(config: Path, site: Path, execute: bool = True) -> subprocess.
     """``mkdocs build --strict``; ``execute=False`` leaves the tutorial notebook's cells unrun (a copy of the
     docs has no demo beside it)."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "SAVEDEEP_DOCS_EXECUTE": "true" if execute else "false"}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          cwd=config.parent, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")

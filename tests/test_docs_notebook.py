@@ -36,8 +36,12 @@ def kernel_spec_dir(tmp_path_factory) -> Path:
     """A kernelspec that starts ipykernel with this interpreter (the project's .venv), its IPython profile in here."""
     d = tmp_path_factory.mktemp("kernels")
     (d / KERNEL).mkdir()
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "savedeep tests", "language": "python", "env": {"IPYTHONDIR": str(d / "ipython")}}
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "savedeep tests",
+        "language": "python",
+        "env": {"IPYTHONDIR": str(d / "ipython")},
+    }
     (d / KERNEL / "kernel.json").write_text(json.dumps(spec))
     return d
 
@@ -47,8 +51,11 @@ def execute(nb, cwd: Path, kernel_spec_dir: Path):
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
-    km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]),
-                       connection_file=str(cwd / "kernel.json"))  # not in the user's Jupyter runtime folder
+    km = KernelManager(
+        kernel_name=KERNEL,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_spec_dir)]),
+        connection_file=str(cwd / "kernel.json"),
+    )  # not in the user's Jupyter runtime folder
     client = nbclient.NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(cwd)}})
     client.execute(cleanup_kc=True)  # shut the kernel down after the last cell (nbclient keeps a km it was given)
     return nb
@@ -62,8 +69,13 @@ def shown_stderr(outputs) -> list[str]:
 
 
 def widget_bars(outputs) -> list[dict]:
-    return [o for o in outputs if o.output_type == "display_data" and WIDGET_VIEW in o.data
-            and o.data.get("text/plain", "").startswith("savedeep:")]
+    return [
+        o
+        for o in outputs
+        if o.output_type == "display_data"
+        and WIDGET_VIEW in o.data
+        and o.data.get("text/plain", "").startswith("savedeep:")
+    ]
 
 
 def code_cell(nb, snippet: str):
@@ -93,8 +105,9 @@ def test_tutorial_runs_in_a_fresh_kernel(tmp_path, kernel_spec_dir) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("widgets", [True, False], ids=["ipywidgets", "no-ipywidgets"])
-def test_a_run_in_a_notebook_shows_one_bar_and_readable_warnings(nsfw_dir, photos, tmp_path, kernel_spec_dir,
-                                                                 widgets) -> None:
+def test_a_run_in_a_notebook_shows_one_bar_and_readable_warnings(
+    nsfw_dir, photos, tmp_path, kernel_spec_dir, widgets
+) -> None:
     """A run over three photos and a file that is not an image, in a notebook cell.
 
     With ipywidgets: tqdm's widget bar and the worker's warning as one line of its own. Without it (the
@@ -109,8 +122,10 @@ def test_a_run_in_a_notebook_shows_one_bar_and_readable_warnings(nsfw_dir, photo
         shutil.copyfile(p, images / p.name)
     (images / "broken.jpg").write_text("not an image")
     config = tmp_path / "config.yaml"
-    config.write_text(f"model: {nsfw_dir}\nimages: {images}\noutput: {tmp_path / 'out' / 'acts.pk'}\n"
-                      "blobs: [prob]\nengine: torch\nbatch_size: 1\n")
+    config.write_text(
+        f"model: {nsfw_dir}\nimages: {images}\noutput: {tmp_path / 'out' / 'acts.pk'}\n"
+        "blobs: [prob]\nengine: torch\nbatch_size: 1\n"
+    )
     cells = ["import sys\nsys.modules['ipywidgets'] = None  # as if it were not installed"] if not widgets else []
     cells.append(f"import savedeep\nresult = savedeep.run({str(config)!r}, progress=True)")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
@@ -139,7 +154,9 @@ def test_committed_tutorial_has_no_outputs() -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "the tutorial has no code cell"
     dirty = [c.source.splitlines()[0] for c in code if c.outputs or c.execution_count is not None]
-    assert dirty == [], (f"{TUTORIAL} was committed with outputs in the cells starting {dirty}: "
-                         "clear them before committing (Jupyter: Edit > Clear Outputs of All Cells)")
+    assert dirty == [], (
+        f"{TUTORIAL} was committed with outputs in the cells starting {dirty}: "
+        "clear them before committing (Jupyter: Edit > Clear Outputs of All Cells)"
+    )
     assert "widgets" not in nb.metadata, f"{TUTORIAL} holds saved widget state; clear it before committing"
     assert TUTORIAL.stat().st_size < MAX_TUTORIAL_BYTES

@@ -39,8 +39,13 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("cpu", Device("cpu")), ("cuda:0", Device("cuda", 0)), ("cuda:3", Device("cuda", 3)), ("cuda", Device("cuda", 0)),
-     (" CUDA:1 ", Device("cuda", 1))],
+    [
+        ("cpu", Device("cpu")),
+        ("cuda:0", Device("cuda", 0)),
+        ("cuda:3", Device("cuda", 3)),
+        ("cuda", Device("cuda", 0)),
+        (" CUDA:1 ", Device("cuda", 1)),
+    ],
 )
 def test_parse_device(text, expected):
     assert parse_device(text) == expected
@@ -153,8 +158,27 @@ def test_float16_out_rounds_like_numpy(kind, tiny_model, request):
     """Ties, the largest float16, overflow to inf, subnormals, signed zero: the engine's cast is numpy's."""
     engine = _engine(kind, tiny_model, request)
     # b = max(2x, 0) + 1 and a = max(2x, 0): pick x so that a and b land on float16's edge cases
-    edge = np.array([2.0**-12, 3 * 2.0**-12, 2.0**-13, 65504 / 2, 65520 / 2, 1e6, 2.0**-26, 2.0**-25 * 3,
-                     1e-9, 0.0, -0.0, -5.0, 1 / 3, 2 / 3, 12345.678, 2.0**-16], np.float64)
+    edge = np.array(
+        [
+            2.0**-12,
+            3 * 2.0**-12,
+            2.0**-13,
+            65504 / 2,
+            65520 / 2,
+            1e6,
+            2.0**-26,
+            2.0**-25 * 3,
+            1e-9,
+            0.0,
+            -0.0,
+            -5.0,
+            1 / 3,
+            2 / 3,
+            12345.678,
+            2.0**-16,
+        ],
+        np.float64,
+    )
     x = np.resize(edge, SHAPE).astype(np.float32)
     ref = engine.forward(x, ["a", "b", "c"])
     out = {k: np.zeros((4, *SHAPE[1:]), np.float16) for k in ("a", "b", "c")}
@@ -249,10 +273,14 @@ def test_inplace_layers_write_in_place_only_into_memory_no_one_else_holds(wanted
     """
     from savedeep.caffe.model import load_net
 
-    body = (layer("p", "Power", "data", "p", "power_param", scale=3) + layer("drop", "Dropout", "p", "d")
-            + layer("r", "ReLU", "d", "d", "relu_param", negative_slope=0.25)
-            + layer("q", "Power", "data", "q", "power_param", scale=-1) + layer("r2", "ReLU", "q", "q")
-            + layer("s", "Sigmoid", "q", "q"))
+    body = (
+        layer("p", "Power", "data", "p", "power_param", scale=3)
+        + layer("drop", "Dropout", "p", "d")
+        + layer("r", "ReLU", "d", "d", "relu_param", negative_slope=0.25)
+        + layer("q", "Power", "data", "q", "power_param", scale=-1)
+        + layer("r2", "ReLU", "q", "q")
+        + layer("s", "Sigmoid", "q", "q")
+    )
     net = load_net(write_net(tmp_path, "inplace", body, (2, 3, 4, 5)))
     engine = TorchEngine(net, "cpu", 2)
     x = np.random.default_rng(3).normal(size=(2, 3, 4, 5)).astype(np.float32)
@@ -348,11 +376,14 @@ def test_torch_engine_matches_pycaffe_on_real_nets(name, pycaffe, testdata, phot
     errors = {b: rel_err(got[b], expected[b]) for b in blobs}
     per_channel = {b: channel_err(got[b], expected[b]) for b in blobs}
     worst, worst_channel = max(errors, key=errors.get), max(per_channel, key=per_channel.get)
-    print(f"\n{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} (blob {worst!r}), "
-          f"per channel {per_channel[worst_channel]:.2e} (blob {worst_channel!r})")
+    print(
+        f"\n{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} (blob {worst!r}), "
+        f"per channel {per_channel[worst_channel]:.2e} (blob {worst_channel!r})"
+    )
     assert errors[worst] <= NET_TOLERANCE, {b: e for b, e in errors.items() if e > NET_TOLERANCE}
-    assert per_channel[worst_channel] <= NET_CHANNEL_TOLERANCE, \
-        {b: e for b, e in per_channel.items() if e > NET_CHANNEL_TOLERANCE}
+    assert per_channel[worst_channel] <= NET_CHANNEL_TOLERANCE, {
+        b: e for b, e in per_channel.items() if e > NET_CHANNEL_TOLERANCE
+    }
     if name == "open_nsfw":  # real weights: the SFW/NSFW probabilities themselves agree closely
         assert np.abs(got["prob"] - expected["prob"]).max() < 1e-5
 
@@ -373,9 +404,11 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_stops_page_faults_on_reused_buffers():
     """A consumer's per-batch buffers (> 32 MiB) are faulted in afresh each time unless freed memory is kept."""
+
     def faults(mode: str) -> tuple[str, int]:
-        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True,
-                             check=True, timeout=60).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True, timeout=60
+        ).stdout.split()
         return out[0], int(out[1])
 
     applied, kept = faults("keep")
@@ -405,6 +438,7 @@ print(out)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_still_allows_big_allocations_in_threads():
     """With mmap turned off, glibc must still serve blocks larger than a thread arena's heap (64 MiB)."""
-    out = subprocess.run([sys.executable, "-c", _THREAD_ALLOC_SCRIPT], capture_output=True, text=True,
-                         check=True, timeout=120).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", _THREAD_ALLOC_SCRIPT], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
     assert out == "[100000.0, 100000.0]"

@@ -51,8 +51,13 @@ np.savez(sys.argv[3], **{f"b{i}": v.numpy() for i, v in enumerate(out.values())}
 def run_plain_torch(pt2: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
     """The .pt2's outputs for `x`, computed by a Python process that cannot import savedeep."""
     np.save(tmp / "x.npy", x)
-    r = subprocess.run([sys.executable, "-I", "-c", _PLAIN_TORCH, str(pt2), str(tmp / "x.npy"), str(tmp / "y.npz")],
-                       cwd=tmp, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", _PLAIN_TORCH, str(pt2), str(tmp / "x.npy"), str(tmp / "y.npz")],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(tmp / "y.npz") as z:
         return {str(n): z[f"b{i}"] for i, n in enumerate(z["names"])}
@@ -76,8 +81,10 @@ def _compare(name: str, got: dict, expected: dict, blobs: list[str], tol: float,
     worst, worst_channel = max(errors, key=errors.get), max(per_channel, key=per_channel.get)
     assert errors[worst] <= tol, (name, {b: e for b, e in errors.items() if e > tol})
     assert per_channel[worst_channel] <= channel_tol, (name, {b: e for b, e in per_channel.items() if e > channel_tol})
-    return (f"{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} ({worst!r}), "
-            f"per channel {per_channel[worst_channel]:.2e} ({worst_channel!r})")
+    return (
+        f"{name}: {len(blobs)} blobs, max relative error {errors[worst]:.2e} ({worst!r}), "
+        f"per channel {per_channel[worst_channel]:.2e} ({worst_channel!r})"
+    )
 
 
 # --- whole nets against pycaffe ----------------------------------------------------------
@@ -104,24 +111,66 @@ def test_converted_nets_match_pycaffe(name, pycaffe, testdata, photos, tmp_path,
         expected = caffe_engine.forward(x, blobs)
     finally:
         caffe_engine.close()
-    lines = [_compare(f"{name} onnxruntime", run_onnx(onnx_path, x), expected, blobs, NET_TOLERANCE,
-                      NET_CHANNEL_TOLERANCE),
-             _compare(f"{name} plain torch .pt2", run_plain_torch(pt2, x, tmp_path), expected, blobs, NET_TOLERANCE,
-                      NET_CHANNEL_TOLERANCE),
-             _compare(f"{name} plain torch module", run_plain_module(py, x, tmp_path), expected, blobs, NET_TOLERANCE,
-                      NET_CHANNEL_TOLERANCE)]
+    lines = [
+        _compare(f"{name} onnxruntime", run_onnx(onnx_path, x), expected, blobs, NET_TOLERANCE, NET_CHANNEL_TOLERANCE),
+        _compare(
+            f"{name} plain torch .pt2",
+            run_plain_torch(pt2, x, tmp_path),
+            expected,
+            blobs,
+            NET_TOLERANCE,
+            NET_CHANNEL_TOLERANCE,
+        ),
+        _compare(
+            f"{name} plain torch module",
+            run_plain_module(py, x, tmp_path),
+            expected,
+            blobs,
+            NET_TOLERANCE,
+            NET_CHANNEL_TOLERANCE,
+        ),
+    ]
     print("\n" + "\n".join(lines))
 
 
 # --- the layer cases where ONNX's defaults differ from Caffe's rules ----------------------
 
-ONNX_CASES = sorted(c for c in LAYER_CASES if c.startswith(("pool", "lrn", "crop", "alias", "split", "slice",
-                                                           "concat", "reshape", "flatten", "deconv", "inplace")))
-ONNX_CASES += ["scale_two_bottoms", "bias_two_bottoms", "batchnorm_batch_stats", "ip_axis2_nobias", "ip_transpose",
-               "softmax_axis", "eltwise_sum", "eltwise_max", "prelu", "elu", "bnll", "power", "log_base", "exp_base"]
+ONNX_CASES = sorted(
+    c
+    for c in LAYER_CASES
+    if c.startswith(
+        ("pool", "lrn", "crop", "alias", "split", "slice", "concat", "reshape", "flatten", "deconv", "inplace")
+    )
+)
+ONNX_CASES += [
+    "scale_two_bottoms",
+    "bias_two_bottoms",
+    "batchnorm_batch_stats",
+    "ip_axis2_nobias",
+    "ip_transpose",
+    "softmax_axis",
+    "eltwise_sum",
+    "eltwise_max",
+    "prelu",
+    "elu",
+    "bnll",
+    "power",
+    "log_base",
+    "exp_base",
+]
 # the layer types added for issue 29 (SPP's AVE levels need the clipped divisor spelled out, as AVE pooling)
-ONNX_CASES += ["spp_max", "spp_ave", "spp_one_level", "mvn", "mvn_2d", "reduction_mean_coeff", "tile_then_conv",
-               "threshold_value", "embed_threshold_nobias", "im2col_dilation_hw"]
+ONNX_CASES += [
+    "spp_max",
+    "spp_ave",
+    "spp_one_level",
+    "mvn",
+    "mvn_2d",
+    "reduction_mean_coeff",
+    "tile_then_conv",
+    "threshold_value",
+    "embed_threshold_nobias",
+    "im2col_dilation_hw",
+]
 
 
 # Caffe nets whose parameters span the batch axis (a Scale/Bias with axis 0 and a second bottom)
@@ -169,8 +218,16 @@ def test_onnx_open_nsfw_gives_the_demos_prob(nsfw_dir, photos, tmp_path):
     for p in demo_photos:
         (images / p.name).symlink_to(p)
     root = Path(__file__).resolve().parents[1]
-    savedeep.run(root / "configs" / "demo.yaml", model=nsfw_dir, images=images, output=tmp_path / "out" / "acts.pk",
-                 blobs=["prob"], producers=1, writers=1, cpu_consumers=1)
+    savedeep.run(
+        root / "configs" / "demo.yaml",
+        model=nsfw_dir,
+        images=images,
+        output=tmp_path / "out" / "acts.pk",
+        blobs=["prob"],
+        producers=1,
+        writers=1,
+        cpu_consumers=1,
+    )
     df = savedeep.load(tmp_path / "out" / "acts.pk")
     assert len(df) == len(demo_photos) >= 10
 
@@ -194,10 +251,12 @@ def test_onnx_open_nsfw_gives_the_demos_prob(nsfw_dir, photos, tmp_path):
 
 # --- the file: metadata, batch, outputs, errors -----------------------------------------------
 
-BODY = (layer("c", "Convolution", "data", "c", "convolution_param", num_output=4, kernel_size=3, pad=1)
-        + layer("r", "ReLU", "c", "c")
-        + layer("p", "Pooling", "c", "p", "pooling_param", pool="AVE", kernel_size=3, stride=2, pad=1)
-        + layer("f", "InnerProduct", "p", "f", "inner_product_param", num_output=5))
+BODY = (
+    layer("c", "Convolution", "data", "c", "convolution_param", num_output=4, kernel_size=3, pad=1)
+    + layer("r", "ReLU", "c", "c")
+    + layer("p", "Pooling", "c", "p", "pooling_param", pool="AVE", kernel_size=3, stride=2, pad=1)
+    + layer("f", "InnerProduct", "p", "f", "inner_product_param", num_output=5)
+)
 
 
 @pytest.fixture
@@ -269,7 +328,7 @@ def test_default_outputs_are_the_nets_outputs(small_model, tmp_path):
 
 # --- refusals ------------------------------------------------------------------------------
 
-ARGMAX = (layer("t", "TanH", "data", "t") + layer("a", "ArgMax", "t", "a", "argmax_param", axis=1, top_k=1))
+ARGMAX = layer("t", "TanH", "data", "t") + layer("a", "ArgMax", "t", "a", "argmax_param", axis=1, top_k=1)
 
 
 def _model(tmp_path: Path, body: str, shape=(1, 3, 5, 6)) -> Path:
@@ -341,8 +400,12 @@ sys.exit(main(["convert", sys.argv[1], "--to", "onnx", "-o", sys.argv[2]]))
 
 
 def test_without_the_extra_convert_says_what_to_install(small_model, tmp_path):
-    r = subprocess.run([sys.executable, "-c", _WITHOUT_ONNX, str(small_model), str(tmp_path / "m.onnx")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ONNX, str(small_model), str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert "pip install 'savedeep[convert]'" in r.stderr and "onnx" in r.stderr
 
@@ -377,8 +440,10 @@ def hook_outputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
     handles = []
     for name, mod in model.named_modules():
         if name:
+
             def hook(m, args, out, name=name):
                 seen[name] = out.detach().clone() if torch.is_tensor(out) else tuple(o.detach().clone() for o in out)
+
             handles.append(mod.register_forward_hook(hook))
     with torch.no_grad():
         model(x)
@@ -392,8 +457,11 @@ MODULE_CASES = {
     **LAYER_CASES,
     "clip": ((2, 3, 5, 6), layer("c", "Clip", "data", "c", "clip_param", min=-0.5, max=0.7)),
     "swish_beta": ((2, 3, 5, 6), layer("s", "Swish", "data", "s", "swish_param", beta=1.5)),
-    "pool_stochastic": ((2, 3, 8, 11), layer("a", "AbsVal", "data", "a")
-                        + layer("p", "Pooling", "a", "p", "pooling_param", pool="STOCHASTIC", kernel_size=3, stride=2)),
+    "pool_stochastic": (
+        (2, 3, 8, 11),
+        layer("a", "AbsVal", "data", "a")
+        + layer("p", "Pooling", "a", "p", "pooling_param", pool="STOCHASTIC", kernel_size=3, stride=2),
+    ),
 }
 
 
@@ -425,8 +493,9 @@ def test_module_layer_case_matches_the_engine_blob_by_blob(case, tmp_path):
     seen = hook_outputs(model, torch.from_numpy(x))
     for b, (mod, index) in module.METADATA["modules"].items():
         value = seen[mod] if index is None else seen[mod][index]
-        np.testing.assert_allclose(value.numpy(), expected[b], rtol=1e-6, atol=1e-6,
-                                   err_msg=f"{case}: hook on {mod!r} for blob {b!r}")
+        np.testing.assert_allclose(
+            value.numpy(), expected[b], rtol=1e-6, atol=1e-6, err_msg=f"{case}: hook on {mod!r} for blob {b!r}"
+        )
     torch.fx.symbolic_trace(model)  # what torchvision's create_feature_extractor builds on
     model.train()
     model.eval()
@@ -492,8 +561,13 @@ np.savez(sys.argv[3], **{f"b{i}": v.numpy() for i, v in enumerate(out.values())}
 def run_plain_module(py: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
     """The converted module's outputs for `x`, computed by a Python process that cannot import savedeep."""
     np.save(tmp / "x.npy", x)
-    r = subprocess.run([sys.executable, "-I", "-c", _PLAIN_MODULE, str(py), str(tmp / "x.npy"), str(tmp / "y.npz")],
-                       cwd=tmp, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", _PLAIN_MODULE, str(py), str(tmp / "x.npy"), str(tmp / "y.npz")],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(tmp / "y.npz") as z:
         return {str(n): z[f"b{i}"] for i, n in enumerate(z["names"])}
@@ -528,7 +602,17 @@ def test_module_names_of_caffe_layer_names():
     taken: set[str] = set()
     names = ["inception_3a/1x1", "1x1", "class", "half", "training", "fc6", "fc6", "conv1.x", "", "forward"]
     assert [module_name(n, taken) for n in names] == [
-        "inception_3a_1x1", "x1x1", "class_", "half_", "training_", "fc6", "fc6_2", "conv1_x", "x", "forward_"]
+        "inception_3a_1x1",
+        "x1x1",
+        "class_",
+        "half_",
+        "training_",
+        "fc6",
+        "fc6_2",
+        "conv1_x",
+        "x",
+        "forward_",
+    ]
     model = torch.nn.Module()
     for n in taken:
         model.add_module(n, torch.nn.Identity())  # every name is one add_module takes

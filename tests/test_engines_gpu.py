@@ -89,9 +89,19 @@ def test_pipeline_on_cuda_matches_the_cpu_run(caffenet_dir, photos, tmp_path):
     runs = {}
     for gpus in ("cpu", (0,)):
         tag = "cpu" if gpus == "cpu" else "gpu"
-        cfg = load_config(None, {"model": caffenet_dir, "images": images, "output": tmp_path / tag / "a.pk",
-                                 "blobs": blobs, "gpus": gpus, "require_gpu": gpus != "cpu", "batch_size": 4,
-                                 "pickle": False})
+        cfg = load_config(
+            None,
+            {
+                "model": caffenet_dir,
+                "images": images,
+                "output": tmp_path / tag / "a.pk",
+                "blobs": blobs,
+                "gpus": gpus,
+                "require_gpu": gpus != "cpu",
+                "batch_size": 4,
+                "pickle": False,
+            },
+        )
         runs[tag] = savedeep.run(cfg)
     res = runs["gpu"]
     assert res.devices == ["cuda:0"] and "devices: cuda:0" in res.summary()

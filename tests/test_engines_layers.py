@@ -33,8 +33,9 @@ def _layer(text: str) -> SimpleNamespace:
     return SimpleNamespace(name=lp.name, type=lp.type, bottoms=list(lp.bottom), tops=list(lp.top), param=lp, blobs=[])
 
 
-def _compare_with_pycaffe(pycaffe, tmp_path, case: str, shape: tuple[int, ...], body: str,
-                          channels_last: bool = False) -> None:
+def _compare_with_pycaffe(
+    pycaffe, tmp_path, case: str, shape: tuple[int, ...], body: str, channels_last: bool = False
+) -> None:
     """Run the one-layer net in both engines on the same seeded weights and input; every blob must agree."""
     from savedeep.engines.caffe_engine import CaffeEngine
     from savedeep.caffe.model import load_net
@@ -57,8 +58,10 @@ def _compare_with_pycaffe(pycaffe, tmp_path, case: str, shape: tuple[int, ...], 
     errors = {b: rel_err(got[b], expected[b]) for b in net.blobs}
     per_channel = {b: channel_err(got[b], expected[b]) for b in net.blobs}
     layout = "channels_last" if channels_last else "nchw"
-    print(f"\n{case} ({layout}): max relative error {max(errors.values()):.2e}, "
-          f"per channel {max(per_channel.values()):.2e} ({per_channel})")
+    print(
+        f"\n{case} ({layout}): max relative error {max(errors.values()):.2e}, "
+        f"per channel {max(per_channel.values()):.2e} ({per_channel})"
+    )
     assert max(errors.values()) <= TOLERANCE, errors
     assert max(per_channel.values()) <= TOLERANCE, per_channel
 
@@ -101,10 +104,12 @@ def _caffe_pool_loops(x: np.ndarray, k: int, s: int, p: int, method: str) -> np.
 )
 def test_pooling_follows_caffe_loops(method, h, w, k, s, p):
     x = np.random.default_rng(0).normal(size=(2, 3, h, w)).astype(np.float32)
-    op = build_layer(_layer(
-        f'name: "p" type: "Pooling" bottom: "a" top: "b" '
-        f"pooling_param {{ pool: {method} kernel_size: {k} stride: {s} pad: {p} }}"
-    ))
+    op = build_layer(
+        _layer(
+            f'name: "p" type: "Pooling" bottom: "a" top: "b" '
+            f"pooling_param {{ pool: {method} kernel_size: {k} stride: {s} pad: {p} }}"
+        )
+    )
     y = op(torch.from_numpy(x))[0].numpy()
     ref = _caffe_pool_loops(x.astype(np.float64), k, s, p, method)
     assert y.shape == ref.shape
@@ -121,16 +126,18 @@ def test_pool_size_rounds_up_and_drops_a_window_in_the_padding():
 def test_lrn_matches_caffe_formulas():
     x = np.random.default_rng(1).normal(size=(2, 7, 5, 6)).astype(np.float32)
     xd = x.astype(np.float64)
-    across = build_layer(_layer(
-        'name: "n" type: "LRN" bottom: "a" top: "b" lrn_param { local_size: 5 alpha: 0.3 beta: 0.75 k: 2 }'
-    ))
+    across = build_layer(
+        _layer('name: "n" type: "LRN" bottom: "a" top: "b" lrn_param { local_size: 5 alpha: 0.3 beta: 0.75 k: 2 }')
+    )
     sq = np.pad(xd**2, ((0, 0), (2, 2), (0, 0), (0, 0)))
     ref = xd * (2 + 0.3 / 5 * sum(sq[:, i : i + 7] for i in range(5))) ** -0.75
     assert np.abs(across(torch.from_numpy(x))[0].numpy() - ref).max() < 1e-5
-    within = build_layer(_layer(
-        'name: "n" type: "LRN" bottom: "a" top: "b" '
-        "lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 k: 5 norm_region: WITHIN_CHANNEL }"
-    ))
+    within = build_layer(
+        _layer(
+            'name: "n" type: "LRN" bottom: "a" top: "b" '
+            "lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 k: 5 norm_region: WITHIN_CHANNEL }"
+        )
+    )
     sq = np.pad(xd**2, ((0, 0), (0, 0), (1, 1), (1, 1)))
     ref = xd * (1 + 0.3 / 9 * sum(sq[:, :, i : i + 5, j : j + 6] for i in range(3) for j in range(3))) ** -0.75
     assert np.abs(within(torch.from_numpy(x))[0].numpy() - ref).max() < 1e-5
@@ -156,8 +163,9 @@ def _torch_forward(tmp_path, body: str, shape: tuple[int, ...], x: np.ndarray) -
     return out
 
 
-def _caffe_stochastic_test_pool(x: np.ndarray, k: int | tuple[int, int], s: int | tuple[int, int],
-                                p: int | tuple[int, int]) -> np.ndarray:
+def _caffe_stochastic_test_pool(
+    x: np.ndarray, k: int | tuple[int, int], s: int | tuple[int, int], p: int | tuple[int, int]
+) -> np.ndarray:
     """Caffe's test-time STOCHASTIC pooling (StoPoolForwardTest in pooling_layer.cu), in numpy loops:
     windows start at o * stride (pad only enters the output size), are clipped to the input, and give
     sum(x^2) / sum(x) where sum(x) > 0, else 0."""
@@ -173,14 +181,20 @@ def _caffe_stochastic_test_pool(x: np.ndarray, k: int | tuple[int, int], s: int 
     return y
 
 
-@pytest.mark.parametrize("h,w,k,s,p", [(7, 9, 3, 2, 0), (6, 6, 3, 2, 1), (8, 5, 2, 2, 1), (10, 11, 4, 3, 2),
-                                       (5, 5, 5, 1, 0), (9, 7, 2, 1, 0)])
+@pytest.mark.parametrize(
+    "h,w,k,s,p",
+    [(7, 9, 3, 2, 0), (6, 6, 3, 2, 1), (8, 5, 2, 2, 1), (10, 11, 4, 3, 2), (5, 5, 5, 1, 0), (9, 7, 2, 1, 0)],
+)
 def test_stochastic_pooling_follows_caffe_test_kernel(h, w, k, s, p, tmp_path):
     # Mostly non-negative input (as after a ReLU, where stochastic pooling is used), some windows all zero
     x = np.maximum(np.random.default_rng(5).normal(0.2, 1.0, size=(2, 3, h, w)), 0).astype(np.float32)
     x[0, 0, :2, :2] = 0
-    out = _torch_forward(tmp_path, layer("p", "Pooling", "data", "p", "pooling_param", pool="STOCHASTIC",
-                                         kernel_size=k, stride=s, pad=p), x.shape, x)["p"]
+    out = _torch_forward(
+        tmp_path,
+        layer("p", "Pooling", "data", "p", "pooling_param", pool="STOCHASTIC", kernel_size=k, stride=s, pad=p),
+        x.shape,
+        x,
+    )["p"]
     ref = _caffe_stochastic_test_pool(x.astype(np.float64), k, s, p)
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= 1e-6 * np.abs(ref).max()
@@ -188,8 +202,9 @@ def test_stochastic_pooling_follows_caffe_test_kernel(h, w, k, s, p, tmp_path):
 
 def test_spp_stochastic_is_the_stochastic_pooling_of_each_level(tmp_path):
     x = np.abs(np.random.default_rng(6).normal(size=(2, 3, 9, 10))).astype(np.float32)
-    out = _torch_forward(tmp_path, layer("s", "SPP", "data", "s", "spp_param", pyramid_height=2, pool="STOCHASTIC"),
-                         x.shape, x)["s"]
+    out = _torch_forward(
+        tmp_path, layer("s", "SPP", "data", "s", "spp_param", pyramid_height=2, pool="STOCHASTIC"), x.shape, x
+    )["s"]
     xd = x.astype(np.float64)
     level0 = _caffe_stochastic_test_pool(xd, (9, 10), (9, 10), 0)  # one bin: the whole map
     # level 1: 2x2 bins, kernel (5, 5), pad (1, 0), which enters only the output size (2 x 2)
@@ -204,8 +219,11 @@ def test_clip_follows_caffe_formula(lo, hi, tmp_path):
     """BVLC Caffe's Clip (not in the fork pycaffe is built from): max(min, min(x, max)), so min wins over max."""
     x = np.random.default_rng(1).normal(size=S).astype(np.float32)
     # a new top, and an in-place one (the engine may write it into its bottom)
-    body = (layer("c", "Clip", "data", "c", "clip_param", min=lo, max=hi) + layer("t", "TanH", "data", "t")
-            + layer("i", "Clip", "t", "t", "clip_param", min=lo, max=hi))
+    body = (
+        layer("c", "Clip", "data", "c", "clip_param", min=lo, max=hi)
+        + layer("t", "TanH", "data", "t")
+        + layer("i", "Clip", "t", "t", "clip_param", min=lo, max=hi)
+    )
     out = _torch_forward(tmp_path, body, S, x)
 
     def ref(v: np.ndarray) -> np.ndarray:
@@ -262,11 +280,15 @@ def test_refused_caffe_layer_types_say_why(type_, tmp_path):
     assert REFUSED_TYPES[type_] in message
 
 
-@pytest.mark.parametrize("body", [
-    layer("r", "Reduction", "data", "r", "reduction_param", axis=0),
-    layer("r", "Reduction", "data", "r", "reduction_param", axis=-4),
-    layer("t", "Tile", "data", "t", "tile_param", axis=0, tiles=2),
-], ids=["reduction_axis0", "reduction_axis_m4", "tile_axis0"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        layer("r", "Reduction", "data", "r", "reduction_param", axis=0),
+        layer("r", "Reduction", "data", "r", "reduction_param", axis=-4),
+        layer("t", "Tile", "data", "t", "tile_param", axis=0, tiles=2),
+    ],
+    ids=["reduction_axis0", "reduction_axis_m4", "tile_axis0"],
+)
 def test_layers_over_the_batch_axis_are_refused(body, tmp_path):
     from savedeep.caffe.model import load_net
 
@@ -279,17 +301,22 @@ def test_spp_too_deep_for_its_input_is_refused(tmp_path):
 
     # 5 rows in 4 bins: kernel 2 needs pad 2, which Caffe's pooling refuses (pad < kernel)
     with pytest.raises(ModelError, match="pyramid level 2"):
-        load_net(write_net(tmp_path, "net", layer("s", "SPP", "data", "s", "spp_param", pyramid_height=3),
-                           (1, 3, 5, 8)))
+        load_net(
+            write_net(tmp_path, "net", layer("s", "SPP", "data", "s", "spp_param", pyramid_height=3), (1, 3, 5, 8))
+        )
 
 
 @pytest.mark.caffe
-@pytest.mark.parametrize("body,match", [
-    (layer("c", "Clip", "data", "c", "clip_param", min=0, max=1), "'Clip', which this pycaffe build does not have"),
-    (layer("s", "Swish", "data", "s"), "'Swish', which this pycaffe build does not have"),
-    (layer("p", "Pooling", "data", "p", "pooling_param", pool="STOCHASTIC", kernel_size=2), "only on a GPU"),
-    (layer("s", "SPP", "data", "s", "spp_param", pyramid_height=2, pool="STOCHASTIC"), "only on a GPU"),
-], ids=["clip", "swish", "stochastic", "spp_stochastic"])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        (layer("c", "Clip", "data", "c", "clip_param", min=0, max=1), "'Clip', which this pycaffe build does not have"),
+        (layer("s", "Swish", "data", "s"), "'Swish', which this pycaffe build does not have"),
+        (layer("p", "Pooling", "data", "p", "pooling_param", pool="STOCHASTIC", kernel_size=2), "only on a GPU"),
+        (layer("s", "SPP", "data", "s", "spp_param", pyramid_height=2, pool="STOCHASTIC"), "only on a GPU"),
+    ],
+    ids=["clip", "swish", "stochastic", "spp_stochastic"],
+)
 def test_caffe_engine_refuses_what_pycaffe_would_abort_on(body, match, pycaffe, tmp_path):
     """pycaffe aborts the process (glog FATAL) on these; the caffe engine refuses them in one line first."""
     from savedeep.engines.caffe_engine import CaffeEngine
@@ -302,9 +329,11 @@ def test_caffe_engine_refuses_what_pycaffe_would_abort_on(body, match, pycaffe, 
 
 def test_layer_with_weights_but_no_weights_file_is_a_model_error():
     with pytest.raises(ModelError, match="needs 2 weight blob"):
-        build_layer(_layer(
-            'name: "c" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 2 kernel_size: 1 }'
-        ))
+        build_layer(
+            _layer(
+                'name: "c" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 2 kernel_size: 1 }'
+            )
+        )
 
 
 def test_every_case_runs_in_torch_with_model_shapes(tmp_path):

@@ -33,8 +33,7 @@ PEER_BLOCKS = [b.text for b in all_blocks() if b.info == "python peers"]
 @pytest.fixture(scope="module")
 def peers_python() -> str:
     """The peers' venv's python (built on first use, cached in ~/.cache/savedeep: scripts/peer_env.sh)."""
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "peer_env.sh")], capture_output=True, text=True,
-                       timeout=3600)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "peer_env.sh")], capture_output=True, text=True, timeout=3600)
     assert r.returncode == 0, f"scripts/peer_env.sh failed:\n{r.stderr[-4000:]}"
     return r.stdout.strip().splitlines()[-1]
 
@@ -44,8 +43,7 @@ def run_peer(python: str, script: str, cwd: Path, *args: str) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["PYTHONPATH"] = str(ROOT)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # thingsvision imports tensorflow: keep its start-up chatter out
-    return subprocess.run([python, "-c", script, *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=900)
+    return subprocess.run([python, "-c", script, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +52,20 @@ def caffenet_run(caffenet_dir, photos, tmp_path_factory):
     import savedeep
 
     d = tmp_path_factory.mktemp("peers")
-    images = copy_photos(photos, d / "images", ["cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "chelsea.png",
-                                                "coffee.png"])
-    savedeep.run(ROOT / "configs" / "demo.yaml", model=caffenet_dir, images=images, output=d / "out" / "acts.pk",
-                 blobs=["data", "fc6"], producers=1, writers=1, cpu_consumers=1, report=False)
+    images = copy_photos(
+        photos, d / "images", ["cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "chelsea.png", "coffee.png"]
+    )
+    savedeep.run(
+        ROOT / "configs" / "demo.yaml",
+        model=caffenet_dir,
+        images=images,
+        output=d / "out" / "acts.pk",
+        blobs=["data", "fc6"],
+        producers=1,
+        writers=1,
+        cpu_consumers=1,
+        report=False,
+    )
     return d, images, savedeep.load(d / "out" / "acts.pk")
 
 
@@ -74,9 +82,13 @@ def test_transform_is_the_input_a_run_fed(caffenet_run, caffenet_dir):
     py = savedeep.convert(caffenet_dir, "torch", d / "caffenet.py", overwrite=True)
     pt2 = savedeep.convert(caffenet_dir, "torch", d / "caffenet.pt2", blobs=["conv1"], overwrite=True)
     onnx = savedeep.convert(caffenet_dir, "onnx", d / "caffenet.onnx", blobs=["conv1"], overwrite=True)
-    transforms = {"directory": savedeep.transform(caffenet_dir), "module": savedeep.transform(py),
-                  "weights file": savedeep.transform(py.with_suffix(".pt")), "pt2": savedeep.transform(pt2),
-                  "onnx": savedeep.transform(onnx)}
+    transforms = {
+        "directory": savedeep.transform(caffenet_dir),
+        "module": savedeep.transform(py),
+        "weights file": savedeep.transform(py.with_suffix(".pt")),
+        "pt2": savedeep.transform(pt2),
+        "onnx": savedeep.transform(onnx),
+    }
     for key, expected in zip(df["image"], df["data"]):
         for name, t in transforms.items():
             got = t(images / key)
@@ -104,7 +116,8 @@ def test_image_folder_takes_the_transform(caffenet_run, peers_python):
         "import sys, numpy as np, torchvision, savedeep\n"
         "ds = torchvision.datasets.ImageFolder(sys.argv[1], transform=savedeep.transform(sys.argv[2]))\n"
         "np.savez(sys.argv[3], x=np.stack([ds[i][0].numpy() for i in range(len(ds))]),\n"
-        "         names=np.array([p.rsplit('/', 1)[1] for p, _ in ds.samples]))\n")
+        "         names=np.array([p.rsplit('/', 1)[1] for p, _ in ds.samples]))\n"
+    )
     r = run_peer(peers_python, script, d, str(folder), str(d / "caffenet.py"), str(d / "folder.npz"))
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(d / "folder.npz") as z:
@@ -117,8 +130,15 @@ def test_image_folder_takes_the_transform(caffenet_run, peers_python):
 def test_docs_have_the_peer_recipes():
     text = "\n".join(PEER_BLOCKS)
     assert len(PEER_BLOCKS) == 4
-    for call in ("create_feature_extractor", "get_extractor_from_model", "extract_features", "torchlens.trace",
-                 "PytorchWrapper", "NeuroidAssembly", "savedeep.transform"):
+    for call in (
+        "create_feature_extractor",
+        "get_extractor_from_model",
+        "extract_features",
+        "torchlens.trace",
+        "PytorchWrapper",
+        "NeuroidAssembly",
+        "savedeep.transform",
+    ):
         assert call in text, call
 
 
@@ -145,8 +165,14 @@ def test_transform_of_a_grayscale_net(photos, tmp_path):
     from tests.nets import layer, write_net
 
     d = tmp_path / "gray"
-    net = load_net(write_net(d, "gray", layer("c", "Convolution", "data", "c", "convolution_param", num_output=2,
-                                               kernel_size=3), (1, 1, 9, 11)))
+    net = load_net(
+        write_net(
+            d,
+            "gray",
+            layer("c", "Convolution", "data", "c", "convolution_param", num_output=2, kernel_size=3),
+            (1, 1, 9, 11),
+        )
+    )
     write_caffemodel(d / "weights.caffemodel", net, random_weights(net, seed=0))
     np.save(d / "mean.npy", np.array([0.3], np.float32))
     py = savedeep.convert(d, "torch", tmp_path / "gray.py")

@@ -41,8 +41,17 @@ def test_every_module_imports_in_a_fresh_interpreter_of_its_own():
     # works only after another module was imported would fail there, and not in one shared process.
     mods = sorted(set(_modules()) - {"savedeep.__main__"})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = {m: subprocess.Popen([sys.executable, "-c", f"import {m}"], cwd=ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in mods}
+    procs = {
+        m: subprocess.Popen(
+            [sys.executable, "-c", f"import {m}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in mods
+    }
     failed = {}
     for m, p in procs.items():
         _, err = p.communicate(timeout=300)
@@ -72,7 +81,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(v)
         for w in sorted(graph[v]):
             if state.get(w) == 1:
-                return path[path.index(w):] + [w]
+                return path[path.index(w) :] + [w]
             if w not in state and (found := visit(w)):
                 return found
         path.pop()
@@ -103,14 +112,17 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def _lint_imports(root: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(root)}  # ahead of the editable install's finder
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", "--no-logo"], cwd=root, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def _contract_names() -> list[str]:
     import tomllib
 
-    return [c["name"] for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]]
+    return [
+        c["name"] for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    ]
 
 
 def _status(output: str, name: str) -> str:
@@ -157,19 +169,27 @@ def test_each_contract_catches_a_forbidden_import(contract, tmp_path):
 def test_old_paths_are_the_moved_modules_in_a_fresh_interpreter():
     # Fresh: the alias must work as the first import of the module (a user's script, a spawned worker),
     # and a class pickled under the old path (protocol 0: text, so the path can be edited) loads as the same class.
-    code = ("import importlib, pickle, sys\n"
-            "from savedeep._moved import MOVED\n"
-            "bad = [o for o, n in MOVED.items() if importlib.import_module(o) is not importlib.import_module(n)]\n"
-            "bad += [n for n in MOVED.values() if sys.modules[n].__spec__.name != n]\n"
-            "from savedeep.output import ShardSet\n"
-            "import savedeep.caffe.model as m, savedeep.model\n"
-            "assert savedeep.model is m and savedeep.model.Model is m.Model\n"
-            "old = pickle.dumps(m.Model, protocol=0).replace(b'savedeep.caffe.model', b'savedeep.model')\n"
-            "assert b'savedeep.model' in old and pickle.loads(old) is m.Model\n"
-            "import savedeep; assert callable(savedeep.report)\n"
-            "print(bad)\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        "import importlib, pickle, sys\n"
+        "from savedeep._moved import MOVED\n"
+        "bad = [o for o, n in MOVED.items() if importlib.import_module(o) is not importlib.import_module(n)]\n"
+        "bad += [n for n in MOVED.values() if sys.modules[n].__spec__.name != n]\n"
+        "from savedeep.output import ShardSet\n"
+        "import savedeep.caffe.model as m, savedeep.model\n"
+        "assert savedeep.model is m and savedeep.model.Model is m.Model\n"
+        "old = pickle.dumps(m.Model, protocol=0).replace(b'savedeep.caffe.model', b'savedeep.model')\n"
+        "assert b'savedeep.model' in old and pickle.loads(old) is m.Model\n"
+        "import savedeep; assert callable(savedeep.report)\n"
+        "print(bad)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
@@ -193,22 +213,41 @@ def test_the_project_imports_only_the_new_paths():
     for part in ("savedeep", "workers", "benchmarks", "scripts", "tests"):
         for p in (ROOT / part).rglob("*.py"):
             for node in ast.walk(ast.parse(p.read_text())):
-                names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else
-                         [a.name for a in node.names] if isinstance(node, ast.Import) else [])
-                found += [f"{p.relative_to(ROOT)}:{node.lineno} {n}" for n in names
-                          if (n in old and part != "tests") or n.split(".")[0] == "workers"]
+                names = (
+                    [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                found += [
+                    f"{p.relative_to(ROOT)}:{node.lineno} {n}"
+                    for n in names
+                    if (n in old and part != "tests") or n.split(".")[0] == "workers"
+                ]
     assert not found, found
 
 
 def test_the_workers_folder_does_not_import_as_workers():
     # From a checkout the folder is importable as ``workers`` (the current directory is on sys.path): a module
     # imported under that name would be a second copy of savedeep._workers' (its own Channels, STARTING, ...).
-    r = subprocess.run([sys.executable, "-c", "import workers"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-c", "import workers"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode != 0 and "import savedeep._workers, not workers" in r.stderr, r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-c", "import savedeep._workers.writer as w; print(w.__name__)"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-c", "import savedeep._workers.writer as w; print(w.__name__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert r.returncode == 0 and r.stdout.strip() == "savedeep._workers.writer", r.stdout + r.stderr
 
 
@@ -229,8 +268,11 @@ def _too_big(modules: dict[str, Path]) -> list[str]:
         if n > MODULE_LINES and "Size:" not in (ast.get_docstring(tree) or ""):
             out.append(f"{name}: {n} lines")
         for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and (k := node.end_lineno - node.lineno + 1) > CLASS_LINES \
-                    and "Size:" not in (ast.get_docstring(node) or ""):
+            if (
+                isinstance(node, ast.ClassDef)
+                and (k := node.end_lineno - node.lineno + 1) > CLASS_LINES
+                and "Size:" not in (ast.get_docstring(node) or "")
+            ):
                 out.append(f"{name}: class {node.name}, {k} lines")
     return out
 
@@ -244,4 +286,7 @@ def test_the_size_check_finds_a_big_module_and_a_big_class(tmp_path):
     (tmp_path / "said.py").write_text('"""A module.\n\nSize: a reason."""\n' + "x = 1\n" * MODULE_LINES)
     (tmp_path / "cls.py").write_text('class C:\n    """A class."""\n' + "    x = 1\n" * CLASS_LINES)
     found = _too_big({p.stem: p for p in tmp_path.glob("*.py")})
-    assert sorted(f.split(": ", 1)[1] for f in found) == [f"{MODULE_LINES + 1} lines", f"class C, {CLASS_LINES + 2} lines"]
+    assert sorted(f.split(": ", 1)[1] for f in found) == [
+        f"{MODULE_LINES + 1} lines",
+        f"class C, {CLASS_LINES + 2} lines",
+    ]

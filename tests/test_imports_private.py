@@ -31,7 +31,7 @@ def _absolute(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     base = importer.split(".") if is_package else importer.split(".")[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join([*base, node.module] if node.module else base)
 
 
@@ -65,10 +65,15 @@ def private_uses(path: Path) -> list[str]:
                 elif a.name.startswith("_") and not a.name.startswith("__") and source != importer:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {source}.{a.name}")
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                and node.attr.startswith("_") and not node.attr.startswith("__")
-                and not _is_module(f"{aliases[node.value.id]}.{node.attr}")
-                and aliases[node.value.id] != importer):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and not _is_module(f"{aliases[node.value.id]}.{node.attr}")
+            and aliases[node.value.id] != importer
+        ):
             found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {aliases[node.value.id]}.{node.attr}")
     return found
 
@@ -91,15 +96,20 @@ def test_the_check_sees_each_way_of_reaching_a_private_name(tmp_path, monkeypatc
     (pkg / "_private_mod.py").write_text("")
     (pkg / "output.py").write_text("def _resolve(p): return p\nx = _resolve(1)\n")
     user = tmp_path / "savedeep" / "report.py"
-    user.write_text("from savedeep.data.output import _resolve, load\n"
-                    "from .data.output import _column_to_numpy\n"
-                    "import savedeep.data.output as out\n"
-                    "from savedeep.data import output, _private_mod\n"
-                    "out._complete_shards(1)\n"
-                    "output._partial_note(1)\n"
-                    "out.load(1)\n")
+    user.write_text(
+        "from savedeep.data.output import _resolve, load\n"
+        "from .data.output import _column_to_numpy\n"
+        "import savedeep.data.output as out\n"
+        "from savedeep.data import output, _private_mod\n"
+        "out._complete_shards(1)\n"
+        "output._partial_note(1)\n"
+        "out.load(1)\n"
+    )
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     assert [u.split(": ")[1] for u in private_uses(user)] == [
-        "savedeep.data.output._resolve", "savedeep.data.output._column_to_numpy",
-        "savedeep.data.output._complete_shards", "savedeep.data.output._partial_note"]
+        "savedeep.data.output._resolve",
+        "savedeep.data.output._column_to_numpy",
+        "savedeep.data.output._complete_shards",
+        "savedeep.data.output._partial_note",
+    ]
     assert private_uses(pkg / "output.py") == []

@@ -16,8 +16,13 @@ RUFF = Path(sys.executable).with_name("ruff")
 
 
 def _ruff_check(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RUFF), "check", "--no-cache", "--output-format", "concise", "."], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(RUFF), "check", "--no-cache", "--output-format", "concise", "."],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_ruff_finds_nothing_in_the_tree():
@@ -35,6 +40,7 @@ def test_ruff_with_the_project_config_catches_a_lint_error(tmp_path):
     (tmp_path / "savedeep" / "units.py").write_text(text)
     assert _ruff_check(tmp_path).returncode == 0  # the copy alone is clean
     (tmp_path / "savedeep" / "units.py").write_text(
-        "import os\n" + text + "\n\ndef _late():\n    return [lambda: i for i in range(3)] + [undefined_name]\n")
+        "import os\n" + text + "\n\ndef _late():\n    return [lambda: i for i in range(3)] + [undefined_name]\n"
+    )
     r = _ruff_check(tmp_path)
     assert r.returncode != 0 and {"F401", "F821", "B023"} <= set(r.stdout.split()), r.stdout + r.stderr

@@ -34,8 +34,16 @@ pytestmark = pytest.mark.slow
 def _checkout_copy(dest: Path) -> Path:
     """The files git would commit (tracked, and new ones not ignored), links kept as links: a build from the
     working tree without its .venv, demo/ or build leftovers, and without writing into it."""
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    names = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, names):
         src, dst = ROOT / name, dest / name
         if not src.exists() and not src.is_symlink():
@@ -57,8 +65,13 @@ def _clean_env() -> dict[str, str]:
 def dist(tmp_path_factory) -> Path:
     src = _checkout_copy(tmp_path_factory.mktemp("src") / "savedeep")
     out = tmp_path_factory.mktemp("dist")
-    r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], capture_output=True,
-                       text=True, timeout=600, env=_clean_env())
+    r = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_clean_env(),
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return out
 
@@ -71,8 +84,12 @@ def _one(dist: Path, pattern: str) -> Path:
 
 def test_twine_check_passes_on_the_wheel_and_the_sdist(dist):
     files = [_one(dist, "*.whl"), _one(dist, "*.tar.gz")]
-    r = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, files)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and r.stdout.count("PASSED") == 2, r.stdout + r.stderr
 
 
@@ -123,11 +140,29 @@ def installed(dist, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(site, "project-env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    r = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check",
-                        str(_one(dist, "*.whl"))], capture_output=True, text=True, timeout=300, env=_clean_env())
+    r = subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(_one(dist, "*.whl")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_clean_env(),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return venv / "bin"
 
@@ -137,8 +172,10 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_installed_wheel_is_the_savedeep_imported_and_its_requirements_are_met(installed, tmp_path):
-    code = ("import importlib.util, savedeep, savedeep._workers.consumer as c\n"
-            "print(savedeep.__file__); print(c.__file__); print(importlib.util.find_spec('workers'))\n")
+    code = (
+        "import importlib.util, savedeep, savedeep._workers.consumer as c\n"
+        "print(savedeep.__file__); print(c.__file__); print(importlib.util.find_spec('workers'))\n"
+    )
     r = _run([str(installed / "python"), "-c", code], tmp_path)
     assert r.returncode == 0, r.stderr
     package, consumer, workers = r.stdout.split()
@@ -147,18 +184,20 @@ def test_the_installed_wheel_is_the_savedeep_imported_and_its_requirements_are_m
     assert workers == "None"  # the checkout's workers/ folder is not on the path, and nothing installs one
     # The wheel's own requirements (not its extras), met by what the fresh environment sees. Not pip check: it
     # also weighs the project environment's packages against the fresh one's own pip and setuptools.
-    code = ("from importlib.metadata import PackageNotFoundError, requires, version\n"
-            "from packaging.requirements import Requirement\n"
-            "bad = []\n"
-            "for req in map(Requirement, requires('savedeep')):\n"
-            "    if req.marker is None or req.marker.evaluate({'extra': ''}):\n"
-            "        try:\n"
-            "            have = version(req.name)\n"
-            "        except PackageNotFoundError:\n"
-            "            have = None\n"
-            "        if have is None or not req.specifier.contains(have, prereleases=True):\n"
-            "            bad.append(f'{req} (have {have})')\n"
-            "print(len(requires('savedeep')), bad)\n")
+    code = (
+        "from importlib.metadata import PackageNotFoundError, requires, version\n"
+        "from packaging.requirements import Requirement\n"
+        "bad = []\n"
+        "for req in map(Requirement, requires('savedeep')):\n"
+        "    if req.marker is None or req.marker.evaluate({'extra': ''}):\n"
+        "        try:\n"
+        "            have = version(req.name)\n"
+        "        except PackageNotFoundError:\n"
+        "            have = None\n"
+        "        if have is None or not req.specifier.contains(have, prereleases=True):\n"
+        "            bad.append(f'{req} (have {have})')\n"
+        "print(len(requires('savedeep')), bad)\n"
+    )
     r = _run([str(installed / "python"), "-c", code], tmp_path)
     assert r.returncode == 0 and r.stdout.split(" ", 1)[1].strip() == "[]", r.stdout + r.stderr
 
@@ -176,8 +215,25 @@ def test_the_installed_wheel_runs_a_model_in_spawned_workers(installed, caffenet
     # Producer, consumer and writer processes are spawned and import savedeep._workers by name: only the
     # wheel's copy is there to import.
     out = tmp_path / "out" / "acts.pk"
-    r = _run([str(installed / "savedeep"), "run", "-m", str(caffenet_dir), "-b", "fc7,prob",
-              "-i", str(testdata / "images"), "-o", str(out), "--gpus", "cpu", "--engine", "torch"], tmp_path)
+    r = _run(
+        [
+            str(installed / "savedeep"),
+            "run",
+            "-m",
+            str(caffenet_dir),
+            "-b",
+            "fc7,prob",
+            "-i",
+            str(testdata / "images"),
+            "-o",
+            str(out),
+            "--gpus",
+            "cpu",
+            "--engine",
+            "torch",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     import savedeep
 

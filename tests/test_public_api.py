@@ -20,17 +20,20 @@ API_DOC, API_HEADING = ROOT / "docs" / "reference" / "api.md", "## Public names"
 def _public_names(module: types.ModuleType) -> set[str]:
     """The names ``module`` offers: not underscored, not one of its submodules (``savedeep.config`` is a module,
     reached by its own path), not the binding a ``from __future__ import`` leaves (a compiler directive)."""
-    return {name for name, value in vars(module).items()
-            if not name.startswith("_")
-            and not (isinstance(value, types.ModuleType) and value.__name__.startswith(module.__name__ + "."))
-            and not isinstance(value, __future__._Feature)}
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not (isinstance(value, types.ModuleType) and value.__name__.startswith(module.__name__ + "."))
+        and not isinstance(value, __future__._Feature)
+    }
 
 
 def _documented(text: str) -> set[str]:
     """The ``savedeep.NAME`` the API section of ``text`` names (in code spans)."""
     start = text.index(API_HEADING + "\n")
     end = text.find("\n## ", start + len(API_HEADING))
-    section = text[start:end if end != -1 else len(text)]
+    section = text[start : end if end != -1 else len(text)]
     return set(re.findall(r"`savedeep\.(\w+)", section))
 
 
@@ -53,11 +56,13 @@ def test_every_name_in_all_exists():
 def test_the_public_names_of_a_fresh_import_are_all():
     # Fresh: what `import savedeep` alone leaves in the namespace (in this process other tests' imports add
     # submodules, which _public_names leaves out, but could also hide a helper that a submodule's import binds).
-    code = ("import savedeep, sys\n"
-            f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-            "from test_public_api import _public_names\n"
-            "print(sorted(_public_names(savedeep) | {'__version__'}) == sorted(savedeep.__all__),"
-            " sorted(_public_names(savedeep)))\n")
+    code = (
+        "import savedeep, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_public_api import _public_names\n"
+        "print(sorted(_public_names(savedeep) | {'__version__'}) == sorted(savedeep.__all__),"
+        " sorted(_public_names(savedeep)))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("True "), r.stdout + r.stderr
 
@@ -71,8 +76,10 @@ def test_all_is_what_the_api_section_documents():
 def test_the_checks_find_a_leak_and_an_undocumented_name():
     # The two checks above on a made-up package: a helper import leaks, a documented name is missing.
     fake = types.ModuleType("fake")
-    exec("from __future__ import annotations\nfrom pathlib import Path\nimport os as _os\n"
-         "def load(): pass\n", fake.__dict__)
+    exec(
+        "from __future__ import annotations\nfrom pathlib import Path\nimport os as _os\ndef load(): pass\n",
+        fake.__dict__,
+    )
     fake.sub = types.ModuleType("fake.sub")
     assert _public_names(fake) == {"Path", "load"}
     text = f"# x\n\n{API_HEADING}\n\n| `savedeep.load(path)` | ... |\n\n## Next\n\n`savedeep.hidden`\n"

@@ -43,8 +43,9 @@ def test_readme_has_a_minimal_example_on_your_own_model():
 
     tree = first(lambda b: all(f in b.text for f in ("deploy.prototxt", "weights.caffemodel", "mean.npy")), 0)
     config = first(lambda b: b.language == "yaml" and b.title is not None, tree)
-    run = first(lambda b: b.language == "bash" and f".venv/bin/savedeep run {blocks[config].title}" in b.commands(),
-                config)
+    run = first(
+        lambda b: b.language == "bash" and f".venv/bin/savedeep run {blocks[config].title}" in b.commands(), config
+    )
     output = yaml.safe_load(blocks[config].text)["output"]
     first(lambda b: b.info == "python" and f'savedeep.load("{output}")' in b.text, run)
 

@@ -32,10 +32,12 @@ def test_a_worker_warning_reaches_stderr_once(nsfw_dir, photos, tmp_path, loggin
     shutil.copyfile(photos[0], images / photos[0].name)
     (images / "broken.jpg").write_text("not an image")
     config = tmp_path / "config.yaml"
-    config.write_text(f"model: {nsfw_dir}\nimages: {images}\noutput: {tmp_path / 'out' / 'acts.pk'}\n"
-                      "blobs: [prob]\nengine: torch\n")
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(config), logging_setup], capture_output=True, text=True,
-                       timeout=240)
+    config.write_text(
+        f"model: {nsfw_dir}\nimages: {images}\noutput: {tmp_path / 'out' / 'acts.pk'}\nblobs: [prob]\nengine: torch\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(config), logging_setup], capture_output=True, text=True, timeout=240
+    )
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if "broken.jpg" in line]
     prefix = "mine: " if logging_setup == "basicConfig" else "savedeep: WARNING: "

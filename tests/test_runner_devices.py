@@ -36,8 +36,12 @@ def _report(q) -> None:
     """In a spawned child: the environment it was exec'ed with (/proc/self/environ) and what is imported."""
     raw = Path("/proc/self/environ").read_bytes().split(b"\0")
     at_exec = dict(kv.decode().split("=", 1) for kv in raw if b"=" in kv)
-    q.put({"at_exec": {k: at_exec.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", *dv.THREAD_VARS)},
-           "imported": sorted(m for m in ("torch", "caffe") if m in sys.modules)})
+    q.put(
+        {
+            "at_exec": {k: at_exec.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", *dv.THREAD_VARS)},
+            "imported": sorted(m for m in ("torch", "caffe") if m in sys.modules),
+        }
+    )
 
 
 def _spawn_and_report(changes: dict) -> dict:
@@ -52,13 +56,18 @@ def _spawn_and_report(changes: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("parent, expected", [
-    (None, ["0", "1", "2"]),
-    ("3,1,2", ["3", "1", "2"]),
-    ("GPU-8a1b2c3d-0000-1111-2222-333344445555,GPU-deadbeef-aaaa-bbbb-cccc-ddddeeeeffff,GPU-0f",
-     ["GPU-8a1b2c3d-0000-1111-2222-333344445555", "GPU-deadbeef-aaaa-bbbb-cccc-ddddeeeeffff", "GPU-0f"]),
-    ("MIG-5c3e-1,MIG-5c3e-2, MIG-5c3e-3", ["MIG-5c3e-1", "MIG-5c3e-2", "MIG-5c3e-3"]),
-])
+@pytest.mark.parametrize(
+    "parent, expected",
+    [
+        (None, ["0", "1", "2"]),
+        ("3,1,2", ["3", "1", "2"]),
+        (
+            "GPU-8a1b2c3d-0000-1111-2222-333344445555,GPU-deadbeef-aaaa-bbbb-cccc-ddddeeeeffff,GPU-0f",
+            ["GPU-8a1b2c3d-0000-1111-2222-333344445555", "GPU-deadbeef-aaaa-bbbb-cccc-ddddeeeeffff", "GPU-0f"],
+        ),
+        ("MIG-5c3e-1,MIG-5c3e-2, MIG-5c3e-3", ["MIG-5c3e-1", "MIG-5c3e-2", "MIG-5c3e-3"]),
+    ],
+)
 def test_each_consumer_is_spawned_seeing_only_its_own_gpu(parent, expected, monkeypatch):
     if parent is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -109,9 +118,11 @@ def test_caffe_engine_selects_the_device_before_gpu_mode():
     from savedeep.engines.caffe_engine import select_device
 
     calls = []
-    fake = SimpleNamespace(set_device=lambda i: calls.append(("set_device", i)),
-                           set_mode_gpu=lambda: calls.append(("set_mode_gpu",)),
-                           set_mode_cpu=lambda: calls.append(("set_mode_cpu",)))
+    fake = SimpleNamespace(
+        set_device=lambda i: calls.append(("set_device", i)),
+        set_mode_gpu=lambda: calls.append(("set_mode_gpu",)),
+        set_mode_cpu=lambda: calls.append(("set_mode_cpu",)),
+    )
     select_device(fake, parse_device("cuda:0"))
     assert calls == [("set_device", 0), ("set_mode_gpu",)]
     calls.clear()
@@ -136,8 +147,9 @@ def test_driver_probe_reports_a_library_without_the_driver_api():
 
 def test_driver_probe_output_that_is_not_json_is_an_error():
     assert "killed by signal 11" in gpus.parse_probe(-11, "", "Segmentation fault").error
-    assert gpus.parse_probe(0, '{"count": 3, "driver": 12040, "lib": "libcuda.so.1", "error": null}\n', "") == \
-        gpus.DriverProbe(3, 12040, "libcuda.so.1", None)
+    assert gpus.parse_probe(
+        0, '{"count": 3, "driver": 12040, "lib": "libcuda.so.1", "error": null}\n', ""
+    ) == gpus.DriverProbe(3, 12040, "libcuda.so.1", None)
 
 
 def test_count_falls_back_to_proc_and_honours_visible_devices(tmp_path, monkeypatch):
@@ -158,8 +170,10 @@ def test_count_falls_back_to_proc_and_honours_visible_devices(tmp_path, monkeypa
 
 
 def test_counting_never_imports_torch_or_caffe_in_the_parent():
-    code = ("import sys, savedeep.runner.devices as d; d.count_gpus(); d.runtime_for('torch'); d.runtime_for('caffe'); "
-            "print(sorted(m for m in ('torch', 'caffe') if m in sys.modules))")
+    code = (
+        "import sys, savedeep.runner.devices as d; d.count_gpus(); d.runtime_for('torch'); d.runtime_for('caffe'); "
+        "print(sorted(m for m in ('torch', 'caffe') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -182,7 +196,9 @@ def test_no_gpu_when_gpus_were_asked_for_is_a_warning(caplog):
 
 def test_a_missing_gpu_id_is_explained_as_a_position_in_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-b")
-    with pytest.raises(ConfigError, match=r"GPU \[2\] does not exist.*positions within CUDA_VISIBLE_DEVICES.*GPU-a,GPU-b"):
+    with pytest.raises(
+        ConfigError, match=r"GPU \[2\] does not exist.*positions within CUDA_VISIBLE_DEVICES.*GPU-a,GPU-b"
+    ):
         gpus.resolve_devices((0, 2), False, 1, gpus.GpuCount(2, "driver"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ConfigError, match="PCI bus order as nvidia-smi"):
@@ -203,8 +219,9 @@ def test_device_order_is_pci_bus_unless_set():
 
 def test_usable_cpus_follow_the_affinity_mask():
     code = "from savedeep.runner.devices import usable_cpus; print(usable_cpus())"
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
     assert dv.usable_cpus() == min(len(os.sched_getaffinity(0)), dv.usable_cpus(quota=None))
@@ -241,9 +258,34 @@ def test_a_run_uses_the_cpus_of_its_affinity(caffenet_dir, photos, tmp_path):
     for p in photos[:3]:
         (images / p.name).write_bytes(p.read_bytes())
     out = tmp_path / "out" / "acts.pk"
-    r = subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "savedeep", "run", "-m", str(caffenet_dir),
-                        "-b", "fc7", "-i", str(images), "-o", str(out), "--gpus", "cpu", "--no-progress",
-                        "--batch-size", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "savedeep",
+            "run",
+            "-m",
+            str(caffenet_dir),
+            "-b",
+            "fc7",
+            "-i",
+            str(images),
+            "-o",
+            str(out),
+            "--gpus",
+            "cpu",
+            "--no-progress",
+            "--batch-size",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "out" / "acts.log").read_text()
     assert "batch 2; 1 usable CPU(s) (affinity, cgroup quota), 1 thread(s) per consumer" in log
@@ -253,9 +295,12 @@ def test_a_run_uses_the_cpus_of_its_affinity(caffenet_dir, photos, tmp_path):
     assert "CPU consumers: 1; each holds about" in log
     assert r.stderr.count("cpu_consumers auto:") == 1, r.stderr  # once: the preflight returns it, the run logs it
     # the consumer's start-up, split, measured from the parent's spawn
-    startup = re.search(r"start-up: (\S+) s from spawn to the first batch forwarded \(process start and imports "
-                        r"\S+ s, model files read \S+ s, torch imported and the engine built \S+ s, waiting for the "
-                        r"first batch \S+ s, first forward \S+ s\)", log)
+    startup = re.search(
+        r"start-up: (\S+) s from spawn to the first batch forwarded \(process start and imports "
+        r"\S+ s, model files read \S+ s, torch imported and the engine built \S+ s, waiting for the "
+        r"first batch \S+ s, first forward \S+ s\)",
+        log,
+    )
     assert startup and float(startup.group(1)) > 0, log
     manifest = json.loads((tmp_path / "out" / "acts.parquet" / "_manifest.json").read_text())
     assert [(d["device"], d["threads"], d["CUDA_VISIBLE_DEVICES"]) for d in manifest["devices"]] == [("cpu", 1, "")]
@@ -304,7 +349,7 @@ def test_cpu_consumers_share_the_cores():
 
 # ------------------------------------------------ 5b. cpu_consumers: auto (NOTE [cpu_consumers: auto])
 
-FC = dv.CpuLoad(forward_s=16e-3, decode_s=1.2e-3, write_s=0.2e-3, memory_per_consumer=900 * M)    # CaffeNet fc6+fc7
+FC = dv.CpuLoad(forward_s=16e-3, decode_s=1.2e-3, write_s=0.2e-3, memory_per_consumer=900 * M)  # CaffeNet fc6+fc7
 CONV = dv.CpuLoad(forward_s=2.3e-3, decode_s=1.2e-3, write_s=4.1e-3, memory_per_consumer=900 * M)  # conv1 float16
 
 
@@ -340,7 +385,7 @@ def test_memory_caps_the_consumers_and_their_threads_go_to_the_others():
     assert "capped from 7 by memory" in p.note and "each holds about 900 MiB" in p.note
     assert "1,800 MiB in all of 3,600 MiB available" in p.note
     assert _plan(16, FC, available=100 * M)[:2] == (1, 15)  # never fewer than one
-    assert _plan(16, FC, available=None)[:2] == (7, 2)      # unknown memory: no cap
+    assert _plan(16, FC, available=None)[:2] == (7, 2)  # unknown memory: no cap
 
 
 def test_a_run_too_small_to_pay_for_a_consumers_start_gets_fewer_with_the_threads():
@@ -397,8 +442,9 @@ def test_plan_devices_uses_the_rule_for_auto_and_logs_the_memory_of_a_number(caf
     net = load_model(caffenet_dir, weights=False).net
     cols = [ColumnSpec("fc6", (4096,), "float32"), ColumnSpec("fc7", (4096,), "float32")]
     load = dv.cpu_load("torch", net, ["fc6", "fc7"], cols, 244 * 10**6, 32)
-    cfg = savedeep.load_config(None, model=caffenet_dir, images=tmp_path, output=tmp_path / "a.pk", gpus="cpu",
-                               blobs=["fc6", "fc7"])
+    cfg = savedeep.load_config(
+        None, model=caffenet_dir, images=tmp_path, output=tmp_path / "a.pk", gpus="cpu", blobs=["fc6", "fc7"]
+    )
     assert cfg.cpu_consumers == "auto"
     cores = dv.usable_cpus()
     want = dv.plan_cpu(cores, load, dv.available_memory_bytes(), 100, 10)
@@ -420,7 +466,9 @@ def test_a_driver_too_old_for_the_runtime_stops_the_run_naming_both():
     msg = str(exc.value)
     assert "550.54.15" in msg and "CUDA up to 12.4" in msg and "CUDA 13.0" in msg and ">= 580" in msg
     assert "update the NVIDIA driver" in msg and "cu124" in msg
-    with pytest.raises(ConfigError, match=r"CUDA up to 12\.8, but this pycaffe is built for CUDA 13\.0.*rebuild pycaffe"):
+    with pytest.raises(
+        ConfigError, match=r"CUDA up to 12\.8, but this pycaffe is built for CUDA 13\.0.*rebuild pycaffe"
+    ):
         gpus.check_driver(12080, "13.0", "this pycaffe", None)
     gpus.check_driver(13000, "13.0", "torch", None)
     gpus.check_driver(12080, "12.1", "torch", None)  # minor-version compatibility
@@ -458,8 +506,9 @@ def test_exact_fp32_is_the_global_precision():
 
 
 def _stamp(scripts: Path, *args: str) -> str:
-    out = subprocess.run(["bash", str(scripts / "setup.sh"), "--print-stamp", *args], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", str(scripts / "setup.sh"), "--print-stamp", *args], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -470,8 +519,12 @@ def test_setup_stamp_changes_with_the_arch_and_the_cuda_patch(tmp_path):
     shutil.copytree(ROOT / "scripts", tmp_path / "scripts")
     shutil.copyfile(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     s = tmp_path / "scripts"
-    stamps = {_stamp(s), _stamp(s, "--cuda"), _stamp(s, "--cuda", "--arch", "sm_90"),
-              _stamp(s, "--cuda", "--arch", "sm_80")}
+    stamps = {
+        _stamp(s),
+        _stamp(s, "--cuda"),
+        _stamp(s, "--cuda", "--arch", "sm_90"),
+        _stamp(s, "--cuda", "--arch", "sm_80"),
+    }
     assert len(stamps) == 4
     before = _stamp(s, "--cuda", "--arch", "sm_90")
     with open(s / "patch_caffe_cuda.sh", "a") as f:
@@ -511,9 +564,19 @@ def test_a_dead_worker_is_noticed_while_events_keep_coming():
     from savedeep._workers._loop import Channels
 
     ctx = mp.get_context("spawn")
-    ch = Channels(tasks=None, ready=ctx.Queue(), done=[], events=ctx.Queue(), free_in=None, free_out=None,
-                  logs=None, window=None, stop=None, current=ctx.Array("q", [-1, -1], lock=False),
-                  parent_pid=os.getpid())
+    ch = Channels(
+        tasks=None,
+        ready=ctx.Queue(),
+        done=[],
+        events=ctx.Queue(),
+        free_in=None,
+        free_out=None,
+        logs=None,
+        window=None,
+        stop=None,
+        current=ctx.Array("q", [-1, -1], lock=False),
+        parent_pid=os.getpid(),
+    )
     chatter = ctx.Process(target=_chatter, args=(ch.events, 120.0), daemon=True)
     dead = ctx.Process(target=_die, daemon=True)
     chatter.start()
@@ -553,8 +616,14 @@ def test_gpu_identity_without_the_driver_says_why(tmp_path):
 def test_gpu_check_dry_run_gives_verdicts_and_says_what_it_cannot_check(tmp_path):
     """benchmarks/gpu_check.sh --device cpu, its quick steps: a verdict each, PASS, with what needs a GPU named."""
     env = {**os.environ, "OUT": str(tmp_path)}
-    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--steps", "probe,visible"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    r = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--device", "cpu", "--steps", "probe,visible"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert "VERDICT probe: PASS" in r.stdout and "VERDICT visible: PASS" in r.stdout
     assert "NOT CHECKED" in r.stdout and "empty + --require-gpu: exit 2" in r.stdout

@@ -42,9 +42,32 @@ def images(photos, tmp_path_factory) -> Path:
 
 
 def _cmd(model: Path, images: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "savedeep", "run", "-m", str(model), "-i", str(images), "-o", str(out),
-            "-b", BLOBS, "--gpus", "cpu", "--producers", "2", "--cpu-consumers", "2", "--batch-size", "2",
-            "--shard-size", "2", "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "savedeep",
+        "run",
+        "-m",
+        str(model),
+        "-i",
+        str(images),
+        "-o",
+        str(out),
+        "-b",
+        BLOBS,
+        "--gpus",
+        "cpu",
+        "--producers",
+        "2",
+        "--cpu-consumers",
+        "2",
+        "--batch-size",
+        "2",
+        "--shard-size",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _env(tag: str, fault: str | None = None) -> dict[str, str]:
@@ -97,8 +120,9 @@ def _assert_nothing_false_looking(out: Path) -> None:
 
 
 def _launch(cmd: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+    )
 
 
 def _finish(p: subprocess.Popen) -> tuple[int, str]:
@@ -109,7 +133,9 @@ def _finish(p: subprocess.Popen) -> tuple[int, str]:
         time.sleep(2.0)
         os.killpg(p.pid, signal.SIGKILL)
         _, err = p.communicate()
-        raise AssertionError(f"run hung for {TIMEOUT_S} s; its stderr (with the stacks) ended with:\n{err[-12000:]}") from None
+        raise AssertionError(
+            f"run hung for {TIMEOUT_S} s; its stderr (with the stacks) ended with:\n{err[-12000:]}"
+        ) from None
     # The parent unlinks every segment it made, on every path out. Where it did not, the
     # resource tracker unlinks them when the parent exits and says so: the segments are then
     # gone by the time the test looks, so this line is the only trace of the leak.
@@ -152,15 +178,22 @@ def _wait_for_shards(out: Path, n: int, p: subprocess.Popen) -> None:
     raise AssertionError("no progress")
 
 
-@pytest.mark.parametrize("role,writers,holding", [
-    ("producer", 1, ""), ("consumer", 1, ""), ("writer", 1, ""), ("writer", 2, ""),
-    # A SIGKILL that lands while the worker's queue thread is inside a send leaves that
-    # queue's write lock held forever (a process-shared semaphore has no owner to release
-    # it). The parent used to block on such a lock while stopping: the log listener's
-    # stop put its sentinel through the logs queue, and the stop flag was an Event with
-    # a lock; the run then hung before unlinking its shared memory.
-    ("consumer", 1, "logs"), ("consumer", 1, "stop"),
-])
+@pytest.mark.parametrize(
+    "role,writers,holding",
+    [
+        ("producer", 1, ""),
+        ("consumer", 1, ""),
+        ("writer", 1, ""),
+        ("writer", 2, ""),
+        # A SIGKILL that lands while the worker's queue thread is inside a send leaves that
+        # queue's write lock held forever (a process-shared semaphore has no owner to release
+        # it). The parent used to block on such a lock while stopping: the log listener's
+        # stop put its sentinel through the logs queue, and the stop flag was an Event with
+        # a lock; the run then hung before unlinking its shared memory.
+        ("consumer", 1, "logs"),
+        ("consumer", 1, "stop"),
+    ],
+)
 def test_sigkill_of_a_worker(role, writers, holding, caffenet_dir, images, reference, tmp_path):
     out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
     cmd = _cmd(caffenet_dir, images, out, "--writers", str(writers))
@@ -204,8 +237,7 @@ def _run_script(tmp_path: Path, tag: str, caffenet_dir: Path, images: Path, prel
     script = tmp_path / "user_script.py"
     script.write_text(_SCRIPT.format(prelude=prelude, call=call))
     out = tmp_path / "out" / "acts.pk"
-    p = _launch([sys.executable, str(script), str(caffenet_dir), str(images), str(out)], _env(tag),
-                cwd=tmp_path)
+    p = _launch([sys.executable, str(script), str(caffenet_dir), str(images), str(out)], _env(tag), cwd=tmp_path)
     rc, err = _finish(p)
     return p, rc, err, out
 
@@ -214,9 +246,14 @@ def test_a_worker_dying_while_starting_does_not_hang_the_run(caffenet_dir, image
     # Each worker's start-up arguments are larger than a pipe holds (the mean image is
     # 786 KB); a child that exits before reading them used to block the parent forever.
     tag = uuid.uuid4().hex
-    p, rc, err, out = _run_script(tmp_path, tag, caffenet_dir, images,
-                                  prelude='if __name__ == "__mp_main__":\n    sys.exit(3)',
-                                  call='if __name__ == "__main__":\n    main()')
+    p, rc, err, out = _run_script(
+        tmp_path,
+        tag,
+        caffenet_dir,
+        images,
+        prelude='if __name__ == "__mp_main__":\n    sys.exit(3)',
+        call='if __name__ == "__main__":\n    main()',
+    )
     assert rc == 1, err
     assert "WorkerError" in err and "exited with code 3 without reporting an error" in err
     _assert_clean(tag, p.pid)
@@ -237,8 +274,7 @@ def _small_shm_cmd(size: str, cmd: list[str]) -> list[str]:
     """``cmd`` in a private mount namespace whose /dev/shm is a tmpfs of ``size`` (as in a container)."""
     import shlex
 
-    return ["unshare", "--mount", "sh", "-c",
-            f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {shlex.join(cmd)}"]
+    return ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec {shlex.join(cmd)}"]
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +284,9 @@ def private_shm():
         pytest.skip(f"cannot mount a private /dev/shm here (needs root and unshare): {probe.stderr.strip()}")
 
 
-def test_a_small_dev_shm_shrinks_the_rings_and_the_output_is_the_same(private_shm, caffenet_dir, images, reference,
-                                                                      tmp_path):
+def test_a_small_dev_shm_shrinks_the_rings_and_the_output_is_the_same(
+    private_shm, caffenet_dir, images, reference, tmp_path
+):
     # The comfortable rings need 21.6 MB here (6 input slots of 1.2 MB, 6 output slots of 2.4 MB)
     # and before this was handled, workers died of SIGBUS in a 16 MB /dev/shm.
     out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
@@ -269,8 +306,11 @@ def test_a_dev_shm_too_small_for_one_batch_is_a_clear_error(private_shm, caffene
     p = _launch(_small_shm_cmd("6m", _cmd(caffenet_dir, images, out)), _env(tag))
     rc, err = _finish(p)
     assert rc == 2, err
-    assert re.search(r"/dev/shm has 6\.0 MiB free, and this run needs at least 3\.\d MiB of shared memory "
-                     r"\(one input batch of 1\.2 MiB and one output batch of 2\.2 MiB\)", err), err
+    assert re.search(
+        r"/dev/shm has 6\.0 MiB free, and this run needs at least 3\.\d MiB of shared memory "
+        r"\(one input batch of 1\.2 MiB and one output batch of 2\.2 MiB\)",
+        err,
+    ), err
     assert "batch_size" in err and "--shm-size" in err and "Traceback" not in err
     _assert_clean(tag, p.pid)
     assert not out.exists()
@@ -327,8 +367,10 @@ def test_disk_full_then_resume(caffenet_dir, images, reference, tmp_path):
         if mounted:
             p = _launch(cmd, _env(tag))
         else:  # no tmpfs here: a per-file size limit fails the first shard that outgrows it
+
             def limit():
                 resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))
+
             p = _launch(cmd, _env(tag), preexec_fn=limit)
         rc, err = _finish(p)
         assert rc == 5, err
@@ -405,8 +447,10 @@ def test_a_second_run_on_a_busy_output_is_refused_and_the_first_completes(caffen
             assert rc == 5, err
             errors = [line for line in err.splitlines() if "error" in line]
             assert len(errors) == 1 and "Traceback" not in err, err
-            assert errors[0].startswith(f"savedeep: error: {out} is in use by another savedeep run: pid {p.pid} on "
-                                        f"host {socket.gethostname()}, since "), err
+            assert errors[0].startswith(
+                f"savedeep: error: {out} is in use by another savedeep run: pid {p.pid} on "
+                f"host {socket.gethostname()}, since "
+            ), err
             assert f"(lock {out.with_name('.acts.lock')}); nothing was changed; " in errors[0]
             after = _files(out.parent)
             log = "acts.log"  # the first run may still log a line meanwhile

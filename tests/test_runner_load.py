@@ -38,11 +38,23 @@ def test_5000_images_all_accounted_for(photos, tmp_path):
             continue
         s = sources[i % len(sources)]
         y, x = rng.integers(0, s.shape[0] - 48), rng.integers(0, s.shape[1] - 48)
-        cv2.imwrite(str(d / f"{i:05d}.jpg"), s[y:y + 48, x:x + 48], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        cv2.imwrite(str(d / f"{i:05d}.jpg"), s[y : y + 48, x : x + 48], [cv2.IMWRITE_JPEG_QUALITY, 85])
 
     out = tmp_path / "out" / "acts.pk"
-    res = savedeep.run(savedeep.load_config(None, model=model, images=imgs, output=out, blobs=["pool1", "fc"],
-                                            gpus="cpu", producers=4, cpu_consumers=2, batch_size=16, shard_size=700))
+    res = savedeep.run(
+        savedeep.load_config(
+            None,
+            model=model,
+            images=imgs,
+            output=out,
+            blobs=["pool1", "fc"],
+            gpus="cpu",
+            producers=4,
+            cpu_consumers=2,
+            batch_size=16,
+            shard_size=700,
+        )
+    )
     assert res.images == 5000 and res.rows == 4993 and res.failures == 7
     df = savedeep.load(out)
     keys = list(df["image"])

@@ -57,8 +57,15 @@ def _let_go(p: subprocess.Popen) -> None:
 
 
 def _write_record(path: Path, **fields) -> bytes:
-    rec = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": process_start(os.getpid()),
-           "since": "2026-01-01 00:00:00 UTC", "fingerprint": "f" * 64, "task": None, **fields}
+    rec = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "pid_start": process_start(os.getpid()),
+        "since": "2026-01-01 00:00:00 UTC",
+        "fingerprint": "f" * 64,
+        "task": None,
+        **fields,
+    }
     raw = json.dumps(rec).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(raw)

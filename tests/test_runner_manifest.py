@@ -21,14 +21,24 @@ def _shard(d, k, start, stop, fail=()):
     sw = ShardWriter(d, k, COLS)
     keys = [f"im{i}" for i in range(start, stop) if f"im{i}" not in fail]
     sw.write(keys, {}, {"fc": np.arange(len(keys) * 3, dtype=np.float32).reshape(-1, 3) + start})
-    sw.finish({"index": k, "start": start, "stop": stop, "rows": len(keys),
-               "failures": [{"image": f, "reason": "bad"} for f in fail]})
+    sw.finish(
+        {
+            "index": k,
+            "start": start,
+            "stop": stop,
+            "rows": len(keys),
+            "failures": [{"image": f, "reason": "bad"} for f in fail],
+        }
+    )
     return keys
 
 
 def _new(d):
-    header = {"blobs": {"fc": {"shape": [3], "dtype": "float32", "storage": "tensor"}}, "blob_order": ["fc"],
-              "metadata_columns": []}
+    header = {
+        "blobs": {"fc": {"shape": [3], "dtype": "float32", "storage": "tensor"}},
+        "blob_order": ["fc"],
+        "metadata_columns": [],
+    }
     m = Manifest.new(d, header, SHARDS)
     m.write()
     return m
@@ -49,8 +59,9 @@ def test_record_adopt_and_finish_without_a_run(tmp_path):
     assert m.finished() == {0, 1} and m.failures() == [{"image": "im3", "reason": "bad"}]
     keys2 = _shard(d, 2, 4, 5)
     m.record_shard(2, shard_name(2), len(keys2), [])
-    m.finish(devices=[{"device": "cpu"}], wall_s=1.0, pickle_path=tmp_path / "a.pk", pickle=True,
-             max_pickle_bytes=1 << 20)
+    m.finish(
+        devices=[{"device": "cpu"}], wall_s=1.0, pickle_path=tmp_path / "a.pk", pickle=True, max_pickle_bytes=1 << 20
+    )
     done = json.loads((d / "_manifest.json").read_text())
     assert done["complete"] and done["summary"]["rows"] == 4 and done["pickle"]["status"] == "written"
     df = savedeep.load(tmp_path / "a.pk")

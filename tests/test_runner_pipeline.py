@@ -47,8 +47,7 @@ def _direct(engine: str, model_dir: Path, cfg, keys: list[str], blobs: list[str]
 
     model = load_model(model_dir)
     eng = create_engine(engine, model, "cpu", 1)
-    pre = Preprocessor(cfg.preprocess, load_mean(model.mean_path),
-                       tuple(model.net.input_shape[1:]))
+    pre = Preprocessor(cfg.preprocess, load_mean(model.mean_path), tuple(model.net.input_shape[1:]))
     out = {b: [] for b in blobs}
     for k in keys:
         x = pre.load(cfg.images / k)[None]
@@ -83,10 +82,17 @@ def test_devices_fall_back_to_cpu_or_stop():
 
 def test_nsfw_two_producers_two_consumers(nsfw_dir, image_dir, tmp_path):
     blobs = ["conv_1", "pool", "prob"]
-    cfg, res = _run(nsfw_dir, image_dir, tmp_path / "out" / "acts.pk", blobs,
-                    producers=2, cpu_consumers=2, batch_size=2, shard_size=4)
-    keys = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*.*")
-                  if p.suffix in (".jpg", ".png"))
+    cfg, res = _run(
+        nsfw_dir,
+        image_dir,
+        tmp_path / "out" / "acts.pk",
+        blobs,
+        producers=2,
+        cpu_consumers=2,
+        batch_size=2,
+        shard_size=4,
+    )
+    keys = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*.*") if p.suffix in (".jpg", ".png"))
     good = [k for k in keys if not k.split("/")[-1].startswith("bad_")]
     assert res.rows == len(good) and res.failures == 3 and res.images == len(keys)
     assert res.skipped_files == {".txt": 1}
@@ -123,8 +129,16 @@ def test_nsfw_two_producers_two_consumers(nsfw_dir, image_dir, tmp_path):
     assert pre["raw_scale"] == 255.0 and pre["input_scale"] is None
     assert pre["input_shape"] == [3, 224, 224]
     assert pre["channel_order"] == "BGR" and pre["layout"] == "CHW" and pre["to_float"] == "float32(v / 255)"
-    assert pre["order"] == ["decode", "resize", "to_float", "transpose", "channel_swap", "raw_scale", "mean",
-                            "input_scale"]
+    assert pre["order"] == [
+        "decode",
+        "resize",
+        "to_float",
+        "transpose",
+        "channel_swap",
+        "raw_scale",
+        "mean",
+        "input_scale",
+    ]
     assert pre["decoder"]["jpeg_draft"] is False and pre["decoder"]["max_pixels"] == 100_000_000
     assert pre["decoder"]["exif_orientation"].startswith("ignored")
     assert manifest["config"]["preprocess"]["resize"] == "warp"
@@ -158,8 +172,9 @@ def test_binary_storage_holds_the_same_arrays(caffenet_dir, image_dir, tmp_path)
             x, y = np.stack(t[name]), np.stack(b[name])
             assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), (source, name)
     for name in names:
-        assert np.array_equal(savedeep.load_array(tmp_path / "b" / "a.pk", name),
-                              savedeep.load_array(tmp_path / "t" / "a.pk", name))
+        assert np.array_equal(
+            savedeep.load_array(tmp_path / "b" / "a.pk", name), savedeep.load_array(tmp_path / "t" / "a.pk", name)
+        )
     # What another reader sees: one fixed-size binary value per image, shape and dtype alongside
     shard = pq.read_table(tmp_path / "b" / "a.parquet" / "part-00000.parquet")
     field = shard.schema.field("fc7")
@@ -171,17 +186,31 @@ def test_binary_storage_holds_the_same_arrays(caffenet_dir, image_dir, tmp_path)
     assert manifest["blobs"]["pool5"] == {**manifest["blobs"]["pool5"], "storage": "binary", "shape": [256, 2, 2]}
     # a resume that would mix the two layouts is refused
     with pytest.raises(OutputError, match="config keys storage"):
-        savedeep.run(load_config(None, {"model": caffenet_dir, "images": image_dir, "output": tmp_path / "b" / "a.pk",
-                                        "blobs": blobs, "gpus": "cpu", **common}), resume=True)
+        savedeep.run(
+            load_config(
+                None,
+                {
+                    "model": caffenet_dir,
+                    "images": image_dir,
+                    "output": tmp_path / "b" / "a.pk",
+                    "blobs": blobs,
+                    "gpus": "cpu",
+                    **common,
+                },
+            ),
+            resume=True,
+        )
 
 
 def test_same_rows_whatever_producers_consumers_batch(caffenet_dir, image_dir, tmp_path):
     blobs = ["conv1", "fc7"]
     runs = {}
-    for name, kw in {"p1c2b4": dict(producers=1, cpu_consumers=2, batch_size=4),
-                     "p2c2b4": dict(producers=2, cpu_consumers=2, batch_size=4, writers=2),
-                     "p1c1b4": dict(producers=1, cpu_consumers=1, batch_size=4),
-                     "p2c1b1": dict(producers=2, cpu_consumers=1, batch_size=1)}.items():
+    for name, kw in {
+        "p1c2b4": dict(producers=1, cpu_consumers=2, batch_size=4),
+        "p2c2b4": dict(producers=2, cpu_consumers=2, batch_size=4, writers=2),
+        "p1c1b4": dict(producers=1, cpu_consumers=1, batch_size=4),
+        "p2c1b1": dict(producers=2, cpu_consumers=1, batch_size=1),
+    }.items():
         _run(caffenet_dir, image_dir, tmp_path / name / "a.pk", blobs, shard_size=3, **kw)
         runs[name] = savedeep.load(tmp_path / name / "a.pk")
     base = runs["p1c2b4"]
@@ -200,7 +229,15 @@ def test_same_rows_whatever_producers_consumers_batch(caffenet_dir, image_dir, t
 
 
 def test_caffe_engine_pipeline_matches_torch(pycaffe, caffenet_dir, image_dir, tmp_path):
-    _run(caffenet_dir, image_dir, tmp_path / "c" / "a.pk", ["pool5", "fc8"], engine="caffe", cpu_consumers=2, batch_size=4)
+    _run(
+        caffenet_dir,
+        image_dir,
+        tmp_path / "c" / "a.pk",
+        ["pool5", "fc8"],
+        engine="caffe",
+        cpu_consumers=2,
+        batch_size=4,
+    )
     _run(caffenet_dir, image_dir, tmp_path / "t" / "a.pk", ["pool5", "fc8"], engine="torch", batch_size=4)
     c, t = savedeep.load(tmp_path / "c" / "a.pk"), savedeep.load(tmp_path / "t" / "a.pk")
     assert list(c["image"]) == list(t["image"])
@@ -222,8 +259,11 @@ def test_pickle_above_limit_is_refused_before_any_work(nsfw_dir, image_dir, tmp_
     # Refused by the preflight since issue 30 (the pickle's size is known from the shapes); it used to be
     # refused after the whole run. The refusal at the end, for a merge, is in tests/test_runner_sizes.py.
     out = tmp_path / "acts.pk"
-    with pytest.raises(OutputError, match=r"max_pickle_bytes.*above max_pickle_bytes \(977 KiB\); nothing was "
-                                          r"started.*pickle: false"):
+    with pytest.raises(
+        OutputError,
+        match=r"max_pickle_bytes.*above max_pickle_bytes \(977 KiB\); nothing was "
+        r"started.*pickle: false",
+    ):
         _run(nsfw_dir, image_dir, out, ["conv_1"], batch_size=8, max_pickle_bytes="1MB")
     assert not out.exists() and not (tmp_path / "acts.parquet").exists()
 
@@ -339,13 +379,26 @@ def test_feeder_keeps_a_window_of_tasks_ahead():
 
 def test_many_batches_through_a_small_window(caffenet_dir, image_dir, tmp_path):
     """More batches than tasks ever queued at once: every image still gets its row or its failure, in order."""
-    cfg, res = _run(caffenet_dir, image_dir, tmp_path / "a.pk", ["fc7"], batch_size=1, ring_slots=2, producers=2,
-                    shard_size=4, pickle=False, cpu_consumers=1)
+    cfg, res = _run(
+        caffenet_dir,
+        image_dir,
+        tmp_path / "a.pk",
+        ["fc7"],
+        batch_size=1,
+        ring_slots=2,
+        producers=2,
+        shard_size=4,
+        pickle=False,
+        cpu_consumers=1,
+    )
     manifest = json.loads((tmp_path / "a.parquet" / "_manifest.json").read_text())
-    listed = sorted(p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*")
-                    if p.suffix in (".jpg", ".png"))  # what the image source holds, counted independently
+    listed = sorted(
+        p.relative_to(image_dir).as_posix() for p in image_dir.rglob("*") if p.suffix in (".jpg", ".png")
+    )  # what the image source holds, counted independently
     good = [k for k in listed if not k.split("/")[-1].startswith("bad_")]
-    assert len(listed) == 12 > 2 * (2 + 2)  # batches (batch 1) outnumber the tasks queued ahead (window 2 + 2 producers)
+    assert (
+        len(listed) == 12 > 2 * (2 + 2)
+    )  # batches (batch 1) outnumber the tasks queued ahead (window 2 + 2 producers)
     assert (res.rows, res.failures) == (len(good), len(listed) - len(good)) == (9, 3)
     assert (manifest["summary"]["rows"], manifest["summary"]["failures"]) == (9, 3)
     keys = list(savedeep.load(tmp_path / "a.parquet")["image"])
@@ -364,9 +417,21 @@ def test_steady_rate_leaves_out_the_first_window_of_batches():
     from savedeep.runner.pipeline import RunResult
 
     def result(written, window):
-        return RunResult(pickle=None, parquet_dir=Path("x"), images=0, rows=0, failures=0, skipped_files={},
-                         shards_done=0, shards_kept=0, wall_s=10.0, devices=["cpu"], producers=1,
-                         written=written, window=window)
+        return RunResult(
+            pickle=None,
+            parquet_dir=Path("x"),
+            images=0,
+            rows=0,
+            failures=0,
+            skipped_files={},
+            shards_done=0,
+            shards_kept=0,
+            wall_s=10.0,
+            devices=["cpu"],
+            producers=1,
+            written=written,
+            window=window,
+        )
 
     # 3 batches pre-decoded and written in a burst at 1 s, then one batch of 4 images every second
     written = [(1.0, 4), (1.0, 4), (1.0, 4)] + [(1.0 + i, 4) for i in range(1, 6)]

@@ -28,8 +28,16 @@ from conftest import copy_photos
 pytestmark = pytest.mark.slow
 
 BLOBS = ["conv1", "fc7"]
-NAMES = ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "chelsea.png", "coffee.png",
-         "rocket.jpg", "camera.png")
+NAMES = (
+    "cat.jpg",
+    "cat_gray.jpg",
+    "fish-bike.jpg",
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "camera.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +46,9 @@ def images(photos, tmp_path_factory) -> Path:
 
 
 def _config(model: Path, images: Path, out: Path, **kw):
-    keys = dict(model=model, images=images, output=out, blobs=BLOBS, gpus="cpu", batch_size=2, shard_size=2,
-                producers=1)
+    keys = dict(
+        model=model, images=images, output=out, blobs=BLOBS, gpus="cpu", batch_size=2, shard_size=2, producers=1
+    )
     keys.update(kw)
     return savedeep.load_config(None, **keys)
 
@@ -81,8 +90,10 @@ def _copy_output(partial: Path, root: Path) -> Path:
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int, str]]:
     """name -> (inode, mtime_ns, sha256) of every file in the directory."""
-    return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
-            for f in sorted(directory.iterdir())}
+    return {
+        f.name: (f.stat().st_ino, f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+        for f in sorted(directory.iterdir())
+    }
 
 
 def test_resume_keeps_finished_shards_untouched(caffenet_dir, images, partial, reference, tmp_path):
@@ -121,8 +132,9 @@ def test_every_result_key_has_a_change_case():
     assert covered == set(RESULT_KEYS)
 
 
-@pytest.mark.parametrize("what", sorted(CHANGES) + ["model", "images", "weights.caffemodel", "mean.npy",
-                                                    "deploy.prototxt"])
+@pytest.mark.parametrize(
+    "what", sorted(CHANGES) + ["model", "images", "weights.caffemodel", "mean.npy", "deploy.prototxt"]
+)
 def test_resume_refuses_a_change_naming_it(what, caffenet_dir, images, partial, tmp_path):
     out = _copy_output(partial, tmp_path)
     model, imgs, keys = caffenet_dir, images, CHANGES.get(what, {})

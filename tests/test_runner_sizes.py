@@ -53,7 +53,7 @@ def _crops(photos: list[Path], directory: Path, n: int, size: int = 40) -> Path:
     for i in range(n):
         s = sources[i % len(sources)]
         y, x = rng.integers(0, s.shape[0] - size), rng.integers(0, s.shape[1] - size)
-        cv2.imwrite(str(directory / f"img_{i:04d}.jpg"), s[y:y + size, x:x + size], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        cv2.imwrite(str(directory / f"img_{i:04d}.jpg"), s[y : y + size, x : x + size], [cv2.IMWRITE_JPEG_QUALITY, 85])
     return directory
 
 
@@ -67,8 +67,17 @@ def crops(photos, tmp_path_factory) -> Path:
 
 def test_sizes_print_in_units_that_never_show_zero():
     assert [human_bytes(n) for n in (0, 1, 1023, 1024, 1536, 10 * 1024, 999 * 2**20, 4 * 2**30, 5 * 2**40)] == [
-        "0 B", "1 B", "1023 B", "1.00 KiB", "1.50 KiB", "10.0 KiB", "999 MiB", "4.00 GiB", "5.00 TiB"]
-    for n in [int(1.7 ** k) for k in range(80)]:
+        "0 B",
+        "1 B",
+        "1023 B",
+        "1.00 KiB",
+        "1.50 KiB",
+        "10.0 KiB",
+        "999 MiB",
+        "4.00 GiB",
+        "5.00 TiB",
+    ]
+    for n in [int(1.7**k) for k in range(80)]:
         text = human_bytes(n)
         assert not text.startswith("0"), text  # "0.00 GiB" for 3 MB was the old message
 
@@ -79,8 +88,9 @@ def test_the_pickle_refused_at_the_end_says_its_size_in_units_that_fit(tiny_mode
     from savedeep.data.output import write_pickle
 
     out = tmp_path / "acts.pk"
-    savedeep.run(savedeep.load_config(None, model=tiny_model, images=crops, output=out, blobs=["fc"], gpus="cpu",
-                                      pickle=False))
+    savedeep.run(
+        savedeep.load_config(None, model=tiny_model, images=crops, output=out, blobs=["fc"], gpus="cpu", pickle=False)
+    )
     with pytest.raises(OutputError) as err:
         write_pickle(out.with_suffix(".parquet"), out, 1000)
     assert "2.34 KiB of activations, above max_pickle_bytes (1000 B)" in str(err.value)
@@ -93,16 +103,16 @@ def test_the_pickle_refused_at_the_end_says_its_size_in_units_that_fit(tiny_mode
 
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         if os.geteuid() != 0:
             pytest.skip(f"mounting a tmpfs needs root: {r.stderr.strip()}")
         pytest.fail(f"mount -t tmpfs failed as root: {r.stderr.strip()}")
 
 
-def test_a_disk_too_small_is_refused_before_any_worker_then_no_space_check_runs(photos, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_a_disk_too_small_is_refused_before_any_worker_then_no_space_check_runs(photos, tmp_path, capsys, monkeypatch):
     # conv1 of 200 images is 1.41 MiB raw, so the run is predicted to need more than the 1 MiB disk has;
     # its values are all zero (dead ReLUs), so the shards compress to almost nothing and the run fits.
     model = _tiny(tmp_path / "model", dead_conv1=True)
@@ -113,8 +123,19 @@ def test_a_disk_too_small_is_refused_before_any_worker_then_no_space_check_runs(
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "1m")
     try:
-        args = ["-m", str(model), "-b", "conv1", "-i", str(imgs), "-o", str(disk / "out" / "acts.pk"), "--gpus",
-                "cpu", "--no-pickle"]
+        args = [
+            "-m",
+            str(model),
+            "-b",
+            "conv1",
+            "-i",
+            str(imgs),
+            "-o",
+            str(disk / "out" / "acts.pk"),
+            "--gpus",
+            "cpu",
+            "--no-pickle",
+        ]
         lines = {}
         for command in ("validate", "run"):
             capsys.readouterr()
@@ -125,15 +146,26 @@ def test_a_disk_too_small_is_refused_before_any_worker_then_no_space_check_runs(
         line = lines["run"][0]
         assert lines["validate"] == lines["run"]
         assert f"the file system of {disk / 'out'} has 1.00 MiB free, and this run would write about" in line
-        assert re.search(r"this run would write about 1\.\d\d MiB there \(Parquet about 1\.\d\d MiB; "
-                         r"raw activation", line)
+        assert re.search(
+            r"this run would write about 1\.\d\d MiB there \(Parquet about 1\.\d\d MiB; "
+            r"raw activation",
+            line,
+        )
         assert "--no-space-check" in line and "nothing was started" in line
         assert not list(starts.iterdir()), "a worker started before the refusal"
         assert not list(disk.iterdir()), "the refused run wrote something"
 
         # the user says the estimate is too high: the flag (and the config key) let the run start
-        cfg = savedeep.load_config(None, model=model, images=imgs, output=disk / "out" / "acts.pk", blobs=["conv1"],
-                                   gpus="cpu", pickle=False, space_check=False)
+        cfg = savedeep.load_config(
+            None,
+            model=model,
+            images=imgs,
+            output=disk / "out" / "acts.pk",
+            blobs=["conv1"],
+            gpus="cpu",
+            pickle=False,
+            space_check=False,
+        )
         assert "prediction (every image a row):" in savedeep_validate(cfg)
         assert main(["run", *args, "--no-space-check", "--no-progress", "-q"]) == 0
         assert list(starts.iterdir()), "no worker started with --no-space-check"
@@ -158,13 +190,25 @@ def test_validate_predicts_the_pickle_of_the_run_exactly(storage, tiny_model, cr
     # shards of 7 images cut into batches of 4 (shards read back as one chunk and as several).
     names = sorted(p.name for p in crops.iterdir())[:23]
     listing = tmp_path / "list.csv"
-    listing.write_text("path,condition\n" + "".join(f"{crops / n},{'' if i == 5 else f'c{i % 3}'}\n"
-                                                    for i, n in enumerate(names)))
+    listing.write_text(
+        "path,condition\n" + "".join(f"{crops / n},{'' if i == 5 else f'c{i % 3}'}\n" for i, n in enumerate(names))
+    )
     out = tmp_path / "out" / "acts.pk"
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(json.dumps({"model": str(tiny_model), "images": str(listing), "output": str(out), "gpus": "cpu",
-                               "blobs": [{"name": "pool1", "dtype": "float16"}, "fc"], "storage": storage,
-                               "shard_size": 7, "batch_size": 4}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": str(tiny_model),
+                "images": str(listing),
+                "output": str(out),
+                "gpus": "cpu",
+                "blobs": [{"name": "pool1", "dtype": "float16"}, "fc"],
+                "storage": storage,
+                "shard_size": 7,
+                "batch_size": 4,
+            }
+        )
+    )
     capsys.readouterr()
     assert main(["validate", str(cfg), "--json", "--estimate-time"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -196,15 +240,20 @@ def test_validate_predicts_the_pickle_of_the_run_exactly(storage, tiny_model, cr
 # --------------------------------------------------------------------------- the end steps at scale
 
 
-def _output(directory: Path, n: int, shard_size: int = 100, every_failure: int = 97) -> "savedeep.runner.manifest.Manifest":
+def _output(
+    directory: Path, n: int, shard_size: int = 100, every_failure: int = 97
+) -> "savedeep.runner.manifest.Manifest":
     """A Parquet output of ``n`` images written as the writers write it (one image in ``every_failure`` failed),
     recorded shard by shard in its manifest, not yet finished."""
     from savedeep.runner.manifest import Manifest
     from savedeep.data.output import ColumnSpec, ShardWriter, shard_ranges
 
     columns = [ColumnSpec("fc", (10,), "float32")]
-    header = {"blobs": {"fc": {"shape": [10], "dtype": "float32", "storage": "tensor"}}, "blob_order": ["fc"],
-              "metadata_columns": []}
+    header = {
+        "blobs": {"fc": {"shape": [10], "dtype": "float32", "storage": "tensor"}},
+        "blob_order": ["fc"],
+        "metadata_columns": [],
+    }
     directory.mkdir(parents=True)
     shards = shard_ranges(n, shard_size)
     m = Manifest.new(directory, header, shards)
@@ -215,8 +264,15 @@ def _output(directory: Path, n: int, shard_size: int = 100, every_failure: int =
         kept = [key for key in keys if (key, "not an image") not in failed]
         w = ShardWriter(directory, k, columns)
         w.write(kept, {}, {"fc": rng.random((len(kept), 10), np.float32)})
-        w.finish({"index": k, "start": a, "stop": z, "rows": len(kept),
-                  "failures": [{"image": i, "reason": r} for i, r in failed]})
+        w.finish(
+            {
+                "index": k,
+                "start": a,
+                "stop": z,
+                "rows": len(kept),
+                "failures": [{"image": i, "reason": r} for i, r in failed],
+            }
+        )
         m.record_shard(k, w.final_path.name, len(kept), failed)
     return m
 
@@ -254,8 +310,9 @@ def test_the_end_steps_work_in_proportion_to_the_images(tmp_path):
     for n in (200, 1000, 5000):  # the first warms up: imports and first-call caches are not per-image work
         m = _output(tmp_path / str(n) / "acts.parquet", n)
         pk = tmp_path / str(n) / "acts.pk"
-        work[n] = _python_work(lambda m=m, pk=pk: m.finish(devices=[], wall_s=1.0, pickle_path=pk, pickle=True,
-                                                max_pickle_bytes=2**30))
+        work[n] = _python_work(
+            lambda m=m, pk=pk: m.finish(devices=[], wall_s=1.0, pickle_path=pk, pickle=True, max_pickle_bytes=2**30)
+        )
         assert len(savedeep.load(pk)) == n - len(range(0, n, 97))
     ratio = work[5000] / work[1000]
     assert ratio < 7.5, f"the end steps did {ratio:.1f}x the work for 5x the images: {work}"

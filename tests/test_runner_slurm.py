@@ -45,8 +45,10 @@ if os.geteuid() != 0:  # pragma: no cover - CI runs as root
 # As root, scripts/setup.sh installs the Slurm packages: missing ones are a set-up defect, not a reason to skip
 # (a silent skip here would hide the job-array tests in CI).
 if missing_binaries():
-    raise RuntimeError(f"the Slurm tests need {missing_binaries()}: run scripts/setup.sh as root (it installs "
-                       "slurmctld, slurmd, slurm-client and munge)")
+    raise RuntimeError(
+        f"the Slurm tests need {missing_binaries()}: run scripts/setup.sh as root (it installs "
+        "slurmctld, slurmd, slurm-client and munge)"
+    )
 
 BLOBS = "pool,prob"
 NAMES = ("cat.jpg", "cat_gray.jpg", "fish-bike.jpg", "astronaut.png", "coffee.png", "chelsea.png")
@@ -69,12 +71,29 @@ def images(photos, tmp_path_factory) -> Path:
 
 def _flags(nsfw_dir: Path, images: Path, out: Path, blobs: str = BLOBS) -> list[str]:
     # 6 images, one per shard: task K of 3 owns shards K and K+3
-    return ["-m", str(nsfw_dir), "-i", str(images), "-o", str(out), "-b", blobs, "--gpus", "cpu",
-            "--batch-size", "1", "--shard-size", "1", "--producers", "1",
-            # The same forward configuration (two consumers of one thread) in every run and task: rows are
-            # compared bit for bit, and cpu_consumers auto gives a task with fewer batches fewer consumers of
-            # more threads, which changes the float summation order (differences of ~1e-7).
-            "--cpu-consumers", "2"]
+    return [
+        "-m",
+        str(nsfw_dir),
+        "-i",
+        str(images),
+        "-o",
+        str(out),
+        "-b",
+        blobs,
+        "--gpus",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--shard-size",
+        "1",
+        "--producers",
+        "1",
+        # The same forward configuration (two consumers of one thread) in every run and task: rows are
+        # compared bit for bit, and cpu_consumers auto gives a task with fewer batches fewer consumers of
+        # more threads, which changes the float summation order (differences of ~1e-7).
+        "--cpu-consumers",
+        "2",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +111,21 @@ def _same_rows(got: Path, want: Path) -> None:
 
 
 def _scripts(cluster, nsfw_dir, images, out, *extra) -> tuple[Path, Path]:
-    p = subprocess.run([SAVEDEEP, "slurm", *_flags(nsfw_dir, images, out), "--tasks", "3", "--cpus-per-task", "1",
-                        *extra], env=cluster.env, capture_output=True, text=True)
+    p = subprocess.run(
+        [SAVEDEEP, "slurm", *_flags(nsfw_dir, images, out), "--tasks", "3", "--cpus-per-task", "1", *extra],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     d = out.with_name("acts.slurm")
     return d / "array.sh", d / "merge.sh"
 
 
 def _sbatch(cluster, *args, env: dict | None = None) -> str:
-    p = subprocess.run(["sbatch", "--parsable", *args], env={**cluster.env, **(env or {})}, capture_output=True,
-                       text=True, check=True)
+    p = subprocess.run(
+        ["sbatch", "--parsable", *args], env={**cluster.env, **(env or {})}, capture_output=True, text=True, check=True
+    )
     return p.stdout.strip().split(";")[0]
 
 
@@ -109,14 +133,18 @@ def _merge(out: Path) -> subprocess.CompletedProcess:
     return subprocess.run([SAVEDEEP, "merge", str(out)], capture_output=True, text=True)
 
 
-def _wait_for(cond, what: str, timeout: float = 180, cluster=None, job: str | None = None,
-              log: Path | None = None) -> None:
+def _wait_for(
+    cond, what: str, timeout: float = 180, cluster=None, job: str | None = None, log: Path | None = None
+) -> None:
     """Wait for ``cond``; fail at once, with the task's log, if ``job`` ended first."""
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        if job is not None and cluster.states(job) and not any(
-                s in ("PENDING", "RUNNING", "CONFIGURING") for s in cluster.states(job).values()):
+        if (
+            job is not None
+            and cluster.states(job)
+            and not any(s in ("PENDING", "RUNNING", "CONFIGURING") for s in cluster.states(job).values())
+        ):
             text = log.read_text() if log is not None and log.exists() else ""
             pytest.fail(f"job {job} ended ({cluster.states(job)}) before {what}:\n{text}")
         time.sleep(0.2)
@@ -124,8 +152,12 @@ def _wait_for(cond, what: str, timeout: float = 180, cluster=None, job: str | No
 
 def test_submit_three_tasks_then_merge_equals_one_run(cluster, nsfw_dir, images, reference, tmp_path):
     out = tmp_path / "out" / "acts.pk"
-    p = subprocess.run([SAVEDEEP, "slurm", *_flags(nsfw_dir, images, out), "--tasks", "3", "--cpus-per-task", "1",
-                        "--submit"], env=cluster.env, capture_output=True, text=True)
+    p = subprocess.run(
+        [SAVEDEEP, "slurm", *_flags(nsfw_dir, images, out), "--tasks", "3", "--cpus-per-task", "1", "--submit"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("submitted array job"))
     array_job, merge_job = line.split()[3], line.split()[7]
@@ -148,11 +180,20 @@ def _submit_with_task_1_stalled(cluster, array: Path, out: Path, tmp_path: Path)
     """Submit tasks 0 and 2, and task 1, which writes its first shard (shard 1) and then stalls before its
     second (shard 4), still holding its lock; returns once it is there: (job of 0 and 2, job of 1)."""
     rest = _sbatch(cluster, "--array=0,2", str(array))
-    job = _sbatch(cluster, "--array=1", str(array),
-                  env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"})
+    job = _sbatch(
+        cluster,
+        "--array=1",
+        str(array),
+        env={"SAVEDEEP_FAULT": f"role=producer,batch=1,action=wait,file={tmp_path / 'never'}"},
+    )
     shard, lock = out.with_suffix(".parquet") / "part-00001.parquet", out.with_name(".acts.task-1.lock")
-    _wait_for(lambda: shard.exists() and lock.exists(), "task 1's first shard", cluster=cluster, job=job,
-              log=array.parent / "logs" / f"{job}_1.out")
+    _wait_for(
+        lambda: shard.exists() and lock.exists(),
+        "task 1's first shard",
+        cluster=cluster,
+        job=job,
+        log=array.parent / "logs" / f"{job}_1.out",
+    )
     return rest, job
 
 
@@ -182,8 +223,12 @@ def test_tasks_of_two_configs_into_one_output_are_refused(cluster, nsfw_dir, ima
     first = _sbatch(cluster, "--array=0", str(array))
     assert cluster.wait_done(first) == {f"{first}_0": "COMPLETED"}
     other_dir = tmp_path / "other"
-    p = subprocess.run([SAVEDEEP, "slurm", *_flags(nsfw_dir, images, out, blobs="prob"), "--tasks", "3",
-                        "--dir", str(other_dir)], env=cluster.env, capture_output=True, text=True)
+    p = subprocess.run(
+        [SAVEDEEP, "slurm", *_flags(nsfw_dir, images, out, blobs="prob"), "--tasks", "3", "--dir", str(other_dir)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     before = sorted(p.name for p in out.with_suffix(".parquet").iterdir())
     second = _sbatch(cluster, "--array=1", str(other_dir / "array.sh"))
@@ -201,8 +246,10 @@ def _kill_tree(pid: int) -> None:
     here the machine lives on, and nothing else could tell which segments were left.
     """
     root = psutil.Process(pid)
-    procs = [root, *(c for c in root.children(recursive=True)
-                     if not any("resource_tracker" in part for part in c.cmdline()))]
+    procs = [
+        root,
+        *(c for c in root.children(recursive=True) if not any("resource_tracker" in part for part in c.cmdline())),
+    ]
     for p in procs:
         p.send_signal(signal.SIGKILL)
     psutil.wait_procs(procs, timeout=10)

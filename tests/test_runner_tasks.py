@@ -47,19 +47,21 @@ def test_every_shard_belongs_to_exactly_one_task():
             assert all(len(o) == 1 and o[0] == owner(s, n) for s, o in enumerate(owners)), (n, shards)
 
 
-@pytest.mark.parametrize("env,count,k", [
-    ({"SLURM_ARRAY_TASK_ID": "2"}, 3, 2),
-    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2"}, 4, 3),   # resubmitted: N stays 4
-    ({"PBS_ARRAY_INDEX": "0"}, 2, 0),
-    ({"SGE_TASK_ID": "1"}, 2, 0),                                          # SGE starts at 1
-    ({"SGE_TASK_ID": "undefined", "LSB_JOBINDEX": "4"}, 4, 3),             # LSF starts at 1
-    ({"LSB_JOBINDEX": "0", "SLURM_ARRAY_TASK_ID": "1"}, 2, 1),
-])
+@pytest.mark.parametrize(
+    "env,count,k",
+    [
+        ({"SLURM_ARRAY_TASK_ID": "2"}, 3, 2),
+        ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "2"}, 4, 3),  # resubmitted: N stays 4
+        ({"PBS_ARRAY_INDEX": "0"}, 2, 0),
+        ({"SGE_TASK_ID": "1"}, 2, 0),  # SGE starts at 1
+        ({"SGE_TASK_ID": "undefined", "LSB_JOBINDEX": "4"}, 4, 3),  # LSF starts at 1
+        ({"LSB_JOBINDEX": "0", "SLURM_ARRAY_TASK_ID": "1"}, 2, 1),
+    ],
+)
 def test_task_index_from_the_scheduler(env, count, k):
     t = task_from_env(count, env)
     assert (t.index, t.count) == (k, count)
-    assert next(v for v in ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "SGE_TASK_ID", "LSB_JOBINDEX")
-                if v in t.source)
+    assert next(v for v in ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "SGE_TASK_ID", "LSB_JOBINDEX") if v in t.source)
 
 
 def test_task_index_refusals():
@@ -88,8 +90,18 @@ def images(photos, tmp_path_factory) -> Path:
 
 
 def _config(model: Path, images: Path, out: Path, **kw):
-    keys = dict(model=model, images=images, output=out, blobs=BLOBS, gpus="cpu", batch_size=1, shard_size=1,
-                producers=1, cpu_consumers=1, consumer_threads=1)  # one forward configuration: rows compared bit for bit
+    keys = dict(
+        model=model,
+        images=images,
+        output=out,
+        blobs=BLOBS,
+        gpus="cpu",
+        batch_size=1,
+        shard_size=1,
+        producers=1,
+        cpu_consumers=1,
+        consumer_threads=1,
+    )  # one forward configuration: rows compared bit for bit
     keys.update(kw)
     return savedeep.load_config(None, **keys)
 
@@ -180,7 +192,8 @@ def test_task_of_another_run_is_refused_and_writes_nothing(caffenet_dir, images,
     with pytest.raises(OutputError, match=r"task 1 of 3 refused: .*_task-00000.json .* config keys blobs"):
         validate(_config(caffenet_dir, images, out, blobs=["fc6"]), task="1/3")
     assert "task 1 of 3: 2 shard(s), 2 image(s); 0 of them finished and kept, 2 to compute" in validate(
-        _config(caffenet_dir, images, out), task="1/3")
+        _config(caffenet_dir, images, out), task="1/3"
+    )
     with pytest.raises(OutputError, match=r"the number of tasks \(3 against 2\)"):
         _run_task(_config(caffenet_dir, images, out), 1, 2)
     assert {p.name: p.stat().st_mtime_ns for p in pq_dir.iterdir()} == before
@@ -224,8 +237,11 @@ def test_a_task_requeued_onto_another_node_breaks_its_own_old_lock(caffenet_dir,
     cfg = _config(caffenet_dir, images, out)
     lock = out.with_name(".acts.task-1.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.write_text(json.dumps({"host": "node-that-died", "pid": 4242, "since": "2026-11-29 01:00:00 UTC",
-                                "task": 1, "job_id": "77_1"}))
+    lock.write_text(
+        json.dumps(
+            {"host": "node-that-died", "pid": 4242, "since": "2026-11-29 01:00:00 UTC", "task": 1, "job_id": "77_1"}
+        )
+    )
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "78")  # another job: it cannot know whether 77_1 still runs
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     with pytest.raises(LockedError, match=r"pid 4242 on host node-that-died.*--break-lock"):
@@ -238,16 +254,51 @@ def test_a_task_requeued_onto_another_node_breaks_its_own_old_lock(caffenet_dir,
 def test_slurm_scripts_are_complete_and_a_bad_config_writes_none(caffenet_dir, images, tmp_path, monkeypatch, capsys):
     """What the scripts must hold for a task to run under slurmd from any directory, and be resubmitted by index."""
     monkeypatch.chdir(tmp_path)
-    args = ["slurm", "-m", str(caffenet_dir), "-i", str(images), "-o", "out/acts.pk", "-b", "fc7", "--tasks", "3",
-            "--gpus-per-task", "1", "--cpus-per-task", "4", "--mem", "8G", "--time", "1:00:00", "--partition", "gpu",
-            "--array-limit", "2", "--sbatch-arg=--account=lab", "--setup", "module load cuda"]
+    args = [
+        "slurm",
+        "-m",
+        str(caffenet_dir),
+        "-i",
+        str(images),
+        "-o",
+        "out/acts.pk",
+        "-b",
+        "fc7",
+        "--tasks",
+        "3",
+        "--gpus-per-task",
+        "1",
+        "--cpus-per-task",
+        "4",
+        "--mem",
+        "8G",
+        "--time",
+        "1:00:00",
+        "--partition",
+        "gpu",
+        "--array-limit",
+        "2",
+        "--sbatch-arg=--account=lab",
+        "--setup",
+        "module load cuda",
+    ]
     assert main(args) == 0
     d = tmp_path / "out" / "acts.slurm"
     array, merge = (d / "array.sh").read_text(), (d / "merge.sh").read_text()
-    for line in ("#SBATCH --array=0-2%2", f"#SBATCH --output={d}/logs/%A_%a.out", "#SBATCH --requeue",
-                 "#SBATCH --open-mode=append", "#SBATCH --gpus-per-task=1", "#SBATCH --cpus-per-task=4",
-                 "#SBATCH --mem=8G", "#SBATCH --time=1:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=lab",
-                 "module load cuda", f"cd {tmp_path}"):
+    for line in (
+        "#SBATCH --array=0-2%2",
+        f"#SBATCH --output={d}/logs/%A_%a.out",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --gpus-per-task=1",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=8G",
+        "#SBATCH --time=1:00:00",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "module load cuda",
+        f"cd {tmp_path}",
+    ):
         assert any(ln.startswith(line) for ln in array.splitlines()), line
     run_line = array.splitlines()[-1]
     assert run_line.startswith("exec $SAVEDEEP run ") and run_line.endswith("--tasks 3 --no-progress"), run_line
@@ -260,6 +311,24 @@ def test_slurm_scripts_are_complete_and_a_bad_config_writes_none(caffenet_dir, i
     first_command = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
     assert max(i for i, ln in enumerate(lines) if ln.startswith("#SBATCH")) < first_command
     capsys.readouterr()
-    assert main(["slurm", "-m", str(caffenet_dir), "-i", str(images), "-o", "bad/acts.pk", "-b", "fc7",
-                 "--tasks", "3", "--batch-size", "0"]) == 2
+    assert (
+        main(
+            [
+                "slurm",
+                "-m",
+                str(caffenet_dir),
+                "-i",
+                str(images),
+                "-o",
+                "bad/acts.pk",
+                "-b",
+                "fc7",
+                "--tasks",
+                "3",
+                "--batch-size",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "batch_size" in capsys.readouterr().err and not (tmp_path / "bad").exists()

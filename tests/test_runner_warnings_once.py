@@ -18,10 +18,12 @@ import pytest
 
 from tests.nets import conv, layer, write_net
 
-BODY = (conv("c", "data", "c", num_output=4, kernel_size=3, stride=2)
-        + layer("sp", "Split", "c", ["c1", "c2"])
-        + layer("s", "Silence", "c2", [])
-        + layer("r", "ReLU", "c1", "r"))
+BODY = (
+    conv("c", "data", "c", num_output=4, kernel_size=3, stride=2)
+    + layer("sp", "Split", "c", ["c1", "c2"])
+    + layer("s", "Silence", "c2", [])
+    + layer("r", "ReLU", "c1", "r")
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,29 @@ def test_a_model_warning_is_printed_once_per_run(silence_model, photos, tmp_path
     images.mkdir()
     for p in photos[:3]:
         shutil.copyfile(p, images / p.name)
-    cmd = [sys.executable, "-m", "savedeep", "run", "-m", str(silence_model), "-b", "r", "-i", str(images),
-           "-o", str(tmp_path / "acts.pk"), "--engine", engine, "--gpus", "cpu", "--cpu-consumers", str(consumers),
-           "--batch-size", "1", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "savedeep",
+        "run",
+        "-m",
+        str(silence_model),
+        "-b",
+        "r",
+        "-i",
+        str(images),
+        "-o",
+        str(tmp_path / "acts.pk"),
+        "--engine",
+        engine,
+        "--gpus",
+        "cpu",
+        "--cpu-consumers",
+        str(consumers),
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if "'s' (Silence)" in line]

@@ -98,14 +98,20 @@ def test_a_shard_writer_as_a_context_manager(tmp_path):
 
 
 def test_blob_outputs_reduce_cast_and_count_float16_overflow():
-    specs = (BlobSpec("whole"), BlobSpec("pooled", "float16", {"pool": "max", "grid": None}),
-             BlobSpec("half", "float16"))
+    specs = (
+        BlobSpec("whole"),
+        BlobSpec("pooled", "float16", {"pool": "max", "grid": None}),
+        BlobSpec("half", "float16"),
+    )
     bo = BlobOutputs(specs, {"whole": (3,), "pooled": (2, 2, 2), "half": (2,)})
     bo.prepare()
     assert bo.direct == {"whole", "half"} and bo.reduced == ["pooled"]
     n = 2
-    out = {"whole": np.zeros((4, 3), np.float32), "pooled": np.zeros((4, 2), np.float16),
-           "half": np.zeros((4, 2), np.float16)}
+    out = {
+        "whole": np.zeros((4, 3), np.float32),
+        "pooled": np.zeros((4, 2), np.float16),
+        "half": np.zeros((4, 2), np.float16),
+    }
     pooled = np.ones((n, 2, 2, 2), np.float32)
     pooled[0, 1, 0, 0] = 1e6  # overflows float16 after the max
     out["half"][:n] = [[1.0, np.inf], [np.nan, 2.0]]  # as the engine wrote it

@@ -51,16 +51,16 @@ class StopFlag:
 class Channels:
     """The queues and shared flags of one run (inherited by spawned workers as arguments)."""
 
-    tasks: Any       # Task | EndOfStream                 parent -> producers
-    ready: Any       # BatchReady | EndOfStream           producers -> consumers
-    done: Any        # list, one per writer: BatchDone | EndOfStream  consumers -> writer (shard % W)
-    events: Any      # BatchWritten, ShardWritten, WorkerStats, WorkerFailed -> parent
-    free_in: Any     # int: free input-slot numbers
-    free_out: Any    # int: free output-slot numbers
-    logs: Any        # logging.LogRecord from every worker -> parent's listener
-    window: Any      # Semaphore(out_slots): see the NOTE in savedeep/runner/messages.py
-    stop: Any        # StopFlag: set by the parent to stop everything
-    current: Any     # Array('q'): the batch each worker is on, -1 if none, STARTING (for death reports)
+    tasks: Any  # Task | EndOfStream                 parent -> producers
+    ready: Any  # BatchReady | EndOfStream           producers -> consumers
+    done: Any  # list, one per writer: BatchDone | EndOfStream  consumers -> writer (shard % W)
+    events: Any  # BatchWritten, ShardWritten, WorkerStats, WorkerFailed -> parent
+    free_in: Any  # int: free input-slot numbers
+    free_out: Any  # int: free output-slot numbers
+    logs: Any  # logging.LogRecord from every worker -> parent's listener
+    window: Any  # Semaphore(out_slots): see the NOTE in savedeep/runner/messages.py
+    stop: Any  # StopFlag: set by the parent to stop everything
+    current: Any  # Array('q'): the batch each worker is on, -1 if none, STARTING (for death reports)
     parent_pid: int
 
     def queues(self) -> tuple[Any, ...]:
@@ -143,8 +143,9 @@ def spawned(target: Callable[..., None], index: int, row: int, ch: Channels, ref
     target(index, row, ch, *take_payload(ref))
 
 
-def run_worker(role: str, index: int, row: int, ch: Channels, device: str | None,
-               body: Callable[[Worker], None]) -> None:
+def run_worker(
+    role: str, index: int, row: int, ch: Channels, device: str | None, body: Callable[[Worker], None]
+) -> None:
     """Run ``body`` as worker ``role`` ``index``; report stats or the failure to the parent."""
     _setup_process(ch, row)
     w = Worker(role, index, row, ch, device)
@@ -156,17 +157,25 @@ def run_worker(role: str, index: int, row: int, ch: Channels, device: str | None
     except BaseException as exc:  # noqa: BLE001 - everything is reported, then we exit non-zero
         batch = int(ch.current[row])
         code = getattr(exc, "exit_code", WorkerError.exit_code)
-        ch.events.put(WorkerFailed(
-            role=role, index=index, pid=os.getpid(), device=device,
-            batch=None if batch < 0 else batch,
-            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(), exit_code=code,
-        ))
+        ch.events.put(
+            WorkerFailed(
+                role=role,
+                index=index,
+                pid=os.getpid(),
+                device=device,
+                batch=None if batch < 0 else batch,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+                exit_code=code,
+            )
+        )
         ch.events.close()
         ch.events.join_thread()
         sys.exit(1)
     w._pause()
-    ch.events.put(WorkerStats(role=role, index=index, busy_s=w.busy_s,
-                              wall_s=time.perf_counter() - w.started, items=w.items))
+    ch.events.put(
+        WorkerStats(role=role, index=index, busy_s=w.busy_s, wall_s=time.perf_counter() - w.started, items=w.items)
+    )
     _leave(ch)
 
 

@@ -24,14 +24,14 @@ from savedeep._workers._loop import Channels, Worker, run_worker
 class ConsumerArgs:
     """Everything a consumer needs, picklable."""
 
-    engine: str                      # "caffe" | "torch"
+    engine: str  # "caffe" | "torch"
     model_dir: Path
     batch_size: int
     threads: int | None
-    blob_specs: tuple[Any, ...]      # savedeep.config.BlobSpec
+    blob_specs: tuple[Any, ...]  # savedeep.config.BlobSpec
     in_ring: RingSpec
     out_ring: RingSpec
-    spawned_at: float = 0.0          # the parent's time.time() when it began spawning (start-up log line)
+    spawned_at: float = 0.0  # the parent's time.time() when it began spawning (start-up log line)
 
 
 def consumer_main(index: int, row: int, ch: Channels, device: str, args: ConsumerArgs) -> None:
@@ -62,16 +62,25 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
     local = local_device(w.device)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if local != "cpu" and (visible is None or "," in visible or not visible.strip()):
-        raise RuntimeError(f"consumer for {w.device} started with CUDA_VISIBLE_DEVICES={visible!r}; the parent "
-                           "must give it exactly its own GPU (a bug)")
+        raise RuntimeError(
+            f"consumer for {w.device} started with CUDA_VISIBLE_DEVICES={visible!r}; the parent "
+            "must give it exactly its own GPU (a bug)"
+        )
     engine = create_engine(args.engine, model, local, args.batch_size, threads=args.threads)
     marks.append((f"{args.engine} imported and the engine built", time.time()))
     w.ch.events.put(DeviceInfo(w.index, consumer_provenance(args.engine, w.device, local, args.threads)))
     blobs = BlobOutputs(args.blob_specs, engine.blob_shapes)
     blobs.prepare()  # e.g. draw the projection matrix now, not inside the first batch
     in_ring, out_ring = Ring.attach(args.in_ring), Ring.attach(args.out_ring)
-    w.log.info("ready on %s (%s engine; CUDA_VISIBLE_DEVICES=%r, as %s; %s threads, OMP_NUM_THREADS=%s)",
-               w.device, args.engine, visible, local, args.threads, os.environ.get("OMP_NUM_THREADS"))
+    w.log.info(
+        "ready on %s (%s engine; CUDA_VISIBLE_DEVICES=%r, as %s; %s threads, OMP_NUM_THREADS=%s)",
+        w.device,
+        args.engine,
+        visible,
+        local,
+        args.threads,
+        os.environ.get("OMP_NUM_THREADS"),
+    )
     try:
         while True:
             msg = w.get(w.ch.ready)
@@ -96,14 +105,24 @@ def _loop(w: Worker, args: ConsumerArgs) -> None:
             acts = engine.forward(x, blobs.names, out={b: out[b] for b in blobs.direct})
             w.ch.free_in.put(msg.slot)
             for b, k in blobs.fill(acts, out, n).items():
-                w.log.warning("blob %s, batch %d: %d values are inf or NaN as float16 (beyond +-%g); "
-                              "a total follows at the end", b, msg.batch, k, FLOAT16_MAX)
+                w.log.warning(
+                    "blob %s, batch %d: %d values are inf or NaN as float16 (beyond +-%g); a total follows at the end",
+                    b,
+                    msg.batch,
+                    k,
+                    FLOAT16_MAX,
+                )
             if marks:
                 marks += [("waiting for the first batch", t_got), ("first forward", time.time())]
-                w.log.info("start-up: %.2f s from spawn to the first batch forwarded (%s)",
-                           marks[-1][1] - args.spawned_at if args.spawned_at else float("nan"),
-                           ", ".join(f"{what} {t - marks[i - 1][1] if i else t - args.spawned_at:.2f} s"
-                                     for i, (what, t) in enumerate(marks) if i or args.spawned_at))
+                w.log.info(
+                    "start-up: %.2f s from spawn to the first batch forwarded (%s)",
+                    marks[-1][1] - args.spawned_at if args.spawned_at else float("nan"),
+                    ", ".join(
+                        f"{what} {t - marks[i - 1][1] if i else t - args.spawned_at:.2f} s"
+                        for i, (what, t) in enumerate(marks)
+                        if i or args.spawned_at
+                    ),
+                )
                 marks = []
             w.items += n
             w.ch.done[msg.shard % len(w.ch.done)].put(msg.done(oslot))

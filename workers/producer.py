@@ -23,11 +23,11 @@ from savedeep._workers._loop import Channels, Worker, run_worker
 class ProducerArgs:
     """Everything a producer needs, picklable."""
 
-    preprocess: Any          # savedeep.data.preprocess.PreprocessSpec
+    preprocess: Any  # savedeep.data.preprocess.PreprocessSpec
     mean: np.ndarray
     input_shape: tuple[int, int, int]
     ring: RingSpec
-    on_error: str            # "skip" | "fail"
+    on_error: str  # "skip" | "fail"
 
 
 def producer_main(index: int, row: int, ch: Channels, args: ProducerArgs) -> None:

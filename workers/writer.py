@@ -25,13 +25,13 @@ class WriterArgs:
     """Everything a writer needs, picklable."""
 
     directory: Path
-    columns: tuple[Any, ...]               # savedeep.data.output.ColumnSpec
-    metadata: dict[str, Sequence[Any]]     # extra columns of a CSV image list, by image position
+    columns: tuple[Any, ...]  # savedeep.data.output.ColumnSpec
+    metadata: dict[str, Sequence[Any]]  # extra columns of a CSV image list, by image position
     compression: str
     compression_level: int | None
-    batches: tuple[tuple[int, int], ...]   # (batch, shard) of this writer's shards, in writing order
+    batches: tuple[tuple[int, int], ...]  # (batch, shard) of this writer's shards, in writing order
     shard_ranges: dict[int, tuple[int, int]]  # this writer's shards -> (start, stop) in the image list
-    shard_batches: dict[int, int]          # this writer's shards -> number of batches
+    shard_batches: dict[int, int]  # this writer's shards -> number of batches
     consumers: int
     out_ring: RingSpec
 
@@ -49,8 +49,15 @@ def _loop(w: Worker, args: WriterArgs) -> None:
     order = InOrder([b for b, _ in args.batches])
     ends = 0
     try:
-        with ShardSet(args.directory, args.columns, args.metadata, args.compression, args.compression_level,
-                      args.shard_ranges, args.shard_batches) as shards:
+        with ShardSet(
+            args.directory,
+            args.columns,
+            args.metadata,
+            args.compression,
+            args.compression_level,
+            args.shard_ranges,
+            args.shard_batches,
+        ) as shards:
             while ends < args.consumers:
                 msg = w.get(inbox)
                 if isinstance(msg, EndOfStream):
@@ -78,6 +85,12 @@ def _write(w: Worker, ring: Ring, shards: ShardSet, done: BatchDone) -> None:
     w.ch.events.put(BatchWritten(done.batch, len(done.keys), len(done.failures)))
     record = shards.end_batch(done.shard, [(f.key, f.reason) for f in done.failures])
     if record is not None:
-        w.ch.events.put(ShardWritten(done.shard, shard_name(done.shard), record["rows"],
-                                     tuple((f["image"], f["reason"]) for f in record["failures"])))
+        w.ch.events.put(
+            ShardWritten(
+                done.shard,
+                shard_name(done.shard),
+                record["rows"],
+                tuple((f["image"], f["reason"]) for f in record["failures"]),
+            )
+        )
     w.on_batch(None)

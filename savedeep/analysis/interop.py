@@ -78,21 +78,45 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("netcdf", "npy", "mat")
 EXPORT_FORMAT = "savedeep-export/1"
-NETCDF_CHUNK_BYTES = 2**20          # about 1 MiB per HDF5 chunk (one image of a conv blob, or a few rows)
-MAT_MAX_VARIABLE_BYTES = 2**31      # MATLAB's v5 format: a variable must stay below 2 GiB
+NETCDF_CHUNK_BYTES = 2**20  # about 1 MiB per HDF5 chunk (one image of a conv blob, or a few rows)
+MAT_MAX_VARIABLE_BYTES = 2**31  # MATLAB's v5 format: a variable must stay below 2 GiB
 MATLAB_NAME_MAX = 63
 # Names of the exported files' own variables: never given to a blob or a metadata column.
 RESERVED = frozenset({"image", "images", "metadata", "blob_names", "metadata_names", "savedeep_info"})
-_MATLAB_KEYWORDS = frozenset({
-    "break", "case", "catch", "classdef", "continue", "else", "elseif", "end", "for", "function", "global", "if",
-    "otherwise", "parfor", "persistent", "return", "spmd", "switch", "try", "while",
-})
-FLOAT16_RULE = ("netCDF has no 16-bit float and MATLAB's load no half precision: float16 blobs are written as "
-                "float32, which holds every float16 value exactly (attribute stored_dtype: float16)")
-RF_RULE = ("receptive fields in the net's input pixels (after resize and crop), pixel centres at 0..W-1: "
-           "rf_y/rf_x the centre, rf_size the side of the square holding the field; a blob reached through "
-           "several paths (Concat, Eltwise) gets the smallest interval holding every path's field; a cell of a "
-           "pooled grid the union of its positions' fields")
+_MATLAB_KEYWORDS = frozenset(
+    {
+        "break",
+        "case",
+        "catch",
+        "classdef",
+        "continue",
+        "else",
+        "elseif",
+        "end",
+        "for",
+        "function",
+        "global",
+        "if",
+        "otherwise",
+        "parfor",
+        "persistent",
+        "return",
+        "spmd",
+        "switch",
+        "try",
+        "while",
+    }
+)
+FLOAT16_RULE = (
+    "netCDF has no 16-bit float and MATLAB's load no half precision: float16 blobs are written as "
+    "float32, which holds every float16 value exactly (attribute stored_dtype: float16)"
+)
+RF_RULE = (
+    "receptive fields in the net's input pixels (after resize and crop), pixel centres at 0..W-1: "
+    "rf_y/rf_x the centre, rf_size the side of the square holding the field; a blob reached through "
+    "several paths (Concat, Eltwise) gets the smallest interval holding every path's field; a cell of a "
+    "pooled grid the union of its positions' fields"
+)
 
 
 def require(*modules: str, what: str) -> None:
@@ -106,8 +130,10 @@ def require(*modules: str, what: str) -> None:
         except ImportError:
             missing.append(m)
     if missing:
-        raise ConfigError(f"{what} needs {', '.join(missing)}, which is not installed: "
-                          "pip install 'savedeep[export]' (xarray, h5netcdf, h5py, scipy)")
+        raise ConfigError(
+            f"{what} needs {', '.join(missing)}, which is not installed: "
+            "pip install 'savedeep[export]' (xarray, h5netcdf, h5py, scipy)"
+        )
 
 
 def valid_names(names: Sequence[str], reserved: Sequence[str] = RESERVED) -> dict[str, str]:
@@ -124,7 +150,7 @@ def valid_names(names: Sequence[str], reserved: Sequence[str] = RESERVED) -> dic
         base, k = m, 2
         while m in taken:
             suffix = f"_{k}"
-            m = base[:MATLAB_NAME_MAX - len(suffix)] + suffix
+            m = base[: MATLAB_NAME_MAX - len(suffix)] + suffix
             k += 1
         taken.add(m)
         out[name] = m
@@ -148,13 +174,18 @@ def receptive_fields_of(src: SavedOutput, model: Path | str | None = None) -> di
     if not recorded.get("directory") and model is None:
         return {}
     if not prototxt.is_file():
-        log.warning("%s: not found, so no receptive-field coordinates; pass the model directory "
-                    "(model=... or --model)", prototxt)
+        log.warning(
+            "%s: not found, so no receptive-field coordinates; pass the model directory (model=... or --model)",
+            prototxt,
+        )
         return {}
     want = recorded.get("sha256", {}).get(PROTOTXT_NAME)
     if want and sha256_file(prototxt) != want:
-        log.warning("%s differs from the prototxt of the run (sha256), so no receptive-field coordinates; "
-                    "pass the run's model directory (model=... or --model)", prototxt)
+        log.warning(
+            "%s differs from the prototxt of the run (sha256), so no receptive-field coordinates; "
+            "pass the run's model directory (model=... or --model)",
+            prototxt,
+        )
         return {}
     return receptive_fields(load_net(prototxt))
 
@@ -256,7 +287,7 @@ class Plan:
 
     src: SavedOutput
     layouts: list[BlobLayout]
-    meta_names: dict[str, str]   # metadata column -> variable name
+    meta_names: dict[str, str]  # metadata column -> variable name
     keys: list[str]
     meta: dict[str, list[str]]
 
@@ -265,8 +296,12 @@ class Plan:
         return {lay.var: lay.blob for lay in self.layouts}
 
 
-def plan(path: Path | str, blobs: Sequence[str] | str | None = None, model: Path | str | None = None,
-         src: SavedOutput | None = None) -> Plan:
+def plan(
+    path: Path | str,
+    blobs: Sequence[str] | str | None = None,
+    model: Path | str | None = None,
+    src: SavedOutput | None = None,
+) -> Plan:
     """Open an output and lay out ``blobs`` (all by default)."""
     src = src or SavedOutput.open(path)
     names = src.select(blobs)
@@ -276,8 +311,10 @@ def plan(path: Path | str, blobs: Sequence[str] | str | None = None, model: Path
     all_names = [*mapping.values(), *(lay.prefixed(c) for lay in layouts for c in lay.coords)]
     clash = sorted({n for n in all_names if all_names.count(n) > 1})
     if clash:
-        raise OutputError(f"the names {clash} would be used twice in the export (a blob or metadata column "
-                          "named like another blob's coordinate); export those blobs separately (--blobs)")
+        raise OutputError(
+            f"the names {clash} would be used twice in the export (a blob or metadata column "
+            "named like another blob's coordinate); export those blobs separately (--blobs)"
+        )
     keys, meta = src.index()
     return Plan(src, layouts, {m: mapping[m] for m in src.metadata_columns}, keys, meta)
 
@@ -311,8 +348,15 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def export(path: Path | str, to: str, dest: Path | str | None = None, blobs: Sequence[str] | str | None = None,
-           overwrite: bool = False, model: Path | str | None = None, compression_level: int = 1) -> Path:
+def export(
+    path: Path | str,
+    to: str,
+    dest: Path | str | None = None,
+    blobs: Sequence[str] | str | None = None,
+    overwrite: bool = False,
+    model: Path | str | None = None,
+    compression_level: int = 1,
+) -> Path:
     """Export an output to ``to`` ('netcdf', 'npy' or 'mat') at ``dest`` (default: beside the output)."""
     if to not in FORMATS:
         raise ConfigError(f"export format {to!r} is unknown: use one of {', '.join(FORMATS)}")
@@ -323,13 +367,20 @@ def export(path: Path | str, to: str, dest: Path | str | None = None, blobs: Seq
     if to == "mat":  # refuse before writing anything
         check_mat_sizes(src, src.select(blobs))
     p = plan(path, blobs, model, src)
-    writer = {"netcdf": lambda: write_netcdf(p, dest, overwrite, compression_level),
-              "npy": lambda: write_npy(p, dest, overwrite),
-              "mat": lambda: write_mat(p, dest, overwrite)}[to]
+    writer = {
+        "netcdf": lambda: write_netcdf(p, dest, overwrite, compression_level),
+        "npy": lambda: write_npy(p, dest, overwrite),
+        "mat": lambda: write_mat(p, dest, overwrite),
+    }[to]
     out = writer()
-    log.info("exported %d images, %d blobs of %s to %s%s", src.n, len(p.layouts), src.directory, out,
-             f" (partial output: {len(src.shards)} of {len(src.manifest.get('shards', []))} shards)"
-             if src.partial else "")
+    log.info(
+        "exported %d images, %d blobs of %s to %s%s",
+        src.n,
+        len(p.layouts),
+        src.directory,
+        out,
+        f" (partial output: {len(src.shards)} of {len(src.manifest.get('shards', []))} shards)" if src.partial else "",
+    )
     return out
 
 
@@ -378,13 +429,18 @@ def write_netcdf(p: Plan, dest: Path, overwrite: bool = False, compression_level
                     if c.startswith("rf_"):
                         cv.attrs["units"] = "input pixels"
                         names.append(lay.prefixed(c))
-                var = f.create_variable(lay.var, ("image", *(lay.prefixed(d) for d in lay.dims)), dtype="f4",
-                                        chunks=_chunks(n, lay), **(comp if n else {}))
+                var = f.create_variable(
+                    lay.var,
+                    ("image", *(lay.prefixed(d) for d in lay.dims)),
+                    dtype="f4",
+                    chunks=_chunks(n, lay),
+                    **(comp if n else {}),
+                )
                 var.attrs.update(lay.attrs)
                 var.attrs["coordinates"] = " ".join([*p.meta_names.values(), *names])
                 start = 0
                 for part in p.src.iter_blob(lay.blob):
-                    var[start:start + len(part)] = part.astype(np.float32, copy=False)
+                    var[start : start + len(part)] = part.astype(np.float32, copy=False)
                     start += len(part)
             f.attrs.update(provenance(p.src))
             f.attrs["blob_names"] = json.dumps(p.blob_names)
@@ -415,17 +471,26 @@ def write_npy(p: Plan, dest: Path, overwrite: bool = False) -> Path:
             start = 0
             for part in p.src.iter_blob(lay.blob):
                 if len(part):
-                    window = np.memmap(path, dtype=np.dtype(lay.dtype), mode="r+", offset=offset + start * row,
-                                       shape=part.shape)
+                    window = np.memmap(
+                        path, dtype=np.dtype(lay.dtype), mode="r+", offset=offset + start * row, shape=part.shape
+                    )
                     window[:] = part
                     window.flush()
                     del window
                 start += len(part)
-            files[lay.blob] = {"file": path.name, "variable": lay.var, "shape": list(shape), "dtype": lay.dtype,
-                               "dims": ["image", *lay.dims],
-                               "coords": {c: {"dims": list(d), "values": v.tolist()} for c, (d, v) in lay.coords.items()
-                                          if c.startswith("rf_")},
-                               **{k: v for k, v in lay.attrs.items() if k not in ("long_name",)}}
+            files[lay.blob] = {
+                "file": path.name,
+                "variable": lay.var,
+                "shape": list(shape),
+                "dtype": lay.dtype,
+                "dims": ["image", *lay.dims],
+                "coords": {
+                    c: {"dims": list(d), "values": v.tolist()}
+                    for c, (d, v) in lay.coords.items()
+                    if c.startswith("rf_")
+                },
+                **{k: v for k, v in lay.attrs.items() if k not in ("long_name",)},
+            }
         (tmp / "images.txt").write_text("".join(k + "\n" for k in p.keys), encoding="utf-8")
         if p.meta_names:
             buf = io.StringIO()
@@ -433,9 +498,14 @@ def write_npy(p: Plan, dest: Path, overwrite: bool = False) -> Path:
             w.writerow(["image", *p.meta_names])
             w.writerows(zip(p.keys, *(p.meta[c] for c in p.meta_names)))
             (tmp / "images.csv").write_text(buf.getvalue(), encoding="utf-8")
-        doc = {**provenance(p.src), "images_file": "images.txt",
-               "metadata_file": "images.csv" if p.meta_names else None,
-               "metadata_columns": list(p.meta_names), "blobs": files, "blob_order": [lay.blob for lay in p.layouts]}
+        doc = {
+            **provenance(p.src),
+            "images_file": "images.txt",
+            "metadata_file": "images.csv" if p.meta_names else None,
+            "metadata_columns": list(p.meta_names),
+            "blobs": files,
+            "blob_order": [lay.blob for lay in p.layouts],
+        }
         (tmp / "savedeep_export.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     return dest
 
@@ -458,7 +528,8 @@ def check_mat_sizes(src: SavedOutput, blobs: Sequence[str]) -> None:
         raise OutputError(
             f"cannot export {sizes} to a .mat file: MATLAB's v5 format (scipy's savemat) holds less than 2 GiB per "
             f"variable. Export to netCDF instead, which MATLAB reads with ncread/h5read: savedeep export "
-            f"{src.directory} --to netcdf; or leave those blobs out (--blobs), or store them reduced")
+            f"{src.directory} --to netcdf; or leave those blobs out (--blobs), or store them reduced"
+        )
 
 
 def write_mat(p: Plan, dest: Path, overwrite: bool = False) -> Path:
@@ -467,12 +538,21 @@ def write_mat(p: Plan, dest: Path, overwrite: bool = False) -> Path:
     from scipy.io import savemat
 
     check_mat_sizes(p.src, [lay.blob for lay in p.layouts])
-    info = {**provenance(p.src), "blob_names": p.blob_names,
-            "metadata_names": {v: k for k, v in p.meta_names.items()},
-            "blobs": {lay.var: {"blob": lay.blob, "dims": ["image", *lay.dims], "shape": [len(p.keys), *lay.shape],
-                                "stored_dtype": lay.dtype,
-                                "coords": {c: v.tolist() for c, (d, v) in lay.coords.items() if c.startswith("rf_")}}
-                      for lay in p.layouts}}
+    info = {
+        **provenance(p.src),
+        "blob_names": p.blob_names,
+        "metadata_names": {v: k for k, v in p.meta_names.items()},
+        "blobs": {
+            lay.var: {
+                "blob": lay.blob,
+                "dims": ["image", *lay.dims],
+                "shape": [len(p.keys), *lay.shape],
+                "stored_dtype": lay.dtype,
+                "coords": {c: v.tolist() for c, (d, v) in lay.coords.items() if c.startswith("rf_")},
+            }
+            for lay in p.layouts
+        },
+    }
     names = np.empty((len(p.layouts), 2), dtype=object)
     for i, lay in enumerate(p.layouts):
         names[i] = lay.var, lay.blob
@@ -484,8 +564,12 @@ def write_mat(p: Plan, dest: Path, overwrite: bool = False) -> Path:
             # savemat on an open file appends variables after the first call's header: one blob in memory at a time
             savemat(f, header, long_field_names=True, oned_as="column")
             for lay in p.layouts:
-                savemat(f, {lay.var: p.src.read_blob(lay.blob).astype(np.float32, copy=False)},
-                        long_field_names=True, oned_as="column")
+                savemat(
+                    f,
+                    {lay.var: p.src.read_blob(lay.blob).astype(np.float32, copy=False)},
+                    long_field_names=True,
+                    oned_as="column",
+                )
             f.flush()
             os.fsync(f.fileno())
     return dest
@@ -507,8 +591,12 @@ def _blob_data(src: SavedOutput, blob: str, lazy: bool):
     import dask.array as da
 
     info = src.info(blob)
-    parts = [da.from_delayed(dask.delayed(src.read_shard)(k, blob), shape=(rows, *info["shape"]),
-                             dtype=np.dtype(info["dtype"])) for k, rows in enumerate(src.rows)]
+    parts = [
+        da.from_delayed(
+            dask.delayed(src.read_shard)(k, blob), shape=(rows, *info["shape"]), dtype=np.dtype(info["dtype"])
+        )
+        for k, rows in enumerate(src.rows)
+    ]
     if not parts:
         return np.empty((0, *info["shape"]), dtype=info["dtype"])
     return da.concatenate(parts)
@@ -520,8 +608,9 @@ def _lazy(lazy: bool) -> bool:
     return lazy
 
 
-def load_xarray(path: Path | str, blobs: Sequence[str] | str | None = None, lazy: bool = False,
-                model: Path | str | None = None):
+def load_xarray(
+    path: Path | str, blobs: Sequence[str] | str | None = None, lazy: bool = False, model: Path | str | None = None
+):
     """The output as an ``xarray.Dataset``: the same variables, dims, coordinates and attributes as the netCDF
     export (float16 blobs stay float16). ``lazy=True`` gives dask arrays read shard by shard when used."""
     require("xarray", what="savedeep.load_xarray")
@@ -537,8 +626,11 @@ def load_xarray(path: Path | str, blobs: Sequence[str] | str | None = None, lazy
             coords[lay.prefixed(c)] = (tuple(lay.prefixed(d) for d in cdims), values)
         data = _blob_data(p.src, lay.blob, _lazy(lazy))
         data_vars[lay.var] = (("image", *(lay.prefixed(d) for d in lay.dims)), data, dict(lay.attrs))
-    attrs = {**provenance(p.src), "blob_names": json.dumps(p.blob_names),
-             "metadata_names": json.dumps({v: k for k, v in p.meta_names.items()})}
+    attrs = {
+        **provenance(p.src),
+        "blob_names": json.dumps(p.blob_names),
+        "metadata_names": json.dumps({v: k for k, v in p.meta_names.items()}),
+    }
     return xr.Dataset(data_vars, coords, attrs)
 
 
@@ -558,12 +650,14 @@ def load_dataarray(path: Path | str, blob: str, lazy: bool = False, model: Path 
         coords[var] = ("image", np.array(p.meta[col], dtype=object))
     coords.update({c: (d, v) for c, (d, v) in lay.coords.items()})
     attrs = {**provenance(p.src), **lay.attrs}
-    return xr.DataArray(_blob_data(p.src, blob, _lazy(lazy)), coords=coords, dims=("image", *lay.dims),
-                        name=lay.var, attrs=attrs)
+    return xr.DataArray(
+        _blob_data(p.src, blob, _lazy(lazy)), coords=coords, dims=("image", *lay.dims), name=lay.var, attrs=attrs
+    )
 
 
-def load_assembly(path: Path | str, blobs: Sequence[str] | str | None = None, lazy: bool = False,
-                  model: Path | str | None = None):
+def load_assembly(
+    path: Path | str, blobs: Sequence[str] | str | None = None, lazy: bool = False, model: Path | str | None = None
+):
     """A Brain-Score-style flat ``xarray.DataArray``: dims ``presentation`` x ``neuroid``.
 
     Neuroids are every unit of every blob, in blob order, each blob flattened in C order
@@ -580,8 +674,9 @@ def load_assembly(path: Path | str, blobs: Sequence[str] | str | None = None, la
 
     p = plan(path, blobs, model)
     model_id = Path(str(p.src.manifest.get("model", {}).get("directory", "model"))).name or "model"
-    neuroid: dict[str, list[np.ndarray]] = {k: [] for k in ("layer", "neuroid_num", "channel", "channel_x",
-                                                           "channel_y", "rf_y", "rf_x", "rf_size")}
+    neuroid: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("layer", "neuroid_num", "channel", "channel_x", "channel_y", "rf_y", "rf_x", "rf_size")
+    }
     parts = []
     for lay in p.layouts:
         units = int(np.prod(lay.shape, dtype=np.int64))
@@ -617,11 +712,18 @@ def load_assembly(path: Path | str, blobs: Sequence[str] | str | None = None, la
     layers = ncoords["layer"][1]
     nums = ncoords["neuroid_num"][1]
     ncoords["model"] = ("neuroid", np.full(len(layers), model_id, dtype=object))
-    ncoords["neuroid_id"] = ("neuroid", np.array([f"{model_id}.{lay}.{num}" for lay, num in zip(layers, nums)],
-                                                 dtype=object))
+    ncoords["neuroid_id"] = (
+        "neuroid",
+        np.array([f"{model_id}.{lay}.{num}" for lay, num in zip(layers, nums)], dtype=object),
+    )
     keys = np.array(p.keys, dtype=object)
     pcoords: dict[str, Any] = {"stimulus_id": ("presentation", keys), "image": ("presentation", keys)}
     for col, var in p.meta_names.items():
         pcoords[var] = ("presentation", np.array(p.meta[col], dtype=object))
-    return xr.DataArray(values, dims=("presentation", "neuroid"), coords={**pcoords, **ncoords},
-                        name="activations", attrs={**provenance(p.src), "blob_names": json.dumps(p.blob_names)})
+    return xr.DataArray(
+        values,
+        dims=("presentation", "neuroid"),
+        coords={**pcoords, **ncoords},
+        name="activations",
+        attrs={**provenance(p.src), "blob_names": json.dumps(p.blob_names)},
+    )

@@ -35,8 +35,7 @@ import numpy as np
 
 import savedeep.analysis.stats as st
 from savedeep.errors import ConfigError, OutputError
-from savedeep.data.output import (RUN_LOG_LINE, RUN_LOG_SUFFIX, SavedOutput, beside, default_destination,
-                                  run_log_line)
+from savedeep.data.output import RUN_LOG_LINE, RUN_LOG_SUFFIX, SavedOutput, beside, default_destination, run_log_line
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +52,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ConfigError("savedeep report needs matplotlib, which is not installed: "
-                          "pip install 'savedeep[report]'") from None
+        raise ConfigError(
+            "savedeep report needs matplotlib, which is not installed: pip install 'savedeep[report]'"
+        ) from None
 
 
 # --------------------------------------------------------------------------- the run log
@@ -64,12 +64,21 @@ def record_summary(log_file: Path | None, result: Any) -> None:
     """Append the run's own figures (a RunResult) to its run log, as one line in the log's format."""
     if log_file is None or not Path(log_file).exists():
         return
-    summary = {"images": result.images, "rows": result.rows, "failures": result.failures,
-               "wall_s": round(result.wall_s, 3), "images_per_s": round(result.images_per_s, 3),
-               "steady_images_per_s": (None if result.steady_images_per_s() is None
-                                       else round(result.steady_images_per_s(), 3)),
-               "busy": {k: round(v, 4) for k, v in result.busy.items()}, "devices": list(result.devices),
-               "producers": result.producers, "writers": result.writers, "shards_kept": result.shards_kept}
+    summary = {
+        "images": result.images,
+        "rows": result.rows,
+        "failures": result.failures,
+        "wall_s": round(result.wall_s, 3),
+        "images_per_s": round(result.images_per_s, 3),
+        "steady_images_per_s": (
+            None if result.steady_images_per_s() is None else round(result.steady_images_per_s(), 3)
+        ),
+        "busy": {k: round(v, 4) for k, v in result.busy.items()},
+        "devices": list(result.devices),
+        "producers": result.producers,
+        "writers": result.writers,
+        "shards_kept": result.shards_kept,
+    }
     line = run_log_line("savedeep.run", logging.INFO, SUMMARY_TAG + json.dumps(summary, sort_keys=True))
     with open(log_file, "a") as f:
         f.write(line + "\n")
@@ -77,8 +86,16 @@ def record_summary(log_file: Path | None, result: Any) -> None:
 
 def read_log(path: Path) -> dict[str, Any]:
     """What the report takes from a run log: the last summary, float16 overflows, warnings and errors."""
-    out: dict[str, Any] = {"path": str(path), "found": path.is_file(), "summary": None, "overflows": [],
-                           "problems": [], "lines": 0, "first": None, "last": None}
+    out: dict[str, Any] = {
+        "path": str(path),
+        "found": path.is_file(),
+        "summary": None,
+        "overflows": [],
+        "problems": [],
+        "lines": 0,
+        "first": None,
+        "last": None,
+    }
     if not out["found"]:
         return out
     records: list[list[str]] = []
@@ -95,7 +112,7 @@ def read_log(path: Path) -> dict[str, Any]:
     for stamp, proc, name, level, msg in records:
         if name == "savedeep.run" and msg.startswith(SUMMARY_TAG):
             try:
-                out["summary"] = json.loads(msg[len(SUMMARY_TAG):])
+                out["summary"] = json.loads(msg[len(SUMMARY_TAG) :])
             except ValueError:
                 pass
             continue
@@ -156,9 +173,16 @@ def plot_unit_means(s: st.BlobStats) -> str:
     return _png(fig)
 
 
-def plot_matrix(matrix: np.ndarray, labels: Sequence[str], title: str, groups: Sequence[str] | None = None,
-                cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
-                annotate: bool = False) -> str:
+def plot_matrix(
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    title: str,
+    groups: Sequence[str] | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    annotate: bool = False,
+) -> str:
     n = len(matrix)
     side = 4.2 if n > 8 else 3.6
     fig = _figure(side + 1.1, side)
@@ -186,8 +210,15 @@ def plot_matrix(matrix: np.ndarray, labels: Sequence[str], title: str, groups: S
         for i in range(n):
             for j in range(n):
                 if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if matrix[i, j] < 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{matrix[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if matrix[i, j] < 0.5 else "black",
+                    )
     ax.set_title(title, fontsize=9)
     return _png(fig)
 
@@ -275,28 +306,45 @@ def _run_section(directory: Path, manifest: dict[str, Any], logd: dict[str, Any]
     model = manifest.get("model", {})
     devices = manifest.get("devices") or []
     wall = summary.get("wall_s", manifest.get("summary", {}).get("wall_s"))
-    data = {"complete": complete, "shards_complete": len(done), "shards": len(shards),
-            "images": manifest.get("images", {}).get("count"), "rows": n_rows, "failures": len(failures),
-            "wall_s": wall, "images_per_s": summary.get("images_per_s"),
-            "steady_images_per_s": summary.get("steady_images_per_s"), "busy": summary.get("busy"),
-            "overflows": logd["overflows"], "engine": manifest.get("engine"),
-            "model_sha256": model.get("sha256", {})}
+    data = {
+        "complete": complete,
+        "shards_complete": len(done),
+        "shards": len(shards),
+        "images": manifest.get("images", {}).get("count"),
+        "rows": n_rows,
+        "failures": len(failures),
+        "wall_s": wall,
+        "images_per_s": summary.get("images_per_s"),
+        "steady_images_per_s": summary.get("steady_images_per_s"),
+        "busy": summary.get("busy"),
+        "overflows": logd["overflows"],
+        "engine": manifest.get("engine"),
+        "model_sha256": model.get("sha256", {}),
+    }
     parts = []
     if complete:
-        parts.append(f'<div class="banner complete" id="status">Complete: all {len(shards)} shard(s) written, '
-                     f"{n_rows} rows.</div>")
+        parts.append(
+            f'<div class="banner complete" id="status">Complete: all {len(shards)} shard(s) written, '
+            f"{n_rows} rows.</div>"
+        )
     else:
-        parts.append(f'<div class="banner partial" id="status">Partial output: the run did not complete. '
-                     f"{len(done)} of {len(shards)} shard(s) are complete; this page shows their {n_rows} rows. "
-                     "Finish it with <code>savedeep run --resume</code>.</div>")
-    dev_text = "; ".join(", ".join(f"{k}={v}" for k, v in d.items() if k != "pid") for d in devices) or \
-        ("-" if complete else "not recorded (recorded when the run completes)")
+        parts.append(
+            f'<div class="banner partial" id="status">Partial output: the run did not complete. '
+            f"{len(done)} of {len(shards)} shard(s) are complete; this page shows their {n_rows} rows. "
+            "Finish it with <code>savedeep run --resume</code>.</div>"
+        )
+    dev_text = "; ".join(", ".join(f"{k}={v}" for k, v in d.items() if k != "pid") for d in devices) or (
+        "-" if complete else "not recorded (recorded when the run completes)"
+    )
     busy = summary.get("busy")
     not_logged = "not recorded in the run log (written when <code>savedeep run</code> finishes)"
     rows = [
         ("model", _e(model.get("directory", "-"))),
-        ("model sha256", "<br>".join(f"<code>{_e(k)}</code>: <code>{_e(v)}</code>"
-                                     for k, v in model.get("sha256", {}).items()) or "-"),
+        (
+            "model sha256",
+            "<br>".join(f"<code>{_e(k)}</code>: <code>{_e(v)}</code>" for k, v in model.get("sha256", {}).items())
+            or "-",
+        ),
         ("input shape", _e(model.get("input_shape", "-"))),
         ("engine", _e(manifest.get("engine", "-"))),
         ("devices", _e(dev_text)),
@@ -306,12 +354,21 @@ def _run_section(directory: Path, manifest: dict[str, Any], logd: dict[str, Any]
         ("failures", _e(len(failures))),
         ("shards", _e(f"{len(done)} of {len(shards)} complete")),
         ("duration", _e(f"{wall:.1f} s") if wall is not None else not_logged),
-        ("images/s", (_e(f"{summary['images_per_s']:.1f}") + (
-            _e(f" (steady: {summary['steady_images_per_s']:.1f})") if summary.get("steady_images_per_s") else ""))
-         if summary.get("images_per_s") is not None else not_logged),
+        (
+            "images/s",
+            (
+                _e(f"{summary['images_per_s']:.1f}")
+                + (_e(f" (steady: {summary['steady_images_per_s']:.1f})") if summary.get("steady_images_per_s") else "")
+            )
+            if summary.get("images_per_s") is not None
+            else not_logged,
+        ),
         ("busy fraction per stage", ", ".join(f"{_e(k)} {v:.0%}" for k, v in busy.items()) if busy else not_logged),
-        ("float16 overflows", "<br>".join(_e(o["blobs"]) for o in logd["overflows"]) or
-         ("none reported in the run log" if logd["found"] else "run log not found")),
+        (
+            "float16 overflows",
+            "<br>".join(_e(o["blobs"]) for o in logd["overflows"])
+            or ("none reported in the run log" if logd["found"] else "run log not found"),
+        ),
         ("created", _e(manifest.get("created", "-"))),
         ("savedeep", _e(manifest.get("versions", {}).get("savedeep", "-"))),
         ("run log", _e(logd["path"]) + ("" if logd["found"] else " (not found)")),
@@ -320,26 +377,40 @@ def _run_section(directory: Path, manifest: dict[str, Any], logd: dict[str, Any]
     parts.append(f'<h3 id="failures">Failures ({len(failures)})</h3>')
     if failures:
         shown = failures[:FAILURES_SHOWN]
-        parts.append(_table([(_e(f.get("image")), _e(f.get("reason"))) for f in shown], ["image", "reason"],
-                            cls="failures"))
+        parts.append(
+            _table([(_e(f.get("image")), _e(f.get("reason"))) for f in shown], ["image", "reason"], cls="failures")
+        )
         if len(failures) > len(shown):
-            parts.append(f'<p class="note">The first {len(shown)} of {len(failures)}; all are in '
-                         f'{_e(manifest.get("failures_table", "the failures table"))}.</p>')
+            parts.append(
+                f'<p class="note">The first {len(shown)} of {len(failures)}; all are in '
+                f"{_e(manifest.get('failures_table', 'the failures table'))}.</p>"
+            )
     else:
         parts.append('<p class="note">No image failed.</p>')
     if logd["problems"]:
         shown = logd["problems"][-LOG_LINES_SHOWN:]
-        parts.append(f'<h3>Warnings and errors in the run log ({len(logd["problems"])})</h3>')
-        parts.append("<pre>" + "\n".join(_e(f'{p["time"]} {p["process"]} {p["level"]}: {p["message"]}')
-                                         for p in shown) + "</pre>")
-    parts.append('<details class="config"><summary><b>Config</b> (as the manifest records it)</summary><pre>'
-                 + _e(json.dumps(manifest.get("config", {}), indent=1)) + "</pre></details>")
+        parts.append(f"<h3>Warnings and errors in the run log ({len(logd['problems'])})</h3>")
+        parts.append(
+            "<pre>"
+            + "\n".join(_e(f"{p['time']} {p['process']} {p['level']}: {p['message']}") for p in shown)
+            + "</pre>"
+        )
+    parts.append(
+        '<details class="config"><summary><b>Config</b> (as the manifest records it)</summary><pre>'
+        + _e(json.dumps(manifest.get("config", {}), indent=1))
+        + "</pre></details>"
+    )
     return "\n".join(parts), data
 
 
-def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, group_by: str | None = None,
-                 max_images: int = st.DEFAULT_MAX_IMAGES, seed: int = st.DEFAULT_SEED,
-                 thumbnails: bool = True) -> tuple[str, dict[str, Any]]:
+def build_report(
+    path: Path | str,
+    blobs: Sequence[str] | str | None = None,
+    group_by: str | None = None,
+    max_images: int = st.DEFAULT_MAX_IMAGES,
+    seed: int = st.DEFAULT_SEED,
+    thumbnails: bool = True,
+) -> tuple[str, dict[str, Any]]:
     """(the page's HTML, the numbers it shows) for an output."""
     require_matplotlib()
     src = SavedOutput.open(Path(path))
@@ -347,8 +418,9 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
     manifest = src.manifest
     if group_by is not None and group_by not in src.metadata_columns:
         have = ", ".join(src.metadata_columns) or "none (the images were not given as a CSV list)"
-        raise ConfigError(f"--group-by {group_by}: {src.directory} has no metadata column {group_by!r}; "
-                          f"its columns: {have}")
+        raise ConfigError(
+            f"--group-by {group_by}: {src.directory} has no metadata column {group_by!r}; its columns: {have}"
+        )
     logd = read_log(_log_path(src.directory, manifest))
     run_html, run_data = _run_section(src.directory, manifest, logd, src.n)
 
@@ -361,9 +433,12 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
     order_a = np.asarray(order, np.int64)
     ordered_keys = [keys[i] for i in order]
     groups = [meta[group_by][i] for i in order] if group_by else None
-    sub_note = (f"all {src.n} images" if len(rows) == src.n else
-                f"a random subsample of {len(rows)} of the {src.n} images (numpy.random.default_rng({seed}), "
-                f"without replacement; --max-images {max_images}, --seed {seed}), the same images for every blob")
+    sub_note = (
+        f"all {src.n} images"
+        if len(rows) == src.n
+        else f"a random subsample of {len(rows)} of the {src.n} images (numpy.random.default_rng({seed}), "
+        f"without replacement; --max-images {max_images}, --seed {seed}), the same images for every blob"
+    )
 
     source = Path(manifest.get("images", {}).get("source", ""))
     blob_html, blob_data, rdms = [], {}, {}
@@ -397,22 +472,36 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
         if kind == "none":
             reduce_text = "none (the whole blob)"
         elif kind == "pool":
-            reduce_text = (f"{rd.get('pool')} pool to a {rd.get('grid')}x{rd.get('grid')} grid" if rd.get("grid")
-                           else f"{rd.get('pool')} pool, one value per channel")
+            reduce_text = (
+                f"{rd.get('pool')} pool to a {rd.get('grid')}x{rd.get('grid')} grid"
+                if rd.get("grid")
+                else f"{rd.get('pool')} pool, one value per channel"
+            )
         elif kind == "project":
             reduce_text = f"random projection to {tuple(rd.get('out_shape', info['shape']))}"
         else:
             reduce_text = f"{kind} to {tuple(rd.get('out_shape', info['shape']))}"
         stat_rows = [
-            ("stored shape", _e(tuple(info["shape"]))), ("blob shape", _e(tuple(d["blob_shape"]))),
-            ("reduction", _e(reduce_text)), ("dtype", _e(info["dtype"])), ("units", f"{s.units:,}"),
-            ("images", f"{s.images:,}"), ("min / mean / max", _e(f"{_num(s.min)} / {_num(s.mean)} / {_num(s.max)}")),
+            ("stored shape", _e(tuple(info["shape"]))),
+            ("blob shape", _e(tuple(d["blob_shape"]))),
+            ("reduction", _e(reduce_text)),
+            ("dtype", _e(info["dtype"])),
+            ("units", f"{s.units:,}"),
+            ("images", f"{s.images:,}"),
+            ("min / mean / max", _e(f"{_num(s.min)} / {_num(s.mean)} / {_num(s.max)}")),
             ("standard deviation", _e(_num(s.std))),
             ("exact zeros", f'<span class="zero-fraction">{s.zero_fraction:.2%}</span> ({s.zeros:,} values)'),
-            ("dead units (never above 0)", f'<span class="dead-units">{s.dead_units:,}</span> '
-                                           f"({s.dead_fraction:.1%} of the units)"),
-            ("per-unit means", _e("min {min:.4g}, 5% {p5:.4g}, median {median:.4g}, 95% {p95:.4g}, max {max:.4g}; "
-                                  "sd {std:.4g}".format(**spread))),
+            (
+                "dead units (never above 0)",
+                f'<span class="dead-units">{s.dead_units:,}</span> ({s.dead_fraction:.1%} of the units)',
+            ),
+            (
+                "per-unit means",
+                _e(
+                    "min {min:.4g}, 5% {p5:.4g}, median {median:.4g}, 95% {p95:.4g}, max {max:.4g}; "
+                    "sd {std:.4g}".format(**spread)
+                ),
+            ),
             ("not finite (float16 overflow)", _e(f"{s.nonfinite:,}")),
         ]
         rdm_img = plot_matrix(rdms[b], ordered_keys, f"{b}: 1 - Pearson r", groups=groups, vmin=0)
@@ -423,18 +512,25 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
                 key = top_keys[r]
                 t = thumbs.get(r)
                 pic = _img(t, key, "thumb") if t else '<span class="note">(no image)</span>'
-                figs.append(f'<figure title="{_e(key)}">{pic}<figcaption>{_e(key.rsplit("/", 1)[-1])}<br>{v:.3g}'
-                            "</figcaption></figure>")
+                figs.append(
+                    f'<figure title="{_e(key)}">{pic}<figcaption>{_e(key.rsplit("/", 1)[-1])}<br>{v:.3g}'
+                    "</figcaption></figure>"
+                )
             idx = s.unit_index(u)
-            tops.append(f'<div class="unit"><b>unit {_e(idx)}</b> (sd {s.unit_std[u]:.3g})'
-                        f'<div class="tops">{"".join(figs)}</div></div>')
+            tops.append(
+                f'<div class="unit"><b>unit {_e(idx)}</b> (sd {s.unit_std[u]:.3g})'
+                f'<div class="tops">{"".join(figs)}</div></div>'
+            )
         unread = sorted({r for u in s.top_units for r, _ in s.top_rows.get(u, []) if thumbs.get(r) is None})
         if not source_ok:
             why = "not asked for" if not thumbnails else f"the image source {source} is not readable from here"
             tops.insert(0, f'<p class="note thumbs-skipped">No thumbnails: {_e(why)}.</p>')
         elif unread:
-            tops.insert(0, f'<p class="note thumbs-skipped">No thumbnails for {len(unread)} image(s): they could '
-                        f"not be read from {_e(source)} (moved or deleted since the run?).</p>")
+            tops.insert(
+                0,
+                f'<p class="note thumbs-skipped">No thumbnails for {len(unread)} image(s): they could '
+                f"not be read from {_e(source)} (moved or deleted since the run?).</p>",
+            )
         blob_html.append(
             f'<section class="blob" id="blob-{_e(b)}" data-blob="{_e(b)}"><h3>{_e(b)}</h3>'
             f'<div class="stats">{_kv(stat_rows, cls="stats")}</div>'
@@ -442,26 +538,60 @@ def build_report(path: Path | str, blobs: Sequence[str] | str | None = None, gro
             f'<div class="unit-means">{_img(plot_unit_means(s), b + " per-unit means")}</div>'
             f'<div class="rdm">{_img(rdm_img, b + " RDM")}</div></div>'
             f'<div class="top-images"><h4>Images that drive the most variable units most</h4>{"".join(tops)}</div>'
-            "</section>")
+            "</section>"
+        )
 
     sim = st.similarity_of(rdms) if rdms else np.zeros((0, 0))
-    sim_img = plot_matrix(sim, names, "blob x blob: Pearson r of the RDMs", cmap="magma", vmin=-1, vmax=1,
-                          annotate=True) if len(names) else ""
-    sim_table = _table([[f"<b>{_e(a)}</b>", *(f'<span class="num">{sim[i, j]:.3f}</span>' if np.isfinite(sim[i, j])
-                                              else "n/a" for j in range(len(names)))] for i, a in enumerate(names)],
-                       ["", *names], cls="similarity")
+    sim_img = (
+        plot_matrix(sim, names, "blob x blob: Pearson r of the RDMs", cmap="magma", vmin=-1, vmax=1, annotate=True)
+        if len(names)
+        else ""
+    )
+    sim_table = _table(
+        [
+            [
+                f"<b>{_e(a)}</b>",
+                *(
+                    f'<span class="num">{sim[i, j]:.3f}</span>' if np.isfinite(sim[i, j]) else "n/a"
+                    for j in range(len(names))
+                ),
+            ]
+            for i, a in enumerate(names)
+        ],
+        ["", *names],
+        cls="similarity",
+    )
     constant = [b for b in names if st.constant_rdm(rdms[b])]
     if constant:
-        sim_table += (f'<p class="note">n/a: the RDM of {_e(", ".join(constant))} is constant (a blob of two '
-                      "units has 1 - r = 0 or 2 for every pair of images), so its correlation with another RDM is "
-                      "undefined.</p>")
-    data = {"format": "savedeep-report/1", "output": str(src.directory), "run": run_data, "blobs": blob_data,
-            "geometry": {"metric": "correlation", "images": len(rows), "of": src.n, "seed": seed,
-                         "max_images": max_images, "group_by": group_by, "keys": ordered_keys, "groups": groups,
-                         "blob_similarity": sim.tolist(), "blob_order": names}}
+        sim_table += (
+            f'<p class="note">n/a: the RDM of {_e(", ".join(constant))} is constant (a blob of two '
+            "units has 1 - r = 0 or 2 for every pair of images), so its correlation with another RDM is "
+            "undefined.</p>"
+        )
+    data = {
+        "format": "savedeep-report/1",
+        "output": str(src.directory),
+        "run": run_data,
+        "blobs": blob_data,
+        "geometry": {
+            "metric": "correlation",
+            "images": len(rows),
+            "of": src.n,
+            "seed": seed,
+            "max_images": max_images,
+            "group_by": group_by,
+            "keys": ordered_keys,
+            "groups": groups,
+            "blob_similarity": sim.tolist(),
+            "blob_order": names,
+        },
+    }
     title = f"savedeep report: {src.directory}"
-    group_note = (f"Images are ordered by <code>{_e(group_by)}</code>, then by key; white lines mark the groups."
-                  if group_by else "Images are ordered by key.")
+    group_note = (
+        f"Images are ordered by <code>{_e(group_by)}</code>, then by key; white lines mark the groups."
+        if group_by
+        else "Images are ordered by key."
+    )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
 <meta name="generator" content="{GENERATOR}">
@@ -506,9 +636,15 @@ def _json_for_html(data: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def write_report(path: Path | str, dest: Path | str | None = None, blobs: Sequence[str] | str | None = None,
-                 group_by: str | None = None, max_images: int = st.DEFAULT_MAX_IMAGES,
-                 seed: int = st.DEFAULT_SEED, thumbnails: bool = True) -> Path:
+def write_report(
+    path: Path | str,
+    dest: Path | str | None = None,
+    blobs: Sequence[str] | str | None = None,
+    group_by: str | None = None,
+    max_images: int = st.DEFAULT_MAX_IMAGES,
+    seed: int = st.DEFAULT_SEED,
+    thumbnails: bool = True,
+) -> Path:
     """Write the report of an output to ``dest`` (default ``out/acts.report.html``); returns its path."""
     from savedeep.data.output import atomic_write_bytes
 
@@ -517,8 +653,9 @@ def write_report(path: Path | str, dest: Path | str | None = None, blobs: Sequen
         raise OutputError(f"{dest} is a folder; give the report's file name with -o, e.g. {dest / 'report.html'}")
     page, _ = build_report(path, blobs, group_by, max_images, seed, thumbnails)
     if not dest.parent.is_dir():
-        raise OutputError(f"cannot write {dest}: the folder {dest.parent} does not exist; create it or choose "
-                          "another -o")
+        raise OutputError(
+            f"cannot write {dest}: the folder {dest.parent} does not exist; create it or choose another -o"
+        )
     atomic_write_bytes(dest, page.encode("utf-8"))
     return dest
 

@@ -38,10 +38,10 @@ import numpy as np
 from savedeep.data.output import SavedOutput
 from savedeep.errors import ConfigError
 
-CHUNK_BYTES = 8 * 2**20   # rows of one blob decoded at a time
+CHUNK_BYTES = 8 * 2**20  # rows of one blob decoded at a time
 HIST_BINS = 60
-TOP_UNITS = 3             # units per blob whose top images are kept (the most variable ones)
-TOP_IMAGES = 5            # images per such unit
+TOP_UNITS = 3  # units per blob whose top images are kept (the most variable ones)
+TOP_IMAGES = 5  # images per such unit
 METRICS = ("correlation", "euclidean")
 DEFAULT_MAX_IMAGES = 500
 DEFAULT_SEED = 0
@@ -56,19 +56,19 @@ class BlobStats:
     dtype: str
     images: int
     units: int
-    values: int                  # finite values counted
-    nonfinite: int               # values stored as inf or NaN
+    values: int  # finite values counted
+    nonfinite: int  # values stored as inf or NaN
     min: float
     max: float
     mean: float
     std: float
-    zeros: int                   # values exactly 0
-    dead_units: int              # units never above zero
-    unit_mean: np.ndarray = field(repr=False)   # (units,) per-unit mean over the images
-    unit_std: np.ndarray = field(repr=False)    # (units,) per-unit standard deviation (population)
+    zeros: int  # values exactly 0
+    dead_units: int  # units never above zero
+    unit_mean: np.ndarray = field(repr=False)  # (units,) per-unit mean over the images
+    unit_std: np.ndarray = field(repr=False)  # (units,) per-unit standard deviation (population)
     hist_edges: np.ndarray = field(repr=False)  # (bins + 1,)
     hist_counts: np.ndarray = field(repr=False)  # (bins,) int64
-    top_units: list[int] = field(default_factory=list)             # flat unit indices, most variable first
+    top_units: list[int] = field(default_factory=list)  # flat unit indices, most variable first
     top_rows: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # unit -> [(row, value)], largest first
 
     @property
@@ -85,8 +85,14 @@ class BlobStats:
         if not len(m):
             return {k: float("nan") for k in ("min", "p5", "median", "p95", "max", "std")}
         p5, p50, p95 = np.percentile(m, [5, 50, 95])
-        return {"min": float(m.min()), "p5": float(p5), "median": float(p50), "p95": float(p95),
-                "max": float(m.max()), "std": float(m.std())}
+        return {
+            "min": float(m.min()),
+            "p5": float(p5),
+            "median": float(p50),
+            "p95": float(p95),
+            "max": float(m.max()),
+            "std": float(m.std()),
+        }
 
     def unit_index(self, unit: int) -> tuple[int, ...]:
         """A flat unit index as an index into the blob's per-image shape (channel, y, x)."""
@@ -95,14 +101,28 @@ class BlobStats:
     def to_dict(self) -> dict[str, Any]:
         """The numbers as plain JSON (the report embeds them)."""
         return {
-            "blob": self.blob, "shape": list(self.shape), "dtype": self.dtype, "images": self.images,
-            "units": self.units, "values": self.values, "nonfinite": self.nonfinite, "min": self.min,
-            "max": self.max, "mean": self.mean, "std": self.std, "zeros": self.zeros,
-            "zero_fraction": self.zero_fraction, "dead_units": self.dead_units, "dead_fraction": self.dead_fraction,
+            "blob": self.blob,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "images": self.images,
+            "units": self.units,
+            "values": self.values,
+            "nonfinite": self.nonfinite,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "std": self.std,
+            "zeros": self.zeros,
+            "zero_fraction": self.zero_fraction,
+            "dead_units": self.dead_units,
+            "dead_fraction": self.dead_fraction,
             "unit_mean_spread": self.unit_mean_spread(),
-            "hist_edges": self.hist_edges.tolist(), "hist_counts": self.hist_counts.tolist(),
-            "top_units": [{"unit": u, "index": list(self.unit_index(u)),
-                           "rows": [[r, v] for r, v in self.top_rows.get(u, [])]} for u in self.top_units],
+            "hist_edges": self.hist_edges.tolist(),
+            "hist_counts": self.hist_counts.tolist(),
+            "top_units": [
+                {"unit": u, "index": list(self.unit_index(u)), "rows": [[r, v] for r, v in self.top_rows.get(u, [])]}
+                for u in self.top_units
+            ],
         }
 
 
@@ -118,8 +138,14 @@ def _flat_chunks(src, blob: str, max_bytes: int = CHUNK_BYTES):
         start += len(part)
 
 
-def blob_stats(path, blob: str, bins: int = HIST_BINS, top_units: int = TOP_UNITS, top_images: int = TOP_IMAGES,
-               max_bytes: int = CHUNK_BYTES) -> BlobStats:
+def blob_stats(
+    path,
+    blob: str,
+    bins: int = HIST_BINS,
+    top_units: int = TOP_UNITS,
+    top_images: int = TOP_IMAGES,
+    max_bytes: int = CHUNK_BYTES,
+) -> BlobStats:
     """Statistics of one blob over every image of an output (complete or partial), in two streamed passes."""
     src = _open(path)
     (blob,) = src.select([blob])
@@ -138,7 +164,7 @@ def blob_stats(path, blob: str, bins: int = HIST_BINS, top_units: int = TOP_UNIT
         bad = x.size - int(finite.sum())
         if bad:
             nonfinite += bad
-            x = np.where(finite, x, 0).astype(np.float64)   # 0 contributes nothing to the sums
+            x = np.where(finite, x, 0).astype(np.float64)  # 0 contributes nothing to the sums
             count += finite.sum(axis=0)
             umax = np.maximum(umax, np.where(finite, x, -np.inf).max(axis=0))
             fin_vals = x[finite]
@@ -156,17 +182,17 @@ def blob_stats(path, blob: str, bins: int = HIST_BINS, top_units: int = TOP_UNIT
         s2 += np.square(x).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         unit_mean = s1 / count
-        unit_std = np.sqrt(np.maximum(s2 / count - unit_mean ** 2, 0.0))
+        unit_std = np.sqrt(np.maximum(s2 / count - unit_mean**2, 0.0))
     total = float(s1.sum())
     mean = total / values if values else float("nan")
-    std = float(np.sqrt(max(float(s2.sum()) / values - mean ** 2, 0.0))) if values else float("nan")
+    std = float(np.sqrt(max(float(s2.sum()) / values - mean**2, 0.0))) if values else float("nan")
     dead = int((umax <= 0).sum())  # -inf (never a finite value) counts as never active
 
     if not values:
         lo, hi = 0.0, 1.0
     edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.linspace(lo - 0.5, lo + 0.5, bins + 1)
     hist = np.zeros(bins, np.int64)
-    chosen = [int(u) for u in np.argsort(-np.nan_to_num(unit_std, nan=-1.0), kind="stable")[:min(top_units, units)]]
+    chosen = [int(u) for u in np.argsort(-np.nan_to_num(unit_std, nan=-1.0), kind="stable")[: min(top_units, units)]]
     best_v = np.full((top_images, len(chosen)), -np.inf)
     best_r = np.full((top_images, len(chosen)), -1, np.int64)
     if values:
@@ -183,13 +209,35 @@ def blob_stats(path, blob: str, bins: int = HIST_BINS, top_units: int = TOP_UNIT
                 order = np.lexsort((all_r, -all_v), axis=0)[:top_images]
                 best_v = np.take_along_axis(all_v, order, axis=0)
                 best_r = np.take_along_axis(all_r, order, axis=0)
-    top_rows = {u: [(int(best_r[k, j]), float(best_v[k, j])) for k in range(top_images)
-                    if best_r[k, j] >= 0 and np.isfinite(best_v[k, j])] for j, u in enumerate(chosen)}
-    return BlobStats(blob=blob, shape=shape, dtype=info["dtype"], images=n, units=units, values=values,
-                     nonfinite=nonfinite, min=float(lo) if values else float("nan"),
-                     max=float(hi) if values else float("nan"), mean=mean, std=std, zeros=zeros, dead_units=dead,
-                     unit_mean=unit_mean, unit_std=unit_std, hist_edges=edges, hist_counts=hist,
-                     top_units=chosen, top_rows=top_rows)
+    top_rows = {
+        u: [
+            (int(best_r[k, j]), float(best_v[k, j]))
+            for k in range(top_images)
+            if best_r[k, j] >= 0 and np.isfinite(best_v[k, j])
+        ]
+        for j, u in enumerate(chosen)
+    }
+    return BlobStats(
+        blob=blob,
+        shape=shape,
+        dtype=info["dtype"],
+        images=n,
+        units=units,
+        values=values,
+        nonfinite=nonfinite,
+        min=float(lo) if values else float("nan"),
+        max=float(hi) if values else float("nan"),
+        mean=mean,
+        std=std,
+        zeros=zeros,
+        dead_units=dead,
+        unit_mean=unit_mean,
+        unit_std=unit_std,
+        hist_edges=edges,
+        hist_counts=hist,
+        top_units=chosen,
+        top_rows=top_rows,
+    )
 
 
 # --------------------------------------------------------------------------- geometry
@@ -213,7 +261,7 @@ def read_rows(src, blob: str, rows: np.ndarray, max_bytes: int = CHUNK_BYTES) ->
     for start, x in _flat_chunks(src, blob, max_bytes):
         lo, hi = np.searchsorted(rows, [start, start + len(x)])
         if hi > lo:
-            out[k:k + hi - lo] = x[rows[lo:hi] - start]
+            out[k : k + hi - lo] = x[rows[lo:hi] - start]
             k += hi - lo
     assert k == len(rows), (k, len(rows))
     return out
@@ -227,7 +275,7 @@ def rdm_of(x: np.ndarray, metric: str = "correlation", block: int = 4096) -> np.
     gram = np.zeros((n, n))
     means = x.mean(axis=1, dtype=np.float64) if metric == "correlation" else np.zeros(n)
     for b in range(0, d, block):
-        z = x[:, b:b + block].astype(np.float64) - means[:, None]
+        z = x[:, b : b + block].astype(np.float64) - means[:, None]
         gram += z @ z.T
     sq = np.diag(gram).copy()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -240,8 +288,9 @@ def rdm_of(x: np.ndarray, metric: str = "correlation", block: int = 4096) -> np.
     return out
 
 
-def rdm(path, blob: str, metric: str = "correlation", max_images: int | None = None,
-        seed: int = DEFAULT_SEED) -> tuple[np.ndarray, list[str]]:
+def rdm(
+    path, blob: str, metric: str = "correlation", max_images: int | None = None, seed: int = DEFAULT_SEED
+) -> tuple[np.ndarray, list[str]]:
     """(the ``n x n`` RDM of ``blob``, the ``n`` image keys in its order): see the module's text.
 
     ``max_images``: above this many images, a seeded subsample of that size (None: every image).
@@ -286,8 +335,13 @@ def similarity_of(rdms: dict[str, np.ndarray], metric: str = "correlation") -> n
     return out
 
 
-def blob_similarity(path, blobs: Sequence[str] | str | None = None, metric: str = "correlation",
-                    max_images: int | None = None, seed: int = DEFAULT_SEED):
+def blob_similarity(
+    path,
+    blobs: Sequence[str] | str | None = None,
+    metric: str = "correlation",
+    max_images: int | None = None,
+    seed: int = DEFAULT_SEED,
+):
     """The blob-by-blob similarity of an output: Pearson correlation between the blobs' RDMs on the same images.
 
     A pandas DataFrame, blobs x blobs (all blobs by default); NaN in the row and column of a blob whose RDM is

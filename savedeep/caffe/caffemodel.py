@@ -38,6 +38,7 @@ class DecodeError(ValueError):
 
 # -- decoding ---------------------------------------------------------------
 
+
 def _varint(buf: _Buffer, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
@@ -258,24 +259,30 @@ def read_caffemodel(path: Path, mapped: bool = False) -> Message:
                 raise ModelError(
                     f"{path}: the caffemodel is {size:,} bytes, over the {MAX_CAFFEMODEL_BYTES:,} bytes (2 GiB - 1) "
                     "that a protobuf message can hold and that Caffe reads or writes; no engine can load it: check "
-                    "that this file is the model's weights")
+                    "that this file is the model's weights"
+                )
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if mapped and size else f.read()
     except FileNotFoundError:
         raise ModelError(f"{path}: caffemodel not found; give the trained weights file (.caffemodel)") from None
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the caffemodel ({exc})") from None
     if not data:
-        raise ModelError(f"{path}: the caffemodel is empty (0 bytes), as an interrupted download or copy leaves "
-                         "it; download or copy the trained weights again")
+        raise ModelError(
+            f"{path}: the caffemodel is empty (0 bytes), as an interrupted download or copy leaves "
+            "it; download or copy the trained weights again"
+        )
     if path.suffix in (".prototxt", ".txt") or data[:20].lstrip().startswith((b"name:", b"layer", b"input")):
-        raise ModelError(f"{path}: this looks like a text prototxt, not a binary .caffemodel; "
-                         "give the trained weights file")
+        raise ModelError(
+            f"{path}: this looks like a text prototxt, not a binary .caffemodel; give the trained weights file"
+        )
     try:
         return _decode(data, 0, len(data), "NetParameter")
     except (DecodeError, struct.error) as exc:
-        raise ModelError(f"{path}: not a valid binary caffemodel ({exc}, {len(data)} bytes): it is truncated, "
-                         "as an interrupted download leaves it, or in another format (HDF5 .caffemodel.h5 is not "
-                         "supported); download or copy the trained weights again") from None
+        raise ModelError(
+            f"{path}: not a valid binary caffemodel ({exc}, {len(data)} bytes): it is truncated, "
+            "as an interrupted download leaves it, or in another format (HDF5 .caffemodel.h5 is not "
+            "supported); download or copy the trained weights again"
+        ) from None
 
 
 def blob_shape(blob: Message) -> tuple[tuple[int, ...], bool]:
@@ -299,14 +306,17 @@ def blob_array(blob: Message, source: str = "", copy: bool = True) -> np.ndarray
     data = blob.data if blob.has("data") else blob.double_data
     count = int(np.prod(shape, dtype=np.int64))
     if data.size != count:
-        raise ModelError(f"{source}: a blob declares shape {shape} ({count} values) but holds {data.size}; "
-                         "the caffemodel is corrupt or truncated: download or copy it again")
+        raise ModelError(
+            f"{source}: a blob declares shape {shape} ({count} values) but holds {data.size}; "
+            "the caffemodel is corrupt or truncated: download or copy it again"
+        )
     if not copy:
         return data
     return data.astype(np.float32).reshape(shape)
 
 
 # -- encoding ---------------------------------------------------------------
+
 
 def _put_varint(out: bytearray, value: int) -> None:
     if value < 0:
@@ -328,7 +338,7 @@ def _encode(msg: Message, out: bytearray) -> None:
         t = field.type
         number = field.number
         if t == "message":
-            for child in (value if field.repeated else [value]):
+            for child in value if field.repeated else [value]:
                 encoded = bytearray()
                 _encode(child, encoded)
                 _put_varint(out, number << 3 | LENGTH)

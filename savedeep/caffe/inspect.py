@@ -46,20 +46,22 @@ def inspect_model(directory_or_prototxt: Path, images: int = 1) -> list[dict[str
             values *= d
         layers = writers.get(blob, [])
         rf = fields.get(blob)
-        rows.append({
-            "blob": blob,
-            "shape": list(shape),
-            "values": values,
-            "bytes_float32": values * _FLOAT32,
-            "bytes_float16": values * _FLOAT16,
-            "total_float32": values * _FLOAT32 * images,
-            "total_float16": values * _FLOAT16 * images,
-            # the layer that creates the blob, then the in-place layers that overwrite it
-            "layers": layers,
-            # receptive field in input pixels (y, x); None for blobs without spatial axes
-            "rf_size": list(rf.size) if rf else None,
-            "rf_jump": list(rf.jump) if rf else None,
-        })
+        rows.append(
+            {
+                "blob": blob,
+                "shape": list(shape),
+                "values": values,
+                "bytes_float32": values * _FLOAT32,
+                "bytes_float16": values * _FLOAT16,
+                "total_float32": values * _FLOAT32 * images,
+                "total_float16": values * _FLOAT16 * images,
+                # the layer that creates the blob, then the in-place layers that overwrite it
+                "layers": layers,
+                # receptive field in input pixels (y, x); None for blobs without spatial axes
+                "rf_size": list(rf.size) if rf else None,
+                "rf_jump": list(rf.jump) if rf else None,
+            }
+        )
     return rows
 
 
@@ -81,23 +83,50 @@ def _pair(values: list[int] | None) -> str:
 
 def format_table(rows: list[dict[str, Any]], images: int) -> str:
     """An aligned text table of the rows with a total line for ``images`` images."""
-    header = ["blob", "shape", "RF", "jump", "per image f32", "per image f16", f"{images} images f32",
-              f"{images} images f16", "overwritten in place by"]
+    header = [
+        "blob",
+        "shape",
+        "RF",
+        "jump",
+        "per image f32",
+        "per image f16",
+        f"{images} images f32",
+        f"{images} images f16",
+        "overwritten in place by",
+    ]
     # A blob written by more than one layer holds the LAST one's values (Caffe's in-place semantics).
-    body = [[r["blob"], "x".join(map(str, r["shape"])) or "scalar", _pair(r.get("rf_size")), _pair(r.get("rf_jump")),
-             human_bytes(r["bytes_float32"]),
-             human_bytes(r["bytes_float16"]), human_bytes(r["total_float32"]), human_bytes(r["total_float16"]),
-             ", ".join(r.get("layers", [])[1:])]
-            for r in rows]
-    total = ["total", f"{len(rows)} blobs", "", "", human_bytes(sum(r["bytes_float32"] for r in rows)),
-             human_bytes(sum(r["bytes_float16"] for r in rows)), human_bytes(sum(r["total_float32"] for r in rows)),
-             human_bytes(sum(r["total_float16"] for r in rows)), ""]
+    body = [
+        [
+            r["blob"],
+            "x".join(map(str, r["shape"])) or "scalar",
+            _pair(r.get("rf_size")),
+            _pair(r.get("rf_jump")),
+            human_bytes(r["bytes_float32"]),
+            human_bytes(r["bytes_float16"]),
+            human_bytes(r["total_float32"]),
+            human_bytes(r["total_float16"]),
+            ", ".join(r.get("layers", [])[1:]),
+        ]
+        for r in rows
+    ]
+    total = [
+        "total",
+        f"{len(rows)} blobs",
+        "",
+        "",
+        human_bytes(sum(r["bytes_float32"] for r in rows)),
+        human_bytes(sum(r["bytes_float16"] for r in rows)),
+        human_bytes(sum(r["total_float32"] for r in rows)),
+        human_bytes(sum(r["total_float16"] for r in rows)),
+        "",
+    ]
     widths = [max(len(line[i]) for line in [header, *body, total]) for i in range(len(header))]
 
     def fmt(line: list[str]) -> str:
         # names and shapes left-aligned, sizes right-aligned
-        return "  ".join(c.ljust(w) if i < 2 or i == 8 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if i < 2 or i == 8 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(header), rule, *map(fmt, body), rule, fmt(total)])

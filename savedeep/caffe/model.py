@@ -27,8 +27,17 @@ from savedeep.caffe.caffemodel import blob_array, blob_shape, read_caffemodel
 from savedeep.errors import ModelError, UnsupportedLayerError
 from savedeep.caffe.prototxt import parse_prototxt
 from savedeep.caffe.shapes import (  # noqa: F401 - the layer, its shape rules and Caffe's geometry, also from here
-    SHAPE_RULES, Layer, Shape, ShapeError, canonical_axis, conv_geometry, legacy_shape, pooled_size,
-    pooling_geometry, spp_levels, supported_layer_types,
+    SHAPE_RULES,
+    Layer,
+    Shape,
+    ShapeError,
+    canonical_axis,
+    conv_geometry,
+    legacy_shape,
+    pooled_size,
+    pooling_geometry,
+    spp_levels,
+    supported_layer_types,
 )
 
 log = logging.getLogger(__name__)
@@ -36,17 +45,20 @@ log = logging.getLogger(__name__)
 PROTOTXT_NAME = "deploy.prototxt"
 WEIGHTS_NAME = "weights.caffemodel"
 MEAN_NAME = "mean.npy"
-MODEL_DIR_CONTENTS = (f"a model directory must contain {PROTOTXT_NAME} (the network), "
-                      f"{WEIGHTS_NAME} (trained weights) and {MEAN_NAME} (the mean, (3,) or (3,H,W); (1,) or (1,H,W) for a 1-channel input)")
+MODEL_DIR_CONTENTS = (
+    f"a model directory must contain {PROTOTXT_NAME} (the network), "
+    f"{WEIGHTS_NAME} (trained weights) and {MEAN_NAME} (the mean, (3,) or (3,H,W); (1,) or (1,H,W) for a 1-channel input)"
+)
 
 # Layers that only feed data during training; a deploy net declares an Input instead.
-DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "AnnotatedData",
-                              "VideoData"})
+DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "AnnotatedData", "VideoData"})
 # Layers that need labels and produce no activations worth saving: dropped from a TEST net.
 _DROPPED_TYPES = frozenset({"Accuracy", "Silence"})
 
-_RECURRENT = ("a recurrent layer: its blobs are (time, stream, ...) and it needs a sequence-continuation "
-              "input, while savedeep feeds one image per row")
+_RECURRENT = (
+    "a recurrent layer: its blobs are (time, stream, ...) and it needs a sequence-continuation "
+    "input, while savedeep feeds one image per row"
+)
 # Layer types of standard Caffe (BVLC master's layer catalogue) that can run at deploy time but that
 # savedeep refuses, with the reason: each breaks "one row per image, blobs computed from that image".
 # Data layers, losses and Accuracy are handled apart (DATA_LAYER_TYPES, _DROPPED_TYPES). The docs'
@@ -56,14 +68,13 @@ REFUSED_TYPES: dict[str, str] = {
     "RNN": _RECURRENT,
     "LSTMUnit": _RECURRENT,
     "BatchReindex": "it picks and reorders the images of a batch by a second input, so a row would not hold "
-                    "its own image's activations",
+    "its own image's activations",
     "Filter": "it drops images from the batch according to a second input, so rows would not match images",
     "Parameter": "its top is a learned blob without an image axis, not an activation of an image",
     "Python": "it runs code from the model's own Python module, which savedeep neither imports nor models",
     "HDF5Output": "it writes its bottoms to an HDF5 file as a side effect; savedeep saves blobs itself",
     "DummyData": "it fills its tops with constants or random numbers instead of images; declare an Input layer",
 }
-
 
 
 class Net:
@@ -80,9 +91,11 @@ class Net:
                 for top, shape in zip(layer.tops, _input_shapes(layer, prototxt)):
                     self.inputs[top] = shape
         if not self.inputs:
-            raise ModelError(f"{prototxt}: the net declares no input; add an Input layer "
-                             "(layer { name: \"data\" type: \"Input\" top: \"data\" "
-                             "input_param { shape { dim: 1 dim: 3 dim: 227 dim: 227 } } })")
+            raise ModelError(
+                f"{prototxt}: the net declares no input; add an Input layer "
+                '(layer { name: "data" type: "Input" top: "data" '
+                "input_param { shape { dim: 1 dim: 3 dim: 227 dim: 227 } } })"
+            )
         self.input_name: str = next(iter(self.inputs))
         self.input_shape: Shape = self.inputs[self.input_name]
         self._shape_cache: dict[int, tuple[dict[str, Shape], dict[str, list[Shape]]]] = {}
@@ -140,15 +153,19 @@ class Net:
         for layer in self.layers:
             missing = [b for b in layer.bottoms if b not in shapes]
             if missing:
-                raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) reads blob(s) {missing} "
-                                 "that no earlier layer produces; fix its bottom names or the layer order")
+                raise ModelError(
+                    f"{self.prototxt}: layer {layer.name!r} ({layer.type}) reads blob(s) {missing} "
+                    "that no earlier layer produces; fix its bottom names or the layer order"
+                )
             for i, top in enumerate(layer.tops):
                 if i < len(layer.bottoms) and layer.bottoms[i] == top and readers.get(top, 0):
                     # Caffe inserts a Split for the earlier readers and then fails with
                     # "Top blob produced by multiple sources": reject it the same way
-                    raise ModelError(f"{self.prototxt}: in-place layer {layer.name!r} ({layer.type}) rewrites "
-                                     f"blob {top!r} after other layers already read it, which Caffe rejects; "
-                                     "give it a new top name or move it before those readers")
+                    raise ModelError(
+                        f"{self.prototxt}: in-place layer {layer.name!r} ({layer.type}) rewrites "
+                        f"blob {top!r} after other layers already read it, which Caffe rejects; "
+                        "give it a new top name or move it before those readers"
+                    )
             for bottom in layer.bottoms:
                 readers[bottom] = readers.get(bottom, 0) + 1
             bottoms = [shapes[b] for b in layer.bottoms]
@@ -159,24 +176,34 @@ class Net:
                 else:
                     tops, blob_params = SHAPE_RULES[layer.type](layer, bottoms)
             except ShapeError as exc:
-                raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) with input shape(s) "
-                                 f"{', '.join(map(str, bottoms))}: {exc}; fix the layer's parameters") from None
+                raise ModelError(
+                    f"{self.prototxt}: layer {layer.name!r} ({layer.type}) with input shape(s) "
+                    f"{', '.join(map(str, bottoms))}: {exc}; fix the layer's parameters"
+                ) from None
             if len(tops) != len(layer.tops):
-                raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) declares "
-                                 f"{len(layer.tops)} top(s) but produces {len(tops)}; fix its top list")
+                raise ModelError(
+                    f"{self.prototxt}: layer {layer.name!r} ({layer.type}) declares "
+                    f"{len(layer.tops)} top(s) but produces {len(tops)}; fix its top list"
+                )
             for name, shape in zip(layer.tops, tops):
                 if name in shapes and name not in layer.bottoms:
-                    raise ModelError(f"{self.prototxt}: blob {name!r} is produced again by layer {layer.name!r} "
-                                     "without being its bottom (Caffe forbids two sources); rename the top")
+                    raise ModelError(
+                        f"{self.prototxt}: blob {name!r} is produced again by layer {layer.name!r} "
+                        "without being its bottom (Caffe forbids two sources); rename the top"
+                    )
                 if name in shapes and shapes[name] != shape:
-                    raise ModelError(f"{self.prototxt}: in-place layer {layer.name!r} changes the shape of "
-                                     f"{name!r} from {shapes[name]} to {shape}; give it a new top name")
+                    raise ModelError(
+                        f"{self.prototxt}: in-place layer {layer.name!r} changes the shape of "
+                        f"{name!r} from {shapes[name]} to {shape}; give it a new top name"
+                    )
                 shapes[name] = tuple(int(d) for d in shape)
                 readers[name] = 0
                 if any(d <= 0 for d in shapes[name]):
-                    raise ModelError(f"{self.prototxt}: layer {layer.name!r} ({layer.type}) gives blob {name!r} "
-                                     f"the empty shape {shapes[name]} (input too small for its kernel?); "
-                                     "fix the input size or the layer's parameters")
+                    raise ModelError(
+                        f"{self.prototxt}: layer {layer.name!r} ({layer.type}) gives blob {name!r} "
+                        f"the empty shape {shapes[name]} (input too small for its kernel?); "
+                        "fix the input size or the layer's parameters"
+                    )
             params[layer.name] = [tuple(int(d) for d in s) for s in blob_params]
         result = (shapes, params)
         self._shape_cache[batch] = result
@@ -221,6 +248,7 @@ def check_blob_names(names: Sequence[str], valid: Sequence[str], where: str = ""
 
 
 # -- loading ------------------------------------------------------------------
+
 
 def load_net(prototxt: Path, weights: Path | None = None) -> Net:
     """Read a prototxt (and optionally a .caffemodel) into a TEST-phase Net with shapes and weights."""
@@ -279,8 +307,10 @@ def load_model(directory: Path, weights: bool = True, reread: bool = False) -> M
 def _layer_params(net_param: Message, source: Path) -> list[Message]:
     """The net's LayerParameters after Caffe's upgrades (V1 layers, input fields), TEST phase only."""
     if net_param.has("layers") and net_param.has("layer"):
-        raise ModelError(f"{source}: mixes the V1 'layers' and the current 'layer' format; "
-                         "use one (upgrade with Caffe's upgrade_net_proto_text)")
+        raise ModelError(
+            f"{source}: mixes the V1 'layers' and the current 'layer' format; "
+            "use one (upgrade with Caffe's upgrade_net_proto_text)"
+        )
     params = [upgrade_v1_layer(v1) for v1 in net_param.layers] if net_param.has("layers") else list(net_param.layer)
     input_layer = _input_fields_to_layer(net_param, source)
     if input_layer is not None:
@@ -328,25 +358,31 @@ def _input_fields_to_layer(net_param: Message, source: Path) -> Message | None:
     """Caffe's UpgradeNetInput: `input:` with `input_dim:` x4 or `input_shape {}` becomes an Input layer."""
     if not net_param.has("input"):
         if net_param.has("input_dim") or net_param.has("input_shape"):
-            raise ModelError(f"{source}: input_dim/input_shape given without `input: \"name\"`; add the input name")
+            raise ModelError(f'{source}: input_dim/input_shape given without `input: "name"`; add the input name')
         return None
     names = list(net_param.input)
     layer = Message("LayerParameter", name="input", type="Input", top=names)
     input_param = layer.mutable("input_param")
     if net_param.has("input_shape"):
         if len(net_param.input_shape) != len(names):
-            raise ModelError(f"{source}: {len(names)} input(s) but {len(net_param.input_shape)} input_shape "
-                             "entries; give one input_shape { dim: ... } per input")
+            raise ModelError(
+                f"{source}: {len(names)} input(s) but {len(net_param.input_shape)} input_shape "
+                "entries; give one input_shape { dim: ... } per input"
+            )
         input_param.shape = [s.copy() for s in net_param.input_shape]
     elif net_param.has("input_dim"):
         dims = list(net_param.input_dim)
         if len(dims) != 4 * len(names):
-            raise ModelError(f"{source}: {len(names)} input(s) need {4 * len(names)} input_dim values "
-                             f"(N, C, H, W each), found {len(dims)}")
-        input_param.shape = [Message("BlobShape", dim=dims[4 * i:4 * i + 4]) for i in range(len(names))]
+            raise ModelError(
+                f"{source}: {len(names)} input(s) need {4 * len(names)} input_dim values "
+                f"(N, C, H, W each), found {len(dims)}"
+            )
+        input_param.shape = [Message("BlobShape", dim=dims[4 * i : 4 * i + 4]) for i in range(len(names))]
     else:
-        raise ModelError(f"{source}: input {names} has no shape; add four `input_dim:` lines (N, C, H, W) "
-                         "or an `input_shape { dim: ... }`")
+        raise ModelError(
+            f"{source}: input {names} has no shape; add four `input_dim:` lines (N, C, H, W) "
+            "or an `input_shape { dim: ... }`"
+        )
     return layer
 
 
@@ -377,27 +413,35 @@ def _build_layers(params: list[Message], source: Path) -> list[Layer]:
         name = lp.name or f"layer{index}"
         ltype = lp.type
         if ltype in _DROPPED_TYPES or ltype.endswith("Loss"):
-            log.warning("%s: layer %r (%s) needs labels or has no output to save; dropped from the TEST net",
-                        source, name, ltype)
+            log.warning(
+                "%s: layer %r (%s) needs labels or has no output to save; dropped from the TEST net",
+                source,
+                name,
+                ltype,
+            )
             continue
         if ltype == "MemoryData":
             lp = _memory_data_to_input(lp, name, source)
             ltype = "Input"
         elif ltype in REFUSED_TYPES:
-            raise UnsupportedLayerError(f"{source}: layer {name!r} has type {ltype!r}, which savedeep refuses: "
-                                        f"{REFUSED_TYPES[ltype]}")
+            raise UnsupportedLayerError(
+                f"{source}: layer {name!r} has type {ltype!r}, which savedeep refuses: {REFUSED_TYPES[ltype]}"
+            )
         elif ltype in DATA_LAYER_TYPES:
             raise UnsupportedLayerError(
                 f"{source}: layer {name!r} is a {ltype} layer, which reads a training database; savedeep feeds "
-                "images itself: replace it with an Input layer (type: \"Input\" input_param { shape "
-                "{ dim: 1 dim: 3 dim: H dim: W } }) or mark it include { phase: TRAIN }")
+                'images itself: replace it with an Input layer (type: "Input" input_param { shape '
+                "{ dim: 1 dim: 3 dim: H dim: W } }) or mark it include { phase: TRAIN }"
+            )
         if ltype not in SHAPE_RULES and ltype != "Input":
             raise UnsupportedLayerError(
                 f"{source}: layer {name!r} has type {ltype!r}, which savedeep does not support; "
-                f"supported types: {', '.join(supported_layer_types())}")
+                f"supported types: {', '.join(supported_layer_types())}"
+            )
         if name in names:
-            raise ModelError(f"{source}: two layers are named {name!r}; layer names must be unique "
-                             "(weights are matched by name)")
+            raise ModelError(
+                f"{source}: two layers are named {name!r}; layer names must be unique (weights are matched by name)"
+            )
         names.add(name)
         layers.append(Layer(name, ltype, list(lp.bottom), list(lp.top), lp))
     return layers
@@ -406,14 +450,22 @@ def _build_layers(params: list[Message], source: Path) -> list[Layer]:
 def _memory_data_to_input(lp: Message, name: str, source: Path) -> Message:
     p = lp.memory_data_param
     if not all((p.batch_size, p.channels, p.height, p.width)) or not lp.top:
-        raise UnsupportedLayerError(f"{source}: MemoryData layer {name!r} lacks batch_size/channels/height/width "
-                                    "or a top; replace it with an Input layer")
+        raise UnsupportedLayerError(
+            f"{source}: MemoryData layer {name!r} lacks batch_size/channels/height/width "
+            "or a top; replace it with an Input layer"
+        )
     if len(lp.top) > 1:
-        log.info("%s: MemoryData layer %r becomes an Input of %r; its label top %s is dropped",
-                 source, name, lp.top[0], list(lp.top[1:]))
+        log.info(
+            "%s: MemoryData layer %r becomes an Input of %r; its label top %s is dropped",
+            source,
+            name,
+            lp.top[0],
+            list(lp.top[1:]),
+        )
     shape = Message("BlobShape", dim=[p.batch_size, p.channels, p.height, p.width])
-    return Message("LayerParameter", name=name, type="Input", top=[lp.top[0]],
-                   input_param=Message("InputParameter", shape=[shape]))
+    return Message(
+        "LayerParameter", name=name, type="Input", top=[lp.top[0]], input_param=Message("InputParameter", shape=[shape])
+    )
 
 
 def _input_shapes(layer: Layer, source: Path) -> list[Shape]:
@@ -421,12 +473,15 @@ def _input_shapes(layer: Layer, source: Path) -> list[Shape]:
     if len(shapes) == 1 and len(layer.tops) > 1:
         shapes = shapes * len(layer.tops)
     if len(shapes) != len(layer.tops):
-        raise ModelError(f"{source}: Input layer {layer.name!r} has {len(layer.tops)} top(s) but "
-                         f"{len(shapes)} shape(s); give one input_param {{ shape {{ dim: ... }} }} per top")
+        raise ModelError(
+            f"{source}: Input layer {layer.name!r} has {len(layer.tops)} top(s) but "
+            f"{len(shapes)} shape(s); give one input_param {{ shape {{ dim: ... }} }} per top"
+        )
     return shapes
 
 
 # -- weights ------------------------------------------------------------------
+
 
 def read_weights(path: Path, mapped: bool = False) -> dict[str, list[Message]]:
     """Layer name -> BlobProto list of a .caffemodel (V1 or current format); later duplicates win, as in Caffe.
@@ -465,24 +520,31 @@ def _match_weights(net: Net, weights: Path, keep: bool) -> None:
         found = source.get(layer.name)
         if not wanted:
             if found:
-                log.debug("%s: layer %r has %d blob(s) that %s does not use", weights, layer.name, len(found),
-                          layer.type)
+                log.debug(
+                    "%s: layer %r has %d blob(s) that %s does not use", weights, layer.name, len(found), layer.type
+                )
             if keep:
                 layer.blobs = []
             continue
         if not found:
-            raise ModelError(f"{weights}: has no weights for layer {layer.name!r} ({layer.type}) of {net.prototxt}, "
-                             f"which needs blobs of shapes {wanted}; use the caffemodel trained for this prototxt")
+            raise ModelError(
+                f"{weights}: has no weights for layer {layer.name!r} ({layer.type}) of {net.prototxt}, "
+                f"which needs blobs of shapes {wanted}; use the caffemodel trained for this prototxt"
+            )
         if len(found) != len(wanted):
-            raise ModelError(f"{weights}: layer {layer.name!r} ({layer.type}) has {len(found)} blob(s) but "
-                             f"{net.prototxt} expects {len(wanted)} of shapes {wanted} (check bias_term); "
-                             "use the caffemodel trained for this prototxt")
+            raise ModelError(
+                f"{weights}: layer {layer.name!r} ({layer.type}) has {len(found)} blob(s) but "
+                f"{net.prototxt} expects {len(wanted)} of shapes {wanted} (check bias_term); "
+                "use the caffemodel trained for this prototxt"
+            )
         arrays = []
         for index, (blob, shape) in enumerate(zip(found, wanted)):
             got, legacy = blob_shape(blob)
             if got != shape and not (legacy and len(shape) <= 4 and (1,) * (4 - len(shape)) + shape == got):
-                raise ModelError(f"{weights}: layer {layer.name!r} ({layer.type}) blob {index} has shape {got} "
-                                 f"but {net.prototxt} expects {shape}; the prototxt and caffemodel do not match")
+                raise ModelError(
+                    f"{weights}: layer {layer.name!r} ({layer.type}) blob {index} has shape {got} "
+                    f"but {net.prototxt} expects {shape}; the prototxt and caffemodel do not match"
+                )
             # legacy 4-D blobs are reshaped to the net's shape, as Caffe does when it copies them
             array = blob_array(blob, f"{weights}: layer {layer.name!r}", copy=keep)
             if keep:

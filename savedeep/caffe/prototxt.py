@@ -35,10 +35,25 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 
-_INT_TYPES = {"int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1),
-              "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1)}
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v",
-            "\\": "\\", "'": "'", '"': '"', "?": "?"}
+_INT_TYPES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "?": "?",
+}
 
 
 class _Token:
@@ -59,8 +74,10 @@ def _tokenize(text: str, source: str) -> list[_Token]:
         m = _TOKEN.match(text, pos)
         if m is None:
             col = pos - line_start + 1
-            raise ModelError(f"{source}:{line}:{col}: unexpected character {text[pos]!r}; "
-                             "fix the prototxt syntax (protobuf text format)")
+            raise ModelError(
+                f"{source}:{line}:{col}: unexpected character {text[pos]!r}; "
+                "fix the prototxt syntax (protobuf text format)"
+            )
         kind = m.lastgroup
         assert kind is not None  # every alternative of the token pattern is a named group
         if kind == "nl":
@@ -88,13 +105,13 @@ def _unescape(quoted: str) -> bytes:
             out += _ESCAPES[nxt].encode()
             i += 2
         elif nxt in "xX":
-            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
+            m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2 :])
             if not m:
                 raise ValueError("\\x needs hex digits")
             out.append(int(m.group(), 16))
             i += 2 + len(m.group())
         elif nxt in "01234567":
-            m = re.match(r"[0-7]{1,3}", body[i + 1:])
+            m = re.match(r"[0-7]{1,3}", body[i + 1 :])
             assert m is not None  # nxt, its first character, is an octal digit
             out.append(int(m.group(), 8) & 0xFF)
             i += 1 + len(m.group())
@@ -119,8 +136,10 @@ class _Parser:
         return tok
 
     def error(self, tok: _Token, expected: str) -> ModelError:
-        return ModelError(f"{self.source}:{tok.line}:{tok.col}: expected {expected}, found {tok.describe()}; "
-                          "fix the prototxt (protobuf text format of caffe.proto)")
+        return ModelError(
+            f"{self.source}:{tok.line}:{tok.col}: expected {expected}, found {tok.describe()}; "
+            "fix the prototxt (protobuf text format of caffe.proto)"
+        )
 
     def accept(self, text: str) -> bool:
         tok = self.peek()
@@ -198,10 +217,18 @@ class _Parser:
     def unknown_field(self, msg: Message, name: str, tok: _Token) -> None:
         if msg.type_name not in LENIENT_MESSAGES:
             valid = ", ".join(sorted(MESSAGES[msg.type_name]))
-            raise ModelError(f"{self.source}:{tok.line}:{tok.col}: unknown field {name!r} in {msg.type_name}; "
-                             f"valid fields are: {valid}")
-        log.warning("%s:%d:%d: skipping field %r of %s, which savedeep does not model",
-                    self.source, tok.line, tok.col, name, msg.type_name)
+            raise ModelError(
+                f"{self.source}:{tok.line}:{tok.col}: unknown field {name!r} in {msg.type_name}; "
+                f"valid fields are: {valid}"
+            )
+        log.warning(
+            "%s:%d:%d: skipping field %r of %s, which savedeep does not model",
+            self.source,
+            tok.line,
+            tok.col,
+            name,
+            msg.type_name,
+        )
         self.skip_value()
 
     def skip_value(self) -> None:
@@ -310,8 +337,9 @@ def parse_prototxt(path: Path, message_type: str = "NetParameter") -> Message:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ModelError(f"{path}: prototxt not found; give the path of the network definition "
-                         "(e.g. deploy.prototxt)") from None
+        raise ModelError(
+            f"{path}: prototxt not found; give the path of the network definition (e.g. deploy.prototxt)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: cannot read the prototxt ({exc}); it must be a UTF-8 text file") from None
     return parse_text(text, message_type, str(path))

@@ -58,10 +58,23 @@ from savedeep.caffe.model import Layer, Net, conv_geometry, pooling_geometry
 log = logging.getLogger(__name__)
 
 # Layers whose output position i depends on input position i only (per image, any channels).
-_POINTWISE = frozenset({
-    "ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Dropout",
-    "BatchNorm", "Split",
-})
+_POINTWISE = frozenset(
+    {
+        "ReLU",
+        "PReLU",
+        "ELU",
+        "Sigmoid",
+        "TanH",
+        "AbsVal",
+        "Power",
+        "Exp",
+        "Log",
+        "BNLL",
+        "Dropout",
+        "BatchNorm",
+        "Split",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ class BlobRF:
 
     y: AxisRF
     x: AxisRF
-    shape: tuple[int, int]        # the blob's (H, W)
+    shape: tuple[int, int]  # the blob's (H, W)
     input_shape: tuple[int, int]  # the net input's (H, W)
 
     @property
@@ -136,8 +149,9 @@ def _spatial(shape: tuple[int, ...]) -> tuple[int, int] | None:
     return (int(shape[2]), int(shape[3])) if len(shape) == 4 else None
 
 
-def _layer_rf(layer: Layer, ins: list[BlobRF | None], in_shapes: list[tuple[int, ...]],
-              out_shape: tuple[int, ...]) -> BlobRF | None:
+def _layer_rf(
+    layer: Layer, ins: list[BlobRF | None], in_shapes: list[tuple[int, ...]], out_shape: tuple[int, ...]
+) -> BlobRF | None:
     t = layer.type
     out_hw = _spatial(out_shape)
     src = ins[0] if ins else None
@@ -149,8 +163,9 @@ def _layer_rf(layer: Layer, ins: list[BlobRF | None], in_shapes: list[tuple[int,
         p = layer.param.lrn_param
         if p.norm_region == "WITHIN_CHANNEL":
             half = (p.local_size - 1) // 2
-            return BlobRF(_through(src.y, p.local_size, 1, half), _through(src.x, p.local_size, 1, half),
-                          out_hw, src.input_shape)
+            return BlobRF(
+                _through(src.y, p.local_size, 1, half), _through(src.x, p.local_size, 1, half), out_hw, src.input_shape
+            )
         return BlobRF(src.y, src.x, out_hw, src.input_shape)
     if t == "Softmax":
         axis = layer.param.softmax_param.axis % len(in_shapes[0])
@@ -160,13 +175,21 @@ def _layer_rf(layer: Layer, ins: list[BlobRF | None], in_shapes: list[tuple[int,
         if p.axis % len(in_shapes[0]) != 1 or len(in_shapes[0]) != 4:
             return None
         kernel, stride, pad, dilation = conv_geometry(p, 2)
-        return BlobRF(_through(src.y, kernel[0], stride[0], pad[0], dilation[0]),
-                      _through(src.x, kernel[1], stride[1], pad[1], dilation[1]), out_hw, src.input_shape)
+        return BlobRF(
+            _through(src.y, kernel[0], stride[0], pad[0], dilation[0]),
+            _through(src.x, kernel[1], stride[1], pad[1], dilation[1]),
+            out_hw,
+            src.input_shape,
+        )
     if t == "Pooling":
         h, w = in_shapes[0][2], in_shapes[0][3]
         kernel, stride, pad = pooling_geometry(layer.param.pooling_param, h, w)
-        return BlobRF(_through(src.y, kernel[0], stride[0], pad[0]), _through(src.x, kernel[1], stride[1], pad[1]),
-                      out_hw, src.input_shape)
+        return BlobRF(
+            _through(src.y, kernel[0], stride[0], pad[0]),
+            _through(src.x, kernel[1], stride[1], pad[1]),
+            out_hw,
+            src.input_shape,
+        )
     if t == "Concat":
         p = layer.param.concat_param
         axis = (p.concat_dim if p.has("concat_dim") else p.axis) % len(in_shapes[0])
@@ -199,9 +222,14 @@ def _layer_rf(layer: Layer, ins: list[BlobRF | None], in_shapes: list[tuple[int,
             if a < first or not offsets:
                 return 0
             return offsets[0] if len(offsets) == 1 else offsets[a - first]
+
         oy, ox = offset(2), offset(3)
-        return BlobRF(AxisRF(src.y.start + oy * src.y.jump, src.y.size, src.y.jump),
-                      AxisRF(src.x.start + ox * src.x.jump, src.x.size, src.x.jump), out_hw, src.input_shape)
+        return BlobRF(
+            AxisRF(src.y.start + oy * src.y.jump, src.y.size, src.y.jump),
+            AxisRF(src.x.start + ox * src.x.jump, src.x.size, src.x.jump),
+            out_hw,
+            src.input_shape,
+        )
     return None  # Deconvolution, InnerProduct, Flatten, Reshape, ArgMax, ...: no spatial map to the input
 
 
@@ -218,8 +246,11 @@ def receptive_fields(net: Net) -> dict[str, BlobRF | None]:
         if layer.type == "Input":
             for top in layer.tops:
                 hw = _spatial(shapes[top])
-                rfs[top] = (BlobRF(unit, unit, hw, hw) if top == net.input_name and hw is not None
-                            and len(in_shape) == 4 else None)
+                rfs[top] = (
+                    BlobRF(unit, unit, hw, hw)
+                    if top == net.input_name and hw is not None and len(in_shape) == 4
+                    else None
+                )
             continue
         ins = [rfs.get(b) for b in layer.bottoms]
         in_shapes = [shapes[b] for b in layer.bottoms]

@@ -36,6 +36,7 @@ class Layer:
         """Whether the layer writes (one of) its bottoms in place."""
         return any(t in self.bottoms for t in self.tops)
 
+
 class ShapeError(Exception):
     """A layer's parameters do not fit its input shapes (turned into a ModelError naming the layer)."""
 
@@ -51,8 +52,9 @@ def _same(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]
     return [bottoms[0]] * len(layer.tops), []
 
 
-def _spatial_values(name: str, repeated: list[int], h: int | None, w: int | None, n: int,
-                    default: int | None) -> list[int]:
+def _spatial_values(
+    name: str, repeated: list[int], h: int | None, w: int | None, n: int, default: int | None
+) -> list[int]:
     if h is not None or w is not None:
         if n != 2:
             raise ShapeError(f"{name}_h/{name}_w only work for 2-D spatial input; use {name}")
@@ -74,12 +76,25 @@ def _spatial_values(name: str, repeated: list[int], h: int | None, w: int | None
 
 def conv_geometry(p: Message, n_spatial: int) -> tuple[list[int], list[int], list[int], list[int]]:
     """Kernel, stride, pad and dilation per spatial axis of a ConvolutionParameter, as Caffe expands them."""
-    kernel = _spatial_values("kernel", list(p.kernel_size), p.kernel_h if p.has("kernel_h") else None,
-                             p.kernel_w if p.has("kernel_w") else None, n_spatial, None)
-    stride = _spatial_values("stride", list(p.stride), p.stride_h if p.has("stride_h") else None,
-                             p.stride_w if p.has("stride_w") else None, n_spatial, 1)
-    pad = _spatial_values("pad", list(p.pad), p.pad_h if p.has("pad_h") else None,
-                          p.pad_w if p.has("pad_w") else None, n_spatial, 0)
+    kernel = _spatial_values(
+        "kernel",
+        list(p.kernel_size),
+        p.kernel_h if p.has("kernel_h") else None,
+        p.kernel_w if p.has("kernel_w") else None,
+        n_spatial,
+        None,
+    )
+    stride = _spatial_values(
+        "stride",
+        list(p.stride),
+        p.stride_h if p.has("stride_h") else None,
+        p.stride_w if p.has("stride_w") else None,
+        n_spatial,
+        1,
+    )
+    pad = _spatial_values(
+        "pad", list(p.pad), p.pad_h if p.has("pad_h") else None, p.pad_w if p.has("pad_w") else None, n_spatial, 0
+    )
     dilation = _spatial_values("dilation", list(p.dilation), None, None, n_spatial, 1)
     if any(k <= 0 for k in kernel) or any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
         raise ShapeError("kernel, stride and dilation must be positive")
@@ -190,7 +205,7 @@ def _concat(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
         if len(s) != len(ref) or any(a != b for i, (a, b) in enumerate(zip(s, ref)) if i != axis):
             raise ShapeError(f"bottoms must match except on axis {axis}")
         total += s[axis]
-    return [ref[:axis] + (total,) + ref[axis + 1:]], []
+    return [ref[:axis] + (total,) + ref[axis + 1 :]], []
 
 
 def _slice(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
@@ -211,7 +226,7 @@ def _slice(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
         if dim % ntops:
             raise ShapeError(f"axis {axis} of size {dim} cannot be split evenly into {ntops} tops")
         sizes = [dim // ntops] * ntops
-    return [shape[:axis] + (s,) + shape[axis + 1:] for s in sizes], []
+    return [shape[:axis] + (s,) + shape[axis + 1 :] for s in sizes], []
 
 
 def _eltwise(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
@@ -251,7 +266,7 @@ def _scale_or_bias(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], lis
     if len(bottoms) > 1:
         other = bottoms[1]
         axis = canonical_axis(p.axis, len(shape)) if other else 0
-        if tuple(shape[axis:axis + len(other)]) != other:
+        if tuple(shape[axis : axis + len(other)]) != other:
             raise ShapeError(f"second bottom {other} must match the first bottom's axes from {axis}")
         params = [other] if is_scale and p.bias_term else []
         return [shape], params
@@ -273,8 +288,8 @@ def _flatten(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shap
     start, end = canonical_axis(p.axis, len(shape)), canonical_axis(p.end_axis, len(shape))
     if end < start:
         raise ShapeError(f"end_axis {p.end_axis} comes before axis {p.axis}")
-    inner = int(np.prod(shape[start:end + 1], dtype=np.int64))
-    return [shape[:start] + (inner,) + shape[end + 1:]], []
+    inner = int(np.prod(shape[start : end + 1], dtype=np.int64))
+    return [shape[:start] + (inner,) + shape[end + 1 :]], []
 
 
 def _reshape(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
@@ -378,8 +393,10 @@ def _split(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]
 def _keeps_batch(axis: int, what: str) -> None:
     """Refuse a layer that would mix (or multiply) the images of a batch: savedeep saves one row per image."""
     if axis == 0:
-        raise ShapeError(f"{what} axis 0, the batch axis, mixes the images of a batch, and savedeep saves one row "
-                          "per image; use axis 1 or later")
+        raise ShapeError(
+            f"{what} axis 0, the batch axis, mixes the images of a batch, and savedeep saves one row "
+            "per image; use axis 1 or later"
+        )
 
 
 def _reduction(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
@@ -396,7 +413,7 @@ def _tile(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]
     _keeps_batch(axis, "Tile along")
     if not p.has("tiles") or p.tiles <= 0:
         raise ShapeError("tile_param.tiles must be given and positive")
-    return [shape[:axis] + (shape[axis] * p.tiles,) + shape[axis + 1:]], []
+    return [shape[:axis] + (shape[axis] * p.tiles,) + shape[axis + 1 :]], []
 
 
 def spp_levels(height: int, width: int, pyramid_height: int) -> list[tuple[list[int], list[int], list[int]]]:
@@ -407,13 +424,15 @@ def spp_levels(height: int, width: int, pyramid_height: int) -> list[tuple[list[
     """
     levels = []
     for level in range(pyramid_height):
-        bins = 2 ** level
+        bins = 2**level
         kernel = [-(-height // bins), -(-width // bins)]
         pad = [(kernel[0] * bins - height + 1) // 2, (kernel[1] * bins - width + 1) // 2]
         if any(pd >= k for pd, k in zip(pad, kernel)):
-            raise ShapeError(f"pyramid level {level} ({bins}x{bins} bins) needs pad {pad} for kernel {kernel}, which "
-                              f"Caffe's pooling refuses: the {height}x{width} input is too small for "
-                              f"pyramid_height {pyramid_height}")
+            raise ShapeError(
+                f"pyramid level {level} ({bins}x{bins} bins) needs pad {pad} for kernel {kernel}, which "
+                f"Caffe's pooling refuses: the {height}x{width} input is too small for "
+                f"pyramid_height {pyramid_height}"
+            )
         levels.append((kernel, list(kernel), pad))
     return levels
 
@@ -426,8 +445,10 @@ def _spp(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape]]:
     if p.pyramid_height < 1:
         raise ShapeError("spp_param.pyramid_height must be at least 1")
     n, c, h, w = shape
-    sizes = [(pooled_size(h, k[0], s[0], pd[0]), pooled_size(w, k[1], s[1], pd[1]))
-             for k, s, pd in spp_levels(h, w, p.pyramid_height)]
+    sizes = [
+        (pooled_size(h, k[0], s[0], pd[0]), pooled_size(w, k[1], s[1], pd[1]))
+        for k, s, pd in spp_levels(h, w, p.pyramid_height)
+    ]
     if p.pyramid_height == 1:  # Caffe runs the one pooling layer alone, without the flatten
         return [(n, c) + sizes[0]], []
     return [(n, sum(c * oh * ow for oh, ow in sizes))], []
@@ -449,8 +470,10 @@ def _im2col(layer: Layer, bottoms: list[Shape]) -> tuple[list[Shape], list[Shape
     if n_spatial < 1:
         raise ShapeError("Im2col needs at least one spatial axis after the channel axis")
     kernel, stride, pad, dilation = conv_geometry(p, n_spatial)
-    out = [(shape[axis + 1 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1
-           for i in range(n_spatial)]
+    out = [
+        (shape[axis + 1 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1
+        for i in range(n_spatial)
+    ]
     return [tuple(shape[:axis]) + (shape[axis] * int(np.prod(kernel)),) + tuple(out)], []
 
 

@@ -54,8 +54,14 @@ from typing import Any
 import numpy as np
 
 from savedeep.errors import OutputError
-from savedeep.files import (atomic_file, atomic_write_bytes, beside, glob_escape, parquet_dir,  # noqa: F401
-                            sha256_file)  # sha256_file: also used from here
+from savedeep.files import (
+    atomic_file,
+    atomic_write_bytes,
+    beside,
+    glob_escape,
+    parquet_dir,
+    sha256_file,  # noqa: F401 - also used from here
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,9 @@ RUN_LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) (\S+) (
 def run_log_line(logger: str, level: int, message: str) -> str:
     """One line of the run log (no newline), as the run log's handler writes a record of ``logger`` from this
     process now."""
-    record = logging.makeLogRecord({"name": logger, "levelno": level, "levelname": logging.getLevelName(level),
-                                    "msg": message})
+    record = logging.makeLogRecord(
+        {"name": logger, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
+    )
     return logging.Formatter(RUN_LOG_FORMAT).format(record)
 
 
@@ -102,7 +109,8 @@ class _DiskErrors:
             raise OutputError(
                 f"cannot write {self.what}: {exc.strerror} ({errno.errorcode[exc.errno]}). The shards already "
                 "written are kept: free some space (or raise the file-size limit) and rerun the same command "
-                "with --resume") from exc
+                "with --resume"
+            ) from exc
         return False
 
 
@@ -208,8 +216,12 @@ def string_array(values: Sequence[str | None]):
     valid = np.fromiter((v is not None for v in values), bool, n)
     nulls = n - int(valid.sum())
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    return pa.Array.from_buffers(pa.string(), n, [bitmap, pa.py_buffer(offsets.astype(np.int32)),
-                                                  pa.py_buffer(b"".join(encoded))], null_count=nulls)
+    return pa.Array.from_buffers(
+        pa.string(),
+        n,
+        [bitmap, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))],
+        null_count=nulls,
+    )
 
 
 @dataclass
@@ -280,8 +292,9 @@ class ShardWriter:
         self._writer.write_table(self._table(keys, metadata, blobs))
         self.rows += n
 
-    def write_to(self, sink: Any, keys: Sequence[str], metadata: dict[str, Sequence[str]],
-                 blobs: dict[str, np.ndarray]) -> None:
+    def write_to(
+        self, sink: Any, keys: Sequence[str], metadata: dict[str, Sequence[str]], blobs: dict[str, np.ndarray]
+    ) -> None:
         """Write these rows as one whole file, as a shard of them would be, into ``sink`` (a pyarrow stream:
         ``savedeep validate --time`` measures the write and the compression in memory)."""
         writer = self._writer_for(sink)
@@ -357,9 +370,16 @@ class ShardSet:
     writer that fails or is stopped leaves no file that looks finished.
     """
 
-    def __init__(self, directory: Path, columns: Sequence[ColumnSpec], metadata: dict[str, Sequence[Any]],
-                 compression: str, compression_level: int | None, shard_ranges: dict[int, tuple[int, int]],
-                 shard_batches: dict[int, int]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        columns: Sequence[ColumnSpec],
+        metadata: dict[str, Sequence[Any]],
+        compression: str,
+        compression_level: int | None,
+        shard_ranges: dict[int, tuple[int, int]],
+        shard_batches: dict[int, int],
+    ) -> None:
         self.directory, self.columns, self.metadata = Path(directory), tuple(columns), metadata
         self.compression, self.compression_level = compression, compression_level
         self.ranges = dict(shard_ranges)
@@ -377,8 +397,9 @@ class ShardSet:
 
     def _shard(self, k: int) -> ShardWriter:
         if k not in self._open:
-            self._open[k] = ShardWriter(self.directory, k, self.columns, list(self.metadata),
-                                        self.compression, self.compression_level)
+            self._open[k] = ShardWriter(
+                self.directory, k, self.columns, list(self.metadata), self.compression, self.compression_level
+            )
         return self._open[k]
 
     def write(self, k: int, keys: Sequence[str], indices: Sequence[int], blobs: dict[str, np.ndarray]) -> None:
@@ -399,10 +420,17 @@ class ShardSet:
         fails = self._failures.pop(k)
         start, stop = self.ranges[k]
         if sw.rows + len(fails) != stop - start:
-            raise RuntimeError(f"shard {k}: {sw.rows} rows + {len(fails)} failures != {stop - start} images "
-                               "(a bug: rows lost or duplicated)")
-        record = {"index": k, "start": start, "stop": stop, "rows": sw.rows,
-                  "failures": [{"image": key, "reason": r} for key, r in fails]}
+            raise RuntimeError(
+                f"shard {k}: {sw.rows} rows + {len(fails)} failures != {stop - start} images "
+                "(a bug: rows lost or duplicated)"
+            )
+        record = {
+            "index": k,
+            "start": start,
+            "stop": stop,
+            "rows": sw.rows,
+            "failures": [{"image": key, "reason": r} for key, r in fails],
+        }
         with disk_errors(f"shard {sw.final_path.name}"):
             sw.finish(record)
         del self._open[k]
@@ -426,8 +454,10 @@ def write_failures(directory: Path, failures: Sequence[dict[str, Any]]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_arrays([string_array([f["image"] for f in failures]),
-                                  string_array([f["reason"] for f in failures])], names=["image", "reason"])
+    table = pa.Table.from_arrays(
+        [string_array([f["image"] for f in failures]), string_array([f["reason"] for f in failures])],
+        names=["image", "reason"],
+    )
     path = failures_path(directory)
     with atomic_file(path) as f:
         pq.write_table(table, f)
@@ -466,7 +496,7 @@ def _chunk_to_numpy(chunk, info: dict[str, Any]) -> np.ndarray:
         dtype, shape = np.dtype(info["dtype"]).newbyteorder("<"), tuple(info["shape"])
         width = chunk.type.byte_width
         raw = np.frombuffer(chunk.buffers()[1], dtype=np.uint8, count=(chunk.offset + len(chunk)) * width)
-        return raw[chunk.offset * width:].view(dtype).reshape(len(chunk), *shape)
+        return raw[chunk.offset * width :].view(dtype).reshape(len(chunk), *shape)
     return chunk.to_numpy_ndarray()
 
 
@@ -530,8 +560,9 @@ def iter_rows(path: Path, blob: str, info: dict[str, Any], max_bytes: int = READ
         if pf.metadata.row_group(g).num_rows * row <= max_bytes:
             yield column_to_numpy(pf.read_row_group(g, columns=[blob]).column(blob), info)
             continue
-        for rb in pf.iter_batches(batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob],
-                                  use_threads=False):
+        for rb in pf.iter_batches(
+            batch_size=max(1, max_bytes // row), row_groups=[g], columns=[blob], use_threads=False
+        ):
             yield column_to_numpy(pa.chunked_array([rb.column(0)]), info)
 
 
@@ -562,12 +593,19 @@ class SavedOutput:
         if manifest is None and pk is not None:
             return cls.of_pickle(pk)
         if manifest is None:
-            raise OutputError(f"{directory} has no {MANIFEST}: not a savedeep output; give the run's output "
-                              "(out/acts.pk or out/acts.parquet)")
+            raise OutputError(
+                f"{directory} has no {MANIFEST}: not a savedeep output; give the run's output "
+                "(out/acts.pk or out/acts.parquet)"
+            )
         src = cls(directory, manifest, pk)
         if src.partial:
-            log.warning("%s is a partial output (the run did not complete): reading %d of %d shards; finish it "
-                        "with `savedeep run --resume`", directory, len(src.shards), len(manifest.get("shards", [])))
+            log.warning(
+                "%s is a partial output (the run did not complete): reading %d of %d shards; finish it "
+                "with `savedeep run --resume`",
+                directory,
+                len(src.shards),
+                len(manifest.get("shards", [])),
+            )
         return src
 
     @property
@@ -594,12 +632,19 @@ class SavedOutput:
         meta = [c for c in df.columns if c != "image" and c not in names]
         sink = pa.BufferOutputStream()
         ShardWriter(pk.parent, 0, columns, meta, compression="none").write_to(
-            sink, [str(k) for k in df["image"]], {m: list(df[m]) for m in meta},
-            {c.name: np.stack(df[c.name].to_numpy()) for c in columns})
-        manifest = {"format": "savedeep/1", "complete": True, "blob_order": names, "metadata_columns": meta,
-                    "blobs": {c.name: {"shape": list(c.shape), "dtype": c.dtype, "storage": c.storage}
-                              for c in columns},
-                    "shards": [{"index": 0, "file": pk.name, "rows": len(df), "complete": True}]}
+            sink,
+            [str(k) for k in df["image"]],
+            {m: list(df[m]) for m in meta},
+            {c.name: np.stack(df[c.name].to_numpy()) for c in columns},
+        )
+        manifest = {
+            "format": "savedeep/1",
+            "complete": True,
+            "blob_order": names,
+            "metadata_columns": meta,
+            "blobs": {c.name: {"shape": list(c.shape), "dtype": c.dtype, "storage": c.storage} for c in columns},
+            "shards": [{"index": 0, "file": pk.name, "rows": len(df), "complete": True}],
+        }
         return cls(pk, manifest, pk, sink.getvalue())
 
     @property
@@ -642,11 +687,14 @@ class SavedOutput:
 
     def _changed(self, k: int) -> OutputError:
         s = self.shards[k]
-        return OutputError(f"{self.directory / s['file']} does not hold the {s['rows']} rows its manifest entry "
-                           "says: the output was changed after its run; run it again (--overwrite)")
+        return OutputError(
+            f"{self.directory / s['file']} does not hold the {s['rows']} rows its manifest entry "
+            "says: the output was changed after its run; run it again (--overwrite)"
+        )
 
-    def index(self, rows: Sequence[int] | None = None, columns: Sequence[str] | None = None
-              ) -> tuple[list[str], dict[str, list[str]]]:
+    def index(
+        self, rows: Sequence[int] | None = None, columns: Sequence[str] | None = None
+    ) -> tuple[list[str], dict[str, list[str]]]:
         """The image keys and metadata columns (all by default; a missing value is "") of ``rows`` (sorted
         row numbers; all by default), in row order: the only per-image data the exports hold whole."""
         import pyarrow.parquet as pq
@@ -705,7 +753,7 @@ class SavedOutput:
         out = np.empty((self.n, *info["shape"]), dtype=np.dtype(info["dtype"]))
         start = 0
         for part in self.iter_blob(blob):
-            out[start:start + len(part)] = part
+            out[start : start + len(part)] = part
             start += len(part)
         return out
 
@@ -745,16 +793,19 @@ def _read_pickle(pk: Path, shards: bool):
         if not str(exc.name or "").startswith("numpy._core"):
             raise
         if not shards:
-            raise OutputError(f"{pk} was pickled with numpy 2 and this is numpy {np.__version__}: read it with "
-                              f"numpy 2, or keep its Parquet directory {parquet_dir(pk)} beside it (any numpy "
-                              "reads that)") from exc
+            raise OutputError(
+                f"{pk} was pickled with numpy 2 and this is numpy {np.__version__}: read it with "
+                f"numpy 2, or keep its Parquet directory {parquet_dir(pk)} beside it (any numpy "
+                "reads that)"
+            ) from exc
         log.info("%s was pickled with numpy 2 (this is numpy %s): reading the Parquet dataset", pk, np.__version__)
         return None
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the file holds, it is not an output savedeep can read
-        raise OutputError(f"{pk} cannot be read as a pickle ({type(exc).__name__}: {exc}): not a savedeep "
-                          "output") from exc
+        raise OutputError(
+            f"{pk} cannot be read as a pickle ({type(exc).__name__}: {exc}): not a savedeep output"
+        ) from exc
     if not isinstance(df, pd.DataFrame) or "image" not in df.columns:
         raise OutputError(f"{pk} is not a savedeep output (a pandas DataFrame with an image column)")
     return df
@@ -764,8 +815,11 @@ def _pickled_blobs(df) -> list[ColumnSpec]:
     """The blob columns of a pickled output without its manifest: those of float32 or float16 arrays (shape
     and dtype from the first row); the other columns but ``image`` are metadata. With no row, none."""
     first = df.iloc[0] if len(df) else {}
-    return [ColumnSpec(c, tuple(first[c].shape), first[c].dtype.name) for c in df.columns
-            if c != "image" and isinstance(first.get(c), np.ndarray) and first[c].dtype.name in ("float32", "float16")]
+    return [
+        ColumnSpec(c, tuple(first[c].shape), first[c].dtype.name)
+        for c in df.columns
+        if c != "image" and isinstance(first.get(c), np.ndarray) and first[c].dtype.name in ("float32", "float16")
+    ]
 
 
 def load(path: Path | str, blobs: Sequence[str] | str | None = None):
@@ -811,8 +865,9 @@ class _ByteCounter:
         return n
 
 
-def pickle_file_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[ColumnSpec],
-                      directory: Path) -> int:
+def pickle_file_bytes(
+    keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[ColumnSpec], directory: Path
+) -> int:
     """The exact size of the pickle :func:`write_pickle` writes for these rows (every image a row).
 
     Pickles, into a counter, the DataFrame that :func:`load` builds, with views of one zero row in
@@ -836,7 +891,8 @@ def pickle_file_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], c
         parts[m] = [fresh(v) for v in values]
     sink = pa.BufferOutputStream()
     ShardWriter(Path(directory), 0, columns).write_to(
-        sink, ["x"], {}, {c.name: np.zeros((1, *c.shape), c.dtype) for c in columns})
+        sink, ["x"], {}, {c.name: np.zeros((1, *c.shape), c.dtype) for c in columns}
+    )
     row = pq.read_table(pa.BufferReader(sink.getvalue()))
     for c in columns:
         one = _writable(column_to_numpy(row.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
@@ -851,8 +907,9 @@ def pickle_file_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], c
 def estimate_pickle_bytes(manifest: dict[str, Any]) -> int:
     """The in-memory size of the final DataFrame's arrays."""
     rows = sum(s.get("rows", 0) for s in manifest.get("shards", []))
-    per_row = sum(int(np.prod(b["shape"], dtype=np.int64)) * np.dtype(b["dtype"]).itemsize
-                  for b in manifest["blobs"].values())
+    per_row = sum(
+        int(np.prod(b["shape"], dtype=np.int64)) * np.dtype(b["dtype"]).itemsize for b in manifest["blobs"].values()
+    )
     return rows * per_row
 
 
@@ -878,8 +935,10 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 
 
 # What savedeep writes in and beside the Parquet directory: the only names --overwrite deletes.
-_OURS_IN_DIR = re.compile(r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
-                          r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+")
+_OURS_IN_DIR = re.compile(
+    r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
+    r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+"
+)
 _LIST_AT_MOST = 10
 
 
@@ -950,8 +1009,11 @@ def output_files(pickle_path: Path, directory: Path, log_file: Path | None = Non
             mine = _OURS_IN_DIR.fullmatch(f.name) and (ours_dir or f.name.startswith("."))
             (ours if mine and f.is_file() and not f.is_symlink() else foreign).append(f)
     parent = directory.parent
-    checks = [(pickle_path, _is_our_pickle), (failures_path(directory), _is_our_failures),
-              (beside(directory, REPORT_SUFFIX), _is_our_report)]
+    checks = [
+        (pickle_path, _is_our_pickle),
+        (failures_path(directory), _is_our_failures),
+        (beside(directory, REPORT_SUFFIX), _is_our_report),
+    ]
     if log_file is not None:
         checks.append((Path(log_file), _is_our_log))
     for path, is_ours in checks:
@@ -970,8 +1032,10 @@ def check_removable(pickle_path: Path, directory: Path, log_file: Path | None = 
     if foreign:
         names = ", ".join(str(f) + ("/" if f.is_dir() and not f.is_symlink() else "") for f in foreign[:_LIST_AT_MOST])
         more = f" and {len(foreign) - _LIST_AT_MOST} more" if len(foreign) > _LIST_AT_MOST else ""
-        raise OutputError(f"--overwrite refused: savedeep did not write {names}{more}; it deletes only its own files, "
-                          "so nothing was deleted: move those away (or delete them yourself), or choose another output")
+        raise OutputError(
+            f"--overwrite refused: savedeep did not write {names}{more}; it deletes only its own files, "
+            "so nothing was deleted: move those away (or delete them yourself), or choose another output"
+        )
     return ours
 
 

@@ -101,7 +101,8 @@ at once the config's ``preprocess:`` section and the Python API's spec (``savede
 preprocess={...})``): one class, one validation, one default each (the config table lists them).
 
 Size: about 100 lines are the exact preprocessing specification above (the docs site renders it, in
-docs/explanation/preprocessing.md); the one implementation every engine, the producers and ``savedeep.transform`` run follows it step by step.
+docs/explanation/preprocessing.md); the one implementation every engine, the producers and
+``savedeep.transform`` run follows it step by step.
 """
 
 from __future__ import annotations
@@ -169,8 +170,10 @@ _ORIENTATION_TAG = 0x0112
 def load_mean(path: Path) -> np.ndarray:
     """Read a mean file (.npy, or Caffe .binaryproto) as float32 (C,) or (C, H, W): C is 3 (BGR) or 1 (gray)."""
     path = Path(path)
-    accepted = ("a (3,) BGR vector or a (3, H, W) mean image, or (1,) or (1, H, W) for a net with a 1-channel "
-                "input (a leading batch dimension of 1 is accepted)")
+    accepted = (
+        "a (3,) BGR vector or a (3, H, W) mean image, or (1,) or (1, H, W) for a net with a 1-channel "
+        "input (a leading batch dimension of 1 is accepted)"
+    )
     try:
         if path.suffix.lower() == ".binaryproto":
             arr = _read_binaryproto(path.read_bytes(), path)
@@ -178,8 +181,10 @@ def load_mean(path: Path) -> np.ndarray:
             with open(path, "rb") as f:
                 magic = f.read(6)
             if magic != b"\x93NUMPY":
-                raise ModelError(f"{path}: cannot read the mean file: it is not a .npy file; save the mean "
-                                 f"with numpy.save as {accepted}")
+                raise ModelError(
+                    f"{path}: cannot read the mean file: it is not a .npy file; save the mean "
+                    f"with numpy.save as {accepted}"
+                )
             arr = np.load(path, allow_pickle=False)
     except ModelError:
         raise
@@ -239,8 +244,9 @@ class Preprocessor:
         if mean.ndim not in (1, 3) or mean.shape[0] != c:
             raise ModelError(
                 f"the mean has shape {mean.shape} but the net's input has {c} channel(s): give a ({c},) vector "
-                f"or a ({c}, H, W) mean image" + (" (the luminance's mean, for this grayscale-input net)" if c == 1
-                                                 else ""))
+                f"or a ({c}, H, W) mean image"
+                + (" (the luminance's mean, for this grayscale-input net)" if c == 1 else "")
+            )
         if mean.ndim == 1:
             if mode != "channel":
                 raise ConfigError(
@@ -271,7 +277,9 @@ class Preprocessor:
         else:
             m_min, m_max = mean.min(), mean.max()
             normal = (mean - m_min) / (m_max - m_min)
-            out = _caffe_resize_image(normal.transpose((1, 2, 0)), (h, w)).transpose((2, 0, 1)) * (m_max - m_min) + m_min
+            out = (
+                _caffe_resize_image(normal.transpose((1, 2, 0)), (h, w)).transpose((2, 0, 1)) * (m_max - m_min) + m_min
+            )
         out = np.ascontiguousarray(out, dtype=np.float32)
         info.update(shape=list(out.shape), interpolation=_caffe_io_interpolation())
         return out, info
@@ -385,8 +393,9 @@ class Preprocessor:
             "resize": resize,
             "to_float": "float32(v / 255)",
             "layout": "CHW",
-            "channel_order": "BGR" if self.input_shape[0] == 3 else
-            "gray: 0.2125 R + 0.7154 G + 0.0721 B of v / 255 in float64 (scikit-image rgb2gray), or v / 255 where "
+            "channel_order": "BGR"
+            if self.input_shape[0] == 3
+            else "gray: 0.2125 R + 0.7154 G + 0.0721 B of v / 255 in float64 (scikit-image rgb2gray), or v / 255 where "
             "R = G = B",
             "input_shape": list(self.input_shape),
             "raw_scale": self._raw_scale,
@@ -511,10 +520,14 @@ def _read_file(path: Path) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = (
-                "directory" if stat.S_ISDIR(st.st_mode)
-                else "FIFO" if stat.S_ISFIFO(st.st_mode)
-                else "socket" if stat.S_ISSOCK(st.st_mode)
-                else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                "directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "socket"
+                if stat.S_ISSOCK(st.st_mode)
+                else "device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
                 else "special file"
             )
             raise ImageError(f"not a regular file ({kind})")
@@ -692,13 +705,17 @@ def _read_binaryproto(data: bytes, path: Path) -> np.ndarray:
     try:
         blob = decode_message(data, "BlobProto")
     except (DecodeError, struct.error) as exc:
-        raise ModelError(f"{path}: truncated binaryproto, or not a Caffe BlobProto ({exc}); regenerate the mean "
-                         "file, or provide the mean as .npy") from None
+        raise ModelError(
+            f"{path}: truncated binaryproto, or not a Caffe BlobProto ({exc}); regenerate the mean "
+            "file, or provide the mean as .npy"
+        ) from None
     values = np.asarray(blob.data if blob.has("data") else blob.double_data)
     if blob.has("shape"):
         dims = [int(d) for d in blob.shape.dim]
     else:  # the legacy 4-d form; an absent dimension is 1 (Caffe's own default of 0 would hold no values)
         dims = [int(getattr(blob, n)) if blob.has(n) else 1 for n in ("num", "channels", "height", "width")]
     if values.size == 0 or int(np.prod(dims)) != values.size:
-        raise ModelError(f"{path}: the binaryproto holds {values.size} values for shape {dims}; regenerate the mean file")
+        raise ModelError(
+            f"{path}: the binaryproto holds {values.size} values for shape {dims}; regenerate the mean file"
+        )
     return values.reshape(dims)

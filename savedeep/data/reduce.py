@@ -150,16 +150,18 @@ class ProjectionReducer(Reducer):
     def describe(self) -> dict[str, Any]:
         """Dimension, seed and the generation recipe, enough to rebuild the matrix elsewhere."""
         info = super().describe()
-        info.update({
-            "project": self.dim,
-            "seed": self.seed,
-            "in_features": self.in_features,
-            "matrix": (
-                f"M = numpy.random.default_rng(seed).standard_normal(({self.in_features}, {self.dim}), "
-                f"dtype=float32) * float32(1/sqrt({self.dim})); y = x.reshape(n, -1) @ M"
-            ),
-            "numpy": np.__version__,
-        })
+        info.update(
+            {
+                "project": self.dim,
+                "seed": self.seed,
+                "in_features": self.in_features,
+                "matrix": (
+                    f"M = numpy.random.default_rng(seed).standard_normal(({self.in_features}, {self.dim}), "
+                    f"dtype=float32) * float32(1/sqrt({self.dim})); y = x.reshape(n, -1) @ M"
+                ),
+                "numpy": np.__version__,
+            }
+        )
         return info
 
 
@@ -257,11 +259,13 @@ def make_reducer(spec: BlobSpec, shape: tuple[int, ...]) -> Reducer:
         if dim * features * 4 > MAX_PROJECTION_BYTES:
             projection_matrix(seed, features, dim)  # raises the explanatory ConfigError
         if dim >= features:
-            log.warning("blob %r: projecting %d features to %d dimensions does not make it smaller", spec.name,
-                        features, dim)
+            log.warning(
+                "blob %r: projecting %d features to %d dimensions does not make it smaller", spec.name, features, dim
+            )
         return ProjectionReducer(spec, shape, dim, seed)
-    raise ConfigError(f"{key}: unknown reduction {reduce!r}; "
-                      f"use {{pool: mean|max, grid: k}} or {{project: D, seed: S}}")
+    raise ConfigError(
+        f"{key}: unknown reduction {reduce!r}; use {{pool: mean|max, grid: k}} or {{project: D, seed: S}}"
+    )
 
 
 class BlobOutputs:
@@ -305,6 +309,8 @@ class BlobOutputs:
         """One line for the end of the run if any float16 blob overflowed, else None."""
         if not self.nonfinite:
             return None
-        return (f"float16 blobs with values stored as inf or NaN (|x| > {FLOAT16_MAX:g} overflows): "
-                + ", ".join(f"{b} {k} values" for b, k in self.nonfinite.items())
-                + "; store these blobs as float32 (per-blob dtype) to keep them")
+        return (
+            f"float16 blobs with values stored as inf or NaN (|x| > {FLOAT16_MAX:g} overflows): "
+            + ", ".join(f"{b} {k} values" for b, k in self.nonfinite.items())
+            + "; store these blobs as float32 (per-blob dtype) to keep them"
+        )

@@ -54,8 +54,10 @@ class Transform:
 
     def __repr__(self) -> str:
         spec = self.preprocessor.spec
-        return (f"savedeep.transform({str(self.source)!r}): resize {spec.resize} to {self.input_shape[1:]}, "
-                f"BGR, x{spec.raw_scale:g}, mean {self.preprocessor.describe()['mean'].get('values_bgr')}")
+        return (
+            f"savedeep.transform({str(self.source)!r}): resize {spec.resize} to {self.input_shape[1:]}, "
+            f"BGR, x{spec.raw_scale:g}, mean {self.preprocessor.describe()['mean'].get('values_bgr')}"
+        )
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -68,9 +70,14 @@ def read_metadata(path: Path) -> dict[str, Any]:
     if path.suffix == ".py":
         tree = ast.parse(path.read_text(), str(path))
         for node in tree.body:  # METADATA = json.loads(r'''{...}''')
-            if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["METADATA"]
-                    and isinstance(node.value, ast.Call) and node.value.args
-                    and isinstance(node.value.args[0], ast.Constant) and isinstance(node.value.args[0].value, str)):
+            if (
+                isinstance(node, ast.Assign)
+                and [getattr(t, "id", None) for t in node.targets] == ["METADATA"]
+                and isinstance(node.value, ast.Call)
+                and node.value.args
+                and isinstance(node.value.args[0], ast.Constant)
+                and isinstance(node.value.args[0].value, str)
+            ):
                 return json.loads(node.value.args[0].value)
     elif path.suffix == ".pt2":
         with zipfile.ZipFile(path) as z:
@@ -83,8 +90,10 @@ def read_metadata(path: Path) -> dict[str, Any]:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         if "savedeep.json" in props:
             return json.loads(props["savedeep.json"])
-    raise ModelError(f"{path}: no savedeep metadata in it; give the model directory, or convert the model again "
-                     f"with this savedeep (savedeep convert MODEL --to torch -o NAME.py)")
+    raise ModelError(
+        f"{path}: no savedeep metadata in it; give the model directory, or convert the model again "
+        f"with this savedeep (savedeep convert MODEL --to torch -o NAME.py)"
+    )
 
 
 def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> Transform:
@@ -104,20 +113,25 @@ def transform(source: str | Path, preprocess: dict[str, Any] | None = None) -> T
         shape = tuple(int(d) for d in model.net.input_shape[1:])
         return Transform(Preprocessor(spec, load_mean(model.mean_path), shape), source)
     if preprocess:
-        raise ConfigError(f"{source}: a converted model records its preprocessing; preprocess= applies to a "
-                          f"model directory only")
+        raise ConfigError(
+            f"{source}: a converted model records its preprocessing; preprocess= applies to a model directory only"
+        )
     meta = read_metadata(source)
     pre = meta.get("preprocessing")
     if not pre or "options" not in pre:
-        raise ModelError(f"{source}: its metadata records no image preprocessing (the net's input is not a "
-                         f"(3, H, W) image, or an older savedeep wrote it); use transform(MODEL_DIRECTORY)")
+        raise ModelError(
+            f"{source}: its metadata records no image preprocessing (the net's input is not a "
+            f"(3, H, W) image, or an older savedeep wrote it); use transform(MODEL_DIRECTORY)"
+        )
     spec = PreprocessSpec.from_mapping(pre["options"], source=f"{source}'s recorded preprocessing")
     recorded = pre["spec"]["mean"]  # Preprocessor.describe()'s: per-channel values (BGR, or the luminance's)
     mean = None
     if recorded.get("mode", "none") != "none":
         values = recorded.get("values_bgr", recorded.get("values_gray"))
         if values is None:
-            raise ModelError(f"{source}: its metadata records a {recorded.get('mode')!r} mean without its values; "
-                             f"use transform(MODEL_DIRECTORY)")
+            raise ModelError(
+                f"{source}: its metadata records a {recorded.get('mode')!r} mean without its values; "
+                f"use transform(MODEL_DIRECTORY)"
+            )
         mean = np.array(values, dtype=np.float32)
     return Transform(Preprocessor(spec, mean, tuple(pre["spec"]["input_shape"])), source)

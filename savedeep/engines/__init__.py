@@ -26,8 +26,17 @@ from typing import TYPE_CHECKING
 
 from savedeep.config import ENGINES as ENGINE_KINDS
 from savedeep.engines.base import (  # noqa: F401 - the engines' shared interface, importable from here
-    OUT_DTYPES, Device, DeviceUnavailableError, Engine, EngineBase, check_device, keep_freed_memory, output_buffer,
-    parse_device, validate_batch, validate_blob_names,
+    OUT_DTYPES,
+    Device,
+    DeviceUnavailableError,
+    Engine,
+    EngineBase,
+    check_device,
+    keep_freed_memory,
+    output_buffer,
+    parse_device,
+    validate_batch,
+    validate_blob_names,
 )
 from savedeep.errors import ConfigError, ModelError
 
@@ -35,9 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from savedeep.caffe.model import Model
 
 
-def create_engine(
-    kind: str, model: "Model", device: str, batch_size: int, threads: int | None = None
-) -> Engine:
+def create_engine(kind: str, model: "Model", device: str, batch_size: int, threads: int | None = None) -> Engine:
     """Build the `kind` engine ("caffe" or "torch") for `model` on `device` ("cpu" or "cuda:N") in this process."""
     if kind not in ENGINE_KINDS:
         raise ConfigError(f"engine {kind!r} is unknown: use one of {', '.join(ENGINE_KINDS)}")

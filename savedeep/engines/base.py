@@ -14,8 +14,6 @@ import numpy as np
 from savedeep.errors import ConfigError, InputError, ModelError
 
 
-
-
 class DeviceUnavailableError(ConfigError):
     """A well-formed device (``cuda:N``) that this process cannot use; the caller may fall back to ``cpu``."""
 
@@ -90,8 +88,10 @@ class EngineBase:
     def _checked(self, batch: np.ndarray, blobs: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """A forward's batch as C-contiguous float32 and its blobs in order without duplicates, checked
         (:func:`validate_batch`, :func:`validate_blob_names`)."""
-        return (validate_batch(batch, self._input_shape, self.batch_size),
-                validate_blob_names(blobs, list(self._blob_shapes)))
+        return (
+            validate_batch(batch, self._input_shape, self.batch_size),
+            validate_blob_names(blobs, list(self._blob_shapes)),
+        )
 
     def close(self) -> None:
         """Release the net and device memory."""
@@ -187,8 +187,10 @@ def output_buffer(out: dict[str, np.ndarray], name: str, shape: Sequence[int], n
             f"needs at least ({n}, {', '.join(map(str, shape))})"
         )
     if dst.dtype not in OUT_DTYPES or not dst.flags.writeable:
-        raise InputError(f"forward: output buffer for blob {name!r} must be a writeable float32 or float16 array, "
-                         f"got {'read-only ' if not dst.flags.writeable else ''}{dst.dtype}")
+        raise InputError(
+            f"forward: output buffer for blob {name!r} must be a writeable float32 or float16 array, "
+            f"got {'read-only ' if not dst.flags.writeable else ''}{dst.dtype}"
+        )
     return dst[:n]
 
 

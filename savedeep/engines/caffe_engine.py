@@ -89,13 +89,20 @@ def check_runnable(caffe: ModuleType, net: "Net", dev: Device, prototxt: Path | 
         if layer.type not in known:
             raise UnsupportedLayerError(
                 f"{prototxt}: layer {layer.name!r} has type {layer.type!r}, which this pycaffe build does not "
-                f"have; use engine 'torch' for this model")
-        pool = (layer.param.pooling_param.pool if layer.type == "Pooling"
-                else layer.param.spp_param.pool if layer.type == "SPP" else None)
+                f"have; use engine 'torch' for this model"
+            )
+        pool = (
+            layer.param.pooling_param.pool
+            if layer.type == "Pooling"
+            else layer.param.spp_param.pool
+            if layer.type == "SPP"
+            else None
+        )
         if pool == "STOCHASTIC" and not dev.is_cuda:
             raise UnsupportedLayerError(
                 f"{prototxt}: layer {layer.name!r} ({layer.type}) pools STOCHASTIC, which Caffe computes only on a "
-                f"GPU; use engine 'torch' (it computes Caffe's test-time formula) or a CUDA pycaffe on a GPU")
+                f"GPU; use engine 'torch' (it computes Caffe's test-time formula) or a CUDA pycaffe on a GPU"
+            )
 
 
 class CaffeEngine(EngineBase):

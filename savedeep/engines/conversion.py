@@ -65,13 +65,15 @@ METADATA_FILE = "savedeep.json"  # the .pt2's extra file holding the metadata
 # Layer types the ONNX graph refuses, and why: ONNX has no operator with Caffe's exact result.
 ONNX_REFUSED = {
     "ArgMax": "Caffe orders equal values by the larger index first, ONNX TopK by the smaller one, so "
-              "ties would give other indices",
+    "ties would give other indices",
 }
 
 
 def _blob_semantics_note() -> str:
-    return ("each output is the blob's final value in Caffe's forward (an in-place layer's blob holds its "
-            "value after the last in-place layer, e.g. post-ReLU)")
+    return (
+        "each output is the blob's final value in Caffe's forward (an in-place layer's blob holds its "
+        "value after the last in-place layer, e.g. post-ReLU)"
+    )
 
 
 def check_convertible(net: "Net", to: str, source: object, names: set[str] | None = None) -> None:
@@ -110,8 +112,9 @@ def _program_class() -> type:
     from savedeep.engines.torch_layers import SPP, Pooling, caffe_pool_size
     from savedeep.caffe.model import spp_levels
 
-    def onnx_ave_pool(x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-                      ceil: bool) -> torch.Tensor:
+    def onnx_ave_pool(
+        x: torch.Tensor, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], ceil: bool
+    ) -> torch.Tensor:
         """Caffe's AVE pooling without ``divisor_override``, which torch.onnx drops silently (its
         AveragePool divides by the full window, so Caffe's clipped border windows came out wrong).
 
@@ -126,6 +129,7 @@ def _program_class() -> type:
         padding = (pad[1], extra_w, pad[0], extra_h)
         xp = F.pad(x, padding) if any(padding) else x
         y = F.avg_pool2d(xp, tuple(kernel), tuple(stride))[:, :, :out_h, :out_w]
+
         # Caffe's divisor: the window clipped to the padded input [-pad, size + pad)
         def clipped(out: int, size: int, k: int, st: int, pd: int) -> list[int]:
             return [min(i * st - pd + k, size + pd) - (i * st - pd) for i in range(out)]
@@ -200,15 +204,13 @@ def _program_class() -> type:
             # shape; the batch axis is the one whose size follows the batch.
             one, two = net.blob_shapes(1), net.blob_shapes(2)
             self.updates = [
-                [(name, src, tuple(-1 if a != b else a for a, b in zip(one[name], two[name])))
-                 for name, src in ups]
+                [(name, src, tuple(-1 if a != b else a for a, b in zip(one[name], two[name]))) for name, src in ups]
                 for ups in plan.alias_updates
             ]
 
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             env: dict[str, torch.Tensor] = {self.input_name: x}
-            for op, bottoms, tops, updates, drops in zip(self.ops, self.bottoms, self.tops, self.updates,
-                                                         self.drops):
+            for op, bottoms, tops, updates, drops in zip(self.ops, self.bottoms, self.tops, self.updates, self.drops):
                 values = op(*[env[b] for b in bottoms])
                 for t, v in zip(tops, values):
                     env[t] = v
@@ -234,8 +236,7 @@ def _program_class() -> type:
 _PROGRAM: type | None = None
 
 
-def build_program(net: "Net", names: Sequence[str], source: object = None, onnx: bool = False
-                  ) -> "torch.nn.Module":
+def build_program(net: "Net", names: Sequence[str], source: object = None, onnx: bool = False) -> "torch.nn.Module":
     """The torch module computing the requested blobs of `net` from its input blob (``onnx``: with the
     operators that torch.onnx translates exactly)."""
     return _program_class()(net, names, source, onnx).eval()
@@ -270,14 +271,23 @@ def metadata(model: "Model", names: Sequence[str], batch: int | None, to: str) -
     return {
         "savedeep_version": __version__,
         "format": to,
-        "input": {"name": net.input_name, "shape": ["N" if batch is None else batch, *shape], "dtype": "float32",
-                  "layout": "NCHW", "channel_order": {3: "BGR", 1: "luminance"}.get(shape[0])},
+        "input": {
+            "name": net.input_name,
+            "shape": ["N" if batch is None else batch, *shape],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channel_order": {3: "BGR", 1: "luminance"}.get(shape[0]),
+        },
         "outputs": list(names),
         "blob_semantics": _blob_semantics_note(),
         "preprocessing": ({"steps": steps, "spec": pre, "options": spec.to_dict()} if pre else None),
         "mean_bgr": pre["mean"].get("values_bgr") if pre else None,
-        "source": {"net": net.name, "prototxt": model.prototxt.name, "weights": model.weights.name,
-                   "mean": model.mean_path.name},
+        "source": {
+            "net": net.name,
+            "prototxt": model.prototxt.name,
+            "weights": model.weights.name,
+            "mean": model.mean_path.name,
+        },
     }
 
 
@@ -333,9 +343,11 @@ def _export(program: "torch.nn.Module", net: "Net", batch: int | None) -> Any:
     n = batch if batch is not None else max(declared, 2)
     example = torch.zeros((n, *shape), dtype=torch.float32)
     dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=65536)}} if batch is None else None
-    tied = ModelError(f"{net.prototxt}: the net's layers depend on the batch size (a parameter or a shape spans "
-                      f"the batch axis), so it cannot take any batch size; convert with --batch {declared} "
-                      f"(a fixed size)")
+    tied = ModelError(
+        f"{net.prototxt}: the net's layers depend on the batch size (a parameter or a shape spans "
+        f"the batch axis), so it cannot take any batch size; convert with --batch {declared} "
+        f"(a fixed size)"
+    )
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations, nothing the user can change
@@ -352,8 +364,14 @@ def _export(program: "torch.nn.Module", net: "Net", batch: int | None) -> Any:
         raise
 
 
-def convert(model_dir: str | Path, to: str, dest: str | Path, blobs: Sequence[str] | None = None,
-            batch: int | str | None = "dynamic", overwrite: bool = False) -> Path:
+def convert(
+    model_dir: str | Path,
+    to: str,
+    dest: str | Path,
+    blobs: Sequence[str] | None = None,
+    batch: int | str | None = "dynamic",
+    overwrite: bool = False,
+) -> Path:
     """Write the model in ``model_dir`` as ``to`` ('onnx' or 'torch') to ``dest``; returns ``dest``.
 
     ``blobs``: the outputs (default: the net's outputs, the blobs no layer reads). ``batch``:
@@ -367,16 +385,22 @@ def convert(model_dir: str | Path, to: str, dest: str | Path, blobs: Sequence[st
     fixed = _batch(batch)
     dest = Path(dest)
     if dest.is_dir():
-        raise ConfigError(f"-o {dest}: is a directory; give a file name, e.g. -o model.{'onnx' if to == 'onnx' else 'pt2'}")
+        raise ConfigError(
+            f"-o {dest}: is a directory; give a file name, e.g. -o model.{'onnx' if to == 'onnx' else 'pt2'}"
+        )
     if to == "torch" and dest.suffix not in (".py", ".pt2"):
-        raise ConfigError(f"-o {dest}: --to torch writes a module (-o {dest.with_suffix('.py').name}: its code, "
-                          f"and its weights in {dest.with_suffix('.pt').name}) or a torch.export program "
-                          f"(-o {dest.with_suffix('.pt2').name}); name the file .py or .pt2")
+        raise ConfigError(
+            f"-o {dest}: --to torch writes a module (-o {dest.with_suffix('.py').name}: its code, "
+            f"and its weights in {dest.with_suffix('.pt').name}) or a torch.export program "
+            f"(-o {dest.with_suffix('.pt2').name}); name the file .py or .pt2"
+        )
     module = to == "torch" and dest.suffix == ".py"
     if module and not dest.stem.isidentifier():
-        raise ConfigError(f"-o {dest}: the module's name {dest.stem!r} is not a Python identifier, so `import "
-                          f"{dest.stem}` would fail; use letters, digits and _ (e.g. -o caffenet.py)")
-    for path in ([dest, dest.with_suffix(".pt")] if module else [dest]):
+        raise ConfigError(
+            f"-o {dest}: the module's name {dest.stem!r} is not a Python identifier, so `import "
+            f"{dest.stem}` would fail; use letters, digits and _ (e.g. -o caffenet.py)"
+        )
+    for path in [dest, dest.with_suffix(".pt")] if module else [dest]:
         if path.exists() and not overwrite:
             raise ConfigError(f"-o {dest}: {path} exists; choose another file or pass --overwrite to replace it")
     from savedeep.caffe.model import load_model
@@ -385,11 +409,15 @@ def convert(model_dir: str | Path, to: str, dest: str | Path, blobs: Sequence[st
     net = model.net
     names = model.validate_blobs(list(blobs)) if blobs else net_outputs(net)
     if net.input_name in names:
-        raise ConfigError(f"--blobs: {net.input_name!r} is the net's input, which the converted model takes as its "
-                          f"input; leave it out of --blobs")
+        raise ConfigError(
+            f"--blobs: {net.input_name!r} is the net's input, which the converted model takes as its "
+            f"input; leave it out of --blobs"
+        )
     if len(net.inputs) != 1:
-        raise UnsupportedLayerError(f"{model.prototxt}: the net has {len(net.inputs)} inputs "
-                                    f"({', '.join(net.inputs)}); savedeep converts nets with one image input")
+        raise UnsupportedLayerError(
+            f"{model.prototxt}: the net has {len(net.inputs)} inputs "
+            f"({', '.join(net.inputs)}); savedeep converts nets with one image input"
+        )
     check_convertible(net, "torch", model.prototxt)  # types the torch engine does not run: before building
     program = build_program(net, names, model.prototxt, onnx=to == "onnx")
     needed = {op.layer_name for op in program.ops}
@@ -437,9 +465,16 @@ def _write_onnx(exported: Any, names: Sequence[str], input_name: str, meta: dict
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            onnx_program = torch.onnx.export(exported, (), dynamo=True, opset_version=ONNX_OPSET,
-                                             input_names=[input_name], output_names=list(names), verbose=False,
-                                             optimize=True)
+            onnx_program = torch.onnx.export(
+                exported,
+                (),
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                input_names=[input_name],
+                output_names=list(names),
+                verbose=False,
+                optimize=True,
+            )
     finally:
         quiet.setLevel(level)
     proto = onnx_program.model_proto
@@ -449,8 +484,10 @@ def _write_onnx(exported: Any, names: Sequence[str], input_name: str, meta: dict
         entry.key, entry.value = k, v
     proto.producer_name = "savedeep"
     if proto.ByteSize() >= 2**31:
-        raise ModelError(f"the ONNX graph of these blobs is {proto.ByteSize() / 2**30:.1f} GiB, above protobuf's "
-                         f"2 GiB limit for one file; convert with --to torch")
+        raise ModelError(
+            f"the ONNX graph of these blobs is {proto.ByteSize() / 2**30:.1f} GiB, above protobuf's "
+            f"2 GiB limit for one file; convert with --to torch"
+        )
     onnx.checker.check_model(proto, full_check=False)
     onnx.save_model(proto, str(path))
 
@@ -459,8 +496,9 @@ def _write_onnx(exported: Any, names: Sequence[str], input_name: str, meta: dict
 
 # Layer types whose output is a new tensor that nothing else holds, and whose backward does not need that
 # output: an in-place ReLU right after one may overwrite it (torchvision's ReLU(inplace=True) after a conv).
-_FRESH_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "BatchNorm", "Scale",
-                          "Bias"})
+_FRESH_TYPES = frozenset(
+    {"Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "BatchNorm", "Scale", "Bias"}
+)
 
 
 def module_name(name: str, taken: set[str]) -> str:
@@ -518,11 +556,22 @@ def _layer_spec(op: Any, layer: Any) -> tuple[str, dict[str, Any], dict[str, Any
         params = {"weight": op.weight, "bias": op.bias}
         config = {"axis": op.axis}
     elif isinstance(op, tl.Pooling):
-        config = {"method": op.method, "kernel": op.kernel, "stride": op.stride, "pad": op.pad, "ceil": op.ceil,
-                  "global_pooling": op.global_pooling}
+        config = {
+            "method": op.method,
+            "kernel": op.kernel,
+            "stride": op.stride,
+            "pad": op.pad,
+            "ceil": op.ceil,
+            "global_pooling": op.global_pooling,
+        }
     elif isinstance(op, tl.LRN):
-        config = {"size": op.size, "alpha": op.alpha, "beta": op.beta, "k": op.k,
-                  "across": op.region == "ACROSS_CHANNELS"}
+        config = {
+            "size": op.size,
+            "alpha": op.alpha,
+            "beta": op.beta,
+            "k": op.k,
+            "across": op.region == "ACROSS_CHANNELS",
+        }
     elif isinstance(op, tl.PReLU):
         params = {"slope": op.slope}
     elif isinstance(op, tl.BatchNorm):
@@ -584,16 +633,22 @@ def _layer_spec(op: Any, layer: Any) -> tuple[str, dict[str, Any], dict[str, Any
         p = layer.param.exp_param
         base, scale, shift = float(p.base), float(p.scale), float(p.shift)
         log_base = 1.0 if base == -1 else math.log(base)
-        config = {"inner": log_base * scale,
-                  "outer": 1.0 if shift == 0 else (math.exp(shift) if base == -1 else base ** shift)}
+        config = {
+            "inner": log_base * scale,
+            "outer": 1.0 if shift == 0 else (math.exp(shift) if base == -1 else base**shift),
+        }
     elif t == "Log":
         p = layer.param.log_param
         base = float(p.base)
-        config = {"scale": float(p.scale), "shift": float(p.shift),
-                  "base_scale": 1.0 if base == -1 else 1.0 / math.log(base)}
+        config = {
+            "scale": float(p.scale),
+            "shift": float(p.shift),
+            "base_scale": 1.0 if base == -1 else 1.0 / math.log(base),
+        }
     elif t not in ("Sigmoid", "TanH", "AbsVal", "BNLL", "Silence"):  # pragma: no cover - BUILDERS and this agree
-        raise UnsupportedLayerError(f"layer {layer.name!r} has type {t!r}, which savedeep convert cannot write "
-                                    f"as a module yet")
+        raise UnsupportedLayerError(
+            f"layer {layer.name!r} has type {t!r}, which savedeep convert cannot write as a module yet"
+        )
     name = "Deconvolution" if isinstance(op, tl.Deconvolution) else t
     return name, params, buffers, config
 
@@ -604,8 +659,11 @@ def _literal(value: Any) -> str:
         return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
     if isinstance(value, (list, tuple)):
         items = ", ".join(_literal(v) for v in value)
-        return f"({items},)" if isinstance(value, tuple) and len(value) == 1 else (
-            f"({items})" if isinstance(value, tuple) else f"[{items}]")
+        return (
+            f"({items},)"
+            if isinstance(value, tuple) and len(value) == 1
+            else (f"({items})" if isinstance(value, tuple) else f"[{items}]")
+        )
     if isinstance(value, (bool, int, str)) or value is None:
         return repr(value)
     if hasattr(value, "item"):  # a numpy scalar
@@ -613,8 +671,9 @@ def _literal(value: Any) -> str:
     raise TypeError(f"no literal for {value!r}")  # pragma: no cover
 
 
-def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source: object = None
-                  ) -> tuple[str, dict[str, "torch.Tensor"]]:
+def module_source(
+    net: "Net", names: Sequence[str], meta: dict[str, Any], source: object = None
+) -> tuple[str, dict[str, "torch.Tensor"]]:
     """The Python source of the converted module and its state dict.
 
     One module per Caffe layer the requested blobs need, named by :func:`module_name`. A layer that
@@ -648,8 +707,14 @@ def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source
     for k, i in enumerate(plan.steps):
         step_of_version[i] = k
         s = full._steps[i]
-        if (len(s.bottoms) == 1 and s.tops == s.bottoms and len(s.writes) == 1 and s.writes[0][1] is None
-                and s.reads[0][1] >= 0 and s.reads[0][1] in step_of_version):
+        if (
+            len(s.bottoms) == 1
+            and s.tops == s.bottoms
+            and len(s.writes) == 1
+            and s.writes[0][1] is None
+            and s.reads[0][1] >= 0
+            and s.reads[0][1] in step_of_version
+        ):
             prev = step_of_version[s.reads[0][1]]
             root = owner.get(prev, prev)
             root_step = full._steps[plan.steps[root]]
@@ -685,9 +750,14 @@ def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source
             for pname, tensor in group.items():
                 if tensor is not None:
                     state[f"{path}.{pname}"] = tensor.detach().clone().contiguous()
+
         def shapes(g: dict[str, Any]) -> str:
-            return "{" + ", ".join(f"{n!r}: {_literal(tuple(v.shape)) if v is not None else 'None'}"
-                                   for n, v in g.items()) + "}"
+            return (
+                "{"
+                + ", ".join(f"{n!r}: {_literal(tuple(v.shape)) if v is not None else 'None'}" for n, v in g.items())
+                + "}"
+            )
+
         args = []
         if params:
             args.append(f"params={shapes(params)}")
@@ -696,7 +766,8 @@ def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source
         args += [f"{key}={_literal(v)}" for key, v in config.items()]
         ctor = f"{cls}({', '.join(args)})"
         comment = f"  # Caffe layer {layer.name!r} ({layer.type})" + (
-            f", in place on {s.tops[0]!r}" if k in owner else "")
+            f", in place on {s.tops[0]!r}" if k in owner else ""
+        )
         if k in owner:
             init.append(f"        self.{attr[owner[k]]}.follow({name!r}, {ctor}){comment}")
             continue
@@ -722,10 +793,12 @@ def module_source(net: "Net", names: Sequence[str], meta: dict[str, Any], source
     if cls_name in _GENERATED_NAMES:
         cls_name += "Net"
     inp = var(net.input_name)
-    outputs = (var(names[0]) if len(names) == 1
-               else "{" + ", ".join(f"{n!r}: {var(n)}" for n in names) + "}")
-    layout = ([f"        {inp} = {inp}.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout"]
-              if len(net.input_shape) == 4 else [])
+    outputs = var(names[0]) if len(names) == 1 else "{" + ", ".join(f"{n!r}: {var(n)}" for n in names) + "}"
+    layout = (
+        [f"        {inp} = {inp}.contiguous(memory_format=torch.channels_last)  # oneDNN's fast layout"]
+        if len(net.input_shape) == 4
+        else []
+    )
     # blob -> [the module whose output is the blob's final value, index in its outputs or null]
     meta = {**meta, "modules": {b: writer[b] for b in net.blobs if b in writer}}
     ops_source = Path(__file__).with_name("converted_ops.py").read_text()
@@ -778,12 +851,55 @@ def load(weights=None, map_location="cpu"):
 
 
 # names a generated file defines besides the net's class (converted_ops.py's and the module's own)
-_GENERATED_NAMES = frozenset({"CaffeLayer", "Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "ReLU",
-                              "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Dropout",
-                              "Split", "Silence", "Softmax", "Concat", "Slice", "Eltwise", "BatchNorm", "Scale",
-                              "Bias", "Flatten", "Reshape", "Crop", "ArgMax", "Threshold", "Clip", "Swish", "SPP",
-                              "MVN", "Reduction", "Tile", "Embed", "Im2col", "METADATA", "Tensor", "List", "Optional",
-                              "Sequence", "Tuple"})
+_GENERATED_NAMES = frozenset(
+    {
+        "CaffeLayer",
+        "Convolution",
+        "Deconvolution",
+        "InnerProduct",
+        "Pooling",
+        "LRN",
+        "ReLU",
+        "PReLU",
+        "ELU",
+        "Sigmoid",
+        "TanH",
+        "AbsVal",
+        "Power",
+        "Exp",
+        "Log",
+        "BNLL",
+        "Dropout",
+        "Split",
+        "Silence",
+        "Softmax",
+        "Concat",
+        "Slice",
+        "Eltwise",
+        "BatchNorm",
+        "Scale",
+        "Bias",
+        "Flatten",
+        "Reshape",
+        "Crop",
+        "ArgMax",
+        "Threshold",
+        "Clip",
+        "Swish",
+        "SPP",
+        "MVN",
+        "Reduction",
+        "Tile",
+        "Embed",
+        "Im2col",
+        "METADATA",
+        "Tensor",
+        "List",
+        "Optional",
+        "Sequence",
+        "Tuple",
+    }
+)
 
 
 def write_module(model: "Model", names: Sequence[str], dest: Path, meta: dict[str, Any]) -> None:

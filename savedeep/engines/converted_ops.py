@@ -47,8 +47,15 @@ def _pooled_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> i
     return out
 
 
-def caffe_pool(x: Tensor, method: str, kernel: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int],
-               ceil: bool, global_pooling: bool) -> Tensor:
+def caffe_pool(
+    x: Tensor,
+    method: str,
+    kernel: Tuple[int, int],
+    stride: Tuple[int, int],
+    pad: Tuple[int, int],
+    ceil: bool,
+    global_pooling: bool,
+) -> Tensor:
     """Caffe's MAX / AVE pooling: Caffe's output size, -inf (MAX) or clipped-window (AVE) borders."""
     h, w = x.shape[2], x.shape[3]
     if global_pooling:
@@ -61,10 +68,11 @@ def caffe_pool(x: Tensor, method: str, kernel: Tuple[int, int], stride: Tuple[in
         both = torch.cat([x, x.square()], dim=1)
         both = F.pad(both, (0, extra_w, 0, extra_h)) if extra_h or extra_w else both
         sums = F.avg_pool2d(both, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
-        total, squares = sums[:, : x.shape[1]], sums[:, x.shape[1]:]
+        total, squares = sums[:, : x.shape[1]], sums[:, x.shape[1] :]
         positive = total > 0
-        return torch.where(positive, squares / torch.where(positive, total, torch.ones_like(total)),
-                           torch.zeros_like(total))
+        return torch.where(
+            positive, squares / torch.where(positive, total, torch.ones_like(total)), torch.zeros_like(total)
+        )
     extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
     extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
     padding = (pad[1], extra_w, pad[0], extra_h)
@@ -78,8 +86,10 @@ def caffe_pool(x: Tensor, method: str, kernel: Tuple[int, int], stride: Tuple[in
         start = torch.arange(out, dtype=torch.float32, device=x.device) * st - pd
         return (torch.clamp(start + k, max=size + pd) - start).to(x.dtype)
 
-    return y / (divisor(out_h, h, kernel[0], stride[0], pad[0])[:, None]
-                * divisor(out_w, w, kernel[1], stride[1], pad[1])[None, :])
+    return y / (
+        divisor(out_h, h, kernel[0], stride[0], pad[0])[:, None]
+        * divisor(out_w, w, kernel[1], stride[1], pad[1])[None, :]
+    )
 
 
 def caffe_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, across: bool) -> Tensor:
@@ -91,7 +101,7 @@ def caffe_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, across:
         padded = F.pad(sq, (0, 0, 0, 0, half, half))
         acc = padded[:, 0:c].clone()
         for j in range(1, size):
-            acc += padded[:, j:j + c]
+            acc += padded[:, j : j + c]
         scale = acc.mul_(alpha / size).add_(k)
     else:
         mean = F.avg_pool2d(F.pad(sq, (half, half, half, half)), size, stride=1)
@@ -134,14 +144,16 @@ def _param_axes(x: Tensor, param: Tensor, axis: int, num_axes: int, from_bottom:
         a = _canonical_axis(axis, x.dim())
         end = x.dim() if num_axes == -1 else a + num_axes
         shape = tuple(x.shape[a:end])
-    if tuple(x.shape[a:a + len(shape)]) != shape or param.numel() != math.prod(shape):
-        raise ValueError(f"parameter of shape {tuple(param.shape)} does not fit blob shape {tuple(x.shape)} "
-                         f"at axis {a}")
+    if tuple(x.shape[a : a + len(shape)]) != shape or param.numel() != math.prod(shape):
+        raise ValueError(
+            f"parameter of shape {tuple(param.shape)} does not fit blob shape {tuple(x.shape)} at axis {a}"
+        )
     return _broadcast(param.reshape(shape), a, x.dim())
 
 
-def caffe_scale(x: Tensor, factor: Tensor, bias: Optional[Tensor], axis: int, num_axes: int,
-                two_bottoms: bool) -> Tensor:
+def caffe_scale(
+    x: Tensor, factor: Tensor, bias: Optional[Tensor], axis: int, num_axes: int, two_bottoms: bool
+) -> Tensor:
     if two_bottoms:
         y = x * _param_axes(x, factor, axis, num_axes, True)
         if bias is not None:
@@ -181,7 +193,7 @@ def caffe_slice(x: Tensor, axis: int, points: List[int], ntops: int) -> List[Ten
 
 def caffe_flatten(x: Tensor, start: int, end: int) -> Tensor:
     a, b = _canonical_axis(start, x.dim()), _canonical_axis(end, x.dim())
-    return x.reshape(*x.shape[:a], -1, *x.shape[b + 1:])
+    return x.reshape(*x.shape[:a], -1, *x.shape[b + 1 :])
 
 
 def caffe_reshape(x: Tensor, dims: List[int], axis: int, num_axes: int) -> Tensor:
@@ -219,7 +231,7 @@ def caffe_spp(x: Tensor, method: str, pyramid_height: int) -> Tensor:
     h, w = x.shape[2], x.shape[3]
     pooled = []
     for level in range(pyramid_height):
-        bins = 2 ** level
+        bins = 2**level
         kernel = (-(-h // bins), -(-w // bins))
         pad = ((kernel[0] * bins - h + 1) // 2, (kernel[1] * bins - w + 1) // 2)
         pooled.append(caffe_pool(x, method, kernel, kernel, pad, True, False))
@@ -265,16 +277,36 @@ def caffe_embed(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     return y + bias if bias is not None else y
 
 
-def caffe_im2col(x: Tensor, kernel: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int],
-                 dilation: Tuple[int, int]) -> Tensor:
+def caffe_im2col(
+    x: Tensor, kernel: Tuple[int, int], stride: Tuple[int, int], pad: Tuple[int, int], dilation: Tuple[int, int]
+) -> Tensor:
     cols = F.unfold(x, kernel, dilation, pad, stride)
     out = [(x.shape[2 + i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1 for i in range(2)]
     return cols.reshape(x.shape[0], cols.shape[1], *out)
 
 
-for _fn in ("caffe_pool", "caffe_spp", "caffe_mvn", "caffe_reduction", "caffe_tile", "caffe_embed", "caffe_im2col", "caffe_lrn", "caffe_inner_product", "caffe_prelu", "caffe_batch_norm", "caffe_scale",
-            "caffe_bias", "caffe_softmax", "caffe_concat", "caffe_slice", "caffe_flatten", "caffe_reshape",
-            "caffe_crop", "caffe_argmax"):
+for _fn in (
+    "caffe_pool",
+    "caffe_spp",
+    "caffe_mvn",
+    "caffe_reduction",
+    "caffe_tile",
+    "caffe_embed",
+    "caffe_im2col",
+    "caffe_lrn",
+    "caffe_inner_product",
+    "caffe_prelu",
+    "caffe_batch_norm",
+    "caffe_scale",
+    "caffe_bias",
+    "caffe_softmax",
+    "caffe_concat",
+    "caffe_slice",
+    "caffe_flatten",
+    "caffe_reshape",
+    "caffe_crop",
+    "caffe_argmax",
+):
     torch.fx.wrap(_fn)
 
 
@@ -320,8 +352,7 @@ class Convolution(CaffeLayer):
 
     def compute(self, *bottoms: Tensor):
         c = self.config
-        outs = [F.conv2d(x, self.weight, self.bias, c["stride"], c["pad"], c["dilation"], c["group"])
-                for x in bottoms]
+        outs = [F.conv2d(x, self.weight, self.bias, c["stride"], c["pad"], c["dilation"], c["group"]) for x in bottoms]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -330,8 +361,10 @@ class Deconvolution(CaffeLayer):
 
     def compute(self, *bottoms: Tensor):
         c = self.config
-        outs = [F.conv_transpose2d(x, self.weight, self.bias, c["stride"], c["pad"], 0, c["group"], c["dilation"])
-                for x in bottoms]
+        outs = [
+            F.conv_transpose2d(x, self.weight, self.bias, c["stride"], c["pad"], 0, c["group"], c["dilation"])
+            for x in bottoms
+        ]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -413,7 +446,7 @@ class Power(CaffeLayer):
     def compute(self, x: Tensor) -> Tensor:
         power, scale, shift = self.config["power"], self.config["scale"], self.config["shift"]
         if power == 0 or scale == 0:
-            return torch.full_like(x, 1.0 if power == 0 else shift ** power)
+            return torch.full_like(x, 1.0 if power == 0 else shift**power)
         y = x * scale + shift if (scale != 1 or shift != 0) else x
         return y if power == 1 else y.pow(power)
 

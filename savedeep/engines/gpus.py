@@ -88,19 +88,24 @@ print(json.dumps(out))
 class DriverProbe:
     """What the CUDA driver said in the probe subprocess: device count and driver CUDA version, or why not."""
 
-    count: int | None          # CUDA devices visible to this process; None: the driver could not tell
-    driver: int | None         # cuDriverGetVersion, e.g. 12040 for CUDA 12.4; None: unknown
+    count: int | None  # CUDA devices visible to this process; None: the driver could not tell
+    driver: int | None  # cuDriverGetVersion, e.g. 12040 for CUDA 12.4; None: unknown
     lib: str | None
     error: str | None
 
 
-def probe_driver(libs: Sequence[str] = CUDA_LIBS, timeout: float = PROBE_TIMEOUT_S,
-                 env: Mapping[str, str] | None = None) -> DriverProbe:
+def probe_driver(
+    libs: Sequence[str] = CUDA_LIBS, timeout: float = PROBE_TIMEOUT_S, env: Mapping[str, str] | None = None
+) -> DriverProbe:
     """Ask the CUDA driver for its device count and version, in a subprocess (never in this process)."""
     try:
-        r = subprocess.run([sys.executable, "-I", "-S", "-c", _PROBE, json.dumps(list(libs))],
-                           capture_output=True, text=True, timeout=timeout,
-                           env=dict(os.environ if env is None else env))
+        r = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _PROBE, json.dumps(list(libs))],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ if env is None else env),
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return DriverProbe(None, None, None, f"the CUDA probe did not finish: {exc}")
     return parse_probe(r.returncode, r.stdout, r.stderr)
@@ -118,8 +123,12 @@ def parse_probe(returncode: int, stdout: str, stderr: str) -> DriverProbe:
         return DriverProbe(None, None, None, f"the CUDA probe failed ({how}): {stderr.strip()[-300:] or line!r}")
     count = d.get("count")
     driver = d.get("driver")
-    return DriverProbe(count if isinstance(count, int) and count >= 0 else None,
-                       driver if isinstance(driver, int) and driver > 0 else None, d.get("lib"), d.get("error"))
+    return DriverProbe(
+        count if isinstance(count, int) and count >= 0 else None,
+        driver if isinstance(driver, int) and driver > 0 else None,
+        d.get("lib"),
+        d.get("error"),
+    )
 
 
 def proc_gpu_count(root: Path = PROC_GPUS) -> int | None:
@@ -158,9 +167,9 @@ class GpuCount:
     """CUDA devices this process may use, and how that was found out."""
 
     count: int
-    source: str                # "driver", "/proc", "CUDA_VISIBLE_DEVICES", "none"
+    source: str  # "driver", "/proc", "CUDA_VISIBLE_DEVICES", "none"
     driver: int | None = None  # the driver's CUDA version (cuDriverGetVersion) when known
-    note: str = ""             # why the driver was not used, when it was not
+    note: str = ""  # why the driver was not used, when it was not
 
 
 def count_gpus(libs: Sequence[str] = CUDA_LIBS, proc: Path = PROC_GPUS) -> GpuCount:
@@ -189,8 +198,13 @@ def local_device(device: str) -> str:
     return "cuda:0" if device.startswith("cuda") else "cpu"
 
 
-def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumers: int,
-                    available: GpuCount | int | None = None, has_gpu_files: bool | None = None) -> list[str]:
+def resolve_devices(
+    gpus: str | tuple[int, ...],
+    require_gpu: bool,
+    cpu_consumers: int,
+    available: GpuCount | int | None = None,
+    has_gpu_files: bool | None = None,
+) -> list[str]:
     """The device of each consumer: ``cuda:N`` per GPU asked for, or ``cpu`` x cpu_consumers.
 
     ``N`` is a position in this process's ``CUDA_VISIBLE_DEVICES`` (all GPUs when it is unset,
@@ -198,10 +212,15 @@ def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumer
     """
     if gpus == "cpu":
         if require_gpu:
-            raise ConfigError("require_gpu is set but gpus is 'cpu'; ask for GPUs (--gpus 0,1 or all) or drop --require-gpu")
+            raise ConfigError(
+                "require_gpu is set but gpus is 'cpu'; ask for GPUs (--gpus 0,1 or all) or drop --require-gpu"
+            )
         return ["cpu"] * cpu_consumers
-    found = count_gpus() if available is None else (
-        available if isinstance(available, GpuCount) else GpuCount(available, "given"))
+    found = (
+        count_gpus()
+        if available is None
+        else (available if isinstance(available, GpuCount) else GpuCount(available, "given"))
+    )
     n = found.count
     asked = gpus if gpus == "all" else ",".join(map(str, gpus))
     if n == 0:
@@ -209,11 +228,17 @@ def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumer
         if require_gpu:
             raise ConfigError(
                 f"GPUs were asked for (gpus: {asked}) but this process sees none ({why}); run on a GPU node, "
-                "check CUDA_VISIBLE_DEVICES, or drop --require-gpu to fall back to the CPU")
+                "check CUDA_VISIBLE_DEVICES, or drop --require-gpu to fall back to the CPU"
+            )
         gpu_node = nvidia_device_files() if has_gpu_files is None else has_gpu_files
         if gpus != "all" or gpu_node:
-            log.warning("GPUs were asked for (gpus: %s) but this process sees none (%s): running %d consumer(s) "
-                        "on the CPU instead; use --require-gpu to stop instead", asked, why, cpu_consumers)
+            log.warning(
+                "GPUs were asked for (gpus: %s) but this process sees none (%s): running %d consumer(s) "
+                "on the CPU instead; use --require-gpu to stop instead",
+                asked,
+                why,
+                cpu_consumers,
+            )
         else:
             log.info("no GPU visible: %d CPU consumer(s)", cpu_consumers)
         return ["cpu"] * cpu_consumers
@@ -224,8 +249,10 @@ def resolve_devices(gpus: str | tuple[int, ...], require_gpu: bool, cpu_consumer
         vis = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise ConfigError(
             f"gpus: GPU {bad} does not exist; this process sees {n} GPU(s): 0..{n - 1}. GPU ids are positions "
-            "within CUDA_VISIBLE_DEVICES (" + (f"now {vis!r}" if vis is not None else "unset: every GPU, in PCI bus "
-                                                "order as nvidia-smi numbers them") + ")")
+            "within CUDA_VISIBLE_DEVICES ("
+            + (f"now {vis!r}" if vis is not None else "unset: every GPU, in PCI bus order as nvidia-smi numbers them")
+            + ")"
+        )
     return [f"cuda:{i}" for i in ids]
 
 
@@ -310,8 +337,12 @@ def caffe_cuda_version() -> str | None:
         return None
     if not caffe_has_cuda(Path(spec.origin).resolve().parent):
         return None  # a CPU-only build: no CUDA runtime to match
-    for dist in ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12",
-                 "nvidia-cuda-runtime-cu11"):
+    for dist in (
+        "nvidia-cuda-runtime",
+        "nvidia-cuda-runtime-cu13",
+        "nvidia-cuda-runtime-cu12",
+        "nvidia-cuda-runtime-cu11",
+    ):
         try:
             v = md.version(dist)
         except md.PackageNotFoundError:
@@ -330,13 +361,16 @@ def check_driver(driver: int | None, runtime: str | None, what: str, release: st
     if driver // 1000 >= major:
         return
     need = MIN_DRIVER.get(major)
-    older = (f"pip install torch --index-url https://download.pytorch.org/whl/cu{driver // 1000}{(driver % 1000) // 10}"
-             if what.startswith("torch") else
-             f"rebuild pycaffe (scripts/setup.sh --cuda) with a CUDA {driver // 1000}.x toolkit")
+    older = (
+        f"pip install torch --index-url https://download.pytorch.org/whl/cu{driver // 1000}{(driver % 1000) // 10}"
+        if what.startswith("torch")
+        else f"rebuild pycaffe (scripts/setup.sh --cuda) with a CUDA {driver // 1000}.x toolkit"
+    )
     raise ConfigError(
         f"the NVIDIA driver{f' {release}' if release else ''} supports CUDA up to {cuda_version_str(driver)}, but "
         f"{what} is built for CUDA {runtime}" + (f", which needs driver >= {need}" if need else "") + ": update the "
-        f"NVIDIA driver, or use a build for CUDA {driver // 1000}.x ({older}), or run with --gpus cpu")
+        f"NVIDIA driver, or use a build for CUDA {driver // 1000}.x ({older}), or run with --gpus cpu"
+    )
 
 
 def runtime_for(engine: str) -> tuple[str | None, str]:
@@ -397,9 +431,13 @@ def gpu_identity(ordinal: int = 0, libs: Sequence[str] = CUDA_LIBS) -> dict[str,
 
 def consumer_provenance(engine: str, device: str, local: str, threads: int | None) -> dict[str, object]:
     """What the manifest records of one consumer: its device and, on a GPU, the GPU and CUDA versions."""
-    info: dict[str, object] = {"device": device, "engine": engine, "pid": os.getpid(),
-                               "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-                               "threads": threads}
+    info: dict[str, object] = {
+        "device": device,
+        "engine": engine,
+        "pid": os.getpid(),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "threads": threads,
+    }
     if not local.startswith("cuda"):
         return info
     info["local_device"] = local

@@ -148,8 +148,15 @@ class TorchNet(nn.Module):
                 current[name] = i
             for t in layer.tops:
                 current[t] = i
-            steps.append(_Step(op, tuple(layer.bottoms), tuple(layer.tops), reads,
-                               tuple(writes) + tuple((t, None) for t in layer.tops if t not in layer.bottoms)))
+            steps.append(
+                _Step(
+                    op,
+                    tuple(layer.bottoms),
+                    tuple(layer.tops),
+                    reads,
+                    tuple(writes) + tuple((t, None) for t in layer.tops if t not in layer.bottoms),
+                )
+            )
         return steps, current
 
     @property
@@ -188,8 +195,12 @@ class TorchNet(nn.Module):
             step = self._steps[i]
             old = step.reads[0] if len(step.reads) == 1 else None
             inplace.append(
-                hasattr(step.op, "forward_inplace") and step.tops == step.bottoms and old is not None
-                and old[1] >= 0 and old not in wanted and old not in later_reads[k]
+                hasattr(step.op, "forward_inplace")
+                and step.tops == step.bottoms
+                and old is not None
+                and old[1] >= 0
+                and old not in wanted
+                and old not in later_reads[k]
                 and all(src is None for _, src in step.writes)  # no Caffe alias (Split/Flatten view) to update
             )
             updates = []
@@ -286,8 +297,9 @@ class TorchEngine(EngineBase):
     ) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
-        dev = self._use_device(device, batch_size,
-                               lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        dev = self._use_device(
+            device, batch_size, lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0
+        )
         if dev.is_cuda:
             use_exact_fp32_on_cuda()
         self._torch_device = torch.device(self.device)

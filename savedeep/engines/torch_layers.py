@@ -180,9 +180,7 @@ class Deconvolution(Convolution):
                     f"use the caffe engine"
                 )
             outs.append(
-                F.conv_transpose2d(
-                    x, self.weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation
-                )
+                F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.pad, 0, self.group, self.dilation)
             )
         return outs
 
@@ -333,8 +331,9 @@ class Bias(CaffeOp):
 caffe_pool_size = pooled_size  # Caffe's pooled output length; one rule, in savedeep/caffe/model.py
 
 
-def _pool2d(x: Tensor, method: str, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int],
-            ceil: bool = True) -> Tensor:
+def _pool2d(
+    x: Tensor, method: str, kernel: Sequence[int], stride: Sequence[int], pad: Sequence[int], ceil: bool = True
+) -> Tensor:
     """One Caffe pooling of a 4-D blob: MAX, AVE, or STOCHASTIC as Caffe computes it at test time."""
     h, w = x.shape[2], x.shape[3]
     out_h = pooled_size(h, kernel[0], stride[0], pad[0], ceil)
@@ -348,10 +347,11 @@ def _pool2d(x: Tensor, method: str, kernel: Sequence[int], stride: Sequence[int]
         both = torch.cat([x, x.square()], dim=1)
         both = F.pad(both, (0, extra_w, 0, extra_h)) if extra_h or extra_w else both
         sums = F.avg_pool2d(both, kernel, stride, divisor_override=1)[:, :, :out_h, :out_w]
-        total, squares = sums[:, : x.shape[1]], sums[:, x.shape[1]:]
+        total, squares = sums[:, : x.shape[1]], sums[:, x.shape[1] :]
         positive = total > 0
-        return torch.where(positive, squares / torch.where(positive, total, torch.ones_like(total)),
-                           torch.zeros_like(total))
+        return torch.where(
+            positive, squares / torch.where(positive, total, torch.ones_like(total)), torch.zeros_like(total)
+        )
     # Right/bottom padding so that every counted window lies inside the padded tensor.
     extra_h = max(0, (out_h - 1) * stride[0] + kernel[0] - h - pad[0])
     extra_w = max(0, (out_w - 1) * stride[1] + kernel[1] - w - pad[1])
@@ -453,14 +453,16 @@ class LRN(CaffeOp):
             padded = F.pad(sq, (0, 0, 0, 0, half, half))
             acc = padded[:, 0:c].clone()
             for j in range(1, self.size):
-                acc += padded[:, j:j + c]
+                acc += padded[:, j : j + c]
             scale = acc.mul_(self.alpha / self.size).add_(self.k)
         else:
             # Caffe composes AVE pooling (size x size, zero padding, always /size^2) and
             # Power(shift 1, scale alpha): k plays no part here.
             mean = F.avg_pool2d(F.pad(sq, (half, half, half, half)), self.size, stride=1)
             scale = 1.0 + self.alpha * mean
-        if self.beta == 0.75:  # every published LRN net: scale^-0.75 = rsqrt(scale) * rsqrt(scale)^0.5, cheaper than pow
+        if (
+            self.beta == 0.75
+        ):  # every published LRN net: scale^-0.75 = rsqrt(scale) * rsqrt(scale)^0.5, cheaper than pow
             r = scale.rsqrt()
             return [x * r.mul_(r.sqrt())]
         return [x * scale.pow(-self.beta)]
@@ -502,8 +504,9 @@ class _Elementwise(CaffeOp):
     else holds the bottom's old value, saving an allocation and a pass over memory.
     """
 
-    def __init__(self, layer: "Layer", fn: Callable[[Tensor], Tensor],
-                 fn_: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(
+        self, layer: "Layer", fn: Callable[[Tensor], Tensor], fn_: Callable[[Tensor], Tensor] | None = None
+    ) -> None:
         super().__init__(layer)
         self.fn = fn
         self.fn_ = fn_
@@ -822,8 +825,10 @@ class Embed(CaffeOp):
         index = x.to(torch.int64)  # truncates toward zero, as Caffe's static_cast<int>
         # (an exported program cannot branch on values: there the check is left out)
         if not torch.compiler.is_exporting() and bool(((index < 0) | (index >= self.input_dim)).any()):
-            raise ModelError(f"{self.where()}: its bottom holds values outside [0, {self.input_dim}), which are not "
-                             "indices into its input_dim rows; feed it integer indices")
+            raise ModelError(
+                f"{self.where()}: its bottom holds values outside [0, {self.input_dim}), which are not "
+                "indices into its input_dim rows; feed it integer indices"
+            )
         y = self.weight[index]
         return [y + self.bias if self.bias is not None else y]
 
@@ -835,18 +840,24 @@ class Im2col(CaffeOp):
         super().__init__(layer)
         p = layer.param.convolution_param
         if p.axis not in (1, -3):
-            raise UnsupportedLayerError(f"{self.where()}: convolution_param.axis {p.axis} is not supported by the "
-                                        "torch engine (only channel axis 1); use the caffe engine")
+            raise UnsupportedLayerError(
+                f"{self.where()}: convolution_param.axis {p.axis} is not supported by the "
+                "torch engine (only channel axis 1); use the caffe engine"
+            )
         kernel, stride, pad, dilation = _geometry(layer, conv_geometry, p, 2)
         self.kernel, self.stride, self.pad, self.dilation = tuple(kernel), tuple(stride), tuple(pad), tuple(dilation)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         if x.dim() != 4:
-            raise UnsupportedLayerError(f"{self.where()}: the torch engine runs Im2col on 4-D blobs only, got a "
-                                        f"{x.dim()}-D blob; use the caffe engine")
+            raise UnsupportedLayerError(
+                f"{self.where()}: the torch engine runs Im2col on 4-D blobs only, got a "
+                f"{x.dim()}-D blob; use the caffe engine"
+            )
         cols = F.unfold(x, self.kernel, self.dilation, self.pad, self.stride)
-        out = [(x.shape[2 + i] + 2 * self.pad[i] - (self.dilation[i] * (self.kernel[i] - 1) + 1)) // self.stride[i] + 1
-               for i in range(2)]
+        out = [
+            (x.shape[2 + i] + 2 * self.pad[i] - (self.dilation[i] * (self.kernel[i] - 1) + 1)) // self.stride[i] + 1
+            for i in range(2)
+        ]
         return [cols.reshape(x.shape[0], cols.shape[1], *out)]
 
 
@@ -854,8 +865,9 @@ class Im2col(CaffeOp):
 # registry
 
 
-def _simple(fn: Callable[[Tensor], Tensor], fn_: Callable[[Tensor], Tensor] | None = None
-            ) -> Callable[["Layer"], CaffeOp]:
+def _simple(
+    fn: Callable[[Tensor], Tensor], fn_: Callable[[Tensor], Tensor] | None = None
+) -> Callable[["Layer"], CaffeOp]:
     return lambda layer: _Elementwise(layer, fn, fn_)
 
 

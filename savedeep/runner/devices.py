@@ -28,10 +28,32 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from savedeep.engines.gpus import (  # noqa: F401 - the GPU discovery's names stay importable from here
-    CUDA_LIBS, MIN_DRIVER, PROBE_TIMEOUT_S, PROC_DRIVER_VERSION, PROC_GPUS, DriverProbe, GpuCount, caffe_cuda_version,
-    caffe_has_cuda, check_driver, consumer_provenance, count_gpus, cuda_version_str, device_index, driver_release,
-    gpu_identity, local_device, nvidia_device_files, parse_probe, probe_driver, proc_gpu_count, resolve_devices,
-    runtime_for, set_device_order, torch_cuda_version, visible_entries,
+    CUDA_LIBS,
+    MIN_DRIVER,
+    PROBE_TIMEOUT_S,
+    PROC_DRIVER_VERSION,
+    PROC_GPUS,
+    DriverProbe,
+    GpuCount,
+    caffe_cuda_version,
+    caffe_has_cuda,
+    check_driver,
+    consumer_provenance,
+    count_gpus,
+    cuda_version_str,
+    device_index,
+    driver_release,
+    gpu_identity,
+    local_device,
+    nvidia_device_files,
+    parse_probe,
+    probe_driver,
+    proc_gpu_count,
+    resolve_devices,
+    runtime_for,
+    set_device_order,
+    torch_cuda_version,
+    visible_entries,
 )
 from savedeep.errors import ConfigError
 
@@ -72,8 +94,9 @@ def _cgroup_v1_quota(cgroup_root: Path, rel: str) -> float | None:
     return best
 
 
-def cgroup_cpu_quota(proc_cgroup: Path = Path("/proc/self/cgroup"),
-                     cgroup_root: Path = Path("/sys/fs/cgroup")) -> float | None:
+def cgroup_cpu_quota(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> float | None:
     """The CPU quota (in CPUs, e.g. 2.5) of this process's cgroup and its ancestors, or None if none is set."""
     try:
         lines = proc_cgroup.read_text().splitlines()
@@ -111,12 +134,19 @@ def usable_cpus(affinity: set[int] | None = None, quota: float | None | bool = T
 
 # ------------------------------------------------------------------------ worker environment
 
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-               "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
 
 
-def worker_env(role: str, device: str | None, threads: int,
-               parent_env: Mapping[str, str] | None = None) -> dict[str, str | None]:
+def worker_env(
+    role: str, device: str | None, threads: int, parent_env: Mapping[str, str] | None = None
+) -> dict[str, str | None]:
     """The environment changes of one worker: its GPU (or none) and its thread pools.
 
     A GPU consumer of ``cuda:N`` sees only entry N of the parent's ``CUDA_VISIBLE_DEVICES``
@@ -133,8 +163,10 @@ def worker_env(role: str, device: str | None, threads: int,
         elif index < len(visible):
             changes["CUDA_VISIBLE_DEVICES"] = visible[index]
         else:
-            raise ConfigError(f"{device}: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} has no entry "
-                              f"{index} (GPU ids are positions within it)")
+            raise ConfigError(
+                f"{device}: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')!r} has no entry "
+                f"{index} (GPU ids are positions within it)"
+            )
         changes["CUDA_DEVICE_ORDER"] = env.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     else:
         changes["CUDA_VISIBLE_DEVICES"] = ""
@@ -184,8 +216,15 @@ class Workers:
     note: str = ""  # why these counts (cpu_consumers auto) and the consumers' memory: for the run log
 
 
-def plan_workers(cores: int, devices: Sequence[str], producers: int | str, writers: int | str,
-                 consumer_threads: int | str, batches: int, shards: int) -> Workers:
+def plan_workers(
+    cores: int,
+    devices: Sequence[str],
+    producers: int | str,
+    writers: int | str,
+    consumer_threads: int | str,
+    batches: int,
+    shards: int,
+) -> Workers:
     """Producers, writers and consumer threads for ``cores`` usable CPUs and these consumers."""
     gpus = sum(d != "cpu" for d in devices)
     cpu_consumers = len(devices) - gpus
@@ -207,10 +246,10 @@ def plan_workers(cores: int, devices: Sequence[str], producers: int | str, write
     return Workers(producers, writers, threads, cores)
 
 
-RING_BUDGET = 256 * 2**20   # bytes per ring beyond the minimum number of slots
-MAX_SLOTS = 16              # the output ring grows to this many slots if it has fewer (the minimums may exceed it)
+RING_BUDGET = 256 * 2**20  # bytes per ring beyond the minimum number of slots
+MAX_SLOTS = 16  # the output ring grows to this many slots if it has fewer (the minimums may exceed it)
 SHM_DIR = "/dev/shm"
-SHM_RESERVE = 4 * 2**20     # of the free space in SHM_DIR, left to others (semaphores, other programs)
+SHM_RESERVE = 4 * 2**20  # of the free space in SHM_DIR, left to others (semaphores, other programs)
 
 
 @dataclass(frozen=True)
@@ -237,8 +276,9 @@ def ring_minimums(producers: int, consumers: int, writers: int) -> tuple[int, in
     return producers + 2 * consumers, producers + 2 * consumers + 2 * writers
 
 
-def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, writers: int,
-               fixed: int | None, free: int | None) -> Rings:
+def size_rings(
+    in_bytes: int, out_bytes: int, producers: int, consumers: int, writers: int, fixed: int | None, free: int | None
+) -> Rings:
     """Slots of the input and output rings (the output ring's depth is the window), within the shared memory there is.
 
     Every producer gets a credit and an input slot (see :func:`ring_minimums`); beyond that
@@ -250,24 +290,31 @@ def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, wr
     """
     usable = None if free is None else max(0, free - SHM_RESERVE)
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
-    how = ("lower batch_size (the rings grow with it), save fewer or reduced blobs, or give the machine more "
-           f"shared memory (Docker: --shm-size=2g; otherwise remount {SHM_DIR} with a larger size)")
+    how = (
+        "lower batch_size (the rings grow with it), save fewer or reduced blobs, or give the machine more "
+        f"shared memory (Docker: --shm-size=2g; otherwise remount {SHM_DIR} with a larger size)"
+    )
     if fixed:
         need = fixed * (in_bytes + out_bytes)
         if usable is not None and need > usable:
-            raise ConfigError(f"ring_slots: {fixed} slots per ring need {mib(need)} of shared memory but {SHM_DIR} "
-                              f"has {mib(free)} free: lower ring_slots (or leave it unset), or {how}")
+            raise ConfigError(
+                f"ring_slots: {fixed} slots per ring need {mib(need)} of shared memory but {SHM_DIR} "
+                f"has {mib(free)} free: lower ring_slots (or leave it unset), or {how}"
+            )
         can = max(1, fixed - 2 * consumers - 2 * writers)
         note = ""
         if can < producers:
-            note = (f"ring_slots {fixed} leaves window credits for {can} of {producers} producers: "
-                    f"{producers - can} would always wait, so {can} are started")
+            note = (
+                f"ring_slots {fixed} leaves window credits for {can} of {producers} producers: "
+                f"{producers - can} would always wait, so {can} are started"
+            )
             log.warning("%s", note)
         return Rings(fixed, fixed, min(producers, can), note)
     if usable is not None and in_bytes + out_bytes > usable:
         raise ConfigError(
             f"{SHM_DIR} has {mib(free)} free, and this run needs at least {mib(in_bytes + out_bytes)} of shared "
-            f"memory (one input batch of {mib(in_bytes)} and one output batch of {mib(out_bytes)}): {how}")
+            f"memory (one input batch of {mib(in_bytes)} and one output batch of {mib(out_bytes)}): {how}"
+        )
     fits = lambda i, o: usable is None or i * in_bytes + o * out_bytes <= usable  # noqa: E731
     note = ""
     p = producers
@@ -277,8 +324,10 @@ def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, wr
             p -= 1
         in_min, out_min = ring_minimums(p, consumers, writers)
         if fits(in_min, out_min):
-            note = (f"{SHM_DIR} has {mib(free)} free: room for {in_min} input and {out_min} output batches, "
-                    f"enough for {p} of {producers} producers, so {p} are started; to run them all, {how}")
+            note = (
+                f"{SHM_DIR} has {mib(free)} free: room for {in_min} input and {out_min} output batches, "
+                f"enough for {p} of {producers} producers, so {p} are started; to run them all, {how}"
+            )
             log.warning("%s", note)
     budget = RING_BUDGET if usable is None else min(RING_BUDGET, usable // 2)
     out_slots = max(out_min, min(MAX_SLOTS, budget // max(out_bytes, 1)))
@@ -295,9 +344,11 @@ def size_rings(in_bytes: int, out_bytes: int, producers: int, consumers: int, wr
                 out_slots -= 1
         in_slots = min(in_slots, out_slots)
     if in_slots < in_min or out_slots < out_min:
-        note = (f"{SHM_DIR} has {mib(free)} free: the rings hold {in_slots} input and {out_slots} output batches "
-                f"instead of at least {in_min} and {out_min}, so stages will wait for each other; "
-                + how.replace("lower", "to avoid this, lower", 1))
+        note = (
+            f"{SHM_DIR} has {mib(free)} free: the rings hold {in_slots} input and {out_slots} output batches "
+            f"instead of at least {in_min} and {out_min}, so stages will wait for each other; "
+            + how.replace("lower", "to avoid this, lower", 1)
+        )
         log.warning("%s", note)
     return Rings(in_slots, out_slots, p, note)
 
@@ -311,8 +362,9 @@ def shm_free_bytes() -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None,
-                 images: int | None = None) -> tuple[list[str], Workers]:
+def plan_devices(
+    cfg, batches: int, shards: int, load: CpuLoad | None = None, images: int | None = None
+) -> tuple[list[str], Workers]:
     """The consumers' devices and the worker counts of a run of ``cfg`` (a savedeep Config), checked.
 
     Sets CUDA_DEVICE_ORDER=PCI_BUS_ID when unset (GPU ids then match nvidia-smi), counts the
@@ -323,8 +375,17 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None,
     cores = usable_cpus()
     cpu = None
     if cfg.cpu_consumers == "auto" and load is not None:
-        cpu = plan_cpu(cores, load, available_memory_bytes(), batches, shards, cfg.consumer_threads,
-                       cfg.producers, cfg.writers, images)
+        cpu = plan_cpu(
+            cores,
+            load,
+            available_memory_bytes(),
+            batches,
+            shards,
+            cfg.consumer_threads,
+            cfg.producers,
+            cfg.writers,
+            images,
+        )
         n_cpu = cpu.consumers
     else:
         n_cpu = 1 if cfg.cpu_consumers == "auto" else int(cfg.cpu_consumers)
@@ -334,8 +395,12 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None,
         set_device_order()
         found = count_gpus()
         driver = found.driver
-        log.info("GPUs: %d CUDA device(s) visible (counted by %s%s)", found.count, found.source,
-                 f"; {found.note}" if found.note and found.count else "")
+        log.info(
+            "GPUs: %d CUDA device(s) visible (counted by %s%s)",
+            found.count,
+            found.source,
+            f"; {found.note}" if found.note and found.count else "",
+        )
         devices = resolve_devices(cfg.gpus, cfg.require_gpu, n_cpu, found)
     else:
         resolve_devices(cfg.gpus, cfg.require_gpu, n_cpu)
@@ -384,11 +449,15 @@ def plan_devices(cfg, batches: int, shards: int, load: CpuLoad | None = None,
 # between that and the measured break-even on an idle 2-core machine (~2,500 images, round 7)
 # the rule still starts more consumers, which pays off as soon as other work takes cores.
 
-FORWARD_MACS_PER_CORE_S = {"torch": 45e9, "caffe": 21e9}   # round 4: CaffeNet fc 133 and 58 images/s on 2 threads
-DECODE_S_PER_IMAGE = 1.2e-3                                 # round 4: 820-865 images/s per core (500x375 JPEG)
+FORWARD_MACS_PER_CORE_S = {"torch": 45e9, "caffe": 21e9}  # round 4: CaffeNet fc 133 and 58 images/s on 2 threads
+DECODE_S_PER_IMAGE = 1.2e-3  # round 4: 820-865 images/s per core (500x375 JPEG)
 WRITE_S_PER_ROW = 5e-5
-WRITE_S_PER_BYTE = {("tensor", "float16"): 7e-9, ("tensor", "float32"): 4e-9,   # round 4: conv1 + zstd, 258 and
-                    ("binary", "float16"): 3e-9, ("binary", "float32"): 3e-9}   # 229 images/s tensor, 635 binary
+WRITE_S_PER_BYTE = {
+    ("tensor", "float16"): 7e-9,
+    ("tensor", "float32"): 4e-9,  # round 4: conv1 + zstd, 258 and
+    ("binary", "float16"): 3e-9,
+    ("binary", "float32"): 3e-9,
+}  # 229 images/s tensor, 635 binary
 MAX_CPU_CONSUMERS = 8
 # round 7: spawn to the first batch, one consumer alone on an idle core: imports 0.2-0.3 s, the
 # CaffeNet weights 0.15 s, `import torch` 0.7 s, the engine 0.05 s, a first forward 0.15 s over a
@@ -432,7 +501,7 @@ def forward_macs(net, blobs: Sequence[str]) -> int:
         if wanted & set(layer.tops):
             last = i
     macs = 0
-    for layer in net.layers[:last + 1]:
+    for layer in net.layers[: last + 1]:
         weights = params.get(layer.name) or []
         if layer.type in ("Convolution", "InnerProduct", "Deconvolution") and weights and layer.tops:
             top = shapes[layer.tops[0]]
@@ -443,23 +512,24 @@ def forward_macs(net, blobs: Sequence[str]) -> int:
 
 def consumer_memory_bytes(engine: str, weights_bytes: int, blob_bytes_per_image: int, batch: int) -> int:
     """The estimated resident memory of one CPU consumer: runtime, weights, one batch of the net's blobs."""
-    return int(CONSUMER_RUNTIME_BYTES.get(engine, CONSUMER_RUNTIME_BYTES["torch"])
-               + CONSUMER_WEIGHTS_FACTOR.get(engine, 1.3) * weights_bytes
-               + CONSUMER_ACTIVATION_FACTOR.get(engine, 1.2) * blob_bytes_per_image * batch)
+    return int(
+        CONSUMER_RUNTIME_BYTES.get(engine, CONSUMER_RUNTIME_BYTES["torch"])
+        + CONSUMER_WEIGHTS_FACTOR.get(engine, 1.3) * weights_bytes
+        + CONSUMER_ACTIVATION_FACTOR.get(engine, 1.2) * blob_bytes_per_image * batch
+    )
 
 
-def cpu_load(engine: str, net, blobs: Sequence[str], columns: Sequence[Any], weights_bytes: int,
-             batch: int) -> CpuLoad:
+def cpu_load(engine: str, net, blobs: Sequence[str], columns: Sequence[Any], weights_bytes: int, batch: int) -> CpuLoad:
     """The :class:`CpuLoad` of a run: ``columns`` are its stored blob columns (savedeep.data.output.ColumnSpec)."""
     forward = forward_macs(net, blobs) / FORWARD_MACS_PER_CORE_S.get(engine, FORWARD_MACS_PER_CORE_S["torch"])
     write = WRITE_S_PER_ROW + sum(c.row_bytes * WRITE_S_PER_BYTE.get((c.storage, c.dtype), 7e-9) for c in columns)
     all_blobs = sum(math.prod(s[1:]) * 4 for s in net.blob_shapes(1).values())
-    return CpuLoad(forward, DECODE_S_PER_IMAGE, write, consumer_memory_bytes(engine, weights_bytes, all_blobs, batch),
-                   engine)
+    return CpuLoad(
+        forward, DECODE_S_PER_IMAGE, write, consumer_memory_bytes(engine, weights_bytes, all_blobs, batch), engine
+    )
 
 
-def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"),
-                           cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
+def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Memory available to new processes: MemAvailable, or less where a cgroup v2 limit leaves less."""
     avail = None
     try:
@@ -482,13 +552,23 @@ def memory_note(consumers: int, per_consumer: int, available: int | None) -> str
     """The log line that makes the memory cost of the CPU consumers visible."""
     mib = per_consumer / 2**20
     of = "" if available is None else f" of {available / 2**20:,.0f} MiB available"
-    return (f"CPU consumers: {consumers}; each holds about {mib:,.0f} MiB (runtime, weights, a batch of activations): "
-            f"{consumers * mib:,.0f} MiB in all{of}")
+    return (
+        f"CPU consumers: {consumers}; each holds about {mib:,.0f} MiB (runtime, weights, a batch of activations): "
+        f"{consumers * mib:,.0f} MiB in all{of}"
+    )
 
 
-def plan_cpu(cores: int, load: CpuLoad, available: int | None, batches: int, shards: int,
-             consumer_threads: int | str = "auto", producers: int | str = "auto",
-             writers: int | str = "auto", images: int | None = None) -> CpuPlan:
+def plan_cpu(
+    cores: int,
+    load: CpuLoad,
+    available: int | None,
+    batches: int,
+    shards: int,
+    consumer_threads: int | str = "auto",
+    producers: int | str = "auto",
+    writers: int | str = "auto",
+    images: int | None = None,
+) -> CpuPlan:
     """CPU consumers, threads each, producers and writers for ``cores`` (see NOTE [cpu_consumers: auto]).
 
     ``images``: how many the run computes (None: no cap by the work).
@@ -513,17 +593,21 @@ def plan_cpu(cores: int, load: CpuLoad, available: int | None, batches: int, sha
         startup = CONSUMER_STARTUP_CORE_S.get(load.engine, CONSUMER_STARTUP_CORE_S["torch"])
         pays = max(1, int(work / startup))
         if pays < consumers:
-            why = (f"; capped from {consumers} by the work: the forward of {images:,} image(s) is about {work:.1f} "
-                   f"core-s, and each consumer costs about {startup:.1f} core-s to start")
+            why = (
+                f"; capped from {consumers} by the work: the forward of {images:,} image(s) is about {work:.1f} "
+                f"core-s, and each consumer costs about {startup:.1f} core-s to start"
+            )
             consumers = pays
     if available is not None and load.memory_per_consumer > 0:
         fit = max(1, int(MEMORY_SHARE * available // load.memory_per_consumer))
         if fit < consumers:
-            why += (f"; capped from {consumers} by memory ({MEMORY_SHARE:.0%} of the available memory holds {fit})")
+            why += f"; capped from {consumers} by memory ({MEMORY_SHARE:.0%} of the available memory holds {fit})"
             consumers = fit
     threads = int(consumer_threads) if consumer_threads != "auto" else max(1, forward_cores // consumers)
-    note = (f"cpu_consumers auto: {consumers} x {threads} thread(s), {producers} producer(s), {writers} writer(s) "
-            f"on {cores} cores (per image, core-ms: forward {1e3 * load.forward_s:.1f}, decode "
-            f"{1e3 * load.decode_s:.1f}, write {1e3 * load.write_s:.1f}){why}. "
-            + memory_note(consumers, load.memory_per_consumer, available))
+    note = (
+        f"cpu_consumers auto: {consumers} x {threads} thread(s), {producers} producer(s), {writers} writer(s) "
+        f"on {cores} cores (per image, core-ms: forward {1e3 * load.forward_s:.1f}, decode "
+        f"{1e3 * load.decode_s:.1f}, write {1e3 * load.write_s:.1f}){why}. "
+        + memory_note(consumers, load.memory_per_consumer, available)
+    )
     return CpuPlan(consumers, threads, producers, writers, note)

@@ -48,8 +48,9 @@ class InjectedFault(RuntimeError):
     """The exception raised by ``action=raise``."""
 
 
-def maybe_fail(role: str, index: int, batch: int, check: Callable[[], None] | None = None,
-               channels: Any = None) -> None:
+def maybe_fail(
+    role: str, index: int, batch: int, check: Callable[[], None] | None = None, channels: Any = None
+) -> None:
     """Fail here if SAVEDEEP_FAULT asks for this role, worker and batch.
 
     ``check`` is the worker's stop/parent-alive check, called while stalling so

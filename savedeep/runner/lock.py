@@ -132,7 +132,7 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may hold spaces or ')'
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     return fields[0], int(fields[19])
 
 
@@ -168,8 +168,13 @@ def process_alive(pid: int, start: int | None) -> bool:
 
 
 # (variable, ...): a scheduler job's id, joined by "_" (Slurm array task: ARRAYJOB_TASK).
-JOB_ID_VARIABLES = (("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"), ("SLURM_JOB_ID",), ("PBS_JOBID",),
-                    ("JOB_ID", "SGE_TASK_ID"), ("LSB_JOBID", "LSB_JOBINDEX"))
+JOB_ID_VARIABLES = (
+    ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"),
+    ("SLURM_JOB_ID",),
+    ("PBS_JOBID",),
+    ("JOB_ID", "SGE_TASK_ID"),
+    ("LSB_JOBID", "LSB_JOBINDEX"),
+)
 
 
 def scheduler_job_id(env: Any = None) -> str | None:
@@ -221,7 +226,6 @@ class Holder:
             return "unknown"  # another container on this host: its pids are not ours to check
         return "alive" if process_alive(self.pid, self.pid_start) else "stale"
 
-
     def earlier_attempt_of_this_job(self) -> bool:
         """Whether the holder was this very scheduler job (e.g. Slurm array task 1234_5) on another host.
 
@@ -242,9 +246,20 @@ def read_holder(path: Path) -> Holder | None:
         return Holder(Path(path))
     try:
         rec = json.loads(raw)
-        return Holder(Path(path), host=str(rec["host"]), pid=int(rec["pid"]), pid_start=rec.get("pid_start"),
-                      boot_id=rec.get("boot_id"), pid_ns=rec.get("pid_ns"), since=rec.get("since"), fingerprint=rec.get("fingerprint"),
-                      task=rec.get("task"), command=rec.get("command"), job_id=rec.get("job_id"), raw=raw)
+        return Holder(
+            Path(path),
+            host=str(rec["host"]),
+            pid=int(rec["pid"]),
+            pid_start=rec.get("pid_start"),
+            boot_id=rec.get("boot_id"),
+            pid_ns=rec.get("pid_ns"),
+            since=rec.get("since"),
+            fingerprint=rec.get("fingerprint"),
+            task=rec.get("task"),
+            command=rec.get("command"),
+            job_id=rec.get("job_id"),
+            raw=raw,
+        )
     except (ValueError, KeyError, TypeError):
         return Holder(Path(path), raw=raw)
 
@@ -353,8 +368,10 @@ def _remove_if_same(path: Path, seen: Holder) -> None:
             _unlink_if(guard, g.raw)
             continue
         if time.monotonic() > deadline:
-            raise LockedError(f"{path} is being broken by {g.describe()} (guard {guard}) for more than 30 s; "
-                              f"if that run is gone, delete {guard}")
+            raise LockedError(
+                f"{path} is being broken by {g.describe()} (guard {guard}) for more than 30 s; "
+                f"if that run is gone, delete {guard}"
+            )
         time.sleep(0.01)
     try:
         _unlink_if(path, seen.raw)
@@ -382,8 +399,9 @@ class OutputLock:
     live (or unverifiable) run holds it; a stale lock is broken with a warning.
     """
 
-    def __init__(self, output: Path | str, *, task: int | None = None, fingerprint: str | None = None,
-                 break_lock: bool = False) -> None:
+    def __init__(
+        self, output: Path | str, *, task: int | None = None, fingerprint: str | None = None, break_lock: bool = False
+    ) -> None:
         self.output = Path(output)
         self.task = task
         self.path = lock_path(self.output, task)
@@ -411,12 +429,15 @@ class OutputLock:
         if state == "alive":
             fix = f"wait for it to finish or stop it (kill {h.pid}), then rerun"
         elif h.readable:
-            fix = ("wait for it to finish; if that run is gone (crashed, or its node died), rerun with --break-lock"
-                   " (break_lock=True)")
+            fix = (
+                "wait for it to finish; if that run is gone (crashed, or its node died), rerun with --break-lock"
+                " (break_lock=True)"
+            )
         else:
             fix = "if no run is using this output, rerun with --break-lock (break_lock=True)"
-        return LockedError(f"{what} is in use by another savedeep run: {h.describe()} (lock {h.path}); "
-                           f"nothing was changed; {fix}")
+        return LockedError(
+            f"{what} is in use by another savedeep run: {h.describe()} (lock {h.path}); nothing was changed; {fix}"
+        )
 
     def check(self) -> None:
         """Raise the refusal ``acquire`` would raise if another run holds the lock now; changes nothing.
@@ -444,8 +465,10 @@ class OutputLock:
             try:
                 parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise OutputError(f"cannot create the output's folder {parent}: {exc.strerror}; "
-                                  "choose another output or fix its permissions") from exc
+                raise OutputError(
+                    f"cannot create the output's folder {parent}: {exc.strerror}; "
+                    "choose another output or fix its permissions"
+                ) from exc
             self._made_dir = top
         record = _record(self.output, self.fingerprint, self.task)
         for _ in range(20):
@@ -456,8 +479,9 @@ class OutputLock:
                     return self
             except OSError as exc:
                 self._cleanup_dir()
-                raise OutputError(f"cannot create the lock file {self.path}: {exc.strerror}; the output's folder "
-                                  "must be writable") from exc
+                raise OutputError(
+                    f"cannot create the lock file {self.path}: {exc.strerror}; the output's folder must be writable"
+                ) from exc
             h = read_holder(self.path)
             if h is None:
                 continue  # released (or broken) in between: try again
@@ -471,8 +495,10 @@ class OutputLock:
                 raise self._refusal(h)
             _remove_if_same(self.path, h)
         self._cleanup_dir()
-        raise LockedError(f"could not take the lock {self.path}: other runs keep taking it; is the same job "
-                          "started many times at once?")
+        raise LockedError(
+            f"could not take the lock {self.path}: other runs keep taking it; is the same job "
+            "started many times at once?"
+        )
 
     def _check_other_scope(self) -> None:
         """A whole-output run and a task of the same output exclude each other.
@@ -480,8 +506,11 @@ class OutputLock:
         Each takes its own lock first and then looks for the other kind, so of two that
         start together at least one sees the other and steps back (both may: no harm).
         """
-        others = [h for h in held_locks(self.output) if h.path != self.path
-                  and (self.task is None or h.path == lock_path(self.output))]
+        others = [
+            h
+            for h in held_locks(self.output)
+            if h.path != self.path and (self.task is None or h.path == lock_path(self.output))
+        ]
         if others:
             self.release()
             raise self._refusal(others[0])
@@ -494,8 +523,11 @@ class OutputLock:
         if held is not None and held.raw == self._record:
             _remove_if_same(self.path, held)
         else:
-            log.warning("%s is no longer this run's lock (%s): left as it is", self.path,
-                        held.describe() if held else "it was removed")
+            log.warning(
+                "%s is no longer this run's lock (%s): left as it is",
+                self.path,
+                held.describe() if held else "it was removed",
+            )
         self._record = None
         self._cleanup_dir()
 
@@ -522,8 +554,9 @@ class OutputLock:
 
 
 @contextlib.contextmanager
-def output_lock(output: Path | str, *, task: int | None = None, fingerprint: str | None = None,
-                break_lock: bool = False) -> Iterator[OutputLock]:
+def output_lock(
+    output: Path | str, *, task: int | None = None, fingerprint: str | None = None, break_lock: bool = False
+) -> Iterator[OutputLock]:
     """``with output_lock(out): ...``: hold the lock of ``output`` for the block."""
     lock = OutputLock(output, task=task, fingerprint=fingerprint, break_lock=break_lock)
     with lock:

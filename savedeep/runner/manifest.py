@@ -34,7 +34,14 @@ from typing import Any
 
 from savedeep.errors import OutputError, WorkerError
 from savedeep.data.output import (
-    MANIFEST, disk_errors, failures_path, read_manifest, shard_name, shard_record, write_failures, write_manifest,
+    MANIFEST,
+    disk_errors,
+    failures_path,
+    read_manifest,
+    shard_name,
+    shard_record,
+    write_failures,
+    write_manifest,
     write_pickle,
 )
 
@@ -58,12 +65,17 @@ class Manifest:
 
     # -- making and reading ---------------------------------------------------------------
     @classmethod
-    def new(cls, directory: Path, header: Mapping[str, Any], shards: Iterable[tuple[int, int, int]],
-            kept: Mapping[int, dict[str, Any]] | None = None, name: str = MANIFEST) -> Manifest:
+    def new(
+        cls,
+        directory: Path,
+        header: Mapping[str, Any],
+        shards: Iterable[tuple[int, int, int]],
+        kept: Mapping[int, dict[str, Any]] | None = None,
+        name: str = MANIFEST,
+    ) -> Manifest:
         """A manifest for ``shards`` (index, start, stop), with the entries of ``kept`` shards as they were."""
         entries = [dict(kept[k]) if kept and k in kept else shard_entry(k, a, z) for k, a, z in shards]
-        return cls(directory, {**header, "format": FORMAT, "complete": False, "shards": entries, "pickle": None},
-                   name)
+        return cls(directory, {**header, "format": FORMAT, "complete": False, "shards": entries, "pickle": None}, name)
 
     @classmethod
     def read(cls, directory: Path, name: str = MANIFEST) -> Manifest | None:
@@ -73,8 +85,11 @@ class Manifest:
 
     def is_valid(self) -> bool:
         """Whether this is a manifest of savedeep's current format (one that --resume can use)."""
-        return (isinstance(self.data, dict) and self.data.get("format") == FORMAT
-                and isinstance(self.data.get("shards"), list))
+        return (
+            isinstance(self.data, dict)
+            and self.data.get("format") == FORMAT
+            and isinstance(self.data.get("shards"), list)
+        )
 
     def write(self) -> None:
         """Replace the file atomically; a full disk is an OutputError that says how to go on."""
@@ -101,7 +116,9 @@ class Manifest:
 
     def finished(self) -> set[int]:
         """The shards recorded complete whose file is in place."""
-        return {s["index"] for s in self.shards if s.get("complete") and (self.directory / shard_name(s["index"])).exists()}
+        return {
+            s["index"] for s in self.shards if s.get("complete") and (self.directory / shard_name(s["index"])).exists()
+        }
 
     def rows(self) -> int:
         return sum(s["rows"] for s in self.shards)
@@ -113,8 +130,9 @@ class Manifest:
     # -- recording ------------------------------------------------------------------------
     def record_shard(self, index: int, file: str, rows: int, failures: Sequence[tuple[str, str]]) -> None:
         """Record that shard ``index`` is in place as ``file`` (a writer reported it), and write the file."""
-        self.entry(index).update(file=file, rows=rows, complete=True,
-                                  failures=[{"image": k, "reason": r} for k, r in failures])
+        self.entry(index).update(
+            file=file, rows=rows, complete=True, failures=[{"image": k, "reason": r} for k, r in failures]
+        )
         self.write()
 
     def adopt_finished(self, write: bool = True) -> list[int]:
@@ -130,7 +148,11 @@ class Manifest:
                 continue
             path = self.directory / shard_name(entry["index"])
             rec = shard_record(path) if path.exists() else None
-            if rec and (rec.get("index"), rec.get("start"), rec.get("stop")) == (entry["index"], entry["start"], entry["stop"]):
+            if rec and (rec.get("index"), rec.get("start"), rec.get("stop")) == (
+                entry["index"],
+                entry["start"],
+                entry["stop"],
+            ):
                 entry.update(file=path.name, rows=rec["rows"], failures=rec["failures"], complete=True)
                 adopted.append(entry["index"])
         if adopted and write:
@@ -171,8 +193,9 @@ class Manifest:
         return {s["index"]: s for s in self.shards if s["index"] in keep}
 
     # -- finishing ------------------------------------------------------------------------
-    def finish(self, *, devices: list[dict[str, Any]], wall_s: float, pickle_path: Path, pickle: bool,
-               max_pickle_bytes: int) -> None:
+    def finish(
+        self, *, devices: list[dict[str, Any]], wall_s: float, pickle_path: Path, pickle: bool, max_pickle_bytes: int
+    ) -> None:
         """Mark the output complete (every shard must be), then write the pickle if asked (last)."""
         with disk_errors(f"the final output in {self.directory}"):
             self._finish(devices, wall_s, pickle_path, pickle, max_pickle_bytes)
@@ -215,8 +238,16 @@ def versions(engine: str) -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("savedeep", "numpy", "pandas", "pyarrow", "opencv-python-headless", "pillow", "simplejpeg",
-                "torch" if engine == "torch" else "caffe"):
+    for pkg in (
+        "savedeep",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "opencv-python-headless",
+        "pillow",
+        "simplejpeg",
+        "torch" if engine == "torch" else "caffe",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -232,8 +263,12 @@ def run_header(config: Any, pf: Any) -> dict[str, Any]:
         "config_fingerprint": config.fingerprint(),
         "result_fingerprint": config.result_fingerprint(),
         "model": {"directory": str(config.model), "sha256": pf.model_hashes, "input_shape": list(pf.input_shape)},
-        "images": {"source": str(config.images), "count": len(pf.images), "keys_sha256": pf.keys_digest,
-                   "skipped_by_extension": pf.images.skipped},
+        "images": {
+            "source": str(config.images),
+            "count": len(pf.images),
+            "keys_sha256": pf.keys_digest,
+            "skipped_by_extension": pf.images.skipped,
+        },
         "preprocess": pf.preprocess_desc,
         "engine": config.engine,
         "blobs": pf.blob_info,

@@ -65,9 +65,9 @@ class Task:
 
     batch: int
     shard: int
-    start: int               # position of the first image in the sorted list
-    keys: tuple[str, ...]    # the images' keys (relative paths)
-    paths: tuple[str, ...]   # where to read them
+    start: int  # position of the first image in the sorted list
+    keys: tuple[str, ...]  # the images' keys (relative paths)
+    paths: tuple[str, ...]  # where to read them
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,27 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from savedeep.config import Config
 from savedeep.runner.devices import (  # noqa: F401 - count_gpus, resolve_devices, size_rings ... are re-exported
-    MAX_SLOTS, RING_BUDGET, SHM_DIR, SHM_RESERVE, count_gpus, plan_devices, resolve_devices, shm_free_bytes,
+    MAX_SLOTS,
+    RING_BUDGET,
+    SHM_DIR,
+    SHM_RESERVE,
+    count_gpus,
+    plan_devices,
+    resolve_devices,
+    shm_free_bytes,
     size_rings,
 )
 from savedeep.errors import USER_MISTAKE_CODES, ConfigError, Interrupted, OutputError, SavedeepError, WorkerError
 from savedeep.runner.manifest import Manifest
-from savedeep.runner.messages import BatchWritten, DeviceInfo, EndOfStream, ShardWritten, Task, WorkerFailed, WorkerStats
+from savedeep.runner.messages import (
+    BatchWritten,
+    DeviceInfo,
+    EndOfStream,
+    ShardWritten,
+    Task,
+    WorkerFailed,
+    WorkerStats,
+)
 from savedeep.runner.preflight import Plan, Preflight, make_plan  # noqa: F401 - re-exported
 from savedeep.runner.shares import TaskShare, WholeOutput
 from savedeep.runner.ui import LogListener, Progress, busy_fractions, console_log, parent_owns_signals, run_log
@@ -63,7 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 10.0
-SUPERVISE_S = 0.1           # how often the supervisor checks the workers' exit codes, whatever the event rate
+SUPERVISE_S = 0.1  # how often the supervisor checks the workers' exit codes, whatever the event rate
 
 
 @dataclass
@@ -100,8 +115,9 @@ class RunResult:
             return None
         t_start = self.written[self.window][0]
         t_end = self.written[-1][0]
-        images = sum(n for _, n in self.written[self.window + 1:])
+        images = sum(n for _, n in self.written[self.window + 1 :])
         return images / (t_end - t_start) if t_end > t_start else None
+
     device_info: list[dict] = field(default_factory=list)  # per consumer, as in the manifest's "devices"
 
     @property
@@ -119,8 +135,11 @@ class RunResult:
             + (f"; {self.shards_kept} shards kept from the interrupted run" if self.shards_kept else ""),
             f"devices: {', '.join(self.devices) or '-'}; producers: {self.producers}; writers: {self.writers}",
         ]
-        gpus = [f"{d['device']} = {d.get('name', '?')} {d.get('uuid', '')}".rstrip() for d in self.device_info
-                if str(d.get("device", "")).startswith("cuda")]
+        gpus = [
+            f"{d['device']} = {d.get('name', '?')} {d.get('uuid', '')}".rstrip()
+            for d in self.device_info
+            if str(d.get("device", "")).startswith("cuda")
+        ]
         if gpus:
             lines.append(f"GPUs: {'; '.join(gpus)}")
         if self.busy:
@@ -128,7 +147,10 @@ class RunResult:
             bottleneck = max(self.busy, key=self.busy.get)
             lines.append(f"busy: {stages} (the busiest stage, {bottleneck}, bounds the speed)")
         if any(self.skipped_files.values()):
-            lines.append("files skipped by extension: " + ", ".join(f"{k or '(none)'} {v}" for k, v in self.skipped_files.items()))
+            lines.append(
+                "files skipped by extension: "
+                + ", ".join(f"{k or '(none)'} {v}" for k, v in self.skipped_files.items())
+            )
         lines.append(f"output: {self.pickle or self.parquet_dir}")
         return "\n".join(lines)
 
@@ -149,8 +171,14 @@ class Feeder:
     the task queue's buffer until the producers took them.
     """
 
-    def __init__(self, put: Callable[[Any], None], batches: Sequence[tuple[int, int, int, int]],
-                 make_task: Callable[[int, int, int, int], Any], producers: int, ahead: int) -> None:
+    def __init__(
+        self,
+        put: Callable[[Any], None],
+        batches: Sequence[tuple[int, int, int, int]],
+        make_task: Callable[[int, int, int, int], Any],
+        producers: int,
+        ahead: int,
+    ) -> None:
         self._put, self._make = put, make_task
         self._batches = batches
         self._ends_left = producers
@@ -172,8 +200,15 @@ class Feeder:
                 self._ends_left -= 1
 
 
-def run(config: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = False,
-        break_lock: bool = False, task: Any = None) -> RunResult:
+def run(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    break_lock: bool = False,
+    task: Any = None,
+) -> RunResult:
     """Run the whole pipeline for ``config``; returns when the output is complete.
 
     ``break_lock``: take the output's lock even if a run on another host holds it (see savedeep/runner/lock.py).
@@ -187,10 +222,12 @@ def run(config: Config, *, resume: bool = False, overwrite: bool = False, progre
         raise ConfigError(
             f"savedeep.run() was called while a savedeep worker process was importing {main}. Workers are "
             "started with the 'spawn' method, which imports the main script again: put the code that calls "
-            "savedeep.run() under `if __name__ == \"__main__\":`")
+            'savedeep.run() under `if __name__ == "__main__":`'
+        )
     with console_log():  # the warnings on stderr also where the run log is their only handler (an API call)
-        return Run(config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock,
-                   task=task).execute()
+        return Run(
+            config, resume=resume, overwrite=overwrite, progress=progress, break_lock=break_lock, task=task
+        ).execute()
 
 
 class Run:
@@ -200,32 +237,40 @@ class Run:
     rings), savedeep/runner/manifest.py records (NOTE [savedeep manifest]), savedeep/runner/ui.py shows.
     """
 
-    def __init__(self, config: Config, *, resume: bool, overwrite: bool, progress: bool,
-                 break_lock: bool = False, task: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resume: bool,
+        overwrite: bool,
+        progress: bool,
+        break_lock: bool = False,
+        task: Any = None,
+    ) -> None:
         if resume and overwrite:
             raise ConfigError("--resume and --overwrite contradict each other: choose one")
         self.config, self.resume, self.overwrite, self.progress = config, resume, overwrite, progress
         self.break_lock = break_lock
-        self.task = task                                # savedeep.runner.tasks.TaskSpec, or None for a whole run
+        self.task = task  # savedeep.runner.tasks.TaskSpec, or None for a whole run
         self.share = WholeOutput() if task is None else TaskShare(task)  # what differs for a task (shares.py)
         self.pq_dir = config.parquet_dir
-        self.pf: Preflight | None = None                # set first thing in execute
-        self.manifest: Manifest | None = None           # exists before any work is given out
-        self.resumed: dict[int, dict] = {}              # manifest entries of the shards --resume keeps
+        self.pf: Preflight | None = None  # set first thing in execute
+        self.manifest: Manifest | None = None  # exists before any work is given out
+        self.resumed: dict[int, dict] = {}  # manifest entries of the shards --resume keeps
         # the processes and what they share
-        self.procs: list[tuple[Any, str, int]] = []     # (process, role, index)
-        self.row_of: dict[tuple[str, int], int] = {}    # (role, index) -> its row in ch.current
-        self.rings: list[Any] = []                      # shared-memory segments to unlink at shutdown
+        self.procs: list[tuple[Any, str, int]] = []  # (process, role, index)
+        self.row_of: dict[tuple[str, int], int] = {}  # (role, index) -> its row in ch.current
+        self.rings: list[Any] = []  # shared-memory segments to unlink at shutdown
         self.ch: Channels | None = None
         self.listener: LogListener | None = None
         self.feeder: Feeder | None = None
         # what the workers reported
         self.bar: Progress | None = None
         self.stats: list[WorkerStats] = []
-        self.device_info: dict[int, dict] = {}          # consumer index -> DeviceInfo.info
+        self.device_info: dict[int, dict] = {}  # consumer index -> DeviceInfo.info
         self.rows = self.failures = self.shards_done = 0
-        self.written: list[tuple[float, int]] = []      # (s since t0, images) per batch written
-        self.window = 0                                 # batches in flight at most
+        self.written: list[tuple[float, int]] = []  # (s since t0, images) per batch written
+        self.window = 0  # batches in flight at most
         self.t0 = self.pipeline_wall = 0.0
 
     @property
@@ -241,11 +286,16 @@ class Run:
 
         self.t0 = time.perf_counter()
         # Every check before a worker starts: NOTE [savedeep preflight] in savedeep/runner/preflight.py.
-        self.pf = preflight(self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock,
-                            task=self.task)
+        self.pf = preflight(
+            self.config, resume=self.resume, overwrite=self.overwrite, break_lock=self.break_lock, task=self.task
+        )
         # Nothing of the output is touched before this (NOTE [savedeep output lock] in savedeep/runner/lock.py).
-        with OutputLock(self.config.output, fingerprint=self.config.fingerprint(), break_lock=self.break_lock,
-                        task=self.share.lock_index):
+        with OutputLock(
+            self.config.output,
+            fingerprint=self.config.fingerprint(),
+            break_lock=self.break_lock,
+            task=self.share.lock_index,
+        ):
             self._take_output()
             self.pq_dir.mkdir(parents=True, exist_ok=True)
             with run_log(self.share.log_file(self.config.log_file)), parent_owns_signals(self._stack_dump_pids):
@@ -259,15 +309,20 @@ class Run:
 
         if self.ch is None:
             return []
-        return [p.pid for row, (p, _, _) in enumerate(self.procs)
-                if p.pid and p.exitcode is None and self.ch.current[row] != STARTING]
+        return [
+            p.pid
+            for row, (p, _, _) in enumerate(self.procs)
+            if p.pid and p.exitcode is None and self.ch.current[row] != STARTING
+        ]
 
     def _take_output(self) -> None:
         """Act on the preflight's verdict on the existing output: delete it (--overwrite) or tidy it for --resume."""
         self.resumed = self.share.take(self.config, self.pf, self.pq_dir, self.overwrite)
         if set(self.resumed) != set(self.pf.keep):  # the preflight looked before the lock was taken
-            raise OutputError(f"{self.pq_dir} changed while this run was starting (another run finished or "
-                              "removed it); nothing was written: rerun the same command")
+            raise OutputError(
+                f"{self.pq_dir} changed while this run was starting (another run finished or "
+                "removed it); nothing was written: rerun the same command"
+            )
         self.rows = sum(s["rows"] for s in self.resumed.values())
         self.failures = sum(len(s["failures"]) for s in self.resumed.values())
 
@@ -291,10 +346,13 @@ class Run:
         except KeyboardInterrupt as exc:
             raise Interrupted(
                 f"interrupted; {self.shards_done} shard(s) finished in this run are kept in {self.pq_dir}: "
-                "rerun the same command with --resume to complete the output") from exc
+                "rerun the same command with --resume to complete the output"
+            ) from exc
         except Interrupted as exc:
-            raise Interrupted(f"{exc}; the shards finished so far are kept in {self.pq_dir}: "
-                              "rerun the same command with --resume to complete the output") from exc
+            raise Interrupted(
+                f"{exc}; the shards finished so far are kept in {self.pq_dir}: "
+                "rerun the same command with --resume to complete the output"
+            ) from exc
         finally:
             if self.bar is not None:
                 self.bar.close()
@@ -305,22 +363,41 @@ class Run:
 
     def _log_plan(self) -> None:
         pf, cfg = self.pf, self.config
-        log.info("%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s), %d writer(s); batch %d; "
-                 "%d usable CPU(s) (affinity, cgroup quota), %d thread(s) per consumer", len(pf.images),
-                 sum(z - a for _, _, a, z in pf.plan.batches), len(pf.plan.shards), cfg.engine,
-                 ", ".join(pf.devices), pf.producers, pf.writers, cfg.batch_size, pf.workers.cores,
-                 pf.workers.consumer_threads)
+        log.info(
+            "%d images (%d still to do) in %d shards; %s engine on %s; %d producer(s), %d writer(s); batch %d; "
+            "%d usable CPU(s) (affinity, cgroup quota), %d thread(s) per consumer",
+            len(pf.images),
+            sum(z - a for _, _, a, z in pf.plan.batches),
+            len(pf.plan.shards),
+            cfg.engine,
+            ", ".join(pf.devices),
+            pf.producers,
+            pf.writers,
+            cfg.batch_size,
+            pf.workers.cores,
+            pf.workers.consumer_threads,
+        )
         if pf.workers.note:
             log.info("%s", pf.workers.note)
 
     def _result(self) -> RunResult:
         pf, cfg = self.pf, self.config
         return RunResult(
-            pickle=self.share.pickle(cfg), parquet_dir=self.pq_dir, images=self.share.images(pf),
-            rows=self.rows, failures=self.failures, skipped_files=dict(pf.images.skipped),
-            shards_done=self.shards_done, shards_kept=len(self.resumed), wall_s=time.perf_counter() - self.t0,
-            devices=pf.devices if pf.plan.batches else [], producers=pf.producers, writers=pf.writers,
-            busy=busy_fractions(self.stats, self.pipeline_wall), written=list(self.written), window=self.window,
+            pickle=self.share.pickle(cfg),
+            parquet_dir=self.pq_dir,
+            images=self.share.images(pf),
+            rows=self.rows,
+            failures=self.failures,
+            skipped_files=dict(pf.images.skipped),
+            shards_done=self.shards_done,
+            shards_kept=len(self.resumed),
+            wall_s=time.perf_counter() - self.t0,
+            devices=pf.devices if pf.plan.batches else [],
+            producers=pf.producers,
+            writers=pf.writers,
+            busy=busy_fractions(self.stats, self.pipeline_wall),
+            written=list(self.written),
+            window=self.window,
             device_info=[self.device_info[i] for i in sorted(self.device_info)],
         )
 
@@ -343,9 +420,15 @@ class Run:
         self.rings = [Ring.create(in_spec), Ring.create(out_spec)]
         self.window = pf.out_slots  # batches in flight at most (the window's credits)
         G, W = len(pf.devices), pf.writers
-        log.info("rings: %d input slots, %d output slots (the window: batches in flight; %d producers + 2 per "
-                 "consumer + 2 per writer need %d), %.1f MiB of shared memory", pf.in_slots, pf.out_slots,
-                 pf.producers, pf.producers + 2 * G + 2 * W, (in_spec.nbytes + out_spec.nbytes) / 2**20)
+        log.info(
+            "rings: %d input slots, %d output slots (the window: batches in flight; %d producers + 2 per "
+            "consumer + 2 per writer need %d), %.1f MiB of shared memory",
+            pf.in_slots,
+            pf.out_slots,
+            pf.producers,
+            pf.producers + 2 * G + 2 * W,
+            (in_spec.nbytes + out_spec.nbytes) / 2**20,
+        )
         return in_spec, out_spec
 
     def _create_channels(self) -> None:
@@ -355,10 +438,17 @@ class Run:
         ctx, pf = mp.get_context("spawn"), self.pf
         n_workers = pf.producers + len(pf.devices) + pf.writers
         self.ch = ch = Channels(
-            tasks=ctx.Queue(), ready=ctx.Queue(), done=[ctx.Queue() for _ in range(pf.writers)], events=ctx.Queue(),
-            free_in=ctx.Queue(), free_out=ctx.Queue(), logs=ctx.Queue(),
-            window=ctx.Semaphore(pf.out_slots), stop=StopFlag(ctx),
-            current=ctx.Array("q", [STARTING] * n_workers, lock=False), parent_pid=os.getpid(),
+            tasks=ctx.Queue(),
+            ready=ctx.Queue(),
+            done=[ctx.Queue() for _ in range(pf.writers)],
+            events=ctx.Queue(),
+            free_in=ctx.Queue(),
+            free_out=ctx.Queue(),
+            logs=ctx.Queue(),
+            window=ctx.Semaphore(pf.out_slots),
+            stop=StopFlag(ctx),
+            current=ctx.Array("q", [STARTING] * n_workers, lock=False),
+            parent_pid=os.getpid(),
         )
         for i in range(pf.in_slots):
             ch.free_in.put(i)
@@ -376,8 +466,9 @@ class Run:
         cfg, pf = self.config, self.pf
         threads, G = pf.workers.consumer_threads, len(pf.devices)
         # Consumers first: importing torch or pycaffe and reading the weights takes them longest.
-        cargs = ConsumerArgs(cfg.engine, Path(cfg.model), cfg.batch_size, threads, pf.blob_specs, in_spec, out_spec,
-                             time.time())
+        cargs = ConsumerArgs(
+            cfg.engine, Path(cfg.model), cfg.batch_size, threads, pf.blob_specs, in_spec, out_spec, time.time()
+        )
         for i, dev in enumerate(pf.devices):
             self._spawn(consumer_main, "consumer", i, (dev, cargs), worker_env("consumer", dev, threads))
         pargs = ProducerArgs(pf.pre_spec, pf.mean, pf.input_shape, in_spec, cfg.on_error)
@@ -385,8 +476,18 @@ class Run:
             self._spawn(producer_main, "producer", i, (pargs,), worker_env("producer", None, 1))
         for w in range(pf.writers):
             mine, ranges, shard_batches = pf.plan.for_writer(w, pf.writers)
-            wargs = WriterArgs(self.pq_dir, tuple(pf.columns), dict(pf.images.metadata), cfg.compression,
-                               cfg.compression_level, mine, ranges, shard_batches, G, out_spec)
+            wargs = WriterArgs(
+                self.pq_dir,
+                tuple(pf.columns),
+                dict(pf.images.metadata),
+                cfg.compression,
+                cfg.compression_level,
+                mine,
+                ranges,
+                shard_batches,
+                G,
+                out_spec,
+            )
             self._spawn(writer_main, "writer", w, (wargs,), worker_env("writer", None, 1))
 
     def _spawn(self, target, role: str, index: int, payload: tuple, env: dict[str, str | None]) -> None:
@@ -404,8 +505,9 @@ class Run:
         ref, segment = put_payload(f"{role}{index}", payload)
         self.rings.append(segment)  # unlinked with the rings at shutdown
         row = len(self.procs)
-        p = mp.get_context("spawn").Process(target=spawned, args=(target, index, row, self.ch, ref),
-                                            name=f"savedeep-{role}{index}", daemon=True)
+        p = mp.get_context("spawn").Process(
+            target=spawned, args=(target, index, row, self.ch, ref), name=f"savedeep-{role}{index}", daemon=True
+        )
         start_process(p, env)
         self.procs.append((p, role, index))
         self.row_of[(role, index)] = row
@@ -477,8 +579,9 @@ class Run:
                 msg = self.ch.events.get(timeout=SUPERVISE_S)
                 self._on_event(msg)
                 if isinstance(msg, WorkerStats) and msg.role == "writer":
-                    if {s.index for s in self.stats if s.role == "writer"} == {i for _, r, i in self.procs
-                                                                               if r == "writer"}:
+                    if {s.index for s in self.stats if s.role == "writer"} == {
+                        i for _, r, i in self.procs if r == "writer"
+                    }:
                         # every writer sent its last message and is leaving: check at once, not a poll later
                         for w in writers:
                             w.join(1.0)
@@ -530,11 +633,12 @@ class Run:
             bus = f": shared memory ran out? see `df -h {SHM_DIR}`" if p.exitcode == -signal.SIGBUS else ""
             how = f"was killed by signal {-p.exitcode} ({signal.Signals(-p.exitcode).name}{bus})"
         else:
-            how = (f"exited with code {p.exitcode} without reporting an error "
-                   "(what it printed, if anything, is above)")
+            how = f"exited with code {p.exitcode} without reporting an error (what it printed, if anything, is above)"
         where = f" while on batch {batch}" if batch >= 0 else ""
-        return WorkerError(f"{role} {index}{dev} (pid {p.pid}) {how}{where}; the run was stopped. "
-                           "Shards already written are kept: rerun with --resume to complete the output")
+        return WorkerError(
+            f"{role} {index}{dev} (pid {p.pid}) {how}{where}; the run was stopped. "
+            "Shards already written are kept: rerun with --resume to complete the output"
+        )
 
     # -- the end ----------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -55,8 +55,10 @@ from savedeep.errors import ConfigError, InputError, OutputError
 log = logging.getLogger(__name__)
 
 ENGINE_MODULES = {"torch": "torch", "caffe": "caffe"}
-ENGINE_FIX = {"torch": 'pip install torch (or pip install -e ".[torch]"), or use engine: caffe',
-              "caffe": "build pycaffe with bash scripts/setup.sh, or use engine: torch (no pycaffe needed)"}
+ENGINE_FIX = {
+    "torch": 'pip install torch (or pip install -e ".[torch]"), or use engine: caffe',
+    "caffe": "build pycaffe with bash scripts/setup.sh, or use engine: torch (no pycaffe needed)",
+}
 
 
 # --------------------------------------------------------------------------- the plan
@@ -66,12 +68,13 @@ ENGINE_FIX = {"torch": 'pip install torch (or pip install -e ".[torch]"), or use
 class Plan:
     """Fixed shards (image ranges) and the batches of the shards still to do."""
 
-    shards: list[tuple[int, int, int]]        # (shard, start, stop) for every shard of the run
-    todo: list[int]                           # shards to compute
+    shards: list[tuple[int, int, int]]  # (shard, start, stop) for every shard of the run
+    todo: list[int]  # shards to compute
     batches: list[tuple[int, int, int, int]]  # (batch, shard, start, stop), in writing order
 
-    def for_writer(self, w: int, writers: int) -> tuple[tuple[tuple[int, int], ...], dict[int, tuple[int, int]],
-                                                          dict[int, int]]:
+    def for_writer(
+        self, w: int, writers: int
+    ) -> tuple[tuple[tuple[int, int], ...], dict[int, tuple[int, int]], dict[int, int]]:
         """Writer ``w``'s share (the shards k with k % writers == w): its (batch, shard) in writing order,
         each shard's image range and number of batches."""
         mine = tuple((b, k) for b, k, _, _ in self.batches if k % writers == w)
@@ -131,28 +134,28 @@ class Background:
 class Preflight:
     """What the parent knows once every check passed: the inputs read, the plan, the workers, the rings."""
 
-    model: Any                       # savedeep.caffe.model.Model (weights checked, not kept)
-    blob_specs: tuple[Any, ...]      # BlobSpec, in the order the user gave
-    columns: list[Any]               # savedeep.data.output.ColumnSpec
+    model: Any  # savedeep.caffe.model.Model (weights checked, not kept)
+    blob_specs: tuple[Any, ...]  # BlobSpec, in the order the user gave
+    columns: list[Any]  # savedeep.data.output.ColumnSpec
     blob_info: dict[str, Any]
     input_shape: tuple[int, ...]
-    images: Any                      # savedeep.data.images.ImageList
+    images: Any  # savedeep.data.images.ImageList
     mean: Any
     pre_spec: Any
     preprocess_desc: dict[str, Any]
     keys_digest: str
-    hashes: Any                      # Background -> {file name: sha256}
-    keep: set[int]                   # shards an interrupted run finished (--resume)
+    hashes: Any  # Background -> {file name: sha256}
+    keep: set[int]  # shards an interrupted run finished (--resume)
     output_exists: bool
     plan: Plan
     devices: list[str]
     producers: int
     writers: int
-    workers: Any = None              # savedeep.runner.devices.Workers (consumer threads, usable CPUs)
+    workers: Any = None  # savedeep.runner.devices.Workers (consumer threads, usable CPUs)
     in_slots: int = 0
     out_slots: int = 0
     warnings: list[str] = field(default_factory=list)
-    prediction: Any = None           # savedeep.runner.sizes.Prediction: what the run will write
+    prediction: Any = None  # savedeep.runner.sizes.Prediction: what the run will write
 
     @property
     def model_hashes(self) -> dict[str, str]:
@@ -182,8 +185,10 @@ def check_writable_location(path: Path, key: str) -> None:
         ancestor = ancestor.parent
     if not os.path.isdir(ancestor):
         kind = "a file" if os.path.isfile(ancestor) else "not a directory"
-        raise OutputError(f"{key}: cannot create {path}: {ancestor} is {kind}, not a directory; "
-                          f"choose {_a(key)} path whose folders are directories")
+        raise OutputError(
+            f"{key}: cannot create {path}: {ancestor} is {kind}, not a directory; "
+            f"choose {_a(key)} path whose folders are directories"
+        )
     try:
         if ancestor == parent:
             fd, probe = tempfile.mkstemp(prefix=".savedeep-probe-", dir=parent)
@@ -192,10 +197,11 @@ def check_writable_location(path: Path, key: str) -> None:
         else:
             os.rmdir(tempfile.mkdtemp(prefix=".savedeep-probe-", dir=ancestor))
     except OSError as exc:
-        what = (f"{parent} is not writable" if ancestor == parent
-                else f"{parent} cannot be created in {ancestor}")
-        raise OutputError(f"{key}: cannot write {path}: {what} ({exc.strerror or exc}); choose {_a(key)} path "
-                          "on a writable disk where you may create files") from None
+        what = f"{parent} is not writable" if ancestor == parent else f"{parent} cannot be created in {ancestor}"
+        raise OutputError(
+            f"{key}: cannot write {path}: {what} ({exc.strerror or exc}); choose {_a(key)} path "
+            "on a writable disk where you may create files"
+        ) from None
 
 
 def check_output_location(config: Config) -> None:
@@ -204,8 +210,10 @@ def check_output_location(config: Config) -> None:
     pq_dir = config.parquet_dir
     check_writable_location(out, "output")
     if _exists(pq_dir) and not os.path.isdir(pq_dir):
-        raise OutputError(f"output: {pq_dir} (where the Parquet shards go) is a file, not a savedeep output "
-                          "directory; move it away or choose another output")
+        raise OutputError(
+            f"output: {pq_dir} (where the Parquet shards go) is a file, not a savedeep output "
+            "directory; move it away or choose another output"
+        )
     if config.log_file is not None:
         log_file = Path(config.log_file)
         if os.path.isdir(log_file):
@@ -224,8 +232,10 @@ def check_engine_importable(engine: str) -> None:
     except (ImportError, ValueError):
         found = False
     if not found:
-        raise ConfigError(f"engine: {engine} needs the Python module {module!r}, which {sys.executable} cannot "
-                          f"import; {ENGINE_FIX[engine]}")
+        raise ConfigError(
+            f"engine: {engine} needs the Python module {module!r}, which {sys.executable} cannot "
+            f"import; {ENGINE_FIX[engine]}"
+        )
 
 
 # --------------------------------------------------------------------------- images
@@ -240,22 +250,38 @@ def check_listed_files(images: Any, on_error: str) -> None:
         return
     first = missing[0]
     if len(missing) == len(images.entries):
-        raise InputError(f"{images.source}: none of its {len(images.entries)} paths exists (the first, "
-                         f"{first.key!r}, would be {first.path}); relative paths are relative to the list file's "
-                         "folder: fix the paths or move the list")
+        raise InputError(
+            f"{images.source}: none of its {len(images.entries)} paths exists (the first, "
+            f"{first.key!r}, would be {first.path}); relative paths are relative to the list file's "
+            "folder: fix the paths or move the list"
+        )
     if on_error == "fail":
-        raise InputError(f"{images.source}: {len(missing)} of its {len(images.entries)} paths do not exist "
-                         f"(the first: {first.key!r} -> {first.path}); fix or remove them, or use on_error: skip "
-                         "to record them as failures")
-    log.warning("%s: %d of its %d paths do not exist (the first: %s); they will be recorded as failures",
-                images.source, len(missing), len(images.entries), first.path)
+        raise InputError(
+            f"{images.source}: {len(missing)} of its {len(images.entries)} paths do not exist "
+            f"(the first: {first.key!r} -> {first.path}); fix or remove them, or use on_error: skip "
+            "to record them as failures"
+        )
+    log.warning(
+        "%s: %d of its %d paths do not exist (the first: %s); they will be recorded as failures",
+        images.source,
+        len(missing),
+        len(images.entries),
+        first.path,
+    )
 
 
 # --------------------------------------------------------------------------- existing output
 
 
-def check_existing_output(config: Config, *, resume: bool, overwrite: bool, hashes: Callable[[], dict[str, str]],
-                          keys_digest: str, n_images: int) -> tuple[bool, set[int]]:
+def check_existing_output(
+    config: Config,
+    *,
+    resume: bool,
+    overwrite: bool,
+    hashes: Callable[[], dict[str, str]],
+    keys_digest: str,
+    n_images: int,
+) -> tuple[bool, set[int]]:
     """Check what is on disk against --resume/--overwrite; return (exists, shards to keep). Changes nothing."""
     from savedeep.runner.manifest import FORMAT, Manifest
     from savedeep.data.output import MANIFEST, check_removable
@@ -271,18 +297,23 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, hash
         check_removable(pk, pq_dir, config.log_file)  # refuses, listing them, if savedeep did not write it all
         return True, set()
     if not resume:
-        raise OutputError(f"{pk if _exists(pk) else pq_dir} exists; rerun with --overwrite to replace it, "
-                          "--resume to complete an interrupted run, or choose another output")
+        raise OutputError(
+            f"{pk if _exists(pk) else pq_dir} exists; rerun with --overwrite to replace it, "
+            "--resume to complete an interrupted run, or choose another output"
+        )
     manifest = Manifest.read(pq_dir) if os.path.isdir(pq_dir) else None
     if manifest is None:
         raise OutputError(f"cannot resume: {pq_dir} has no manifest; rerun with --overwrite")
     if not manifest.is_valid():
-        raise OutputError(f"cannot resume: {pq_dir / MANIFEST} is not a {FORMAT} manifest; "
-                          "rerun with --overwrite to start over")
+        raise OutputError(
+            f"cannot resume: {pq_dir / MANIFEST} is not a {FORMAT} manifest; rerun with --overwrite to start over"
+        )
     changed = manifest.changes(config, hashes, keys_digest, n_images)
     if changed:
-        raise OutputError(f"cannot resume {pq_dir}: since the interrupted run, these changed: "
-                          f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over")
+        raise OutputError(
+            f"cannot resume {pq_dir}: since the interrupted run, these changed: "
+            f"{'; '.join(changed)}. Rerun with the same settings, or with --overwrite to start over"
+        )
     # Which shards would be kept (adopting finished but unreported ones), on a copy: nothing is written here.
     manifest = Manifest(pq_dir, copy.deepcopy(manifest.data))
     manifest.adopt_finished(write=False)
@@ -292,8 +323,9 @@ def check_existing_output(config: Config, *, resume: bool, overwrite: bool, hash
 # --------------------------------------------------------------------------- the whole check
 
 
-def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, break_lock: bool = False,
-              task: Any = None) -> Preflight:
+def preflight(
+    config: Config, *, resume: bool = False, overwrite: bool = False, break_lock: bool = False, task: Any = None
+) -> Preflight:
     """Every check before a worker starts (see NOTE [savedeep preflight]); raises the error a run would raise.
 
     ``task`` (savedeep.runner.tasks.TaskSpec): plan only that task's shards, and judge the output as a
@@ -312,8 +344,10 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
     if task is not None and overwrite:
-        raise ConfigError("--overwrite cannot be given with --task/--tasks: tasks running at once would delete each "
-                          "other's shards; delete the old output once before starting the tasks")
+        raise ConfigError(
+            "--overwrite cannot be given with --task/--tasks: tasks running at once would delete each "
+            "other's shards; delete the old output once before starting the tasks"
+        )
     maybe_fail("preflight", 0, 0)
     cfg = config
     check_output_location(cfg)
@@ -338,8 +372,13 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
         shape = tuple(shapes[s.name][1:])
         red = make_reducer(s, shape)
         columns.append(ColumnSpec(s.name, tuple(red.out_shape), str(red.out_dtype), cfg.storage))
-        blob_info[s.name] = {"shape": list(red.out_shape), "dtype": str(red.out_dtype), "storage": cfg.storage,
-                             "blob_shape": list(shape), "reduce": red.describe()}
+        blob_info[s.name] = {
+            "shape": list(red.out_shape),
+            "dtype": str(red.out_dtype),
+            "storage": cfg.storage,
+            "blob_shape": list(shape),
+            "reduce": red.describe(),
+        }
     mean = load_mean(model.mean_path)
     pre_spec = cfg.preprocess  # the spec itself (savedeep.config.PreprocessSpec)
     preprocess_desc = Preprocessor(pre_spec, mean, input_shape).describe()
@@ -348,47 +387,82 @@ def preflight(config: Config, *, resume: bool = False, overwrite: bool = False, 
     images = list_images(cfg.images)
     clash = [n for n in names if n == "image" or n in images.metadata]
     if clash:
-        raise ConfigError(f"blobs: {clash} would collide with the output's key/metadata columns "
-                          f"(image, {', '.join(images.metadata) or 'no metadata'}); rename the CSV column")
+        raise ConfigError(
+            f"blobs: {clash} would collide with the output's key/metadata columns "
+            f"(image, {', '.join(images.metadata) or 'no metadata'}); rename the CSV column"
+        )
     check_listed_files(images, cfg.on_error)
     digest = keys_digest(images.keys)
 
     # A run in progress on this output is named first: it explains whatever is on disk.
     OutputLock(cfg.output, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
     if task is None:
-        exists, keep = check_existing_output(cfg, resume=resume, overwrite=overwrite, hashes=hashes.result,
-                                             keys_digest=digest, n_images=len(images))
+        exists, keep = check_existing_output(
+            cfg, resume=resume, overwrite=overwrite, hashes=hashes.result, keys_digest=digest, n_images=len(images)
+        )
         plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep)
     else:
         from savedeep.runner.tasks import check_task_output
 
         OutputLock(cfg.output, task=task.index, fingerprint=cfg.fingerprint(), break_lock=break_lock).check()
-        header = {"result_fingerprint": cfg.result_fingerprint(), "config": cfg.canonical(),
-                  "model": {"sha256": hashes.result()}, "images": {"count": len(images), "keys_sha256": digest},
-                  "task": {"count": task.count}}
+        header = {
+            "result_fingerprint": cfg.result_fingerprint(),
+            "config": cfg.canonical(),
+            "model": {"sha256": hashes.result()},
+            "images": {"count": len(images), "keys_sha256": digest},
+            "task": {"count": task.count},
+        }
         exists, keep = check_task_output(cfg, task, header)
         n_shards = math.ceil(len(images) / cfg.shard_size)
         others = {k for k in range(n_shards) if not task.owns(k)}
         plan = make_plan(len(images), cfg.shard_size, cfg.batch_size, keep | others)
     load = cpu_load(cfg.engine, model.net, names, columns, Path(model.weights).stat().st_size, cfg.batch_size)
-    devices, workers = plan_devices(cfg, len(plan.batches), len(plan.todo), load,
-                                    images=sum(z - a for _, _, a, z in plan.batches))
-    pf = Preflight(model=model, blob_specs=blob_specs, columns=columns, blob_info=blob_info, input_shape=input_shape,
-                   images=images, mean=mean, pre_spec=pre_spec, preprocess_desc=preprocess_desc,
-                   keys_digest=digest, hashes=hashes, keep=keep, output_exists=exists, plan=plan,
-                   devices=devices, producers=workers.producers, writers=workers.writers, workers=workers)
+    devices, workers = plan_devices(
+        cfg, len(plan.batches), len(plan.todo), load, images=sum(z - a for _, _, a, z in plan.batches)
+    )
+    pf = Preflight(
+        model=model,
+        blob_specs=blob_specs,
+        columns=columns,
+        blob_info=blob_info,
+        input_shape=input_shape,
+        images=images,
+        mean=mean,
+        pre_spec=pre_spec,
+        preprocess_desc=preprocess_desc,
+        keys_digest=digest,
+        hashes=hashes,
+        keep=keep,
+        output_exists=exists,
+        plan=plan,
+        devices=devices,
+        producers=workers.producers,
+        writers=workers.writers,
+        workers=workers,
+    )
     if plan.batches:
         # The rings: one batch of each must fit in /dev/shm, or the run stops here (see size_rings);
         # where the window cannot give every producer a batch, fewer producers start.
         B = cfg.batch_size
         in_fields = [Field("data", (B, *input_shape), "float32")]
         out_fields = [Field(c.name, (B, *c.shape), c.dtype) for c in columns]
-        rings = size_rings(new_ring_spec("in", 1, in_fields).slot_bytes, new_ring_spec("out", 1, out_fields).slot_bytes,
-                           workers.producers, len(devices), workers.writers, cfg.ring_slots, shm_free_bytes())
+        rings = size_rings(
+            new_ring_spec("in", 1, in_fields).slot_bytes,
+            new_ring_spec("out", 1, out_fields).slot_bytes,
+            workers.producers,
+            len(devices),
+            workers.writers,
+            cfg.ring_slots,
+            shm_free_bytes(),
+        )
         pf.in_slots, pf.out_slots = rings.in_slots, rings.out_slots
         if rings.producers < workers.producers:
-            log.info("producers: %d instead of %d, as many as the window of %d batches lets work",
-                     rings.producers, workers.producers, rings.out_slots)
+            log.info(
+                "producers: %d instead of %d, as many as the window of %d batches lets work",
+                rings.producers,
+                workers.producers,
+                rings.out_slots,
+            )
             pf.producers = rings.producers
     pf.prediction = check_sizes(cfg, pf, resume=resume, overwrite=overwrite, task=task)
     return pf
@@ -407,9 +481,10 @@ def check_sizes(cfg: Config, pf: Preflight, *, resume: bool, overwrite: bool, ta
     pred = predict(cfg, pf, task=task)
     if pf.plan.batches:
         B = cfg.batch_size
-        pred.rings = (new_ring_spec("in", pf.in_slots, [Field("data", (B, *pf.input_shape), "float32")]).nbytes
-                      + new_ring_spec("out", pf.out_slots, [Field(c.name, (B, *c.shape), c.dtype)
-                                                             for c in pf.columns]).nbytes)
+        pred.rings = (
+            new_ring_spec("in", pf.in_slots, [Field("data", (B, *pf.input_shape), "float32")]).nbytes
+            + new_ring_spec("out", pf.out_slots, [Field(c.name, (B, *c.shape), c.dtype) for c in pf.columns]).nbytes
+        )
         pred.shm_free = shm_free_bytes()
     check_pickle(pred, cfg)
     back = 0 if task is not None else reclaimable(cfg, resume=resume, overwrite=overwrite, exists=pf.output_exists)

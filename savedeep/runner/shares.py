@@ -57,8 +57,13 @@ class WholeOutput:
         return manifest
 
     def finish(self, manifest: Manifest, config: Any, devices: list[dict], wall_s: float) -> None:
-        manifest.finish(devices=devices, wall_s=wall_s, pickle_path=Path(config.output), pickle=config.pickle,
-                        max_pickle_bytes=config.max_pickle_bytes)
+        manifest.finish(
+            devices=devices,
+            wall_s=wall_s,
+            pickle_path=Path(config.output),
+            pickle=config.pickle,
+            max_pickle_bytes=config.max_pickle_bytes,
+        )
 
     def stopped(self, manifest: Manifest) -> None:
         pass  # the manifest says which shards are done; --resume completes it
@@ -68,9 +73,9 @@ class TaskShare(WholeOutput):
     """One array task (``--task K/N``): its shards of a shared output, its own record, its own log file."""
 
     def __init__(self, task: Any) -> None:
-        self.task = task                                 # savedeep.runner.tasks.TaskSpec
+        self.task = task  # savedeep.runner.tasks.TaskSpec
         self.lock_index = task.index
-        self.previous_record: dict | None = None         # this task's record from an earlier attempt
+        self.previous_record: dict | None = None  # this task's record from an earlier attempt
 
     def log_file(self, log_file: Path | None) -> Path | None:
         from savedeep.runner.tasks import task_log
@@ -79,8 +84,9 @@ class TaskShare(WholeOutput):
 
     def announce(self) -> None:
         t = self.task
-        log.info("%s (the index from %s); its shards: those k with k %% %d == %d", t.describe(), t.source,
-                 t.count, t.index)
+        log.info(
+            "%s (the index from %s); its shards: those k with k %% %d == %d", t.describe(), t.source, t.count, t.index
+        )
 
     def take(self, config: Any, pf: Any, pq_dir: Path, overwrite: bool) -> dict[int, dict]:
         from savedeep.runner.tasks import tidy_task

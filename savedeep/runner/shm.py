@@ -145,7 +145,7 @@ def put_payload(role: str, obj: object) -> tuple[PayloadRef, "Segment"]:
     name = f"{SHM_PREFIX}{os.getpid()}_args_{role}_{secrets.token_hex(4)}"
     shm = shared_memory.SharedMemory(name=name, create=True, size=max(len(data), 1))
     assert shm.buf is not None  # open: None only after close()
-    shm.buf[:len(data)] = data
+    shm.buf[: len(data)] = data
     return PayloadRef(name, len(data)), Segment(shm)
 
 
@@ -156,7 +156,7 @@ def take_payload(ref: PayloadRef) -> tuple[Any, ...]:
     shm = shared_memory.SharedMemory(name=ref.name, create=False)
     try:
         assert shm.buf is not None  # open: None only after close()
-        data = bytes(shm.buf[:ref.size])
+        data = bytes(shm.buf[: ref.size])
     finally:
         shm.close()
     return pickle.loads(data)

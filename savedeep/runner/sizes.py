@@ -49,15 +49,16 @@ from savedeep.units import human_bytes  # noqa: F401 - also imported from here
 
 # A bound on the pickle's bytes per array beyond its data (numpy's reduce, the memo, framing: 25-45 measured)
 PICKLE_ROW_BOUND = 64
-PICKLE_FIXED = 64 * 2**10          # the DataFrame's own structure, a bound
-PARQUET_SHARD_FIXED = 2 * 2**10    # a shard's schema, footer and record (an empty shard of 2 blobs: 1.2 KB)
-PARQUET_CHUNK = 256                # a column's metadata in each row group (one row group per batch)
-PARQUET_KEY_EXTRA = 8              # per image key beyond its UTF-8 bytes (offsets, levels), a bound
-MANIFEST_FIXED = 64 * 2**10        # the manifest's header: config, hashes, preprocessing, versions, devices
-MANIFEST_PER_SHARD = 160           # one shard's entry, JSON-indented
-LOG_FIXED = 32 * 2**10             # a run's log: a few dozen lines
-EXACT_PICKLE_OBJECTS = 300_000     # above this many arrays and strings, the pickle file's size is extrapolated
-FAILURES_FIXED = 4 * 2**10         # the failures table when no image fails
+PICKLE_FIXED = 64 * 2**10  # the DataFrame's own structure, a bound
+PARQUET_SHARD_FIXED = 2 * 2**10  # a shard's schema, footer and record (an empty shard of 2 blobs: 1.2 KB)
+PARQUET_CHUNK = 256  # a column's metadata in each row group (one row group per batch)
+PARQUET_KEY_EXTRA = 8  # per image key beyond its UTF-8 bytes (offsets, levels), a bound
+MANIFEST_FIXED = 64 * 2**10  # the manifest's header: config, hashes, preprocessing, versions, devices
+MANIFEST_PER_SHARD = 160  # one shard's entry, JSON-indented
+LOG_FIXED = 32 * 2**10  # a run's log: a few dozen lines
+EXACT_PICKLE_OBJECTS = 300_000  # above this many arrays and strings, the pickle file's size is extrapolated
+FAILURES_FIXED = 4 * 2**10  # the failures table when no image fails
+
 
 @dataclass
 class BlobPrediction:
@@ -75,28 +76,28 @@ class BlobPrediction:
 class Prediction:
     """What a run will write (NOTE [savedeep output sizes]); sizes in bytes."""
 
-    images: int                      # rows of the output if every image decodes
-    images_todo: int                 # images this run computes (--resume, --task: fewer)
+    images: int  # rows of the output if every image decodes
+    images_todo: int  # images this run computes (--resume, --task: fewer)
     shards: int
     shards_todo: int
     blobs: list[BlobPrediction]
-    parquet: int                     # the whole output's shards, estimate
-    parquet_todo: int                # the shards this run writes, estimate
+    parquet: int  # the whole output's shards, estimate
+    parquet_todo: int  # the shards this run writes, estimate
     parquet_basis: str
-    pickle: bool                     # a pickle will be written (by this run, or for a task by `savedeep merge`)
-    pickle_activations: int          # exact; what max_pickle_bytes limits
+    pickle: bool  # a pickle will be written (by this run, or for a task by `savedeep merge`)
+    pickle_activations: int  # exact; what max_pickle_bytes limits
     max_pickle_bytes: int
-    pickle_file: int | None          # None: not written
+    pickle_file: int | None  # None: not written
     pickle_file_exact: bool
     failures_table: int
     manifest: int
     log: int
-    total_new: int                   # the bytes this run adds, at most about
-    free: dict[str, int | None] = field(default_factory=dict)   # folder -> free bytes on its file system
-    need: dict[str, int] = field(default_factory=dict)          # folder -> bytes this run writes there
-    reclaimed: dict[str, int] = field(default_factory=dict)     # folder -> bytes of the old output deleted first
-    rings: int = 0                   # shared memory of the rings
-    by_merge: bool = False           # a task's run: the pickle, failures table and manifest are the merge's
+    total_new: int  # the bytes this run adds, at most about
+    free: dict[str, int | None] = field(default_factory=dict)  # folder -> free bytes on its file system
+    need: dict[str, int] = field(default_factory=dict)  # folder -> bytes this run writes there
+    reclaimed: dict[str, int] = field(default_factory=dict)  # folder -> bytes of the old output deleted first
+    rings: int = 0  # shared memory of the rings
+    by_merge: bool = False  # a task's run: the pickle, failures table and manifest are the merge's
     shm_free: int | None = None
 
     @property
@@ -113,32 +114,48 @@ class Prediction:
         h = human_bytes
         out = []
         for b in self.blobs:
-            out.append(f"  {b.name}: {h(b.per_image)} per image x {self.images} = {h(b.activations)} of activations; "
-                       f"Parquet about {h(b.parquet)}")
-        out.append(f"  Parquet: about {h(self.parquet)} in {self.shards} shard(s) ({self.parquet_basis})"
-                   + (f"; this run writes {self.shards_todo} of them, about {h(self.parquet_todo)}"
-                      if self.shards_todo != self.shards else ""))
+            out.append(
+                f"  {b.name}: {h(b.per_image)} per image x {self.images} = {h(b.activations)} of activations; "
+                f"Parquet about {h(b.parquet)}"
+            )
+        out.append(
+            f"  Parquet: about {h(self.parquet)} in {self.shards} shard(s) ({self.parquet_basis})"
+            + (
+                f"; this run writes {self.shards_todo} of them, about {h(self.parquet_todo)}"
+                if self.shards_todo != self.shards
+                else ""
+            )
+        )
         if not self.pickle:
             out.append("  pickle: not written (pickle: false)")
         elif self.pickle_refused:
-            out.append(f"  pickle: {h(self.pickle_activations)} of activations, above max_pickle_bytes "
-                       f"({h(self.max_pickle_bytes)}): the run would be refused")
+            out.append(
+                f"  pickle: {h(self.pickle_activations)} of activations, above max_pickle_bytes "
+                f"({h(self.max_pickle_bytes)}): the run would be refused"
+            )
         else:
             kind = "exactly" if self.pickle_file_exact else "about"
-            out.append(f"  pickle{' (written by savedeep merge)' if self.by_merge else ''}: {kind} "
-                       f"{h(self.pickle_file or 0)} ({self.pickle_file} bytes; {h(self.pickle_activations)} of "
-                       f"activations, max_pickle_bytes {h(self.max_pickle_bytes)})")
-        out.append(f"  failures table, manifest, log: about {h(self.failures_table)}, {h(self.manifest)}, "
-                   f"{h(self.log)}")
+            out.append(
+                f"  pickle{' (written by savedeep merge)' if self.by_merge else ''}: {kind} "
+                f"{h(self.pickle_file or 0)} ({self.pickle_file} bytes; {h(self.pickle_activations)} of "
+                f"activations, max_pickle_bytes {h(self.max_pickle_bytes)})"
+            )
+        out.append(
+            f"  failures table, manifest, log: about {h(self.failures_table)}, {h(self.manifest)}, {h(self.log)}"
+        )
         for folder, need in self.need.items():
             free = self.free.get(folder)
             back = self.reclaimed.get(folder, 0)
-            out.append(f"  disk: about {h(need)} to write in {folder}; "
-                       + ("free space unknown" if free is None else f"{h(free)} free")
-                       + (f" (+ {h(back)} of the old output, deleted first)" if back else ""))
+            out.append(
+                f"  disk: about {h(need)} to write in {folder}; "
+                + ("free space unknown" if free is None else f"{h(free)} free")
+                + (f" (+ {h(back)} of the old output, deleted first)" if back else "")
+            )
         if self.rings:
-            out.append(f"  shared memory: {h(self.rings)} of rings; "
-                       + ("/dev/shm: unknown" if self.shm_free is None else f"{h(self.shm_free)} free in /dev/shm"))
+            out.append(
+                f"  shared memory: {h(self.rings)} of rings; "
+                + ("/dev/shm: unknown" if self.shm_free is None else f"{h(self.shm_free)} free in /dev/shm")
+            )
         return out
 
 
@@ -152,12 +169,14 @@ def _key_bytes(keys: Sequence[str]) -> int:
 
 def _text_bytes(keys: Sequence[str], metadata: dict[str, Sequence[Any]], n: int) -> int:
     """The UTF-8 bytes of the first ``n`` keys and their metadata values."""
-    return _key_bytes(keys[:n]) + sum(_key_bytes([str(v) for v in vals[:n] if v is not None])
-                                      for vals in metadata.values())
+    return _key_bytes(keys[:n]) + sum(
+        _key_bytes([str(v) for v in vals[:n] if v is not None]) for vals in metadata.values()
+    )
 
 
-def pickle_file_size(keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[Any],
-                     directory: Path) -> tuple[int, bool]:
+def pickle_file_size(
+    keys: Sequence[str], metadata: dict[str, Sequence[Any]], columns: Sequence[Any], directory: Path
+) -> tuple[int, bool]:
     """(the pickle file's bytes, whether exact): exact up to EXACT_PICKLE_OBJECTS arrays and strings
     (savedeep.data.output.pickle_file_bytes; 1 M rows of 2 blobs took 12 s and 1.6 GiB), beyond that
     extrapolated from two exact samples: the bytes beyond the strings' own grow by the same amount
@@ -180,8 +199,15 @@ def pickle_file_size(keys: Sequence[str], metadata: dict[str, Sequence[Any]], co
     return round(s1 + (s2 - s1) * (n - m1) / (m2 - m1)) + _text_bytes(keys, metadata, n), False
 
 
-def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = False,
-            parquet_ratio: float | None = None, ratio_basis: str = "") -> Prediction:
+def predict(
+    config: Any,
+    pf: Any,
+    *,
+    task: Any = None,
+    exact_pickle: bool = False,
+    parquet_ratio: float | None = None,
+    ratio_basis: str = "",
+) -> Prediction:
     """The output of a run of ``config`` whose preflight is ``pf`` (savedeep.runner.preflight.Preflight).
 
     ``exact_pickle``: the pickle file's size from a stand-in pickled (:func:`pickle_file_size`: exact
@@ -205,8 +231,14 @@ def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = Fals
     B = config.batch_size
     row_groups = sum(-(-(z - a) // B) for _, a, z in pf.plan.shards)
     columns = 1 + len(pf.images.metadata) + len(blobs)
-    parquet = (math.ceil(per_image * images * ratio) + _key_bytes(keys) + meta_bytes + fixed_per_image * images
-               + PARQUET_SHARD_FIXED * n_shards + PARQUET_CHUNK * row_groups * columns)
+    parquet = (
+        math.ceil(per_image * images * ratio)
+        + _key_bytes(keys)
+        + meta_bytes
+        + fixed_per_image * images
+        + PARQUET_SHARD_FIXED * n_shards
+        + PARQUET_CHUNK * row_groups * columns
+    )
     # the shards still to do, in proportion to their images
     parquet_todo = parquet if images_todo == images else math.ceil(parquet * images_todo / max(1, images))
     pickle = bool(config.pickle)  # for a task, `savedeep merge` writes it: refused now all the same
@@ -216,14 +248,34 @@ def predict(config: Any, pf: Any, *, task: Any = None, exact_pickle: bool = Fals
         if exact_pickle:
             pickle_file, exact = pickle_file_size(keys, pf.images.metadata, pf.columns, config.parquet_dir)
         else:
-            pickle_file = (activations + _key_bytes(keys) + meta_bytes
-                           + PICKLE_ROW_BOUND * images * (len(blobs) + 1 + len(pf.images.metadata)) + PICKLE_FIXED)
+            pickle_file = (
+                activations
+                + _key_bytes(keys)
+                + meta_bytes
+                + PICKLE_ROW_BOUND * images * (len(blobs) + 1 + len(pf.images.metadata))
+                + PICKLE_FIXED
+            )
     manifest = MANIFEST_FIXED + MANIFEST_PER_SHARD * n_shards
-    pred = Prediction(images=images, images_todo=images_todo, shards=n_shards, shards_todo=len(todo), blobs=blobs,
-                      parquet=parquet, parquet_todo=parquet_todo, parquet_basis=basis, pickle=pickle,
-                      pickle_activations=activations, max_pickle_bytes=config.max_pickle_bytes,
-                      pickle_file=pickle_file, pickle_file_exact=exact, failures_table=FAILURES_FIXED,
-                      manifest=manifest, log=LOG_FIXED, total_new=0, by_merge=task is not None)
+    pred = Prediction(
+        images=images,
+        images_todo=images_todo,
+        shards=n_shards,
+        shards_todo=len(todo),
+        blobs=blobs,
+        parquet=parquet,
+        parquet_todo=parquet_todo,
+        parquet_basis=basis,
+        pickle=pickle,
+        pickle_activations=activations,
+        max_pickle_bytes=config.max_pickle_bytes,
+        pickle_file=pickle_file,
+        pickle_file_exact=exact,
+        failures_table=FAILURES_FIXED,
+        manifest=manifest,
+        log=LOG_FIXED,
+        total_new=0,
+        by_merge=task is not None,
+    )
     _place(pred, config, task)
     return pred
 
@@ -306,7 +358,8 @@ def check_pickle(pred: Prediction, config: Any) -> None:
         f"max_pickle_bytes ({h(pred.max_pickle_bytes)}); nothing was started. Either write no pickle "
         "(pickle: false or --no-pickle: the Parquet output holds every row, and savedeep.load_array reads one "
         f"blob at a time), or raise max_pickle_bytes (e.g. {_round_up(pred.pickle_activations)}, if this machine has "
-        "that much memory), or store less: fewer blobs, dtype: float16, or reduce: {pool: mean}")
+        "that much memory), or store less: fewer blobs, dtype: float16, or reduce: {pool: mean}"
+    )
 
 
 def _round_up(n: int) -> str:
@@ -340,8 +393,17 @@ def check_space(pred: Prediction, config: Any, reclaimed: int = 0) -> None:
                 f"there ({', '.join(parts)}; {pred.parquet_basis}); nothing was started. Free some space, choose an "
                 "output on a larger disk, or write less (pickle: false, fewer blobs, dtype: float16, reduce); if "
                 "the estimate is too high (the activations compress well), rerun with --no-space-check "
-                "(space_check: false)")
+                "(space_check: false)"
+            )
 
 
-__all__ = ["Prediction", "BlobPrediction", "check_pickle", "check_space", "free_bytes", "human_bytes", "predict",
-           "reclaimable"]
+__all__ = [
+    "Prediction",
+    "BlobPrediction",
+    "check_pickle",
+    "check_space",
+    "free_bytes",
+    "human_bytes",
+    "predict",
+    "reclaimable",
+]

@@ -37,10 +37,10 @@ class SlurmOptions:
     """What goes into the two scripts."""
 
     tasks: int
-    run_args: list[str]                       # savedeep run's arguments after `run` (config and flags), absolute
-    output: Path                              # the pickle path, absolute
-    directory: Path                           # where the scripts and the logs go
-    savedeep: str = ""                        # the executable; default: the one beside this Python
+    run_args: list[str]  # savedeep run's arguments after `run` (config and flags), absolute
+    output: Path  # the pickle path, absolute
+    directory: Path  # where the scripts and the logs go
+    savedeep: str = ""  # the executable; default: the one beside this Python
     gpus_per_task: int | None = None
     partition: str | None = None
     time: str | None = None
@@ -76,11 +76,13 @@ def _sbatch_lines(o: SlurmOptions, *, array: bool) -> list[str]:
     lines = [f"#SBATCH --job-name={o.job_name}" + ("" if array else "-merge")]
     if array:
         limit = f"%{o.array_limit}" if o.array_limit else ""
-        lines += [f"#SBATCH --array=0-{o.tasks - 1}{limit}",
-                  f"#SBATCH --output={logs}/%A_%a.out",
-                  "#SBATCH --open-mode=append        # a requeued task appends to its log",
-                  "#SBATCH --requeue                 # a preempted or failed node's task runs again and resumes",
-                  "#SBATCH --ntasks=1"]
+        lines += [
+            f"#SBATCH --array=0-{o.tasks - 1}{limit}",
+            f"#SBATCH --output={logs}/%A_%a.out",
+            "#SBATCH --open-mode=append        # a requeued task appends to its log",
+            "#SBATCH --requeue                 # a preempted or failed node's task runs again and resumes",
+            "#SBATCH --ntasks=1",
+        ]
         if o.cpus_per_task:
             lines.append(f"#SBATCH --cpus-per-task={o.cpus_per_task}")
         if o.gpus_per_task:
@@ -101,49 +103,59 @@ def _sbatch_lines(o: SlurmOptions, *, array: bool) -> list[str]:
 
 
 def _setup_block(o: SlurmOptions) -> list[str]:
-    return ["# ---- site set-up: edit here (modules, conda, containers) ----",
-            *(o.setup or [SITE_SETUP_DEFAULT]),
-            f"SAVEDEEP={shlex.quote(o.savedeep)}    # the savedeep of the environment the tasks use (--savedeep)",
-            "# ---- end of site set-up ----"]
+    return [
+        "# ---- site set-up: edit here (modules, conda, containers) ----",
+        *(o.setup or [SITE_SETUP_DEFAULT]),
+        f"SAVEDEEP={shlex.quote(o.savedeep)}    # the savedeep of the environment the tasks use (--savedeep)",
+        "# ---- end of site set-up ----",
+    ]
 
 
 def array_script(o: SlurmOptions) -> str:
     """The array job: task $SLURM_ARRAY_TASK_ID of N computes its shards into the shared output."""
     run = " ".join(shlex.quote(a) for a in o.run_args)
-    gpu_note = ("# GPUs: each task uses the GPUs Slurm gives it (CUDA_VISIBLE_DEVICES), one consumer per GPU;\n"
-                "# the config's gpus: all (the default) takes them all.\n" if o.gpus_per_task else "")
-    return "\n".join([
-        "#!/bin/bash",
-        f"# savedeep array job: {o.tasks} tasks computing {o.output} (written by savedeep slurm).",
-        "# Resubmit only some tasks (the indices savedeep merge names) with this same script:",
-        f"#   sbatch --array={','.join(str(k) for k in range(min(o.tasks, 2)))} " + str(o.directory / "array.sh"),
-        "# then merge: sbatch " + str(o.directory / "merge.sh") + "  (or: savedeep merge " + str(o.output) + ")",
-        *_sbatch_lines(o, array=True),
-        "",
-        *_setup_block(o),
-        "",
-        "set -euo pipefail",
-        gpu_note + f"cd {shlex.quote(str(Path.cwd()))}",
-        "# --tasks N takes K from SLURM_ARRAY_TASK_ID; N is fixed here, so resubmitting some indices keeps the split.",
-        f'exec $SAVEDEEP run {run} --tasks {o.tasks} --no-progress',
-        "",
-    ])
+    gpu_note = (
+        "# GPUs: each task uses the GPUs Slurm gives it (CUDA_VISIBLE_DEVICES), one consumer per GPU;\n"
+        "# the config's gpus: all (the default) takes them all.\n"
+        if o.gpus_per_task
+        else ""
+    )
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"# savedeep array job: {o.tasks} tasks computing {o.output} (written by savedeep slurm).",
+            "# Resubmit only some tasks (the indices savedeep merge names) with this same script:",
+            f"#   sbatch --array={','.join(str(k) for k in range(min(o.tasks, 2)))} " + str(o.directory / "array.sh"),
+            "# then merge: sbatch " + str(o.directory / "merge.sh") + "  (or: savedeep merge " + str(o.output) + ")",
+            *_sbatch_lines(o, array=True),
+            "",
+            *_setup_block(o),
+            "",
+            "set -euo pipefail",
+            gpu_note + f"cd {shlex.quote(str(Path.cwd()))}",
+            "# --tasks N takes K from SLURM_ARRAY_TASK_ID; N is fixed here, so resubmitting some indices keeps the split.",
+            f"exec $SAVEDEEP run {run} --tasks {o.tasks} --no-progress",
+            "",
+        ]
+    )
 
 
 def merge_script(o: SlurmOptions) -> str:
     """The merge job: checks every shard and task, then writes the manifest and the pickle."""
-    return "\n".join([
-        "#!/bin/bash",
-        f"# savedeep merge job for {o.output}: submitted with --dependency=afterok:<array job> by savedeep slurm.",
-        *_sbatch_lines(o, array=False),
-        "",
-        *_setup_block(o),
-        "",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(Path.cwd()))}",
-        f"exec $SAVEDEEP merge {shlex.quote(str(o.output))}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            f"# savedeep merge job for {o.output}: submitted with --dependency=afterok:<array job> by savedeep slurm.",
+            *_sbatch_lines(o, array=False),
+            "",
+            *_setup_block(o),
+            "",
+            "set -euo pipefail",
+            f"cd {shlex.quote(str(Path.cwd()))}",
+            f"exec $SAVEDEEP merge {shlex.quote(str(o.output))}",
+            "",
+        ]
+    )
 
 
 def write_scripts(o: SlurmOptions) -> tuple[Path, Path]:
@@ -167,8 +179,10 @@ def sbatch(args: Sequence[str]) -> str:
     """Run ``sbatch --parsable ARGS``; return the job id."""
     exe = shutil.which("sbatch")
     if exe is None:
-        raise SubmitError("--submit: sbatch is not on PATH (is this a Slurm login node?); the scripts are written: "
-                          "submit them yourself where sbatch is")
+        raise SubmitError(
+            "--submit: sbatch is not on PATH (is this a Slurm login node?); the scripts are written: "
+            "submit them yourself where sbatch is"
+        )
     proc = subprocess.run([exe, "--parsable", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SubmitError(f"sbatch {' '.join(args)} failed (exit {proc.returncode}): {proc.stderr.strip()}")
@@ -181,8 +195,10 @@ class Submitted:
     merge_job: str
 
     def summary(self) -> str:
-        return (f"submitted array job {self.array_job} and merge job {self.merge_job} "
-                f"(runs after every task succeeded)\nwatch: squeue -j {self.array_job},{self.merge_job}")
+        return (
+            f"submitted array job {self.array_job} and merge job {self.merge_job} "
+            f"(runs after every task succeeded)\nwatch: squeue -j {self.array_job},{self.merge_job}"
+        )
 
 
 def submit(array: Path, merge: Path) -> Submitted:
@@ -194,10 +210,21 @@ def submit(array: Path, merge: Path) -> Submitted:
 
 def run_args_from(config: Path | None, overrides: dict[str, Any]) -> list[str]:
     """``savedeep run``'s arguments for a config file and command-line overrides, paths made absolute."""
-    flags = {"model": "--model", "images": "--images", "output": "--output", "gpus": "--gpus", "engine": "--engine",
-             "batch_size": "--batch-size", "producers": "--producers", "cpu_consumers": "--cpu-consumers",
-             "writers": "--writers", "dtype": "--dtype", "storage": "--storage", "shard_size": "--shard-size",
-             "on_error": "--on-error"}
+    flags = {
+        "model": "--model",
+        "images": "--images",
+        "output": "--output",
+        "gpus": "--gpus",
+        "engine": "--engine",
+        "batch_size": "--batch-size",
+        "producers": "--producers",
+        "cpu_consumers": "--cpu-consumers",
+        "writers": "--writers",
+        "dtype": "--dtype",
+        "storage": "--storage",
+        "shard_size": "--shard-size",
+        "on_error": "--on-error",
+    }
     out = [str(Path(config).resolve())] if config is not None else []
     for key, value in overrides.items():
         if key in ("model", "images", "output"):

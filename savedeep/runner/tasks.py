@@ -111,8 +111,10 @@ def check_task(k: int, n: int, source: str) -> TaskSpec:
     if n < 1:
         raise ConfigError(f"{source}: the number of tasks must be at least 1, not {n}")
     if not 0 <= k < n:
-        raise ConfigError(f"{source}: task index {k} is not in 0..{n - 1} (tasks are numbered from 0; "
-                          f"with {n} tasks submit the array as --array=0-{n - 1})")
+        raise ConfigError(
+            f"{source}: task index {k} is not in 0..{n - 1} (tasks are numbered from 0; "
+            f"with {n} tasks submit the array as --array=0-{n - 1})"
+        )
     return TaskSpec(k, n, source)
 
 
@@ -129,12 +131,16 @@ def task_from_env(count: int, env: Mapping[str, str] | None = None) -> TaskSpec:
         what = var if first == 0 else f"{var}={raw} minus 1 ({var} starts at 1)"
         if not 0 <= k < count:
             lo, hi = first, count - 1 + first
-            raise ConfigError(f"--tasks {count}: {var}={raw} gives task {k}, not in 0..{count - 1}; submit the array "
-                              f"with indices {lo}-{hi} (e.g. sbatch --array={lo}-{hi}), or give the right --tasks")
+            raise ConfigError(
+                f"--tasks {count}: {var}={raw} gives task {k}, not in 0..{count - 1}; submit the array "
+                f"with indices {lo}-{hi} (e.g. sbatch --array={lo}-{hi}), or give the right --tasks"
+            )
         return TaskSpec(k, count, what)
     names = ", ".join(v for v, _ in ARRAY_VARIABLES)
-    raise ConfigError(f"--tasks {count}: none of {names} is set, so this is not an array job; run it inside "
-                      "one (sbatch --array=...), or give the task yourself with --task K/N")
+    raise ConfigError(
+        f"--tasks {count}: none of {names} is set, so this is not an array job; run it inside "
+        "one (sbatch --array=...), or give the task yourself with --task K/N"
+    )
 
 
 # --------------------------------------------------------------------------- records on disk
@@ -163,7 +169,9 @@ def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     out = []
     if recorded_result_fingerprint(a) != recorded_result_fingerprint(b):
         old, new = a.get("config", {}), b.get("config", {})
-        out.append("config keys " + ", ".join([k for k in RESULT_KEYS if old.get(k) != new.get(k)] or ["(fingerprint)"]))
+        out.append(
+            "config keys " + ", ".join([k for k in RESULT_KEYS if old.get(k) != new.get(k)] or ["(fingerprint)"])
+        )
     ha, hb = a.get("model", {}).get("sha256", {}), b.get("model", {}).get("sha256", {})
     if ha != hb:
         out.append("model files " + ", ".join(sorted(k for k in set(ha) | set(hb) if ha.get(k) != hb.get(k))))
@@ -186,7 +194,8 @@ def check_records(directory: Path, header: Mapping[str, Any], task: TaskSpec) ->
             raise OutputError(
                 f"{task.describe()} refused: {Path(directory) / task_record_name(k)} was written by a task of another "
                 f"run into the same output; these differ: {'; '.join(diff)}. Nothing was changed. Give this run "
-                f"another output, or delete {directory} (every task of the other run) to start over")
+                f"another output, or delete {directory} (every task of the other run) to start over"
+            )
 
 
 def check_task_output(config: Any, task: TaskSpec, header: Mapping[str, Any]) -> tuple[bool, set[int]]:
@@ -201,26 +210,34 @@ def check_task_output(config: Any, task: TaskSpec, header: Mapping[str, Any]) ->
 
     pq_dir = config.parquet_dir
     if Path(config.output).exists():
-        raise OutputError(f"{task.describe()} refused: {config.output} exists (a merged or whole run's output, or "
-                          "another file); nothing was changed: choose another output, or delete this one first")
+        raise OutputError(
+            f"{task.describe()} refused: {config.output} exists (a merged or whole run's output, or "
+            "another file); nothing was changed: choose another output, or delete this one first"
+        )
     if not pq_dir.exists():
         return False, set()
     if (pq_dir / MANIFEST).exists():
-        raise OutputError(f"{task.describe()} refused: {pq_dir} holds a finished or whole run's output "
-                          f"({MANIFEST}); tasks write into a new output or one holding only tasks' shards. "
-                          "Nothing was changed: choose another output, or delete this one first")
+        raise OutputError(
+            f"{task.describe()} refused: {pq_dir} holds a finished or whole run's output "
+            f"({MANIFEST}); tasks write into a new output or one holding only tasks' shards. "
+            "Nothing was changed: choose another output, or delete this one first"
+        )
     check_records(pq_dir, header, task)
     mine = Manifest.read(pq_dir, task.record_name)
     if mine is None:
         return True, set()
     if not mine.is_valid() or mine.data.get("task", {}).get("index") != task.index:
-        raise OutputError(f"{pq_dir / task.record_name} is not a {FORMAT} task record of task {task.index}; "
-                          "delete it (and this task's shards) to compute the task again")
+        raise OutputError(
+            f"{pq_dir / task.record_name} is not a {FORMAT} task record of task {task.index}; "
+            "delete it (and this task's shards) to compute the task again"
+        )
     diff = differences(mine.data, header)
     if diff:
-        raise OutputError(f"{task.describe()} refused: its own earlier attempt ({pq_dir / task.record_name}) ran "
-                          f"another run; these differ: {'; '.join(diff)}. Nothing was changed. Rerun with the "
-                          f"same settings, or delete {pq_dir} to start over")
+        raise OutputError(
+            f"{task.describe()} refused: its own earlier attempt ({pq_dir / task.record_name}) ran "
+            f"another run; these differ: {'; '.join(diff)}. Nothing was changed. Rerun with the "
+            f"same settings, or delete {pq_dir} to start over"
+        )
     copy_ = Manifest(pq_dir, copy.deepcopy(mine.data), task.record_name)
     copy_.adopt_finished(write=False)
     return True, {k for k in copy_.finished() if task.owns(k)}
@@ -229,9 +246,17 @@ def check_task_output(config: Any, task: TaskSpec, header: Mapping[str, Any]) ->
 def task_header(header: Mapping[str, Any], task: TaskSpec, previous: Mapping[str, Any] | None) -> dict[str, Any]:
     """A task's record header: the run's, the task, and one more attempt (host, pid, job id, start)."""
     attempts = list((previous or {}).get("attempts", []))
-    attempts.append({"host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id(),
-                     "index_from": task.source, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "ended": None, "status": "running"})
+    attempts.append(
+        {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": job_id(),
+            "index_from": task.source,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ended": None,
+            "status": "running",
+        }
+    )
     return {**header, "task": {"index": task.index, "count": task.count}, "attempts": attempts}
 
 
@@ -267,9 +292,15 @@ def finish_task(manifest: Any, *, devices: list[dict[str, Any]], wall_s: float) 
     m["summary"] = {"rows": manifest.rows(), "failures": len(manifest.failures()), "wall_s": round(wall_s, 3)}
     _end_attempt(manifest, "done")
     manifest.write()
-    log.info("task %d of %d done: %d rows, %d failures in %d shards; merge when every task is done "
-             "(savedeep merge %s)", m["task"]["index"], m["task"]["count"], m["summary"]["rows"],
-             m["summary"]["failures"], len(manifest.shards), manifest.directory)
+    log.info(
+        "task %d of %d done: %d rows, %d failures in %d shards; merge when every task is done (savedeep merge %s)",
+        m["task"]["index"],
+        m["task"]["count"],
+        m["summary"]["rows"],
+        m["summary"]["failures"],
+        len(manifest.shards),
+        manifest.directory,
+    )
 
 
 def mark_stopped(manifest: Any) -> None:
@@ -298,9 +329,11 @@ class MergeResult:
     report: Path | None = None  # the HTML report, written when the tasks' config says report: true
 
     def summary(self) -> str:
-        return (f"merged {self.tasks} tasks: {self.shards} shards, {self.rows} rows, {self.failures} failures "
-                f"in {self.wall_s:.2f} s\noutput: {self.pickle or self.parquet_dir}"
-                + (f"\nreport: {self.report}" if self.report else ""))
+        return (
+            f"merged {self.tasks} tasks: {self.shards} shards, {self.rows} rows, {self.failures} failures "
+            f"in {self.wall_s:.2f} s\noutput: {self.pickle or self.parquet_dir}"
+            + (f"\nreport: {self.report}" if self.report else "")
+        )
 
 
 def _pickle_for(directory: Path, header: Mapping[str, Any]) -> Path:
@@ -342,15 +375,19 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
     output = Path(output)
     directory = output if output.suffix == ".parquet" or output.is_dir() else parquet_dir(output)
     if not directory.is_dir():
-        raise OutputError(f"cannot merge {output}: {directory} does not exist; run the tasks first "
-                          "(savedeep run CONFIG --task K/N, or the array job of savedeep slurm)")
+        raise OutputError(
+            f"cannot merge {output}: {directory} does not exist; run the tasks first "
+            "(savedeep run CONFIG --task K/N, or the array job of savedeep slurm)"
+        )
     records = read_records(directory)
     if not records:
         what = "it holds a finished output already" if (directory / MANIFEST).exists() else "no task wrote there"
         raise OutputError(f"cannot merge {directory}: it has no task records (_task-*.json); {what}")
     first_k = min(records)
     header = records[first_k]
-    pickle_path = output if output.suffix not in ("", ".parquet") and not output.is_dir() else _pickle_for(directory, header)
+    pickle_path = (
+        output if output.suffix not in ("", ".parquet") and not output.is_dir() else _pickle_for(directory, header)
+    )
     with OutputLock(pickle_path, break_lock=break_lock):
         records = read_records(directory)  # again, under the lock: no task writes now
         header = records[min(records)]
@@ -360,7 +397,8 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
                 raise OutputError(
                     f"cannot merge {directory}: {task_record_name(k)} and {task_record_name(min(records))} come "
                     f"from different runs; these differ: {'; '.join(diff)}. Nothing was written: delete the "
-                    "output and run every task with one config")
+                    "output and run every task with one config"
+                )
         count = header["task"]["count"]
         n_images = header["images"]["count"]
         shards = shard_ranges(n_images, header["shard_size"])
@@ -374,9 +412,12 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
         for s in final.shards:
             if s.get("complete"):
                 on_disk = shard_record(directory / s["file"])
-                if not on_disk or (on_disk.get("index"), on_disk.get("start"), on_disk.get("stop"),
-                                   on_disk.get("rows")) != (
-                        s["index"], s["start"], s["stop"], s["rows"]):
+                if not on_disk or (
+                    on_disk.get("index"),
+                    on_disk.get("start"),
+                    on_disk.get("stop"),
+                    on_disk.get("rows"),
+                ) != (s["index"], s["start"], s["stop"], s["rows"]):
                     s["complete"] = False
                     missing.append(s)
         if missing:
@@ -385,26 +426,43 @@ def merge(output: Path | str, *, pickle: bool | None = None, break_lock: bool = 
             array_sh = directory.with_name(directory.stem + ".slurm") / "array.sh"
             script = str(array_sh) if array_sh.exists() else "JOB_SCRIPT"
             at_most = 20
-            names = _ranges(missing[:at_most]) + (f" and {len(missing) - at_most} more" if len(missing) > at_most else "")
+            names = _ranges(missing[:at_most]) + (
+                f" and {len(missing) - at_most} more" if len(missing) > at_most else ""
+            )
             raise OutputError(
                 f"cannot merge {directory}: {len(missing)} of {len(shards)} shards are missing or incomplete: "
                 f"{names}. They belong to task(s) {_indices(tasks)} of {count}: resubmit those array indices "
                 f"(sbatch --array={_indices(tasks)} {script}; SGE/LSF indices are these plus 1), or run "
-                f"`savedeep run CONFIG --task K/{count}` for each, then merge again. Nothing was written")
-        final.data["tasks"] = [{"index": k, "attempts": r.get("attempts", []), "summary": r.get("summary")}
-                               for k, r in sorted(records.items())]
+                f"`savedeep run CONFIG --task K/{count}` for each, then merge again. Nothing was written"
+            )
+        final.data["tasks"] = [
+            {"index": k, "attempts": r.get("attempts", []), "summary": r.get("summary")}
+            for k, r in sorted(records.items())
+        ]
         final.data["merged"] = {"host": socket.gethostname(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         cfg = header.get("config", {})
         want_pickle = cfg.get("pickle", True) if pickle is None else pickle
         devices = [d for r in records.values() for d in r.get("devices", [])]
         wall = max((r.get("summary", {}) or {}).get("wall_s", 0.0) for r in records.values())
-        final.finish(devices=devices, wall_s=wall, pickle_path=pickle_path, pickle=want_pickle,
-                     max_pickle_bytes=int(cfg.get("max_pickle_bytes", 4 * 2**30)))
+        final.finish(
+            devices=devices,
+            wall_s=wall,
+            pickle_path=pickle_path,
+            pickle=want_pickle,
+            max_pickle_bytes=int(cfg.get("max_pickle_bytes", 4 * 2**30)),
+        )
     # The tasks leave the report to the merge (a task has a share of the rows only).
     report = _report_after_merge(directory) if cfg.get("report") else None
-    return MergeResult(pickle=pickle_path if want_pickle else None, parquet_dir=directory, rows=final.rows(),
-                       failures=len(final.failures()), shards=len(shards), tasks=count,
-                       wall_s=time.perf_counter() - t0, report=report)
+    return MergeResult(
+        pickle=pickle_path if want_pickle else None,
+        parquet_dir=directory,
+        rows=final.rows(),
+        failures=len(final.failures()),
+        shards=len(shards),
+        tasks=count,
+        wall_s=time.perf_counter() - t0,
+        report=report,
+    )
 
 
 def _report_after_merge(directory: Path) -> Path | None:
@@ -414,11 +472,28 @@ def _report_after_merge(directory: Path) -> Path | None:
     try:
         require_matplotlib()
     except ConfigError as exc:
-        log.warning("the config asks for a report (report: true), but %s. The merged output is complete; after "
-                    "installing it, write the report with: savedeep report %s", exc, directory)
+        log.warning(
+            "the config asks for a report (report: true), but %s. The merged output is complete; after "
+            "installing it, write the report with: savedeep report %s",
+            exc,
+            directory,
+        )
         return None
     return write_report(directory)
 
 
-__all__ = ["ARRAY_VARIABLES", "MergeResult", "TaskSpec", "check_records", "check_task_output", "job_id", "merge",
-           "owner", "parse_task", "read_records", "task_from_env", "task_log", "task_record_name"]
+__all__ = [
+    "ARRAY_VARIABLES",
+    "MergeResult",
+    "TaskSpec",
+    "check_records",
+    "check_task_output",
+    "job_id",
+    "merge",
+    "owner",
+    "parse_task",
+    "read_records",
+    "task_from_env",
+    "task_log",
+    "task_record_name",
+]

@@ -60,8 +60,13 @@ class Progress:
         self._bar: Any = None
         if not enabled:
             return
-        options: dict[str, Any] = {"total": total, "initial": initial, "unit": "img", "desc": "savedeep",
-                                   "smoothing": 0.1}
+        options: dict[str, Any] = {
+            "total": total,
+            "initial": initial,
+            "unit": "img",
+            "desc": "savedeep",
+            "smoothing": 0.1,
+        }
         notebook = in_notebook()
         if notebook and _widgets_available():
             from tqdm.notebook import tqdm as notebook_tqdm
@@ -183,6 +188,7 @@ def dump_stacks_on_signal(forward: Callable[[], Iterable[int]] | None = None) ->
     if STACKS_SIGNAL is None or signal.getsignal(STACKS_SIGNAL) != signal.SIG_DFL:
         return False
     if forward is not None:
+
         def pass_on(signum: int, frame: Any) -> None:
             import os
             import time

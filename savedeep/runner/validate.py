@@ -44,8 +44,15 @@ SPAWN_S = 0.3  # the parent's start of the workers (spawn, rings), beside the co
 PER_BATCH_CORE_S = 0.005
 
 
-def validate(config: Config, *, resume: bool = False, overwrite: bool = False, task: Any = None,
-             time_it: bool = False, as_json: bool = False) -> str:
+def validate(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    task: Any = None,
+    time_it: bool = False,
+    as_json: bool = False,
+) -> str:
     """Check everything a run needs; return a report (text, or JSON), or raise the error a run would raise.
 
     ``task`` (savedeep.runner.tasks.TaskSpec, or "K/N"): the checks of that task of an array
@@ -58,8 +65,9 @@ def validate(config: Config, *, resume: bool = False, overwrite: bool = False, t
     return "\n".join(report["_lines"])
 
 
-def validate_report(config: Config, *, resume: bool = False, overwrite: bool = False, task: Any = None,
-                    time_it: bool = False) -> dict[str, Any]:
+def validate_report(
+    config: Config, *, resume: bool = False, overwrite: bool = False, task: Any = None, time_it: bool = False
+) -> dict[str, Any]:
     """:func:`validate`'s figures as a dict (``_lines``: the text report)."""
     import numpy as np
 
@@ -75,34 +83,64 @@ def validate_report(config: Config, *, resume: bool = False, overwrite: bool = F
         task = parse_task(task)
     pf = preflight(config, resume=resume, overwrite=overwrite, task=task)
     model, images = pf.model, pf.images
-    lines = [f"config: ok (fingerprint {config.fingerprint()[:12]})",
-             f"model: {config.model} ({model.net.name}, input {tuple(pf.input_shape)}, weights match)"]
+    lines = [
+        f"config: ok (fingerprint {config.fingerprint()[:12]})",
+        f"model: {config.model} ({model.net.name}, input {tuple(pf.input_shape)}, weights match)",
+    ]
     shapes = model.net.blob_shapes(1)
     for c in pf.columns:
         size = int(np.prod(c.shape)) * (2 if c.dtype == "float16" else 4)
-        lines.append(f"  blob {c.name}: {tuple(shapes[c.name][1:])} -> stored {tuple(c.shape)} {c.dtype} "
-                     f"({human_bytes(size)} per image)")
+        lines.append(
+            f"  blob {c.name}: {tuple(shapes[c.name][1:])} -> stored {tuple(c.shape)} {c.dtype} "
+            f"({human_bytes(size)} per image)"
+        )
     skipped = sum(images.skipped.values())
-    lines.append(f"images: {len(images)} in {config.images}" + (f" ({skipped} other files skipped by extension)" if skipped else ""))
-    lines.append(f"output: {config.output}" + (" (exists: " + ("resumed, " + f"{len(pf.keep)} shard(s) kept"
-                                                                 if resume else "replaced") + ")"
-                                                if pf.output_exists else ""))
+    lines.append(
+        f"images: {len(images)} in {config.images}"
+        + (f" ({skipped} other files skipped by extension)" if skipped else "")
+    )
+    lines.append(
+        f"output: {config.output}"
+        + (
+            " (exists: " + ("resumed, " + f"{len(pf.keep)} shard(s) kept" if resume else "replaced") + ")"
+            if pf.output_exists
+            else ""
+        )
+    )
     if task is not None:
         mine = [(k, a, z) for k, a, z in pf.plan.shards if task.owns(k)]
-        lines.append(f"{task.describe()}: {len(mine)} shard(s), {sum(z - a for _, a, z in mine)} image(s); "
-                     f"{len(pf.keep)} of them finished and kept, {len(pf.plan.todo)} to compute")
-    plan = {"images": len(images), "shards": len(pf.plan.shards), "shards_todo": len(pf.plan.todo),
-            "batches_todo": len(pf.plan.batches), "batch_size": config.batch_size, "shard_size": config.shard_size}
-    lines.append(f"plan: {plan['shards']} shard(s) of up to {config.shard_size} images, {plan['shards_todo']} to "
-                 f"compute in {plan['batches_todo']} batch(es) of up to {config.batch_size}")
+        lines.append(
+            f"{task.describe()}: {len(mine)} shard(s), {sum(z - a for _, a, z in mine)} image(s); "
+            f"{len(pf.keep)} of them finished and kept, {len(pf.plan.todo)} to compute"
+        )
+    plan = {
+        "images": len(images),
+        "shards": len(pf.plan.shards),
+        "shards_todo": len(pf.plan.todo),
+        "batches_todo": len(pf.plan.batches),
+        "batch_size": config.batch_size,
+        "shard_size": config.shard_size,
+    }
+    lines.append(
+        f"plan: {plan['shards']} shard(s) of up to {config.shard_size} images, {plan['shards_todo']} to "
+        f"compute in {plan['batches_todo']} batch(es) of up to {config.batch_size}"
+    )
     workers: dict[str, Any] = {}
     if pf.plan.batches:
-        workers = {"consumers": list(pf.devices), "consumer_threads": pf.workers.consumer_threads,
-                   "producers": pf.producers, "writers": pf.writers, "cores": pf.workers.cores,
-                   "in_slots": pf.in_slots, "out_slots": pf.out_slots}
-        lines.append(f"workers: {len(pf.devices)} consumer(s) on {', '.join(pf.devices)} "
-                     f"({pf.workers.consumer_threads} thread(s) each), {pf.producers} producer(s), "
-                     f"{pf.writers} writer(s); rings of {pf.in_slots} input and {pf.out_slots} output slots")
+        workers = {
+            "consumers": list(pf.devices),
+            "consumer_threads": pf.workers.consumer_threads,
+            "producers": pf.producers,
+            "writers": pf.writers,
+            "cores": pf.workers.cores,
+            "in_slots": pf.in_slots,
+            "out_slots": pf.out_slots,
+        }
+        lines.append(
+            f"workers: {len(pf.devices)} consumer(s) on {', '.join(pf.devices)} "
+            f"({pf.workers.consumer_threads} thread(s) each), {pf.producers} producer(s), "
+            f"{pf.writers} writer(s); rings of {pf.in_slots} input and {pf.out_slots} output slots"
+        )
         if pf.workers.note:
             lines.append(f"workers: {pf.workers.note}")
     pre = Preprocessor(pf.pre_spec, pf.mean, tuple(pf.input_shape))
@@ -124,28 +162,41 @@ def validate_report(config: Config, *, resume: bool = False, overwrite: bool = F
     lines += [f"  failed: {b}" for b in bad]
     timing = None
     if time_it and decoded and pf.plan.batches:
-        timing = _time_one_batch(config, pf, decoded[:config.batch_size], decode_s)
+        timing = _time_one_batch(config, pf, decoded[: config.batch_size], decode_s)
     # What the preflight checked (the pickle bounded), shown with the pickle file's exact size and,
     # after --time, the Parquet estimate from the compression the batch measured.
     measured = "" if timing is None else f"compression measured on one batch of {timing['batch']} images"
-    pred = predict(config, pf, task=task, exact_pickle=True,
-                   parquet_ratio=None if timing is None else timing["parquet_ratio"], ratio_basis=measured)
+    pred = predict(
+        config,
+        pf,
+        task=task,
+        exact_pickle=True,
+        parquet_ratio=None if timing is None else timing["parquet_ratio"],
+        ratio_basis=measured,
+    )
     checked = pf.prediction
     pred.rings, pred.shm_free, pred.reclaimed = checked.rings, checked.shm_free, checked.reclaimed
     lines.append("prediction (every image a row):")
     lines += pred.lines()
     if timing is not None:
-        lines.append(f"time: about {_duration(timing['estimate_s'])} for {pred.images_todo} image(s) on this machine "
-                     f"(rate about {timing['rate']:.0f} images/s, bound by {timing['bound_by']}; start-up "
-                     f"{timing['startup_s']:.1f} s; from one batch of {timing['batch']}: decode "
-                     f"{timing['decode_ms']:.2f} ms/image, forward {timing['forward_ms']:.2f} ms/image with "
-                     f"{timing['threads']} thread(s) on {timing['device']}, write {timing['write_ms']:.3f} ms/image)")
-    return {"config": {"fingerprint": config.fingerprint(), "output": str(config.output)},
-            "model": {"directory": str(config.model), "name": model.net.name, "input_shape": list(pf.input_shape)},
-            "images": {"count": len(images), "skipped_by_extension": dict(images.skipped)},
-            "plan": plan, "workers": workers, "prediction": pred.to_dict(),
-            "sample": {"tried": tried, "decoded": tried - len(bad), "failed": bad},
-            "time": timing, "_lines": lines}
+        lines.append(
+            f"time: about {_duration(timing['estimate_s'])} for {pred.images_todo} image(s) on this machine "
+            f"(rate about {timing['rate']:.0f} images/s, bound by {timing['bound_by']}; start-up "
+            f"{timing['startup_s']:.1f} s; from one batch of {timing['batch']}: decode "
+            f"{timing['decode_ms']:.2f} ms/image, forward {timing['forward_ms']:.2f} ms/image with "
+            f"{timing['threads']} thread(s) on {timing['device']}, write {timing['write_ms']:.3f} ms/image)"
+        )
+    return {
+        "config": {"fingerprint": config.fingerprint(), "output": str(config.output)},
+        "model": {"directory": str(config.model), "name": model.net.name, "input_shape": list(pf.input_shape)},
+        "images": {"count": len(images), "skipped_by_extension": dict(images.skipped)},
+        "plan": plan,
+        "workers": workers,
+        "prediction": pred.to_dict(),
+        "sample": {"tried": tried, "decoded": tried - len(bad), "failed": bad},
+        "time": timing,
+        "_lines": lines,
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -192,8 +243,9 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     meta: dict[str, Sequence[Any]] = {m: [None] * n for m in pf.images.metadata}
     sink = pa.BufferOutputStream()
     empty = pa.BufferOutputStream()
-    writer = ShardWriter(pf.model.directory, 0, pf.columns, list(pf.images.metadata), config.compression,
-                         config.compression_level)
+    writer = ShardWriter(
+        pf.model.directory, 0, pf.columns, list(pf.images.metadata), config.compression, config.compression_level
+    )
     batch = {c.name: out[c.name][:n] for c in pf.columns}
     writer.write_to(pa.BufferOutputStream(), keys, meta, batch)  # warm-up: the writer's first use
     t = time.perf_counter()
@@ -202,10 +254,12 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     writer.write_to(empty, [], meta, {c.name: out[c.name][:0] for c in pf.columns})
     raw = sum(c.row_bytes for c in pf.columns) * n
     ratio = max(0.0, (sink.getvalue().size - empty.getvalue().size) / raw) if raw else 1.0
+
     def read_and_pickle() -> None:
         table = pq.read_table(pa.BufferReader(sink.getvalue()))
-        rows = [list(column_to_numpy(table.column(c.name), {"shape": list(c.shape), "dtype": c.dtype}))
-                for c in pf.columns]
+        rows = [
+            list(column_to_numpy(table.column(c.name), {"shape": list(c.shape), "dtype": c.dtype})) for c in pf.columns
+        ]
         pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)
 
     read_and_pickle()  # warm-up: pyarrow's reader and numpy's pickling, first used here
@@ -223,7 +277,18 @@ def _time_one_batch(config: Config, pf: Any, decoded: list[tuple[str, Any]], dec
     todo = sum(z - a for _, _, a, z in pf.plan.batches)
     pickle_s = end * pf.prediction.images if pf.prediction.pickle and not pf.prediction.pickle_refused else 0.0
     estimate = SPAWN_S + startup + todo / rate + pickle_s
-    return {"batch": n, "device": device, "threads": T if device == "cpu" else None,
-            "decode_ms": decode * 1e3, "forward_ms": forward * 1e3, "write_ms": write * 1e3,
-            "pickle_ms_per_image": end * 1e3, "startup_s": startup, "parquet_ratio": ratio,
-            "bounds_images_per_s": bounds, "bound_by": bound_by, "rate": rate, "estimate_s": estimate}
+    return {
+        "batch": n,
+        "device": device,
+        "threads": T if device == "cpu" else None,
+        "decode_ms": decode * 1e3,
+        "forward_ms": forward * 1e3,
+        "write_ms": write * 1e3,
+        "pickle_ms_per_image": end * 1e3,
+        "startup_s": startup,
+        "parquet_ratio": ratio,
+        "bounds_images_per_s": bounds,
+        "bound_by": bound_by,
+        "rate": rate,
+        "estimate_s": estimate,
+    }
