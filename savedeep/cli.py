@@ -365,24 +365,14 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-class _TqdmHandler(logging.Handler):
-    """Console log lines that do not garble the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001
-            self.handleError(record)
-
-
 def _setup_console(quiet: bool) -> None:
+    from savedeep.runner.ui import CONSOLE_FORMAT, ConsoleHandler
+
     lg = logging.getLogger("savedeep")
-    for old in [h for h in lg.handlers if isinstance(h, _TqdmHandler)]:
+    for old in [h for h in lg.handlers if isinstance(h, ConsoleHandler)]:
         lg.removeHandler(old)  # main() called again in one process (the API, the tests): one console line each
-    handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("savedeep: %(levelname)s: %(message)s"))
+    handler = ConsoleHandler()
+    handler.setFormatter(logging.Formatter(CONSOLE_FORMAT))
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
     lg = logging.getLogger("savedeep")
     lg.addHandler(handler)

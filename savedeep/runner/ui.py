@@ -24,7 +24,7 @@ from savedeep.data.output import RUN_LOG_FORMAT
 from savedeep.errors import Interrupted
 
 
-CONSOLE_FORMAT = "savedeep: %(levelname)s: %(message)s"  # as the CLI's console lines (cli._TqdmHandler)
+CONSOLE_FORMAT = "savedeep: %(levelname)s: %(message)s"  # the console lines of the CLI and of console_log
 
 
 def in_notebook() -> bool:
