@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,29 @@ def test_the_torch_engine_passes_the_preflight_the_caffe_engine_fails(edit, pyca
     assert main(["validate", *args, "--engine", "torch"]) == 0
     assert main(["validate", *args, "--engine", "caffe"]) == 3
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.caffe
+def test_the_parent_refuses_without_importing_pycaffe(pycaffe, caffenet_dir, testdata, tmp_path):
+    """The preflight reads the registry in a subprocess: pycaffe's CUDA build would touch CUDA in the parent."""
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("weights.caffemodel", "mean.npy"):
+        os.symlink(caffenet_dir / name, model / name)
+    old, new = CAFFENET_EDITS["swish"]
+    (model / "deploy.prototxt").write_text((caffenet_dir / "deploy.prototxt").read_text().replace(old, new, 1))
+    args = ["validate", "-m", str(model), "-b", "fc7", "-i", str(testdata / "images"), "-o", str(tmp_path / "o.pk")]
+    script = (
+        "import sys; from savedeep.cli import main; rc = main(sys.argv[1:]); "
+        "print('caffe imported' if 'caffe' in sys.modules else 'caffe not imported'); sys.exit(rc)"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    r = subprocess.run(
+        [sys.executable, "-c", script, *args, "--engine", "caffe", "--gpus", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 3 and "type 'Swish'" in r.stderr, r.stderr
+    assert r.stdout.strip() == "caffe not imported"
