@@ -11,7 +11,7 @@ Interleaved ``--rounds`` times, medians printed:
   file (read it, stat the libraries it names);
 - ``validate caffe, cold`` / ``warm`` / ``validate torch``: ``savedeep validate`` on CaffeNet fc7
   (tests/data's three photos, ``--gpus cpu``) timed from outside, with an empty cache
-  (``XDG_CACHE_HOME`` a fresh folder: the probe runs, beside the weights' hashing), with the cache
+  (``XDG_CACHE_HOME`` a fresh folder: the probe runs), with the cache
   filled, and with the torch engine (no probe at all).
 
 Writes benchmarks/out/caffe_layers.json.

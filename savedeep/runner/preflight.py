@@ -365,8 +365,6 @@ def preflight(
     check_weights(model.net, model.weights)  # the consumers read them again; here only the check
     # Hashing the files runs beside the rest; --resume and the manifest wait for it.
     hashes = Background(lambda: {p.name: sha256_file(p) for p in (model.prototxt, model.weights, model.mean_path)})
-    # So does reading pycaffe's layer registry (a subprocess the first time, then the cache).
-    registry = Background(layer_registry) if cfg.engine == "caffe" else None
     valid = set(model.validate_blobs(list(cfg.blobs)))
     names = [n for n in cfg.blobs if n in valid]  # columns in the order the user gave
     specs = {s.name: s for s in cfg.blob_specs}
@@ -426,9 +424,10 @@ def preflight(
     devices, workers = plan_devices(
         cfg, len(plan.batches), len(plan.todo), load, images=sum(z - a for _, _, a, z in plan.batches)
     )
-    if registry is not None and (reg := registry.result()) is not None:
+    # Here, not in the background: a probe still running when another check raises would outlive the command.
+    if cfg.engine == "caffe" and (registry := layer_registry()) is not None:
         on_gpu = any(d != "cpu" for d in devices)
-        check_runnable(model.net, reg.types, on_gpu, model.prototxt, str(reg.pycaffe))
+        check_runnable(model.net, registry.types, on_gpu, model.prototxt, str(registry.pycaffe))
     pf = Preflight(
         model=model,
         blob_specs=blob_specs,
