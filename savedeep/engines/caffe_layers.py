@@ -27,7 +27,7 @@ loaded. The answer is cached per pycaffe install in
 keyed by the package folder and valid while the size and mtime of every
 library it loaded (``_caffe*.so``, ``libcaffe*``, also one outside the
 package, as a source build links) and of the package's ``*.so*`` files are
-unchanged. Cost: benchmarks/caffe_layers.py.
+unchanged. Cost: benchmarks/bench_caffe_layers.py.
 """
 
 from __future__ import annotations
