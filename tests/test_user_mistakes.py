@@ -150,6 +150,19 @@ def _no_pycaffe(c: Case) -> list[str]:
     return c.flags() + ["--engine", "caffe"]
 
 
+def _caffe_engine(c: Case, old: str, new: str) -> list[str]:
+    """The good CaffeNet with ``old`` replaced by ``new`` in its prototxt (same weights), on the caffe engine."""
+    prototxt = c.prototxt()
+    assert old in prototxt
+    return c.flags(model=c.model(deploy_prototxt=prototxt.replace(old, new, 1))) + ["--engine", "caffe"]
+
+
+# A layer of BVLC Caffe master that the fork scripts/setup.sh builds lacks (its registry has no Clip or Swish).
+_CLIP7 = 'layer {\n  name: "clip7"\n  type: "Clip"\n  bottom: "fc7"\n  top: "fc7"\n  clip_param { min: 0 max: 1 }\n}\n'
+_SWISH7 = 'layer {\n  name: "swish7"\n  type: "Swish"\n  bottom: "fc7"\n  top: "fc7"\n}\n'
+_FC7_RELU = 'layer {\n  name: "relu7"'
+
+
 def _resume_changed(c: Case) -> list[str]:
     c.copy_finished()
     return c.flags(blobs="fc6") + ["--resume"]
@@ -396,6 +409,31 @@ MISTAKES: list[Mistake] = [
         3,
         lambda c: c.flags(model=c.model(deploy_prototxt=c.prototxt().replace("num_output: 4096", "num_output: 2048"))),
         ("weights.caffemodel", "do not match", "(4096,"),
+    ),
+    Mistake(
+        "caffe-engine-layer-pycaffe-lacks",
+        3,
+        lambda c: _caffe_engine(c, _FC7_RELU, _CLIP7 + _FC7_RELU),
+        ("deploy.prototxt", "layer 'clip7'", "type 'Clip'", "this pycaffe", "engine: torch", "build a pycaffe"),
+        subprocess=True,
+    ),
+    Mistake(
+        "caffe-engine-swish",
+        3,
+        lambda c: _caffe_engine(c, _FC7_RELU, _SWISH7 + _FC7_RELU),
+        ("deploy.prototxt", "layer 'swish7'", "type 'Swish'", "engine: torch", "build a pycaffe"),
+    ),
+    Mistake(
+        "caffe-engine-stochastic-pooling-on-cpu",
+        3,
+        lambda c: _caffe_engine(c, "pool: MAX", "pool: STOCHASTIC"),
+        ("deploy.prototxt", "layer 'pool1'", "STOCHASTIC", "only on a GPU", "engine: torch"),
+    ),
+    Mistake(
+        "caffe-engine-made-up-layer-type",
+        3,
+        lambda c: _caffe_engine(c, 'type: "LRN"', 'type: "Frobnicate"'),
+        ("deploy.prototxt", "layer 'norm1'", "type 'Frobnicate'", "supported types"),
     ),
     Mistake(
         "weights-is-a-prototxt",

@@ -13,7 +13,8 @@ happens there, before the net is built)::
     engine.close()
 
 This package also owns what is needed to run a net on a device: which GPUs exist and which CUDA each
-engine needs (:mod:`.gpus`), and taking a net out of Caffe (:mod:`.conversion`: ONNX, a PyTorch module,
+engine needs (:mod:`.gpus`), which layers the installed pycaffe runs (:mod:`.caffe_layers`, asked
+without importing it), and taking a net out of Caffe (:mod:`.conversion`: ONNX, a PyTorch module,
 torch.export; the PyTorch layers it copies in are :mod:`.converted_ops`).
 
 May import: :mod:`savedeep.caffe`, :mod:`savedeep.data` (the preprocessing a converted model

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from savedeep.engines.base import Device, EngineBase, output_buffer
+from savedeep.engines.caffe_layers import check_runnable
 from savedeep.engines.gpus import caffe_has_cuda, probe_driver
-from savedeep.errors import ModelError, UnsupportedLayerError
+from savedeep.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     from savedeep.caffe.model import Net
@@ -78,33 +79,6 @@ def select_device(caffe: ModuleType, dev: Device) -> None:
         caffe.set_mode_cpu()
 
 
-def check_runnable(caffe: ModuleType, net: "Net", dev: Device, prototxt: Path | str) -> None:
-    """Refuse, naming the layer, what this pycaffe would abort on instead of reporting (glog's fatal errors).
-
-    A layer type missing from this build (e.g. Clip and Swish, which came to BVLC Caffe after the fork
-    that scripts/setup.sh builds), and STOCHASTIC pooling on the CPU, which Caffe implements only in CUDA.
-    """
-    known = set(caffe.layer_type_list())
-    for layer in net.layers:
-        if layer.type not in known:
-            raise UnsupportedLayerError(
-                f"{prototxt}: layer {layer.name!r} has type {layer.type!r}, which this pycaffe build does not "
-                f"have; use engine 'torch' for this model"
-            )
-        pool = (
-            layer.param.pooling_param.pool
-            if layer.type == "Pooling"
-            else layer.param.spp_param.pool
-            if layer.type == "SPP"
-            else None
-        )
-        if pool == "STOCHASTIC" and not dev.is_cuda:
-            raise UnsupportedLayerError(
-                f"{prototxt}: layer {layer.name!r} ({layer.type}) pools STOCHASTIC, which Caffe computes only on a "
-                f"GPU; use engine 'torch' (it computes Caffe's test-time formula) or a CUDA pycaffe on a GPU"
-            )
-
-
 class CaffeEngine(EngineBase):
     """The engine that runs a net through pycaffe."""
 
@@ -124,7 +98,9 @@ class CaffeEngine(EngineBase):
         select_device(caffe, dev)
         self._visible = list(net.blobs)
         self._input = net.input_name
-        check_runnable(caffe, net, dev, prototxt)
+        # NOTE [caffe engine refusals]: the preflight checked the same in the parent
+        pycaffe = str(Path(str(caffe.__file__)).resolve().parent)
+        check_runnable(net, caffe.layer_type_list(), dev.is_cuda, prototxt, pycaffe)
         self.net = caffe.Net(str(prototxt), caffe.TEST, weights=str(weights))
         if self._input not in self.net.blobs:
             raise ModelError(f"{prototxt}: pycaffe's net has no input blob {self._input!r}")

@@ -6,7 +6,7 @@ NOTE [savedeep preflight]
 A user's mistake must be one clear error before any work starts, never a worker
 failing at start-up, an output half-created or ``internal error (a bug)``.
 :func:`preflight` reads and checks everything a run needs, in the parent, and
-changes nothing on disk:
+changes nothing on disk (outside the user's cache of pycaffe's layer types):
 
 1. the output location: the folder that will hold the output exists or can be
    created, and is writable (probed with a hidden file or folder that is
@@ -15,7 +15,10 @@ changes nothing on disk:
    (a truncated or empty caffemodel; cheap, see benchmarks/RESULTS.md), the mean,
    the blob names, the reductions, the preprocessing;
 3. the engine is importable in this Python (without importing it: pycaffe's CUDA
-   build touches CUDA on import);
+   build touches CUDA on import); for the caffe engine, the net's layers against
+   what the consumers' pycaffe would abort on (NOTE [caffe engine refusals] in
+   savedeep/engines/caffe_layers.py: its layer registry, read in a subprocess and
+   cached, and STOCHASTIC pooling on the CPU), once the devices are known;
 4. the image source and, for a list file, that its entries exist (one ``stat``
    per entry; a directory's entries exist by construction);
 5. what is on disk against ``--resume`` / ``--overwrite`` (nothing is deleted here);
@@ -334,6 +337,7 @@ def preflight(
     from savedeep.runner.faults import maybe_fail
     from savedeep.data.images import list_images
     from savedeep.caffe.model import check_weights, load_model
+    from savedeep.engines.caffe_layers import check_runnable, layer_registry
     from savedeep.data.output import ColumnSpec, sha256_file
     from savedeep.runner.devices import cpu_load, plan_devices, shm_free_bytes, size_rings
     from savedeep.runner.lock import OutputLock
@@ -420,6 +424,10 @@ def preflight(
     devices, workers = plan_devices(
         cfg, len(plan.batches), len(plan.todo), load, images=sum(z - a for _, _, a, z in plan.batches)
     )
+    # Here, not in the background: a probe still running when another check raises would outlive the command.
+    if cfg.engine == "caffe" and (registry := layer_registry()) is not None:
+        on_gpu = any(d != "cpu" for d in devices)
+        check_runnable(model.net, registry.types, on_gpu, model.prototxt, str(registry.pycaffe))
     pf = Preflight(
         model=model,
         blob_specs=blob_specs,
