@@ -51,8 +51,8 @@ from savedeep.data.output import (
     MANIFEST,
     append_journal,
     disk_errors,
-    journal_name,
     failures_path,
+    journal_name,
     read_manifest,
     shard_name,
     shard_record,
@@ -60,7 +60,6 @@ from savedeep.data.output import (
     write_manifest,
     write_pickle,
 )
-
 from savedeep.runner.faults import maybe_fail
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,8 @@ class Manifest:
         self.data = data
         self.name = name  # the file: the manifest, or a task's record (savedeep/runner/tasks.py)
         self.journaled = 0  # lines appended to the journal since the file was last written whole
-        self.fold_at = max(FOLD_AT, len(data.get("shards") or []) // 4)  # then it is written whole again
+        shards = data.get("shards") if isinstance(data, dict) else None  # is_valid() says if it is one
+        self.fold_at = max(FOLD_AT, len(shards) // 4 if isinstance(shards, list) else 0)  # then written whole
 
     # -- making and reading ---------------------------------------------------------------
     @classmethod
