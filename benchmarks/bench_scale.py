@@ -13,8 +13,9 @@ not count in the next:
 - **run** at 10,000 and at 100,000 images: wall, steady rate (``RunResult.steady_images_per_s``), the
   parent's peak RSS and the largest worker's (psutil, every 50 ms), and the time of each end step inside
   ``Manifest.finish``: the failures table, the manifest marked complete, the pickle (reading the shards
-  back and pickling); also the manifest's rewrites while the shards are recorded (one per shard). The
-  ratio 100k / 10k of each: 10 is in proportion to the images; more is a step that grows faster;
+  back and pickling); also the recording of the shards (``Manifest.record_shard``: a journal line each,
+  and the manifest's whole rewrites it triggers, counted apart). The ratio 100k / 10k of each: 10 is in
+  proportion to the images; more is a step that grows faster. ``--runs-only`` measures these runs alone;
 - **merge**: the same images as 64 tasks (``savedeep.run(task=...)`` one after another in one process,
   shards of 96: 1,042 shards at 100k, 105 at 10k), then ``savedeep.merge`` in a fresh process, timed
   the same way (the check of every shard, the manifest, the failures table, the pickle). Each task's wall
@@ -25,7 +26,7 @@ not count in the next:
 
 Writes benchmarks/out/scale.json. About 10 minutes on 2 cores (most of it the 128 task runs).
 
-Usage: python benchmarks/bench_scale.py [--images 100000] [--small 10000] [--tasks 64] [--quick]
+Usage: python benchmarks/bench_scale.py [--images 100000] [--small 10000] [--tasks 64] [--quick] [--runs-only]
 """
 
 from __future__ import annotations
@@ -155,6 +156,8 @@ def timed_end_steps() -> dict[str, Any]:
         "pickle_s": 0.0,
         "manifest_rewrites": 0,
         "manifest_rewrites_s": 0.0,
+        "shards_recorded": 0,
+        "recording_s": 0.0,
     }
     inside = [False]
 
@@ -174,7 +177,7 @@ def timed_end_steps() -> dict[str, Any]:
     wrap("write_failures", "failures_table_s")
     wrap("write_manifest", "manifest_s")
     wrap("write_pickle", "pickle_s")
-    finish, write = man.Manifest.finish, man.Manifest.write
+    finish, write, record = man.Manifest.finish, man.Manifest.write, man.Manifest.record_shard
 
     def finishing(self, **k):
         inside[0] = True
@@ -193,7 +196,15 @@ def timed_end_steps() -> dict[str, Any]:
             times["manifest_rewrites"] += 1
             times["manifest_rewrites_s"] += time.perf_counter() - t
 
-    man.Manifest.finish, man.Manifest.write = finishing, rewrite
+    def recording(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return record(self, *a, **k)
+        finally:
+            times["shards_recorded"] += 1
+            times["recording_s"] += time.perf_counter() - t
+
+    man.Manifest.finish, man.Manifest.write, man.Manifest.record_shard = finishing, rewrite, recording
     return times
 
 
@@ -325,6 +336,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--tasks", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="2,000 and 400 images, 8 tasks: a check of the script")
+    ap.add_argument("--runs-only", action="store_true", help="the two runs alone: no tasks, merge or loading")
     ap.add_argument("--child", choices=["run", "tasks", "merge", "load"])
     ap.add_argument("--list")
     ap.add_argument("--out")
@@ -352,9 +364,13 @@ def main() -> None:
             f"run {n}: wall {r['wall_s']:.1f} s, steady {r['steady_images_per_s'] or 0:.0f} images/s, parent peak "
             f"{mib(r['parent_peak_rss'])} MiB, largest worker {mib(r['worker_peak_rss'])} MiB; end: failures "
             f"{r['failures_table_s']:.3f} s, manifest {r['manifest_s']:.3f} s, pickle {r['pickle_s']:.2f} s; "
-            f"{r['manifest_rewrites']} manifest rewrites {r['manifest_rewrites_s']:.2f} s",
+            f"{r['manifest_rewrites']} manifest rewrites {r['manifest_rewrites_s']:.3f} s; "
+            f"{r['shards_recorded']} shards recorded in {r['recording_s']:.3f} s",
             flush=True,
         )
+    if args.runs_only:
+        common.write_json(OUT / "scale_runs.json", {"machine": m, "images": sizes, "runs": runs})
+        return
     for n in sizes:
         out = SCALE / f"tasks_{n}" / "acts.pk"
         if out.parent.exists():
@@ -391,6 +407,7 @@ def main() -> None:
         "manifest_s",
         "pickle_s",
         "manifest_rewrites_s",
+        "recording_s",
         "parent_peak_rss",
         "worker_peak_rss",
     ):

@@ -97,6 +97,7 @@ def _savedeep_output(parent: Path) -> tuple[Path, Path, Path, list[Path]]:
     w.finish()
     ShardWriter(d, 1, [ColumnSpec("fc7", (4,), "float32")]).write(["b.jpg"], {}, {"fc7": np.ones((1, 4), np.float32)})
     (d / "._manifest.json.tmp123").write_text("{")  # left by a crash while replacing the manifest
+    (d / "_manifest.journal.jsonl").write_text("{")  # left by a crash of the parent (savedeep/runner/manifest.py)
     write_failures(d, [{"image": "bad.jpg", "reason": "not an image"}])
     df = pd.DataFrame({"image": ["a.jpg"], "fc7": [np.ones(4, np.float32)]})
     df.attrs["savedeep"] = {"manifest": str(d / "_manifest.json"), "partial": False}
@@ -167,8 +168,9 @@ def test_overwrite_refuses_next_to_a_file_savedeep_did_not_write(tmp_path, forei
         stranger.write_text("<html><body>my own summary of these activations</body></html>\n")
     else:
         stranger = d / "part-00000.parquet"
-        (d / "_manifest.json").unlink()
-        files.remove(d / "_manifest.json")
+        for name in ("_manifest.json", "_manifest.journal.jsonl"):
+            (d / name).unlink()
+            files.remove(d / name)
     before = {f: f.read_bytes() for f in files if f.is_file()}
     with pytest.raises(OutputError) as exc:
         remove_output(pk, d, log_file)

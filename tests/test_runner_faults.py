@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import savedeep
+from savedeep.data.output import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -110,8 +111,8 @@ def _assert_nothing_false_looking(out: Path) -> None:
     d = out.with_name(out.stem + ".parquet")
     assert not out.exists(), "a pickle was written by a run that did not complete"
     assert not list(d.glob(".part-*")), "an unfinished shard was left"
-    manifest = json.loads((d / "_manifest.json").read_text())
-    assert manifest["complete"] is False
+    manifest = read_manifest(d)  # the manifest as every reader sees it: its journal folded in
+    assert manifest is not None and manifest["complete"] is False
     listed = {s["file"] for s in manifest["shards"] if s["complete"]}
     on_disk = {f.name for f in d.glob("part-*.parquet")}
     assert on_disk == listed  # every shard file is complete and listed; nothing else
@@ -165,14 +166,14 @@ def _resume_and_compare(cmd: list[str], out: Path, reference, env=None) -> str:
 
 
 def _wait_for_shards(out: Path, n: int, p: subprocess.Popen) -> None:
-    m = out.with_name(out.stem + ".parquet") / "_manifest.json"
+    d = out.with_name(out.stem + ".parquet")
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
         assert p.poll() is None, p.communicate()[1]
         try:
-            if sum(s["complete"] for s in json.loads(m.read_text())["shards"]) >= n:
+            if sum(s["complete"] for s in read_manifest(d)["shards"]) >= n:  # type: ignore[index]
                 return
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             pass
         time.sleep(0.1)
     raise AssertionError("no progress")
@@ -332,6 +333,32 @@ def test_sigkill_of_the_parent(caffenet_dir, images, reference, tmp_path):
     assert not lock.exists()
 
 
+def test_a_crash_of_the_parent_between_a_journal_line_and_the_manifest_rewrite(
+    caffenet_dir, images, reference, tmp_path
+):
+    # Recording a shard appends one fsynced line to the manifest's journal; the manifest itself is rewritten
+    # later (savedeep/runner/manifest.py). The parent dies just after shard 2's line: the file lists none of
+    # the shards, the journal lists 0-2, and every reader and --resume must see them.
+    out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
+    cmd = _cmd(caffenet_dir, images, out, "--writers", "1")
+    p = _launch(cmd, _env(tag, "role=manifest,batch=2,action=kill"))
+    _, err = p.communicate(timeout=TIMEOUT_S)  # the parent died: the resource tracker unlinks the rings
+    assert p.returncode == -signal.SIGKILL, err
+    _assert_clean(tag, p.pid)
+    d = out.with_name(out.stem + ".parquet")
+    assert not any(s["complete"] for s in json.loads((d / "_manifest.json").read_text())["shards"])
+    manifest = read_manifest(d)
+    assert manifest is not None and not manifest["complete"] and not out.exists()
+    listed = {s["index"] for s in manifest["shards"] if s["complete"]}
+    assert listed == {0, 1, 2}  # one writer: the shards are recorded in order
+    assert {f"part-0000{k}.parquet" for k in listed} <= {f.name for f in d.glob("part-*.parquet")}
+    partial = savedeep.load(out.with_name(out.stem + ".parquet"))  # the complete shards only
+    assert list(partial["image"]) == list(reference["image"])[:6]
+    err = _resume_and_compare(cmd, out, reference)
+    assert "had not been reported: [0" not in err  # kept from the journal, not found again on disk
+    assert not (d / "_manifest.journal.jsonl").exists()  # a finished output: its manifest alone
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupt_exits_130_and_resumes(how, caffenet_dir, images, reference, tmp_path):
     out, tag = tmp_path / "acts.pk", uuid.uuid4().hex
@@ -378,7 +405,8 @@ def test_disk_full_then_resume(caffenet_dir, images, reference, tmp_path):
         _assert_clean(tag, p.pid)
         d = disk / "acts.parquet"
         assert not out.exists() and not list(d.glob(".part-*"))
-        manifest = json.loads((d / "_manifest.json").read_text())
+        manifest = read_manifest(d)
+        assert manifest is not None
         assert {s["file"] for s in manifest["shards"] if s["complete"]} == {f.name for f in d.glob("part-*.parquet")}
         if mounted:
             subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)

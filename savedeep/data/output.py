@@ -5,6 +5,8 @@ For ``output: out/acts.pk`` a run writes::
     out/acts.parquet/part-00000.parquet ...   one shard per ``shard_size`` images (image range fixed)
     out/acts.parquet/_manifest.json           config, fingerprints, model hashes, preprocessing,
                                               blob shapes/dtypes, versions, shards, failures, completion
+    out/acts.parquet/_manifest.journal.jsonl  while a run writes: one line per shard finished since the
+                                              manifest was last written whole (read_manifest folds it in)
     out/acts.failures.parquet                 image, reason: every image that could not be used, at the end
     out/acts.pk                               pandas DataFrame, written last and atomically
 
@@ -18,7 +20,10 @@ failures table has other columns, so it lives beside the directory, not in it.
 A shard is written to a hidden temporary name and renamed into place only when
 complete; the manifest is replaced atomically (write, fsync, rename) and says
 ``"complete": true`` only after every shard is in place. So an interrupted run
-never leaves a shard or a pickle that looks complete but is not.
+never leaves a shard or a pickle that looks complete but is not. Between two
+whole writes of the manifest, each shard recorded is one fsynced line appended
+to its journal (a cost that does not grow with the number of shards); every
+reader goes through :func:`read_manifest`, which folds the journal in.
 
 Each blob is a column of Arrow's fixed-shape tensor extension type
 (``arrow.fixed_shape_tensor``) whose storage is a fixed-size list of float32 or
@@ -66,6 +71,7 @@ from savedeep.files import (
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+JOURNAL_SUFFIX = ".journal.jsonl"  # _manifest.json's journal: _manifest.journal.jsonl (one line per shard recorded)
 SHARD_RECORD = "savedeep.shard"  # key of a shard's own record in its Parquet metadata
 FAILURES_SUFFIX = ".failures.parquet"  # out/acts.failures.parquet beside out/acts.parquet/
 REPORT_SUFFIX = ".report.html"  # out/acts.report.html, written by savedeep/analysis/report.py
@@ -129,21 +135,83 @@ def shard_name(k: int) -> str:
     return f"part-{k:05d}.parquet"
 
 
+def journal_name(name: str = MANIFEST) -> str:
+    """The journal of the manifest (or task record) ``name``: ``_manifest.json`` -> ``_manifest.journal.jsonl``."""
+    return name.removesuffix(".json") + JOURNAL_SUFFIX
+
+
 def read_manifest(directory: Path, name: str = MANIFEST) -> dict[str, Any] | None:
-    """The manifest of a Parquet output directory (or, with ``name``, a task's record), or None if there is none."""
+    """The manifest of a Parquet output directory (or, with ``name``, a task's record), or None if there is none.
+
+    The shards its journal records are folded in (:func:`fold_journal`): this is the manifest as it stands.
+    """
     path = Path(directory) / name
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise OutputError(f"{path} is not valid JSON ({exc}); delete the output or rerun with --overwrite") from exc
+    return fold_journal(directory, data, name)
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any], name: str = MANIFEST) -> None:
-    """Replace the manifest (or, with ``name``, a task's record: savedeep/runner/tasks.py) atomically."""
+    """Replace the manifest (or, with ``name``, a task's record: savedeep/runner/tasks.py) atomically, then
+    delete its journal, whose lines ``manifest`` holds (it was read with them folded in, or recorded them).
+
+    A crash between the two leaves lines that say again what the manifest says: folding them changes nothing.
+    """
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_bytes(Path(directory) / name, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    (Path(directory) / journal_name(name)).unlink(missing_ok=True)
+
+
+def append_journal(directory: Path, line: dict[str, Any], name: str = MANIFEST) -> int:
+    """Append one line (one finished shard) to the journal of manifest ``name`` and fsync it; the bytes written.
+
+    Its cost is that of the line, whatever the number of shards (the manifest itself is rewritten whole only
+    now and then: savedeep/runner/manifest.py). A crash inside the write leaves a last line without its
+    newline, which :func:`fold_journal` ignores.
+    """
+    data = json.dumps(line, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    fd = os.open(Path(directory) / journal_name(name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len(data)
+
+
+def fold_journal(directory: Path, manifest: Any, name: str = MANIFEST) -> Any:
+    """``manifest`` (changed in place) with the shards its journal records marked complete.
+
+    Only lines of this manifest's journal (``manifest["journal"]["id"]``: a new one for each attempt of a run)
+    count: a journal left by an earlier attempt says nothing about this one's shards. A line that is not whole
+    JSON ending in a newline (cut short by a crash) is ignored; its shard, renamed into place with its own
+    record, is adopted by --resume. A manifest without a journal (written by savedeep before journals) is
+    returned as it is.
+    """
+    journal = manifest.get("journal") if isinstance(manifest, dict) else None
+    if not isinstance(journal, dict) or not isinstance(manifest.get("shards"), list):
+        return manifest
+    try:
+        raw = (Path(directory) / journal_name(name)).read_bytes()
+    except FileNotFoundError:
+        return manifest
+    entries = {s.get("index"): s for s in manifest["shards"] if isinstance(s, dict)}
+    for line in raw.split(b"\n")[:-1]:  # the last piece: empty, or a line cut short
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        entry = entries.get(rec.get("index")) if isinstance(rec, dict) and rec.get("id") == journal["id"] else None
+        if entry is not None:
+            entry.update(file=rec["file"], rows=rec["rows"], failures=rec["failures"], complete=True)
+            manifest["updated"] = rec.get("updated", manifest.get("updated"))
+    return manifest
 
 
 @dataclass(frozen=True)
@@ -938,6 +1006,7 @@ def write_pickle(directory: Path, pickle_path: Path, max_bytes: int) -> Path:
 _OURS_IN_DIR = re.compile(
     r"_manifest\.json|part-\d{5,}\.parquet|\.part-\d{5,}\.parquet\.inprogress"
     r"|\._manifest\.json\.tmp\d+|_task-\d{5,}\.json|\._task-\d{5,}\.json\.tmp\d+"
+    r"|_manifest\.journal\.jsonl|_task-\d{5,}\.journal\.jsonl"
 )
 _LIST_AT_MOST = 10
 

@@ -18,6 +18,9 @@ it), as comma-separated ``key=value`` pairs:
 
 ``role=preflight`` raises in the parent's preflight instead (before any worker
 starts), which is how the tests reach the "internal error (a bug)" path.
+``role=manifest`` acts in the parent just after it appended shard ``batch``'s
+line to the manifest's journal, before any rewrite of the manifest
+(savedeep/runner/manifest.py): ``action=kill`` is a crash of the parent there.
 
 Unset, this costs one dictionary lookup per batch.
 

@@ -11,12 +11,25 @@ written atomically (savedeep/data/output.py, ``write_manifest``):
    (:func:`run_header`: config, fingerprints, model hashes, preprocessing, blobs,
    versions) and one entry per shard, all incomplete except the shards kept by
    ``--resume``;
-2. ``record_shard`` each time a writer reports a shard renamed into place;
+2. ``record_shard`` each time a writer reports a shard renamed into place: one
+   fsynced line appended to the manifest's journal (``_manifest.journal.jsonl``),
+   not the whole file, so that recording a shard costs the same at shard 10 and
+   at shard 10,000. The whole manifest (every shard's entry) is rewritten, and
+   the journal deleted, only when the journal holds a quarter of the run's
+   shards (and at least FOLD_AT lines): at most 4 rewrites in a run of N >= 256
+   shards, so about 4 entries written per shard whatever N (one rewrite per
+   shard wrote N/2 entries per shard on average), while the file alone lags by
+   at most a quarter of the shards. ``read_manifest`` folds the journal in, so
+   every reader and ``--resume`` see every shard recorded. The journal's lines
+   carry the manifest's ``journal.id``, new for each attempt, so a journal left
+   by an earlier attempt (a crash between a rewrite and the journal's deletion)
+   is ignored, and a line cut short by a crash is ignored;
 3. ``adopt_finished`` at shutdown and on ``--resume``: a shard renamed into
    place but never reported (the writer or the parent died in between) carries
    its own record in its Parquet metadata and is recorded from it;
 4. ``finish`` once every shard is complete: the failures table, the devices,
-   the summary, ``"complete": true``, then the pickle.
+   the summary, ``"complete": true``, then the pickle. A finished output has no
+   journal: its manifest alone says everything, as before journals.
 
 Nothing here needs a running pipeline: ``--resume``'s checks
 (:meth:`Manifest.changes`), and a future merge of several tasks' outputs, use
@@ -28,6 +41,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +49,10 @@ from typing import Any
 from savedeep.errors import OutputError, WorkerError
 from savedeep.data.output import (
     MANIFEST,
+    append_journal,
     disk_errors,
     failures_path,
+    journal_name,
     read_manifest,
     shard_name,
     shard_record,
@@ -44,10 +60,12 @@ from savedeep.data.output import (
     write_manifest,
     write_pickle,
 )
+from savedeep.runner.faults import maybe_fail
 
 log = logging.getLogger(__name__)
 
 FORMAT = "savedeep/1"
+FOLD_AT = 64  # journal lines before the manifest is rewritten whole: this, or a quarter of its shards if more
 
 
 def shard_entry(index: int, start: int, stop: int) -> dict[str, Any]:
@@ -62,6 +80,9 @@ class Manifest:
         self.directory = Path(directory)
         self.data = data
         self.name = name  # the file: the manifest, or a task's record (savedeep/runner/tasks.py)
+        self.journaled = 0  # lines appended to the journal since the file was last written whole
+        shards = data.get("shards") if isinstance(data, dict) else None  # is_valid() says if it is one
+        self.fold_at = max(FOLD_AT, len(shards) // 4 if isinstance(shards, list) else 0)  # then written whole
 
     # -- making and reading ---------------------------------------------------------------
     @classmethod
@@ -75,7 +96,8 @@ class Manifest:
     ) -> Manifest:
         """A manifest for ``shards`` (index, start, stop), with the entries of ``kept`` shards as they were."""
         entries = [dict(kept[k]) if kept and k in kept else shard_entry(k, a, z) for k, a, z in shards]
-        return cls(directory, {**header, "format": FORMAT, "complete": False, "shards": entries, "pickle": None}, name)
+        data = {**header, "format": FORMAT, "complete": False, "shards": entries, "pickle": None}
+        return cls(directory, {**data, "journal": new_journal(name)}, name)
 
     @classmethod
     def read(cls, directory: Path, name: str = MANIFEST) -> Manifest | None:
@@ -92,9 +114,17 @@ class Manifest:
         )
 
     def write(self) -> None:
-        """Replace the file atomically; a full disk is an OutputError that says how to go on."""
+        """Replace the file atomically (and delete the journal, whose lines it now holds); a full disk is an
+        OutputError that says how to go on."""
         with disk_errors(f"the manifest in {self.directory}"):
             write_manifest(self.directory, self.data, self.name)
+        self.journaled = 0
+        self.fold_at = max(FOLD_AT, len(self.shards) // 4)
+
+    def fold(self) -> None:
+        """Write the file whole if the journal holds lines it does not (at the end of an attempt)."""
+        if self.journaled:
+            self.write()
 
     @property
     def shards(self) -> list[dict[str, Any]]:
@@ -129,11 +159,23 @@ class Manifest:
 
     # -- recording ------------------------------------------------------------------------
     def record_shard(self, index: int, file: str, rows: int, failures: Sequence[tuple[str, str]]) -> None:
-        """Record that shard ``index`` is in place as ``file`` (a writer reported it), and write the file."""
-        self.entry(index).update(
-            file=file, rows=rows, complete=True, failures=[{"image": k, "reason": r} for k, r in failures]
-        )
-        self.write()
+        """Record that shard ``index`` is in place as ``file`` (a writer reported it): one line in the journal,
+        fsynced before this returns; the whole file now and then (NOTE [savedeep manifest])."""
+        entry = self.entry(index)
+        entry.update(file=file, rows=rows, complete=True, failures=[{"image": k, "reason": r} for k, r in failures])
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        journal = self.data.get("journal")
+        if not isinstance(journal, dict):  # read from a manifest without one: give it one, written whole first
+            self.data["journal"] = new_journal(self.name)
+            self.write()
+            return
+        line = {k: entry[k] for k in ("index", "file", "rows", "failures")}
+        with disk_errors(f"the manifest's journal in {self.directory}"):
+            append_journal(self.directory, {**line, "id": journal["id"], "updated": self.data["updated"]}, self.name)
+        self.journaled += 1
+        maybe_fail("manifest", 0, index)  # the tests' crash between the journal's line and the next rewrite
+        if self.journaled >= self.fold_at:
+            self.write()
 
     def adopt_finished(self, write: bool = True) -> list[int]:
         """Record the shards that were renamed into place but never reported; return their indices.
@@ -213,6 +255,7 @@ class Manifest:
         m["summary"] = {"rows": self.rows(), "failures": len(failures), "wall_s": round(wall_s, 3)}
         m["pickle"] = {"path": str(pickle_path), "status": "pending" if pickle else "disabled"}
         write_manifest(self.directory, m)
+        self.journaled = 0
         if pickle:
             try:
                 write_pickle(self.directory, Path(pickle_path), max_pickle_bytes)
@@ -223,6 +266,11 @@ class Manifest:
                 raise
             write_manifest(self.directory, m)
         log.info("done: %d rows, %d failures", m["summary"]["rows"], len(failures))
+
+
+def new_journal(name: str = MANIFEST) -> dict[str, str]:
+    """The ``journal`` entry of a manifest written for a new attempt: its file and an id that no other has."""
+    return {"file": journal_name(name), "id": uuid.uuid4().hex}
 
 
 def adopt_finished_shards(directory: Path, manifest: dict[str, Any], write: bool = True) -> list[int]:
@@ -279,4 +327,14 @@ def run_header(config: Any, pf: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["FORMAT", "MANIFEST", "Manifest", "adopt_finished_shards", "run_header", "shard_entry", "versions"]
+__all__ = [
+    "FOLD_AT",
+    "FORMAT",
+    "MANIFEST",
+    "Manifest",
+    "adopt_finished_shards",
+    "new_journal",
+    "run_header",
+    "shard_entry",
+    "versions",
+]

@@ -661,6 +661,7 @@ class Run:
         if self.manifest is not None and self.pq_dir.exists():
             try:
                 self.manifest.adopt_finished()
+                self.manifest.fold()  # the file alone lists every shard done, for readers that ignore journals
             except OSError as exc:  # e.g. the disk is full: --resume adopts them later
                 log.warning("could not record finished shards in the manifest: %s", exc)
         if self.pq_dir.exists():

@@ -55,6 +55,7 @@ PARQUET_CHUNK = 256  # a column's metadata in each row group (one row group per 
 PARQUET_KEY_EXTRA = 8  # per image key beyond its UTF-8 bytes (offsets, levels), a bound
 MANIFEST_FIXED = 64 * 2**10  # the manifest's header: config, hashes, preprocessing, versions, devices
 MANIFEST_PER_SHARD = 160  # one shard's entry, JSON-indented
+JOURNAL_PER_SHARD = 160  # one line of the manifest's journal (64 lines, or a quarter of the shards, at most)
 LOG_FIXED = 32 * 2**10  # a run's log: a few dozen lines
 EXACT_PICKLE_OBJECTS = 300_000  # above this many arrays and strings, the pickle file's size is extrapolated
 FAILURES_FIXED = 4 * 2**10  # the failures table when no image fails
@@ -255,7 +256,8 @@ def predict(
                 + PICKLE_ROW_BOUND * images * (len(blobs) + 1 + len(pf.images.metadata))
                 + PICKLE_FIXED
             )
-    manifest = MANIFEST_FIXED + MANIFEST_PER_SHARD * n_shards
+    journal_lines = min(n_shards, max(64, n_shards // 4))  # savedeep/runner/manifest.py, FOLD_AT
+    manifest = MANIFEST_FIXED + MANIFEST_PER_SHARD * n_shards + JOURNAL_PER_SHARD * journal_lines
     pred = Prediction(
         images=images,
         images_todo=images_todo,
