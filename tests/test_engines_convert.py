@@ -48,11 +48,11 @@ np.savez(sys.argv[3], **{f"b{i}": v.numpy() for i, v in enumerate(out.values())}
 """
 
 
-def run_plain_torch(pt2: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
-    """The .pt2's outputs for `x`, computed by a Python process that cannot import savedeep."""
+def _run_isolated(script: str, model: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
+    """``script``'s outputs for `x` and the model file, from a Python process (``-I``) that cannot import savedeep."""
     np.save(tmp / "x.npy", x)
     r = subprocess.run(
-        [sys.executable, "-I", "-c", _PLAIN_TORCH, str(pt2), str(tmp / "x.npy"), str(tmp / "y.npz")],
+        [sys.executable, "-I", "-c", script, str(model), str(tmp / "x.npy"), str(tmp / "y.npz")],
         cwd=tmp,
         capture_output=True,
         text=True,
@@ -61,6 +61,11 @@ def run_plain_torch(pt2: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(tmp / "y.npz") as z:
         return {str(n): z[f"b{i}"] for i, n in enumerate(z["names"])}
+
+
+def run_plain_torch(pt2: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
+    """The .pt2's outputs for `x`, computed by a Python process that cannot import savedeep."""
+    return _run_isolated(_PLAIN_TORCH, pt2, x, tmp)
 
 
 def run_onnx(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -560,17 +565,7 @@ np.savez(sys.argv[3], **{f"b{i}": v.numpy() for i, v in enumerate(out.values())}
 
 def run_plain_module(py: Path, x: np.ndarray, tmp: Path) -> dict[str, np.ndarray]:
     """The converted module's outputs for `x`, computed by a Python process that cannot import savedeep."""
-    np.save(tmp / "x.npy", x)
-    r = subprocess.run(
-        [sys.executable, "-I", "-c", _PLAIN_MODULE, str(py), str(tmp / "x.npy"), str(tmp / "y.npz")],
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    with np.load(tmp / "y.npz") as z:
-        return {str(n): z[f"b{i}"] for i, n in enumerate(z["names"])}
+    return _run_isolated(_PLAIN_MODULE, py, x, tmp)
 
 
 def test_module_runs_where_savedeep_is_not_installed(small_model, tmp_path):
